@@ -1,0 +1,5 @@
+import sys
+
+from flowrun.cli import main
+
+sys.exit(main())

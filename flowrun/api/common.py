@@ -1,0 +1,102 @@
+"""Request plumbing shared by every API module: state, auth, bounded JSON bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import pydantic
+from starlette.requests import Request
+
+from flowrun.auth import Principal, key_from_headers
+from flowrun.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from flowrun.service import RunService, require_available
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def service_of(request: Request) -> RunService:
+    """The app's RunService (set by the lifespan)."""
+    return require_available(getattr(request.app.state, "service", None))
+
+
+async def principal_of(request: Request) -> Principal:
+    """Authenticate the request's API key (401 when missing or invalid)."""
+    return await service_of(request).authenticate(key_from_headers(request.headers))
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                            and media.endswith("+json"))
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refusing (413) anything over ``max_bytes`` without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, max_bytes: int, *, empty: Any = None) -> Any:
+    """The JSON body; 415 for another media type, 400 for malformed JSON.
+
+    An empty body without a content type is ``empty`` (a bare ``curl -X POST``).
+    """
+    body = await read_body(request, max_bytes)
+    content_type = request.headers.get("content-type", "")
+    if not body.strip() and empty is not None and not content_type:
+        return empty
+    if not _is_json(content_type):
+        raise UnsupportedMediaType(f"send the body as application/json "
+                                   f"(got {content_type or 'no content type'!r})")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON body: {exc}",
+                         errors=[{"field": "body", "message": "malformed JSON"}]) from None
+
+
+def pydantic_errors(exc: pydantic.ValidationError, prefix: str = "") -> list[dict[str, Any]]:
+    """Per-field errors of a pydantic failure, each naming its field."""
+    errors = []
+    for err in exc.errors():
+        field = prefix + ".".join(str(p) for p in err["loc"])
+        errors.append({"field": field or "body", "message": f"{field or 'body'}: {err['msg']}"})
+    return errors
+
+
+def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
+    """Validate ``data`` as ``model``; 400 naming every bad field."""
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object",
+                         errors=[{"field": "body", "message": "must be a JSON object"}])
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        errors = pydantic_errors(exc, prefix)
+        raise BadRequest("; ".join(e["message"] for e in errors), errors=errors) from None
+
+
+def query_int(request: Request, name: str, default: int | None, *, minimum: int,
+              maximum: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer",
+                         errors=[{"field": name, "message": "must be an integer"}]) from None
+    if not minimum <= value <= maximum:
+        raise BadRequest(f"{name} must be between {minimum} and {maximum}",
+                         errors=[{"field": name, "message": f"must be {minimum}-{maximum}"}])
+    return value

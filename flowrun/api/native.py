@@ -1,0 +1,219 @@
+"""The native HTTP API of DESIGN.md: workflows, runs, run-sync, stop, health.
+
+Errors are RFC 9457 problem+json documents with an extra ``code``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from flowrun.api.common import (
+    parse_model,
+    principal_of,
+    query_int,
+    read_json,
+    service_of,
+)
+from flowrun.errors import BadRequest, FlowrunError, NotFound
+from flowrun.models import RUN_TERMINAL, RunStatus
+from flowrun.service import RunRequest
+
+PROBLEM_TYPE = "application/problem+json"
+
+
+class RunBody(BaseModel):
+    """The native run request body (strict: "5" is not a priority)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    version: int | None = Field(default=None, ge=1)
+    priority: int = Field(default=0, ge=0, le=99)
+    correlation_id: str | None = Field(default=None, max_length=256)
+    user: str | None = Field(default=None, max_length=256)
+    trace_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9\-_]{1,128}$")
+    overrides: dict[str, dict[str, Any]] | None = None
+    nodes: list[Any] | None = None
+    edges: list[Any] | None = None
+    stream: bool = False
+    timeout: float | None = Field(default=None, gt=0, le=600)
+
+
+def problem(exc: FlowrunError, instance: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": exc.title,
+                            "status": exc.status_code, "detail": exc.message, "code": exc.code}
+    if exc.errors:
+        body["errors"] = exc.errors
+    if instance:
+        body["instance"] = instance
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers,
+                        media_type=PROBLEM_TYPE)
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    """Render any FlowrunError (and Starlette's 404/405) as problem+json."""
+    if isinstance(exc, HTTPException):
+        err: FlowrunError = NotFound(str(exc.detail)) if exc.status_code == 404 \
+            else FlowrunError(str(exc.detail))
+        err.status_code = exc.status_code
+        err.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        err.title = str(exc.detail)
+        return problem(err, request.url.path)
+    assert isinstance(exc, FlowrunError)
+    return problem(exc, request.url.path)
+
+
+def _max_body(request: Request) -> int:
+    return service_of(request).settings.max_body_bytes
+
+
+async def _run_request(request: Request) -> tuple[RunRequest, RunBody]:
+    data = await read_json(request, _max_body(request), empty={})
+    body = parse_model(RunBody, data)
+    header_trace = request.headers.get("x-trace-id")
+    run_request = RunRequest(
+        workflow=request.path_params["name"], inputs=body.inputs, version=body.version,
+        priority=body.priority, correlation_id=body.correlation_id, user=body.user,
+        trace_id=header_trace or body.trace_id, overrides=body.overrides, nodes=body.nodes,
+        edges=body.edges)
+    if body.stream:
+        raise BadRequest("stream is not supported on this endpoint yet",
+                         errors=[{"field": "stream", "message": "not supported yet"}])
+    return run_request, body
+
+
+# --- workflows ---------------------------------------------------------------------
+
+async def list_workflows(request: Request) -> Response:
+    await principal_of(request)
+    items = [{"name": name, "version": version, "description": d.description,
+              "inputs": {k: v.model_dump(exclude_none=True) for k, v in d.inputs.items()}}
+             for name, version, d in await service_of(request).list_workflows()]
+    return JSONResponse({"workflows": items})
+
+
+async def get_workflow(request: Request) -> Response:
+    await principal_of(request)
+    version = query_int(request, "version", None, minimum=1, maximum=2**31)
+    found_version, definition = await service_of(request).get_workflow(
+        request.path_params["name"], version)
+    return JSONResponse({"name": definition.name, "version": found_version,
+                         "definition": definition.to_json()})
+
+
+async def put_workflow(request: Request) -> Response:
+    await principal_of(request)
+    service = service_of(request)
+    data = await read_json(request, service.settings.max_body_bytes)
+    version, created = await service.register_workflow(data, name=request.path_params["name"])
+    return JSONResponse({"name": request.path_params["name"], "version": version,
+                         "created": created}, status_code=201 if created else 200)
+
+
+# --- runs --------------------------------------------------------------------------
+
+async def run_async(request: Request) -> Response:
+    principal = await principal_of(request)
+    run_request, _ = await _run_request(request)
+    run = await service_of(request).submit(principal, run_request)
+    return JSONResponse(run.to_json(), status_code=202, headers={"Location": f"/runs/{run.id}"})
+
+
+def _timeout_param(request: Request, body: RunBody) -> float:
+    settings = service_of(request).settings
+    raw = request.query_params.get("timeout")
+    if raw is not None:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= settings.run_sync_max_timeout_s:
+            raise BadRequest(f"timeout must be a number of seconds in (0, "
+                             f"{settings.run_sync_max_timeout_s:g}]",
+                             errors=[{"field": "timeout", "message": "out of range"}])
+        return value
+    if body.timeout is not None:
+        return min(body.timeout, settings.run_sync_max_timeout_s)
+    return settings.run_sync_default_timeout_s
+
+
+async def run_sync(request: Request) -> Response:
+    principal = await principal_of(request)
+    started = time.monotonic()
+    run_request, body = await _run_request(request)
+    timeout = _timeout_param(request, body)
+    service = service_of(request)
+    run = await service.submit(principal, run_request)
+    remaining = timeout - (time.monotonic() - started)
+    finished = await service.wait(principal, run.id, max(remaining, 0))
+    if finished.status in RUN_TERMINAL:
+        return JSONResponse(finished.to_json(), headers={"Location": f"/runs/{run.id}"})
+    return JSONResponse({"run_id": run.id, "status": finished.status.value, "timeout": timeout,
+                         "elapsed_s": round(time.monotonic() - started, 3)},
+                        status_code=408, headers={"Location": f"/runs/{run.id}"})
+
+
+async def list_runs(request: Request) -> Response:
+    principal = await principal_of(request)
+    status = request.query_params.get("status")
+    if status is not None and status not in {s.value for s in RunStatus}:
+        raise BadRequest(f"status must be one of {', '.join(s.value for s in RunStatus)}",
+                         errors=[{"field": "status", "message": "unknown status"}])
+    limit = query_int(request, "limit", 20, minimum=1, maximum=1000) or 20
+    runs, cursor = await service_of(request).list_runs(
+        principal, request.path_params["name"], status=status,
+        correlation_id=request.query_params.get("correlation_id"), limit=limit,
+        cursor=request.query_params.get("cursor"))
+    return JSONResponse({"runs": [r.to_json(with_nodes=False) for r in runs],
+                         "next_cursor": cursor})
+
+
+async def latest_run(request: Request) -> Response:
+    principal = await principal_of(request)
+    service = service_of(request)
+    runs, _ = await service.list_runs(principal, request.path_params["name"], limit=1)
+    if not runs:
+        raise NotFound(f"workflow {request.path_params['name']!r} has no runs yet")
+    run = await service.get_run(principal, runs[0].id)
+    return JSONResponse(run.to_json())
+
+
+async def get_run(request: Request) -> Response:
+    principal = await principal_of(request)
+    run = await service_of(request).get_run(principal, request.path_params["run_id"])
+    return JSONResponse(run.to_json())
+
+
+async def stop_run(request: Request) -> Response:
+    principal = await principal_of(request)
+    run = await service_of(request).stop(principal, request.path_params["run_id"])
+    return JSONResponse(run.to_json())
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse(service_of(request).health())
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/workflows", list_workflows, methods=["GET"]),
+    Route("/workflows/{name}", get_workflow, methods=["GET"]),
+    Route("/workflows/{name}", put_workflow, methods=["PUT"]),
+    Route("/workflows/{name}/run", run_async, methods=["POST"]),
+    Route("/workflows/{name}/run-sync", run_sync, methods=["POST"]),
+    Route("/workflows/{name}/runs", list_runs, methods=["GET"]),
+    Route("/workflows/{name}/runs/latest", latest_run, methods=["GET"]),
+    Route("/runs/{run_id}", get_run, methods=["GET"]),
+    Route("/runs/{run_id}/stop", stop_run, methods=["POST"]),
+]
+
+exception_handlers = {FlowrunError: handle_error, HTTPException: handle_error}
+
+__all__ = ("exception_handlers", "routes")

@@ -1,0 +1,235 @@
+"""The ``flowrun`` command: serve, run, validate, keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from flowrun import auth, definitions
+from flowrun.app import create_app, load_plugins
+from flowrun.engine.executor import Executor
+from flowrun.errors import FlowrunError
+from flowrun.models import NodeRecord, RunStatus
+from flowrun.settings import Settings, is_loopback_host
+from flowrun.store import Store
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return Settings.from_env(db_path=Path(args.db) if getattr(args, "db", None) else None,
+                             **extra)
+
+
+# --- serve -------------------------------------------------------------------------
+
+async def _ensure_key(settings: Settings) -> str | None:
+    async with Store.open(settings.db_path) as store:
+        if await store.count_api_keys():
+            return None
+        key_id, secret, prefix, digest = auth.new_key()
+        await store.add_api_key(key_id, prefix, digest, name="initial", workflow=None)
+        return secret
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(args, host=args.host, port=args.port,
+                         workflows_dir=Path(args.workflows) if args.workflows else None,
+                         plugins=tuple(args.plugin) or None)
+    if args.no_auth:
+        if not is_loopback_host(settings.host):
+            print(f"error: --no-auth is only allowed on a loopback host, not {settings.host}",
+                  file=sys.stderr)
+            return 2
+        settings = settings.replace(auth_enabled=False)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.auth_enabled:
+        secret = anyio.run(_ensure_key, settings)
+        if secret:
+            print(f"Created an API key for this new database (shown once):\n  {secret}\n"
+                  f"Send it as 'Authorization: Bearer <key>'.", flush=True)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None)
+    return 0
+
+
+# --- run ---------------------------------------------------------------------------
+
+class _PrintingObserver:
+    """Prints a run's progress as it happens, one line per node."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+
+    async def node_started(self, node: NodeRecord, predecessor: str | None) -> None:
+        print(f"  ▶ {node.node_id} ({node.type})", file=self.out, flush=True)
+
+    async def node_retry(self, node: NodeRecord, error: dict[str, Any]) -> None:
+        print(f"  ↻ {node.node_id} retry after attempt {node.attempts}: {error['message']}",
+              file=self.out, flush=True)
+
+    async def node_finished(self, node: NodeRecord) -> None:
+        mark = {"succeeded": "✓", "failed": "✗", "stopped": "■"}.get(node.status.value, "?")
+        detail = json.dumps(node.outputs) if node.status.value == "succeeded" else (
+            node.error or {}).get("message", "")
+        print(f"  {mark} {node.node_id} {node.status.value} in {node.elapsed_s or 0:.3f}s "
+              f"{detail}", file=self.out, flush=True)
+
+    async def node_skipped(self, node: NodeRecord) -> None:
+        print(f"  - {node.node_id} skipped", file=self.out, flush=True)
+
+    async def text_chunk(self, node_id: str, text: str) -> None:
+        print(text, end="", file=self.out, flush=True)
+
+
+def _parse_input(pair: str) -> tuple[str, Any]:
+    key, sep, raw = pair.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--input expects key=value, got {pair!r}")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+def _coerce(definition: definitions.WorkflowDefinition, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Command-line values are text: turn them into the declared type where possible."""
+    out = dict(inputs)
+    for name, value in inputs.items():
+        spec = definition.inputs.get(name)
+        if spec is not None and spec.type == "string" and not isinstance(value, str):
+            out[name] = json.dumps(value) if isinstance(value, dict | list) else str(value)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    load_plugins(tuple(args.plugin))
+    try:
+        definition = definitions.load_file(Path(args.file))
+        inputs = _coerce(definition, dict(_parse_input(p) for p in args.input))
+        checked = definitions.check_inputs(definition, inputs)
+    except (FlowrunError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run {definition.name}", flush=True)
+    started = time.monotonic()
+    executor = Executor(definition, run_id="local", inputs=checked,
+                        observer=_PrintingObserver(sys.stdout))
+
+    async def main() -> Any:
+        return await executor.execute()
+
+    try:
+        outcome = anyio.run(main)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(f"{outcome.status.value} in {time.monotonic() - started:.3f}s")
+    if outcome.outputs is not None:
+        print(json.dumps(outcome.outputs, indent=2))
+    if outcome.error:
+        print(f"error: {outcome.error['message']}", file=sys.stderr)
+    return 0 if outcome.status is RunStatus.SUCCEEDED else 1
+
+
+# --- validate ----------------------------------------------------------------------
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    load_plugins(tuple(args.plugin))
+    bad = 0
+    for target in args.files:
+        for path in definitions.workflow_files(Path(target)):
+            try:
+                definition = definitions.load_file(path)
+            except FlowrunError as exc:
+                bad += 1
+                print(f"{path}: invalid")
+                for err in exc.errors or [{"message": exc.message}]:
+                    print(f"  - {err['message']}")
+            else:
+                print(f"{path}: ok ({definition.name}, {len(definition.nodes)} nodes)")
+    return 1 if bad else 0
+
+
+# --- keys --------------------------------------------------------------------------
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def main() -> int:
+        async with Store.open(settings.db_path) as store:
+            if args.keys_cmd == "create":
+                key_id, secret, prefix, digest = auth.new_key()
+                await store.add_api_key(key_id, prefix, digest, name=args.name,
+                                        workflow=args.workflow)
+                print(secret)
+                print(f"id {key_id}", file=sys.stderr)
+                return 0
+            if args.keys_cmd == "list":
+                for row in await store.list_api_keys():
+                    state = "revoked" if row["revoked_at"] else "active"
+                    print(f"{row['id']}  {row['prefix']}…  {state:7}  "
+                          f"{row['name'] or '-'}  {row['workflow'] or '-'}")
+                return 0
+            count = await store.revoke_api_key(args.key)
+            print(f"revoked {count} key(s)")
+            return 0 if count else 1
+
+    return anyio.run(main)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowrun", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    serve = sub.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--db", default=None, help="SQLite file (default flowrun.db)")
+    serve.add_argument("--workflows", default=None, help="folder of workflow files to register")
+    serve.add_argument("--no-auth", action="store_true", help="no API keys (loopback only)")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    run = sub.add_parser("run", help="run a workflow file in-process and print its progress")
+    run.add_argument("file")
+    run.add_argument("--input", "-i", action="append", default=[], metavar="KEY=VALUE")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check workflow files")
+    validate.add_argument("files", nargs="+")
+    validate.set_defaults(func=cmd_validate)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys.add_argument("--db", default=None)
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    create = keys_sub.add_parser("create")
+    create.add_argument("--name", default=None)
+    create.add_argument("--workflow", default=None, help="bind the key to one workflow")
+    keys_sub.add_parser("list")
+    revoke = keys_sub.add_parser("revoke")
+    revoke.add_argument("key", help="key id or prefix")
+    keys.set_defaults(func=cmd_keys)
+
+    for p in (serve, run, validate):
+        p.add_argument("--plugin", action="append", default=[],
+                       help="import a module that registers custom node types")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""Workflow definitions: the YAML/JSON format as pydantic models, and its checks.
+
+``parse_definition`` turns a mapping into a ``WorkflowDefinition`` and checks the
+graph; every problem is reported in one ``DefinitionError`` whose ``errors``
+name the node or edge at fault. ``check_inputs`` validates run inputs against
+the declared inputs, naming each bad field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from flowrun import expressions
+from flowrun.engine.nodes import Registry, registry as default_registry
+from flowrun.errors import DefinitionError, InputError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+NODE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
+NODE_OPTIONS = frozenset({"id", "type", "title", "timeout", "retry", "on_error", "default"})
+InputType = Literal["string", "number", "integer", "boolean", "object", "array", "file"]
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: InputType = "string"
+    required: bool = False
+    default: Any = None
+    description: str | None = None
+    max_length: int | None = Field(default=None, ge=0)
+    min_length: int | None = Field(default=None, ge=0)
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: list[Any] | None = None
+
+
+class RetrySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=1, ge=1, le=100)
+    backoff_s: float = Field(default=0.0, ge=0, le=3600)
+
+
+class NodeSpec(BaseModel):
+    """A node: its options are fields, everything else is a param of its type."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(pattern=NODE_ID_PATTERN, max_length=128)
+    type: str
+    title: str | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    retry: RetrySpec | None = None
+    on_error: Literal["fail", "continue", "default"] = "fail"
+    default: dict[str, Any] | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EdgeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    target: str
+    branch: str | None = None
+
+    @pydantic.field_validator("branch", mode="before")
+    @classmethod
+    def _bool_branch(cls, value: Any) -> Any:
+        # YAML reads `branch: true` as a boolean; it means the branch named "true".
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value
+
+    @property
+    def label(self) -> str:
+        return f"{self.source}->{self.target}"
+
+
+class WorkflowDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=128)
+    description: str | None = None
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    timeout: float | None = Field(default=None, gt=0)
+    nodes: list[NodeSpec] = Field(min_length=1)
+    edges: list[EdgeSpec] = Field(default_factory=list)
+    outputs: dict[str, Any] | None = None
+
+    def node(self, node_id: str) -> NodeSpec:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def parse_definition(data: Any, *, source: str = "definition",
+                     registry: Registry = default_registry) -> WorkflowDefinition:
+    """Validate a mapping as a workflow definition; raise DefinitionError naming each fault."""
+    if not isinstance(data, Mapping):
+        raise DefinitionError(f"{source}: a workflow definition must be a mapping",
+                              errors=[{"field": "", "message": "must be a mapping"}])
+    try:
+        definition = WorkflowDefinition.model_validate(data)
+    except pydantic.ValidationError as exc:
+        errors = [_describe_pydantic_error(err, data) for err in exc.errors()]
+        raise DefinitionError(f"{source}: " + "; ".join(e["message"] for e in errors),
+                              errors=errors) from None
+    errors = check_graph(definition, registry)
+    if errors:
+        raise DefinitionError(f"{source}: " + "; ".join(e["message"] for e in errors),
+                              errors=errors)
+    return definition
+
+
+def _describe_pydantic_error(err: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    loc = list(err.get("loc", ()))
+    msg = err.get("msg", "invalid")
+    if len(loc) >= 2 and loc[0] in {"nodes", "edges"} and isinstance(loc[1], int):
+        items = data.get(loc[0]) or []
+        item = items[loc[1]] if loc[1] < len(items) else {}
+        rest = ".".join(str(p) for p in loc[2:])
+        if loc[0] == "nodes":
+            node_id = item.get("id") if isinstance(item, Mapping) else None
+            name = f"node {node_id!r}" if node_id else f"node #{loc[1]}"
+            return {"node": node_id, "field": rest,
+                    "message": f"{name}: {rest + ': ' if rest else ''}{msg}"}
+        label = (f"{item.get('source')}->{item.get('target')}" if isinstance(item, Mapping)
+                 else f"#{loc[1]}")
+        return {"edge": label, "field": rest,
+                "message": f"edge {label}: {rest + ': ' if rest else ''}{msg}"}
+    field = ".".join(str(p) for p in loc)
+    return {"field": field, "message": f"{field or 'definition'}: {msg}"}
+
+
+def check_graph(definition: WorkflowDefinition, registry: Registry) -> list[dict[str, Any]]:
+    """Every graph problem of a parsed definition, each naming its node or edge."""
+    errors: list[dict[str, Any]] = []
+    ids: dict[str, NodeSpec] = {}
+    for n in definition.nodes:
+        if n.id in ids:
+            errors.append({"node": n.id, "message": f"node {n.id!r}: duplicate id"})
+        ids[n.id] = n
+    for n in definition.nodes:
+        errors.extend(_check_node(n, registry))
+    for e in definition.edges:
+        errors.extend(_check_edge(e, ids, registry))
+    if not errors:
+        cycle = find_cycle(list(ids), definition.edges)
+        if cycle:
+            path = " -> ".join(cycle)
+            errors.append({"node": cycle[0], "message": f"cycle: {path}"})
+    for key, value in (definition.outputs or {}).items():
+        problem = _syntax_problems(value)
+        if problem:
+            errors.append({"field": f"outputs.{key}", "message": f"outputs.{key}: {problem}"})
+    return errors
+
+
+def _check_node(n: NodeSpec, registry: Registry) -> list[dict[str, Any]]:
+    node_type = registry.get(n.type)
+    if node_type is None:
+        known = ", ".join(registry.names())
+        return [{"node": n.id, "message": f"node {n.id!r}: unknown node type {n.type!r} "
+                                          f"(known: {known})"}]
+    errors = []
+    params = n.params
+    for name in node_type.required_params:
+        if name not in params:
+            errors.append({"node": n.id, "field": name,
+                           "message": f"node {n.id!r}: missing required param {name!r}"})
+    if not node_type.accepts_extra:
+        for name in sorted(set(params) - node_type.param_names):
+            errors.append({"node": n.id, "field": name,
+                           "message": f"node {n.id!r}: unknown param {name!r} for type "
+                                      f"{n.type!r}"})
+    for name, value in params.items():
+        problem = _syntax_problems(value)
+        if problem:
+            errors.append({"node": n.id, "field": name,
+                           "message": f"node {n.id!r}: param {name!r}: {problem}"})
+    if n.on_error == "default" and n.default is None:
+        errors.append({"node": n.id, "field": "default",
+                       "message": f"node {n.id!r}: on_error 'default' needs a 'default' mapping"})
+    return errors
+
+
+def _check_edge(e: EdgeSpec, ids: Mapping[str, NodeSpec],
+                registry: Registry) -> list[dict[str, Any]]:
+    errors = []
+    for end in ("source", "target"):
+        node_id = getattr(e, end)
+        if node_id not in ids:
+            errors.append({"edge": e.label, "message": f"edge {e.label}: {end} {node_id!r} "
+                                                       f"is not a node"})
+    if errors or e.branch is None:
+        return errors
+    source = ids[e.source]
+    node_type = registry.get(source.type)
+    if node_type is None:
+        return errors
+    if node_type.branches is None:
+        errors.append({"edge": e.label, "message": f"edge {e.label}: node {e.source!r} of type "
+                                                   f"{source.type!r} has no branches, "
+                                                   f"but the edge names {e.branch!r}"})
+        return errors
+    allowed = node_type.branches(source.params)
+    if e.branch not in allowed:
+        errors.append({"edge": e.label, "message": f"edge {e.label}: bad branch {e.branch!r} "
+                                                   f"(node {e.source!r} has "
+                                                   f"{', '.join(sorted(allowed))})"})
+    return errors
+
+
+def _syntax_problems(value: Any) -> str | None:
+    if isinstance(value, str):
+        return expressions.check_syntax(value) if expressions.is_expression(value) else None
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            problem = _syntax_problems(item)
+            if problem:
+                return problem
+    return None
+
+
+def find_cycle(node_ids: Iterable[str], edges: Iterable[EdgeSpec]) -> list[str] | None:
+    """A cycle as a closed path of node ids, or None (iterative DFS)."""
+    succ: dict[str, list[str]] = {n: [] for n in node_ids}
+    for e in edges:
+        succ.setdefault(e.source, []).append(e.target)
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    for start in succ:
+        if state.get(start):
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        path: list[str] = [start]
+        state[start] = 1
+        while stack:
+            node_id, i = stack[-1]
+            nexts = succ.get(node_id, [])
+            if i < len(nexts):
+                stack[-1] = (node_id, i + 1)
+                nxt = nexts[i]
+                if state.get(nxt) == 1:
+                    return path[path.index(nxt):] + [nxt]
+                if not state.get(nxt):
+                    state[nxt] = 1
+                    stack.append((nxt, 0))
+                    path.append(nxt)
+            else:
+                state[node_id] = 2
+                stack.pop()
+                path.pop()
+    return None
+
+
+def with_graph(definition: WorkflowDefinition, *, nodes: list[Any] | None = None,
+               edges: list[Any] | None = None,
+               overrides: Mapping[str, Mapping[str, Any]] | None = None,
+               registry: Registry = default_registry) -> WorkflowDefinition:
+    """A copy with the graph replaced and/or node params overridden, checked like a new one."""
+    data = definition.to_json()
+    if nodes is not None:
+        data["nodes"] = nodes
+    if edges is not None:
+        data["edges"] = edges
+    if overrides:
+        by_id = {n.get("id"): n for n in data["nodes"] if isinstance(n, dict)}
+        errors = []
+        for node_id, params in overrides.items():
+            if node_id not in by_id:
+                errors.append({"node": node_id, "field": f"overrides.{node_id}",
+                               "message": f"overrides: {node_id!r} is not a node"})
+            elif not isinstance(params, Mapping):
+                errors.append({"node": node_id, "field": f"overrides.{node_id}",
+                               "message": f"overrides.{node_id}: must be a mapping of params"})
+            else:
+                by_id[node_id].update(params)
+        if errors:
+            raise DefinitionError("; ".join(e["message"] for e in errors), errors=errors)
+    return parse_definition(data, source="graph", registry=registry)
+
+
+def load_file(path: Path, *, registry: Registry = default_registry) -> WorkflowDefinition:
+    """Load one .yaml/.yml/.json workflow file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise DefinitionError(f"{path}: cannot read: {exc}",
+                              errors=[{"field": "", "message": str(exc)}]) from None
+    return parse_definition(data, source=str(path), registry=registry)
+
+
+def workflow_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir()
+                      if p.suffix in {".yaml", ".yml", ".json"} and p.is_file())
+    return [path]
+
+
+def load_path(path: Path, *, registry: Registry = default_registry) -> list[WorkflowDefinition]:
+    """Load a file, or every workflow file in a folder."""
+    return [load_file(p, registry=registry) for p in workflow_files(path)]
+
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),
+    "object": (dict,), "array": (list,), "file": (dict,),
+}
+
+
+def check_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Inputs with defaults applied; InputError names every bad or unknown field."""
+    errors: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
+    for name in inputs:
+        if name not in definition.inputs:
+            errors.append({"field": f"inputs.{name}", "message": f"inputs.{name}: unknown input"})
+    for name, spec in definition.inputs.items():
+        if name not in inputs or inputs[name] is None:
+            if spec.required:
+                errors.append({"field": f"inputs.{name}",
+                               "message": f"inputs.{name}: required"})
+            elif spec.default is not None:
+                result[name] = spec.default
+            continue
+        problem = _input_problem(spec, inputs[name])
+        if problem:
+            errors.append({"field": f"inputs.{name}", "message": f"inputs.{name}: {problem}"})
+        else:
+            result[name] = inputs[name]
+    if errors:
+        raise InputError("; ".join(e["message"] for e in errors), errors=errors)
+    return result
+
+
+def _input_problem(spec: InputSpec, value: Any) -> str | None:
+    is_bool = isinstance(value, bool)
+    if not isinstance(value, _PY_TYPES[spec.type]) or (is_bool and spec.type != "boolean"):
+        return f"expected {spec.type}, got {_json_type(value)}"
+    if spec.type == "integer" and isinstance(value, float):
+        return "expected integer, got number"
+    if spec.type == "file":
+        if "transfer_method" not in value or not ({"url", "upload_file_id"} & set(value)):
+            return "a file needs transfer_method and url or upload_file_id"
+    if isinstance(value, str | list):
+        if spec.max_length is not None and len(value) > spec.max_length:
+            return f"longer than max_length {spec.max_length}"
+        if spec.min_length is not None and len(value) < spec.min_length:
+            return f"shorter than min_length {spec.min_length}"
+    if isinstance(value, int | float) and not is_bool:
+        if spec.minimum is not None and value < spec.minimum:
+            return f"less than minimum {spec.minimum:g}"
+        if spec.maximum is not None and value > spec.maximum:
+            return f"greater than maximum {spec.maximum:g}"
+    if spec.enum is not None and value not in spec.enum:
+        return f"must be one of {spec.enum}"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"

@@ -1,0 +1,1 @@
+"""The engine: runs one workflow graph. Knows nothing of HTTP or SQLite."""

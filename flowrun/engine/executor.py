@@ -1,0 +1,301 @@
+"""Runs one workflow graph: a ready-set of nodes, independent ones concurrently.
+
+The executor owns a run's graph walk and nothing else: it tells an observer
+what happens (node started, retried, finished, skipped, text) and returns the
+outcome. Persisting, fan-out and scheduling belong to the caller.
+
+Cancellation has two meanings, kept apart as arq does: ``stop()`` (or a failed
+node, or the run deadline) ends the run with a terminal status and marks running
+nodes ``stopped``; cancellation from outside (server shutdown) propagates and
+records nothing, so the run resumes on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import pydantic
+
+from flowrun import expressions
+from flowrun.definitions import EdgeSpec, NodeSpec, WorkflowDefinition
+from flowrun.engine.nodes import NodeContext, Registry, registry as default_registry
+from flowrun.errors import ExpressionError, NodeFailure
+from flowrun.models import NodeRecord, NodeStatus, RunStatus
+
+logger = logging.getLogger(__name__)
+
+
+class RunObserver(Protocol):
+    """Receives a run's progress; implementations persist and publish it."""
+
+    async def node_started(self, node: NodeRecord, predecessor: str | None) -> None: ...
+    async def node_retry(self, node: NodeRecord, error: dict[str, Any]) -> None: ...
+    async def node_finished(self, node: NodeRecord) -> None: ...
+    async def node_skipped(self, node: NodeRecord) -> None: ...
+    async def text_chunk(self, node_id: str, text: str) -> None: ...
+
+
+class NullObserver:
+    """An observer that ignores everything (in-process runs that only want the result)."""
+
+    async def node_started(self, node: NodeRecord, predecessor: str | None) -> None:
+        return None
+
+    async def node_retry(self, node: NodeRecord, error: dict[str, Any]) -> None:
+        return None
+
+    async def node_finished(self, node: NodeRecord) -> None:
+        return None
+
+    async def node_skipped(self, node: NodeRecord) -> None:
+        return None
+
+    async def text_chunk(self, node_id: str, text: str) -> None:
+        return None
+
+
+@dataclass
+class RunOutcome:
+    status: RunStatus
+    outputs: dict[str, Any] | None
+    error: dict[str, Any] | None
+    nodes: list[NodeRecord]
+
+    @property
+    def steps(self) -> int:
+        return sum(1 for n in self.nodes if n.status is not NodeStatus.SKIPPED)
+
+
+def _error(code: str, message: str, node_id: str | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "node_id": node_id}
+
+
+class Executor:
+    """Executes one run of a definition; create one per run."""
+
+    def __init__(self, definition: WorkflowDefinition, *, run_id: str,
+                 inputs: Mapping[str, Any], version: int = 1,
+                 observer: RunObserver | None = None,
+                 registry: Registry = default_registry,
+                 prior_nodes: Mapping[str, NodeRecord] | None = None,
+                 deadline_s: float | None = None) -> None:
+        self.definition = definition
+        self.run_id = run_id
+        self.observer: RunObserver = observer or NullObserver()
+        self.registry = registry
+        self.deadline_s = definition.timeout if deadline_s is None else deadline_s
+        self._nodes = {n.id: n for n in definition.nodes}
+        self._incoming: dict[str, list[EdgeSpec]] = {n: [] for n in self._nodes}
+        self._outgoing: dict[str, list[EdgeSpec]] = {n: [] for n in self._nodes}
+        for e in definition.edges:
+            self._incoming[e.target].append(e)
+            self._outgoing[e.source].append(e)
+        self._edge_state: dict[int, bool] = {}  # id(edge) -> taken?
+        self._prior = {k: v for k, v in (prior_nodes or {}).items()
+                       if v.status is NodeStatus.SUCCEEDED and k in self._nodes}
+        self.records: dict[str, NodeRecord] = {}
+        self._index = max((n.index for n in (prior_nodes or {}).values()), default=0)
+        self._context: dict[str, Any] = {
+            "inputs": dict(inputs),
+            "nodes": {},
+            "run": {"id": run_id, "workflow": definition.name, "version": version},
+        }
+        self._stop_reason: RunStatus | None = None
+        self._failure: dict[str, Any] | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._deadline_scope: anyio.CancelScope | None = None
+        self._stop_requested = False
+
+    def stop(self) -> None:
+        """Ask the run to end as ``stopped``; running nodes are cancelled."""
+        self._stop_requested = True
+        if self._stop_reason is None:
+            self._stop_reason = RunStatus.STOPPED
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def execute(self) -> RunOutcome:
+        """Walk the graph to the end and return the outcome."""
+        if self._stop_requested:
+            return RunOutcome(RunStatus.STOPPED, None, None, list(self.records.values()))
+        deadline = self.deadline_s if self.deadline_s is not None else math.inf
+        with anyio.move_on_after(max(deadline, 0)) as deadline_scope:
+            self._deadline_scope = deadline_scope
+            async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                if self._stop_requested:
+                    tg.cancel_scope.cancel()
+                for node_id, incoming in self._incoming.items():
+                    if not incoming:
+                        self._ready(tg, node_id, None)
+        return self._outcome(deadline_scope.cancelled_caught)
+
+    def _outcome(self, deadline_hit: bool) -> RunOutcome:
+        nodes = sorted(self.records.values(), key=lambda n: (n.index == 0, n.index))
+        if self._failure is not None:
+            return RunOutcome(RunStatus.FAILED, None, self._failure, nodes)
+        if self._stop_reason is RunStatus.STOPPED:
+            return RunOutcome(RunStatus.STOPPED, None, None, nodes)
+        if deadline_hit:
+            error = _error("run_timeout", f"run exceeded its deadline of {self.deadline_s:g}s")
+            return RunOutcome(RunStatus.TIMED_OUT, None, error, nodes)
+        try:
+            outputs = self._final_outputs()
+        except ExpressionError as exc:
+            return RunOutcome(RunStatus.FAILED, None, _error("output_error", exc.message), nodes)
+        return RunOutcome(RunStatus.SUCCEEDED, outputs, None, nodes)
+
+    def _final_outputs(self) -> dict[str, Any]:
+        if self.definition.outputs is not None:
+            return dict(expressions.evaluate(self.definition.outputs, self._context))
+        sinks = [n for n, out in self._outgoing.items() if not out]
+        return {n: self.records[n].outputs for n in sinks
+                if n in self.records and self.records[n].status is not NodeStatus.SKIPPED}
+
+    # --- graph walk -----------------------------------------------------------------
+
+    def _ready(self, tg: anyio.abc.TaskGroup, node_id: str, predecessor: str | None) -> None:
+        incoming = self._incoming[node_id]
+        if incoming and not any(self._edge_state[id(e)] for e in incoming):
+            spec = self._nodes[node_id]
+            rec = NodeRecord(self.run_id, node_id, spec.type, spec.title or node_id, 0,
+                             NodeStatus.SKIPPED)
+            self.records[node_id] = rec
+            tg.start_soon(self._report_skip, rec)
+            self._resolve(tg, node_id, taken_branch=None, skipped=True)
+            return
+        prior = self._prior.get(node_id)
+        if prior is not None:
+            self.records[node_id] = prior
+            self._context["nodes"][node_id] = prior.outputs
+            self._resolve(tg, node_id, taken_branch=prior.branch)
+            return
+        tg.start_soon(self._run_node, tg, self._nodes[node_id], predecessor)
+
+    def _resolve(self, tg: anyio.abc.TaskGroup, node_id: str, *, taken_branch: str | None,
+                 skipped: bool = False) -> None:
+        for e in self._outgoing[node_id]:
+            self._edge_state[id(e)] = not skipped and (e.branch is None or
+                                                       e.branch == taken_branch)
+        for e in self._outgoing[node_id]:
+            target = e.target
+            if target in self.records:
+                continue
+            if all(id(i) in self._edge_state for i in self._incoming[target]):
+                self._ready(tg, target, node_id)
+
+    async def _report_skip(self, rec: NodeRecord) -> None:
+        await self.observer.node_skipped(rec)
+
+    # --- one node -------------------------------------------------------------------
+
+    async def _run_node(self, tg: anyio.abc.TaskGroup, spec: NodeSpec,
+                        predecessor: str | None) -> None:
+        self._index += 1
+        rec = NodeRecord(self.run_id, spec.id, spec.type, spec.title or spec.id, self._index,
+                         NodeStatus.RUNNING, started_at=time.time())
+        self.records[spec.id] = rec
+        try:
+            await self.observer.node_started(rec, predecessor)
+            outputs, branch = await self._attempts(spec, rec)
+        except anyio.get_cancelled_exc_class():
+            if self._ending():
+                rec.status = NodeStatus.STOPPED
+                rec.finished_at = time.time()
+                rec.error = _error("stopped", "node cancelled: the run ended", spec.id)
+                with anyio.CancelScope(shield=True):
+                    await self.observer.node_finished(rec)
+            raise
+        except NodeFailure as exc:
+            error = _error(exc.code, exc.message, spec.id)
+            rec.error = error
+            rec.status = NodeStatus.FAILED
+            rec.finished_at = time.time()
+            if spec.on_error == "fail":
+                with anyio.CancelScope(shield=True):
+                    await self.observer.node_finished(rec)
+                if self._failure is None:
+                    self._failure = error
+                    self._stop_reason = RunStatus.FAILED
+                tg.cancel_scope.cancel()
+                return
+            if spec.on_error == "default":
+                rec.outputs = expressions.evaluate(spec.default or {}, self._context) \
+                    if spec.default else {}
+            else:
+                rec.outputs = {"error": error}
+            outputs, branch = rec.outputs, None
+        else:
+            rec.status = NodeStatus.SUCCEEDED
+            rec.outputs = outputs
+            rec.branch = branch
+            rec.finished_at = time.time()
+        self._context["nodes"][spec.id] = outputs
+        await self.observer.node_finished(rec)
+        self._resolve(tg, spec.id, taken_branch=branch)
+
+    def _ending(self) -> bool:
+        deadline = self._deadline_scope
+        return self._stop_reason is not None or (deadline is not None and deadline.cancel_called)
+
+    async def _attempts(self, spec: NodeSpec, rec: NodeRecord) -> tuple[dict[str, Any], str | None]:
+        node_type = self.registry.get(spec.type)
+        if node_type is None:
+            raise NodeFailure(f"unknown node type {spec.type!r}", code="unknown_node_type")
+        params = expressions.evaluate(spec.params, self._context)
+        rec.inputs = params
+        try:
+            validated = node_type.params_model.model_validate(params)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in exc.errors())
+            raise NodeFailure(f"invalid params: {problems}", code="invalid_params") from None
+        kwargs = {**validated.model_dump(), **(validated.model_extra or {})}
+        retry = spec.retry
+        max_attempts = retry.max_attempts if retry else 1
+        for attempt in range(1, max_attempts + 1):
+            rec.attempts = attempt
+            ctx = NodeContext(self.run_id, spec.id, attempt,
+                              emit_text_cb=lambda text: self.observer.text_chunk(spec.id, text))
+            try:
+                outputs = await self._call(node_type.func, ctx, kwargs, spec)
+            except NodeFailure as exc:
+                if attempt >= max_attempts:
+                    raise
+                error = _error(exc.code, exc.message, spec.id)
+                await self.observer.node_retry(rec, error)
+                backoff = retry.backoff_s * (2 ** (attempt - 1)) if retry else 0
+                await anyio.sleep(backoff)
+                continue
+            branch = node_type.select_branch(outputs) if node_type.select_branch else None
+            return outputs, branch
+        raise AssertionError("unreachable")
+
+    async def _call(self, func: Any, ctx: NodeContext, kwargs: dict[str, Any],
+                    spec: NodeSpec) -> dict[str, Any]:
+        try:
+            if spec.timeout is not None:
+                with anyio.fail_after(spec.timeout):
+                    result = await func(ctx, **kwargs)
+            else:
+                result = await func(ctx, **kwargs)
+        except TimeoutError:
+            raise NodeFailure(f"node timed out after {spec.timeout:g}s",
+                              code="node_timeout") from None
+        except NodeFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a node's own bug fails only that node
+            raise NodeFailure(f"{type(exc).__name__}: {exc}", code="node_error") from None
+        outputs = dict(result or {})
+        try:
+            json.dumps(outputs)
+        except (TypeError, ValueError) as exc:
+            raise NodeFailure(f"outputs are not JSON: {exc}", code="invalid_outputs") from None
+        return outputs

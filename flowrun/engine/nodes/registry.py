@@ -1,0 +1,127 @@
+"""The node type registry: built-in and custom node types by name.
+
+A node type is an async function ``fn(ctx, **params) -> dict``. Its keyword
+parameters are the node's params: the registry derives a pydantic model from
+the signature, so a definition can be checked for missing or unknown params on
+load and the evaluated params are type-checked before every call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+import pydantic
+
+logger = logging.getLogger(__name__)
+
+NodeFunc = Callable[..., Awaitable[Mapping[str, Any] | None]]
+
+
+@dataclass
+class NodeContext:
+    """What a running node may use besides its params: ids, text streaming, logging."""
+
+    run_id: str
+    node_id: str
+    attempt: int
+    emit_text_cb: Callable[[str], Awaitable[None]] | None = None
+    logs: list[str] = field(default_factory=list)
+
+    async def emit_text(self, text: str) -> None:
+        """Stream a piece of text from this node (a ``text_chunk`` event)."""
+        if self.emit_text_cb is not None:
+            await self.emit_text_cb(text)
+
+    def log(self, message: str) -> None:
+        """Record a line in the node's process data and the server log."""
+        self.logs.append(message)
+        logger.info("run %s node %s: %s", self.run_id, self.node_id, message)
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """A registered node type."""
+
+    name: str
+    func: NodeFunc
+    params_model: type[pydantic.BaseModel]
+    accepts_extra: bool = False
+    # Branch names a node of this type can take, given its raw params; None: no branches.
+    branches: Callable[[Mapping[str, Any]], set[str]] | None = None
+    # Which branch a finished node took, given its outputs.
+    select_branch: Callable[[Mapping[str, Any]], str] | None = None
+
+    @property
+    def required_params(self) -> list[str]:
+        return [n for n, f in self.params_model.model_fields.items() if f.is_required()]
+
+    @property
+    def param_names(self) -> set[str]:
+        return set(self.params_model.model_fields)
+
+
+def _params_model(name: str, func: NodeFunc) -> tuple[type[pydantic.BaseModel], bool]:
+    sig = inspect.signature(func)
+    hints = get_type_hints(func)
+    fields: dict[str, Any] = {}
+    accepts_extra = False
+    params = list(sig.parameters.values())[1:]  # the first parameter is the context
+    for p in params:
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            accepts_extra = True
+            continue
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            continue
+        annotation = hints.get(p.name, Any)
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[p.name] = (annotation, default)
+    config = pydantic.ConfigDict(extra="allow" if accepts_extra else "forbid",
+                                 arbitrary_types_allowed=True)
+    model = pydantic.create_model(f"{name}_params", __config__=config, **fields)
+    return model, accepts_extra
+
+
+class Registry:
+    """Node types by name; ``register`` is what ``@flowrun.node`` calls."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, NodeType] = {}
+
+    def register(self, name: str, func: NodeFunc, *,
+                 branches: Callable[[Mapping[str, Any]], set[str]] | None = None,
+                 select_branch: Callable[[Mapping[str, Any]], str] | None = None) -> NodeType:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"node type {name!r}: {func!r} must be an async function")
+        model, extra = _params_model(name, func)
+        node_type = NodeType(name, func, model, extra, branches, select_branch)
+        self._types[name] = node_type
+        return node_type
+
+    def get(self, name: str) -> NodeType | None:
+        return self._types.get(name)
+
+    def names(self) -> Iterable[str]:
+        return sorted(self._types)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+
+registry = Registry()
+
+
+def node(name: str) -> Callable[[NodeFunc], NodeFunc]:
+    """Register an async function as the node type ``name``.
+
+    ``async def fn(ctx: NodeContext, *, param: T = default, ...) -> dict``
+    """
+
+    def decorate(func: NodeFunc) -> NodeFunc:
+        registry.register(name, func)
+        return func
+
+    return decorate

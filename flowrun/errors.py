@@ -1,0 +1,148 @@
+"""One exception tree for everything flowrun raises on purpose.
+
+    FlowrunError                      500 internal_error
+    ├── BadRequest                    400 invalid_param (carries per-field errors)
+    │   ├── DefinitionError           400 invalid_definition (names node or edge)
+    │   └── InputError                400 invalid_param (names each input)
+    ├── Unauthorized                  401 unauthorized
+    ├── NotFound                      404
+    │   ├── WorkflowNotFound          404 workflow_not_found
+    │   ├── VersionNotFound           404 version_not_found
+    │   └── RunNotFound               404 run_not_found
+    ├── PayloadTooLarge               413 payload_too_large
+    ├── UnsupportedMediaType          415 unsupported_media_type
+    ├── QueueFull                     429 queue_full
+    └── Unavailable                   503 unavailable (store fault, shutting down)
+    NodeFailure                       a node's own failure inside a run (not HTTP)
+    └── ExpressionError               an expression could not be evaluated
+
+HTTP status and machine ``code`` live on the class; every API dialect installs
+one handler for ``FlowrunError`` and renders its own envelope.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FlowrunError(Exception):
+    """Base class: raised for any failure flowrun reports to a client."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+    title: str = "Internal error"
+
+    def __init__(self, message: str | None = None, *, errors: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.message = message or self.title
+        self.errors = errors or []
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class BadRequest(FlowrunError):
+    """Raised when a request is malformed or a field has a wrong value."""
+
+    status_code = 400
+    code = "invalid_param"
+    title = "Invalid request"
+
+
+class DefinitionError(BadRequest):
+    """Raised when a workflow definition or graph override is invalid."""
+
+    code = "invalid_definition"
+    title = "Invalid workflow definition"
+
+
+class InputError(BadRequest):
+    """Raised when run inputs do not match the workflow's declared inputs."""
+
+    title = "Invalid inputs"
+
+
+class Unauthorized(FlowrunError):
+    """Raised when a request has no valid API key."""
+
+    status_code = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+class NotFound(FlowrunError):
+    """Raised when a named resource does not exist (or is not the caller's)."""
+
+    status_code = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class WorkflowNotFound(NotFound):
+    """Raised for an unknown workflow name."""
+
+    code = "workflow_not_found"
+    title = "Workflow not found"
+
+
+class VersionNotFound(NotFound):
+    """Raised for a version a workflow does not have."""
+
+    code = "version_not_found"
+    title = "Workflow version not found"
+
+
+class RunNotFound(NotFound):
+    """Raised for an unknown run id, or a run made with another API key."""
+
+    code = "run_not_found"
+    title = "Run not found"
+
+
+class PayloadTooLarge(FlowrunError):
+    """Raised when a request body exceeds ``max_body_bytes``."""
+
+    status_code = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(FlowrunError):
+    """Raised when a body is not sent as JSON."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class QueueFull(FlowrunError):
+    """Raised when ``max_queued`` runs are already waiting."""
+
+    status_code = 429
+    code = "queue_full"
+    title = "Too many queued runs"
+
+
+class Unavailable(FlowrunError):
+    """Raised when the store cannot accept writes or the server is shutting down."""
+
+    status_code = 503
+    code = "unavailable"
+    title = "Service unavailable"
+
+
+class NodeFailure(Exception):
+    """Raised inside a run when a node fails; recorded on the node, never sent as HTTP."""
+
+    code = "node_failed"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+
+
+class ExpressionError(NodeFailure):
+    """Raised when an expression names something undefined or fails to evaluate."""
+
+    code = "expression_error"

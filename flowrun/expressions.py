@@ -1,0 +1,72 @@
+"""Sandboxed ``{{ }}`` expressions over ``inputs``, ``nodes`` and ``run``.
+
+A string that is exactly one ``{{ expr }}`` evaluates to the expression's own
+value (an int stays an int, a dict stays a dict); any other string containing
+``{{`` renders as a template to a string. Undefined names raise
+``ExpressionError`` instead of quietly rendering as empty text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from flowrun.errors import ExpressionError
+
+_WHOLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
+
+_env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                     keep_trailing_newline=True)
+
+
+def is_expression(value: object) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def check_syntax(text: str) -> str | None:
+    """Return a description of the syntax error in ``text``, or None when it parses."""
+    whole = _WHOLE.match(text)
+    try:
+        if whole:
+            _env.compile_expression(whole.group("expr"))
+        else:
+            _env.parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        return f"expression syntax error in {text!r}: {exc.message}"
+    return None
+
+
+def evaluate(value: Any, context: Mapping[str, Any]) -> Any:
+    """Evaluate every expression inside ``value`` (recursing into dicts and lists)."""
+    if isinstance(value, str):
+        return _evaluate_string(value, context)
+    if isinstance(value, dict):
+        return {k: evaluate(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [evaluate(v, context) for v in value]
+    return value
+
+
+def _evaluate_string(text: str, context: Mapping[str, Any]) -> Any:
+    if not is_expression(text):
+        return text
+    whole = _WHOLE.match(text)
+    try:
+        if whole:
+            result = _env.compile_expression(whole.group("expr"), undefined_to_none=False)(
+                **context)
+            if isinstance(result, jinja2.Undefined):
+                result._fail_with_undefined_error()
+            return result
+        return _env.from_string(text).render(**context)
+    except jinja2.UndefinedError as exc:
+        raise ExpressionError(f"undefined in {text.strip()!r}: {exc.message}") from None
+    except jinja2.TemplateError as exc:
+        raise ExpressionError(f"cannot evaluate {text.strip()!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any user-expression error fails the node
+        raise ExpressionError(f"cannot evaluate {text.strip()!r}: "
+                              f"{type(exc).__name__}: {exc}") from None

@@ -1,0 +1,126 @@
+"""Run and node status vocabularies and the run record shared by every layer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class RunStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    TIMED_OUT = "timed_out"
+
+
+RUN_TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED,
+                          RunStatus.TIMED_OUT})
+
+
+class NodeStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    STOPPED = "stopped"
+
+
+NODE_TERMINAL = frozenset({NodeStatus.SUCCEEDED, NodeStatus.FAILED, NodeStatus.SKIPPED,
+                           NodeStatus.STOPPED})
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Render a unix timestamp as RFC 3339 UTC with milliseconds."""
+    if ts is None:
+        return None
+    stamp = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class NodeRecord:
+    """One node execution of a run, as stored and as shown."""
+
+    run_id: str
+    node_id: str
+    type: str
+    title: str
+    index: int
+    status: NodeStatus = NodeStatus.PENDING
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+    branch: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def elapsed_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return round(self.finished_at - self.started_at, 6)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.node_id, "type": self.type, "title": self.title, "index": self.index,
+            "status": self.status.value, "inputs": self.inputs, "outputs": self.outputs,
+            "error": self.error, "attempts": self.attempts,
+            "started_at": rfc3339(self.started_at), "finished_at": rfc3339(self.finished_at),
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+@dataclass
+class RunRecord:
+    """A run as stored: who asked, what to run, and where it got to."""
+
+    id: str
+    workflow: str
+    version: int
+    status: RunStatus
+    inputs: dict[str, Any]
+    created_at: float
+    priority: int = 0
+    correlation_id: str | None = None
+    idempotency_key: str | None = None
+    user: str | None = None
+    trace_id: str | None = None
+    api_key_id: str | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    graph: dict[str, Any] | None = None
+    outputs: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    steps: int = 0
+    num: int = 0
+    nodes: list[NodeRecord] = field(default_factory=list)
+
+    @property
+    def elapsed_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        if self.finished_at is None:
+            return None
+        return round(self.finished_at - self.started_at, 6)
+
+    def to_json(self, *, with_nodes: bool = True) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id, "workflow": self.workflow, "version": self.version,
+            "status": self.status.value, "inputs": self.inputs, "outputs": self.outputs,
+            "error": self.error, "priority": self.priority,
+            "correlation_id": self.correlation_id, "idempotency_key": self.idempotency_key,
+            "user": self.user, "trace_id": self.trace_id,
+            "created_at": rfc3339(self.created_at), "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at), "elapsed_s": self.elapsed_s,
+            "steps": self.steps,
+        }
+        if with_nodes:
+            body["nodes"] = [n.to_json() for n in self.nodes]
+        return body

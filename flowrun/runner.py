@@ -1,0 +1,161 @@
+"""Executes one accepted run end to end: graph, progress records, terminal status.
+
+The runner is where the engine meets durability. It loads the run's graph,
+marks the run running, drives an ``Executor`` with an observer that persists
+every node execution and event (numbered per run, continuing after a restart)
+and publishes them live, then writes the terminal status shielded from
+cancellation. If cancelled from outside (shutdown) it writes nothing final:
+the run stays ``running`` and resumes on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import anyio
+
+from flowrun.definitions import WorkflowDefinition, parse_definition, with_graph
+from flowrun.engine.executor import Executor, RunOutcome
+from flowrun.engine.nodes import Registry
+from flowrun.errors import DefinitionError, FlowrunError
+from flowrun.events import Event, EventBus
+from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
+from flowrun.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class RunRecorder:
+    """Persists and publishes one run's events and node executions, in order."""
+
+    def __init__(self, store: Store, bus: EventBus, run: RunRecord, *, last_seq: int) -> None:
+        self.store = store
+        self.bus = bus
+        self.run = run
+        self.seq = last_seq
+        self._exec_ids: dict[str, str] = {}
+
+    async def emit(self, name: str, data: dict[str, Any]) -> Event:
+        self.seq += 1
+        event = Event(self.run.id, self.seq, name, data, time.time())
+        self.store.append_event(event.run_id, event.seq, name, data, event.created_at)
+        self.bus.publish(event)
+        return event
+
+    def _node_data(self, node: NodeRecord) -> dict[str, Any]:
+        exec_id = self._exec_ids.setdefault(node.node_id, str(uuid.uuid4()))
+        return {"id": exec_id, "node_id": node.node_id, "node_type": node.type,
+                "title": node.title, "index": node.index, "inputs": node.inputs,
+                "created_at": node.started_at}
+
+    async def node_started(self, node: NodeRecord, predecessor: str | None) -> None:
+        self.store.save_node(node)
+        await self.emit("node_started", {**self._node_data(node),
+                                         "predecessor_node_id": predecessor})
+
+    async def node_retry(self, node: NodeRecord, error: dict[str, Any]) -> None:
+        await self.emit("node_retry", {**self._node_data(node), "retry_index": node.attempts,
+                                       "error": error.get("message"), "status": "retry"})
+
+    async def node_finished(self, node: NodeRecord) -> None:
+        self.store.save_node(node)
+        await self.emit("node_finished", {
+            **self._node_data(node), "outputs": node.outputs, "process_data": None,
+            "status": node.status.value,
+            "error": node.error.get("message") if node.error else None,
+            "elapsed_time": node.elapsed_s, "execution_metadata": {"attempts": node.attempts},
+            "finished_at": node.finished_at})
+
+    async def node_skipped(self, node: NodeRecord) -> None:
+        self.store.save_node(node)
+
+    async def text_chunk(self, node_id: str, text: str) -> None:
+        await self.emit("text_chunk", {"text": text, "from_variable_selector": [node_id, "text"],
+                                       "node_id": node_id})
+
+
+class Runner:
+    """Runs accepted runs; one instance per app, called by the scheduler."""
+
+    def __init__(self, store: Store, bus: EventBus, registry: Registry) -> None:
+        self.store = store
+        self.bus = bus
+        self.registry = registry
+
+    async def definition_for(self, run: RunRecord) -> WorkflowDefinition:
+        """The graph this run executes: its own override, or the stored version."""
+        if run.graph is not None:
+            definition = parse_definition(run.graph, source=f"run {run.id}",
+                                          registry=self.registry)
+        else:
+            found = await self.store.get_workflow(run.workflow, run.version)
+            if found is None:
+                raise DefinitionError(f"workflow {run.workflow!r} version {run.version} is gone")
+            definition = parse_definition(found[1], source=run.workflow, registry=self.registry)
+        if run.overrides:
+            definition = with_graph(definition, overrides=run.overrides, registry=self.registry)
+        return definition
+
+    async def execute(self, run: RunRecord, executor_ready: Any = None) -> RunOutcome | None:
+        """Run to a terminal status and record it; None if cancelled from outside."""
+        resumed = run.status is RunStatus.RUNNING
+        last_seq = await self.store.last_event_seq(run.id)
+        recorder = RunRecorder(self.store, self.bus, run, last_seq=last_seq)
+        try:
+            definition = await self.definition_for(run)
+        except FlowrunError as exc:
+            outcome = RunOutcome(RunStatus.FAILED, None,
+                                 {"code": exc.code, "message": exc.message, "node_id": None}, [])
+            await self.finish(run, recorder, outcome)
+            return outcome
+        prior = {}
+        if resumed:
+            prior = {n.node_id: n for n in await self.store.node_records(run.id)
+                     if n.status is NodeStatus.SUCCEEDED}
+        started_at = run.started_at or time.time()
+        run.started_at = started_at
+        run.status = RunStatus.RUNNING
+        self.store.mark_running(run.id, started_at)
+        deadline = None
+        if definition.timeout is not None:
+            deadline = definition.timeout - (time.time() - started_at)
+        logger.info("run %s: %s %s v%d", run.id, "resumed" if resumed else "started",
+                    run.workflow, run.version)
+        started_data = {"id": run.id, "workflow_id": run.workflow, "version": run.version,
+                        "inputs": run.inputs, "created_at": run.created_at,
+                        "reason": "resumption" if resumed else "initial"}
+        await recorder.emit("workflow_resumed" if resumed else "workflow_started", started_data)
+        executor = Executor(definition, run_id=run.id, inputs=run.inputs, version=run.version,
+                            observer=recorder, registry=self.registry, prior_nodes=prior,
+                            deadline_s=deadline)
+        if executor_ready is not None:
+            executor_ready(executor)
+        outcome = await executor.execute()
+        with anyio.CancelScope(shield=True):
+            await self.finish(run, recorder, outcome)
+        return outcome
+
+    async def finish(self, run: RunRecord, recorder: RunRecorder, outcome: RunOutcome) -> None:
+        """Write the terminal event and status (callers shield this)."""
+        finished_at = time.time()
+        started_at = run.started_at or finished_at
+        steps = outcome.steps
+        await recorder.emit("workflow_finished", {
+            "id": run.id, "workflow_id": run.workflow, "status": outcome.status.value,
+            "outputs": outcome.outputs, "error": outcome.error,
+            "elapsed_time": round(finished_at - started_at, 6), "total_tokens": 0,
+            "total_steps": steps, "created_at": run.created_at, "finished_at": finished_at})
+        await self.store.finish_run(run.id, outcome.status, outputs=outcome.outputs,
+                                    error=outcome.error, steps=steps, finished_at=finished_at)
+        logger.info("run %s: %s in %.3fs", run.id, outcome.status.value,
+                    finished_at - started_at)
+
+    async def finish_unstarted(self, run: RunRecord, status: RunStatus) -> None:
+        """Give a run that never started (stopped while queued) its terminal status."""
+        recorder = RunRecorder(self.store, self.bus, run,
+                               last_seq=await self.store.last_event_seq(run.id))
+        with anyio.CancelScope(shield=True):
+            await self.finish(run, recorder, RunOutcome(status, None, None, []))

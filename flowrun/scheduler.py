@@ -1,0 +1,154 @@
+"""The scheduler: a priority queue of accepted runs and the tasks that run them.
+
+Higher priority first (0-99), first-in first-out within one priority, at most
+``max_concurrent_runs`` at once, at most ``max_queued`` waiting. Every run task
+is a child of the task group passed to ``run`` (the app's), so shutdown
+cancels them all; a run's own failure never escapes its task.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+
+import anyio
+import anyio.abc
+
+from flowrun.engine.executor import Executor
+from flowrun.models import RunRecord, RunStatus
+from flowrun.runner import Runner
+
+logger = logging.getLogger(__name__)
+
+
+class HandleState(str, Enum):
+    PREPARED = "prepared"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class RunHandle:
+    """A live run in this process: its queue state, executor and completion signal."""
+
+    run: RunRecord
+    state: HandleState = HandleState.PREPARED
+    stop_requested: bool = False
+    executor: Executor | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    def attach(self, executor: Executor) -> None:
+        self.executor = executor
+        if self.stop_requested:
+            executor.stop()
+
+
+class Scheduler:
+    """Owns the run queue and every run task."""
+
+    def __init__(self, runner: Runner, *, max_concurrent: int, max_queued: int) -> None:
+        self.runner = runner
+        self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
+        self._heap: list[tuple[int, int, RunHandle]] = []
+        self._order = itertools.count()
+        self._handles: dict[str, RunHandle] = {}
+        self._queued = 0
+        self._running = 0
+        self._wakeup = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def has_room(self) -> bool:
+        """False when ``max_queued`` runs are already waiting."""
+        return self._queued < self.max_queued
+
+    def get(self, run_id: str) -> RunHandle | None:
+        return self._handles.get(run_id)
+
+    def prepare(self, run: RunRecord) -> RunHandle:
+        """Register a run before its insert commits, so waiters can find it at once."""
+        handle = RunHandle(run)
+        self._handles[run.id] = handle
+        return handle
+
+    def discard(self, handle: RunHandle) -> None:
+        """Forget a prepared run whose insert failed."""
+        if self._handles.get(handle.run.id) is handle:
+            del self._handles[handle.run.id]
+        handle.state = HandleState.DONE
+        handle.done.set()
+
+    def enqueue(self, handle: RunHandle) -> None:
+        """Queue a committed run for execution."""
+        self._handles[handle.run.id] = handle
+        handle.state = HandleState.QUEUED
+        self._queued += 1
+        heapq.heappush(self._heap, (-handle.run.priority, next(self._order), handle))
+        self._wakeup.set()
+
+    def stop(self, handle: RunHandle) -> None:
+        """Stop a queued or running run; ``handle.done`` is set once it is recorded."""
+        if handle.stop_requested or handle.state is HandleState.DONE:
+            return
+        handle.stop_requested = True
+        if handle.state is HandleState.QUEUED:
+            self._queued -= 1
+            handle.state = HandleState.RUNNING  # leaves the heap lazily
+            assert self._tg is not None
+            self._tg.start_soon(self._finish_unstarted, handle)
+        elif handle.executor is not None:
+            handle.executor.stop()
+
+    async def run(self, tg: anyio.abc.TaskGroup) -> None:
+        """Dispatch queued runs into ``tg`` until cancelled."""
+        self._tg = tg
+        while True:
+            while self._heap and self._running < self.max_concurrent:
+                _, _, handle = heapq.heappop(self._heap)
+                if handle.state is not HandleState.QUEUED:
+                    continue
+                self._queued -= 1
+                self._running += 1
+                handle.state = HandleState.RUNNING
+                tg.start_soon(self._run_one, handle)
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+
+    async def _run_one(self, handle: RunHandle) -> None:
+        try:
+            await self.runner.execute(handle.run, executor_ready=handle.attach)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception:
+            logger.exception("run %s: crashed in the runner; it will resume on next start",
+                             handle.run.id)
+        finally:
+            self._running -= 1
+            self._release(handle)
+
+    async def _finish_unstarted(self, handle: RunHandle) -> None:
+        try:
+            await self.runner.finish_unstarted(handle.run, RunStatus.STOPPED)
+        except Exception:
+            logger.exception("run %s: could not record its stop", handle.run.id)
+        finally:
+            self._release(handle)
+
+    def _release(self, handle: RunHandle) -> None:
+        handle.state = HandleState.DONE
+        if self._handles.get(handle.run.id) is handle:
+            del self._handles[handle.run.id]
+        handle.done.set()
+        self._wakeup.set()

@@ -1,0 +1,237 @@
+"""RunService: the one thing API routers call to register, submit, read, wait and stop.
+
+Routers translate their dialect into these calls; every rule about runs lives
+here or below: which workflow version, which inputs, who may see a run, when a
+run counts as accepted (its row committed), how long a caller may wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from flowrun import auth, definitions
+from flowrun.definitions import WorkflowDefinition
+from flowrun.engine.nodes import Registry
+from flowrun.errors import (
+    BadRequest,
+    DefinitionError,
+    QueueFull,
+    RunNotFound,
+    Unauthorized,
+    Unavailable,
+    VersionNotFound,
+    WorkflowNotFound,
+)
+from flowrun.events import EventBus
+from flowrun.models import RUN_TERMINAL, RunRecord, RunStatus
+from flowrun.scheduler import Scheduler
+from flowrun.settings import Settings
+from flowrun.store import Store
+
+logger = logging.getLogger(__name__)
+
+_KEY_CACHE_S = 5.0
+
+
+@dataclass
+class RunRequest:
+    """A request to start a run, whichever API it came through."""
+
+    workflow: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+    version: int | None = None
+    priority: int = 0
+    correlation_id: str | None = None
+    user: str | None = None
+    trace_id: str | None = None
+    overrides: dict[str, dict[str, Any]] | None = None
+    nodes: list[Any] | None = None
+    edges: list[Any] | None = None
+
+
+class RunService:
+    """Submit / get / list / wait / stop runs, and manage workflows and keys."""
+
+    def __init__(self, settings: Settings, store: Store, scheduler: Scheduler, bus: EventBus,
+                 registry: Registry) -> None:
+        self.settings = settings
+        self.store = store
+        self.scheduler = scheduler
+        self.bus = bus
+        self.registry = registry
+        self._key_cache: dict[str, tuple[auth.Principal, float]] = {}
+
+    # --- auth -----------------------------------------------------------------------
+
+    async def authenticate(self, secret: str | None) -> auth.Principal:
+        """The principal for an API key; Unauthorized when it is missing or unknown."""
+        if not self.settings.auth_enabled:
+            return auth.ANONYMOUS
+        if not secret:
+            raise Unauthorized("missing API key (Authorization: Bearer <key>)")
+        digest = auth.hash_key(secret)
+        cached = self._key_cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        row = await self.store.find_api_key(digest)
+        if row is None:
+            raise Unauthorized("invalid API key")
+        principal = auth.Principal(row["id"], row["workflow"])
+        self._key_cache[digest] = (principal, now + _KEY_CACHE_S)
+        return principal
+
+    # --- workflows ------------------------------------------------------------------
+
+    async def register_workflow(self, data: Mapping[str, Any],
+                                name: str | None = None) -> tuple[int, bool]:
+        """Validate and store a definition; (version, whether it is a new version)."""
+        if name is not None:
+            if not isinstance(data, Mapping):
+                raise DefinitionError("a workflow definition must be a JSON object")
+            data = {**data}
+            data.setdefault("name", name)
+            if data["name"] != name:
+                raise DefinitionError(f"name {data['name']!r} does not match the URL ({name!r})",
+                                      errors=[{"field": "name", "message": "does not match"}])
+        definition = definitions.parse_definition(data, source=name or "definition",
+                                                  registry=self.registry)
+        version, created = await self.store.put_workflow(definition.name, definition.to_json())
+        if created:
+            logger.info("workflow %s: registered version %d", definition.name, version)
+        return version, created
+
+    async def load_workflows(self, path: Path) -> list[tuple[str, int]]:
+        """Register every workflow file under ``path`` (a new version only when changed)."""
+        loaded = []
+        for definition in definitions.load_path(path, registry=self.registry):
+            version, _ = await self.store.put_workflow(definition.name, definition.to_json())
+            loaded.append((definition.name, version))
+        return loaded
+
+    async def get_workflow(self, name: str,
+                           version: int | None = None) -> tuple[int, WorkflowDefinition]:
+        found = await self.store.get_workflow(name, version)
+        if found is None:
+            if version is not None and await self.store.workflow_exists(name):
+                raise VersionNotFound(f"workflow {name!r} has no version {version}",
+                                      errors=[{"field": "version", "message": "unknown version"}])
+            raise WorkflowNotFound(f"workflow {name!r} is not registered")
+        return found[0], WorkflowDefinition.model_validate(found[1])
+
+    async def list_workflows(self) -> list[tuple[str, int, WorkflowDefinition]]:
+        return [(name, version, WorkflowDefinition.model_validate(data))
+                for name, version, data in await self.store.list_workflows()]
+
+    # --- runs -----------------------------------------------------------------------
+
+    async def submit(self, principal: auth.Principal, request: RunRequest) -> RunRecord:
+        """Validate and durably accept a run; returns once its row is committed."""
+        version, definition = await self.get_workflow(request.workflow, request.version)
+        graph = None
+        if request.nodes is not None or request.edges is not None:
+            definition = definitions.with_graph(definition, nodes=request.nodes,
+                                                edges=request.edges, registry=self.registry)
+            graph = definition.to_json()
+        if request.overrides:
+            definitions.with_graph(definition, overrides=request.overrides,
+                                   registry=self.registry)
+        inputs = definitions.check_inputs(definition, request.inputs)
+        if not 0 <= request.priority <= 99:
+            raise BadRequest("priority must be between 0 and 99",
+                             errors=[{"field": "priority", "message": "must be 0-99"}])
+        if not self.scheduler.has_room():
+            raise QueueFull(f"{self.scheduler.queued} runs are queued; retry later",
+                            headers={"Retry-After": "1"})
+        run = RunRecord(
+            id=str(uuid.uuid4()), workflow=definition.name, version=version,
+            status=RunStatus.QUEUED, inputs=inputs, created_at=time.time(),
+            priority=request.priority, correlation_id=request.correlation_id,
+            user=request.user, trace_id=request.trace_id or uuid.uuid4().hex,
+            api_key_id=principal.key_id, overrides=request.overrides or {}, graph=graph)
+        handle = self.scheduler.prepare(run)
+        try:
+            await self.store.insert_run(run).wait()
+        except BaseException:
+            self.scheduler.discard(handle)
+            raise
+        self.scheduler.enqueue(handle)
+        logger.info("run %s: queued %s v%d (priority %d)", run.id, run.workflow, version,
+                    run.priority)
+        return run
+
+    async def get_run(self, principal: auth.Principal, run_id: str) -> RunRecord:
+        """A run with its nodes; RunNotFound for unknown ids and other keys' runs."""
+        run = await self.store.get_run(run_id)
+        if run is None or run.api_key_id != principal.key_id:
+            raise RunNotFound(f"run {run_id!r} not found")
+        return run
+
+    async def list_runs(self, principal: auth.Principal, workflow: str, *,
+                        status: str | None = None, correlation_id: str | None = None,
+                        limit: int = 20, cursor: str | None = None
+                        ) -> tuple[list[RunRecord], str | None]:
+        """Runs of a workflow made by this key, newest first, and the next page's cursor."""
+        if not await self.store.workflow_exists(workflow):
+            raise WorkflowNotFound(f"workflow {workflow!r} is not registered")
+        before = None
+        if cursor:
+            try:
+                before = int(cursor)
+            except ValueError:
+                raise BadRequest("cursor is not valid",
+                                 errors=[{"field": "cursor", "message": "invalid"}]) from None
+        runs = await self.store.list_runs(workflow, api_key_id=principal.key_id, status=status,
+                                          correlation_id=correlation_id, limit=limit,
+                                          before_num=before)
+        next_cursor = str(runs[-1].num) if len(runs) == limit else None
+        return runs, next_cursor
+
+    async def wait(self, principal: auth.Principal, run_id: str,
+                   timeout: float) -> RunRecord:
+        """The run once it is terminal, or as it is when ``timeout`` passes."""
+        handle = self.scheduler.get(run_id)
+        if handle is not None:
+            with anyio.move_on_after(timeout):
+                await handle.done.wait()
+        return await self.get_run(principal, run_id)
+
+    async def stop(self, principal: auth.Principal, run_id: str) -> RunRecord:
+        """Stop a queued or running run and return it once stopped; finished runs as they are."""
+        run = await self.get_run(principal, run_id)
+        if run.status in RUN_TERMINAL:
+            return run
+        handle = self.scheduler.get(run_id)
+        if handle is None:
+            return run
+        self.scheduler.stop(handle)
+        with anyio.move_on_after(self.settings.stop_wait_s):
+            await handle.done.wait()
+        return await self.get_run(principal, run_id)
+
+    async def resume_unfinished(self) -> int:
+        """Re-queue queued runs and resume running ones after a restart."""
+        runs = await self.store.unfinished_runs()
+        for run in runs:
+            self.scheduler.enqueue(self.scheduler.prepare(run))
+        if runs:
+            logger.info("resuming %d unfinished runs", len(runs))
+        return len(runs)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "queued": self.scheduler.queued,
+                "running": self.scheduler.running}
+
+
+def require_available(service: RunService | None) -> RunService:
+    if service is None:
+        raise Unavailable("flowrun is not started", headers={"Retry-After": "1"})
+    return service

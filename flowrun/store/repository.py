@@ -1,0 +1,324 @@
+"""The SQLite repository: typed reads on a reader connection, writes via the writer.
+
+``Store.open`` is an async context manager that connects (WAL mode, busy
+timeout), migrates the schema, and runs the group-commit writer in its own
+task group for as long as the store is open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from flowrun.errors import Unavailable
+from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
+from flowrun.store.schema import MIGRATIONS, SCHEMA_VERSION
+from flowrun.store.writer import Writer, WriteResult
+
+logger = logging.getLogger(__name__)
+
+_RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, priority, "
+                "correlation_id, idempotency_key, user, trace_id, api_key_id, overrides, graph, "
+                "steps, created_at, started_at, finished_at")
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    await conn.execute("PRAGMA busy_timeout = 5000")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    await conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    await conn.execute("PRAGMA journal_mode = WAL")
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    current = int(row[0]) if row else 0
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema {current} is newer than this flowrun "
+                           f"({SCHEMA_VERSION})")
+    for step in range(current, SCHEMA_VERSION):
+        await conn.execute("BEGIN IMMEDIATE")
+        for statement in MIGRATIONS[step]:
+            await conn.execute(statement)
+        await conn.execute(f"PRAGMA user_version = {step + 1}")
+        await conn.execute("COMMIT")
+        logger.info("database migrated to schema %d", step + 1)
+
+
+def _run_from_row(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"], workflow=row["workflow"], version=row["version"],
+        status=RunStatus(row["status"]), inputs=_loads(row["inputs"]) or {},
+        created_at=row["created_at"], priority=row["priority"],
+        correlation_id=row["correlation_id"], idempotency_key=row["idempotency_key"],
+        user=row["user"], trace_id=row["trace_id"], api_key_id=row["api_key_id"],
+        overrides=_loads(row["overrides"]) or {}, graph=_loads(row["graph"]),
+        outputs=_loads(row["outputs"]), error=_loads(row["error"]),
+        started_at=row["started_at"], finished_at=row["finished_at"], steps=row["steps"],
+        num=row["num"],
+    )
+
+
+def _node_from_row(row: sqlite3.Row) -> NodeRecord:
+    return NodeRecord(
+        run_id=row["run_id"], node_id=row["node_id"], type=row["type"], title=row["title"],
+        index=row["idx"], status=NodeStatus(row["status"]), inputs=_loads(row["inputs"]) or {},
+        outputs=_loads(row["outputs"]) or {}, error=_loads(row["error"]),
+        attempts=row["attempts"], branch=row["branch"], started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+class Store:
+    """Durable state of workflows, runs, nodes, events and keys."""
+
+    def __init__(self, path: Path, reader: aiosqlite.Connection, writer: Writer) -> None:
+        self.path = path
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path, *, max_batch: int = 512) -> AsyncIterator[Store]:
+        """Open (creating and migrating) the database for the duration of the block."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_conn = await _connect(path)
+        try:
+            await _migrate(write_conn)
+            read_conn = await _connect(path)
+            try:
+                writer = Writer(write_conn, max_batch=max_batch)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(writer.run)
+                    try:
+                        yield cls(path, read_conn, writer)
+                    finally:
+                        tg.cancel_scope.cancel()
+            finally:
+                await read_conn.close()
+        finally:
+            await write_conn.close()
+
+    # --- plumbing -------------------------------------------------------------------
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            async with self._reader.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.OperationalError as exc:
+            raise Unavailable(f"the database cannot be read: {exc}") from exc
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    def submit(self, sql: str, params: Sequence[Any] = ()) -> WriteResult[None]:
+        """Queue one statement for the next group commit without waiting."""
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute(sql, params)
+
+        return self._writer.submit(op)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement and wait for its commit."""
+        await self.submit(sql, params).wait()
+
+    # --- workflows ------------------------------------------------------------------
+
+    async def put_workflow(self, name: str, definition: dict[str, Any]) -> tuple[int, bool]:
+        """Store a definition as the next version, unless it equals the latest: (version, new)."""
+        text = json.dumps(definition, sort_keys=True, separators=(",", ":"))
+
+        async def op(conn: aiosqlite.Connection) -> tuple[int, bool]:
+            async with conn.execute(
+                    "SELECT version, definition FROM workflows WHERE name = ? "
+                    "ORDER BY version DESC LIMIT 1", (name,)) as cur:
+                row = await cur.fetchone()
+            if row is not None and row["definition"] == text:
+                return int(row["version"]), False
+            version = int(row["version"]) + 1 if row is not None else 1
+            await conn.execute("INSERT INTO workflows (name, version, definition, created_at) "
+                               "VALUES (?, ?, ?, ?)", (name, version, text, time.time()))
+            return version, True
+
+        return await self._writer.write(op)
+
+    async def get_workflow(self, name: str,
+                           version: int | None = None) -> tuple[int, dict[str, Any]] | None:
+        """(version, definition) of a workflow, the latest when no version is given."""
+        if version is None:
+            row = await self._fetchone("SELECT version, definition FROM workflows WHERE name = ? "
+                                       "ORDER BY version DESC LIMIT 1", (name,))
+        else:
+            row = await self._fetchone("SELECT version, definition FROM workflows "
+                                       "WHERE name = ? AND version = ?", (name, version))
+        return None if row is None else (int(row["version"]), json.loads(row["definition"]))
+
+    async def workflow_exists(self, name: str) -> bool:
+        return await self._fetchone("SELECT 1 FROM workflows WHERE name = ? LIMIT 1",
+                                    (name,)) is not None
+
+    async def list_workflows(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """(name, latest version, definition) of every workflow, by name."""
+        rows = await self._fetchall(
+            "SELECT w.name, w.version, w.definition FROM workflows w JOIN "
+            "(SELECT name, MAX(version) AS v FROM workflows GROUP BY name) m "
+            "ON w.name = m.name AND w.version = m.v ORDER BY w.name")
+        return [(r["name"], int(r["version"]), json.loads(r["definition"])) for r in rows]
+
+    # --- runs -----------------------------------------------------------------------
+
+    def insert_run(self, run: RunRecord) -> WriteResult[None]:
+        """Queue the insert of a new run; await the result before answering 202."""
+        return self.submit(
+            "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
+            "idempotency_key, user, trace_id, api_key_id, overrides, graph, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run.id, run.workflow, run.version, run.status.value, _dumps(run.inputs),
+             run.priority, run.correlation_id, run.idempotency_key, run.user, run.trace_id,
+             run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at))
+
+    def mark_running(self, run_id: str, started_at: float) -> WriteResult[None]:
+        return self.submit("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) "
+                           "WHERE id = ?", (RunStatus.RUNNING.value, started_at, run_id))
+
+    async def finish_run(self, run_id: str, status: RunStatus, *, outputs: Any, error: Any,
+                         steps: int, finished_at: float) -> None:
+        """Record a terminal status and wait for the commit."""
+        await self.execute(
+            "UPDATE runs SET status = ?, outputs = ?, error = ?, steps = ?, finished_at = ?, "
+            "started_at = COALESCE(started_at, ?) WHERE id = ?",
+            (status.value, _dumps(outputs), _dumps(error), steps, finished_at, finished_at,
+             run_id))
+
+    async def get_run(self, run_id: str, *, with_nodes: bool = True) -> RunRecord | None:
+        row = await self._fetchone(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        if row is None:
+            return None
+        run = _run_from_row(row)
+        if with_nodes:
+            run.nodes = await self.node_records(run_id)
+        return run
+
+    async def list_runs(self, workflow: str, *, api_key_id: str | None,
+                        status: str | None = None, correlation_id: str | None = None,
+                        limit: int = 20, before_num: int | None = None) -> list[RunRecord]:
+        """Runs of a workflow made by one key, newest first."""
+        clauses = ["workflow = ?", "api_key_id IS ?"]
+        params: list[Any] = [workflow, api_key_id]
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if correlation_id is not None:
+            clauses.append("correlation_id = ?")
+            params.append(correlation_id)
+        if before_num is not None:
+            clauses.append("num < ?")
+            params.append(before_num)
+        params.append(limit)
+        rows = await self._fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE "
+                                    f"{' AND '.join(clauses)} ORDER BY num DESC LIMIT ?", params)
+        return [_run_from_row(r) for r in rows]
+
+    async def unfinished_runs(self) -> list[RunRecord]:
+        """Queued and running runs, oldest first (what a restart must pick up)."""
+        rows = await self._fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN (?, ?) "
+                                    "ORDER BY num", (RunStatus.QUEUED.value,
+                                                     RunStatus.RUNNING.value))
+        return [_run_from_row(r) for r in rows]
+
+    # --- nodes and events -----------------------------------------------------------
+
+    def save_node(self, node: NodeRecord) -> WriteResult[None]:
+        """Queue an upsert of one node execution."""
+        return self.submit(
+            "INSERT INTO node_executions (run_id, node_id, type, title, idx, status, inputs, "
+            "outputs, error, attempts, branch, started_at, finished_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id, node_id) DO UPDATE SET type = excluded.type, "
+            "title = excluded.title, idx = excluded.idx, status = excluded.status, "
+            "inputs = excluded.inputs, outputs = excluded.outputs, error = excluded.error, "
+            "attempts = excluded.attempts, branch = excluded.branch, "
+            "started_at = excluded.started_at, finished_at = excluded.finished_at",
+            (node.run_id, node.node_id, node.type, node.title, node.index, node.status.value,
+             _dumps(node.inputs), _dumps(node.outputs), _dumps(node.error), node.attempts,
+             node.branch, node.started_at, node.finished_at))
+
+    async def node_records(self, run_id: str) -> list[NodeRecord]:
+        rows = await self._fetchall("SELECT * FROM node_executions WHERE run_id = ? "
+                                    "ORDER BY idx = 0, idx", (run_id,))
+        return [_node_from_row(r) for r in rows]
+
+    def append_event(self, run_id: str, seq: int, name: str,
+                     data: dict[str, Any], created_at: float) -> WriteResult[None]:
+        """Queue one event of a run's log."""
+        return self.submit("INSERT INTO events (run_id, seq, name, data, created_at) "
+                           "VALUES (?, ?, ?, ?, ?)",
+                           (run_id, seq, name, _dumps(data), created_at))
+
+    async def events(self, run_id: str, *, after: int = 0,
+                     limit: int = 1000) -> list[tuple[int, str, dict[str, Any], float]]:
+        rows = await self._fetchall("SELECT seq, name, data, created_at FROM events "
+                                    "WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                                    (run_id, after, limit))
+        return [(r["seq"], r["name"], json.loads(r["data"]), r["created_at"]) for r in rows]
+
+    async def last_event_seq(self, run_id: str) -> int:
+        row = await self._fetchone("SELECT MAX(seq) AS s FROM events WHERE run_id = ?",
+                                   (run_id,))
+        return int(row["s"]) if row is not None and row["s"] is not None else 0
+
+    # --- API keys -------------------------------------------------------------------
+
+    async def add_api_key(self, key_id: str, prefix: str, key_hash: str, *,
+                          name: str | None, workflow: str | None) -> None:
+        await self.execute("INSERT INTO api_keys (id, prefix, hash, name, workflow, created_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           (key_id, prefix, key_hash, name, workflow, time.time()))
+
+    async def find_api_key(self, key_hash: str) -> sqlite3.Row | None:
+        return await self._fetchone("SELECT * FROM api_keys WHERE hash = ? AND revoked_at IS NULL",
+                                    (key_hash,))
+
+    async def list_api_keys(self) -> list[sqlite3.Row]:
+        return await self._fetchall("SELECT * FROM api_keys ORDER BY created_at")
+
+    async def revoke_api_key(self, key_id_or_prefix: str) -> int:
+        """Revoke keys by id or prefix; the number revoked."""
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute("UPDATE api_keys SET revoked_at = ? WHERE "
+                                     "(id = ? OR prefix = ?) AND revoked_at IS NULL",
+                                     (time.time(), key_id_or_prefix, key_id_or_prefix))
+            return cur.rowcount
+
+        return await self._writer.write(op)
+
+    async def count_api_keys(self) -> int:
+        row = await self._fetchone("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+        return int(row["n"]) if row else 0
+
+
+def json_rows(rows: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
+    return [dict(r) for r in rows]

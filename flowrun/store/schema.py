@@ -1,0 +1,84 @@
+"""The SQLite schema as an ordered list of migrations; ``user_version`` records the step."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE workflows (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            definition TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (name, version)
+        )""",
+        """CREATE TABLE runs (
+            num INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            workflow TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            inputs TEXT NOT NULL,
+            outputs TEXT,
+            error TEXT,
+            priority INTEGER NOT NULL DEFAULT 0,
+            correlation_id TEXT,
+            idempotency_key TEXT,
+            user TEXT,
+            trace_id TEXT,
+            api_key_id TEXT,
+            overrides TEXT,
+            graph TEXT,
+            steps INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        )""",
+        "CREATE INDEX runs_by_workflow ON runs (workflow, api_key_id, num)",
+        "CREATE INDEX runs_by_status ON runs (status, num)",
+        """CREATE TABLE node_executions (
+            run_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            title TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            inputs TEXT,
+            outputs TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            branch TEXT,
+            started_at REAL,
+            finished_at REAL,
+            PRIMARY KEY (run_id, node_id)
+        )""",
+        """CREATE TABLE events (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            data TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )""",
+        """CREATE TABLE idempotency_keys (
+            api_key_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            PRIMARY KEY (api_key_id, workflow, key)
+        )""",
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            prefix TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE,
+            name TEXT,
+            workflow TEXT,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )""",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
