@@ -109,7 +109,7 @@ class Store:
             try:
                 writer = Writer(write_conn, max_batch=max_batch)
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(writer.run)
+                    await tg.start(writer.run)
                     try:
                         yield cls(path, read_conn, writer)
                     finally:

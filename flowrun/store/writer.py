@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import aiosqlite
 import anyio
+import anyio.abc
 
 from flowrun.errors import Unavailable
 
@@ -70,14 +71,18 @@ class Writer:
         """Queue a write and wait until it is committed."""
         return await self.submit(op).wait()
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
         """Commit queued writes until cancelled; on cancel, flush what is queued."""
         try:
+            task_status.started()
             while True:
                 if not self._queue:
                     self._wakeup = anyio.Event()
                     await self._wakeup.wait()
-                await self._commit_batch()
+                # A batch, once taken off the queue, is finished even if cancelled.
+                with anyio.CancelScope(shield=True):
+                    await self._commit_batch()
         finally:
             self._closed = True
             with anyio.CancelScope(shield=True):

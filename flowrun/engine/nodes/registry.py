@@ -101,6 +101,12 @@ class Registry:
         self._types[name] = node_type
         return node_type
 
+    def copy(self) -> Registry:
+        """A new registry holding the same types (to add types without touching this one)."""
+        clone = Registry()
+        clone._types = dict(self._types)
+        return clone
+
     def get(self, name: str) -> NodeType | None:
         return self._types.get(name)
 

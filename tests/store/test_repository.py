@@ -1,0 +1,114 @@
+"""Store: migrations, workflow versions, group commit, run and node round trips."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import aiosqlite
+import anyio
+import pytest
+
+from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
+from flowrun.store import Store
+from flowrun.store.schema import SCHEMA_VERSION
+
+
+def make_run(run_id: str, **kw: object) -> RunRecord:
+    return RunRecord(id=run_id, workflow="wf", version=1, status=RunStatus.QUEUED,
+                     inputs={"a": 1}, created_at=time.time(), **kw)  # type: ignore[arg-type]
+
+
+async def test_new_database_is_migrated_in_wal_mode(tmp_path: Path) -> None:
+    db = tmp_path / "sub" / "f.db"
+    async with Store.open(db):
+        pass
+    async with Store.open(db):  # a second open migrates nothing and keeps working
+        pass
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_workflow_versions(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db") as store:
+        assert await store.put_workflow("wf", {"v": 1}) == (1, True)
+        assert await store.put_workflow("wf", {"v": 1}) == (1, False)
+        assert await store.put_workflow("wf", {"v": 2}) == (2, True)
+        assert await store.get_workflow("wf") == (2, {"v": 2})
+        assert await store.get_workflow("wf", 1) == (1, {"v": 1})
+        assert await store.get_workflow("wf", 9) is None
+        assert [(n, v) for n, v, _ in await store.list_workflows()] == [("wf", 2)]
+
+
+async def test_concurrent_writes_are_group_committed(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db") as store:
+        async with anyio.create_task_group() as tg:
+            for i in range(300):
+                tg.start_soon(lambda i=i: store.insert_run(make_run(f"r{i}")).wait())
+        rows = await store.list_runs("wf", api_key_id=None, limit=1000)
+        assert len(rows) == 300
+        assert [r.id for r in rows[:2]] == ["r299", "r298"] or len({r.id for r in rows}) == 300
+
+
+async def test_a_failing_write_does_not_undo_its_batch(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db") as store:
+        await store.insert_run(make_run("dup")).wait()
+        ok = store.insert_run(make_run("fine"))
+        bad = store.insert_run(make_run("dup"))
+        await ok.wait()
+        with pytest.raises(sqlite3.IntegrityError):
+            await bad.wait()
+        assert await store.get_run("fine") is not None
+
+
+async def test_run_and_nodes_round_trip(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db") as store:
+        await store.insert_run(make_run("r", priority=7, correlation_id="c")).wait()
+        store.mark_running("r", 10.0)
+        node = NodeRecord("r", "n", "template", "N", 1, NodeStatus.SUCCEEDED, {"i": 1},
+                          {"o": 2}, None, 1, None, 10.0, 10.5)
+        store.save_node(node)
+        await store.finish_run("r", RunStatus.SUCCEEDED, outputs={"x": 1}, error=None,
+                               steps=1, finished_at=11.0)
+        run = await store.get_run("r")
+        assert run is not None
+        assert (run.status, run.outputs, run.priority, run.started_at, run.elapsed_s) == (
+            RunStatus.SUCCEEDED, {"x": 1}, 7, 10.0, 1.0)
+        assert run.nodes == [node]
+        assert await store.unfinished_runs() == []
+
+
+async def test_writes_after_reopen_survive(tmp_path: Path) -> None:
+    db = tmp_path / "f.db"
+    async with Store.open(db) as store:
+        store.insert_run(make_run("queued-only"))  # not awaited: flushed on close
+    async with Store.open(db) as store:
+        assert [r.id for r in await store.unfinished_runs()] == ["queued-only"]
+
+
+async def test_events_are_ordered_by_seq(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db") as store:
+        for seq in (1, 2, 3):
+            store.append_event("r", seq, "e", {"n": seq}, time.time())
+        await store.execute("SELECT 1")
+        assert [e[0] for e in await store.events("r", after=1)] == [2, 3]
+        assert await store.last_event_seq("r") == 3
+
+
+async def test_a_locked_database_becomes_unavailable_then_recovers(tmp_path: Path) -> None:
+    from flowrun.errors import Unavailable
+
+    db = tmp_path / "f.db"
+    async with Store.open(db) as store:
+        blocker = await aiosqlite.connect(db, isolation_level=None)
+        await blocker.execute("PRAGMA busy_timeout = 0")
+        await blocker.execute("BEGIN EXCLUSIVE")
+        with anyio.fail_after(20), pytest.raises(Unavailable):
+            await store.insert_run(make_run("blocked")).wait()
+        await blocker.execute("ROLLBACK")
+        await blocker.close()
+        await store.insert_run(make_run("after")).wait()
+        assert await store.get_run("blocked") is None
+        assert await store.get_run("after") is not None

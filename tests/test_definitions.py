@@ -1,0 +1,145 @@
+"""Definition validation: each error kind names its culprit; input checks name each field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowrun.definitions import check_inputs, load_path, parse_definition, with_graph
+from flowrun.errors import DefinitionError, InputError
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def errors_of(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(DefinitionError) as info:
+        parse_definition({"name": "wf", **data})
+    return [e["message"] for e in info.value.errors]
+
+
+def test_examples_are_valid() -> None:
+    names = {d.name for d in load_path(EXAMPLES)}
+    assert {"hello", "branching", "slow", "fanout"} <= names
+
+
+def test_unknown_node_type() -> None:
+    assert errors_of({"nodes": [{"id": "x", "type": "teleport"}]}) == [
+        "node 'x': unknown node type 'teleport' (known: if_else, sleep, switch, template)"]
+
+
+def test_duplicate_id() -> None:
+    msgs = errors_of({"nodes": [{"id": "x", "type": "template", "template": "a"},
+                                {"id": "x", "type": "template", "template": "b"}]})
+    assert msgs == ["node 'x': duplicate id"]
+
+
+def test_edge_to_missing_node() -> None:
+    msgs = errors_of({"nodes": [{"id": "x", "type": "template", "template": "a"}],
+                      "edges": [{"source": "x", "target": "ghost"}]})
+    assert msgs == ["edge x->ghost: target 'ghost' is not a node"]
+
+
+def test_cycle_names_the_path() -> None:
+    nodes = [{"id": n, "type": "template", "template": n} for n in "abc"]
+    edges = [{"source": "a", "target": "b"}, {"source": "b", "target": "c"},
+             {"source": "c", "target": "b"}]
+    assert errors_of({"nodes": nodes, "edges": edges}) == ["cycle: b -> c -> b"]
+
+
+def test_bad_branch_name() -> None:
+    msgs = errors_of({"nodes": [{"id": "c", "type": "if_else", "condition": "x"},
+                                {"id": "t", "type": "template", "template": "t"}],
+                      "edges": [{"source": "c", "target": "t", "branch": "maybe"}]})
+    assert msgs == ["edge c->t: bad branch 'maybe' (node 'c' has false, true)"]
+
+
+def test_branch_on_a_node_without_branches() -> None:
+    msgs = errors_of({"nodes": [{"id": "a", "type": "template", "template": "a"},
+                                {"id": "t", "type": "template", "template": "t"}],
+                      "edges": [{"source": "a", "target": "t", "branch": "true"}]})
+    assert msgs == ["edge a->t: node 'a' of type 'template' has no branches, but the edge "
+                    "names 'true'"]
+
+
+def test_yaml_boolean_branch_means_the_named_branch() -> None:
+    d = parse_definition({"name": "wf", "nodes": [
+        {"id": "c", "type": "if_else", "condition": "x"},
+        {"id": "t", "type": "template", "template": "t"}],
+        "edges": [{"source": "c", "target": "t", "branch": True}]})
+    assert d.edges[0].branch == "true"
+
+
+def test_missing_required_param() -> None:
+    assert errors_of({"nodes": [{"id": "s", "type": "sleep"}]}) == [
+        "node 's': missing required param 'seconds'"]
+
+
+def test_unknown_param_is_a_typo_not_ignored() -> None:
+    assert errors_of({"nodes": [{"id": "t", "type": "template", "tempalte": "x"}]}) == [
+        "node 't': missing required param 'template'",
+        "node 't': unknown param 'tempalte' for type 'template'"]
+
+
+def test_expression_syntax_error() -> None:
+    msgs = errors_of({"nodes": [{"id": "t", "type": "template", "template": "{{ inputs. }}"}]})
+    assert len(msgs) == 1 and msgs[0].startswith("node 't': param 'template': expression syntax")
+
+
+def test_missing_node_id_and_bad_name() -> None:
+    msgs = errors_of({"name": "Bad Name!", "nodes": [{"type": "template", "template": "x"}]})
+    assert any(m.startswith("name:") for m in msgs)
+    assert any(m.startswith("node #0: id:") for m in msgs)
+
+
+def test_on_error_default_requires_default() -> None:
+    msgs = errors_of({"nodes": [{"id": "t", "type": "template", "template": "x",
+                                 "on_error": "default"}]})
+    assert msgs == ["node 't': on_error 'default' needs a 'default' mapping"]
+
+
+def test_overrides_and_graph_replacement_are_checked() -> None:
+    base = parse_definition({"name": "wf", "nodes": [{"id": "t", "type": "template",
+                                                      "template": "x"}]})
+    changed = with_graph(base, overrides={"t": {"template": "y"}})
+    assert changed.nodes[0].params == {"template": "y"} and base.nodes[0].params["template"] == "x"
+    with pytest.raises(DefinitionError, match="'ghost' is not a node"):
+        with_graph(base, overrides={"ghost": {"template": "y"}})
+    with pytest.raises(DefinitionError, match="cycle"):
+        with_graph(base, nodes=[{"id": "a", "type": "template", "template": "a"}],
+                   edges=[{"source": "a", "target": "a"}])
+
+
+SPEC = parse_definition({"name": "wf", "nodes": [{"id": "t", "type": "template",
+                                                  "template": "x"}],
+                         "inputs": {"s": {"type": "string", "required": True, "max_length": 3},
+                                    "n": {"type": "integer", "default": 5, "minimum": 1},
+                                    "f": {"type": "number"}, "b": {"type": "boolean"},
+                                    "o": {"type": "object"}, "a": {"type": "array"},
+                                    "file": {"type": "file"}}})
+
+
+def test_inputs_defaults_and_types() -> None:
+    assert check_inputs(SPEC, {"s": "ab", "f": 1}) == {"s": "ab", "n": 5, "f": 1}
+
+
+@pytest.mark.parametrize(("inputs", "field", "message"), [
+    ({}, "inputs.s", "required"),
+    ({"s": 1}, "inputs.s", "expected string, got integer"),
+    ({"s": "long"}, "inputs.s", "longer than max_length 3"),
+    ({"s": "a", "n": True}, "inputs.n", "expected integer, got boolean"),
+    ({"s": "a", "n": 1.5}, "inputs.n", "expected integer, got number"),
+    ({"s": "a", "n": 0}, "inputs.n", "less than minimum 1"),
+    ({"s": "a", "f": "1"}, "inputs.f", "expected number, got string"),
+    ({"s": "a", "b": "yes"}, "inputs.b", "expected boolean, got string"),
+    ({"s": "a", "o": []}, "inputs.o", "expected object, got array"),
+    ({"s": "a", "a": {}}, "inputs.a", "expected array, got object"),
+    ({"s": "a", "file": {"type": "image"}}, "inputs.file",
+     "a file needs transfer_method and url or upload_file_id"),
+    ({"s": "a", "zzz": 1}, "inputs.zzz", "unknown input"),
+])
+def test_input_errors_name_the_field(inputs: dict[str, Any], field: str, message: str) -> None:
+    with pytest.raises(InputError) as info:
+        check_inputs(SPEC, inputs)
+    assert {"field": field, "message": f"{field}: {message}"} in info.value.errors

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+
+from flowrun.errors import ExpressionError
+from flowrun.expressions import check_syntax, evaluate
+
+CTX = {"inputs": {"n": 3, "d": {"k": [1, 2]}}, "nodes": {"a": {"text": "hi"}},
+       "run": {"id": "r"}}
+
+
+def test_whole_expression_keeps_its_type() -> None:
+    assert evaluate("{{ inputs.n }}", CTX) == 3
+    assert evaluate(" {{ inputs.d }} ", CTX) == {"k": [1, 2]}
+    assert evaluate("{{ inputs.n > 2 }}", CTX) is True
+
+
+def test_mixed_text_renders_to_a_string() -> None:
+    assert evaluate("n={{ inputs.n }} {{ nodes.a.text }}", CTX) == "n=3 hi"
+    assert evaluate("{{ inputs.n }}{{ inputs.n }}", CTX) == "33"
+
+
+def test_recurses_into_containers() -> None:
+    assert evaluate({"x": ["{{ run.id }}", 1]}, CTX) == {"x": ["r", 1]}
+
+
+@pytest.mark.parametrize("text", ["{{ inputs.missing }}", "x {{ nodes.b.text }}",
+                                  "{{ missing }}"])
+def test_undefined_names_are_errors(text: str) -> None:
+    with pytest.raises(ExpressionError, match="undefined"):
+        evaluate(text, CTX)
+
+
+def test_sandbox_refuses_dunder_access() -> None:
+    with pytest.raises(ExpressionError, match="unsafe"):
+        evaluate("{{ inputs.__class__.__mro__ }}", CTX)
+
+
+def test_syntax_check() -> None:
+    assert check_syntax("{{ inputs.n }}") is None
+    assert "syntax error" in (check_syntax("{{ 1 + }}") or "")
