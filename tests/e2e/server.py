@@ -1,0 +1,125 @@
+"""A real ``flowrun serve`` process on a free port with a temp database, for tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+TEST_WORKFLOWS = Path(__file__).parent / "workflows"
+TERMINAL = {"succeeded", "failed", "stopped", "timed_out"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """Start, kill and restart one flowrun server process bound to one database."""
+
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.db = tmp / "flowrun.db"
+        self.workflows = tmp / "workflows"
+        if not self.workflows.exists():
+            shutil.copytree(EXAMPLES, self.workflows)
+            for f in TEST_WORKFLOWS.iterdir():
+                shutil.copy(f, self.workflows / f.name)
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "server.log"
+        self.clients: list[httpx.Client] = []
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "flowrun", *args], env=self.env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    def create_key(self) -> str:
+        done = self.cli("keys", "--db", str(self.db), "create")
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def start(self, *extra: str) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "flowrun", "serve", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--db", str(self.db), "--workflows",
+                 str(self.workflows), "--plugin", "tests.e2e.plugin", "--log-level", "warning",
+                 *extra], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not start: {self.log.read_text()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def client(self, key: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        client = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        """Close the clients and kill the process if it is still running."""
+        for client in self.clients:
+            client.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+
+
+def wait_for(client: httpx.Client, run_id: str, predicate: Any, timeout: float = 15) -> Any:
+    """Poll a run until ``predicate(run)`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    run = None
+    while time.monotonic() < deadline:
+        run = client.get(f"/runs/{run_id}").json()
+        if predicate(run):
+            return run
+        time.sleep(0.02)
+    raise AssertionError(f"run never reached the expected state: {run}")
+
+
+def finished(client: httpx.Client, run_id: str, timeout: float = 15) -> Any:
+    return wait_for(client, run_id, lambda r: r["status"] in TERMINAL, timeout)
+
+
+def node_status(run: dict[str, Any], node_id: str) -> str | None:
+    for n in run["nodes"]:
+        if n["id"] == node_id:
+            return str(n["status"])
+    return None
