@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flowrun.app import create_app, flowrun_lifespan
 from flowrun.definitions import WorkflowDefinition, load_file, parse_definition
+from flowrun.embedded import run_workflow
 from flowrun.engine.executor import RunOutcome
 from flowrun.engine.nodes import NodeContext, node
-from flowrun.embedded import run_workflow
 from flowrun.errors import FlowrunError, NodeFailure
 from flowrun.models import NodeStatus, RunStatus
 from flowrun.settings import Settings

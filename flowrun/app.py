@@ -20,7 +20,8 @@ import anyio
 from starlette.applications import Starlette
 
 from flowrun.api import native
-from flowrun.engine.nodes import Registry, registry as default_registry
+from flowrun.engine.nodes import Registry
+from flowrun.engine.nodes import registry as default_registry
 from flowrun.events import EventBus
 from flowrun.runner import Runner
 from flowrun.scheduler import Scheduler

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 KEY_PREFIX = "fr_"
@@ -36,9 +37,9 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def key_from_headers(headers: dict[str, str] | object) -> str | None:
+def key_from_headers(headers: Mapping[str, str]) -> str | None:
     """The API key of a request: ``Authorization: Bearer``, ``x-api-key`` or ``X-Authorization``."""
-    get = headers.get  # type: ignore[attr-defined]
+    get = headers.get
     auth = get("authorization")
     if auth:
         scheme, _, token = auth.partition(" ")

@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowrun import expressions
-from flowrun.engine.nodes import Registry, registry as default_registry
+from flowrun.engine.nodes import Registry
+from flowrun.engine.nodes import registry as default_registry
 from flowrun.errors import DefinitionError, InputError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -356,8 +357,8 @@ def _input_problem(spec: InputSpec, value: Any) -> str | None:
         return f"expected {spec.type}, got {_json_type(value)}"
     if spec.type == "integer" and isinstance(value, float):
         return "expected integer, got number"
-    if spec.type == "file":
-        if "transfer_method" not in value or not ({"url", "upload_file_id"} & set(value)):
+    if spec.type == "file" and isinstance(value, dict):
+        if "transfer_method" not in value or not ({"url", "upload_file_id"} & value.keys()):
             return "a file needs transfer_method and url or upload_file_id"
     if isinstance(value, str | list):
         if spec.max_length is not None and len(value) > spec.max_length:

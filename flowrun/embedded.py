@@ -9,7 +9,8 @@ from typing import Any
 
 from flowrun.definitions import WorkflowDefinition, check_inputs, load_file, parse_definition
 from flowrun.engine.executor import Executor, RunObserver, RunOutcome
-from flowrun.engine.nodes import Registry, registry as default_registry
+from flowrun.engine.nodes import Registry
+from flowrun.engine.nodes import registry as default_registry
 
 
 async def run_workflow(definition: WorkflowDefinition | Mapping[str, Any] | str | Path,

@@ -24,7 +24,7 @@ from flowrun.runner import Runner
 logger = logging.getLogger(__name__)
 
 
-class HandleState(str, Enum):
+class HandleState(Enum):
     PREPARED = "prepared"
     QUEUED = "queued"
     RUNNING = "running"

@@ -196,11 +196,11 @@ class RunService:
         return runs, next_cursor
 
     async def wait(self, principal: auth.Principal, run_id: str,
-                   timeout: float) -> RunRecord:
-        """The run once it is terminal, or as it is when ``timeout`` passes."""
+                   within_s: float) -> RunRecord:
+        """The run once it is terminal, or as it is when ``within_s`` seconds pass."""
         handle = self.scheduler.get(run_id)
         if handle is not None:
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(within_s):
                 await handle.done.wait()
         return await self.get_run(principal, run_id)
 

@@ -25,7 +25,8 @@ import pydantic
 
 from flowrun import expressions
 from flowrun.definitions import EdgeSpec, NodeSpec, WorkflowDefinition
-from flowrun.engine.nodes import NodeContext, Registry, registry as default_registry
+from flowrun.engine.nodes import NodeContext, Registry
+from flowrun.engine.nodes import registry as default_registry
 from flowrun.errors import ExpressionError, NodeFailure
 from flowrun.models import NodeRecord, NodeStatus, RunStatus
 

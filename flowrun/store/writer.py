@@ -90,7 +90,7 @@ class Writer:
                     await self._commit_batch()
 
     async def _commit_batch(self) -> None:
-        batch = []
+        batch: list[tuple[WriteOp[Any], WriteResult[Any]]] = []
         while self._queue and len(batch) < self._max_batch:
             batch.append(self._queue.popleft())
         results: list[tuple[WriteResult[Any], Any, BaseException | None]] = []

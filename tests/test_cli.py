@@ -1,0 +1,68 @@
+"""The flowrun command: validate, run, keys, and the serve guard, as real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def flowrun(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "flowrun", *args], capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+
+
+def test_validate_ok_and_errors(tmp_path: Path) -> None:
+    ok = flowrun("validate", str(EXAMPLES))
+    assert ok.returncode == 0 and "hello.yaml: ok" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nnodes:\n  - {id: a, type: sleep}\n  - {id: a, type: nope}\n"
+                   "edges:\n  - {source: a, target: zz}\n")
+    out = flowrun("validate", str(bad))
+    assert out.returncode == 1
+    assert "node 'a': duplicate id" in out.stdout
+    assert "node 'a': missing required param 'seconds'" in out.stdout
+    assert "unknown node type 'nope'" in out.stdout
+    assert "edge a->zz: target 'zz' is not a node" in out.stdout
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    assert flowrun("validate", str(broken)).returncode == 1
+
+
+def test_run_prints_progress_and_exit_code_follows_status(tmp_path: Path) -> None:
+    out = flowrun("run", str(EXAMPLES / "branching.yaml"), "--input", "n=42",
+                  "--input", "mode=careful")
+    assert out.returncode == 0, out.stderr
+    assert "✓ check succeeded" in out.stdout and "- small skipped" in out.stdout
+    assert '"size": "42 is big"' in out.stdout
+    failing = tmp_path / "fail.yaml"
+    failing.write_text("name: fail\nnodes:\n  - {id: t, type: template, "
+                       "template: '{{ inputs.nope }}'}\n")
+    out = flowrun("run", str(failing))
+    assert out.returncode == 1 and "✗ t failed" in out.stdout
+    missing = flowrun("run", str(EXAMPLES / "hello.yaml"))
+    assert missing.returncode == 2 and "inputs.name: required" in missing.stderr
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    db = str(tmp_path / "k.db")
+    created = flowrun("keys", "--db", db, "create", "--name", "ci")
+    assert created.returncode == 0 and created.stdout.startswith("fr_")
+    listed = flowrun("keys", "--db", db, "list")
+    assert "active" in listed.stdout and "ci" in listed.stdout
+    assert "fr_" + created.stdout.strip()[3:] not in listed.stdout  # the secret is not stored
+    prefix = created.stdout.strip()[:10]
+    assert flowrun("keys", "--db", db, "revoke", prefix).returncode == 0
+    assert "revoked" in flowrun("keys", "--db", db, "list").stdout
+    assert flowrun("keys", "--db", db, "revoke", prefix).returncode == 1
+
+
+def test_no_auth_refused_off_loopback(tmp_path: Path) -> None:
+    out = flowrun("serve", "--no-auth", "--host", "0.0.0.0", "--db", str(tmp_path / "x.db"))
+    assert out.returncode == 2 and "loopback" in out.stderr
+    assert not (tmp_path / "x.db").exists()

@@ -1,0 +1,63 @@
+"""Embedding: flowrun mounted in another Starlette app, and in-process runs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+from starlette.testclient import TestClient
+
+import flowrun
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_public_api_is_guarded() -> None:
+    assert flowrun.__all__ == (
+        "FlowrunError", "NodeContext", "NodeFailure", "NodeStatus", "RunOutcome", "RunStatus",
+        "Settings", "WorkflowDefinition", "create_app", "flowrun_lifespan", "load_file", "node",
+        "parse_definition", "run_workflow")
+    for name in flowrun.__all__:
+        assert getattr(flowrun, name) is not None
+
+
+def test_mounted_in_a_host_app(tmp_path: Path) -> None:
+    runs = flowrun.create_app(flowrun.Settings(db_path=tmp_path / "e.db", auth_enabled=False,
+                                               workflows_dir=EXAMPLES))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with flowrun.flowrun_lifespan(runs):
+            yield
+
+    async def home(request: object) -> PlainTextResponse:
+        return PlainTextResponse("host")
+
+    host = Starlette(routes=[Route("/", home), Mount("/flows", app=runs)], lifespan=lifespan)
+    with TestClient(host) as client:
+        assert client.get("/").text == "host"
+        resp = client.post("/flows/workflows/hello/run-sync", json={"inputs": {"name": "h"}})
+        assert resp.status_code == 200 and resp.json()["outputs"] == {"greeting": "Hello, h!"}
+
+
+async def test_run_workflow_in_process() -> None:
+    outcome = await flowrun.run_workflow(EXAMPLES / "hello.yaml", {"name": "Ada"})
+    assert outcome.status is flowrun.RunStatus.SUCCEEDED
+    assert outcome.outputs == {"greeting": "Hello, Ada!"}
+    inline = await flowrun.run_workflow(
+        {"name": "x", "nodes": [{"id": "t", "type": "template", "template": "{{ 1 + 1 }}"}]})
+    assert inline.outputs == {"t": {"text": "2"}}
+
+
+async def test_custom_node_via_decorator() -> None:
+    @flowrun.node("test_shout")
+    async def shout(ctx: flowrun.NodeContext, *, text: str) -> dict[str, str]:
+        return {"text": text.upper()}
+
+    outcome = await flowrun.run_workflow(
+        {"name": "x", "nodes": [{"id": "s", "type": "test_shout", "text": "hey"}]})
+    assert outcome.outputs == {"s": {"text": "HEY"}}
