@@ -23,6 +23,7 @@ from flowrun.api import native
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.events import EventBus
+from flowrun.metrics import Metrics
 from flowrun.runner import Runner
 from flowrun.scheduler import Scheduler
 from flowrun.service import RunService
@@ -46,9 +47,10 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     load_plugins(settings.plugins)
     async with Store.open(settings.db_path, max_batch=settings.group_commit_max) as store:
         bus = EventBus()
-        runner = Runner(store, bus, registry)
+        runner = Runner(store, bus, registry, app.state.metrics)
         scheduler = Scheduler(runner, max_concurrent=settings.max_concurrent_runs,
                               max_queued=settings.max_queued)
+        app.state.metrics.watch_queue(lambda: scheduler.queued, lambda: scheduler.running)
         service = RunService(settings, store, scheduler, bus, registry)
         if settings.workflows_dir is not None:
             for name, version in await service.load_workflows(settings.workflows_dir):
@@ -76,4 +78,5 @@ def create_app(settings: Settings | None = None, *,
     app.state.settings = settings
     app.state.registry = registry
     app.state.service = None
+    app.state.metrics = Metrics()
     return app

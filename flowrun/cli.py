@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,10 @@ async def _ensure_key(settings: Settings) -> str | None:
         return secret
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -57,6 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"Created an API key for this new database (shown once):\n  {secret}\n"
                   f"Send it as 'Authorization: Bearer <key>'.", flush=True)
     app = create_app(settings)
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown so the process dies by
+    # the signal; a clean shutdown should exit 0, so the re-raised signal lands here.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None)
     return 0

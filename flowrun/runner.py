@@ -22,6 +22,7 @@ from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.nodes import Registry
 from flowrun.errors import DefinitionError, FlowrunError
 from flowrun.events import Event, EventBus
+from flowrun.metrics import Metrics
 from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store import Store
 
@@ -80,10 +81,12 @@ class RunRecorder:
 class Runner:
     """Runs accepted runs; one instance per app, called by the scheduler."""
 
-    def __init__(self, store: Store, bus: EventBus, registry: Registry) -> None:
+    def __init__(self, store: Store, bus: EventBus, registry: Registry,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
         self.bus = bus
         self.registry = registry
+        self.metrics = metrics or Metrics()
 
     async def definition_for(self, run: RunRecord) -> WorkflowDefinition:
         """The graph this run executes: its own override, or the stored version."""
@@ -150,6 +153,8 @@ class Runner:
             "total_steps": steps, "created_at": run.created_at, "finished_at": finished_at})
         await self.store.finish_run(run.id, outcome.status, outputs=outcome.outputs,
                                     error=outcome.error, steps=steps, finished_at=finished_at)
+        self.metrics.runs_finished.labels(run.workflow, outcome.status.value).inc()
+        self.metrics.run_seconds.labels(run.workflow).observe(finished_at - started_at)
         logger.info("run %s: %s in %.3fs", run.id, outcome.status.value,
                     finished_at - started_at)
 

@@ -164,6 +164,7 @@ class RunService:
             self.scheduler.discard(handle)
             raise
         self.scheduler.enqueue(handle)
+        self.scheduler.runner.metrics.runs_accepted.labels(run.workflow).inc()
         logger.info("run %s: queued %s v%d (priority %d)", run.id, run.workflow, version,
                     run.priority)
         return run

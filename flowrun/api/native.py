@@ -21,7 +21,9 @@ from flowrun.api.common import (
     read_json,
     service_of,
 )
+from flowrun.api.openapi import build_spec
 from flowrun.errors import BadRequest, FlowrunError, NotFound
+from flowrun.metrics import CONTENT_TYPE_LATEST
 from flowrun.models import RUN_TERMINAL, RunStatus
 from flowrun.service import RunRequest
 
@@ -201,8 +203,20 @@ async def healthz(request: Request) -> Response:
     return JSONResponse(service_of(request).health())
 
 
+async def metrics(request: Request) -> Response:
+    await principal_of(request)
+    registry = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(build_spec(RunBody.model_json_schema()))
+
+
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
     Route("/workflows", list_workflows, methods=["GET"]),
     Route("/workflows/{name}", get_workflow, methods=["GET"]),
     Route("/workflows/{name}", put_workflow, methods=["PUT"]),

@@ -190,3 +190,15 @@ def test_failed_run_reports_the_node(client: TestClient) -> None:
     assert run["status"] == "failed"
     assert run["error"]["node_id"] == "t" and run["error"]["code"] == "expression_error"
     assert run["nodes"][0]["status"] == "failed"
+
+
+def test_metrics_and_openapi(client: TestClient) -> None:
+    client.post("/workflows/hello/run-sync", json={"inputs": {"name": "m"}})
+    text = client.get("/metrics").text
+    assert 'flowrun_runs_accepted_total{workflow="hello"} 1.0' in text
+    assert 'flowrun_runs_finished_total{status="succeeded",workflow="hello"} 1.0' in text
+    assert "flowrun_runs_queued 0.0" in text
+    spec = client.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    assert "/workflows/{name}/run-sync" in spec["paths"]
+    assert "priority" in spec["components"]["schemas"]["RunBody"]["properties"]

@@ -174,3 +174,28 @@ def test_queued_runs_survive_a_kill(server_factory: Callable[..., Server]) -> No
     client.post(f"/runs/{blocker['id']}/stop")
     for run in queued:
         assert finished(client, run["id"])["status"] == "succeeded"
+
+
+def test_new_database_gets_a_printed_key_once(server_factory: Callable[..., Server]) -> None:
+    server = server_factory()
+    server.start()
+    server.stop()
+    printed = [w for w in server.log.read_text().split() if w.startswith("fr_")]
+    assert len(printed) == 1
+    server.start()
+    client = server.client(printed[0])
+    assert client.get("/workflows").status_code == 200
+    assert [w for w in server.log.read_text().split() if w.startswith("fr_")] == printed
+
+
+def test_sigterm_exits_cleanly_and_the_run_resumes(server_factory: Callable[..., Server],
+                                                    tmp_path: Path) -> None:
+    server, client = started_server(server_factory)
+    log = tmp_path / "count.log"
+    run = client.post("/workflows/counted/run", json={
+        "inputs": {"file": str(log), "label": "t", "seconds": 1}}).json()
+    wait_for(client, run["id"], lambda r: node_status(r, "wait") == "running")
+    assert server.stop() == 0
+    server.start()
+    assert finished(client, run["id"])["status"] == "succeeded"
+    assert log.read_text().split() == ["t-first", "t-last"]
