@@ -46,7 +46,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     registry: Registry = app.state.registry
     load_plugins(settings.plugins)
     async with Store.open(settings.db_path, max_batch=settings.group_commit_max) as store:
-        bus = EventBus()
+        bus = EventBus(buffer_size=settings.sse_buffer)
         runner = Runner(store, bus, registry, app.state.metrics)
         scheduler = Scheduler(runner, max_concurrent=settings.max_concurrent_runs,
                               max_queued=settings.max_queued)

@@ -1,13 +1,15 @@
-"""The ``flowrun`` command: serve, run, validate, keys."""
+"""The ``flowrun`` command: serve, run, events, validate, keys."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,11 @@ import anyio
 
 from flowrun import auth, definitions
 from flowrun.app import create_app, load_plugins
+from flowrun.client import DEFAULT_URL, Client, ClientError
 from flowrun.engine.executor import Executor
 from flowrun.errors import FlowrunError
-from flowrun.models import NodeRecord, RunStatus
+from flowrun.models import RunStatus
+from flowrun.progress import PrintingObserver, ProgressPrinter
 from flowrun.settings import Settings, is_loopback_host
 from flowrun.store import Store
 
@@ -73,33 +77,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # --- run ---------------------------------------------------------------------------
 
-class _PrintingObserver:
-    """Prints a run's progress as it happens, one line per node."""
-
-    def __init__(self, out: Any) -> None:
-        self.out = out
-
-    async def node_started(self, node: NodeRecord, predecessor: str | None) -> None:
-        print(f"  ▶ {node.node_id} ({node.type})", file=self.out, flush=True)
-
-    async def node_retry(self, node: NodeRecord, error: dict[str, Any]) -> None:
-        print(f"  ↻ {node.node_id} retry after attempt {node.attempts}: {error['message']}",
-              file=self.out, flush=True)
-
-    async def node_finished(self, node: NodeRecord) -> None:
-        mark = {"succeeded": "✓", "failed": "✗", "stopped": "■"}.get(node.status.value, "?")
-        detail = json.dumps(node.outputs) if node.status.value == "succeeded" else (
-            node.error or {}).get("message", "")
-        print(f"  {mark} {node.node_id} {node.status.value} in {node.elapsed_s or 0:.3f}s "
-              f"{detail}", file=self.out, flush=True)
-
-    async def node_skipped(self, node: NodeRecord) -> None:
-        print(f"  - {node.node_id} skipped", file=self.out, flush=True)
-
-    async def text_chunk(self, node_id: str, text: str) -> None:
-        print(text, end="", file=self.out, flush=True)
-
-
 def _parse_input(pair: str) -> tuple[str, Any]:
     key, sep, raw = pair.partition("=")
     if not sep or not key:
@@ -129,10 +106,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (FlowrunError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"run {definition.name}", flush=True)
+    printer = ProgressPrinter(sys.stdout)
+    run_id = uuid.uuid4().hex
+    printer.show("workflow_started", {"id": run_id, "workflow_id": definition.name})
     started = time.monotonic()
-    executor = Executor(definition, run_id="local", inputs=checked,
-                        observer=_PrintingObserver(sys.stdout))
+    executor = Executor(definition, run_id=run_id, inputs=checked,
+                        observer=PrintingObserver(printer))
 
     async def main() -> Any:
         return await executor.execute()
@@ -142,12 +121,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    print(f"{outcome.status.value} in {time.monotonic() - started:.3f}s")
-    if outcome.outputs is not None:
-        print(json.dumps(outcome.outputs, indent=2))
-    if outcome.error:
-        print(f"error: {outcome.error['message']}", file=sys.stderr)
+    printer.show("workflow_finished", {
+        "status": outcome.status.value, "elapsed_time": time.monotonic() - started,
+        "outputs": outcome.outputs, "error": (outcome.error or {}).get("message")})
     return 0 if outcome.status is RunStatus.SUCCEEDED else 1
+
+
+# --- events ------------------------------------------------------------------------
+
+def cmd_events(args: argparse.Namespace) -> int:
+    printer = ProgressPrinter(sys.stdout)
+    status = None
+    try:
+        with Client(args.url, args.key) as client:
+            for event in client.events(args.run_id, after=args.after):
+                printer.show(event.event, event.data)
+                if event.terminal:
+                    status = event.data.get("status")
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0 if status == "succeeded" else 1
 
 
 # --- validate ----------------------------------------------------------------------
@@ -213,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("file")
     run.add_argument("--input", "-i", action="append", default=[], metavar="KEY=VALUE")
     run.set_defaults(func=cmd_run)
+
+    events = sub.add_parser("events", help="follow a run's live events on a server")
+    events.add_argument("run_id")
+    events.add_argument("--url", default=os.environ.get("FLOWRUN_URL", DEFAULT_URL))
+    events.add_argument("--key", default=os.environ.get("FLOWRUN_API_KEY"),
+                        help="API key (default: $FLOWRUN_API_KEY)")
+    events.add_argument("--after", type=int, default=None, help="resume after this event")
+    events.set_defaults(func=cmd_events)
 
     validate = sub.add_parser("validate", help="check workflow files")
     validate.add_argument("files", nargs="+")

@@ -1,9 +1,16 @@
-"""Run events: the record of what happened in a run, and live fan-out to subscribers.
+"""Run events: the story of a run, numbered, persisted, fanned out, and followed.
 
-Events are numbered per run from 1 and written to the store's event log; the
-bus hands each published event to every live subscriber's own bounded stream.
-A subscriber whose buffer is full is dropped (its stream closes) rather than
-ever slowing the run or the other subscribers; it can resume from the store.
+Every event of a run gets the next sequence number (from 1) and is written to
+the store's event log through the group-commit writer. It is handed to live
+subscribers only once that write has committed, so a subscriber never sees a
+sequence number that a later replay would not return (a crash between the two
+cannot leave a live-only event), and the run itself never waits for the disk.
+
+``follow`` gives a client the whole story without gap or duplicate: it
+subscribes first, replays the store after the client's last seen number, then
+tails the live stream, skipping what replay already sent. A subscriber whose
+bounded buffer fills up is cut off by the bus and silently switched back to
+replay, so a slow client never slows the run or anyone else.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +26,14 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from flowrun.models import NodeRecord
+
 logger = logging.getLogger(__name__)
 
 EVENT_NAMES = frozenset({"workflow_started", "workflow_resumed", "node_started", "text_chunk",
                          "node_retry", "node_finished", "workflow_finished", "error"})
 TERMINAL_EVENT = "workflow_finished"
+REPLAY_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -36,10 +46,41 @@ class Event:
     data: dict[str, Any]
     created_at: float
 
-    def to_json(self) -> dict[str, Any]:
-        return {"event": self.name, "run_id": self.run_id, "seq": self.seq,
-                "created_at": self.created_at, "data": self.data}
+    @property
+    def terminal(self) -> bool:
+        return self.name == TERMINAL_EVENT
 
+    def to_json(self) -> dict[str, Any]:
+        """The native envelope: Dify's fields (event, task_id, workflow_run_id, data) + seq."""
+        return {"event": self.name, "run_id": self.run_id, "seq": self.seq,
+                "task_id": self.run_id, "workflow_run_id": self.run_id,
+                "created_at": int(self.created_at), "data": self.data}
+
+
+# --- payloads (Dify's field names; timestamps in unix seconds) -------------------------
+
+def _ts(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def node_payload(node: NodeRecord, exec_id: str, predecessor: str | None) -> dict[str, Any]:
+    return {"id": exec_id, "node_id": node.node_id, "node_type": node.type, "title": node.title,
+            "index": node.index, "predecessor_node_id": predecessor, "inputs": node.inputs,
+            "created_at": _ts(node.started_at)}
+
+
+def node_finished_payload(node: NodeRecord, exec_id: str,
+                          predecessor: str | None) -> dict[str, Any]:
+    return {**node_payload(node, exec_id, predecessor),
+            "process_data": {"logs": node.logs} if node.logs else None,
+            "outputs": node.outputs, "status": node.status.value,
+            "error": node.error.get("message") if node.error else None,
+            "elapsed_time": node.elapsed_s or 0.0,
+            "execution_metadata": {"attempts": node.attempts, "total_tokens": 0},
+            "finished_at": _ts(node.finished_at)}
+
+
+# --- live fan-out ---------------------------------------------------------------------
 
 @dataclass
 class _Subscriber:
@@ -49,7 +90,7 @@ class _Subscriber:
 
 @dataclass
 class EventBus:
-    """Live fan-out of events by run id; publishing never blocks."""
+    """Live fan-out of committed events by run id; publishing never blocks."""
 
     buffer_size: int = 1024
     _subscribers: dict[str, list[_Subscriber]] = field(
@@ -58,7 +99,10 @@ class EventBus:
     @contextmanager
     def subscribe(self, run_id: str,
                   buffer_size: int | None = None) -> Iterator[MemoryObjectReceiveStream[Event]]:
-        """A receive stream of the run's events published from now on."""
+        """A receive stream of the run's events published from now on.
+
+        The stream ends early if the subscriber falls ``buffer_size`` events behind.
+        """
         size = self.buffer_size if buffer_size is None else buffer_size
         send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=size or math.inf)
         sub = _Subscriber(send)
@@ -77,7 +121,7 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         """Hand an event to every subscriber of its run; a full subscriber is cut off."""
-        for sub in list(self._subscribers.get(event.run_id, ())):
+        for sub in self._subscribers.get(event.run_id, ()):
             if sub.dropped:
                 continue
             try:
@@ -85,7 +129,8 @@ class EventBus:
             except anyio.WouldBlock:
                 sub.dropped = True
                 sub.send.close()
-                logger.warning("run %s: dropped a slow event subscriber", event.run_id)
+                logger.info("run %s: a slow subscriber fell behind; it goes back to replay",
+                            event.run_id)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 sub.dropped = True
 
@@ -93,3 +138,43 @@ class EventBus:
         if run_id is not None:
             return len(self._subscribers.get(run_id, ()))
         return sum(len(s) for s in self._subscribers.values())
+
+
+# --- following a run --------------------------------------------------------------------
+
+ReplayFn = Callable[[str, int, int], Awaitable[list[Event]]]
+
+
+async def follow(bus: EventBus, replay: ReplayFn, run_id: str, after: int,
+                 is_finished: Callable[[], Awaitable[bool]],
+                 buffer_size: int | None = None) -> AsyncIterator[Event]:
+    """Every event of a run after ``after``, in order, exactly once, ending at the terminal one."""
+    last = after
+    while True:
+        with bus.subscribe(run_id, buffer_size) as live:
+            done = False
+            while True:
+                page = await replay(run_id, last, REPLAY_PAGE)
+                for event in page:
+                    yield event
+                    last = event.seq
+                    if event.terminal:
+                        return
+                if len(page) < REPLAY_PAGE:
+                    if done or not await is_finished():
+                        break
+                    # Finished: read once more in case the terminal event committed
+                    # between the replay and the status check; then there is no more.
+                    done = True
+            if done:
+                return
+            async for event in live:
+                if event.seq <= last:
+                    continue
+                if event.seq != last + 1:
+                    break  # a gap: go back to the store for the missing ones
+                yield event
+                last = event.seq
+                if event.terminal:
+                    return
+        # The live stream ended (we fell behind) or had a gap: replay from `last`.

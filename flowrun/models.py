@@ -59,6 +59,7 @@ class NodeRecord:
     branch: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    logs: list[str] = field(default_factory=list)
 
     @property
     def elapsed_s(self) -> float | None:
@@ -71,6 +72,7 @@ class NodeRecord:
             "id": self.node_id, "type": self.type, "title": self.title, "index": self.index,
             "status": self.status.value, "inputs": self.inputs, "outputs": self.outputs,
             "error": self.error, "attempts": self.attempts,
+            "process_data": {"logs": self.logs} if self.logs else None,
             "started_at": rfc3339(self.started_at), "finished_at": rfc3339(self.finished_at),
             "elapsed_s": self.elapsed_s,
         }

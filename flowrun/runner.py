@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -21,7 +22,7 @@ from flowrun.definitions import WorkflowDefinition, parse_definition, with_graph
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.nodes import Registry
 from flowrun.errors import DefinitionError, FlowrunError
-from flowrun.events import Event, EventBus
+from flowrun.events import Event, EventBus, node_finished_payload, node_payload
 from flowrun.metrics import Metrics
 from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store import Store
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 class RunRecorder:
-    """Persists and publishes one run's events and node executions, in order."""
+    """Persists one run's node executions and events, and publishes each event once committed."""
 
     def __init__(self, store: Store, bus: EventBus, run: RunRecord, *, last_seq: int) -> None:
         self.store = store
@@ -38,44 +39,47 @@ class RunRecorder:
         self.run = run
         self.seq = last_seq
         self._exec_ids: dict[str, str] = {}
+        self._predecessors: dict[str, str | None] = {}
 
-    async def emit(self, name: str, data: dict[str, Any]) -> Event:
+    def emit(self, name: str, data: dict[str, Any]) -> Event:
+        """Number, persist and (after the commit) publish one event."""
         self.seq += 1
         event = Event(self.run.id, self.seq, name, data, time.time())
-        self.store.append_event(event.run_id, event.seq, name, data, event.created_at)
-        self.bus.publish(event)
+        result = self.store.append_event(event.run_id, event.seq, name, data, event.created_at)
+
+        def publish(error: BaseException | None) -> None:
+            if error is None:
+                self.bus.publish(event)
+            else:
+                logger.error("run %s: event %d not stored: %s", event.run_id, event.seq, error)
+
+        result.add_done_callback(publish)
         return event
 
-    def _node_data(self, node: NodeRecord) -> dict[str, Any]:
-        exec_id = self._exec_ids.setdefault(node.node_id, str(uuid.uuid4()))
-        return {"id": exec_id, "node_id": node.node_id, "node_type": node.type,
-                "title": node.title, "index": node.index, "inputs": node.inputs,
-                "created_at": node.started_at}
+    def _exec_id(self, node: NodeRecord) -> str:
+        return self._exec_ids.setdefault(node.node_id, str(uuid.uuid4()))
 
     async def node_started(self, node: NodeRecord, predecessor: str | None) -> None:
+        self._predecessors[node.node_id] = predecessor
         self.store.save_node(node)
-        await self.emit("node_started", {**self._node_data(node),
-                                         "predecessor_node_id": predecessor})
+        self.emit("node_started", node_payload(node, self._exec_id(node), predecessor))
 
     async def node_retry(self, node: NodeRecord, error: dict[str, Any]) -> None:
-        await self.emit("node_retry", {**self._node_data(node), "retry_index": node.attempts,
-                                       "error": error.get("message"), "status": "retry"})
+        data = node_finished_payload(node, self._exec_id(node),
+                                     self._predecessors.get(node.node_id))
+        data.update(status="retry", error=error.get("message"), retry_index=node.attempts)
+        self.emit("node_retry", data)
 
     async def node_finished(self, node: NodeRecord) -> None:
         self.store.save_node(node)
-        await self.emit("node_finished", {
-            **self._node_data(node), "outputs": node.outputs, "process_data": None,
-            "status": node.status.value,
-            "error": node.error.get("message") if node.error else None,
-            "elapsed_time": node.elapsed_s, "execution_metadata": {"attempts": node.attempts},
-            "finished_at": node.finished_at})
+        self.emit("node_finished", node_finished_payload(
+            node, self._exec_id(node), self._predecessors.get(node.node_id)))
 
     async def node_skipped(self, node: NodeRecord) -> None:
         self.store.save_node(node)
 
     async def text_chunk(self, node_id: str, text: str) -> None:
-        await self.emit("text_chunk", {"text": text, "from_variable_selector": [node_id, "text"],
-                                       "node_id": node_id})
+        self.emit("text_chunk", {"text": text, "from_variable_selector": [node_id, "text"]})
 
 
 class Runner:
@@ -102,7 +106,9 @@ class Runner:
             definition = with_graph(definition, overrides=run.overrides, registry=self.registry)
         return definition
 
-    async def execute(self, run: RunRecord, executor_ready: Any = None) -> RunOutcome | None:
+    async def execute(self, run: RunRecord,
+                      executor_ready: Callable[[Executor], None] | None = None
+                      ) -> RunOutcome | None:
         """Run to a terminal status and record it; None if cancelled from outside."""
         resumed = run.status is RunStatus.RUNNING
         last_seq = await self.store.last_event_seq(run.id)
@@ -128,9 +134,9 @@ class Runner:
         logger.info("run %s: %s %s v%d", run.id, "resumed" if resumed else "started",
                     run.workflow, run.version)
         started_data = {"id": run.id, "workflow_id": run.workflow, "version": run.version,
-                        "inputs": run.inputs, "created_at": run.created_at,
+                        "inputs": run.inputs, "created_at": int(run.created_at),
                         "reason": "resumption" if resumed else "initial"}
-        await recorder.emit("workflow_resumed" if resumed else "workflow_started", started_data)
+        recorder.emit("workflow_resumed" if resumed else "workflow_started", started_data)
         executor = Executor(definition, run_id=run.id, inputs=run.inputs, version=run.version,
                             observer=recorder, registry=self.registry, prior_nodes=prior,
                             deadline_s=deadline)
@@ -146,11 +152,13 @@ class Runner:
         finished_at = time.time()
         started_at = run.started_at or finished_at
         steps = outcome.steps
-        await recorder.emit("workflow_finished", {
+        recorder.emit("workflow_finished", {
             "id": run.id, "workflow_id": run.workflow, "status": outcome.status.value,
-            "outputs": outcome.outputs, "error": outcome.error,
-            "elapsed_time": round(finished_at - started_at, 6), "total_tokens": 0,
-            "total_steps": steps, "created_at": run.created_at, "finished_at": finished_at})
+            "outputs": outcome.outputs,
+            "error": outcome.error.get("message") if outcome.error else None,
+            "error_detail": outcome.error, "elapsed_time": round(finished_at - started_at, 6),
+            "total_tokens": 0, "total_steps": steps, "created_at": int(run.created_at),
+            "finished_at": int(finished_at)})
         await self.store.finish_run(run.id, outcome.status, outputs=outcome.outputs,
                                     error=outcome.error, steps=steps, finished_at=finished_at)
         self.metrics.runs_finished.labels(run.workflow, outcome.status.value).inc()

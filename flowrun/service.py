@@ -7,10 +7,11 @@ run counts as accepted (its row committed), how long a caller may wait.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from flowrun.errors import (
     VersionNotFound,
     WorkflowNotFound,
 )
-from flowrun.events import EventBus
+from flowrun.events import Event, EventBus, follow
 from flowrun.models import RUN_TERMINAL, RunRecord, RunStatus
 from flowrun.scheduler import Scheduler
 from flowrun.settings import Settings
@@ -227,9 +228,23 @@ class RunService:
             logger.info("resuming %d unfinished runs", len(runs))
         return len(runs)
 
+    def follow(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """The run's events after ``after``: replay, then live, ending at the terminal event.
+
+        Check access with ``get_run`` first; this does not.
+        """
+
+        async def is_finished() -> bool:
+            run = await self.store.get_run(run_id, with_nodes=False)
+            return run is None or run.status in RUN_TERMINAL
+
+        return follow(self.bus, self.store.events, run_id, after, is_finished)
+
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "queued": self.scheduler.queued,
-                "running": self.scheduler.running}
+                "running": self.scheduler.running,
+                "subscribers": self.bus.subscriber_count(),
+                "tasks": len(asyncio.all_tasks())}
 
 
 def require_available(service: RunService | None) -> RunService:

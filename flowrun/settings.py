@@ -45,6 +45,8 @@ class Settings:
     idempotency_ttl_s: float = 86_400.0
     shutdown_grace_s: float = 10.0
     sse_ping_s: float = 10.0
+    sse_send_timeout_s: float = 30.0
+    sse_buffer: int = 1024
     run_retention_s: float | None = None
     group_commit_max: int = 512
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -73,7 +75,8 @@ def _parse(name: str, raw: str) -> object:
         return tuple(p.strip() for p in raw.split(",") if p.strip())
     if name == "auth_enabled":
         return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if name in {"port", "max_concurrent_runs", "max_queued", "max_body_bytes", "group_commit_max"}:
+    if name in {"port", "max_concurrent_runs", "max_queued", "max_body_bytes", "group_commit_max",
+                "sse_buffer"}:
         return int(raw)
     if name == "run_retention_s":
         return float(raw) if raw.strip() else None

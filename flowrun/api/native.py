@@ -5,10 +5,13 @@ Errors are RFC 9457 problem+json documents with an extra ``code``.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +26,7 @@ from flowrun.api.common import (
 )
 from flowrun.api.openapi import build_spec
 from flowrun.errors import BadRequest, FlowrunError, NotFound
+from flowrun.events import Event
 from flowrun.metrics import CONTENT_TYPE_LATEST
 from flowrun.models import RUN_TERMINAL, RunStatus
 from flowrun.service import RunRequest
@@ -85,9 +89,6 @@ async def _run_request(request: Request) -> tuple[RunRequest, RunBody]:
         priority=body.priority, correlation_id=body.correlation_id, user=body.user,
         trace_id=header_trace or body.trace_id, overrides=body.overrides, nodes=body.nodes,
         edges=body.edges)
-    if body.stream:
-        raise BadRequest("stream is not supported on this endpoint yet",
-                         errors=[{"field": "stream", "message": "not supported yet"}])
     return run_request, body
 
 
@@ -123,9 +124,56 @@ async def put_workflow(request: Request) -> Response:
 
 async def run_async(request: Request) -> Response:
     principal = await principal_of(request)
-    run_request, _ = await _run_request(request)
-    run = await service_of(request).submit(principal, run_request)
-    return JSONResponse(run.to_json(), status_code=202, headers={"Location": f"/runs/{run.id}"})
+    run_request, body = await _run_request(request)
+    service = service_of(request)
+    run = await service.submit(principal, run_request)
+    headers = {"Location": f"/runs/{run.id}", "X-Run-Id": run.id}
+    if body.stream:
+        # The run belongs to the app's task group: the client leaving ends only the stream.
+        return event_stream(request, service.follow(run.id), headers=headers)
+    return JSONResponse(run.to_json(), status_code=202, headers=headers)
+
+
+def encode_event(event: Event) -> ServerSentEvent:
+    """The native SSE frame: ``id: seq``, ``event: name``, ``data: envelope``."""
+    return ServerSentEvent(id=str(event.seq), event=event.name,
+                           data=json.dumps(event.to_json(), separators=(",", ":")))
+
+
+def event_stream(request: Request, events: AsyncIterator[Event],
+                 headers: dict[str, str] | None = None) -> EventSourceResponse:
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        async for event in events:
+            yield encode_event(event)
+
+    settings = service_of(request).settings
+    return EventSourceResponse(frames(), ping=settings.sse_ping_s, headers=headers,
+                               send_timeout=settings.sse_send_timeout_s)
+
+
+def last_event_id(request: Request) -> int:
+    """Where a stream resumes: ``Last-Event-ID`` header, else ``?after=``, else 0."""
+    raw = request.headers.get("last-event-id")
+    field = "Last-Event-ID"
+    if raw is None or not raw.strip():
+        raw, field = request.query_params.get("after"), "after"
+    if raw is None or raw == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise BadRequest(f"{field} must be a non-negative event sequence number",
+                         errors=[{"field": field, "message": "must be an integer >= 0"}])
+    return value
+
+
+async def run_events(request: Request) -> Response:
+    principal = await principal_of(request)
+    service = service_of(request)
+    run = await service.get_run(principal, request.path_params["run_id"])
+    return event_stream(request, service.follow(run.id, last_event_id(request)))
 
 
 def _timeout_param(request: Request, body: RunBody) -> float:
@@ -150,6 +198,9 @@ async def run_sync(request: Request) -> Response:
     principal = await principal_of(request)
     started = time.monotonic()
     run_request, body = await _run_request(request)
+    if body.stream:
+        raise BadRequest("stream applies to POST /workflows/{name}/run",
+                         errors=[{"field": "stream", "message": "not valid on run-sync"}])
     timeout = _timeout_param(request, body)
     service = service_of(request)
     run = await service.submit(principal, run_request)
@@ -226,6 +277,7 @@ routes = [
     Route("/workflows/{name}/runs/latest", latest_run, methods=["GET"]),
     Route("/runs/{run_id}", get_run, methods=["GET"]),
     Route("/runs/{run_id}/stop", stop_run, methods=["POST"]),
+    Route("/runs/{run_id}/events", run_events, methods=["GET"]),
 ]
 
 exception_handlers = {FlowrunError: handle_error, HTTPException: handle_error}

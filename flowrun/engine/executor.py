@@ -204,8 +204,16 @@ class Executor:
                          NodeStatus.RUNNING, started_at=time.time())
         self.records[spec.id] = rec
         try:
+            # Inputs are evaluated before node_started so the event can show them.
+            params: dict[str, Any] | ExpressionError
+            try:
+                params = rec.inputs = expressions.evaluate(spec.params, self._context)
+            except ExpressionError as exc:
+                params = exc
             await self.observer.node_started(rec, predecessor)
-            outputs, branch = await self._attempts(spec, rec)
+            if isinstance(params, ExpressionError):
+                raise params
+            outputs, branch = await self._attempts(spec, rec, params)
         except anyio.get_cancelled_exc_class():
             if self._ending():
                 rec.status = NodeStatus.STOPPED
@@ -246,12 +254,11 @@ class Executor:
         deadline = self._deadline_scope
         return self._stop_reason is not None or (deadline is not None and deadline.cancel_called)
 
-    async def _attempts(self, spec: NodeSpec, rec: NodeRecord) -> tuple[dict[str, Any], str | None]:
+    async def _attempts(self, spec: NodeSpec, rec: NodeRecord,
+                        params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         node_type = self.registry.get(spec.type)
         if node_type is None:
             raise NodeFailure(f"unknown node type {spec.type!r}", code="unknown_node_type")
-        params = expressions.evaluate(spec.params, self._context)
-        rec.inputs = params
         try:
             validated = node_type.params_model.model_validate(params)
         except pydantic.ValidationError as exc:
@@ -268,6 +275,7 @@ class Executor:
             try:
                 outputs = await self._call(node_type.func, ctx, kwargs, spec)
             except NodeFailure as exc:
+                rec.logs.extend(ctx.logs)
                 if attempt >= max_attempts:
                     raise
                 error = _error(exc.code, exc.message, spec.id)
@@ -275,6 +283,7 @@ class Executor:
                 backoff = retry.backoff_s * (2 ** (attempt - 1)) if retry else 0
                 await anyio.sleep(backoff)
                 continue
+            rec.logs.extend(ctx.logs)
             branch = node_type.select_branch(outputs) if node_type.select_branch else None
             return outputs, branch
         raise AssertionError("unreachable")

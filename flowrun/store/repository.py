@@ -20,6 +20,7 @@ import aiosqlite
 import anyio
 
 from flowrun.errors import Unavailable
+from flowrun.events import Event
 from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store.schema import MIGRATIONS, SCHEMA_VERSION
 from flowrun.store.writer import Writer, WriteResult
@@ -85,7 +86,7 @@ def _node_from_row(row: sqlite3.Row) -> NodeRecord:
         index=row["idx"], status=NodeStatus(row["status"]), inputs=_loads(row["inputs"]) or {},
         outputs=_loads(row["outputs"]) or {}, error=_loads(row["error"]),
         attempts=row["attempts"], branch=row["branch"], started_at=row["started_at"],
-        finished_at=row["finished_at"],
+        finished_at=row["finished_at"], logs=_loads(row["logs"]) or [],
     )
 
 
@@ -254,16 +255,16 @@ class Store:
         """Queue an upsert of one node execution."""
         return self.submit(
             "INSERT INTO node_executions (run_id, node_id, type, title, idx, status, inputs, "
-            "outputs, error, attempts, branch, started_at, finished_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "outputs, error, attempts, branch, logs, started_at, finished_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (run_id, node_id) DO UPDATE SET type = excluded.type, "
             "title = excluded.title, idx = excluded.idx, status = excluded.status, "
             "inputs = excluded.inputs, outputs = excluded.outputs, error = excluded.error, "
-            "attempts = excluded.attempts, branch = excluded.branch, "
+            "attempts = excluded.attempts, branch = excluded.branch, logs = excluded.logs, "
             "started_at = excluded.started_at, finished_at = excluded.finished_at",
             (node.run_id, node.node_id, node.type, node.title, node.index, node.status.value,
              _dumps(node.inputs), _dumps(node.outputs), _dumps(node.error), node.attempts,
-             node.branch, node.started_at, node.finished_at))
+             node.branch, _dumps(node.logs or None), node.started_at, node.finished_at))
 
     async def node_records(self, run_id: str) -> list[NodeRecord]:
         rows = await self._fetchall("SELECT * FROM node_executions WHERE run_id = ? "
@@ -277,12 +278,13 @@ class Store:
                            "VALUES (?, ?, ?, ?, ?)",
                            (run_id, seq, name, _dumps(data), created_at))
 
-    async def events(self, run_id: str, *, after: int = 0,
-                     limit: int = 1000) -> list[tuple[int, str, dict[str, Any], float]]:
+    async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        """A page of a run's event log after sequence number ``after``."""
         rows = await self._fetchall("SELECT seq, name, data, created_at FROM events "
                                     "WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                                     (run_id, after, limit))
-        return [(r["seq"], r["name"], json.loads(r["data"]), r["created_at"]) for r in rows]
+        return [Event(run_id, r["seq"], r["name"], json.loads(r["data"]), r["created_at"])
+                for r in rows]
 
     async def last_event_seq(self, run_id: str) -> int:
         row = await self._fetchone("SELECT MAX(seq) AS s FROM events WHERE run_id = ?",

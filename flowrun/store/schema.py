@@ -47,6 +47,7 @@ MIGRATIONS: list[list[str]] = [
             error TEXT,
             attempts INTEGER NOT NULL DEFAULT 0,
             branch TEXT,
+            logs TEXT,
             started_at REAL,
             finished_at REAL,
             PRIMARY KEY (run_id, node_id)

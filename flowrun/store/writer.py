@@ -35,10 +35,28 @@ class WriteResult(Generic[T]):
         self._done = anyio.Event()
         self._value: Any = None
         self._error: BaseException | None = None
+        self._callbacks: list[Callable[[BaseException | None], None]] = []
+
+    def add_done_callback(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Call ``callback(error)`` right after the commit (error is None on success).
+
+        Callbacks of one batch run in queue order, so they see writes in the order
+        they were submitted.
+        """
+        if self._done.is_set():
+            callback(self._error)
+        else:
+            self._callbacks.append(callback)
 
     def _set(self, value: Any = None, error: BaseException | None = None) -> None:
         self._value, self._error = value, error
         self._done.set()
+        for callback in self._callbacks:
+            try:
+                callback(error)
+            except Exception:
+                logger.exception("write callback failed")
+        self._callbacks.clear()
 
     async def wait(self) -> T:
         await self._done.wait()

@@ -93,7 +93,7 @@ async def test_events_are_ordered_by_seq(tmp_path: Path) -> None:
         for seq in (1, 2, 3):
             store.append_event("r", seq, "e", {"n": seq}, time.time())
         await store.execute("SELECT 1")
-        assert [e[0] for e in await store.events("r", after=1)] == [2, 3]
+        assert [e.seq for e in await store.events("r", after=1)] == [2, 3]
         assert await store.last_event_seq("r") == 3
 
 

@@ -1,0 +1,230 @@
+"""A Python client for the native API, sync (``Client``) and async (``AsyncClient``).
+
+    ClientError            any 4xx/5xx answer; carries status, code, detail, body
+    └── RunSyncTimeout     run-sync answered 408: the run goes on (``run_id``)
+
+``events(run_id)`` yields typed ``RunEvent``s and reconnects by itself with the
+last seen sequence number as ``Last-Event-ID``, so a dropped connection loses
+and repeats nothing. It ends after ``workflow_finished``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+_STREAM_TIMEOUT = httpx.Timeout(30.0, read=60.0)  # the server pings every 10 s
+
+
+class ClientError(Exception):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+        self.code = body.get("code") if isinstance(body, dict) else None
+        self.detail = (body.get("detail") or body.get("message")) if isinstance(body, dict) \
+            else str(body)
+        super().__init__(f"{status} {self.code}: {self.detail}")
+
+
+class RunSyncTimeout(ClientError):
+    """run-sync returned 408 before the run finished; the run keeps going."""
+
+    @property
+    def run_id(self) -> str:
+        return str(self.body["run_id"])
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One event of a run's stream."""
+
+    seq: int
+    event: str
+    run_id: str
+    data: dict[str, Any]
+    created_at: int
+
+    @property
+    def terminal(self) -> bool:
+        return self.event == "workflow_finished"
+
+
+def _check(resp: httpx.Response) -> Any:
+    if resp.status_code < 400:
+        return resp.json()
+    try:
+        body = resp.json()
+    except ValueError:
+        body = resp.text
+    if resp.status_code == 408:
+        raise RunSyncTimeout(resp.status_code, body)
+    raise ClientError(resp.status_code, body)
+
+
+def _run_body(inputs: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
+    return {"inputs": inputs or {}, **{k: v for k, v in options.items() if v is not None}}
+
+
+def _parse(sse: ServerSentEvent) -> RunEvent | None:
+    if not sse.data or sse.event == "ping":
+        return None
+    envelope = json.loads(sse.data)
+    return RunEvent(int(envelope["seq"]), envelope["event"], envelope["run_id"],
+                    envelope.get("data") or {}, int(envelope.get("created_at") or 0))
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(0.1 * 2 ** attempt, 5.0))
+
+
+class Client:
+    """Blocking client; use as a context manager or call ``close()``."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, *,
+                 timeout: float = 30.0, max_reconnects: int = 10,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout,
+                                  transport=transport)
+        self.max_reconnects = max_reconnects
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def submit(self, workflow: str, inputs: dict[str, Any] | None = None,
+               **options: Any) -> dict[str, Any]:
+        """Start a run (202); the answer is the queued run."""
+        return dict(_check(self._http.post(f"/workflows/{workflow}/run",
+                                           json=_run_body(inputs, options))))
+
+    def run_sync(self, workflow: str, inputs: dict[str, Any] | None = None, *,
+                 timeout: float | None = None, **options: Any) -> dict[str, Any]:
+        """Run and wait for the finished run; RunSyncTimeout when ``timeout`` passes first."""
+        params = {"timeout": timeout} if timeout is not None else {}
+        wait = (timeout or 300) + 30
+        return dict(_check(self._http.post(f"/workflows/{workflow}/run-sync", params=params,
+                                           json=_run_body(inputs, options), timeout=wait)))
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        return dict(_check(self._http.get(f"/runs/{run_id}")))
+
+    def list(self, workflow: str, **filters: Any) -> dict[str, Any]:
+        """``{"runs": [...], "next_cursor": ...}``; filters: status, correlation_id, limit,
+        cursor."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return dict(_check(self._http.get(f"/workflows/{workflow}/runs", params=params)))
+
+    def stop(self, run_id: str) -> dict[str, Any]:
+        return dict(_check(self._http.post(f"/runs/{run_id}/stop")))
+
+    def events(self, run_id: str, after: int | None = None) -> Iterator[RunEvent]:
+        """The run's events after ``after``, reconnecting as needed, until it finishes."""
+        last, failures = after or 0, 0
+        while True:
+            try:
+                with connect_sse(self._http, "GET", f"/runs/{run_id}/events",
+                                 headers={"Last-Event-ID": str(last)},
+                                 timeout=_STREAM_TIMEOUT) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        _check(source.response)
+                    for sse in source.iter_sse():
+                        event = _parse(sse)
+                        if event is None or event.seq <= last:
+                            continue
+                        last, failures = event.seq, 0
+                        yield event
+                        if event.terminal:
+                            return
+            except httpx.TransportError:
+                if failures >= self.max_reconnects:
+                    raise
+            failures += 1
+            time.sleep(_backoff(failures))
+
+
+class AsyncClient:
+    """The same calls as ``Client``, awaitable."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, *,
+                 timeout: float = 30.0, max_reconnects: int = 10,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key),
+                                       timeout=timeout, transport=transport)
+        self.max_reconnects = max_reconnects
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def submit(self, workflow: str, inputs: dict[str, Any] | None = None,
+                     **options: Any) -> dict[str, Any]:
+        return dict(_check(await self._http.post(f"/workflows/{workflow}/run",
+                                                 json=_run_body(inputs, options))))
+
+    async def run_sync(self, workflow: str, inputs: dict[str, Any] | None = None, *,
+                       timeout: float | None = None,  # noqa: ASYNC109 - the server's wait
+                       **options: Any) -> dict[str, Any]:
+        params = {"timeout": timeout} if timeout is not None else {}
+        wait = (timeout or 300) + 30
+        return dict(_check(await self._http.post(f"/workflows/{workflow}/run-sync",
+                                                 params=params, json=_run_body(inputs, options),
+                                                 timeout=wait)))
+
+    async def get(self, run_id: str) -> dict[str, Any]:
+        return dict(_check(await self._http.get(f"/runs/{run_id}")))
+
+    async def list(self, workflow: str, **filters: Any) -> dict[str, Any]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return dict(_check(await self._http.get(f"/workflows/{workflow}/runs", params=params)))
+
+    async def stop(self, run_id: str) -> dict[str, Any]:
+        return dict(_check(await self._http.post(f"/runs/{run_id}/stop")))
+
+    async def events(self, run_id: str, after: int | None = None) -> AsyncIterator[RunEvent]:
+        last, failures = after or 0, 0
+        while True:
+            try:
+                async with aconnect_sse(self._http, "GET", f"/runs/{run_id}/events",
+                                        headers={"Last-Event-ID": str(last)},
+                                        timeout=_STREAM_TIMEOUT) as source:
+                    if source.response.status_code >= 400:
+                        await source.response.aread()
+                        _check(source.response)
+                    async for sse in source.aiter_sse():
+                        event = _parse(sse)
+                        if event is None or event.seq <= last:
+                            continue
+                        last, failures = event.seq, 0
+                        yield event
+                        if event.terminal:
+                            return
+            except httpx.TransportError:
+                if failures >= self.max_reconnects:
+                    raise
+            failures += 1
+            await anyio.sleep(_backoff(failures))
