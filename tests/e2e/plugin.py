@@ -13,3 +13,14 @@ async def count(ctx: flowrun.NodeContext, *, file: str, label: str) -> dict[str,
     async with await anyio.open_file(file, "a") as f:
         await f.write(label + "\n")
     return {"label": label}
+
+
+@flowrun.node("emit")
+async def emit(ctx: flowrun.NodeContext, *, parts: list[str],
+               delay: float = 0.0) -> dict[str, str]:
+    """Stream ``parts`` as text chunks, ``delay`` seconds apart."""
+    for part in parts:
+        await ctx.emit_text(part)
+        if delay:
+            await anyio.sleep(delay)
+    return {"text": "".join(parts)}
