@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 from starlette.applications import Starlette
 
 from flowrun.api import native
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
+from flowrun.errors import FlowrunError
 from flowrun.events import EventBus
 from flowrun.metrics import Metrics
 from flowrun.runner import Runner
@@ -47,7 +50,8 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     load_plugins(settings.plugins)
     async with Store.open(settings.db_path, max_batch=settings.group_commit_max) as store:
         bus = EventBus(buffer_size=settings.sse_buffer)
-        runner = Runner(store, bus, registry, app.state.metrics)
+        runner = Runner(store, bus, registry, app.state.metrics,
+                        idempotency_ttl_s=settings.idempotency_ttl_s)
         scheduler = Scheduler(runner, max_concurrent=settings.max_concurrent_runs,
                               max_queued=settings.max_queued)
         app.state.metrics.watch_queue(lambda: scheduler.queued, lambda: scheduler.running)
@@ -58,14 +62,50 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                             settings.workflows_dir)
         async with anyio.create_task_group() as tg:
             tg.start_soon(scheduler.run, tg)
+            tg.start_soon(housekeeping, service, settings)
+            tg.start_soon(grace_timer, service, settings.shutdown_grace_s)
             await service.resume_unfinished()
             app.state.service = service
             try:
                 yield
             finally:
+                # Drain: accept nothing new, start nothing queued, give running runs the
+                # grace period, then cancel the rest; they resume on the next start.
+                service.begin_drain()
+                finished = await service.wait_for_runs(settings.shutdown_grace_s)
+                if not finished:
+                    logger.info("shutdown: %d runs left to resume on next start",
+                                scheduler.running)
                 app.state.service = None
                 tg.cancel_scope.cancel()
     logger.info("flowrun stopped")
+
+
+async def grace_timer(service: RunService, grace_s: float) -> None:
+    """Once a drain starts, end run-sync waits when the grace period is over."""
+    await service.draining.wait()
+    await anyio.sleep(grace_s)
+    service.grace_over.set()
+
+
+async def housekeeping(service: RunService, settings: Settings) -> None:
+    """Periodically forget expired idempotency keys and, if set, runs past retention."""
+    store = service.store
+    while True:
+        await anyio.sleep(settings.sweep_interval_s)
+        try:
+            now = time.time()
+            while await store.delete_expired_keys(now):
+                await anyio.lowlevel.checkpoint()
+            if settings.run_retention_s is not None:
+                removed = 0
+                while count := await store.delete_finished_runs(now - settings.run_retention_s):
+                    removed += count
+                    await anyio.lowlevel.checkpoint()  # let requests in between batches
+                if removed:
+                    logger.info("retention: deleted %d finished runs", removed)
+        except FlowrunError as exc:
+            logger.warning("housekeeping skipped: %s", exc.message)
 
 
 def create_app(settings: Settings | None = None, *,

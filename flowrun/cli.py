@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import uvicorn
 
 from flowrun import auth, definitions
 from flowrun.app import create_app, load_plugins
@@ -46,9 +48,30 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+class DrainingServer(uvicorn.Server):
+    """uvicorn, telling flowrun to drain the moment a shutdown signal arrives.
 
+    uvicorn runs the app's lifespan shutdown only after open connections close;
+    flowrun must stop accepting runs (503) and bound run-sync waits before that.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self.flowrun_app = app
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        service = getattr(self.flowrun_app.state, "service", None)
+        if service is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_soon_threadsafe(service.begin_drain)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port,
                          workflows_dir=Path(args.workflows) if args.workflows else None,
                          plugins=tuple(args.plugin) or None)
@@ -70,8 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the signal; a clean shutdown should exit 0, so the re-raised signal lands here.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=args.log_level,
+                            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1)
+    DrainingServer(config, app).run()
     return 0
 
 

@@ -75,6 +75,13 @@ def _run_body(inputs: dict[str, Any] | None, options: dict[str, Any]) -> dict[st
     return {"inputs": inputs or {}, **{k: v for k, v in options.items() if v is not None}}
 
 
+def _key_headers(idempotency_key: str | None, on_conflict: str | None) -> dict[str, str]:
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    if on_conflict:
+        headers["X-On-Conflict"] = on_conflict
+    return headers
+
+
 def _parse(sse: ServerSentEvent) -> RunEvent | None:
     if not sse.data or sse.event == "ping":
         return None
@@ -110,19 +117,25 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def submit(self, workflow: str, inputs: dict[str, Any] | None = None,
+    def submit(self, workflow: str, inputs: dict[str, Any] | None = None, *,
+               idempotency_key: str | None = None, on_conflict: str | None = None,
                **options: Any) -> dict[str, Any]:
-        """Start a run (202); the answer is the queued run."""
+        """Start a run (202; 200 when an idempotency key replays an existing run)."""
         return dict(_check(self._http.post(f"/workflows/{workflow}/run",
-                                           json=_run_body(inputs, options))))
+                                           json=_run_body(inputs, options),
+                                           headers=_key_headers(idempotency_key,
+                                                                on_conflict))))
 
     def run_sync(self, workflow: str, inputs: dict[str, Any] | None = None, *,
-                 timeout: float | None = None, **options: Any) -> dict[str, Any]:
+                 timeout: float | None = None, idempotency_key: str | None = None,
+                 on_conflict: str | None = None, **options: Any) -> dict[str, Any]:
         """Run and wait for the finished run; RunSyncTimeout when ``timeout`` passes first."""
         params = {"timeout": timeout} if timeout is not None else {}
         wait = (timeout or 300) + 30
         return dict(_check(self._http.post(f"/workflows/{workflow}/run-sync", params=params,
-                                           json=_run_body(inputs, options), timeout=wait)))
+                                           json=_run_body(inputs, options), timeout=wait,
+                                           headers=_key_headers(idempotency_key,
+                                                                on_conflict))))
 
     def get(self, run_id: str) -> dict[str, Any]:
         return dict(_check(self._http.get(f"/runs/{run_id}")))
@@ -181,19 +194,25 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def submit(self, workflow: str, inputs: dict[str, Any] | None = None,
+    async def submit(self, workflow: str, inputs: dict[str, Any] | None = None, *,
+                     idempotency_key: str | None = None, on_conflict: str | None = None,
                      **options: Any) -> dict[str, Any]:
         return dict(_check(await self._http.post(f"/workflows/{workflow}/run",
-                                                 json=_run_body(inputs, options))))
+                                                 json=_run_body(inputs, options),
+                                                 headers=_key_headers(idempotency_key,
+                                                                      on_conflict))))
 
     async def run_sync(self, workflow: str, inputs: dict[str, Any] | None = None, *,
                        timeout: float | None = None,  # noqa: ASYNC109 - the server's wait
+                       idempotency_key: str | None = None, on_conflict: str | None = None,
                        **options: Any) -> dict[str, Any]:
         params = {"timeout": timeout} if timeout is not None else {}
         wait = (timeout or 300) + 30
         return dict(_check(await self._http.post(f"/workflows/{workflow}/run-sync",
                                                  params=params, json=_run_body(inputs, options),
-                                                 timeout=wait)))
+                                                 timeout=wait,
+                                                 headers=_key_headers(idempotency_key,
+                                                                      on_conflict))))
 
     async def get(self, run_id: str) -> dict[str, Any]:
         return dict(_check(await self._http.get(f"/runs/{run_id}")))

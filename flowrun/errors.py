@@ -9,6 +9,8 @@
     │   ├── WorkflowNotFound          404 workflow_not_found
     │   ├── VersionNotFound           404 version_not_found
     │   └── RunNotFound               404 run_not_found
+    ├── IdempotencyConflict           409 idempotency_conflict
+    ├── IdempotencyKeyReused          422 idempotency_key_reused
     ├── PayloadTooLarge               413 payload_too_large
     ├── UnsupportedMediaType          415 unsupported_media_type
     ├── QueueFull                     429 queue_full
@@ -38,6 +40,11 @@ class FlowrunError(Exception):
         self.errors = errors or []
         self.headers = headers or {}
         super().__init__(self.message)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Extension members for the error body (e.g. the conflicting run's id)."""
+        return {}
 
 
 class BadRequest(FlowrunError):
@@ -96,6 +103,39 @@ class RunNotFound(NotFound):
 
     code = "run_not_found"
     title = "Run not found"
+
+
+class IdempotencyConflict(FlowrunError):
+    """Raised when a key's run exists (FAIL) or is still queued/running (FAIL_ON_RUNNING)."""
+
+    status_code = 409
+    code = "idempotency_conflict"
+    title = "Idempotency conflict"
+
+    def __init__(self, message: str, *, run_id: str, run_status: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.run_status = run_status
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "run_status": self.run_status}
+
+
+class IdempotencyKeyReused(FlowrunError):
+    """Raised when a key is sent again with a different request body."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused with a different request"
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
 
 
 class PayloadTooLarge(FlowrunError):

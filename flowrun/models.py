@@ -21,6 +21,25 @@ RUN_TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPP
                           RunStatus.TIMED_OUT})
 
 
+class OnConflict(StrEnum):
+    """What to do when an idempotency key already names a run."""
+
+    RETURN_EXISTING = "RETURN_EXISTING"
+    FAIL = "FAIL"
+    FAIL_ON_RUNNING = "FAIL_ON_RUNNING"
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """An idempotency key on a run request: scope, key, request fingerprint, strategy."""
+
+    scope: str  # the API key id ("" without auth)
+    workflow: str
+    key: str
+    fingerprint: str
+    on_conflict: OnConflict = OnConflict.RETURN_EXISTING
+
+
 class NodeStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"

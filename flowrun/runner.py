@@ -25,7 +25,7 @@ from flowrun.errors import DefinitionError, FlowrunError
 from flowrun.events import Event, EventBus, node_finished_payload, node_payload
 from flowrun.metrics import Metrics
 from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
-from flowrun.store import Store
+from flowrun.store import Store, WriteResult
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +41,13 @@ class RunRecorder:
         self._exec_ids: dict[str, str] = {}
         self._predecessors: dict[str, str | None] = {}
 
-    def emit(self, name: str, data: dict[str, Any]) -> Event:
-        """Number, persist and (after the commit) publish one event."""
+    def event(self, name: str, data: dict[str, Any]) -> Event:
+        """The run's next event (numbered, not yet written)."""
         self.seq += 1
-        event = Event(self.run.id, self.seq, name, data, time.time())
-        result = self.store.append_event(event.run_id, event.seq, name, data, event.created_at)
+        return Event(self.run.id, self.seq, name, data, time.time())
+
+    def publish_after(self, result: WriteResult[None], event: Event) -> WriteResult[None]:
+        """Publish ``event`` live once ``result`` (the write holding it) has committed."""
 
         def publish(error: BaseException | None) -> None:
             if error is None:
@@ -54,15 +56,20 @@ class RunRecorder:
                 logger.error("run %s: event %d not stored: %s", event.run_id, event.seq, error)
 
         result.add_done_callback(publish)
-        return event
+        return result
+
+    def emit(self, name: str, data: dict[str, Any],
+             node: NodeRecord | None = None) -> WriteResult[None]:
+        """Persist an event (with the node it is about, in one write), then publish it."""
+        event = self.event(name, data)
+        return self.publish_after(self.store.record(node=node, event=event), event)
 
     def _exec_id(self, node: NodeRecord) -> str:
         return self._exec_ids.setdefault(node.node_id, str(uuid.uuid4()))
 
     async def node_started(self, node: NodeRecord, predecessor: str | None) -> None:
         self._predecessors[node.node_id] = predecessor
-        self.store.save_node(node)
-        self.emit("node_started", node_payload(node, self._exec_id(node), predecessor))
+        self.emit("node_started", node_payload(node, self._exec_id(node), predecessor), node)
 
     async def node_retry(self, node: NodeRecord, error: dict[str, Any]) -> None:
         data = node_finished_payload(node, self._exec_id(node),
@@ -71,12 +78,11 @@ class RunRecorder:
         self.emit("node_retry", data)
 
     async def node_finished(self, node: NodeRecord) -> None:
-        self.store.save_node(node)
         self.emit("node_finished", node_finished_payload(
-            node, self._exec_id(node), self._predecessors.get(node.node_id)))
+            node, self._exec_id(node), self._predecessors.get(node.node_id)), node)
 
     async def node_skipped(self, node: NodeRecord) -> None:
-        self.store.save_node(node)
+        self.store.record(node=node)
 
     async def text_chunk(self, node_id: str, text: str) -> None:
         self.emit("text_chunk", {"text": text, "from_variable_selector": [node_id, "text"]})
@@ -86,11 +92,14 @@ class Runner:
     """Runs accepted runs; one instance per app, called by the scheduler."""
 
     def __init__(self, store: Store, bus: EventBus, registry: Registry,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, *, idempotency_ttl_s: float = 86_400.0,
+                 final_write_timeout_s: float = 30.0) -> None:
         self.store = store
         self.bus = bus
         self.registry = registry
         self.metrics = metrics or Metrics()
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self.final_write_timeout_s = final_write_timeout_s
 
     async def definition_for(self, run: RunRecord) -> WorkflowDefinition:
         """The graph this run executes: its own override, or the stored version."""
@@ -127,7 +136,6 @@ class Runner:
         started_at = run.started_at or time.time()
         run.started_at = started_at
         run.status = RunStatus.RUNNING
-        self.store.mark_running(run.id, started_at)
         deadline = None
         if definition.timeout is not None:
             deadline = definition.timeout - (time.time() - started_at)
@@ -136,7 +144,9 @@ class Runner:
         started_data = {"id": run.id, "workflow_id": run.workflow, "version": run.version,
                         "inputs": run.inputs, "created_at": int(run.created_at),
                         "reason": "resumption" if resumed else "initial"}
-        recorder.emit("workflow_resumed" if resumed else "workflow_started", started_data)
+        first = recorder.event("workflow_resumed" if resumed else "workflow_started",
+                               started_data)
+        recorder.publish_after(self.store.mark_running(run.id, started_at, first), first)
         executor = Executor(definition, run_id=run.id, inputs=run.inputs, version=run.version,
                             observer=recorder, registry=self.registry, prior_nodes=prior,
                             deadline_s=deadline)
@@ -148,19 +158,25 @@ class Runner:
         return outcome
 
     async def finish(self, run: RunRecord, recorder: RunRecorder, outcome: RunOutcome) -> None:
-        """Write the terminal event and status (callers shield this)."""
+        """Write the terminal event and status together, and wait for the commit."""
         finished_at = time.time()
         started_at = run.started_at or finished_at
         steps = outcome.steps
-        recorder.emit("workflow_finished", {
+        event = recorder.event("workflow_finished", {
             "id": run.id, "workflow_id": run.workflow, "status": outcome.status.value,
             "outputs": outcome.outputs,
             "error": outcome.error.get("message") if outcome.error else None,
             "error_detail": outcome.error, "elapsed_time": round(finished_at - started_at, 6),
             "total_tokens": 0, "total_steps": steps, "created_at": int(run.created_at),
             "finished_at": int(finished_at)})
-        await self.store.finish_run(run.id, outcome.status, outputs=outcome.outputs,
-                                    error=outcome.error, steps=steps, finished_at=finished_at)
+        written = self.store.finish_run(run.id, outcome.status, outputs=outcome.outputs,
+                                        error=outcome.error, steps=steps,
+                                        finished_at=finished_at, event=event,
+                                        key_ttl_s=self.idempotency_ttl_s)
+        recorder.publish_after(written, event)
+        # Retried by the writer through database faults; bounded so shutdown never hangs.
+        with anyio.move_on_after(self.final_write_timeout_s, shield=True):
+            await written.wait()
         self.metrics.runs_finished.labels(run.workflow, outcome.status.value).inc()
         self.metrics.run_seconds.labels(run.workflow).observe(finished_at - started_at)
         logger.info("run %s: %s in %.3fs", run.id, outcome.status.value,

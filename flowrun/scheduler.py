@@ -60,6 +60,9 @@ class Scheduler:
         self._queued = 0
         self._running = 0
         self._wakeup = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._paused = False
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -69,6 +72,14 @@ class Scheduler:
     @property
     def running(self) -> int:
         return self._running
+
+    def pause_dispatch(self) -> None:
+        """Start no more queued runs (a drain); they stay queued in the store."""
+        self._paused = True
+
+    async def idle(self) -> None:
+        """Wait until no run is executing."""
+        await self._idle.wait()
 
     def has_room(self) -> bool:
         """False when ``max_queued`` runs are already waiting."""
@@ -105,6 +116,8 @@ class Scheduler:
         handle.stop_requested = True
         if handle.state is HandleState.QUEUED:
             self._queued -= 1
+            self._running += 1  # its stop is recorded by a task, like a run
+            self._idle = anyio.Event()
             handle.state = HandleState.RUNNING  # leaves the heap lazily
             assert self._tg is not None
             self._tg.start_soon(self._finish_unstarted, handle)
@@ -115,12 +128,13 @@ class Scheduler:
         """Dispatch queued runs into ``tg`` until cancelled."""
         self._tg = tg
         while True:
-            while self._heap and self._running < self.max_concurrent:
+            while self._heap and self._running < self.max_concurrent and not self._paused:
                 _, _, handle = heapq.heappop(self._heap)
                 if handle.state is not HandleState.QUEUED:
                     continue
                 self._queued -= 1
                 self._running += 1
+                self._idle = anyio.Event()
                 handle.state = HandleState.RUNNING
                 tg.start_soon(self._run_one, handle)
             self._wakeup = anyio.Event()
@@ -144,9 +158,12 @@ class Scheduler:
         except Exception:
             logger.exception("run %s: could not record its stop", handle.run.id)
         finally:
+            self._running -= 1
             self._release(handle)
 
     def _release(self, handle: RunHandle) -> None:
+        if self._running == 0:
+            self._idle.set()
         handle.state = HandleState.DONE
         if self._handles.get(handle.run.id) is handle:
             del self._handles[handle.run.id]

@@ -8,10 +8,12 @@ run counts as accepted (its row committed), how long a caller may wait.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from flowrun.errors import (
     WorkflowNotFound,
 )
 from flowrun.events import Event, EventBus, follow
-from flowrun.models import RUN_TERMINAL, RunRecord, RunStatus
+from flowrun.models import RUN_TERMINAL, IdempotencyClaim, OnConflict, RunRecord, RunStatus
 from flowrun.scheduler import Scheduler
 from flowrun.settings import Settings
 from flowrun.store import Store
@@ -56,6 +58,25 @@ class RunRequest:
     overrides: dict[str, dict[str, Any]] | None = None
     nodes: list[Any] | None = None
     edges: list[Any] | None = None
+    idempotency_key: str | None = None
+    on_conflict: OnConflict = OnConflict.RETURN_EXISTING
+
+    def fingerprint(self) -> str:
+        """Canonical JSON digest of what the run would do (not of how the answer is sent)."""
+        material = {"workflow": self.workflow, "version": self.version, "inputs": self.inputs,
+                    "priority": self.priority, "correlation_id": self.correlation_id,
+                    "user": self.user, "overrides": self.overrides, "nodes": self.nodes,
+                    "edges": self.edges}
+        canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The outcome of submit: the run, and whether this request created it."""
+
+    run: RunRecord
+    created: bool
 
 
 class RunService:
@@ -69,6 +90,17 @@ class RunService:
         self.bus = bus
         self.registry = registry
         self._key_cache: dict[str, tuple[auth.Principal, float]] = {}
+        self.draining = anyio.Event()
+        self.grace_over = anyio.Event()
+        self.drain_started: float | None = None
+
+    def begin_drain(self) -> None:
+        """Stop accepting runs (503) and starting queued ones; running runs go on."""
+        if self.drain_started is None:
+            self.drain_started = time.monotonic()
+            self.scheduler.pause_dispatch()
+            self.draining.set()
+            logger.info("draining: no new runs are accepted")
 
     # --- auth -----------------------------------------------------------------------
 
@@ -134,8 +166,15 @@ class RunService:
 
     # --- runs -----------------------------------------------------------------------
 
-    async def submit(self, principal: auth.Principal, request: RunRequest) -> RunRecord:
-        """Validate and durably accept a run; returns once its row is committed."""
+    async def submit(self, principal: auth.Principal, request: RunRequest) -> Submission:
+        """Validate and durably accept a run; returns once its row is committed.
+
+        With an idempotency key that already names a run, that run is returned
+        (``created`` False) instead, or the key's strategy raises a conflict.
+        """
+        if self.drain_started is not None:
+            raise Unavailable("flowrun is shutting down; retry shortly",
+                              headers={"Retry-After": "5"})
         version, definition = await self.get_workflow(request.workflow, request.version)
         graph = None
         if request.nodes is not None or request.edges is not None:
@@ -149,26 +188,37 @@ class RunService:
         if not 0 <= request.priority <= 99:
             raise BadRequest("priority must be between 0 and 99",
                              errors=[{"field": "priority", "message": "must be 0-99"}])
-        if not self.scheduler.has_room():
+        claim = None
+        if request.idempotency_key is not None:
+            claim = IdempotencyClaim(principal.key_id or "", definition.name,
+                                     request.idempotency_key, request.fingerprint(),
+                                     request.on_conflict)
+        elif not self.scheduler.has_room():
             raise QueueFull(f"{self.scheduler.queued} runs are queued; retry later",
                             headers={"Retry-After": "1"})
         run = RunRecord(
             id=str(uuid.uuid4()), workflow=definition.name, version=version,
             status=RunStatus.QUEUED, inputs=inputs, created_at=time.time(),
             priority=request.priority, correlation_id=request.correlation_id,
+            idempotency_key=request.idempotency_key,
             user=request.user, trace_id=request.trace_id or uuid.uuid4().hex,
             api_key_id=principal.key_id, overrides=request.overrides or {}, graph=graph)
         handle = self.scheduler.prepare(run)
         try:
-            await self.store.insert_run(run).wait()
+            run_id, created = await self.store.accept_run(run, claim, self.scheduler.has_room)
         except BaseException:
             self.scheduler.discard(handle)
             raise
+        if not created:
+            self.scheduler.discard(handle)
+            existing = await self.store.get_run(run_id)
+            assert existing is not None  # committed before the key pointed to it
+            return Submission(existing, created=False)
         self.scheduler.enqueue(handle)
         self.scheduler.runner.metrics.runs_accepted.labels(run.workflow).inc()
         logger.info("run %s: queued %s v%d (priority %d)", run.id, run.workflow, version,
                     run.priority)
-        return run
+        return Submission(run, created=True)
 
     async def get_run(self, principal: auth.Principal, run_id: str) -> RunRecord:
         """A run with its nodes; RunNotFound for unknown ids and other keys' runs."""
@@ -203,8 +253,12 @@ class RunService:
         handle = self.scheduler.get(run_id)
         if handle is not None:
             with anyio.move_on_after(within_s):
-                await handle.done.wait()
-        return await self.get_run(principal, run_id)
+                await _first_of(handle.done.wait, self.grace_over.wait)
+        run = await self.get_run(principal, run_id)
+        if run.status not in RUN_TERMINAL and self.shutting_down:
+            raise Unavailable(f"flowrun is shutting down; run {run_id} resumes when it is back",
+                              headers={"Retry-After": "5"})
+        return run
 
     async def stop(self, principal: auth.Principal, run_id: str) -> RunRecord:
         """Stop a queued or running run and return it once stopped; finished runs as they are."""
@@ -218,6 +272,18 @@ class RunService:
         with anyio.move_on_after(self.settings.stop_wait_s):
             await handle.done.wait()
         return await self.get_run(principal, run_id)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.drain_started is not None
+
+    async def wait_for_runs(self, grace_s: float) -> bool:
+        """During a drain, wait up to ``grace_s`` (from the drain's start) for running runs."""
+        started = self.drain_started or time.monotonic()
+        with anyio.move_on_after(max(0.0, started + grace_s - time.monotonic())):
+            await self.scheduler.idle()
+            return True
+        return False
 
     async def resume_unfinished(self) -> int:
         """Re-queue queued runs and resume running ones after a restart."""
@@ -245,6 +311,17 @@ class RunService:
                 "running": self.scheduler.running,
                 "subscribers": self.bus.subscriber_count(),
                 "tasks": len(asyncio.all_tasks())}
+
+
+async def _first_of(*waits: Callable[[], Awaitable[Any]]) -> None:
+    """Return as soon as any of the waits returns."""
+    async with anyio.create_task_group() as tg:
+        async def one(wait: Callable[[], Awaitable[Any]]) -> None:
+            await wait()
+            tg.cancel_scope.cancel()
+
+        for wait in waits:
+            tg.start_soon(one, wait)
 
 
 def require_available(service: RunService | None) -> RunService:

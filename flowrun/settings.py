@@ -48,6 +48,7 @@ class Settings:
     sse_send_timeout_s: float = 30.0
     sse_buffer: int = 1024
     run_retention_s: float | None = None
+    sweep_interval_s: float = 60.0
     group_commit_max: int = 512
     extra: Mapping[str, str] = field(default_factory=dict)
 

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from flowrun.auth import Principal, key_from_headers
 from flowrun.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from flowrun.models import OnConflict
 from flowrun.service import RunService, require_available
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -84,6 +85,30 @@ def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
     except pydantic.ValidationError as exc:
         errors = pydantic_errors(exc, prefix)
         raise BadRequest("; ".join(e["message"] for e in errors), errors=errors) from None
+
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_of(request: Request, max_length: int = MAX_IDEMPOTENCY_KEY
+                   ) -> tuple[str | None, OnConflict]:
+    """``Idempotency-Key`` (or ``X-Idempotency-key``) and ``X-On-Conflict`` of a request."""
+    key = request.headers.get("idempotency-key") or request.headers.get("x-idempotency-key")
+    header = "Idempotency-Key" if request.headers.get("idempotency-key") else "X-Idempotency-key"
+    if key is not None:
+        key = key.strip()
+        if not key or len(key) > max_length or not key.isprintable():
+            raise BadRequest(f"{header} must be 1-{max_length} printable characters",
+                             errors=[{"field": header, "message": "invalid"}])
+    raw = request.headers.get("x-on-conflict")
+    if raw is None or not raw.strip():
+        return key, OnConflict.RETURN_EXISTING
+    try:
+        return key, OnConflict(raw.strip().upper())
+    except ValueError:
+        choices = ", ".join(c.value for c in OnConflict)
+        raise BadRequest(f"X-On-Conflict must be one of {choices}",
+                         errors=[{"field": "X-On-Conflict", "message": "unknown"}]) from None
 
 
 def query_int(request: Request, name: str, default: int | None, *, minimum: int,

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from flowrun.api.common import (
+    idempotency_of,
     parse_model,
     principal_of,
     query_int,
@@ -29,7 +30,7 @@ from flowrun.errors import BadRequest, FlowrunError, NotFound
 from flowrun.events import Event
 from flowrun.metrics import CONTENT_TYPE_LATEST
 from flowrun.models import RUN_TERMINAL, RunStatus
-from flowrun.service import RunRequest
+from flowrun.service import RunRequest, Submission
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -57,6 +58,7 @@ def problem(exc: FlowrunError, instance: str | None = None) -> JSONResponse:
                             "status": exc.status_code, "detail": exc.message, "code": exc.code}
     if exc.errors:
         body["errors"] = exc.errors
+    body.update(exc.extra)
     if instance:
         body["instance"] = instance
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers,
@@ -84,11 +86,12 @@ async def _run_request(request: Request) -> tuple[RunRequest, RunBody]:
     data = await read_json(request, _max_body(request), empty={})
     body = parse_model(RunBody, data)
     header_trace = request.headers.get("x-trace-id")
+    key, on_conflict = idempotency_of(request)
     run_request = RunRequest(
         workflow=request.path_params["name"], inputs=body.inputs, version=body.version,
         priority=body.priority, correlation_id=body.correlation_id, user=body.user,
         trace_id=header_trace or body.trace_id, overrides=body.overrides, nodes=body.nodes,
-        edges=body.edges)
+        edges=body.edges, idempotency_key=key, on_conflict=on_conflict)
     return run_request, body
 
 
@@ -126,12 +129,21 @@ async def run_async(request: Request) -> Response:
     principal = await principal_of(request)
     run_request, body = await _run_request(request)
     service = service_of(request)
-    run = await service.submit(principal, run_request)
-    headers = {"Location": f"/runs/{run.id}", "X-Run-Id": run.id}
+    submission = await service.submit(principal, run_request)
+    run = submission.run
+    headers = _run_headers(submission)
     if body.stream:
         # The run belongs to the app's task group: the client leaving ends only the stream.
         return event_stream(request, service.follow(run.id), headers=headers)
-    return JSONResponse(run.to_json(), status_code=202, headers=headers)
+    return JSONResponse(run.to_json(), status_code=202 if submission.created else 200,
+                        headers=headers)
+
+
+def _run_headers(submission: Submission) -> dict[str, str]:
+    headers = {"Location": f"/runs/{submission.run.id}", "X-Run-Id": submission.run.id}
+    if not submission.created:
+        headers["Idempotent-Replayed"] = "true"
+    return headers
 
 
 def encode_event(event: Event) -> ServerSentEvent:
@@ -203,14 +215,16 @@ async def run_sync(request: Request) -> Response:
                          errors=[{"field": "stream", "message": "not valid on run-sync"}])
     timeout = _timeout_param(request, body)
     service = service_of(request)
-    run = await service.submit(principal, run_request)
+    submission = await service.submit(principal, run_request)
+    run = submission.run
+    headers = _run_headers(submission)
     remaining = timeout - (time.monotonic() - started)
     finished = await service.wait(principal, run.id, max(remaining, 0))
     if finished.status in RUN_TERMINAL:
-        return JSONResponse(finished.to_json(), headers={"Location": f"/runs/{run.id}"})
+        return JSONResponse(finished.to_json(), headers=headers)
     return JSONResponse({"run_id": run.id, "status": finished.status.value, "timeout": timeout,
                          "elapsed_s": round(time.monotonic() - started, 3)},
-                        status_code=408, headers={"Location": f"/runs/{run.id}"})
+                        status_code=408, headers=headers)
 
 
 async def list_runs(request: Request) -> Response:

@@ -11,7 +11,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,17 @@ from typing import Any
 import aiosqlite
 import anyio
 
-from flowrun.errors import Unavailable
+from flowrun.errors import IdempotencyConflict, IdempotencyKeyReused, QueueFull, Unavailable
 from flowrun.events import Event
-from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
+from flowrun.models import (
+    RUN_TERMINAL,
+    IdempotencyClaim,
+    NodeRecord,
+    NodeStatus,
+    OnConflict,
+    RunRecord,
+    RunStatus,
+)
 from flowrun.store.schema import MIGRATIONS, SCHEMA_VERSION
 from flowrun.store.writer import Writer, WriteResult
 
@@ -90,6 +98,66 @@ def _node_from_row(row: sqlite3.Row) -> NodeRecord:
     )
 
 
+async def _insert_run(conn: aiosqlite.Connection, run: RunRecord) -> None:
+    await conn.execute(
+        "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
+        "idempotency_key, user, trace_id, api_key_id, overrides, graph, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (run.id, run.workflow, run.version, run.status.value, _dumps(run.inputs),
+         run.priority, run.correlation_id, run.idempotency_key, run.user, run.trace_id,
+         run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at))
+
+
+async def _existing_claim(conn: aiosqlite.Connection, claim: IdempotencyClaim) -> str | None:
+    """The run id a live key already names (per the claim's strategy), or None to create."""
+    async with conn.execute(
+            "SELECT k.fingerprint, k.run_id, k.expires_at, r.status FROM idempotency_keys k "
+            "LEFT JOIN runs r ON r.id = k.run_id "
+            "WHERE k.api_key_id = ? AND k.workflow = ? AND k.key = ?",
+            (claim.scope, claim.workflow, claim.key)) as cur:
+        row = await cur.fetchone()
+    if row is None or row["status"] is None:
+        return None
+    if row["expires_at"] is not None and row["expires_at"] < time.time():
+        return None
+    run_id, status = str(row["run_id"]), RunStatus(row["status"])
+    if claim.on_conflict is OnConflict.FAIL:
+        raise IdempotencyConflict(f"run {run_id} already has idempotency key {claim.key!r}",
+                                  run_id=run_id, run_status=status.value)
+    if claim.on_conflict is OnConflict.FAIL_ON_RUNNING:
+        if status in RUN_TERMINAL:
+            return None  # a finished run: start a new one and move the key to it
+        raise IdempotencyConflict(f"run {run_id} with idempotency key {claim.key!r} is "
+                                  f"still {status.value}", run_id=run_id,
+                                  run_status=status.value)
+    if row["fingerprint"] != claim.fingerprint:
+        raise IdempotencyKeyReused(f"idempotency key {claim.key!r} was used for a different "
+                                   f"request (run {run_id})", run_id=run_id)
+    return run_id
+
+
+async def _upsert_node(conn: aiosqlite.Connection, node: NodeRecord) -> None:
+    await conn.execute(
+        "INSERT INTO node_executions (run_id, node_id, type, title, idx, status, inputs, "
+        "outputs, error, attempts, branch, logs, started_at, finished_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (run_id, node_id) DO UPDATE SET type = excluded.type, "
+        "title = excluded.title, idx = excluded.idx, status = excluded.status, "
+        "inputs = excluded.inputs, outputs = excluded.outputs, error = excluded.error, "
+        "attempts = excluded.attempts, branch = excluded.branch, logs = excluded.logs, "
+        "started_at = excluded.started_at, finished_at = excluded.finished_at",
+        (node.run_id, node.node_id, node.type, node.title, node.index, node.status.value,
+         _dumps(node.inputs), _dumps(node.outputs), _dumps(node.error), node.attempts,
+         node.branch, _dumps(node.logs or None), node.started_at, node.finished_at))
+
+
+async def _insert_event(conn: aiosqlite.Connection, event: Event) -> None:
+    await conn.execute("INSERT INTO events (run_id, seq, name, data, created_at) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       (event.run_id, event.seq, event.name, _dumps(event.data),
+                        event.created_at))
+
+
 class Store:
     """Durable state of workflows, runs, nodes, events and keys."""
 
@@ -133,13 +201,19 @@ class Store:
         rows = await self._fetchall(sql, params)
         return rows[0] if rows else None
 
-    def submit(self, sql: str, params: Sequence[Any] = ()) -> WriteResult[None]:
+    @property
+    def writable(self) -> bool:
+        """False while the database refuses writes (locked, read-only, full)."""
+        return self._writer.healthy
+
+    def submit(self, sql: str, params: Sequence[Any] = (), *,
+               durable: bool = False) -> WriteResult[None]:
         """Queue one statement for the next group commit without waiting."""
 
         async def op(conn: aiosqlite.Connection) -> None:
             await conn.execute(sql, params)
 
-        return self._writer.submit(op)
+        return self._writer.submit(op, durable=durable)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one statement and wait for its commit."""
@@ -191,27 +265,67 @@ class Store:
     # --- runs -----------------------------------------------------------------------
 
     def insert_run(self, run: RunRecord) -> WriteResult[None]:
-        """Queue the insert of a new run; await the result before answering 202."""
-        return self.submit(
-            "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
-            "idempotency_key, user, trace_id, api_key_id, overrides, graph, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run.id, run.workflow, run.version, run.status.value, _dumps(run.inputs),
-             run.priority, run.correlation_id, run.idempotency_key, run.user, run.trace_id,
-             run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at))
+        """Queue the insert of a new run (no idempotency key)."""
 
-    def mark_running(self, run_id: str, started_at: float) -> WriteResult[None]:
-        return self.submit("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) "
-                           "WHERE id = ?", (RunStatus.RUNNING.value, started_at, run_id))
+        async def op(conn: aiosqlite.Connection) -> None:
+            await _insert_run(conn, run)
 
-    async def finish_run(self, run_id: str, status: RunStatus, *, outputs: Any, error: Any,
-                         steps: int, finished_at: float) -> None:
-        """Record a terminal status and wait for the commit."""
-        await self.execute(
-            "UPDATE runs SET status = ?, outputs = ?, error = ?, steps = ?, finished_at = ?, "
-            "started_at = COALESCE(started_at, ?) WHERE id = ?",
-            (status.value, _dumps(outputs), _dumps(error), steps, finished_at, finished_at,
-             run_id))
+        return self._writer.submit(op)
+
+    async def accept_run(self, run: RunRecord, claim: IdempotencyClaim | None,
+                         may_create: Callable[[], bool]) -> tuple[str, bool]:
+        """Insert a run and its idempotency key in one transaction: (run id, created).
+
+        With a key that already names a live run, nothing is inserted and that run's
+        id is returned (or IdempotencyConflict / IdempotencyKeyReused raised, as the
+        claim's strategy says). Concurrent duplicates are serialised by the writer.
+        """
+
+        async def op(conn: aiosqlite.Connection) -> tuple[str, bool]:
+            if claim is not None:
+                existing = await _existing_claim(conn, claim)
+                if existing is not None:
+                    return existing, False
+            if not may_create():
+                raise QueueFull("the run queue is full; retry later",
+                                headers={"Retry-After": "1"})
+            await _insert_run(conn, run)
+            if claim is not None:
+                await conn.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys (api_key_id, workflow, key, "
+                    "fingerprint, run_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                    (claim.scope, claim.workflow, claim.key, claim.fingerprint, run.id,
+                     time.time()))
+            return run.id, True
+
+        return await self._writer.write(op)
+
+    def mark_running(self, run_id: str, started_at: float, event: Event) -> WriteResult[None]:
+        """Record the start (or resume) of a run together with its first event."""
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) "
+                               "WHERE id = ?", (RunStatus.RUNNING.value, started_at, run_id))
+            await _insert_event(conn, event)
+
+        return self._writer.submit(op, durable=True)
+
+    def finish_run(self, run_id: str, status: RunStatus, *, outputs: Any, error: Any,
+                   steps: int, finished_at: float, event: Event,
+                   key_ttl_s: float) -> WriteResult[None]:
+        """Record a terminal status with its terminal event in one transaction."""
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE runs SET status = ?, outputs = ?, error = ?, steps = ?, "
+                "finished_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
+                (status.value, _dumps(outputs), _dumps(error), steps, finished_at, finished_at,
+                 run_id))
+            await _insert_event(conn, event)
+            await conn.execute("UPDATE idempotency_keys SET expires_at = ? WHERE run_id = ?",
+                               (finished_at + key_ttl_s, run_id))
+
+        return self._writer.submit(op, durable=True)
 
     async def get_run(self, run_id: str, *, with_nodes: bool = True) -> RunRecord | None:
         row = await self._fetchone(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
@@ -251,32 +365,22 @@ class Store:
 
     # --- nodes and events -----------------------------------------------------------
 
-    def save_node(self, node: NodeRecord) -> WriteResult[None]:
-        """Queue an upsert of one node execution."""
-        return self.submit(
-            "INSERT INTO node_executions (run_id, node_id, type, title, idx, status, inputs, "
-            "outputs, error, attempts, branch, logs, started_at, finished_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (run_id, node_id) DO UPDATE SET type = excluded.type, "
-            "title = excluded.title, idx = excluded.idx, status = excluded.status, "
-            "inputs = excluded.inputs, outputs = excluded.outputs, error = excluded.error, "
-            "attempts = excluded.attempts, branch = excluded.branch, logs = excluded.logs, "
-            "started_at = excluded.started_at, finished_at = excluded.finished_at",
-            (node.run_id, node.node_id, node.type, node.title, node.index, node.status.value,
-             _dumps(node.inputs), _dumps(node.outputs), _dumps(node.error), node.attempts,
-             node.branch, _dumps(node.logs or None), node.started_at, node.finished_at))
+    def record(self, *, node: NodeRecord | None = None,
+               event: Event | None = None) -> WriteResult[None]:
+        """Durably save a node execution and/or an event, together."""
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            if node is not None:
+                await _upsert_node(conn, node)
+            if event is not None:
+                await _insert_event(conn, event)
+
+        return self._writer.submit(op, durable=True)
 
     async def node_records(self, run_id: str) -> list[NodeRecord]:
         rows = await self._fetchall("SELECT * FROM node_executions WHERE run_id = ? "
                                     "ORDER BY idx = 0, idx", (run_id,))
         return [_node_from_row(r) for r in rows]
-
-    def append_event(self, run_id: str, seq: int, name: str,
-                     data: dict[str, Any], created_at: float) -> WriteResult[None]:
-        """Queue one event of a run's log."""
-        return self.submit("INSERT INTO events (run_id, seq, name, data, created_at) "
-                           "VALUES (?, ?, ?, ?, ?)",
-                           (run_id, seq, name, _dumps(data), created_at))
 
     async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         """A page of a run's event log after sequence number ``after``."""
@@ -290,6 +394,40 @@ class Store:
         row = await self._fetchone("SELECT MAX(seq) AS s FROM events WHERE run_id = ?",
                                    (run_id,))
         return int(row["s"]) if row is not None and row["s"] is not None else 0
+
+    # --- housekeeping ---------------------------------------------------------------
+
+    async def delete_expired_keys(self, now: float, batch: int = 1000) -> int:
+        """Forget idempotency keys whose run ended more than the TTL ago."""
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM "
+                "idempotency_keys WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?)",
+                (now, batch))
+            return cur.rowcount
+
+        return await self._writer.write(op)
+
+    async def delete_finished_runs(self, before: float, batch: int = 200) -> int:
+        """Delete up to ``batch`` runs that ended before ``before``, with nodes, events, keys."""
+        terminal = tuple(s.value for s in RUN_TERMINAL)
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            async with conn.execute(
+                    f"SELECT id FROM runs WHERE finished_at < ? AND status IN "
+                    f"({', '.join('?' * len(terminal))}) LIMIT ?",
+                    (before, *terminal, batch)) as cur:
+                ids = [row[0] for row in await cur.fetchall()]
+            if not ids:
+                return 0
+            marks = ", ".join("?" * len(ids))
+            for table, column in (("node_executions", "run_id"), ("events", "run_id"),
+                                  ("idempotency_keys", "run_id"), ("runs", "id")):
+                await conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
+            return len(ids)
+
+        return await self._writer.write(op)
 
     # --- API keys -------------------------------------------------------------------
 

@@ -6,6 +6,13 @@ writes are queued as small async operations; the writer task takes whatever is
 queued, runs it inside one ``BEGIN IMMEDIATE`` transaction (each operation in
 its own savepoint, so one failing operation does not undo the others) and
 commits once. A burst of N writes costs one fsync, not N.
+
+When the database itself fails (locked past the busy timeout, read-only, disk
+full, I/O error) the whole batch is rolled back. Writes a client is waiting on
+(accepting a run) fail at once with ``Unavailable`` (a 503); writes of runs in
+progress (``durable=True``: node results, events, final status) go back to the
+head of the queue in order and are retried with backoff until the fault
+clears, so a run never ends up half-written.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import collections
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import aiosqlite
@@ -26,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 WriteOp = Callable[[aiosqlite.Connection], Awaitable[T]]
+_MAX_BACKOFF_S = 2.0
 
 
 class WriteResult(Generic[T]):
@@ -65,29 +74,45 @@ class WriteResult(Generic[T]):
         return self._value  # type: ignore[no-any-return]
 
 
+@dataclass
+class _Pending:
+    op: WriteOp[Any]
+    result: WriteResult[Any]
+    durable: bool
+    attempts: int = field(default=0)
+
+
 class Writer:
     """Owns the write connection; started in a task group with ``run``."""
 
     def __init__(self, conn: aiosqlite.Connection, *, max_batch: int = 512) -> None:
         self._conn = conn
         self._max_batch = max_batch
-        self._queue: collections.deque[tuple[WriteOp[Any], WriteResult[Any]]] = (
-            collections.deque())
+        self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup = anyio.Event()
         self._closed = False
+        self._failing_since: int = 0  # consecutive failed batches
 
-    def submit(self, op: WriteOp[T]) -> WriteResult[T]:
-        """Queue a write without waiting; the result resolves once it is committed."""
+    @property
+    def healthy(self) -> bool:
+        """False while the database is refusing writes."""
+        return self._failing_since == 0
+
+    def submit(self, op: WriteOp[T], *, durable: bool = False) -> WriteResult[T]:
+        """Queue a write without waiting; the result resolves once it is committed.
+
+        ``durable`` writes are retried through database faults instead of failing.
+        """
         if self._closed:
             raise Unavailable("the store is closed")
         result: WriteResult[T] = WriteResult()
-        self._queue.append((op, result))
+        self._queue.append(_Pending(op, result, durable))
         self._wakeup.set()
         return result
 
-    async def write(self, op: WriteOp[T]) -> T:
+    async def write(self, op: WriteOp[T], *, durable: bool = False) -> T:
         """Queue a write and wait until it is committed."""
-        return await self.submit(op).wait()
+        return await self.submit(op, durable=durable).wait()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -98,45 +123,66 @@ class Writer:
                 if not self._queue:
                     self._wakeup = anyio.Event()
                     await self._wakeup.wait()
+                if self._failing_since:
+                    await anyio.sleep(min(0.05 * 2 ** self._failing_since, _MAX_BACKOFF_S))
                 # A batch, once taken off the queue, is finished even if cancelled.
                 with anyio.CancelScope(shield=True):
                     await self._commit_batch()
         finally:
             self._closed = True
             with anyio.CancelScope(shield=True):
-                while self._queue:
-                    await self._commit_batch()
+                # One last try for what is queued; durable writes that still fail are
+                # lost to this process, and their runs resume from the store next start.
+                if self._queue:
+                    await self._commit_batch(final=True)
 
-    async def _commit_batch(self) -> None:
-        batch: list[tuple[WriteOp[Any], WriteResult[Any]]] = []
+    async def _commit_batch(self, *, final: bool = False) -> None:
+        batch: list[_Pending] = []
         while self._queue and len(batch) < self._max_batch:
             batch.append(self._queue.popleft())
-        results: list[tuple[WriteResult[Any], Any, BaseException | None]] = []
+        results: list[tuple[_Pending, Any, BaseException | None]] = []
         try:
             await self._conn.execute("BEGIN IMMEDIATE")
-            for i, (op, result) in enumerate(batch):
+            for i, pending in enumerate(batch):
                 await self._conn.execute(f"SAVEPOINT op{i}")
                 try:
-                    value = await op(self._conn)
+                    value = await pending.op(self._conn)
                 except sqlite3.OperationalError:
                     raise  # a database fault: the whole batch fails
                 except Exception as exc:  # noqa: BLE001 - reported to that op's caller
                     await self._conn.execute(f"ROLLBACK TO op{i}")
-                    results.append((result, None, exc))
+                    results.append((pending, None, exc))
                 else:
-                    results.append((result, value, None))
+                    results.append((pending, value, None))
                 await self._conn.execute(f"RELEASE op{i}")
             await self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            logger.error("store write failed, %d writes rejected: %s", len(batch), exc)
-            try:
-                if self._conn.in_transaction:
-                    await self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                logger.exception("rollback failed")
-            error = Unavailable(f"the database cannot accept writes: {exc}")
-            for _, result in batch:
-                result._set(error=error)
+            await self._fail_batch(batch, exc, final=final)
             return
-        for result, value, err in results:
-            result._set(value, err)
+        if self._failing_since:
+            logger.warning("store writes recovered after %d failed attempts",
+                           self._failing_since)
+            self._failing_since = 0
+        for pending, value, err in results:
+            pending.result._set(value, err)
+
+    async def _fail_batch(self, batch: list[_Pending], exc: sqlite3.Error, *,
+                          final: bool) -> None:
+        self._failing_since += 1
+        try:
+            if self._conn.in_transaction:
+                await self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.exception("rollback failed")
+        retry = [p for p in batch if p.durable and not final]
+        refused = [p for p in batch if not p.durable or final]
+        if self._failing_since == 1 or self._failing_since % 20 == 0:
+            logger.error("store write failed (%s): %d writes refused, %d queued for retry",
+                         exc, len(refused), len(retry))
+        error = Unavailable(f"the database cannot accept writes: {exc}",
+                            headers={"Retry-After": "1"})
+        for pending in refused:
+            pending.result._set(error=error)
+        for pending in reversed(retry):
+            pending.attempts += 1
+            self._queue.appendleft(pending)

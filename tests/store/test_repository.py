@@ -10,6 +10,7 @@ import aiosqlite
 import anyio
 import pytest
 
+from flowrun.events import Event
 from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store import Store
 from flowrun.store.schema import SCHEMA_VERSION
@@ -66,12 +67,13 @@ async def test_a_failing_write_does_not_undo_its_batch(tmp_path: Path) -> None:
 async def test_run_and_nodes_round_trip(tmp_path: Path) -> None:
     async with Store.open(tmp_path / "f.db") as store:
         await store.insert_run(make_run("r", priority=7, correlation_id="c")).wait()
-        store.mark_running("r", 10.0)
+        store.mark_running("r", 10.0, Event("r", 1, "workflow_started", {}, 10.0))
         node = NodeRecord("r", "n", "template", "N", 1, NodeStatus.SUCCEEDED, {"i": 1},
                           {"o": 2}, None, 1, None, 10.0, 10.5)
-        store.save_node(node)
+        store.record(node=node)
         await store.finish_run("r", RunStatus.SUCCEEDED, outputs={"x": 1}, error=None,
-                               steps=1, finished_at=11.0)
+                               steps=1, finished_at=11.0, key_ttl_s=60,
+                               event=Event("r", 2, "workflow_finished", {}, 11.0)).wait()
         run = await store.get_run("r")
         assert run is not None
         assert (run.status, run.outputs, run.priority, run.started_at, run.elapsed_s) == (
@@ -91,7 +93,7 @@ async def test_writes_after_reopen_survive(tmp_path: Path) -> None:
 async def test_events_are_ordered_by_seq(tmp_path: Path) -> None:
     async with Store.open(tmp_path / "f.db") as store:
         for seq in (1, 2, 3):
-            store.append_event("r", seq, "e", {"n": seq}, time.time())
+            store.record(event=Event("r", seq, "e", {"n": seq}, time.time()))
         await store.execute("SELECT 1")
         assert [e.seq for e in await store.events("r", after=1)] == [2, 3]
         assert await store.last_event_seq("r") == 3
