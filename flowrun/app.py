@@ -48,7 +48,8 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     registry: Registry = app.state.registry
     load_plugins(settings.plugins)
-    async with Store.open(settings.db_path, max_batch=settings.group_commit_max) as store:
+    async with Store.open(settings.db_path, max_batch=settings.group_commit_max,
+                          busy_timeout_ms=settings.sqlite_busy_timeout_ms) as store:
         bus = EventBus(buffer_size=settings.sse_buffer)
         runner = Runner(store, bus, registry, app.state.metrics,
                         idempotency_ttl_s=settings.idempotency_ttl_s)

@@ -50,6 +50,7 @@ class Settings:
     run_retention_s: float | None = None
     sweep_interval_s: float = 60.0
     group_commit_max: int = 512
+    sqlite_busy_timeout_ms: int = 5000
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -77,7 +78,7 @@ def _parse(name: str, raw: str) -> object:
     if name == "auth_enabled":
         return raw.strip().lower() in {"1", "true", "yes", "on"}
     if name in {"port", "max_concurrent_runs", "max_queued", "max_body_bytes", "group_commit_max",
-                "sse_buffer"}:
+                "sse_buffer", "sqlite_busy_timeout_ms"}:
         return int(raw)
     if name == "run_retention_s":
         return float(raw) if raw.strip() else None

@@ -48,10 +48,10 @@ def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
+async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(str(path), isolation_level=None)
     conn.row_factory = sqlite3.Row
-    await conn.execute("PRAGMA busy_timeout = 5000")
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     await conn.execute("PRAGMA foreign_keys = ON")
     await conn.execute("PRAGMA synchronous = FULL")
     return conn
@@ -168,13 +168,14 @@ class Store:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: Path, *, max_batch: int = 512) -> AsyncIterator[Store]:
+    async def open(cls, path: Path, *, max_batch: int = 512,
+                   busy_timeout_ms: int = 5000) -> AsyncIterator[Store]:
         """Open (creating and migrating) the database for the duration of the block."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_conn = await _connect(path)
+        write_conn = await _connect(path, busy_timeout_ms)
         try:
             await _migrate(write_conn)
-            read_conn = await _connect(path)
+            read_conn = await _connect(path, busy_timeout_ms)
             try:
                 writer = Writer(write_conn, max_batch=max_batch)
                 async with anyio.create_task_group() as tg:
