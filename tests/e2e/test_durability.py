@@ -1,0 +1,197 @@
+"""Graceful shutdown, retention and database faults against a real server process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.server import Server, finished, node_status, wait_for
+
+
+def start(server_factory: Callable[..., Server], env: dict[str, str] | None = None,
+          *extra: str) -> tuple[Server, httpx.Client, str]:
+    server = server_factory(env)
+    key = server.create_key()
+    server.start(*extra)
+    return server, server.client(key), key
+
+
+def db_status(db: Path, run_id: str) -> str:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return str(conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()[0])
+
+
+def wait_log(server: Server, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.log.read_text():
+        assert time.monotonic() < deadline, f"{text!r} never logged"
+        time.sleep(0.02)
+
+
+def test_sigterm_drains_then_exits_0_and_the_rest_resumes(
+        server_factory: Callable[..., Server], tmp_path: Path) -> None:
+    server, client, key = start(server_factory, {"FLOWRUN_SHUTDOWN_GRACE_S": "2",
+                                                 "FLOWRUN_MAX_CONCURRENT_RUNS": "2"},
+                                "--log-level", "info")
+    log = tmp_path / "short.log"
+    short = client.post("/workflows/counted/run", json={
+        "inputs": {"file": str(log), "label": "short", "seconds": 0.8}}).json()
+    long = client.post("/workflows/slow/run", json={"inputs": {"seconds": 30}}).json()
+    queued = client.post("/workflows/hello/run", json={"inputs": {"name": "q"}}).json()
+    wait_for(client, long["id"], lambda r: node_status(r, "wait") == "running")
+    wait_for(client, short["id"], lambda r: r["status"] == "running")
+
+    waiter: dict[str, Any] = {}
+
+    def run_sync_waiter() -> None:
+        with httpx.Client(base_url=server.url, timeout=60,
+                          headers={"Authorization": f"Bearer {key}"}) as c:
+            began = time.monotonic()
+            resp = c.post("/workflows/slow/run-sync", json={"inputs": {"seconds": 30}},
+                          headers={"Idempotency-Key": "w"})
+            waiter.update(status=resp.status_code, body=resp.json(),
+                          retry=resp.headers.get("retry-after"),
+                          elapsed=time.monotonic() - began)
+
+    thread = threading.Thread(target=run_sync_waiter)
+    thread.start()
+    body = json.dumps({"inputs": {"name": "late"}}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        raw.sendall(b"POST /workflows/hello/run HTTP/1.1\r\nHost: x\r\n"
+                    b"Authorization: Bearer " + key.encode() + b"\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: "
+                    + str(len(body)).encode() + b"\r\n\r\n")
+        time.sleep(0.2)  # let the server start handling the request before the signal
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        wait_log(server, "draining: no new runs are accepted")
+        raw.sendall(body)
+        chunks = []
+        while chunk := raw.recv(65536):  # the server closes the connection after answering
+            chunks.append(chunk)
+        answer = b"".join(chunks).decode()
+    status_line, _, rest = answer.partition("\r\n")
+    assert " 503 " in status_line, answer
+    assert "retry-after: 5" in rest.lower() and '"code":"unavailable"' in answer
+    assert server.proc.wait(timeout=15) == 0
+    thread.join(timeout=15)
+    assert waiter["status"] == 503 and waiter["retry"] == "5"
+    assert 1.5 < waiter["elapsed"] < 6
+    assert db_status(server.db, short["id"]) == "succeeded"
+    assert db_status(server.db, long["id"]) == "running"
+    assert db_status(server.db, queued["id"]) == "queued"
+
+    server.start()
+    assert finished(client, queued["id"])["status"] == "succeeded"
+    resumed = wait_for(client, long["id"], lambda r: node_status(r, "wait") == "running")
+    assert resumed["status"] == "running"
+    assert client.post(f"/runs/{long['id']}/stop").json()["status"] == "stopped"
+    assert log.read_text().split() == ["short-first", "short-last"]
+
+
+def test_retention_deletes_old_finished_runs(server_factory: Callable[..., Server]) -> None:
+    server, client, _ = start(server_factory, {"FLOWRUN_RUN_RETENTION_S": "1",
+                                               "FLOWRUN_SWEEP_INTERVAL_S": "0.2"})
+    old = client.post("/workflows/hello/run-sync", json={"inputs": {"name": "old"}},
+                      headers={"Idempotency-Key": "old"}).json()
+    running = client.post("/workflows/slow/run", json={"inputs": {"seconds": 30}}).json()
+    deadline = time.monotonic() + 10
+    while client.get(f"/runs/{old['id']}").status_code != 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    with sqlite3.connect(f"file:{server.db}?mode=ro", uri=True) as conn:
+        for table in ("events", "node_executions", "idempotency_keys"):
+            assert conn.execute(f"SELECT COUNT(*) FROM {table} WHERE run_id = ?",
+                                (old["id"],)).fetchone()[0] == 0
+    assert client.get(f"/runs/{running['id']}").json()["status"] == "running"
+    assert client.post(f"/runs/{running['id']}/stop").status_code == 200
+
+
+def test_a_locked_database_is_503_then_recovers(server_factory: Callable[..., Server],
+                                                tmp_path: Path) -> None:
+    server, client, _ = start(server_factory, {"FLOWRUN_SQLITE_BUSY_TIMEOUT_MS": "300"},
+                              "--log-level", "info")
+    log = tmp_path / "locked.log"
+    during = client.post("/workflows/counted/run", json={
+        "inputs": {"file": str(log), "label": "during", "seconds": 1}}).json()
+    wait_for(client, during["id"], lambda r: node_status(r, "wait") == "running")
+    blocker = sqlite3.connect(server.db, isolation_level=None, timeout=5)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        resp = client.post("/workflows/hello/run", json={"inputs": {"name": "x"}})
+        assert resp.status_code == 503
+        assert resp.headers["content-type"] == "application/problem+json"
+        assert resp.json()["code"] == "unavailable" and "locked" in resp.json()["detail"]
+        wait_log(server, "store write failed")
+        time.sleep(1.2)  # the running run reaches its last node while the lock is held
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    ok = client.post("/workflows/hello/run-sync", json={"inputs": {"name": "x"}})
+    assert ok.status_code == 200 and ok.json()["status"] == "succeeded"
+    done = finished(client, during["id"])
+    assert done["status"] == "succeeded"
+    runs = client.get("/workflows/hello/runs").json()["runs"]
+    assert len(runs) == 1  # the refused request left nothing behind
+    wait_log(server, "store writes recovered")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, so the disk really fills up (needs mount rights, as in CI)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_503_then_recovers(server_factory: Callable[..., Server],
+                                          small_disk: Path) -> None:
+    server = server_factory()
+    server.db = small_disk / "flowrun.db"
+    key = server.create_key()
+    server.start("--log-level", "info")
+    client = server.client(key)
+    assert client.post("/workflows/hello/run-sync",
+                       json={"inputs": {"name": "before"}}).status_code == 200
+    filler = small_disk / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    refused = 0
+    for i in range(20):  # the WAL may absorb a few writes before it needs a new page
+        resp = client.post("/workflows/hello/run", json={"inputs": {"name": f"full{i}"}})
+        if resp.status_code == 503:
+            refused += 1
+            assert resp.json()["code"] == "unavailable"
+            break
+    assert refused, "the full disk never refused a write"
+    wait_log(server, "store write failed")
+    filler.unlink()
+    ok = client.post("/workflows/hello/run-sync", json={"inputs": {"name": "after"}})
+    assert ok.status_code == 200 and ok.json()["status"] == "succeeded"
+    names = {r["inputs"]["name"] for r in client.get("/workflows/hello/runs?limit=100")
+             .json()["runs"]}
+    for run in client.get("/workflows/hello/runs?limit=100").json()["runs"]:
+        assert finished(client, run["id"])["status"] == "succeeded"
+    assert "before" in names and "after" in names
