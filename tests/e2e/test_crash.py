@@ -1,0 +1,123 @@
+"""Kill -9 at random moments under load: nothing accepted is lost, duplicated or re-run."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.server import TERMINAL, Server
+
+RUNS = 200
+KILLS = 6
+
+
+def requests_to_make(log: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    rng = random.Random(3)
+    made = []
+    for i in range(RUNS):
+        kind = rng.choice(["hello", "fanout", "counted", "ticker", "wide", "branching"])
+        inputs: dict[str, Any] = {
+            "hello": {"name": f"n{i}"},
+            "fanout": {"topic": f"t{i}"},
+            "counted": {"file": str(log), "label": f"c{i}", "seconds": 0.3},
+            "ticker": {"tick": 0.03},
+            "wide": {"gate": 0.1},
+            "branching": {"n": i, "mode": "careful"},
+        }[kind]
+        made.append((f"req-{i}", kind, {"inputs": inputs}))
+    return made
+
+
+@pytest.mark.slow
+def test_sigkill_under_load_loses_and_repeats_nothing(
+        server_factory: Callable[..., Server], tmp_path: Path) -> None:
+    server = server_factory({"FLOWRUN_MAX_CONCURRENT_RUNS": "16"})
+    key = server.create_key()
+    server.start()
+    log = tmp_path / "count.log"
+    todo = requests_to_make(log)
+    accepted: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def submit_all() -> None:
+        with httpx.Client(base_url=server.url, timeout=10,
+                          headers={"Authorization": f"Bearer {key}"}) as client:
+            for idem, workflow, body in todo:
+                deadline = time.monotonic() + 60
+                while True:  # retry through kills with the same key: never a duplicate
+                    assert time.monotonic() < deadline, f"{idem} never accepted"
+                    try:
+                        resp = client.post(f"/workflows/{workflow}/run", json=body,
+                                           headers={"Idempotency-Key": idem})
+                    except httpx.TransportError:
+                        time.sleep(0.05)
+                        continue
+                    if resp.status_code == 503:  # shutting down or starting
+                        time.sleep(0.05)
+                        continue
+                    assert resp.status_code in (200, 202), resp.text
+                    accepted[idem] = resp.json()["id"]
+                    break
+
+    def guarded() -> None:
+        try:
+            submit_all()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    submitter = threading.Thread(target=guarded)
+    submitter.start()
+    rng = random.Random(5)
+    for _ in range(KILLS):
+        time.sleep(rng.uniform(0.3, 1.2))  # a random moment, not a wait for a condition
+        server.kill()
+        server.start()
+    submitter.join(timeout=120)
+    assert not errors, errors
+    assert len(accepted) == RUNS
+
+    client = server.client(key)
+    deadline = time.monotonic() + 90
+    pending = set(accepted.values())
+    while pending:
+        assert time.monotonic() < deadline, f"{len(pending)} runs never finished"
+        for run_id in list(pending):
+            if client.get(f"/runs/{run_id}").json()["status"] in TERMINAL:
+                pending.discard(run_id)
+        time.sleep(0.1)
+
+    with sqlite3.connect(f"file:{server.db}?mode=ro", uri=True) as conn:
+        statuses = dict(conn.execute("SELECT id, status FROM runs").fetchall())
+        assert len(statuses) == RUNS  # no lost run, no duplicate
+        assert set(statuses) == set(accepted.values())
+        assert set(statuses.values()) == {"succeeded"}
+        resumed = 0
+        for run_id in statuses:
+            events = conn.execute("SELECT seq, name, data FROM events WHERE run_id = ? "
+                                  "ORDER BY seq", (run_id,)).fetchall()
+            assert [e[0] for e in events] == list(range(1, len(events) + 1)), run_id
+            names = [e[1] for e in events]
+            assert names[-1] == "workflow_finished" and names.count("workflow_finished") == 1
+            resumed += names.count("workflow_resumed")
+            succeeded: set[str] = set()
+            for _, name, data in events:
+                node = json.loads(data).get("node_id")
+                if name == "node_started":
+                    assert node not in succeeded, f"{run_id}: {node} ran again after succeeding"
+                elif name == "node_finished" and '"status":"succeeded"' in data:
+                    succeeded.add(node)
+    assert resumed > 0  # the kills did interrupt running runs
+    lines = log.read_text().split()
+    for _, workflow, body in todo:
+        if workflow == "counted":
+            label = body["inputs"]["label"]
+            assert f"{label}-first" in lines and f"{label}-last" in lines
