@@ -12,6 +12,9 @@ itself: enter ``flowrun_lifespan(app)`` from the host app's lifespan.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import inspect
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,22 +27,55 @@ from starlette.applications import Starlette
 from flowrun.api import native
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
+from flowrun.engine.sandbox import CodeLimits, CodeRunner
+from flowrun.engine.services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.errors import FlowrunError
 from flowrun.events import EventBus
 from flowrun.metrics import Metrics
 from flowrun.runner import Runner
 from flowrun.scheduler import Scheduler
-from flowrun.service import RunService
+from flowrun.service import RunService, ServiceChildRuns, ServiceWorkflows
 from flowrun.settings import Settings
 from flowrun.store import Store
 
 logger = logging.getLogger(__name__)
 
 
-def load_plugins(modules: tuple[str, ...]) -> None:
-    """Import modules that register custom node types with ``@flowrun.node``."""
+def load_plugins(modules: tuple[str, ...], registry: Registry = default_registry) -> None:
+    """Load custom node types: the ``flowrun.nodes`` entry points, then ``modules``.
+
+    An entry point may name an async function (registered under the entry point's
+    name) or a module whose import registers its nodes with ``@flowrun.node``.
+    """
+    for entry_point in importlib.metadata.entry_points(group="flowrun.nodes"):
+        try:
+            loaded = entry_point.load()
+        except Exception:
+            logger.exception("cannot load node entry point %s", entry_point.value)
+            continue
+        if inspect.iscoroutinefunction(loaded):
+            registry.register(entry_point.name, loaded)
     for name in modules:
         importlib.import_module(name)
+
+
+def node_services(settings: Settings, registry: Registry, code: CodeRunner) -> NodeServices:
+    """What built-in nodes use, from settings."""
+    networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.http_allowed_networks)
+    return NodeServices(
+        code=code, registry=registry,
+        http=HttpPolicy(allow_private_hosts=settings.allow_private_hosts,
+                        allowed_networks=networks,
+                        max_response_bytes=settings.http_max_response_bytes,
+                        timeout_s=settings.http_timeout_s),
+        llm=LlmDefaults(base_url=settings.llm_base_url, api_key=settings.llm_api_key,
+                        model=settings.llm_model, timeout_s=settings.llm_timeout_s))
+
+
+def code_limits(settings: Settings) -> CodeLimits:
+    return CodeLimits(timeout_s=settings.code_timeout_s,
+                      memory_bytes=settings.code_memory_mb * 1024 * 1024,
+                      cpu_seconds=settings.code_cpu_s)
 
 
 @asynccontextmanager
@@ -47,22 +83,26 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     """Run flowrun's resources for as long as the block lasts."""
     settings: Settings = app.state.settings
     registry: Registry = app.state.registry
-    load_plugins(settings.plugins)
+    load_plugins(settings.plugins, registry)
     async with Store.open(settings.db_path, max_batch=settings.group_commit_max,
-                          busy_timeout_ms=settings.sqlite_busy_timeout_ms) as store:
+                          busy_timeout_ms=settings.sqlite_busy_timeout_ms) as store, \
+            CodeRunner.open(settings.code_pool_size, code_limits(settings)) as code:
         bus = EventBus(buffer_size=settings.sse_buffer)
+        services = node_services(settings, registry, code)
         runner = Runner(store, bus, registry, app.state.metrics,
-                        idempotency_ttl_s=settings.idempotency_ttl_s)
+                        idempotency_ttl_s=settings.idempotency_ttl_s, services=services)
         scheduler = Scheduler(runner, max_concurrent=settings.max_concurrent_runs,
                               max_queued=settings.max_queued)
         app.state.metrics.watch_queue(lambda: scheduler.queued, lambda: scheduler.running)
         service = RunService(settings, store, scheduler, bus, registry)
+        services.child_runs = ServiceChildRuns(service)
+        services.workflows = ServiceWorkflows(service)
         if settings.workflows_dir is not None:
             for name, version in await service.load_workflows(settings.workflows_dir):
                 logger.info("workflow %s: version %d from %s", name, version,
                             settings.workflows_dir)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(scheduler.run, tg)
+            await tg.start(scheduler.run, tg)
             tg.start_soon(housekeeping, service, settings)
             tg.start_soon(grace_timer, service, settings.shutdown_grace_s)
             await service.resume_unfinished()

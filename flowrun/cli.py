@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import logging
 import os
@@ -42,6 +43,15 @@ async def _ensure_key(settings: Settings) -> str | None:
         key_id, secret, prefix, digest = auth.new_key()
         await store.add_api_key(key_id, prefix, digest, name="initial", workflow=None)
         return secret
+
+
+def _not_dumpable() -> None:
+    """Keep same-user processes (code-node workers) from reading this process's memory and
+    /proc/<pid>/environ, where secrets live (Linux only; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        pass
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -88,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if secret:
             print(f"Created an API key for this new database (shown once):\n  {secret}\n"
                   f"Send it as 'Authorization: Bearer <key>'.", flush=True)
+    _not_dumpable()
     app = create_app(settings)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown so the process dies by
     # the signal; a clean shutdown should exit 0, so the re-raised signal lands here.

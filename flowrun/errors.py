@@ -175,9 +175,11 @@ class NodeFailure(Exception):
 
     code = "node_failed"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None,
+                 process_data: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.process_data = process_data or {}
         if code:
             self.code = code
 

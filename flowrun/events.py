@@ -63,6 +63,12 @@ def _ts(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
+def _tokens(outputs: Any) -> int:
+    usage = outputs.get("usage") if isinstance(outputs, dict) else None
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return total if isinstance(total, int) else 0
+
+
 def node_payload(node: NodeRecord, exec_id: str, predecessor: str | None) -> dict[str, Any]:
     return {"id": exec_id, "node_id": node.node_id, "node_type": node.type, "title": node.title,
             "index": node.index, "predecessor_node_id": predecessor, "inputs": node.inputs,
@@ -72,11 +78,12 @@ def node_payload(node: NodeRecord, exec_id: str, predecessor: str | None) -> dic
 def node_finished_payload(node: NodeRecord, exec_id: str,
                           predecessor: str | None) -> dict[str, Any]:
     return {**node_payload(node, exec_id, predecessor),
-            "process_data": {"logs": node.logs} if node.logs else None,
+            "process_data": node.process,
             "outputs": node.outputs, "status": node.status.value,
             "error": node.error.get("message") if node.error else None,
             "elapsed_time": node.elapsed_s or 0.0,
-            "execution_metadata": {"attempts": node.attempts, "total_tokens": 0},
+            "execution_metadata": {"attempts": node.attempts,
+                                   "total_tokens": _tokens(node.outputs)},
             "finished_at": _ts(node.finished_at)}
 
 

@@ -79,6 +79,15 @@ class NodeRecord:
     started_at: float | None = None
     finished_at: float | None = None
     logs: list[str] = field(default_factory=list)
+    process_data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def process(self) -> dict[str, Any] | None:
+        """What the node did besides its outputs: its log lines and type-specific data."""
+        data = dict(self.process_data)
+        if self.logs:
+            data["logs"] = self.logs
+        return data or None
 
     @property
     def elapsed_s(self) -> float | None:
@@ -91,7 +100,7 @@ class NodeRecord:
             "id": self.node_id, "type": self.type, "title": self.title, "index": self.index,
             "status": self.status.value, "inputs": self.inputs, "outputs": self.outputs,
             "error": self.error, "attempts": self.attempts,
-            "process_data": {"logs": self.logs} if self.logs else None,
+            "process_data": self.process,
             "started_at": rfc3339(self.started_at), "finished_at": rfc3339(self.finished_at),
             "elapsed_s": self.elapsed_s,
         }
@@ -121,6 +130,7 @@ class RunRecord:
     finished_at: float | None = None
     steps: int = 0
     num: int = 0
+    parent_run_id: str | None = None
     nodes: list[NodeRecord] = field(default_factory=list)
 
     @property
@@ -140,7 +150,7 @@ class RunRecord:
             "user": self.user, "trace_id": self.trace_id,
             "created_at": rfc3339(self.created_at), "started_at": rfc3339(self.started_at),
             "finished_at": rfc3339(self.finished_at), "elapsed_s": self.elapsed_s,
-            "steps": self.steps,
+            "steps": self.steps, "parent_run_id": self.parent_run_id,
         }
         if with_nodes:
             body["nodes"] = [n.to_json() for n in self.nodes]

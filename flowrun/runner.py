@@ -87,19 +87,32 @@ class RunRecorder:
     async def text_chunk(self, node_id: str, text: str) -> None:
         self.emit("text_chunk", {"text": text, "from_variable_selector": [node_id, "text"]})
 
+    async def iteration_event(self, name: str, node: NodeRecord, predecessor: str | None,
+                              iteration_id: str, index: int) -> None:
+        """A node event from inside a map iteration (no node row of its own)."""
+        key = f"{iteration_id}[{index}].{node.node_id}"
+        exec_id = self._exec_ids.setdefault(key, str(uuid.uuid4()))
+        data = (node_payload(node, exec_id, predecessor) if name == "node_started"
+                else node_finished_payload(node, exec_id, predecessor))
+        data.update(iteration_id=iteration_id, iteration_index=index)
+        if name == "node_finished":
+            self._exec_ids.pop(key, None)
+        self.emit(name, data)
+
 
 class Runner:
     """Runs accepted runs; one instance per app, called by the scheduler."""
 
     def __init__(self, store: Store, bus: EventBus, registry: Registry,
                  metrics: Metrics | None = None, *, idempotency_ttl_s: float = 86_400.0,
-                 final_write_timeout_s: float = 30.0) -> None:
+                 final_write_timeout_s: float = 30.0, services: Any = None) -> None:
         self.store = store
         self.bus = bus
         self.registry = registry
         self.metrics = metrics or Metrics()
         self.idempotency_ttl_s = idempotency_ttl_s
         self.final_write_timeout_s = final_write_timeout_s
+        self.services = services
 
     async def definition_for(self, run: RunRecord) -> WorkflowDefinition:
         """The graph this run executes: its own override, or the stored version."""
@@ -149,7 +162,7 @@ class Runner:
         recorder.publish_after(self.store.mark_running(run.id, started_at, first), first)
         executor = Executor(definition, run_id=run.id, inputs=run.inputs, version=run.version,
                             observer=recorder, registry=self.registry, prior_nodes=prior,
-                            deadline_s=deadline)
+                            deadline_s=deadline, services=self.services)
         if executor_ready is not None:
             executor_ready(executor)
         outcome = await executor.execute()
@@ -167,7 +180,8 @@ class Runner:
             "outputs": outcome.outputs,
             "error": outcome.error.get("message") if outcome.error else None,
             "error_detail": outcome.error, "elapsed_time": round(finished_at - started_at, 6),
-            "total_tokens": 0, "total_steps": steps, "created_at": int(run.created_at),
+            "total_tokens": outcome.total_tokens, "total_steps": steps,
+            "created_at": int(run.created_at),
             "finished_at": int(finished_at)})
         written = self.store.finish_run(run.id, outcome.status, outputs=outcome.outputs,
                                         error=outcome.error, steps=steps,

@@ -102,12 +102,26 @@ class Scheduler:
         handle.done.set()
 
     def enqueue(self, handle: RunHandle) -> None:
-        """Queue a committed run for execution."""
+        """Queue a committed run for execution.
+
+        A child run (``parent_run_id`` set) starts at once, beyond the concurrency
+        limit: its parent holds a slot while it waits, so queueing it could deadlock.
+        """
         self._handles[handle.run.id] = handle
         handle.state = HandleState.QUEUED
         self._queued += 1
+        if handle.run.parent_run_id is not None and self._tg is not None and not self._paused:
+            self._start(handle, self._tg)
+            return
         heapq.heappush(self._heap, (-handle.run.priority, next(self._order), handle))
         self._wakeup.set()
+
+    def _start(self, handle: RunHandle, tg: anyio.abc.TaskGroup) -> None:
+        self._queued -= 1
+        self._running += 1
+        self._idle = anyio.Event()
+        handle.state = HandleState.RUNNING
+        tg.start_soon(self._run_one, handle)
 
     def stop(self, handle: RunHandle) -> None:
         """Stop a queued or running run; ``handle.done`` is set once it is recorded."""
@@ -124,19 +138,16 @@ class Scheduler:
         elif handle.executor is not None:
             handle.executor.stop()
 
-    async def run(self, tg: anyio.abc.TaskGroup) -> None:
+    async def run(self, tg: anyio.abc.TaskGroup, *,
+                  task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Dispatch queued runs into ``tg`` until cancelled."""
         self._tg = tg
+        task_status.started()
         while True:
             while self._heap and self._running < self.max_concurrent and not self._paused:
                 _, _, handle = heapq.heappop(self._heap)
-                if handle.state is not HandleState.QUEUED:
-                    continue
-                self._queued -= 1
-                self._running += 1
-                self._idle = anyio.Event()
-                handle.state = HandleState.RUNNING
-                tg.start_soon(self._run_one, handle)
+                if handle.state is HandleState.QUEUED:
+                    self._start(handle, tg)
             self._wakeup = anyio.Event()
             await self._wakeup.wait()
 

@@ -60,6 +60,7 @@ class RunRequest:
     edges: list[Any] | None = None
     idempotency_key: str | None = None
     on_conflict: OnConflict = OnConflict.RETURN_EXISTING
+    parent_run_id: str | None = None
 
     def fingerprint(self) -> str:
         """Canonical JSON digest of what the run would do (not of how the answer is sent)."""
@@ -181,10 +182,11 @@ class RunService:
             definition = definitions.with_graph(definition, nodes=request.nodes,
                                                 edges=request.edges, registry=self.registry)
             graph = definition.to_json()
-        if request.overrides:
-            definitions.with_graph(definition, overrides=request.overrides,
-                                   registry=self.registry)
-        inputs = definitions.check_inputs(definition, request.inputs)
+        inputs, dotted = split_dotted_inputs(definition, request.inputs)
+        overrides = merge_overrides(request.overrides, dotted)
+        if overrides:
+            definitions.with_graph(definition, overrides=overrides, registry=self.registry)
+        inputs = definitions.check_inputs(definition, inputs)
         if not 0 <= request.priority <= 99:
             raise BadRequest("priority must be between 0 and 99",
                              errors=[{"field": "priority", "message": "must be 0-99"}])
@@ -202,7 +204,8 @@ class RunService:
             priority=request.priority, correlation_id=request.correlation_id,
             idempotency_key=request.idempotency_key,
             user=request.user, trace_id=request.trace_id or uuid.uuid4().hex,
-            api_key_id=principal.key_id, overrides=request.overrides or {}, graph=graph)
+            api_key_id=principal.key_id, overrides=overrides, graph=graph,
+            parent_run_id=request.parent_run_id)
         handle = self.scheduler.prepare(run)
         try:
             run_id, created = await self.store.accept_run(run, claim, self.scheduler.has_room)
@@ -311,6 +314,81 @@ class RunService:
                 "running": self.scheduler.running,
                 "subscribers": self.bus.subscriber_count(),
                 "tasks": len(asyncio.all_tasks())}
+
+
+def split_dotted_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any]
+                        ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Langflow-style ``"node_id.param"`` input keys become per-node param overrides.
+
+    A key counts as one when it is not a declared input and its part before the
+    first dot names a node; anything else stays an input (and is checked as one).
+    """
+    node_ids = {n.id for n in definition.nodes}
+    plain: dict[str, Any] = {}
+    dotted: dict[str, dict[str, Any]] = {}
+    for key, value in inputs.items():
+        node_id, dot, param = key.partition(".")
+        if dot and param and key not in definition.inputs and node_id in node_ids:
+            dotted.setdefault(node_id, {})[param] = value
+        else:
+            plain[key] = value
+    return plain, dotted
+
+
+def merge_overrides(*layers: Mapping[str, Mapping[str, Any]] | None
+                    ) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for node_id, params in (layer or {}).items():
+            merged.setdefault(node_id, {}).update(params)
+    return merged
+
+
+class ServiceChildRuns:
+    """The ``workflow`` node's child runs, made through the RunService."""
+
+    def __init__(self, service: RunService) -> None:
+        self.service = service
+
+    async def _owner(self, parent_run_id: str) -> tuple[auth.Principal, RunRecord]:
+        parent = await self.service.store.get_run(parent_run_id, with_nodes=False)
+        if parent is None:
+            raise RunNotFound(f"parent run {parent_run_id!r} not found")
+        return auth.Principal(parent.api_key_id), parent
+
+    async def start(self, parent_run_id: str, key: str, workflow: str, version: int | None,
+                    inputs: dict[str, Any]) -> str:
+        principal, parent = await self._owner(parent_run_id)
+        submission = await self.service.submit(principal, RunRequest(
+            workflow=workflow, inputs=inputs, version=version, priority=parent.priority,
+            correlation_id=parent.correlation_id, user=parent.user, trace_id=parent.trace_id,
+            idempotency_key=f"child:{parent_run_id}:{key}", parent_run_id=parent_run_id))
+        return submission.run.id
+
+    async def wait(self, run_id: str) -> tuple[str, dict[str, Any] | None,
+                                               dict[str, Any] | None]:
+        handle = self.service.scheduler.get(run_id)
+        if handle is not None:
+            await handle.done.wait()
+        run = await self.service.store.get_run(run_id, with_nodes=False)
+        if run is None:
+            raise RunNotFound(f"child run {run_id!r} vanished")
+        return run.status.value, run.outputs, run.error
+
+    async def stop(self, run_id: str) -> None:
+        run = await self.service.store.get_run(run_id, with_nodes=False)
+        if run is not None:
+            await self.service.stop(auth.Principal(run.api_key_id), run_id)
+
+
+class ServiceWorkflows:
+    """Registered workflow definitions for the ``map`` node."""
+
+    def __init__(self, service: RunService) -> None:
+        self.service = service
+
+    async def load(self, name: str, version: int | None) -> tuple[int, WorkflowDefinition]:
+        return await self.service.get_workflow(name, version)
 
 
 async def _first_of(*waits: Callable[[], Awaitable[Any]]) -> None:

@@ -51,6 +51,20 @@ class Settings:
     sweep_interval_s: float = 60.0
     group_commit_max: int = 512
     sqlite_busy_timeout_ms: int = 5000
+    # code node: warm workers and per-job limits
+    code_pool_size: int = 2
+    code_timeout_s: float = 30.0
+    code_memory_mb: int = 512
+    code_cpu_s: int = 30
+    # http and llm nodes
+    allow_private_hosts: bool = False
+    http_allowed_networks: tuple[str, ...] = ()
+    http_max_response_bytes: int = 10 * 1024 * 1024
+    http_timeout_s: float = 30.0
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_api_key: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_s: float = 120.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -62,7 +76,9 @@ class Settings:
             raw = env.get(f"FLOWRUN_{f.name.upper()}")
             if raw is None or f.name == "extra":
                 continue
-            values[f.name] = _parse(f.name, raw)
+            values[f.name] = _parse(str(f.type), raw)
+        if "llm_api_key" not in values and env.get("OPENAI_API_KEY"):
+            values["llm_api_key"] = env["OPENAI_API_KEY"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
@@ -70,18 +86,19 @@ class Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
-def _parse(name: str, raw: str) -> object:
-    if name in {"db_path", "workflows_dir"}:
+def _parse(annotation: str, raw: str) -> object:
+    """Turn an environment string into the field's type (read from its annotation)."""
+    kind = annotation.replace(" | None", "")
+    if raw.strip() == "" and "None" in annotation:
+        return None
+    if kind == "Path":
         return Path(raw)
-    if name == "plugins":
+    if kind.startswith("tuple"):
         return tuple(p.strip() for p in raw.split(",") if p.strip())
-    if name == "auth_enabled":
+    if kind == "bool":
         return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if name in {"port", "max_concurrent_runs", "max_queued", "max_body_bytes", "group_commit_max",
-                "sse_buffer", "sqlite_busy_timeout_ms"}:
+    if kind == "int":
         return int(raw)
-    if name == "run_retention_s":
-        return float(raw) if raw.strip() else None
-    if name == "host":
-        return raw
-    return float(raw)
+    if kind == "float":
+        return float(raw)
+    return raw

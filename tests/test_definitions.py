@@ -25,8 +25,9 @@ def test_examples_are_valid() -> None:
 
 
 def test_unknown_node_type() -> None:
-    assert errors_of({"nodes": [{"id": "x", "type": "teleport"}]}) == [
-        "node 'x': unknown node type 'teleport' (known: if_else, sleep, switch, template)"]
+    [message] = errors_of({"nodes": [{"id": "x", "type": "teleport"}]})
+    assert message.startswith("node 'x': unknown node type 'teleport' (known: ")
+    assert "if_else, " in message and "template" in message
 
 
 def test_duplicate_id() -> None:

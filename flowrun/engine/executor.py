@@ -73,6 +73,18 @@ class RunOutcome:
     def steps(self) -> int:
         return sum(1 for n in self.nodes if n.status is not NodeStatus.SKIPPED)
 
+    @property
+    def total_tokens(self) -> int:
+        """Tokens reported by nodes (an llm node's ``usage``), summed over the run."""
+        return sum(node_tokens(n) for n in self.nodes)
+
+
+def node_tokens(node: NodeRecord) -> int:
+    usage = node.outputs.get("usage") if isinstance(node.outputs, dict) else None
+    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+        return int(usage["total_tokens"])
+    return 0
+
 
 def _error(code: str, message: str, node_id: str | None = None) -> dict[str, Any]:
     return {"code": code, "message": message, "node_id": node_id}
@@ -86,7 +98,8 @@ class Executor:
                  observer: RunObserver | None = None,
                  registry: Registry = default_registry,
                  prior_nodes: Mapping[str, NodeRecord] | None = None,
-                 deadline_s: float | None = None) -> None:
+                 deadline_s: float | None = None, services: Any = None,
+                 extra_context: Mapping[str, Any] | None = None) -> None:
         self.definition = definition
         self.run_id = run_id
         self.observer: RunObserver = observer or NullObserver()
@@ -103,7 +116,9 @@ class Executor:
                        if v.status is NodeStatus.SUCCEEDED and k in self._nodes}
         self.records: dict[str, NodeRecord] = {}
         self._index = max((n.index for n in (prior_nodes or {}).values()), default=0)
+        self.services = services
         self._context: dict[str, Any] = {
+            **(extra_context or {}),
             "inputs": dict(inputs),
             "nodes": {},
             "run": {"id": run_id, "workflow": definition.name, "version": version},
@@ -207,7 +222,7 @@ class Executor:
             # Inputs are evaluated before node_started so the event can show them.
             params: dict[str, Any] | ExpressionError
             try:
-                params = rec.inputs = expressions.evaluate(spec.params, self._context)
+                params = rec.inputs = self._evaluate_params(spec)
             except ExpressionError as exc:
                 params = exc
             await self.observer.node_started(rec, predecessor)
@@ -250,6 +265,17 @@ class Executor:
         await self.observer.node_finished(rec)
         self._resolve(tg, spec.id, taken_branch=branch)
 
+    def _evaluate_params(self, spec: NodeSpec) -> dict[str, Any]:
+        node_type = self.registry.get(spec.type)
+        raw = node_type.raw_params if node_type is not None else frozenset()
+        return {name: value if name in raw else expressions.evaluate(value, self._context)
+                for name, value in spec.params.items()}
+
+    @property
+    def context(self) -> Mapping[str, Any]:
+        """The expression context so far (inputs, finished nodes' outputs, run)."""
+        return self._context
+
     def _ending(self) -> bool:
         deadline = self._deadline_scope
         return self._stop_reason is not None or (deadline is not None and deadline.cancel_called)
@@ -265,17 +291,22 @@ class Executor:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                                  for e in exc.errors())
             raise NodeFailure(f"invalid params: {problems}", code="invalid_params") from None
-        kwargs = {**validated.model_dump(), **(validated.model_extra or {})}
+        kwargs = node_type.call_kwargs(validated)
         retry = spec.retry
         max_attempts = retry.max_attempts if retry else 1
         for attempt in range(1, max_attempts + 1):
             rec.attempts = attempt
             ctx = NodeContext(self.run_id, spec.id, attempt,
-                              emit_text_cb=lambda text: self.observer.text_chunk(spec.id, text))
+                              emit_text_cb=lambda text: self.observer.text_chunk(spec.id, text),
+                              services=self.services, ending=self._ending,
+                              on_error=spec.on_error, default=spec.default,
+                              observer=self.observer, expression_context=self._context)
             try:
                 outputs = await self._call(node_type.func, ctx, kwargs, spec)
             except NodeFailure as exc:
                 rec.logs.extend(ctx.logs)
+                rec.process_data.update(ctx.process_data)
+                rec.process_data.update(exc.process_data)
                 if attempt >= max_attempts:
                     raise
                 error = _error(exc.code, exc.message, spec.id)
@@ -284,6 +315,7 @@ class Executor:
                 await anyio.sleep(backoff)
                 continue
             rec.logs.extend(ctx.logs)
+            rec.process_data.update(ctx.process_data)
             branch = node_type.select_branch(outputs) if node_type.select_branch else None
             return outputs, branch
         raise AssertionError("unreachable")

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 _RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, priority, "
                 "correlation_id, idempotency_key, user, trace_id, api_key_id, overrides, graph, "
-                "steps, created_at, started_at, finished_at")
+                "steps, created_at, started_at, finished_at, parent_run_id")
 
 
 def _dumps(value: Any) -> str | None:
@@ -84,7 +84,7 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
         overrides=_loads(row["overrides"]) or {}, graph=_loads(row["graph"]),
         outputs=_loads(row["outputs"]), error=_loads(row["error"]),
         started_at=row["started_at"], finished_at=row["finished_at"], steps=row["steps"],
-        num=row["num"],
+        num=row["num"], parent_run_id=row["parent_run_id"],
     )
 
 
@@ -94,18 +94,27 @@ def _node_from_row(row: sqlite3.Row) -> NodeRecord:
         index=row["idx"], status=NodeStatus(row["status"]), inputs=_loads(row["inputs"]) or {},
         outputs=_loads(row["outputs"]) or {}, error=_loads(row["error"]),
         attempts=row["attempts"], branch=row["branch"], started_at=row["started_at"],
-        finished_at=row["finished_at"], logs=_loads(row["logs"]) or [],
+        finished_at=row["finished_at"], **_process_fields(_loads(row["logs"])),
     )
+
+
+def _process_fields(process: Any) -> dict[str, Any]:
+    """Split the stored process column back into log lines and other process data."""
+    if isinstance(process, list):  # early rows stored the log lines alone
+        return {"logs": process, "process_data": {}}
+    process = dict(process or {})
+    return {"logs": list(process.pop("logs", [])), "process_data": process}
 
 
 async def _insert_run(conn: aiosqlite.Connection, run: RunRecord) -> None:
     await conn.execute(
         "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
-        "idempotency_key, user, trace_id, api_key_id, overrides, graph, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "idempotency_key, user, trace_id, api_key_id, overrides, graph, created_at, "
+        "parent_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (run.id, run.workflow, run.version, run.status.value, _dumps(run.inputs),
          run.priority, run.correlation_id, run.idempotency_key, run.user, run.trace_id,
-         run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at))
+         run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at,
+         run.parent_run_id))
 
 
 async def _existing_claim(conn: aiosqlite.Connection, claim: IdempotencyClaim) -> str | None:
@@ -148,7 +157,7 @@ async def _upsert_node(conn: aiosqlite.Connection, node: NodeRecord) -> None:
         "started_at = excluded.started_at, finished_at = excluded.finished_at",
         (node.run_id, node.node_id, node.type, node.title, node.index, node.status.value,
          _dumps(node.inputs), _dumps(node.outputs), _dumps(node.error), node.attempts,
-         node.branch, _dumps(node.logs or None), node.started_at, node.finished_at))
+         node.branch, _dumps(node.process), node.started_at, node.finished_at))
 
 
 async def _insert_event(conn: aiosqlite.Connection, event: Event) -> None:

@@ -80,6 +80,11 @@ MIGRATIONS: list[list[str]] = [
             revoked_at REAL
         )""",
     ],
+    [
+        # Child runs started by a parent's workflow node.
+        "ALTER TABLE runs ADD COLUMN parent_run_id TEXT",
+        "CREATE INDEX runs_by_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

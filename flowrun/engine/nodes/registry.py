@@ -23,13 +23,27 @@ NodeFunc = Callable[..., Awaitable[Mapping[str, Any] | None]]
 
 @dataclass
 class NodeContext:
-    """What a running node may use besides its params: ids, text streaming, logging."""
+    """What a running node may use besides its params.
+
+    ids, text streaming (``emit_text``), logging (``log``, kept in the node's
+    process data), the services of the instance it runs in (code sandbox, HTTP
+    policy, LLM defaults, child runs), and ``ending()``: True once the run is being
+    stopped (stop, failure, deadline), False when the process is merely shutting
+    down. Cancellation itself arrives as anyio cancellation at any await.
+    """
 
     run_id: str
     node_id: str
     attempt: int
     emit_text_cb: Callable[[str], Awaitable[None]] | None = None
     logs: list[str] = field(default_factory=list)
+    services: Any = None
+    ending: Callable[[], bool] = lambda: False
+    on_error: str = "fail"
+    default: Mapping[str, Any] | None = None
+    observer: Any = None
+    process_data: dict[str, Any] = field(default_factory=dict)
+    expression_context: Mapping[str, Any] = field(default_factory=dict)
 
     async def emit_text(self, text: str) -> None:
         """Stream a piece of text from this node (a ``text_chunk`` event)."""
@@ -54,14 +68,23 @@ class NodeType:
     branches: Callable[[Mapping[str, Any]], set[str]] | None = None
     # Which branch a finished node took, given its outputs.
     select_branch: Callable[[Mapping[str, Any]], str] | None = None
+    # Params handed over as written, not evaluated first (e.g. a map's inline graph).
+    raw_params: frozenset[str] = frozenset()
+    # Extra definition-time checks of a node's raw params: messages of what is wrong.
+    check: Callable[[Mapping[str, Any]], list[str]] | None = None
 
     @property
     def required_params(self) -> list[str]:
-        return [n for n, f in self.params_model.model_fields.items() if f.is_required()]
+        return [f.alias or n for n, f in self.params_model.model_fields.items()
+                if f.is_required()]
 
     @property
     def param_names(self) -> set[str]:
-        return set(self.params_model.model_fields)
+        return {f.alias or n for n, f in self.params_model.model_fields.items()}
+
+    def call_kwargs(self, validated: pydantic.BaseModel) -> dict[str, Any]:
+        """Validated params as keyword arguments, under their declared names."""
+        return {**validated.model_dump(by_alias=True), **(validated.model_extra or {})}
 
 
 def _params_model(name: str, func: NodeFunc) -> tuple[type[pydantic.BaseModel], bool]:
@@ -78,9 +101,11 @@ def _params_model(name: str, func: NodeFunc) -> tuple[type[pydantic.BaseModel], 
             continue
         annotation = hints.get(p.name, Any)
         default = ... if p.default is inspect.Parameter.empty else p.default
-        fields[p.name] = (annotation, default)
+        # A param may be named like a BaseModel attribute ("json"): store it aside.
+        field_name = f"{p.name}_" if hasattr(pydantic.BaseModel, p.name) else p.name
+        fields[field_name] = (annotation, pydantic.Field(default, alias=p.name))
     config = pydantic.ConfigDict(extra="allow" if accepts_extra else "forbid",
-                                 arbitrary_types_allowed=True)
+                                 arbitrary_types_allowed=True, populate_by_name=False)
     model = pydantic.create_model(f"{name}_params", __config__=config, **fields)
     return model, accepts_extra
 
@@ -93,11 +118,14 @@ class Registry:
 
     def register(self, name: str, func: NodeFunc, *,
                  branches: Callable[[Mapping[str, Any]], set[str]] | None = None,
-                 select_branch: Callable[[Mapping[str, Any]], str] | None = None) -> NodeType:
+                 select_branch: Callable[[Mapping[str, Any]], str] | None = None,
+                 raw_params: frozenset[str] = frozenset(),
+                 check: Callable[[Mapping[str, Any]], list[str]] | None = None) -> NodeType:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"node type {name!r}: {func!r} must be an async function")
         model, extra = _params_model(name, func)
-        node_type = NodeType(name, func, model, extra, branches, select_branch)
+        node_type = NodeType(name, func, model, extra, branches, select_branch, raw_params,
+                             check)
         self._types[name] = node_type
         return node_type
 

@@ -1,0 +1,101 @@
+"""The code node's worker process: runs one user ``main(**inputs)`` and exits.
+
+Started by the sandbox pool with ``python -I`` and an empty environment, it
+waits (warm) for one JSON job line on stdin, applies the job's resource limits
+to itself, runs the user code with stdout/stderr captured (capped), and writes
+one JSON result line on a private copy of its original stdout. File
+descriptors 1 and 2 point at /dev/null while user code runs, so nothing the
+code prints can corrupt the protocol. Deliberately imports nothing of flowrun.
+"""
+
+import io
+import json
+import os
+import resource
+import sys
+import traceback
+
+
+class CappedText(io.TextIOBase):
+    """A text sink that keeps the first ``limit`` characters and counts the rest."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.parts = []
+        self.size = 0
+        self.dropped = 0
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        room = self.limit - self.size
+        if room > 0:
+            self.parts.append(text[:room])
+            self.size += min(len(text), room)
+        self.dropped += max(0, len(text) - max(room, 0))
+        return len(text)
+
+    def value(self):
+        text = "".join(self.parts)
+        if self.dropped:
+            text += f"\n[... {self.dropped} more characters not kept]"
+        return text
+
+
+def limit(kind, value):
+    if value:
+        resource.setrlimit(kind, (int(value), int(value)))
+
+
+def main():
+    protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    line = sys.stdin.readline()
+    if not line:
+        return
+    job = json.loads(line)
+    limit(resource.RLIMIT_AS, job.get("memory_bytes"))
+    limit(resource.RLIMIT_CPU, job.get("cpu_seconds"))
+    limit(resource.RLIMIT_FSIZE, job.get("file_bytes"))
+    if os.getuid() == 0:
+        # As root, user code could read the server's /proc/<pid>/environ and files:
+        # run it as nobody instead.
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    out, err = CappedText(job["output_chars"]), CappedText(job["output_chars"])
+    sys.stdout, sys.stderr = out, err
+    answer = {"ok": False}
+    try:
+        namespace = {"__name__": "__flowrun_code__"}
+        exec(compile(job["code"], "<code>", "exec"), namespace)  # noqa: S102 - the point
+        entry = namespace.get("main")
+        if not callable(entry):
+            raise TypeError("the code must define a function main(**inputs)")
+        result = entry(**job["inputs"])
+        if not isinstance(result, dict):
+            raise TypeError(f"main must return a dict, not {type(result).__name__}")
+        json.dumps(result, allow_nan=False)
+        answer = {"ok": True, "result": result}
+    except MemoryError:
+        answer = {"ok": False, "error": "MemoryError: the code exceeded its memory limit"}
+    except BaseException as exc:  # noqa: BLE001 - every failure of user code is reported
+        frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                  "traceback": "".join(frames[-6:])[-4000:]}
+    answer["stdout"] = out.value()
+    answer["stderr"] = err.value()
+    try:
+        text = json.dumps(answer, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        text = json.dumps({"ok": False, "error": f"result is not JSON: {exc}",
+                           "stdout": answer["stdout"], "stderr": answer["stderr"]})
+    protocol.write(text + "\n")
+    protocol.flush()
+
+
+if __name__ == "__main__":
+    main()

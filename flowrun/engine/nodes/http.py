@@ -1,0 +1,81 @@
+"""``http``: one HTTP request; status, headers and body (parsed when JSON) as outputs.
+
+Connections go through the SSRF guard of ``flowrun.engine.netguard``; the body
+is read up to the policy's size cap. Without ``expect_status`` a status of 400
+or more fails the node; with it, only the listed statuses pass.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from typing import Any, Literal
+
+import httpx
+
+from flowrun.engine.netguard import BLOCKED, guarded_client
+from flowrun.engine.nodes.registry import NodeContext, registry
+from flowrun.errors import NodeFailure
+
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+async def http(ctx: NodeContext, *, url: str, method: Method = "GET",
+               headers: dict[str, str] | None = None, query: dict[str, Any] | None = None,
+               json: Any = None, body: str | None = None,
+               expect_status: int | list[int] | None = None) -> dict[str, Any]:
+    from flowrun.engine.services import NodeServices
+
+    services = ctx.services if ctx.services is not None else NodeServices()
+    policy = services.http
+    if not url.startswith(("http://", "https://")):
+        raise NodeFailure(f"url must start with http:// or https://, got {url!r}",
+                          code="http_bad_url")
+    cap = policy.max_response_bytes
+    try:
+        async with guarded_client(policy, resolve=getattr(services, "resolve", None)
+                                  ) as client, \
+                client.stream(method, url, headers=headers, params=query,
+                              json=json if body is None else None,
+                              content=body.encode() if body is not None else None) as resp:
+            chunks, size = [], 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise NodeFailure(f"response body is larger than {cap} bytes",
+                                      code="http_too_large")
+                chunks.append(chunk)
+            raw = b"".join(chunks)
+    except httpx.ConnectError as exc:
+        code = "http_blocked" if str(exc).startswith(BLOCKED) else "http_connect_error"
+        raise NodeFailure(f"{method} {url}: {exc}", code=code) from None
+    except httpx.TooManyRedirects:
+        raise NodeFailure(f"{method} {url}: more than {policy.max_redirects} redirects",
+                          code="http_redirects") from None
+    except httpx.TimeoutException:
+        raise NodeFailure(f"{method} {url}: timed out", code="http_timeout") from None
+    except httpx.HTTPError as exc:
+        raise NodeFailure(f"{method} {url}: {type(exc).__name__}: {exc}",
+                          code="http_error") from None
+    outputs = {"status": resp.status_code, "headers": dict(resp.headers),
+               "body": _decode(raw, resp.headers.get("content-type", "")),
+               "url": str(resp.url)}
+    expected = [expect_status] if isinstance(expect_status, int) else expect_status
+    if (expected is not None and resp.status_code not in expected) or (
+            expected is None and resp.status_code >= 400):
+        excerpt = raw[:300].decode("utf-8", "replace")
+        raise NodeFailure(f"{method} {url} answered {resp.status_code}: {excerpt}",
+                          code="http_status", process_data={"response": outputs})
+    return outputs
+
+
+def _decode(raw: bytes, content_type: str) -> Any:
+    text = raw.decode("utf-8", "replace")
+    if "json" in content_type.lower():
+        try:
+            return jsonlib.loads(text)
+        except ValueError:
+            return text
+    return text
+
+
+registry.register("http", http)

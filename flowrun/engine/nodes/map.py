@@ -1,0 +1,139 @@
+"""``map``: run a sub-graph (inline ``nodes``/``edges``, or a registered ``workflow``) per item.
+
+Items run at most ``concurrency`` at a time, inside this node (no separate run
+records); ``results`` keeps input order. Expressions in the sub-graph see
+``item``, ``index``, the parent's ``inputs`` and ``parent.nodes``. Child node
+events are reported with ``iteration_id`` (this node) and ``iteration_index``.
+A failing item follows this node's ``on_error``: fail stops the map, continue
+puts ``{"error": ...}`` in its place, default puts the node's ``default``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import pydantic
+
+from flowrun import expressions
+from flowrun.engine.nodes.registry import NodeContext, registry
+from flowrun.errors import FlowrunError, NodeFailure
+from flowrun.models import NodeRecord, RunStatus
+
+
+class IterationObserver:
+    """Reports a child graph's node events to the parent run, tagged with the item index."""
+
+    def __init__(self, parent: Any, iteration_id: str, index: int) -> None:
+        self.parent = parent
+        self.iteration_id = iteration_id
+        self.index = index
+
+    async def _report(self, name: str, node: NodeRecord, predecessor: str | None) -> None:
+        report = getattr(self.parent, "iteration_event", None)
+        if report is not None:
+            await report(name, node, predecessor, self.iteration_id, self.index)
+
+    async def node_started(self, node: NodeRecord, predecessor: str | None) -> None:
+        await self._report("node_started", node, predecessor)
+
+    async def node_retry(self, node: NodeRecord, error: dict[str, Any]) -> None:
+        return None
+
+    async def node_finished(self, node: NodeRecord) -> None:
+        await self._report("node_finished", node, None)
+
+    async def node_skipped(self, node: NodeRecord) -> None:
+        return None
+
+    async def text_chunk(self, node_id: str, text: str) -> None:
+        if self.parent is not None:
+            await self.parent.text_chunk(node_id, text)
+
+
+async def map_items(ctx: NodeContext, *, items: list[Any],
+                    concurrency: pydantic.PositiveInt = 1, workflow: str | None = None,
+                    version: int | None = None, inputs: dict[str, Any] | None = None,
+                    nodes: list[Any] | None = None, edges: list[Any] | None = None,
+                    output: Any = None) -> dict[str, Any]:
+    from flowrun.definitions import check_inputs, parse_definition
+    from flowrun.engine.executor import Executor
+    from flowrun.engine.services import NodeServices
+
+    services = ctx.services if ctx.services is not None else NodeServices()
+    parent = ctx.expression_context
+    base = {"parent": {"inputs": parent.get("inputs", {}), "nodes": parent.get("nodes", {})}}
+    if workflow is not None:
+        if services.workflows is None:
+            raise NodeFailure("map over a workflow needs registered workflows (a server)",
+                              code="map_error")
+        try:
+            _, definition = await services.workflows.load(workflow, version)
+        except FlowrunError as exc:
+            raise NodeFailure(f"map workflow {workflow!r}: {exc.message}",
+                              code="map_error") from None
+    else:
+        definition = parse_definition({"name": "map", "nodes": nodes or [],
+                                       "edges": edges or []},
+                                      source=f"map {ctx.node_id}", registry=services.registry)
+    results: list[Any] = [None] * len(items)
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def one(index: int, item: Any) -> None:
+        async with limiter:
+            scope = {**base, "item": item, "index": index}
+            if workflow is not None:
+                raw = inputs if inputs is not None else {"item": "{{ item }}"}
+                try:
+                    child_inputs = check_inputs(definition, expressions.evaluate(
+                        raw, {**scope, "inputs": parent.get("inputs", {})}))
+                except FlowrunError as exc:
+                    await fail(index, {"code": exc.code, "message": exc.message})
+                    return
+            else:
+                child_inputs = dict(parent.get("inputs", {}))
+            executor = Executor(definition, run_id=ctx.run_id, inputs=child_inputs,
+                                observer=IterationObserver(ctx.observer, ctx.node_id, index),
+                                registry=services.registry, services=services,
+                                extra_context=scope, deadline_s=None)
+            outcome = await executor.execute()
+            if outcome.status is not RunStatus.SUCCEEDED:
+                await fail(index, outcome.error or {"message": outcome.status.value})
+                return
+            results[index] = expressions.evaluate(output, executor.context) \
+                if output is not None else outcome.outputs
+
+    async def fail(index: int, error: Mapping[str, Any]) -> None:
+        message = f"item {index} failed: {error.get('message')}"
+        if ctx.on_error == "fail":
+            raise NodeFailure(message, code="map_item_failed")
+        ctx.log(message)
+        results[index] = {"error": dict(error)} if ctx.on_error == "continue" \
+            else dict(ctx.default or {})
+
+    async with anyio.create_task_group() as tg:
+        for index, item in enumerate(items):
+            tg.start_soon(one, index, item)
+    return {"results": results}
+
+
+def _check(params: Mapping[str, Any]) -> list[str]:
+    from flowrun.definitions import parse_definition
+    from flowrun.errors import DefinitionError
+
+    has_graph = params.get("nodes") is not None
+    if has_graph == (params.get("workflow") is not None):
+        return ["map needs either workflow or nodes (not both)"]
+    if not has_graph:
+        return []
+    try:
+        parse_definition({"name": "map", "nodes": params["nodes"],
+                          "edges": params.get("edges") or []}, source="map")
+    except DefinitionError as exc:
+        return [f"inline graph: {e['message']}" for e in exc.errors]
+    return []
+
+
+registry.register("map", map_items, raw_params=frozenset({"nodes", "edges", "inputs", "output"}),
+                  check=_check)
