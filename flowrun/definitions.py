@@ -194,7 +194,7 @@ def _check_node(n: NodeSpec, registry: Registry) -> list[dict[str, Any]]:
             errors.append({"node": n.id, "field": name,
                            "message": f"node {n.id!r}: param {name!r}: {problem}"})
     if node_type.check is not None:
-        for message in node_type.check(params):
+        for message in node_type.check(params, registry):
             errors.append({"node": n.id, "message": f"node {n.id!r}: {message}"})
     if n.on_error == "default" and n.default is None:
         errors.append({"node": n.id, "field": "default",

@@ -64,3 +64,5 @@ class NodeServices:
     registry: Registry = field(default_factory=lambda: default_registry)
     child_runs: ChildRuns | None = None
     workflows: WorkflowLoader | None = None
+    # How node traffic resolves names (None: the system resolver); tests inject answers.
+    resolve: Any = None

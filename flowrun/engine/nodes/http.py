@@ -32,8 +32,7 @@ async def http(ctx: NodeContext, *, url: str, method: Method = "GET",
                           code="http_bad_url")
     cap = policy.max_response_bytes
     try:
-        async with guarded_client(policy, resolve=getattr(services, "resolve", None)
-                                  ) as client, \
+        async with guarded_client(policy, resolve=services.resolve) as client, \
                 client.stream(method, url, headers=headers, params=query,
                               json=json if body is None else None,
                               content=body.encode() if body is not None else None) as resp:

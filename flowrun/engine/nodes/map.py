@@ -17,7 +17,7 @@ import anyio
 import pydantic
 
 from flowrun import expressions
-from flowrun.engine.nodes.registry import NodeContext, registry
+from flowrun.engine.nodes.registry import NodeContext, Registry, registry
 from flowrun.errors import FlowrunError, NodeFailure
 from flowrun.models import NodeRecord, RunStatus
 
@@ -79,6 +79,7 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
                                       source=f"map {ctx.node_id}", registry=services.registry)
     results: list[Any] = [None] * len(items)
     limiter = anyio.CapacityLimiter(concurrency)
+    failures: list[NodeFailure] = []
 
     async def one(index: int, item: Any) -> None:
         async with limiter:
@@ -107,7 +108,10 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
     async def fail(index: int, error: Mapping[str, Any]) -> None:
         message = f"item {index} failed: {error.get('message')}"
         if ctx.on_error == "fail":
-            raise NodeFailure(message, code="map_item_failed")
+            # Raised after the task group, not inside it (where it would be grouped).
+            failures.append(NodeFailure(message, code="map_item_failed"))
+            tg.cancel_scope.cancel()
+            return
         ctx.log(message)
         results[index] = {"error": dict(error)} if ctx.on_error == "continue" \
             else dict(ctx.default or {})
@@ -115,10 +119,12 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
     async with anyio.create_task_group() as tg:
         for index, item in enumerate(items):
             tg.start_soon(one, index, item)
+    if failures:
+        raise failures[0]
     return {"results": results}
 
 
-def _check(params: Mapping[str, Any]) -> list[str]:
+def _check(params: Mapping[str, Any], node_types: Registry) -> list[str]:
     from flowrun.definitions import parse_definition
     from flowrun.errors import DefinitionError
 
@@ -129,7 +135,8 @@ def _check(params: Mapping[str, Any]) -> list[str]:
         return []
     try:
         parse_definition({"name": "map", "nodes": params["nodes"],
-                          "edges": params.get("edges") or []}, source="map")
+                          "edges": params.get("edges") or []}, source="map",
+                         registry=node_types)
     except DefinitionError as exc:
         return [f"inline graph: {e['message']}" for e in exc.errors]
     return []

@@ -71,7 +71,7 @@ class NodeType:
     # Params handed over as written, not evaluated first (e.g. a map's inline graph).
     raw_params: frozenset[str] = frozenset()
     # Extra definition-time checks of a node's raw params: messages of what is wrong.
-    check: Callable[[Mapping[str, Any]], list[str]] | None = None
+    check: Callable[[Mapping[str, Any], Registry], list[str]] | None = None
 
     @property
     def required_params(self) -> list[str]:
@@ -120,7 +120,8 @@ class Registry:
                  branches: Callable[[Mapping[str, Any]], set[str]] | None = None,
                  select_branch: Callable[[Mapping[str, Any]], str] | None = None,
                  raw_params: frozenset[str] = frozenset(),
-                 check: Callable[[Mapping[str, Any]], list[str]] | None = None) -> NodeType:
+                 check: Callable[[Mapping[str, Any], Registry], list[str]] | None = None
+                 ) -> NodeType:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"node type {name!r}: {func!r} must be an async function")
         model, extra = _params_model(name, func)

@@ -1,0 +1,135 @@
+"""The code node: results, isolation, and every hostile case fails only that node."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from flowrun.definitions import parse_definition
+from flowrun.engine.executor import Executor, RunOutcome
+from flowrun.engine.sandbox import CodeLimits, CodeRunner
+from flowrun.engine.services import NodeServices
+from flowrun.models import RunStatus
+
+
+@asynccontextmanager
+async def code_services() -> AsyncIterator[NodeServices]:
+    """A warm pool for one test (its task group must live inside the test's task)."""
+    limits = CodeLimits(timeout_s=3, memory_bytes=256 * 1024 * 1024, cpu_seconds=10,
+                        output_chars=10_000)
+    async with CodeRunner.open(2, limits) as runner:
+        yield NodeServices(code=runner)
+
+
+async def run_code(services: NodeServices, code: str, inputs: dict[str, Any] | None = None,
+                   **options: Any) -> RunOutcome:
+    definition = parse_definition({"name": "c", "inputs": {"x": {"type": "integer",
+                                                                 "default": 2}},
+                                   "nodes": [{"id": "py", "type": "code", "code": code,
+                                              "inputs": inputs or {}, **options}]})
+    return await Executor(definition, run_id="r", inputs={"x": 2},
+                          services=services).execute()
+
+
+async def test_main_gets_inputs_and_returns_outputs() -> None:
+    async with code_services() as services:
+        out = await run_code(services, "def main(a, b):\n    print('adding')\n"
+                                       "    return {'sum': a + b}",
+                             {"a": "{{ inputs.x }}", "b": 40})
+        assert out.status is RunStatus.SUCCEEDED
+        assert out.outputs == {"py": {"sum": 42}}
+        assert out.nodes[0].process_data["stdout"] == "adding\n"
+
+
+async def test_warm_workers_wait_ready_in_the_pool() -> None:
+    async with code_services() as services:
+        ready = services.code._ready
+        assert ready is not None
+        deadline = time.monotonic() + 10
+        while ready.statistics().current_buffer_used < 2:  # started ahead of any job
+            assert time.monotonic() < deadline
+            await anyio.sleep(0.01)
+        out = await run_code(services, "def main():\n    return {'ok': True}")
+        assert out.outputs == {"py": {"ok": True}}
+
+
+async def test_infinite_loop_is_killed_at_the_wall_clock_limit() -> None:
+    async with code_services() as services:
+        started = time.perf_counter()
+        out = await run_code(services, "def main():\n    while True:\n        pass")
+        assert out.status is RunStatus.FAILED and out.error["code"] == "code_timeout"
+        assert time.perf_counter() - started < 5
+
+
+async def test_node_timeout_option_kills_sooner() -> None:
+    async with code_services() as services:
+        started = time.perf_counter()
+        out = await run_code(services, "import time\ndef main():\n    time.sleep(60)", timeout=0.5)
+        assert out.error["code"] == "node_timeout" and time.perf_counter() - started < 2
+
+
+async def test_huge_allocation_hits_the_memory_limit() -> None:
+    async with code_services() as services:
+        out = await run_code(services, "def main():\n    x = bytearray(2 * 1024**3)\n    return {}")
+        assert out.status is RunStatus.FAILED
+        assert out.error["code"] == "code_error" and "MemoryError" in out.error["message"]
+
+
+async def test_megabytes_of_prints_are_capped() -> None:
+    async with code_services() as services:
+        out = await run_code(services, "def main():\n    for _ in range(1000):\n"
+                                       "        print('x' * 10_000)\n    return {'done': 1}")
+        assert out.status is RunStatus.SUCCEEDED
+        stdout = out.nodes[0].process_data["stdout"]
+        assert len(stdout) < 11_000 and stdout.endswith("more characters not kept]")
+
+
+async def test_the_environment_holds_no_secret() -> None:
+    async with code_services() as services:
+        os.environ["FLOWRUN_TEST_SECRET"] = "hunter2"
+        try:
+            out = await run_code(services, "import os\ndef main():\n"
+                                           "    try:\n"
+                                           "        parent = open(f'/proc/{os.getppid()}/environ')"
+                                           ".read()\n"
+                                           "    except OSError as exc:\n"
+                                           "        parent = type(exc).__name__\n"
+                                           "    return {'env': dict(os.environ), 'parent': parent}")
+        finally:
+            del os.environ["FLOWRUN_TEST_SECRET"]
+        assert out.status is RunStatus.SUCCEEDED
+        seen = out.outputs["py"]
+        assert "hunter2" not in str(seen)
+        assert set(seen["env"]) <= {"PATH", "LANG", "PYTHONIOENCODING", "LC_CTYPE"}
+
+
+@pytest.mark.parametrize(("code", "code_name", "text"), [
+    ("def main():\n    return {'s': {1, 2}}", "code_error", "not JSON serializable"),
+    ("def main():\n    return 5", "code_error", "main must return a dict"),
+    ("def main(:\n    pass", "code_error", "SyntaxError"),
+    ("x = 1", "code_error", "must define a function main"),
+    ("def main():\n    raise ValueError('nope')", "code_error", "ValueError: nope"),
+    ("import os\ndef main():\n    os._exit(3)", "code_crashed", "exited with status 3"),
+    ("import os, signal\ndef main():\n    os.kill(os.getpid(), signal.SIGSEGV)", "code_crashed",
+     "SIGSEGV"),
+    ("def main():\n    return {'nan': float('nan')}", "code_error", "JSON"),
+])
+async def test_bad_code_fails_only_the_node(code: str, code_name: str,
+                                            text: str) -> None:
+    async with code_services() as services:
+        out = await run_code(services, code)
+        assert out.status is RunStatus.FAILED
+        assert out.error["code"] == code_name and text in out.error["message"], out.error
+
+
+async def test_protocol_survives_writes_to_the_raw_stdout() -> None:
+    async with code_services() as services:
+        out = await run_code(services, "import os\ndef main():\n    os.write(1, b'garbage\\n')\n"
+                                       "    return {'fine': True}")
+        assert out.outputs == {"py": {"fine": True}}

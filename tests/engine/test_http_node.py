@@ -1,0 +1,143 @@
+"""The http node against a real local server, and the SSRF guard's refusals."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from flowrun.definitions import parse_definition
+from flowrun.engine.executor import Executor, RunOutcome
+from flowrun.engine.netguard import address_allowed
+from flowrun.engine.services import HttpPolicy, NodeServices
+from flowrun.models import RunStatus
+from tests.local_server import serve
+
+
+async def echo(request: Request) -> Response:
+    return JSONResponse({"method": request.method, "query": dict(request.query_params),
+                         "header": request.headers.get("x-test"),
+                         "body": (await request.body()).decode()})
+
+
+async def redirect(request: Request) -> Response:
+    return RedirectResponse(request.query_params["to"], status_code=302)
+
+
+async def status(request: Request) -> Response:
+    return PlainTextResponse("custom", status_code=int(request.path_params["code"]))
+
+
+async def big(request: Request) -> Response:
+    return PlainTextResponse("x" * 2_000_000)
+
+
+APP = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST", "PUT"]),
+                        Route("/redirect", redirect), Route("/status/{code}", status),
+                        Route("/big", big)])
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    with serve(APP) as url:
+        yield url
+
+
+class FakeResolver:
+    """Answers chosen addresses for made-up names; records what was asked."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        return self.answers.get(host, [host])
+
+
+async def call(policy: HttpPolicy, resolve: Any = None, **params: Any) -> RunOutcome:
+    services = NodeServices(http=policy, resolve=resolve)
+    definition = parse_definition({"name": "h", "nodes": [{"id": "h", "type": "http",
+                                                           **params}]})
+    return await Executor(definition, run_id="r", inputs={}, services=services).execute()
+
+
+OPEN = HttpPolicy(allow_private_hosts=True, max_response_bytes=1_000_000)
+
+
+async def test_request_and_response(base_url: str) -> None:
+    out = await call(OPEN, url=f"{base_url}/echo", method="POST", query={"q": "1"},
+                     headers={"x-test": "yes"}, json={"a": 1})
+    assert out.status is RunStatus.SUCCEEDED
+    result = out.outputs["h"]
+    assert result["status"] == 200 and result["headers"]["content-type"] == "application/json"
+    assert result["body"] == {"method": "POST", "query": {"q": "1"}, "header": "yes",
+                              "body": '{"a":1}'}
+
+
+async def test_error_status_fails_unless_expected(base_url: str) -> None:
+    failed = await call(OPEN, url=f"{base_url}/status/503")
+    assert failed.error["code"] == "http_status" and "503" in failed.error["message"]
+    expected = await call(OPEN, url=f"{base_url}/status/404", expect_status=[404])
+    assert expected.outputs["h"]["status"] == 404 and expected.outputs["h"]["body"] == "custom"
+    unexpected = await call(OPEN, url=f"{base_url}/status/201", expect_status=200)
+    assert unexpected.error["code"] == "http_status"
+
+
+async def test_response_size_cap(base_url: str) -> None:
+    out = await call(OPEN, url=f"{base_url}/big")
+    assert out.error["code"] == "http_too_large"
+
+
+async def test_loopback_is_refused_by_default(base_url: str) -> None:
+    out = await call(HttpPolicy(), url=f"{base_url}/echo")
+    assert out.status is RunStatus.FAILED and out.error["code"] == "http_blocked"
+    assert "127.0.0.1" in out.error["message"]
+
+
+async def test_a_name_resolving_to_a_private_address_is_refused() -> None:
+    resolver = FakeResolver({"internal.example": ["10.0.0.1"]})
+    out = await call(HttpPolicy(), resolve=resolver, url="http://internal.example/admin")
+    assert out.error["code"] == "http_blocked" and "10.0.0.1" in out.error["message"]
+    assert resolver.asked == ["internal.example"]
+
+
+async def test_any_private_answer_refuses_the_name() -> None:
+    resolver = FakeResolver({"mixed.example": ["93.184.216.34", "169.254.169.254"]})
+    out = await call(HttpPolicy(), resolve=resolver, url="http://mixed.example/")
+    assert out.error["code"] == "http_blocked" and "169.254.169.254" in out.error["message"]
+
+
+async def test_a_redirect_to_a_private_address_is_refused(base_url: str) -> None:
+    # The test server itself is allowed; the address it redirects to is not.
+    policy = HttpPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
+    ok = await call(policy, url=f"{base_url}/echo")
+    assert ok.status is RunStatus.SUCCEEDED
+    port = base_url.rsplit(":", 1)[1]
+    out = await call(policy, url=f"{base_url}/redirect?to=http://127.0.0.2:{port}/echo")
+    assert out.error["code"] == "http_blocked" and "127.0.0.2" in out.error["message"]
+    metadata = await call(policy, url=f"{base_url}/redirect?to=http://169.254.169.254/")
+    assert metadata.error["code"] == "http_blocked"
+
+
+async def test_bad_urls() -> None:
+    out = await call(HttpPolicy(), url="file:///etc/passwd")
+    assert out.error["code"] == "http_bad_url"
+
+
+@pytest.mark.parametrize(("address", "allowed"), [
+    ("93.184.216.34", True), ("2606:2800:220:1:248:1893:25c8:1946", True),
+    ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
+    ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("::1", False),
+    ("::ffff:127.0.0.1", False), ("fd00:ec2::254", False), ("fe80::1", False),
+    ("224.0.0.1", False),
+])
+def test_address_policy(address: str, allowed: bool) -> None:
+    assert address_allowed(address, HttpPolicy()) is allowed
+    assert address_allowed(address, HttpPolicy(allow_private_hosts=True))
