@@ -21,7 +21,8 @@ def errors_of(data: dict[str, Any]) -> list[str]:
 
 def test_examples_are_valid() -> None:
     names = {d.name for d in load_path(EXAMPLES)}
-    assert {"hello", "branching", "slow", "fanout"} <= names
+    assert {"hello", "branching", "slow", "fanout", "text-stats", "fetch-json", "summarize",
+            "word-lengths", "report-pipeline"} <= names
 
 
 def test_unknown_node_type() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -149,10 +150,10 @@ def test_a_locked_database_is_503_then_recovers(server_factory: Callable[..., Se
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs, so the disk really fills up (needs mount rights, as in CI)."""
+    """A 32 MiB tmpfs, so the disk really fills up (needs mount rights, as in CI)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
                           capture_output=True, check=False)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
@@ -172,12 +173,14 @@ def test_a_full_disk_is_503_then_recovers(server_factory: Callable[..., Server],
     assert client.post("/workflows/hello/run-sync",
                        json={"inputs": {"name": "before"}}).status_code == 200
     filler = small_disk / "filler"
-    with filler.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)  # until ENOSPC: the disk is full
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     refused = 0
     for i in range(20):  # the WAL may absorb a few writes before it needs a new page
         resp = client.post("/workflows/hello/run", json={"inputs": {"name": f"full{i}"}})
