@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# Published clients of the emulated APIs, for the dialect tests: one target folder
+# each, since two of them install a module named dify_client.
+CLIENTS := $(VENV)/clients
+CLIENTS_STAMP := $(CLIENTS)/.installed-stamp
 
 .PHONY: run test lint bench clean
 
@@ -15,7 +19,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/flowrun serve --host 127.0.0.1 --port 8000 --db flowrun.db --workflows examples
 
-test: $(STAMP)
+$(CLIENTS_STAMP): tests/clients.txt $(STAMP)
+	rm -rf $(CLIENTS)
+	for spec in $$(cat tests/clients.txt); do \
+		$(BIN)/python -m pip install --quiet --target $(CLIENTS)/$${spec%%==*} $$spec || exit 1; \
+	done
+	touch $(CLIENTS_STAMP)
+
+test: $(STAMP) $(CLIENTS_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -19,12 +19,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 from starlette.applications import Starlette
+from starlette.datastructures import State
+from starlette.routing import BaseRoute, Mount
 
-from flowrun.api import native
+from flowrun.api import conductor, dify, jobs, langflow, native
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.sandbox import CodeLimits, CodeRunner
@@ -149,13 +152,45 @@ async def housekeeping(service: RunService, settings: Settings) -> None:
             logger.warning("housekeeping skipped: %s", exc.message)
 
 
+DIALECTS: dict[str, tuple[str, Any]] = {
+    "dify": ("/dify/v1", dify),
+    "conductor": ("/conductor/api", conductor),
+    "langflow": ("/langflow", langflow),
+    "jobs": ("/jobs", jobs),
+}
+
+
+def _dialect_app(module: Any, state: State) -> Starlette:
+    """A dialect as a sub-app: its own routes and error envelope, the main app's state."""
+    sub = Starlette(routes=module.routes, exception_handlers=module.exception_handlers)
+    sub.state = state
+    return sub
+
+
 def create_app(settings: Settings | None = None, *,
                registry: Registry = default_registry) -> Starlette:
-    """A Starlette app serving flowrun's API with ``settings``."""
+    """A Starlette app serving flowrun's API with ``settings``.
+
+    The native API is at the root; each dialect is mounted under its prefix (a
+    client sets its base URL there). With ``root_dialect`` that dialect takes the
+    root instead, and the native API moves to ``/native`` (health, metrics and the
+    spec stay at the root).
+    """
     settings = settings or Settings.from_env()
-    app = Starlette(routes=native.routes,
-                    exception_handlers=native.exception_handlers,  # type: ignore[arg-type]
+    root = settings.root_dialect
+    if root is not None and root not in DIALECTS:
+        raise ValueError(f"root_dialect must be one of {', '.join(DIALECTS)}")
+    app = Starlette(exception_handlers=native.exception_handlers,  # type: ignore[arg-type]
                     lifespan=flowrun_lifespan)
+    routes: list[BaseRoute] = [Mount(prefix, app=_dialect_app(module, app.state))
+                               for prefix, module in DIALECTS.values()]
+    if root is None:
+        routes += native.routes
+    else:
+        routes = [*native.ops_routes, *routes,
+                  Mount("/native", app=_dialect_app(native, app.state)),
+                  Mount("", app=_dialect_app(DIALECTS[root][1], app.state))]
+    app.router.routes.extend(routes)
     app.state.settings = settings
     app.state.registry = registry
     app.state.service = None

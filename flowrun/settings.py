@@ -45,6 +45,8 @@ class Settings:
     idempotency_ttl_s: float = 86_400.0
     shutdown_grace_s: float = 10.0
     sse_ping_s: float = 10.0
+    # mount one dialect (dify, conductor, langflow, jobs) at / as well as at its prefix
+    root_dialect: str | None = None
     sse_send_timeout_s: float = 30.0
     sse_buffer: int = 1024
     run_retention_s: float | None = None

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pydantic
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import Response
 
 from flowrun.auth import Principal, key_from_headers
-from flowrun.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from flowrun.models import OnConflict
+from flowrun.engine.executor import node_tokens
+from flowrun.errors import (
+    BadRequest,
+    FlowrunError,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from flowrun.models import OnConflict, RunRecord
 from flowrun.service import RunService, require_available
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -124,4 +134,50 @@ def query_int(request: Request, name: str, default: int | None, *, minimum: int,
     if not minimum <= value <= maximum:
         raise BadRequest(f"{name} must be between {minimum} and {maximum}",
                          errors=[{"field": name, "message": f"must be {minimum}-{maximum}"}])
+    return value
+
+
+ErrorRenderer = Callable[[FlowrunError], Response]
+
+
+def error_handlers(render: ErrorRenderer) -> dict[Any, Any]:
+    """Exception handlers rendering FlowrunError (and Starlette's 404/405) with ``render``."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            err: FlowrunError = NotFound(str(exc.detail))
+            err.status_code = exc.status_code
+            err.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
+                                                                        "error")
+            return render(err)
+        assert isinstance(exc, FlowrunError)
+        return render(exc)
+
+    return {FlowrunError: handle, HTTPException: handle}
+
+
+def unix(ts: float | None) -> int | None:
+    return None if ts is None else int(ts)
+
+
+def run_tokens(run: RunRecord) -> int:
+    """Tokens the run's nodes reported (an llm node's usage)."""
+    return sum(node_tokens(n) for n in run.nodes)
+
+
+def last_event_id(request: Request) -> int:
+    """Where a stream resumes: ``Last-Event-ID`` header, else ``?after=``, else 0."""
+    raw = request.headers.get("last-event-id")
+    field = "Last-Event-ID"
+    if raw is None or not raw.strip():
+        raw, field = request.query_params.get("after"), "after"
+    if raw is None or raw == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise BadRequest(f"{field} must be a non-negative event sequence number",
+                         errors=[{"field": field, "message": "must be an integer >= 0"}])
     return value

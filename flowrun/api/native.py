@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from flowrun.api.common import (
     idempotency_of,
+    last_event_id,
     parse_model,
     principal_of,
     query_int,
@@ -163,24 +164,6 @@ def event_stream(request: Request, events: AsyncIterator[Event],
                                send_timeout=settings.sse_send_timeout_s)
 
 
-def last_event_id(request: Request) -> int:
-    """Where a stream resumes: ``Last-Event-ID`` header, else ``?after=``, else 0."""
-    raw = request.headers.get("last-event-id")
-    field = "Last-Event-ID"
-    if raw is None or not raw.strip():
-        raw, field = request.query_params.get("after"), "after"
-    if raw is None or raw == "":
-        return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise BadRequest(f"{field} must be a non-negative event sequence number",
-                         errors=[{"field": field, "message": "must be an integer >= 0"}])
-    return value
-
-
 async def run_events(request: Request) -> Response:
     principal = await principal_of(request)
     service = service_of(request)
@@ -278,10 +261,14 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(build_spec(RunBody.model_json_schema()))
 
 
-routes = [
+ops_routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+]
+
+routes = [
+    *ops_routes,
     Route("/workflows", list_workflows, methods=["GET"]),
     Route("/workflows/{name}", get_workflow, methods=["GET"]),
     Route("/workflows/{name}", put_workflow, methods=["PUT"]),
@@ -296,4 +283,4 @@ routes = [
 
 exception_handlers = {FlowrunError: handle_error, HTTPException: handle_error}
 
-__all__ = ("exception_handlers", "routes")
+__all__ = ("exception_handlers", "ops_routes", "routes")

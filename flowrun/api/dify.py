@@ -1,0 +1,228 @@
+"""The Dify workflow API (Service API, workflow apps) over flowrun runs.
+
+Mounted at ``/dify/v1``. An app key (``flowrun keys create --workflow NAME``)
+names the workflow for ``POST /workflows/run``; ``{workflow_id}`` is
+``name:version`` (or a bare version number of the key's workflow). Dify's
+``workflow_id`` in every answer is ``name:version``. Beyond Dify: SSE frames carry
+``id:`` and reconnects honour ``Last-Event-ID``; ``response_mode: async`` (the
+proposed 202 mode) is supported with ``Idempotency-Key``.
+
+Status vocabulary: queued → ``scheduled``, running, succeeded, failed, stopped;
+timed_out → ``failed`` (with the deadline in ``error``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from flowrun.api.common import (
+    error_handlers,
+    idempotency_of,
+    last_event_id,
+    parse_model,
+    principal_of,
+    read_json,
+    run_tokens,
+    service_of,
+    unix,
+)
+from flowrun.auth import Principal
+from flowrun.errors import BadRequest, FlowrunError, NotFound, RunNotFound
+from flowrun.events import Event
+from flowrun.models import RUN_TERMINAL, RunRecord, RunStatus
+from flowrun.service import RunRequest, RunService
+
+_TRACE = re.compile(r"^[A-Za-z0-9\-_]{1,128}$")
+_STATUS = {RunStatus.QUEUED: "scheduled", RunStatus.RUNNING: "running",
+           RunStatus.SUCCEEDED: "succeeded", RunStatus.FAILED: "failed",
+           RunStatus.STOPPED: "stopped", RunStatus.TIMED_OUT: "failed"}
+_CODES = {"invalid_definition": "invalid_param", "workflow_not_found": "not_found",
+          "version_not_found": "not_found", "run_not_found": "not_found",
+          "queue_full": "too_many_requests", "unavailable": "service_unavailable",
+          "internal_error": "internal_server_error"}
+
+
+class DifyRunBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: dict[str, Any]
+    response_mode: Literal["blocking", "streaming", "async"] = "blocking"
+    user: str = Field(min_length=1, max_length=255)
+    files: list[dict[str, Any]] | None = None
+    trace_id: str | None = None
+
+
+def render_error(exc: FlowrunError) -> Response:
+    """Dify's error envelope: ``{status, code, message}``."""
+    code = _CODES.get(exc.code, exc.code)
+    return JSONResponse({"status": exc.status_code, "code": code, "message": exc.message},
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+def workflow_id(run: RunRecord) -> str:
+    return f"{run.workflow}:{run.version}"
+
+
+def _error_text(run: RunRecord) -> str | None:
+    if run.error:
+        return str(run.error.get("message"))
+    if run.status is RunStatus.STOPPED:
+        return "stopped by the user"
+    return None
+
+
+def run_detail(run: RunRecord) -> dict[str, Any]:
+    """``GET /workflows/run/{id}``; ``inputs`` is a JSON string, as Dify documents it."""
+    return {"id": run.id, "workflow_id": workflow_id(run), "status": _STATUS[run.status],
+            "inputs": json.dumps(run.inputs), "outputs": run.outputs or {},
+            "error": _error_text(run), "total_steps": run.steps,
+            "total_tokens": run_tokens(run), "created_at": unix(run.created_at),
+            "finished_at": unix(run.finished_at), "elapsed_time": run.elapsed_s or 0.0}
+
+
+def blocking_body(run: RunRecord) -> dict[str, Any]:
+    data = run_detail(run)
+    del data["inputs"]
+    return {"task_id": run.id, "workflow_run_id": run.id, "data": data}
+
+
+def async_body(run: RunRecord) -> dict[str, Any]:
+    return {"task_id": run.id, "workflow_run_id": run.id,
+            "data": {"id": run.id, "workflow_id": workflow_id(run), "status": "scheduled",
+                     "created_at": unix(run.created_at)}}
+
+
+def encode_event(event: Event, run: RunRecord) -> ServerSentEvent:
+    """Dify's frame: ``data: {event, task_id, workflow_run_id, data}`` (plus ``id:``)."""
+    name, data = event.name, dict(event.data)
+    if name == "workflow_resumed":
+        name = "workflow_started"
+    if name in {"workflow_started", "workflow_finished"}:
+        data["workflow_id"] = workflow_id(run)
+    if name == "workflow_finished":
+        data.pop("error_detail", None)
+        data["status"] = "failed" if data.get("status") == "timed_out" else data.get("status")
+    frame = {"event": name, "task_id": run.id, "workflow_run_id": run.id, "data": data}
+    return ServerSentEvent(data=json.dumps(frame, separators=(",", ":")), id=str(event.seq))
+
+
+def event_stream(request: Request, service: RunService, run: RunRecord,
+                 after: int = 0) -> EventSourceResponse:
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        async for event in service.follow(run.id, after):
+            yield encode_event(event, run)
+
+    return EventSourceResponse(frames(), ping=service.settings.sse_ping_s,
+                               ping_message_factory=lambda: ServerSentEvent(event="ping"),
+                               send_timeout=service.settings.sse_send_timeout_s)
+
+
+def _trace_id(request: Request, body: DifyRunBody) -> str | None:
+    for candidate in (request.headers.get("x-trace-id"), request.query_params.get("trace_id"),
+                      body.trace_id):
+        if candidate and _TRACE.match(candidate):
+            return candidate
+    return None  # invalid values are dropped silently, as Dify does
+
+
+def _target(principal: Principal, workflow_id: str | None) -> tuple[str, int | None]:
+    """(workflow, version) for a run request."""
+    if workflow_id is None:
+        if principal.workflow is None:
+            raise BadRequest("this API key is not bound to a workflow app; create one with "
+                             "`flowrun keys create --workflow NAME`")
+        return principal.workflow, None
+    name, _, version_text = workflow_id.rpartition(":")
+    if not name and workflow_id.isdigit() and principal.workflow is not None:
+        name, version_text = principal.workflow, workflow_id
+    elif not name:
+        name, version_text = workflow_id, ""
+    if principal.workflow is not None and name != principal.workflow:
+        raise NotFound("Workflow not found.")
+    if version_text and not version_text.isdigit():
+        raise BadRequest(f"workflow_id {workflow_id!r} is not name:version")
+    return name, int(version_text) if version_text else None
+
+
+async def _run(request: Request, workflow_id: str | None) -> Response:
+    principal = await principal_of(request)
+    service = service_of(request)
+    body = parse_model(DifyRunBody, await read_json(request, service.settings.max_body_bytes))
+    name, version = _target(principal, workflow_id)
+    key, on_conflict = idempotency_of(request, max_length=64)
+    started = time.monotonic()
+    submission = await service.submit(principal, RunRequest(
+        workflow=name, version=version, inputs=body.inputs, user=body.user,
+        trace_id=_trace_id(request, body), idempotency_key=key, on_conflict=on_conflict))
+    run = submission.run
+    if body.response_mode == "async":
+        return JSONResponse(async_body(run), status_code=202 if submission.created else 200)
+    if body.response_mode == "streaming":
+        return event_stream(request, service, run)
+    wait = service.settings.run_sync_default_timeout_s - (time.monotonic() - started)
+    finished = await service.wait(principal, run.id, max(wait, 0.0))
+    return JSONResponse(blocking_body(finished))
+
+
+async def run_bound(request: Request) -> Response:
+    return await _run(request, None)
+
+
+async def run_version(request: Request) -> Response:
+    return await _run(request, request.path_params["workflow_id"])
+
+
+async def _owned(request: Request, run_id: str, user: str | None) -> RunRecord:
+    principal = await principal_of(request)
+    run = await service_of(request).get_run(principal, run_id)
+    if principal.workflow is not None and run.workflow != principal.workflow:
+        raise RunNotFound("Workflow run not found.")
+    if user is not None and run.user is not None and user != run.user:
+        raise RunNotFound("Workflow run not found.")
+    return run
+
+
+async def get_run(request: Request) -> Response:
+    run = await _owned(request, request.path_params["workflow_run_id"],
+                       request.query_params.get("user"))
+    return JSONResponse(run_detail(run))
+
+
+async def stop(request: Request) -> Response:
+    service = service_of(request)
+    data = await read_json(request, service.settings.max_body_bytes)
+    if not isinstance(data, dict) or not isinstance(data.get("user"), str) or not data["user"]:
+        raise BadRequest("Arg user must be provided.",
+                         errors=[{"field": "user", "message": "required"}])
+    run = await _owned(request, request.path_params["task_id"], None)
+    if run.status not in RUN_TERMINAL:
+        await service.stop(await principal_of(request), run.id)
+    return JSONResponse({"result": "success"})
+
+
+async def events(request: Request) -> Response:
+    run = await _owned(request, request.path_params["workflow_run_id"],
+                       request.query_params.get("user"))
+    return event_stream(request, service_of(request), run, last_event_id(request))
+
+
+routes = [
+    Route("/workflows/run", run_bound, methods=["POST"]),
+    Route("/workflows/run/{workflow_run_id}", get_run, methods=["GET"]),
+    Route("/workflows/tasks/{task_id}/stop", stop, methods=["POST"]),
+    Route("/workflows/{workflow_id}/run", run_version, methods=["POST"]),
+    Route("/workflow/{workflow_run_id}/events", events, methods=["GET"]),
+]
+exception_handlers = error_handlers(render_error)
+
+__all__ = ("encode_event", "exception_handlers", "render_error", "routes")
