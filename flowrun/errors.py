@@ -9,6 +9,7 @@
     │   ├── WorkflowNotFound          404 workflow_not_found
     │   ├── VersionNotFound           404 version_not_found
     │   └── RunNotFound               404 run_not_found
+    ├── Conflict                      409 conflict (the run's state does not allow it)
     ├── IdempotencyConflict           409 idempotency_conflict
     ├── IdempotencyKeyReused          422 idempotency_key_reused
     ├── PayloadTooLarge               413 payload_too_large
@@ -103,6 +104,14 @@ class RunNotFound(NotFound):
 
     code = "run_not_found"
     title = "Run not found"
+
+
+class Conflict(FlowrunError):
+    """Raised when a run's state forbids the action (pause a finished run, retry a live one)."""
+
+    status_code = 409
+    code = "conflict"
+    title = "Conflict"
 
 
 class IdempotencyConflict(FlowrunError):

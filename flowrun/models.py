@@ -11,6 +11,7 @@ from typing import Any
 class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSED = "paused"  # held before its next node starts (Conductor's pause)
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     STOPPED = "stopped"

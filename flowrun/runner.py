@@ -132,7 +132,7 @@ class Runner:
                       executor_ready: Callable[[Executor], None] | None = None
                       ) -> RunOutcome | None:
         """Run to a terminal status and record it; None if cancelled from outside."""
-        resumed = run.status is RunStatus.RUNNING
+        resumed = run.status in {RunStatus.RUNNING, RunStatus.PAUSED}
         last_seq = await self.store.last_event_seq(run.id)
         recorder = RunRecorder(self.store, self.bus, run, last_seq=last_seq)
         try:
@@ -142,13 +142,13 @@ class Runner:
                                  {"code": exc.code, "message": exc.message, "node_id": None}, [])
             await self.finish(run, recorder, outcome)
             return outcome
-        prior = {}
-        if resumed:
-            prior = {n.node_id: n for n in await self.store.node_records(run.id)
-                     if n.status is NodeStatus.SUCCEEDED}
+        # Succeeded nodes keep their outputs: after a crash (resume) or a retry.
+        prior = {n.node_id: n for n in await self.store.node_records(run.id)
+                 if n.status is NodeStatus.SUCCEEDED}
         started_at = run.started_at or time.time()
         run.started_at = started_at
-        run.status = RunStatus.RUNNING
+        held = run.status is RunStatus.PAUSED
+        run.status = RunStatus.PAUSED if held else RunStatus.RUNNING
         deadline = None
         if definition.timeout is not None:
             deadline = definition.timeout - (time.time() - started_at)
@@ -156,10 +156,11 @@ class Runner:
                     run.workflow, run.version)
         started_data = {"id": run.id, "workflow_id": run.workflow, "version": run.version,
                         "inputs": run.inputs, "created_at": int(run.created_at),
-                        "reason": "resumption" if resumed else "initial"}
+                        "reason": "resumption" if resumed else "retry" if prior else "initial"}
         first = recorder.event("workflow_resumed" if resumed else "workflow_started",
                                started_data)
-        recorder.publish_after(self.store.mark_running(run.id, started_at, first), first)
+        recorder.publish_after(self.store.mark_running(run.id, started_at, first,
+                                                       status=run.status), first)
         executor = Executor(definition, run_id=run.id, inputs=run.inputs, version=run.version,
                             observer=recorder, registry=self.registry, prior_nodes=prior,
                             deadline_s=deadline, services=self.services)
@@ -196,9 +197,11 @@ class Runner:
         logger.info("run %s: %s in %.3fs", run.id, outcome.status.value,
                     finished_at - started_at)
 
-    async def finish_unstarted(self, run: RunRecord, status: RunStatus) -> None:
+    async def finish_unstarted(self, run: RunRecord, status: RunStatus,
+                               reason: str | None = None) -> None:
         """Give a run that never started (stopped while queued) its terminal status."""
         recorder = RunRecorder(self.store, self.bus, run,
                                last_seq=await self.store.last_event_seq(run.id))
+        error = {"code": "stopped", "message": reason, "node_id": None} if reason else None
         with anyio.CancelScope(shield=True):
-            await self.finish(run, recorder, RunOutcome(status, None, None, []))
+            await self.finish(run, recorder, RunOutcome(status, None, error, []))

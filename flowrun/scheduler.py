@@ -38,13 +38,27 @@ class RunHandle:
     run: RunRecord
     state: HandleState = HandleState.PREPARED
     stop_requested: bool = False
+    stop_reason: str | None = None
+    paused: bool = False
     executor: Executor | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
 
     def attach(self, executor: Executor) -> None:
         self.executor = executor
+        if self.paused:
+            executor.pause()
         if self.stop_requested:
-            executor.stop()
+            executor.stop(self.stop_reason)
+
+    def pause(self) -> None:
+        self.paused = True
+        if self.executor is not None:
+            self.executor.pause()
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.executor is not None:
+            self.executor.resume()
 
 
 class Scheduler:
@@ -123,11 +137,12 @@ class Scheduler:
         handle.state = HandleState.RUNNING
         tg.start_soon(self._run_one, handle)
 
-    def stop(self, handle: RunHandle) -> None:
+    def stop(self, handle: RunHandle, reason: str | None = None) -> None:
         """Stop a queued or running run; ``handle.done`` is set once it is recorded."""
         if handle.stop_requested or handle.state is HandleState.DONE:
             return
         handle.stop_requested = True
+        handle.stop_reason = reason
         if handle.state is HandleState.QUEUED:
             self._queued -= 1
             self._running += 1  # its stop is recorded by a task, like a run
@@ -136,7 +151,7 @@ class Scheduler:
             assert self._tg is not None
             self._tg.start_soon(self._finish_unstarted, handle)
         elif handle.executor is not None:
-            handle.executor.stop()
+            handle.executor.stop(reason)
 
     async def run(self, tg: anyio.abc.TaskGroup, *,
                   task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -165,7 +180,8 @@ class Scheduler:
 
     async def _finish_unstarted(self, handle: RunHandle) -> None:
         try:
-            await self.runner.finish_unstarted(handle.run, RunStatus.STOPPED)
+            await self.runner.finish_unstarted(handle.run, RunStatus.STOPPED,
+                                               handle.stop_reason)
         except Exception:
             logger.exception("run %s: could not record its stop", handle.run.id)
         finally:

@@ -25,6 +25,7 @@ from flowrun.definitions import WorkflowDefinition
 from flowrun.engine.nodes import Registry
 from flowrun.errors import (
     BadRequest,
+    Conflict,
     DefinitionError,
     QueueFull,
     RunNotFound,
@@ -263,7 +264,8 @@ class RunService:
                               headers={"Retry-After": "5"})
         return run
 
-    async def stop(self, principal: auth.Principal, run_id: str) -> RunRecord:
+    async def stop(self, principal: auth.Principal, run_id: str,
+                   reason: str | None = None) -> RunRecord:
         """Stop a queued or running run and return it once stopped; finished runs as they are."""
         run = await self.get_run(principal, run_id)
         if run.status in RUN_TERMINAL:
@@ -271,7 +273,7 @@ class RunService:
         handle = self.scheduler.get(run_id)
         if handle is None:
             return run
-        self.scheduler.stop(handle)
+        self.scheduler.stop(handle, reason)
         with anyio.move_on_after(self.settings.stop_wait_s):
             await handle.done.wait()
         return await self.get_run(principal, run_id)
@@ -288,11 +290,58 @@ class RunService:
             return True
         return False
 
+    async def pause(self, principal: auth.Principal, run_id: str) -> RunRecord:
+        """Hold a live run before its next node starts; ``Conflict`` for a finished run."""
+        run = await self.get_run(principal, run_id)
+        if run.status in RUN_TERMINAL:
+            raise Conflict(f"run {run_id} is {run.status.value}; only a live run can pause")
+        handle = self.scheduler.get(run_id)
+        if run.status is not RunStatus.PAUSED and handle is not None:
+            handle.pause()
+            handle.run.status = RunStatus.PAUSED
+            await self.store.set_status(run_id, RunStatus.PAUSED,
+                                        only_from=(RunStatus.QUEUED, RunStatus.RUNNING))
+        return await self.get_run(principal, run_id)
+
+    async def resume(self, principal: auth.Principal, run_id: str) -> RunRecord:
+        """Let a paused run go on; ``Conflict`` when it is not paused."""
+        run = await self.get_run(principal, run_id)
+        if run.status is not RunStatus.PAUSED:
+            raise Conflict(f"run {run_id} is {run.status.value}, not paused")
+        handle = self.scheduler.get(run_id)
+        status = RunStatus.RUNNING if run.started_at is not None else RunStatus.QUEUED
+        await self.store.set_status(run_id, status, only_from=(RunStatus.PAUSED,))
+        if handle is not None:
+            handle.run.status = status
+            handle.resume()
+        return await self.get_run(principal, run_id)
+
+    async def rerun(self, principal: auth.Principal, run_id: str, *, from_failure: bool
+                    ) -> RunRecord:
+        """Run a finished run again under the same id: from scratch (restart), or from
+        its failed nodes keeping the succeeded ones' outputs (retry)."""
+        run = await self.get_run(principal, run_id)
+        if run.status not in RUN_TERMINAL:
+            raise Conflict(f"run {run_id} is still {run.status.value}")
+        if from_failure and run.status is RunStatus.SUCCEEDED:
+            raise Conflict(f"run {run_id} succeeded; there is nothing to retry")
+        if self.drain_started is not None:
+            raise Unavailable("flowrun is shutting down; retry shortly",
+                              headers={"Retry-After": "5"})
+        await self.store.reset_run(run_id, keep_succeeded=from_failure)
+        fresh = await self.store.get_run(run_id, with_nodes=False)
+        assert fresh is not None
+        self.scheduler.enqueue(self.scheduler.prepare(fresh))
+        logger.info("run %s: %s", run_id, "retried" if from_failure else "restarted")
+        return await self.get_run(principal, run_id)
+
     async def resume_unfinished(self) -> int:
-        """Re-queue queued runs and resume running ones after a restart."""
+        """Re-queue queued runs and resume running (and paused) ones after a restart."""
         runs = await self.store.unfinished_runs()
         for run in runs:
-            self.scheduler.enqueue(self.scheduler.prepare(run))
+            handle = self.scheduler.prepare(run)
+            handle.paused = run.status is RunStatus.PAUSED
+            self.scheduler.enqueue(handle)
         if runs:
             logger.info("resuming %d unfinished runs", len(runs))
         return len(runs)

@@ -1,10 +1,310 @@
-"""The conductor dialect (being built)."""
+"""The Conductor (OSS / Orkes) workflow API over flowrun runs.
+
+Mounted at ``/conductor/api``. A run is a Conductor workflow execution and each
+node execution a task. Starts answer the bare run id as ``text/plain``.
+
+Status vocabulary: queued/running → RUNNING, paused → PAUSED, succeeded →
+COMPLETED, failed → FAILED, timed_out → TIMED_OUT, stopped → TERMINATED. Task
+status: pending → SCHEDULED, running → IN_PROGRESS, succeeded → COMPLETED,
+failed → FAILED, skipped → SKIPPED, stopped → CANCELED. Priority orders runs
+higher-first, FIFO within one priority, as Conductor's own queues do (its
+Postgres queue reads ``ORDER BY priority DESC, deliver_on, created_on``).
+"""
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
-from starlette.routing import BaseRoute
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
-routes: list[BaseRoute] = []
-exception_handlers: dict[Any, Any] = {}
+from flowrun import auth
+from flowrun.api.common import (
+    error_handlers,
+    parse_model,
+    principal_of,
+    read_json,
+    service_of,
+)
+from flowrun.errors import BadRequest, Conflict, FlowrunError, NotFound, Unauthorized
+from flowrun.models import RUN_TERMINAL, NodeRecord, NodeStatus, OnConflict, RunRecord, RunStatus
+from flowrun.service import RunRequest
+
+_STATUS = {RunStatus.QUEUED: "RUNNING", RunStatus.RUNNING: "RUNNING",
+           RunStatus.PAUSED: "PAUSED", RunStatus.SUCCEEDED: "COMPLETED",
+           RunStatus.FAILED: "FAILED", RunStatus.TIMED_OUT: "TIMED_OUT",
+           RunStatus.STOPPED: "TERMINATED"}
+_TASK_STATUS = {NodeStatus.PENDING: "SCHEDULED", NodeStatus.RUNNING: "IN_PROGRESS",
+                NodeStatus.SUCCEEDED: "COMPLETED", NodeStatus.FAILED: "FAILED",
+                NodeStatus.SKIPPED: "SKIPPED", NodeStatus.STOPPED: "CANCELED"}
+_CODES = {400: "INVALID_INPUT", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 409: "CONFLICT",
+          413: "INVALID_INPUT", 415: "INVALID_INPUT", 422: "CONFLICT",
+          429: "TOO_MANY_REQUESTS", 503: "BACKEND_ERROR"}
+
+
+class StartWorkflowRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str
+    version: int | None = None
+    correlationId: str | None = None  # noqa: N815 - Conductor's field names
+    input: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=0, le=99)
+    idempotencyKey: str | None = None  # noqa: N815
+    idempotencyStrategy: str | None = None  # noqa: N815
+    workflowDef: dict[str, Any] | None = None  # noqa: N815
+
+
+def render_error(exc: FlowrunError) -> Response:
+    """Conductor's ErrorResponse: ``{status, code, message, instance, retryable, ...}``."""
+    body = {"status": exc.status_code, "code": _CODES.get(exc.status_code, "INTERNAL_ERROR"),
+            "message": exc.message, "instance": "flowrun", "retryable": exc.status_code in
+            {429, 503}, "validationErrors": [{"path": e.get("field"), "message": e["message"]}
+                                             for e in exc.errors],
+            "metadata": {"flowrun_code": exc.code, **exc.extra}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _ms(ts: float | None) -> int:
+    return 0 if ts is None else int(ts * 1000)
+
+
+def task_json(run: RunRecord, node: NodeRecord) -> dict[str, Any]:
+    return {"taskId": f"{run.id}:{node.node_id}", "taskType": node.type.upper(),
+            "taskDefName": node.type, "referenceTaskName": node.node_id,
+            "status": _TASK_STATUS[node.status], "inputData": node.inputs,
+            "outputData": node.outputs, "seq": node.index,
+            "retryCount": max(node.attempts - 1, 0), "pollCount": 0,
+            "scheduledTime": _ms(node.started_at), "startTime": _ms(node.started_at),
+            "endTime": _ms(node.finished_at), "updateTime": _ms(node.finished_at or
+                                                                 node.started_at),
+            "workflowInstanceId": run.id, "workflowType": run.workflow,
+            "correlationId": run.correlation_id, "workflowPriority": run.priority,
+            "reasonForIncompletion": (node.error or {}).get("message")}
+
+
+def _reason(run: RunRecord) -> str | None:
+    if run.error:
+        return str(run.error.get("message"))
+    return "terminated" if run.status is RunStatus.STOPPED else None
+
+
+def workflow_json(run: RunRecord, include_tasks: bool = True) -> dict[str, Any]:
+    failed = [n for n in run.nodes if n.status is NodeStatus.FAILED]
+    return {
+        "workflowId": run.id, "workflowName": run.workflow, "workflowVersion": run.version,
+        "correlationId": run.correlation_id, "status": _STATUS[run.status],
+        "createTime": _ms(run.created_at), "startTime": _ms(run.started_at or run.created_at),
+        "endTime": _ms(run.finished_at),
+        "updateTime": _ms(run.finished_at or run.started_at or run.created_at),
+        "input": run.inputs, "output": run.outputs or {}, "priority": run.priority,
+        "reasonForIncompletion": _reason(run), "idempotencyKey": run.idempotency_key,
+        "parentWorkflowId": run.parent_run_id, "variables": {}, "ownerApp": "",
+        "createdBy": run.user or "",
+        "failedReferenceTaskNames": [n.node_id for n in failed],
+        "failedTaskNames": sorted({n.type for n in failed}),
+        "tasks": [task_json(run, n) for n in run.nodes] if include_tasks else [],
+    }
+
+
+def _int_query(request: Request, name: str, default: int | None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer",
+                         errors=[{"field": name, "message": "not an integer"}]) from None
+
+
+def _strategy(key: str | None, raw: str | None, *, required: bool) -> OnConflict:
+    if key is None:
+        return OnConflict.RETURN_EXISTING
+    if not raw:
+        if required:
+            raise BadRequest("X-on-conflict is required with X-Idempotency-key "
+                             "(RETURN_EXISTING, FAIL or FAIL_ON_RUNNING)",
+                             errors=[{"field": "X-on-conflict", "message": "required"}])
+        return OnConflict.FAIL
+    try:
+        return OnConflict(raw.strip().upper())
+    except ValueError:
+        raise BadRequest(f"unknown idempotency strategy {raw!r}",
+                         errors=[{"field": "X-on-conflict", "message": "unknown"}]) from None
+
+
+async def _start(request: Request, start: StartWorkflowRequest, key: str | None,
+                 strategy: OnConflict) -> RunRecord:
+    if start.workflowDef is not None:
+        raise BadRequest("inline workflowDef is not supported; register the workflow first")
+    principal = await principal_of(request)
+    submission = await service_of(request).submit(principal, RunRequest(
+        workflow=start.name, version=start.version or None, inputs=start.input,
+        priority=start.priority, correlation_id=start.correlationId,
+        trace_id=request.headers.get("x-trace-id"), idempotency_key=key,
+        on_conflict=strategy))
+    return submission.run
+
+
+async def start_by_name(request: Request) -> Response:
+    service = service_of(request)
+    data = await read_json(request, service.settings.max_body_bytes, empty={})
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be the workflow's input as a JSON object")
+    priority = _int_query(request, "priority", 0) or 0
+    if not 0 <= priority <= 99:
+        raise BadRequest("priority must be between 0 and 99",
+                         errors=[{"field": "priority", "message": "0-99"}])
+    key = request.headers.get("x-idempotency-key")
+    start = StartWorkflowRequest(name=request.path_params["name"],
+                                 version=_int_query(request, "version", None),
+                                 correlationId=request.query_params.get("correlationId"),
+                                 input=data, priority=priority)
+    run = await _start(request, start, key,
+                       _strategy(key, request.headers.get("x-on-conflict"), required=True))
+    return PlainTextResponse(run.id)
+
+
+async def start_with_request(request: Request) -> Response:
+    service = service_of(request)
+    start = parse_model(StartWorkflowRequest,
+                        await read_json(request, service.settings.max_body_bytes))
+    key = start.idempotencyKey or request.headers.get("x-idempotency-key")
+    strategy = _strategy(key, start.idempotencyStrategy or request.headers.get("x-on-conflict"),
+                         required=False)
+    run = await _start(request, start, key, strategy)
+    return PlainTextResponse(run.id)
+
+
+async def _run(request: Request) -> tuple[auth.Principal, RunRecord]:
+    principal = await principal_of(request)
+    try:
+        run = await service_of(request).get_run(principal, request.path_params["workflow_id"])
+    except NotFound:
+        raise NotFound(f"No such workflow found by id: "
+                       f"{request.path_params['workflow_id']}") from None
+    return principal, run
+
+
+def _flag(request: Request, name: str, default: bool) -> bool:
+    raw = request.query_params.get(name)
+    return default if raw is None else raw.lower() in {"true", "1", "yes"}
+
+
+async def get_workflow(request: Request) -> Response:
+    _, run = await _run(request)
+    return JSONResponse(workflow_json(run, _flag(request, "includeTasks", True)))
+
+
+async def get_status(request: Request) -> Response:
+    _, run = await _run(request)
+    body: dict[str, Any] = {"workflowId": run.id, "correlationId": run.correlation_id,
+                            "status": _STATUS[run.status]}
+    if _flag(request, "includeOutput", False):
+        body["output"] = run.outputs or {}
+    if _flag(request, "includeVariables", False):
+        body["variables"] = {}
+    return JSONResponse(body)
+
+
+async def terminate(request: Request) -> Response:
+    principal, run = await _run(request)
+    if run.status is RunStatus.SUCCEEDED:
+        raise Conflict("Cannot terminate a COMPLETED workflow.")
+    if run.status not in RUN_TERMINAL:
+        await service_of(request).stop(principal, run.id,
+                                       request.query_params.get("reason") or "terminated")
+    return Response(status_code=200)
+
+
+async def pause(request: Request) -> Response:
+    principal, run = await _run(request)
+    await service_of(request).pause(principal, run.id)
+    return Response(status_code=200)
+
+
+async def resume(request: Request) -> Response:
+    principal, run = await _run(request)
+    await service_of(request).resume(principal, run.id)
+    return Response(status_code=200)
+
+
+async def restart(request: Request) -> Response:
+    principal, run = await _run(request)
+    await service_of(request).rerun(principal, run.id, from_failure=False)
+    return Response(status_code=204)
+
+
+async def retry(request: Request) -> Response:
+    principal, run = await _run(request)
+    await service_of(request).rerun(principal, run.id, from_failure=True)
+    return Response(status_code=204)
+
+
+async def execute(request: Request) -> Response:
+    """Start and wait up to ``waitForSeconds`` (0 means 10); answer a SignalResponse."""
+    service = service_of(request)
+    data = await read_json(request, service.settings.max_body_bytes, empty={})
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a StartWorkflowRequest object")
+    data = {**data, "name": request.path_params["name"]}
+    version = request.path_params["version"]
+    data["version"] = int(version) if version.isdigit() and int(version) > 0 else None
+    start = parse_model(StartWorkflowRequest, data)
+    wait_s = _int_query(request, "waitForSeconds", 10) or 10
+    wait_s = min(max(wait_s, 1), int(service.settings.run_sync_max_timeout_s))
+    key = start.idempotencyKey or request.headers.get("x-idempotency-key")
+    strategy = _strategy(key, start.idempotencyStrategy or request.headers.get("x-on-conflict"),
+                         required=False)
+    began = time.monotonic()
+    run = await _start(request, start, key, strategy)
+    principal = await principal_of(request)
+    finished = await service.wait(principal, run.id, max(wait_s - (time.monotonic() - began), 0))
+    body = workflow_json(finished)
+    request_id = request.query_params.get("requestId") or str(uuid.uuid4())
+    return JSONResponse({
+        "responseType": "TARGET_WORKFLOW", "targetWorkflowId": run.id,
+        "targetWorkflowStatus": body["status"], "requestId": request_id,
+        "workflowId": run.id, "correlationId": run.correlation_id, "input": body["input"],
+        "output": body["output"], "priority": run.priority, "variables": {},
+        "tasks": body["tasks"], "createdBy": body["createdBy"],
+        "createTime": body["createTime"], "updateTime": body["updateTime"],
+        "status": body["status"], "signalTimeout": finished.status not in RUN_TERMINAL})
+
+
+async def token(request: Request) -> Response:
+    """Orkes' ``POST /token``: an API key id and secret in, a token (the key) out."""
+    service = service_of(request)
+    if not service.settings.auth_enabled:
+        raise NotFound("authentication is off")  # Conductor clients read 404 as open mode
+    data = await read_json(request, service.settings.max_body_bytes)
+    if not isinstance(data, dict) or not data.get("keySecret"):
+        raise BadRequest("keyId and keySecret are required")
+    principal = await service.authenticate(str(data["keySecret"]))
+    if data.get("keyId") not in (None, "", principal.key_id):
+        raise Unauthorized("keyId does not match the key")
+    return JSONResponse({"token": str(data["keySecret"])})
+
+
+routes = [
+    Route("/token", token, methods=["POST"]),
+    Route("/workflow", start_with_request, methods=["POST"]),
+    Route("/workflow/execute/{name}/{version}", execute, methods=["POST"]),
+    Route("/workflow/{name}", start_by_name, methods=["POST"]),
+    Route("/workflow/{workflow_id}", get_workflow, methods=["GET"]),
+    Route("/workflow/{workflow_id}", terminate, methods=["DELETE"]),
+    Route("/workflow/{workflow_id}/status", get_status, methods=["GET"]),
+    Route("/workflow/{workflow_id}/pause", pause, methods=["PUT"]),
+    Route("/workflow/{workflow_id}/resume", resume, methods=["PUT"]),
+    Route("/workflow/{workflow_id}/restart", restart, methods=["POST"]),
+    Route("/workflow/{workflow_id}/retry", retry, methods=["POST"]),
+]
+exception_handlers = error_handlers(render_error)
+
+__all__ = ("exception_handlers", "render_error", "routes")
+

@@ -128,10 +128,23 @@ class Executor:
         self._scope: anyio.CancelScope | None = None
         self._deadline_scope: anyio.CancelScope | None = None
         self._stop_requested = False
+        self._stop_message: str | None = None
+        self._gate = anyio.Event()
+        self._gate.set()
 
-    def stop(self) -> None:
+    def pause(self) -> None:
+        """Hold the run before its next node starts (running nodes finish)."""
+        if self._gate.is_set():
+            self._gate = anyio.Event()
+
+    def resume(self) -> None:
+        """Let a paused run start nodes again."""
+        self._gate.set()
+
+    def stop(self, reason: str | None = None) -> None:
         """Ask the run to end as ``stopped``; running nodes are cancelled."""
         self._stop_requested = True
+        self._stop_message = reason or self._stop_message
         if self._stop_reason is None:
             self._stop_reason = RunStatus.STOPPED
         if self._scope is not None:
@@ -140,7 +153,8 @@ class Executor:
     async def execute(self) -> RunOutcome:
         """Walk the graph to the end and return the outcome."""
         if self._stop_requested:
-            return RunOutcome(RunStatus.STOPPED, None, None, list(self.records.values()))
+            error = _error("stopped", self._stop_message) if self._stop_message else None
+            return RunOutcome(RunStatus.STOPPED, None, error, list(self.records.values()))
         deadline = self.deadline_s if self.deadline_s is not None else math.inf
         with anyio.move_on_after(max(deadline, 0)) as deadline_scope:
             self._deadline_scope = deadline_scope
@@ -158,7 +172,8 @@ class Executor:
         if self._failure is not None:
             return RunOutcome(RunStatus.FAILED, None, self._failure, nodes)
         if self._stop_reason is RunStatus.STOPPED:
-            return RunOutcome(RunStatus.STOPPED, None, None, nodes)
+            error = _error("stopped", self._stop_message) if self._stop_message else None
+            return RunOutcome(RunStatus.STOPPED, None, error, nodes)
         if deadline_hit:
             error = _error("run_timeout", f"run exceeded its deadline of {self.deadline_s:g}s")
             return RunOutcome(RunStatus.TIMED_OUT, None, error, nodes)
@@ -214,6 +229,8 @@ class Executor:
 
     async def _run_node(self, tg: anyio.abc.TaskGroup, spec: NodeSpec,
                         predecessor: str | None) -> None:
+        while not self._gate.is_set():  # paused: hold here until resumed (or stopped)
+            await self._gate.wait()
         self._index += 1
         rec = NodeRecord(self.run_id, spec.id, spec.type, spec.title or spec.id, self._index,
                          NodeStatus.RUNNING, started_at=time.time())

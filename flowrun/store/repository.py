@@ -310,12 +310,13 @@ class Store:
 
         return await self._writer.write(op)
 
-    def mark_running(self, run_id: str, started_at: float, event: Event) -> WriteResult[None]:
+    def mark_running(self, run_id: str, started_at: float, event: Event, *,
+                     status: RunStatus = RunStatus.RUNNING) -> WriteResult[None]:
         """Record the start (or resume) of a run together with its first event."""
 
         async def op(conn: aiosqlite.Connection) -> None:
             await conn.execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) "
-                               "WHERE id = ?", (RunStatus.RUNNING.value, started_at, run_id))
+                               "WHERE id = ?", (status.value, started_at, run_id))
             await _insert_event(conn, event)
 
         return self._writer.submit(op, durable=True)
@@ -336,6 +337,36 @@ class Store:
                                (finished_at + key_ttl_s, run_id))
 
         return self._writer.submit(op, durable=True)
+
+    async def set_status(self, run_id: str, status: RunStatus, *,
+                         only_from: tuple[RunStatus, ...]) -> bool:
+        """Change a live run's status (pause/resume); False if it was not in ``only_from``."""
+
+        async def op(conn: aiosqlite.Connection) -> bool:
+            marks = ", ".join("?" * len(only_from))
+            cur = await conn.execute(f"UPDATE runs SET status = ? WHERE id = ? AND status IN "
+                                     f"({marks})", (status.value, run_id,
+                                                    *(s.value for s in only_from)))
+            return cur.rowcount == 1
+
+        return await self._writer.write(op, durable=True)
+
+    async def reset_run(self, run_id: str, *, keep_succeeded: bool) -> None:
+        """Queue a finished run again: restart (all nodes) or retry (keep succeeded ones)."""
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            if keep_succeeded:
+                await conn.execute("DELETE FROM node_executions WHERE run_id = ? AND status != ?",
+                                   (run_id, NodeStatus.SUCCEEDED.value))
+            else:
+                await conn.execute("DELETE FROM node_executions WHERE run_id = ?", (run_id,))
+            await conn.execute("UPDATE runs SET status = ?, outputs = NULL, error = NULL, "
+                               "finished_at = NULL, started_at = NULL, steps = 0 WHERE id = ?",
+                               (RunStatus.QUEUED.value, run_id))
+            await conn.execute("UPDATE idempotency_keys SET expires_at = NULL WHERE run_id = ?",
+                               (run_id,))
+
+        await self._writer.write(op)
 
     async def get_run(self, run_id: str, *, with_nodes: bool = True) -> RunRecord | None:
         row = await self._fetchone(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
@@ -368,9 +399,10 @@ class Store:
 
     async def unfinished_runs(self) -> list[RunRecord]:
         """Queued and running runs, oldest first (what a restart must pick up)."""
-        rows = await self._fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN (?, ?) "
+        rows = await self._fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN (?, ?, ?) "
                                     "ORDER BY num", (RunStatus.QUEUED.value,
-                                                     RunStatus.RUNNING.value))
+                                                     RunStatus.RUNNING.value,
+                                                     RunStatus.PAUSED.value))
         return [_run_from_row(r) for r in rows]
 
     # --- nodes and events -----------------------------------------------------------

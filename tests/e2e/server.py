@@ -49,9 +49,13 @@ class Server:
                               capture_output=True, text=True, timeout=60, check=False)
 
     def create_key(self) -> str:
-        done = self.cli("keys", "--db", str(self.db), "create")
+        return self.create_key_with_id()[1]
+
+    def create_key_with_id(self, *options: str) -> tuple[str, str]:
+        """(key id, secret) of a new API key."""
+        done = self.cli("keys", "--db", str(self.db), "create", *options)
         assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
+        return done.stderr.split()[-1], done.stdout.strip()
 
     def start(self, *extra: str) -> None:
         with self.log.open("ab") as log:
