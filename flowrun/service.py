@@ -346,6 +346,10 @@ class RunService:
             logger.info("resuming %d unfinished runs", len(runs))
         return len(runs)
 
+    async def definition_of(self, run: RunRecord) -> WorkflowDefinition:
+        """The graph a run executes (its override, or its stored version)."""
+        return await self.scheduler.runner.definition_for(run)
+
     def follow(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
         """The run's events after ``after``: replay, then live, ending at the terminal event.
 

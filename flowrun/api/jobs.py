@@ -1,10 +1,202 @@
-"""The jobs dialect (being built)."""
+"""The jobs API (``/workflows/{id}/run``, ``run-sync``, ``latest-job``, ``/jobs/{id}/stream``).
+
+Mounted at ``/jobs``. A job is a run: its ``id`` is the run's row number (an
+integer, as in the original) and ``runId`` its flowrun id; a workflow is named by
+its name or its numeric id (``workflowId``). ``nodes``/``edges`` in a body replace
+the graph for that run, in flowrun's node format. Inputs go in ``input`` (or
+``inputs``).
+
+Status vocabulary: queued → pending, running/paused → running, succeeded →
+completed, failed/timed_out → failed, stopped → cancelled.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.routing import BaseRoute
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-routes: list[BaseRoute] = []
-exception_handlers: dict[Any, Any] = {}
+from flowrun.api.common import (
+    error_handlers,
+    last_event_id,
+    parse_model,
+    principal_of,
+    query_int,
+    read_json,
+    service_of,
+)
+from flowrun.errors import DefinitionError, FlowrunError, RunNotFound, WorkflowNotFound
+from flowrun.events import Event
+from flowrun.models import RUN_TERMINAL, NodeStatus, RunRecord, RunStatus, rfc3339
+from flowrun.service import RunRequest, RunService
+
+TIMEOUT_MESSAGE = "Job execution timeout: the job is still running but exceeded the wait time."
+_STATUS = {RunStatus.QUEUED: "pending", RunStatus.RUNNING: "running",
+           RunStatus.PAUSED: "running", RunStatus.SUCCEEDED: "completed",
+           RunStatus.FAILED: "failed", RunStatus.TIMED_OUT: "failed",
+           RunStatus.STOPPED: "cancelled"}
+
+
+class JobBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = None
+    nodes: list[Any] | None = None
+    edges: list[Any] | None = None
+    timeout: float | None = Field(default=None, gt=0, le=600)
+
+
+def render_error(exc: FlowrunError) -> Response:
+    return JSONResponse({"success": False, "message": exc.message, "code": exc.code,
+                         "errors": exc.errors}, status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+async def _workflow_name(service: RunService, raw: str) -> str:
+    if raw.isdigit():
+        name = await service.store.workflow_by_number(int(raw))
+        if name is None:
+            raise WorkflowNotFound(f"workflow {raw} does not exist")
+        return name
+    return raw
+
+
+async def job_json(service: RunService, run: RunRecord) -> dict[str, Any]:
+    """The job object, with every node of the graph and what became of it."""
+    by_id = {n.node_id: n for n in run.nodes}
+    try:
+        graph = [(n.id, n.type) for n in (await service.definition_of(run)).nodes]
+    except (DefinitionError, FlowrunError):
+        graph = [(n.node_id, n.type) for n in run.nodes]
+    nodes = []
+    for node_id, node_type in graph:
+        record = by_id.get(node_id)
+        executed = record is not None and record.status not in {NodeStatus.SKIPPED,
+                                                                NodeStatus.PENDING}
+        errors = [record.error["message"]] if record is not None and record.error else []
+        nodes.append({"id": node_id, "type": node_type,
+                      "data": {"isExecuted": executed,
+                               "outputs": record.outputs if record is not None else None,
+                               "errors": errors,
+                               "status": record.status.value if record else "pending"}})
+    return {"id": run.num, "slug": f"job-{run.workflow}-{int(run.created_at * 1000)}",
+            "status": _STATUS[run.status],
+            "workflowId": await service.store.workflow_number(run.workflow),
+            "workflowName": run.workflow, "runId": run.id, "createdAt": rfc3339(run.created_at),
+            "updatedAt": rfc3339(run.finished_at or run.started_at or run.created_at),
+            "startedAt": rfc3339(run.started_at), "finishedAt": rfc3339(run.finished_at),
+            "result": run.outputs, "error": (run.error or {}).get("message"), "nodes": nodes}
+
+
+async def _submit(request: Request) -> tuple[RunService, RunRecord, JobBody, float]:
+    principal = await principal_of(request)
+    service = service_of(request)
+    started = time.monotonic()
+    body = parse_model(JobBody, await read_json(request, service.settings.max_body_bytes,
+                                                empty={}))
+    name = await _workflow_name(service, request.path_params["id"])
+    submission = await service.submit(principal, RunRequest(
+        workflow=name, inputs=body.input or body.inputs or {}, nodes=body.nodes,
+        edges=body.edges, trace_id=request.headers.get("x-trace-id")))
+    return service, submission.run, body, started
+
+
+async def run(request: Request) -> Response:
+    service, accepted, _, _ = await _submit(request)
+    fresh = await service.store.get_run(accepted.id)
+    assert fresh is not None
+    return JSONResponse({"success": True, "data": await job_json(service, fresh)})
+
+
+async def run_sync(request: Request) -> Response:
+    service, accepted, body, started = await _submit(request)
+    timeout = body.timeout or service.settings.run_sync_default_timeout_s
+    principal = await principal_of(request)
+    finished = await service.wait(principal, accepted.id,
+                                  max(timeout - (time.monotonic() - started), 0))
+    if finished.status in RUN_TERMINAL:
+        return JSONResponse({"success": finished.status is RunStatus.SUCCEEDED,
+                             "data": await job_json(service, finished)})
+    return JSONResponse({"success": False, "message": TIMEOUT_MESSAGE, "data": {
+        "job_id": finished.num, "slug": f"job-{finished.workflow}-"
+                                        f"{int(finished.created_at * 1000)}",
+        "status": _STATUS[finished.status], "timeout": timeout,
+        "elapsed_seconds": round(time.monotonic() - started, 3)}}, status_code=408)
+
+
+async def _jobs(request: Request, limit: int) -> tuple[RunService, list[RunRecord]]:
+    principal = await principal_of(request)
+    service = service_of(request)
+    name = await _workflow_name(service, request.path_params["id"])
+    runs, _ = await service.list_runs(principal, name, limit=limit)
+    return service, [await service.get_run(principal, r.id) for r in runs]
+
+
+async def latest_job(request: Request) -> Response:
+    service, runs = await _jobs(request, 1)
+    if not runs:
+        raise RunNotFound(f"workflow {request.path_params['id']} has no jobs yet")
+    return JSONResponse({"success": True, "data": await job_json(service, runs[0])})
+
+
+async def list_jobs(request: Request) -> Response:
+    limit = query_int(request, "limit", 20, minimum=1, maximum=200) or 20
+    service, runs = await _jobs(request, limit)
+    return JSONResponse({"success": True,
+                         "data": [await job_json(service, r) for r in runs]})
+
+
+def _frame(kind: str, run: RunRecord, event: Event | None, extra: dict[str, Any]
+           ) -> ServerSentEvent:
+    payload = {"type": kind, "status": _STATUS[run.status], "job_id": run.num, **extra}
+    return ServerSentEvent(data=json.dumps(payload, separators=(",", ":")),
+                           id=str(event.seq) if event is not None else None)
+
+
+async def stream(request: Request) -> Response:
+    """SSE: ``init`` (the job now), ``update`` per node event, ``done`` with the result."""
+    principal = await principal_of(request)
+    service = service_of(request)
+    raw = request.path_params["job_id"]
+    run_id = await service.store.run_id_by_number(int(raw)) if raw.isdigit() else raw
+    if run_id is None:
+        raise RunNotFound(f"job {raw} not found")
+    run = await service.get_run(principal, run_id)
+    after = last_event_id(request)
+
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        yield _frame("init", run, None, {"job": await job_json(service, run)})
+        async for event in service.follow(run.id, after):
+            if event.name == "workflow_finished":
+                final = await service.get_run(principal, run.id)
+                yield _frame("done", final, event, {"result": final.outputs,
+                                                    "error": event.data.get("error")})
+                return
+            if event.name in {"node_started", "node_finished", "text_chunk"}:
+                run.status = RunStatus.RUNNING
+                yield _frame("update", run, event, {"event": event.name,
+                                                    "node_id": event.data.get("node_id"),
+                                                    "data": event.data})
+
+    return EventSourceResponse(frames(), ping=service.settings.sse_ping_s,
+                               send_timeout=service.settings.sse_send_timeout_s)
+
+
+routes = [
+    Route("/workflows/{id}/run", run, methods=["POST"]),
+    Route("/workflows/{id}/run-sync", run_sync, methods=["POST"]),
+    Route("/workflows/{id}/latest-job", latest_job, methods=["GET"]),
+    Route("/workflows/{id}/jobs", list_jobs, methods=["GET"]),
+    Route("/jobs/{job_id}/stream", stream, methods=["GET"]),
+]
+exception_handlers = error_handlers(render_error)
+
+__all__ = ("exception_handlers", "render_error", "routes")

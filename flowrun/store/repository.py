@@ -260,6 +260,23 @@ class Store:
                                        "WHERE name = ? AND version = ?", (name, version))
         return None if row is None else (int(row["version"]), json.loads(row["definition"]))
 
+    async def workflow_number(self, name: str) -> int | None:
+        """A stable numeric id of a workflow (the row of its first version)."""
+        row = await self._fetchone("SELECT MIN(rowid) AS n FROM workflows WHERE name = ?",
+                                   (name,))
+        return int(row["n"]) if row is not None and row["n"] is not None else None
+
+    async def workflow_by_number(self, number: int) -> str | None:
+        row = await self._fetchone("SELECT name FROM workflows WHERE rowid = ?", (number,))
+        if row is None or await self.workflow_number(row["name"]) != number:
+            return None
+        return str(row["name"])
+
+    async def run_id_by_number(self, num: int) -> str | None:
+        """The id of the run stored as row ``num`` (the jobs API's numeric job id)."""
+        row = await self._fetchone("SELECT id FROM runs WHERE num = ?", (num,))
+        return None if row is None else str(row["id"])
+
     async def workflow_exists(self, name: str) -> bool:
         return await self._fetchone("SELECT 1 FROM workflows WHERE name = ? LIMIT 1",
                                     (name,)) is not None
