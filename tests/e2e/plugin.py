@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 
 import flowrun
@@ -24,3 +26,10 @@ async def emit(ctx: flowrun.NodeContext, *, parts: list[str],
         if delay:
             await anyio.sleep(delay)
     return {"text": "".join(parts)}
+
+
+@flowrun.node("chat_input")
+async def chat_input(ctx: flowrun.NodeContext, *, input_value: str = "",
+                     input_type: str = "chat", session_id: str | None = None) -> dict[str, Any]:
+    """A Langflow-like input component: its params arrive as ``ChatInput-abc.param``."""
+    return {"text": input_value, "type": input_type, "session_id": session_id}
