@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import pydantic
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -181,3 +182,18 @@ def last_event_id(request: Request) -> int:
         raise BadRequest(f"{field} must be a non-negative event sequence number",
                          errors=[{"field": field, "message": "must be an integer >= 0"}])
     return value
+
+
+def sse_response(request: Request, frames: AsyncIterator[ServerSentEvent], *,
+                 ping_event: bool = False,
+                 headers: dict[str, str] | None = None) -> EventSourceResponse:
+    """An SSE answer with the instance's keep-alive and slow-client settings.
+
+    Keep-alives are a ``: ping`` comment, or an ``event: ping`` frame with
+    ``ping_event`` (Dify's form).
+    """
+    settings = service_of(request).settings
+    factory = (lambda: ServerSentEvent(event="ping")) if ping_event else None
+    return EventSourceResponse(frames, ping=settings.sse_ping_s, headers=headers,
+                               ping_message_factory=factory,
+                               send_timeout=settings.sse_send_timeout_s)

@@ -34,6 +34,7 @@ from flowrun.api.common import (
     read_json,
     run_tokens,
     service_of,
+    sse_response,
     unix,
 )
 from flowrun.auth import Principal
@@ -122,9 +123,7 @@ def event_stream(request: Request, service: RunService, run: RunRecord,
         async for event in service.follow(run.id, after):
             yield encode_event(event, run)
 
-    return EventSourceResponse(frames(), ping=service.settings.sse_ping_s,
-                               ping_message_factory=lambda: ServerSentEvent(event="ping"),
-                               send_timeout=service.settings.sse_send_timeout_s)
+    return sse_response(request, frames(), ping_event=True)
 
 
 def _trace_id(request: Request, body: DifyRunBody) -> str | None:

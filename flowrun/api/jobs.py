@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -31,6 +31,7 @@ from flowrun.api.common import (
     query_int,
     read_json,
     service_of,
+    sse_response,
 )
 from flowrun.errors import DefinitionError, FlowrunError, RunNotFound, WorkflowNotFound
 from flowrun.events import Event
@@ -186,8 +187,7 @@ async def stream(request: Request) -> Response:
                                                     "node_id": event.data.get("node_id"),
                                                     "data": event.data})
 
-    return EventSourceResponse(frames(), ping=service.settings.sse_ping_s,
-                               send_timeout=service.settings.sse_send_timeout_s)
+    return sse_response(request, frames())
 
 
 routes = [

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -31,6 +31,7 @@ from flowrun.api.common import (
     principal_of,
     read_json,
     service_of,
+    sse_response,
 )
 from flowrun.errors import BadRequest, FlowrunError, RunNotFound, WorkflowNotFound
 from flowrun.events import Event
@@ -156,13 +157,12 @@ def encode_event(event: Event) -> ServerSentEvent:
                            id=str(event.seq - 1))
 
 
-def event_stream(service: RunService, run_id: str, after: int) -> EventSourceResponse:
+def event_stream(request: Request, service: RunService, run_id: str, after: int) -> Response:
     async def frames() -> AsyncIterator[ServerSentEvent]:
         async for event in service.follow(run_id, after):
             yield encode_event(event)
 
-    return EventSourceResponse(frames(), ping=service.settings.sse_ping_s,
-                               send_timeout=service.settings.sse_send_timeout_s)
+    return sse_response(request, frames())
 
 
 def _split_inputs(body: WorkflowsRequest, node_ids: set[str], declared: set[str]
@@ -217,7 +217,7 @@ async def run_workflow(request: Request) -> Response:
     if mode == "background":
         return JSONResponse(job_object(request, run))
     if mode == "stream":
-        return event_stream(service, run.id, 0)
+        return event_stream(request, service, run.id, 0)
     wait = SYNC_TIMEOUT_S - (time.monotonic() - began)
     finished = await service.wait(principal, run.id, max(wait, 0))
     if finished.status not in RUN_TERMINAL:
@@ -259,7 +259,7 @@ def _sequence(raw: str | None, field: str) -> int:
 async def get_status(request: Request) -> Response:
     service, run = await _job(request, request.query_params.get("job_id"))
     if request.query_params.get("stream", "").lower() == "true":
-        return event_stream(service, run.id,
+        return event_stream(request, service, run.id,
                             _sequence(request.query_params.get("sequence_id"), "sequence_id"))
     if run.status is RunStatus.SUCCEEDED:
         return JSONResponse(response_object(run, await _sinks(service, run)))
@@ -277,7 +277,7 @@ async def get_status(request: Request) -> Response:
 
 async def job_events(request: Request) -> Response:
     service, run = await _job(request, request.path_params["job_id"])
-    return event_stream(service, run.id,
+    return event_stream(request, service, run.id,
                         _sequence(request.headers.get("last-event-id"), "Last-Event-ID"))
 
 

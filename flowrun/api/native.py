@@ -25,6 +25,7 @@ from flowrun.api.common import (
     query_int,
     read_json,
     service_of,
+    sse_response,
 )
 from flowrun.api.openapi import build_spec
 from flowrun.errors import BadRequest, FlowrunError, NotFound
@@ -159,9 +160,7 @@ def event_stream(request: Request, events: AsyncIterator[Event],
         async for event in events:
             yield encode_event(event)
 
-    settings = service_of(request).settings
-    return EventSourceResponse(frames(), ping=settings.sse_ping_s, headers=headers,
-                               send_timeout=settings.sse_send_timeout_s)
+    return sse_response(request, frames(), headers=headers)
 
 
 async def run_events(request: Request) -> Response:
