@@ -29,8 +29,11 @@ $(CLIENTS_STAMP): tests/clients.txt $(STAMP)
 test: $(STAMP) $(CLIENTS_STAMP)
 	$(BIN)/python -m pytest -q
 
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 lint: $(STAMP)
-	$(BIN)/ruff check flowrun tests
+	$(BIN)/ruff check flowrun tests bench
 	$(BIN)/mypy
 
 clean:

@@ -88,7 +88,8 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     registry: Registry = app.state.registry
     load_plugins(settings.plugins, registry)
     async with Store.open(settings.db_path, max_batch=settings.group_commit_max,
-                          busy_timeout_ms=settings.sqlite_busy_timeout_ms) as store, \
+                          busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+                          synchronous=settings.sqlite_synchronous) as store, \
             CodeRunner.open(settings.code_pool_size, code_limits(settings)) as code:
         bus = EventBus(buffer_size=settings.sse_buffer)
         services = node_services(settings, registry, code)

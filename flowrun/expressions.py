@@ -8,6 +8,7 @@ value (an int stays an int, a dict stays a dict); any other string containing
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +41,16 @@ def check_syntax(text: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled_expression(expr: str) -> Any:
+    return _env.compile_expression(expr, undefined_to_none=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled_template(text: str) -> jinja2.Template:
+    return _env.from_string(text)
+
+
 def evaluate(value: Any, context: Mapping[str, Any]) -> Any:
     """Evaluate every expression inside ``value`` (recursing into dicts and lists)."""
     if isinstance(value, str):
@@ -57,12 +68,11 @@ def _evaluate_string(text: str, context: Mapping[str, Any]) -> Any:
     whole = _WHOLE.match(text)
     try:
         if whole:
-            result = _env.compile_expression(whole.group("expr"), undefined_to_none=False)(
-                **context)
+            result = _compiled_expression(whole.group("expr"))(**context)
             if isinstance(result, jinja2.Undefined):
                 result._fail_with_undefined_error()
             return result
-        return _env.from_string(text).render(**context)
+        return _compiled_template(text).render(**context)
     except jinja2.UndefinedError as exc:
         raise ExpressionError(f"undefined in {text.strip()!r}: {exc.message}") from None
     except jinja2.TemplateError as exc:

@@ -113,17 +113,24 @@ class Runner:
         self.idempotency_ttl_s = idempotency_ttl_s
         self.final_write_timeout_s = final_write_timeout_s
         self.services = services
+        # A stored version never changes: parse each one once.
+        self._definitions: dict[tuple[str, int], WorkflowDefinition] = {}
 
     async def definition_for(self, run: RunRecord) -> WorkflowDefinition:
         """The graph this run executes: its own override, or the stored version."""
         if run.graph is not None:
             definition = parse_definition(run.graph, source=f"run {run.id}",
                                           registry=self.registry)
+        elif (run.workflow, run.version) in self._definitions:
+            definition = self._definitions[(run.workflow, run.version)]
         else:
             found = await self.store.get_workflow(run.workflow, run.version)
             if found is None:
                 raise DefinitionError(f"workflow {run.workflow!r} version {run.version} is gone")
             definition = parse_definition(found[1], source=run.workflow, registry=self.registry)
+            if len(self._definitions) > 1024:
+                self._definitions.clear()
+            self._definitions[(run.workflow, run.version)] = definition
         if run.overrides:
             definition = with_graph(definition, overrides=run.overrides, registry=self.registry)
         return definition

@@ -53,6 +53,9 @@ class Settings:
     sweep_interval_s: float = 60.0
     group_commit_max: int = 512
     sqlite_busy_timeout_ms: int = 5000
+    # FULL: a commit survives power loss; NORMAL (WAL): it survives a process crash,
+    # not a power cut, and commits cost no fsync (a local dev server may prefer it).
+    sqlite_synchronous: str = "FULL"
     # code node: warm workers and per-job limits
     code_pool_size: int = 2
     code_timeout_s: float = 30.0

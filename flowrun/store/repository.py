@@ -48,12 +48,18 @@ def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
-async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
+_SYNCHRONOUS = frozenset({"FULL", "NORMAL", "EXTRA"})
+
+
+async def _connect(path: Path, busy_timeout_ms: int,
+                   synchronous: str = "FULL") -> aiosqlite.Connection:
+    if synchronous.upper() not in _SYNCHRONOUS:
+        raise ValueError(f"sqlite synchronous must be one of {sorted(_SYNCHRONOUS)}")
     conn = await aiosqlite.connect(str(path), isolation_level=None)
     conn.row_factory = sqlite3.Row
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     await conn.execute("PRAGMA foreign_keys = ON")
-    await conn.execute("PRAGMA synchronous = FULL")
+    await conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     return conn
 
 
@@ -177,11 +183,11 @@ class Store:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: Path, *, max_batch: int = 512,
-                   busy_timeout_ms: int = 5000) -> AsyncIterator[Store]:
+    async def open(cls, path: Path, *, max_batch: int = 512, busy_timeout_ms: int = 5000,
+                   synchronous: str = "FULL") -> AsyncIterator[Store]:
         """Open (creating and migrating) the database for the duration of the block."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_conn = await _connect(path, busy_timeout_ms)
+        write_conn = await _connect(path, busy_timeout_ms, synchronous)
         try:
             await _migrate(write_conn)
             read_conn = await _connect(path, busy_timeout_ms)
@@ -201,9 +207,8 @@ class Store:
     # --- plumbing -------------------------------------------------------------------
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        try:
-            async with self._reader.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+        try:  # one thread round trip per query
+            return list(await self._reader.execute_fetchall(sql, params))
         except sqlite3.OperationalError as exc:
             raise Unavailable(f"the database cannot be read: {exc}") from exc
 

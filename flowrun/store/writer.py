@@ -141,21 +141,28 @@ class Writer:
         while self._queue and len(batch) < self._max_batch:
             batch.append(self._queue.popleft())
         results: list[tuple[_Pending, Any, BaseException | None]] = []
+        # A lone write needs no savepoint: if it fails, the whole transaction is undone.
+        isolate = len(batch) > 1
         try:
             await self._conn.execute("BEGIN IMMEDIATE")
             for i, pending in enumerate(batch):
-                await self._conn.execute(f"SAVEPOINT op{i}")
+                if isolate:
+                    await self._conn.execute(f"SAVEPOINT op{i}")
                 try:
                     value = await pending.op(self._conn)
                 except sqlite3.OperationalError:
                     raise  # a database fault: the whole batch fails
                 except Exception as exc:  # noqa: BLE001 - reported to that op's caller
-                    await self._conn.execute(f"ROLLBACK TO op{i}")
+                    await self._conn.execute(f"ROLLBACK TO op{i}" if isolate else "ROLLBACK")
                     results.append((pending, None, exc))
+                    if not isolate:
+                        break
                 else:
                     results.append((pending, value, None))
-                await self._conn.execute(f"RELEASE op{i}")
-            await self._conn.execute("COMMIT")
+                if isolate:
+                    await self._conn.execute(f"RELEASE op{i}")
+            if self._conn.in_transaction:
+                await self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             await self._fail_batch(batch, exc, final=final)
             return

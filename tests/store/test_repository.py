@@ -114,3 +114,13 @@ async def test_a_locked_database_becomes_unavailable_then_recovers(tmp_path: Pat
         await store.insert_run(make_run("after")).wait()
         assert await store.get_run("blocked") is None
         assert await store.get_run("after") is not None
+
+
+async def test_a_lone_failing_write_is_rolled_back_and_the_next_one_works(
+        tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db") as store:
+        await store.insert_run(make_run("once")).wait()
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.insert_run(make_run("once")).wait()
+        await store.insert_run(make_run("twice")).wait()
+        assert [r.id for r in await store.unfinished_runs()] == ["once", "twice"]

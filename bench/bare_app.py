@@ -1,0 +1,13 @@
+"""The baseline: a bare Starlette endpoint that parses and answers JSON."""
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+async def echo(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True, "got": await request.json()}, status_code=202)
+
+
+app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
