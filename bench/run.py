@@ -33,10 +33,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(args: list[str], port: int, env: dict[str, str] | None = None
+def start(args: list[str], port: int, log: Path, env: dict[str, str] | None = None
           ) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(args, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -97,10 +98,11 @@ async def main() -> None:
         shutil.copy(f, flows)
     bare_port, flow_port = free_port(), free_port()
     bare = start([sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port",
-                  str(bare_port), "--log-level", "warning"], bare_port, {"PYTHONPATH": str(ROOT)})
+                  str(bare_port), "--log-level", "warning"], bare_port, work / "bare.log",
+                 {"PYTHONPATH": str(ROOT)})
     flow = start([sys.executable, "-m", "flowrun", "serve", "--no-auth", "--port",
                   str(flow_port), "--db", str(work / "bench.db"), "--workflows", str(flows),
-                  "--log-level", "warning"], flow_port,
+                  "--log-level", "warning"], flow_port, work / "flowrun.log",
                  {"FLOWRUN_MAX_CONCURRENT_RUNS": "20000", "FLOWRUN_MAX_QUEUED": "200000"})
     bare_url, flow_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{flow_port}"
     results: list[tuple[str, str, str]] = []
@@ -162,6 +164,10 @@ async def main() -> None:
         after = rss_kb(flow.pid)
         results.append(("memory of 10,000 waiting runs", f"{(after - before) / 1024:,.0f} MiB "
                         f"({(after - before) / 10_000:,.1f} KiB/run)", "-"))
+    except Exception:
+        print("bench failed; the server's log ends with:", file=sys.stderr)
+        print((work / "flowrun.log").read_text()[-3000:], file=sys.stderr)
+        raise
     finally:
         for proc in (bare, flow):
             proc.kill()
