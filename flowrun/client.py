@@ -90,6 +90,34 @@ def _parse(sse: ServerSentEvent) -> RunEvent | None:
                     envelope.get("data") or {}, int(envelope.get("created_at") or 0))
 
 
+class _Resume:
+    """Where a followed stream is: the last event seen and the failures since it."""
+
+    def __init__(self, after: int | None, max_reconnects: int) -> None:
+        self.last = after or 0
+        self.failures = 0
+        self.max_reconnects = max_reconnects
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Last-Event-ID": str(self.last)}
+
+    def take(self, sse: ServerSentEvent) -> RunEvent | None:
+        """The event to hand on, or None for a ping or one already seen."""
+        event = _parse(sse)
+        if event is None or event.seq <= self.last:
+            return None
+        self.last, self.failures = event.seq, 0
+        return event
+
+    def next_delay(self, error: Exception | None) -> float:
+        """How long to wait before reconnecting; re-raises once retries are used up."""
+        if error is not None and self.failures >= self.max_reconnects:
+            raise error
+        self.failures += 1
+        return _backoff(self.failures)
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -151,28 +179,24 @@ class Client:
 
     def events(self, run_id: str, after: int | None = None) -> Iterator[RunEvent]:
         """The run's events after ``after``, reconnecting as needed, until it finishes."""
-        last, failures = after or 0, 0
+        resume = _Resume(after, self.max_reconnects)
         while True:
+            error: Exception | None = None
             try:
                 with connect_sse(self._http, "GET", f"/runs/{run_id}/events",
-                                 headers={"Last-Event-ID": str(last)},
-                                 timeout=_STREAM_TIMEOUT) as source:
+                                 headers=resume.headers, timeout=_STREAM_TIMEOUT) as source:
                     if source.response.status_code >= 400:
                         source.response.read()
                         _check(source.response)
                     for sse in source.iter_sse():
-                        event = _parse(sse)
-                        if event is None or event.seq <= last:
-                            continue
-                        last, failures = event.seq, 0
-                        yield event
-                        if event.terminal:
-                            return
-            except httpx.TransportError:
-                if failures >= self.max_reconnects:
-                    raise
-            failures += 1
-            time.sleep(_backoff(failures))
+                        event = resume.take(sse)
+                        if event is not None:
+                            yield event
+                            if event.terminal:
+                                return
+            except httpx.TransportError as exc:
+                error = exc
+            time.sleep(resume.next_delay(error))
 
 
 class AsyncClient:
@@ -225,25 +249,22 @@ class AsyncClient:
         return dict(_check(await self._http.post(f"/runs/{run_id}/stop")))
 
     async def events(self, run_id: str, after: int | None = None) -> AsyncIterator[RunEvent]:
-        last, failures = after or 0, 0
+        resume = _Resume(after, self.max_reconnects)
         while True:
+            error: Exception | None = None
             try:
                 async with aconnect_sse(self._http, "GET", f"/runs/{run_id}/events",
-                                        headers={"Last-Event-ID": str(last)},
+                                        headers=resume.headers,
                                         timeout=_STREAM_TIMEOUT) as source:
                     if source.response.status_code >= 400:
                         await source.response.aread()
                         _check(source.response)
                     async for sse in source.aiter_sse():
-                        event = _parse(sse)
-                        if event is None or event.seq <= last:
-                            continue
-                        last, failures = event.seq, 0
-                        yield event
-                        if event.terminal:
-                            return
-            except httpx.TransportError:
-                if failures >= self.max_reconnects:
-                    raise
-            failures += 1
-            await anyio.sleep(_backoff(failures))
+                        event = resume.take(sse)
+                        if event is not None:
+                            yield event
+                            if event.terminal:
+                                return
+            except httpx.TransportError as exc:
+                error = exc
+            await anyio.sleep(resume.next_delay(error))
