@@ -305,7 +305,7 @@ def load_file(path: Path, *, registry: Registry = default_registry) -> WorkflowD
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as exc:
         raise DefinitionError(f"{path}: cannot read: {exc}",
                               errors=[{"field": "", "message": str(exc)}]) from None
     return parse_definition(data, source=str(path), registry=registry)

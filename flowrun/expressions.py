@@ -14,14 +14,39 @@ from collections.abc import Mapping
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from flowrun.errors import ExpressionError
 
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
 
-_env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                     keep_trailing_newline=True)
+MAX_VALUE_SIZE = 1_000_000  # characters or items one expression may build
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's sandbox caps ``range``; this also caps ``*`` and ``**``, which would
+    otherwise let one expression allocate gigabytes in the server process."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and _number(left) and _number(right) and abs(left) > 1 \
+                and abs(right) > 64:
+            raise SecurityError(f"{left} ** {right} is too large")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int) \
+                        and len(seq) * times > MAX_VALUE_SIZE:
+                    raise SecurityError(f"repeating a value of length {len(seq)} {times} times "
+                                        f"exceeds {MAX_VALUE_SIZE}")
+        return super().call_binop(context, operator, left, right)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_env = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 def is_expression(value: object) -> bool:
@@ -51,6 +76,16 @@ def _compiled_template(text: str) -> jinja2.Template:
     return _env.from_string(text)
 
 
+def _render_capped(template: jinja2.Template, context: Mapping[str, Any]) -> str:
+    parts, size = [], 0
+    for chunk in template.generate(**context):
+        size += len(chunk)
+        if size > MAX_VALUE_SIZE:
+            raise SecurityError(f"the rendered text exceeds {MAX_VALUE_SIZE} characters")
+        parts.append(chunk)
+    return "".join(parts)
+
+
 def evaluate(value: Any, context: Mapping[str, Any]) -> Any:
     """Evaluate every expression inside ``value`` (recursing into dicts and lists)."""
     if isinstance(value, str):
@@ -72,7 +107,7 @@ def _evaluate_string(text: str, context: Mapping[str, Any]) -> Any:
             if isinstance(result, jinja2.Undefined):
                 result._fail_with_undefined_error()
             return result
-        return _compiled_template(text).render(**context)
+        return _render_capped(_compiled_template(text), context)
     except jinja2.UndefinedError as exc:
         raise ExpressionError(f"undefined in {text.strip()!r}: {exc.message}") from None
     except jinja2.TemplateError as exc:

@@ -39,3 +39,17 @@ def test_sandbox_refuses_dunder_access() -> None:
 def test_syntax_check() -> None:
     assert check_syntax("{{ inputs.n }}") is None
     assert "syntax error" in (check_syntax("{{ 1 + }}") or "")
+
+
+@pytest.mark.parametrize("text", ["{{ 'a' * 10**9 }}", "{{ [0] * 10**8 }}", "{{ 9 ** 99999999 }}",
+                                  "x{% for i in range(90000) %}{{ 'abcdefghijklmnop' }}"
+                                  "{% endfor %}"])
+def test_huge_values_are_refused_not_built(text: str) -> None:
+    with pytest.raises(ExpressionError):
+        evaluate(text, CTX)
+
+
+def test_ordinary_arithmetic_still_works() -> None:
+    assert evaluate("{{ 'ab' * 3 }}", CTX) == "ababab"
+    assert evaluate("{{ 2 ** 10 }}", CTX) == 1024
+    assert evaluate("{{ inputs.n * 2.5 }}", CTX) == 7.5

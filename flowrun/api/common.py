@@ -72,6 +72,9 @@ async def read_json(request: Request, max_bytes: int, *, empty: Any = None) -> A
                                    f"(got {content_type or 'no content type'!r})")
     try:
         return json.loads(body)
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply",
+                         errors=[{"field": "body", "message": "nested too deeply"}]) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON body: {exc}",
                          errors=[{"field": "body", "message": "malformed JSON"}]) from None

@@ -202,3 +202,11 @@ def test_metrics_and_openapi(client: TestClient) -> None:
     assert spec["openapi"].startswith("3.")
     assert "/workflows/{name}/run-sync" in spec["paths"]
     assert "priority" in spec["components"]["schemas"]["RunBody"]["properties"]
+
+
+def test_deeply_nested_json_is_a_clear_400(client: TestClient) -> None:
+    body = b'{"inputs": ' + b"[" * 1500 + b"]" * 1500 + b"}"
+    resp = client.post("/workflows/hello/run", content=body,
+                       headers={"content-type": "application/json"})
+    assert "nested too deeply" in problem(resp, 400, "invalid_param")["detail"]
+    assert runs_of(client, "hello") == []
