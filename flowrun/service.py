@@ -8,6 +8,7 @@ run counts as accepted (its row committed), how long a caller may wait.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -147,7 +148,9 @@ class RunService:
     async def load_workflows(self, path: Path) -> list[tuple[str, int]]:
         """Register every workflow file under ``path`` (a new version only when changed)."""
         loaded = []
-        for definition in definitions.load_path(path, registry=self.registry):
+        found = await anyio.to_thread.run_sync(
+            functools.partial(definitions.load_path, path, registry=self.registry))
+        for definition in found:
             version, _ = await self.store.put_workflow(definition.name, definition.to_json())
             loaded.append((definition.name, version))
         return loaded
