@@ -229,7 +229,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowrun", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="flowrun", description="flowrun: a self-hosted workflow run server.")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     serve = sub.add_parser("serve", help="serve the HTTP API")
