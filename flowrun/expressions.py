@@ -11,16 +11,31 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError, safe_range
 
 from flowrun.errors import ExpressionError
 
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
 
 MAX_VALUE_SIZE = 1_000_000  # characters or items one expression may build
+MAX_RANGE_STEPS = 1_000_000  # range() items one evaluation may ask for, all loops together
+_range_budget: ContextVar[list[int] | None] = ContextVar("range_budget", default=None)
+
+
+def _budgeted_range(*args: int) -> range:
+    """Jinja's capped ``range``, also charged against the evaluation's budget, so nested
+    ``{% for %}`` loops cannot spin the event loop for minutes."""
+    steps = safe_range(*args)
+    budget = _range_budget.get()
+    if budget is not None:
+        budget[0] -= len(steps)
+        if budget[0] < 0:
+            raise SecurityError(f"the expression iterates more than {MAX_RANGE_STEPS} times")
+    return steps
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -47,6 +62,7 @@ def _number(value: Any) -> bool:
 
 
 _env = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_env.globals["range"] = _budgeted_range
 
 
 def is_expression(value: object) -> bool:
@@ -88,12 +104,22 @@ def _render_capped(template: jinja2.Template, context: Mapping[str, Any]) -> str
 
 def evaluate(value: Any, context: Mapping[str, Any]) -> Any:
     """Evaluate every expression inside ``value`` (recursing into dicts and lists)."""
+    if _range_budget.get() is None:
+        token = _range_budget.set([MAX_RANGE_STEPS])
+        try:
+            return _evaluate(value, context)
+        finally:
+            _range_budget.reset(token)
+    return _evaluate(value, context)
+
+
+def _evaluate(value: Any, context: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         return _evaluate_string(value, context)
     if isinstance(value, dict):
-        return {k: evaluate(v, context) for k, v in value.items()}
+        return {k: _evaluate(v, context) for k, v in value.items()}
     if isinstance(value, list):
-        return [evaluate(v, context) for v in value]
+        return [_evaluate(v, context) for v in value]
     return value
 
 

@@ -53,3 +53,12 @@ def test_ordinary_arithmetic_still_works() -> None:
     assert evaluate("{{ 'ab' * 3 }}", CTX) == "ababab"
     assert evaluate("{{ 2 ** 10 }}", CTX) == 1024
     assert evaluate("{{ inputs.n * 2.5 }}", CTX) == 7.5
+
+
+def test_nested_loops_run_out_of_budget() -> None:
+    # Without the budget this is 10**10 iterations: the per-test timeout would fail it.
+    text = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    with pytest.raises(ExpressionError, match="iterates more than"):
+        evaluate(text, CTX)
+    assert evaluate("{% for i in range(3) %}{{ i }}{% endfor %}", CTX) == "012"
+    assert evaluate("{{ range(5) | list }}", CTX) == [0, 1, 2, 3, 4]
