@@ -7,7 +7,6 @@ import asyncio
 import ctypes
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -20,12 +19,12 @@ import uvicorn
 
 from flowrun import auth, definitions
 from flowrun.app import create_app, load_plugins
-from flowrun.client import DEFAULT_URL, Client, ClientError
+from flowrun.client import Client, ClientError
 from flowrun.engine.executor import Executor
 from flowrun.errors import FlowrunError
 from flowrun.models import RunStatus
 from flowrun.progress import PrintingObserver, ProgressPrinter
-from flowrun.settings import Settings, is_loopback_host
+from flowrun.settings import ClientSettings, Settings, is_loopback_host
 from flowrun.store import Store
 
 
@@ -249,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     events = sub.add_parser("events", help="follow a run's live events on a server")
     events.add_argument("run_id")
-    events.add_argument("--url", default=os.environ.get("FLOWRUN_URL", DEFAULT_URL))
-    events.add_argument("--key", default=os.environ.get("FLOWRUN_API_KEY"),
+    client_defaults = ClientSettings.from_env()
+    events.add_argument("--url", default=client_defaults.url,
+                        help="server URL (default: $FLOWRUN_URL or http://127.0.0.1:8000)")
+    events.add_argument("--key", default=client_defaults.api_key,
                         help="API key (default: $FLOWRUN_API_KEY)")
     events.add_argument("--after", type=int, default=None, help="resume after this event")
     events.set_defaults(func=cmd_events)

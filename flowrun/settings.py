@@ -91,6 +91,20 @@ class Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class ClientSettings:
+    """Where the command-line client (``flowrun events``) connects, and with which key."""
+
+    url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSettings:
+        env = os.environ if env is None else env
+        return cls(url=env.get("FLOWRUN_URL") or cls.url,
+                   api_key=env.get("FLOWRUN_API_KEY") or None)
+
+
 def _parse(annotation: str, raw: str) -> object:
     """Turn an environment string into the field's type (read from its annotation)."""
     kind = annotation.replace(" | None", "")
