@@ -21,7 +21,9 @@ from flowrun import auth, definitions
 from flowrun.app import create_app, load_plugins
 from flowrun.client import Client, ClientError
 from flowrun.engine.executor import Executor
+from flowrun.engine.nodes import registry
 from flowrun.errors import FlowrunError
+from flowrun.local import folder_services
 from flowrun.models import RunStatus
 from flowrun.progress import PrintingObserver, ProgressPrinter
 from flowrun.settings import ClientSettings, Settings, is_loopback_host
@@ -146,7 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     printer.show("workflow_started", {"id": run_id, "workflow_id": definition.name})
     started = time.monotonic()
     executor = Executor(definition, run_id=run_id, inputs=checked,
-                        observer=PrintingObserver(printer))
+                        observer=PrintingObserver(printer),
+                        services=folder_services(Path(args.file).parent, registry))
 
     async def main() -> Any:
         return await executor.execute()

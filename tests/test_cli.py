@@ -66,3 +66,15 @@ def test_no_auth_refused_off_loopback(tmp_path: Path) -> None:
     out = flowrun("serve", "--no-auth", "--host", "0.0.0.0", "--db", str(tmp_path / "x.db"))
     assert out.returncode == 2 and "loopback" in out.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def test_run_calls_sibling_workflow_files(tmp_path: Path) -> None:
+    out = flowrun("run", str(EXAMPLES / "report-pipeline.yaml"), "--input",
+                  "text=one two three four five six seven eight nine ten")
+    assert out.returncode == 0, out.stderr
+    assert "A short text. 10 words (10 unique); longest: eight, seven" in out.stdout
+    lonely = tmp_path / "lonely.yaml"
+    lonely.write_text("name: lonely\nnodes:\n  - {id: w, type: workflow, workflow: missing}\n")
+    (tmp_path / "broken.yaml").write_text("name: [oops\n")
+    failed = flowrun("run", str(lonely))
+    assert failed.returncode == 1 and "'missing' is not a file" in failed.stdout

@@ -1,0 +1,74 @@
+"""Node services for runs without a server (``flowrun run``, ``run_workflow``).
+
+Workflows are found as files in a folder; a ``workflow`` node's child runs
+in-process, to completion, inside the parent's node (no store, no run record).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flowrun.definitions import WorkflowDefinition, check_inputs, load_file, workflow_files
+from flowrun.engine.executor import Executor
+from flowrun.engine.nodes import Registry
+from flowrun.engine.services import NodeServices
+from flowrun.errors import DefinitionError, WorkflowNotFound
+
+
+class FolderWorkflows:
+    """Workflow definitions from the files of one folder, by name (version 1 each)."""
+
+    def __init__(self, folder: Path, registry: Registry) -> None:
+        self.folder = folder
+        self.registry = registry
+        self._found: dict[str, WorkflowDefinition] | None = None
+
+    async def load(self, name: str, version: int | None) -> tuple[int, WorkflowDefinition]:
+        if self._found is None:
+            self._found = {}
+            for path in workflow_files(self.folder):
+                try:
+                    definition = load_file(path, registry=self.registry)
+                except DefinitionError:
+                    continue  # a broken sibling file does not hide the good ones
+                self._found[definition.name] = definition
+        if name not in self._found:
+            raise WorkflowNotFound(f"workflow {name!r} is not a file in {self.folder}")
+        return 1, self._found[name]
+
+
+class InlineChildRuns:
+    """Runs a ``workflow`` node's child inside the parent's process and task."""
+
+    def __init__(self, workflows: FolderWorkflows, services: NodeServices) -> None:
+        self.workflows = workflows
+        self.services = services
+        self._outcomes: dict[str, tuple[str, dict[str, Any] | None, dict[str, Any] | None]] = {}
+
+    async def start(self, parent_run_id: str, key: str, workflow: str, version: int | None,
+                    inputs: dict[str, Any]) -> str:
+        _, definition = await self.workflows.load(workflow, version)
+        run_id = str(uuid.uuid4())
+        outcome = await Executor(definition, run_id=run_id,
+                                 inputs=check_inputs(definition, inputs),
+                                 registry=self.services.registry,
+                                 services=self.services).execute()
+        self._outcomes[run_id] = (outcome.status.value, outcome.outputs, outcome.error)
+        return run_id
+
+    async def wait(self, run_id: str) -> tuple[str, dict[str, Any] | None,
+                                               dict[str, Any] | None]:
+        return self._outcomes.pop(run_id)
+
+    async def stop(self, run_id: str) -> None:
+        return None  # the child ran inside the parent's node; cancelling that cancelled it
+
+
+def folder_services(folder: Path, registry: Registry) -> NodeServices:
+    """Services for a run whose sibling workflow files can be called by name."""
+    services = NodeServices(registry=registry)
+    services.workflows = FolderWorkflows(folder, registry)
+    services.child_runs = InlineChildRuns(services.workflows, services)
+    return services
