@@ -52,6 +52,13 @@ def build_spec(run_body_schema: dict[str, Any]) -> dict[str, Any]:
             "A run with its nodes", "200", codes=(401, 404))},
         "/runs/{run_id}/stop": {"parameters": [run_param], "post": _op(
             "Stop a queued or running run", "200", codes=(401, 404))},
+        "/runs/{run_id}/events": {"parameters": [run_param], "get": {
+            **_op("The run's events as Server-Sent Events: replay after Last-Event-ID (or "
+                  "`after`), then live, closing after workflow_finished", "200",
+                  codes=(400, 401, 404), params=("after",)),
+            "responses": {"200": {"description": "text/event-stream",
+                                  "content": {"text/event-stream": {}}},
+                          "400": _PROBLEM, "401": _PROBLEM, "404": _PROBLEM}}},
     }
     problem = {"type": "object", "properties": {
         "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},

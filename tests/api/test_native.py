@@ -201,6 +201,8 @@ def test_metrics_and_openapi(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
     assert "/workflows/{name}/run-sync" in spec["paths"]
+    assert "text/event-stream" in spec["paths"]["/runs/{run_id}/events"]["get"]["responses"][
+        "200"]["content"]
     assert "priority" in spec["components"]["schemas"]["RunBody"]["properties"]
 
 
