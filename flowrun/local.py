@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from flowrun.definitions import WorkflowDefinition, check_inputs, load_file, workflow_files
 from flowrun.engine.executor import Executor
 from flowrun.engine.nodes import Registry
@@ -27,16 +29,20 @@ class FolderWorkflows:
 
     async def load(self, name: str, version: int | None) -> tuple[int, WorkflowDefinition]:
         if self._found is None:
-            self._found = {}
-            for path in workflow_files(self.folder):
-                try:
-                    definition = load_file(path, registry=self.registry)
-                except DefinitionError:
-                    continue  # a broken sibling file does not hide the good ones
-                self._found[definition.name] = definition
+            self._found = await anyio.to_thread.run_sync(self._read_folder)
         if name not in self._found:
             raise WorkflowNotFound(f"workflow {name!r} is not a file in {self.folder}")
         return 1, self._found[name]
+
+    def _read_folder(self) -> dict[str, WorkflowDefinition]:
+        found = {}
+        for path in workflow_files(self.folder):
+            try:
+                definition = load_file(path, registry=self.registry)
+            except DefinitionError:
+                continue  # a broken sibling file does not hide the good ones
+            found[definition.name] = definition
+        return found
 
 
 class InlineChildRuns:

@@ -254,7 +254,10 @@ async def execute(request: Request) -> Response:
         raise BadRequest("the body must be a StartWorkflowRequest object")
     data = {**data, "name": request.path_params["name"]}
     version = request.path_params["version"]
-    data["version"] = int(version) if version.isdigit() and int(version) > 0 else None
+    if not version.isdigit():
+        raise BadRequest(f"version must be a number (0 for the latest), not {version!r}",
+                         errors=[{"field": "version", "message": "not a number"}])
+    data["version"] = int(version) or None
     start = parse_model(StartWorkflowRequest, data)
     wait_s = _int_query(request, "waitForSeconds", 10) or 10
     wait_s = min(max(wait_s, 1), int(service.settings.run_sync_max_timeout_s))

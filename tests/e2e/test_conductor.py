@@ -205,6 +205,8 @@ def test_execute_waits_and_answers_a_signal_response(
     assert time.monotonic() - began < 2.5
     assert slow["status"] == "RUNNING" and slow["signalTimeout"] is True
     client.delete(f"/workflow/{slow['workflowId']}")
+    bad = client.post("/workflow/execute/hello/latest", json={"input": {"name": "x"}})
+    assert bad.status_code == 400 and bad.json()["code"] == "INVALID_INPUT"
 
 
 def test_token_endpoint(server_factory: Callable[..., Server]) -> None:
