@@ -26,6 +26,7 @@ from flowrun.errors import FlowrunError
 from flowrun.local import folder_services
 from flowrun.models import RunStatus
 from flowrun.progress import PrintingObserver, ProgressPrinter
+from flowrun.service import create_api_key
 from flowrun.settings import ClientSettings, Settings, is_loopback_host
 from flowrun.store import Store
 
@@ -38,11 +39,12 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 # --- serve -------------------------------------------------------------------------
 
 async def _ensure_key(settings: Settings) -> str | None:
+    """An admin key for a database that has none (its secret, shown once), else None."""
     async with Store.open(settings.db_path) as store:
         if await store.count_api_keys():
             return None
-        key_id, secret, prefix, digest = auth.new_key()
-        await store.add_api_key(key_id, prefix, digest, name="initial", workflow=None)
+        _, secret = await create_api_key(store, name="initial", scope=auth.Scope.ADMIN,
+                                         workflows=None)
         return secret
 
 
@@ -97,8 +99,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.auth_enabled:
         secret = anyio.run(_ensure_key, settings)
         if secret:
-            print(f"Created an API key for this new database (shown once):\n  {secret}\n"
-                  f"Send it as 'Authorization: Bearer <key>'.", flush=True)
+            print(f"Created an admin API key for this new database (shown once):\n"
+                  f"  {secret}\nSend it as 'Authorization: Bearer <key>'. Keys for "
+                  f"clients: flowrun keys create --scope run [--workflow NAME].", flush=True)
     _not_dumpable()
     app = create_app(settings)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown so the process dies by
@@ -211,23 +214,33 @@ def cmd_keys(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with Store.open(settings.db_path) as store:
             if args.keys_cmd == "create":
-                key_id, secret, prefix, digest = auth.new_key()
-                await store.add_api_key(key_id, prefix, digest, name=args.name,
-                                        workflow=args.workflow)
+                try:
+                    record, secret = await create_api_key(
+                        store, name=args.name, scope=auth.Scope(args.scope),
+                        workflows=args.workflow or None)
+                except FlowrunError as exc:
+                    print(f"error: {exc.message}", file=sys.stderr)
+                    return 2
                 print(secret)
-                print(f"id {key_id}", file=sys.stderr)
+                print(f"id {record.id}", file=sys.stderr)
                 return 0
             if args.keys_cmd == "list":
-                for row in await store.list_api_keys():
-                    state = "revoked" if row["revoked_at"] else "active"
-                    print(f"{row['id']}  {row['prefix']}…  {state:7}  "
-                          f"{row['name'] or '-'}  {row['workflow'] or '-'}")
+                for key in await store.list_api_keys():
+                    state = "revoked" if key.revoked_at else "active"
+                    print(f"{key.id}  {key.prefix}…  {state:7}  {key.scope:5}  "
+                          f"{key.name or '-'}  {','.join(key.workflows or ['*'])}")
                 return 0
             count = await store.revoke_api_key(args.key)
             print(f"revoked {count} key(s)")
             return 0 if count else 1
 
     return anyio.run(main)
+
+
+def _db_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--db`` on a command and on each of its subcommands, so either order works."""
+    parser.add_argument("--db", default=None if top else argparse.SUPPRESS,
+                        help="SQLite file (default flowrun.db or $FLOWRUN_DB_PATH)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,14 +277,21 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     keys = sub.add_parser("keys", help="manage API keys")
-    keys.add_argument("--db", default=None)
+    _db_option(keys, top=True)
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
-    create = keys_sub.add_parser("create")
+    create = keys_sub.add_parser("create", help="create a key and print it (once)")
     create.add_argument("--name", default=None)
-    create.add_argument("--workflow", default=None, help="bind the key to one workflow")
-    keys_sub.add_parser("list")
-    revoke = keys_sub.add_parser("revoke")
+    create.add_argument("--scope", choices=[s.value for s in auth.Scope],
+                        default=auth.Scope.RUN.value,
+                        help="run (default): start and follow its own runs; admin: also "
+                             "register workflows, manage keys and secrets, see every run")
+    create.add_argument("--workflow", action="append", default=[], metavar="NAME",
+                        help="bind a run key to this workflow (repeat for more)")
+    listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key", help="key id or prefix")
+    for p in (create, listing, revoke):
+        _db_option(p)
     keys.set_defaults(func=cmd_keys)
 
     for p in (serve, run, validate):

@@ -5,6 +5,7 @@
     │   ├── DefinitionError           400 invalid_definition (names node or edge)
     │   └── InputError                400 invalid_param (names each input)
     ├── Unauthorized                  401 unauthorized
+    ├── Forbidden                     403 forbidden (the key's scope or binding)
     ├── NotFound                      404
     │   ├── WorkflowNotFound          404 workflow_not_found
     │   ├── VersionNotFound           404 version_not_found
@@ -14,7 +15,8 @@
     ├── IdempotencyKeyReused          422 idempotency_key_reused
     ├── PayloadTooLarge               413 payload_too_large
     ├── UnsupportedMediaType          415 unsupported_media_type
-    ├── QueueFull                     429 queue_full
+    ├── TooManyRequests               429 too_many_requests (a per-key limit)
+    │   └── QueueFull                 429 queue_full
     └── Unavailable                   503 unavailable (store fault, shutting down)
     NodeFailure                       a node's own failure inside a run (not HTTP)
     └── ExpressionError               an expression could not be evaluated
@@ -75,6 +77,14 @@ class Unauthorized(FlowrunError):
     status_code = 401
     code = "unauthorized"
     title = "Unauthorized"
+
+
+class Forbidden(FlowrunError):
+    """Raised when a valid key lacks the scope (admin) or binding (workflow) for an action."""
+
+    status_code = 403
+    code = "forbidden"
+    title = "Forbidden"
 
 
 class NotFound(FlowrunError):
@@ -163,10 +173,17 @@ class UnsupportedMediaType(FlowrunError):
     title = "Unsupported media type"
 
 
-class QueueFull(FlowrunError):
-    """Raised when ``max_queued`` runs are already waiting."""
+class TooManyRequests(FlowrunError):
+    """Raised when a key is over one of its limits (e.g. open event streams)."""
 
     status_code = 429
+    code = "too_many_requests"
+    title = "Too many requests"
+
+
+class QueueFull(TooManyRequests):
+    """Raised when ``max_queued`` runs are already waiting."""
+
     code = "queue_full"
     title = "Too many queued runs"
 

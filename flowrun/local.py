@@ -27,7 +27,8 @@ class FolderWorkflows:
         self.registry = registry
         self._found: dict[str, WorkflowDefinition] | None = None
 
-    async def load(self, name: str, version: int | None) -> tuple[int, WorkflowDefinition]:
+    async def load(self, name: str, version: int | None, *,
+                   run_id: str | None = None) -> tuple[int, WorkflowDefinition]:
         if self._found is None:
             self._found = await anyio.to_thread.run_sync(self._read_folder)
         if name not in self._found:

@@ -132,6 +132,8 @@ class RunRecord:
     steps: int = 0
     num: int = 0
     parent_run_id: str | None = None
+    depth: int = 0  # 0 for a run started through the API, parent's + 1 for a child
+    root_run_id: str | None = None  # the depth-0 run of a child's tree
     nodes: list[NodeRecord] = field(default_factory=list)
 
     @property
@@ -156,3 +158,37 @@ class RunRecord:
         if with_nodes:
             body["nodes"] = [n.to_json() for n in self.nodes]
         return body
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key as stored (never its secret): scope and workflow binding."""
+
+    id: str
+    prefix: str
+    name: str | None
+    scope: str
+    workflows: list[str] | None
+    created_at: float
+    revoked_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "prefix": self.prefix, "name": self.name, "scope": self.scope,
+                "workflows": self.workflows, "created_at": rfc3339(self.created_at),
+                "revoked_at": rfc3339(self.revoked_at)}
+
+
+@dataclass(frozen=True)
+class SecretRecord:
+    """A named secret: its value and the URL prefixes it may be sent to."""
+
+    name: str
+    value: str
+    allowed_urls: list[str]
+    created_at: float
+    updated_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        """What the API shows: never the value."""
+        return {"name": self.name, "allowed_urls": self.allowed_urls,
+                "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at)}

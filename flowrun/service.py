@@ -28,6 +28,8 @@ from flowrun.errors import (
     BadRequest,
     Conflict,
     DefinitionError,
+    Forbidden,
+    NotFound,
     QueueFull,
     RunNotFound,
     Unauthorized,
@@ -36,7 +38,14 @@ from flowrun.errors import (
     WorkflowNotFound,
 )
 from flowrun.events import Event, EventBus, follow
-from flowrun.models import RUN_TERMINAL, IdempotencyClaim, OnConflict, RunRecord, RunStatus
+from flowrun.models import (
+    RUN_TERMINAL,
+    ApiKeyRecord,
+    IdempotencyClaim,
+    OnConflict,
+    RunRecord,
+    RunStatus,
+)
 from flowrun.scheduler import Scheduler
 from flowrun.settings import Settings
 from flowrun.store import Store
@@ -118,18 +127,55 @@ class RunService:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        row = await self.store.find_api_key(digest)
-        if row is None:
+        record = await self.store.find_api_key(digest)
+        if record is None:
             raise Unauthorized("invalid API key")
-        principal = auth.Principal(row["id"], row["workflow"])
+        principal = auth.principal_for(record.id, record.scope, record.workflows)
         self._key_cache[digest] = (principal, now + _KEY_CACHE_S)
         return principal
 
+    @staticmethod
+    def require_admin(principal: auth.Principal, action: str) -> None:
+        """Forbidden unless the key has the admin scope."""
+        if not principal.is_admin:
+            raise Forbidden(f"{action} needs an admin API key; this key's scope is "
+                            f"{principal.scope.value!r}")
+
+    @staticmethod
+    def require_workflow(principal: auth.Principal, workflow: str) -> None:
+        """Forbidden when the key is bound to workflows that do not include ``workflow``.
+
+        Checked before the workflow is looked up, so a bound key cannot learn which
+        other workflows exist.
+        """
+        if not principal.may_use(workflow):
+            bound = ", ".join(sorted(principal.workflows or ()))
+            raise Forbidden(f"this API key is bound to {bound}; it may not use {workflow!r}")
+
+    async def create_key(self, principal: auth.Principal, *, name: str | None = None,
+                         scope: auth.Scope = auth.Scope.RUN,
+                         workflows: list[str] | None = None) -> tuple[ApiKeyRecord, str]:
+        """A new API key (admin only): its record and its secret, shown once."""
+        self.require_admin(principal, "creating API keys")
+        return await create_api_key(self.store, name=name, scope=scope, workflows=workflows)
+
+    async def list_keys(self, principal: auth.Principal) -> list[ApiKeyRecord]:
+        self.require_admin(principal, "listing API keys")
+        return await self.store.list_api_keys()
+
+    async def revoke_key(self, principal: auth.Principal, key_id: str) -> None:
+        """Revoke a key by id (admin only); it stops working at once."""
+        self.require_admin(principal, "revoking API keys")
+        if not await self.store.revoke_api_key(key_id):
+            raise NotFound(f"no live API key {key_id!r}")
+        self._key_cache.clear()
+
     # --- workflows ------------------------------------------------------------------
 
-    async def register_workflow(self, data: Mapping[str, Any],
+    async def register_workflow(self, principal: auth.Principal, data: Mapping[str, Any],
                                 name: str | None = None) -> tuple[int, bool]:
-        """Validate and store a definition; (version, whether it is a new version)."""
+        """Validate and store a definition (admin only); (version, whether it is new)."""
+        self.require_admin(principal, "registering workflows")
         if name is not None:
             if not isinstance(data, Mapping):
                 raise DefinitionError("a workflow definition must be a JSON object")
@@ -165,9 +211,18 @@ class RunService:
             raise WorkflowNotFound(f"workflow {name!r} is not registered")
         return found[0], WorkflowDefinition.model_validate(found[1])
 
-    async def list_workflows(self) -> list[tuple[str, int, WorkflowDefinition]]:
+    async def read_workflow(self, principal: auth.Principal, name: str,
+                            version: int | None = None) -> tuple[int, WorkflowDefinition]:
+        """A definition as a caller may see it (bound keys: their workflows only)."""
+        self.require_workflow(principal, name)
+        return await self.get_workflow(name, version)
+
+    async def list_workflows(self, principal: auth.Principal
+                             ) -> list[tuple[str, int, WorkflowDefinition]]:
+        """The workflows a caller may use, each at its latest version."""
         return [(name, version, WorkflowDefinition.model_validate(data))
-                for name, version, data in await self.store.list_workflows()]
+                for name, version, data in await self.store.list_workflows()
+                if principal.may_use(name)]
 
     # --- runs -----------------------------------------------------------------------
 
@@ -180,6 +235,7 @@ class RunService:
         if self.drain_started is not None:
             raise Unavailable("flowrun is shutting down; retry shortly",
                               headers={"Retry-After": "5"})
+        self.require_workflow(principal, request.workflow)
         version, definition = await self.get_workflow(request.workflow, request.version)
         graph = None
         if request.nodes is not None or request.edges is not None:
@@ -230,7 +286,7 @@ class RunService:
     async def get_run(self, principal: auth.Principal, run_id: str) -> RunRecord:
         """A run with its nodes; RunNotFound for unknown ids and other keys' runs."""
         run = await self.store.get_run(run_id)
-        if run is None or run.api_key_id != principal.key_id:
+        if run is None or not principal.owns(run.api_key_id):
             raise RunNotFound(f"run {run_id!r} not found")
         return run
 
@@ -238,7 +294,9 @@ class RunService:
                         status: str | None = None, correlation_id: str | None = None,
                         limit: int = 20, cursor: str | None = None
                         ) -> tuple[list[RunRecord], str | None]:
-        """Runs of a workflow made by this key, newest first, and the next page's cursor."""
+        """Runs of a workflow made by this key (any key's for an admin), newest first, and
+        the next page's cursor."""
+        self.require_workflow(principal, workflow)
         if not await self.store.workflow_exists(workflow):
             raise WorkflowNotFound(f"workflow {workflow!r} is not registered")
         before = None
@@ -248,7 +306,8 @@ class RunService:
             except ValueError:
                 raise BadRequest("cursor is not valid",
                                  errors=[{"field": "cursor", "message": "invalid"}]) from None
-        runs = await self.store.list_runs(workflow, api_key_id=principal.key_id, status=status,
+        runs = await self.store.list_runs(workflow, api_key_id=principal.key_id,
+                                          any_key=principal.is_admin, status=status,
                                           correlation_id=correlation_id, limit=limit,
                                           before_num=before)
         next_cursor = str(runs[-1].num) if len(runs) == limit else None
@@ -406,15 +465,9 @@ class ServiceChildRuns:
     def __init__(self, service: RunService) -> None:
         self.service = service
 
-    async def _owner(self, parent_run_id: str) -> tuple[auth.Principal, RunRecord]:
-        parent = await self.service.store.get_run(parent_run_id, with_nodes=False)
-        if parent is None:
-            raise RunNotFound(f"parent run {parent_run_id!r} not found")
-        return auth.Principal(parent.api_key_id), parent
-
     async def start(self, parent_run_id: str, key: str, workflow: str, version: int | None,
                     inputs: dict[str, Any]) -> str:
-        principal, parent = await self._owner(parent_run_id)
+        principal, parent = await owner_of(self.service, parent_run_id)
         submission = await self.service.submit(principal, RunRequest(
             workflow=workflow, inputs=inputs, version=version, priority=parent.priority,
             correlation_id=parent.correlation_id, user=parent.user, trace_id=parent.trace_id,
@@ -443,8 +496,43 @@ class ServiceWorkflows:
     def __init__(self, service: RunService) -> None:
         self.service = service
 
-    async def load(self, name: str, version: int | None) -> tuple[int, WorkflowDefinition]:
+    async def load(self, name: str, version: int | None, *,
+                   run_id: str | None = None) -> tuple[int, WorkflowDefinition]:
+        if run_id is not None:
+            principal, _ = await owner_of(self.service, run_id)
+            self.service.require_workflow(principal, name)
         return await self.service.get_workflow(name, version)
+
+
+async def owner_of(service: RunService, run_id: str) -> tuple[auth.Principal, RunRecord]:
+    """The principal a run's nested work (child runs, map workflows) acts as.
+
+    It is the run's key with its binding. A run of a stored definition (no graph
+    or param overrides) may call any workflow that definition names: an admin wrote
+    it. A run whose graph or params the caller changed is held to the key's binding.
+    """
+    run = await service.store.get_run(run_id, with_nodes=False)
+    if run is None:
+        raise RunNotFound(f"run {run_id!r} not found")
+    workflows = None
+    if run.graph is not None or run.overrides:
+        if run.api_key_id is not None:
+            key = await service.store.get_api_key(run.api_key_id)
+            workflows = frozenset(key.workflows) if key is not None and key.workflows \
+                else None
+    return auth.Principal(run.api_key_id, auth.Scope.RUN, workflows), run
+
+
+async def create_api_key(store: Store, *, name: str | None, scope: auth.Scope,
+                         workflows: list[str] | None) -> tuple[ApiKeyRecord, str]:
+    """Store a new key; (its record, its secret). Admin keys are never bound."""
+    if scope is auth.Scope.ADMIN and workflows:
+        raise BadRequest("an admin key cannot be bound to workflows; use --scope run",
+                         errors=[{"field": "workflows", "message": "admin keys are unbound"}])
+    key_id, secret, prefix, digest = auth.new_key()
+    record = await store.add_api_key(key_id, prefix, digest, name=name, scope=scope.value,
+                                     workflows=workflows)
+    return record, secret
 
 
 async def _first_of(*waits: Callable[[], Awaitable[Any]]) -> None:

@@ -138,16 +138,16 @@ def _target(principal: Principal, workflow_id: str | None) -> tuple[str, int | N
     """(workflow, version) for a run request."""
     if workflow_id is None:
         if principal.workflow is None:
-            raise BadRequest("this API key is not bound to a workflow app; create one with "
-                             "`flowrun keys create --workflow NAME`")
+            raise BadRequest("this API key is not bound to one workflow app; create one with "
+                             "`flowrun keys create --scope run --workflow NAME`")
         return principal.workflow, None
     name, _, version_text = workflow_id.rpartition(":")
     if not name and workflow_id.isdigit() and principal.workflow is not None:
         name, version_text = principal.workflow, workflow_id
     elif not name:
         name, version_text = workflow_id, ""
-    if principal.workflow is not None and name != principal.workflow:
-        raise NotFound("Workflow not found.")
+    if not principal.may_use(name):
+        raise NotFound("Workflow not found.")  # Dify hides other apps' existence
     if version_text and not version_text.isdigit():
         raise BadRequest(f"workflow_id {workflow_id!r} is not name:version")
     return name, int(version_text) if version_text else None
@@ -184,7 +184,7 @@ async def run_version(request: Request) -> Response:
 async def _owned(request: Request, run_id: str, user: str | None) -> RunRecord:
     principal = await principal_of(request)
     run = await service_of(request).get_run(principal, run_id)
-    if principal.workflow is not None and run.workflow != principal.workflow:
+    if not principal.may_use(run.workflow):
         raise RunNotFound("Workflow run not found.")
     if user is not None and run.user is not None and user != run.user:
         raise RunNotFound("Workflow run not found.")

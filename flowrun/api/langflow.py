@@ -191,7 +191,7 @@ async def run_workflow(request: Request) -> Response:
     mode = body.mode or ("background" if body.background else
                          "stream" if body.stream else "sync")
     name = await _flow(service, body.flow_id)
-    _, definition = await service.get_workflow(name)
+    _, definition = await service.read_workflow(principal, name)
     graph = body.data or {}
     nodes = graph.get("nodes") if isinstance(graph, dict) else None
     node_ids: set[str] = {str(n.get("id")) for n in nodes if isinstance(n, dict)} if nodes \

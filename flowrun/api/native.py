@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -28,6 +28,8 @@ from flowrun.api.common import (
     sse_response,
 )
 from flowrun.api.openapi import build_spec
+from flowrun.auth import Scope
+from flowrun.definitions import NAME_PATTERN
 from flowrun.errors import BadRequest, FlowrunError, NotFound
 from flowrun.events import Event
 from flowrun.metrics import CONTENT_TYPE_LATEST
@@ -100,27 +102,29 @@ async def _run_request(request: Request) -> tuple[RunRequest, RunBody]:
 # --- workflows ---------------------------------------------------------------------
 
 async def list_workflows(request: Request) -> Response:
-    await principal_of(request)
+    principal = await principal_of(request)
     items = [{"name": name, "version": version, "description": d.description,
               "inputs": {k: v.model_dump(exclude_none=True) for k, v in d.inputs.items()}}
-             for name, version, d in await service_of(request).list_workflows()]
+             for name, version, d in await service_of(request).list_workflows(principal)]
     return JSONResponse({"workflows": items})
 
 
 async def get_workflow(request: Request) -> Response:
-    await principal_of(request)
+    principal = await principal_of(request)
     version = query_int(request, "version", None, minimum=1, maximum=2**31)
-    found_version, definition = await service_of(request).get_workflow(
-        request.path_params["name"], version)
+    found_version, definition = await service_of(request).read_workflow(
+        principal, request.path_params["name"], version)
     return JSONResponse({"name": definition.name, "version": found_version,
                          "definition": definition.to_json()})
 
 
 async def put_workflow(request: Request) -> Response:
-    await principal_of(request)
+    principal = await principal_of(request)
     service = service_of(request)
+    service.require_admin(principal, "registering workflows")
     data = await read_json(request, service.settings.max_body_bytes)
-    version, created = await service.register_workflow(data, name=request.path_params["name"])
+    version, created = await service.register_workflow(principal, data,
+                                                       name=request.path_params["name"])
     return JSONResponse({"name": request.path_params["name"], "version": version,
                          "created": created}, status_code=201 if created else 200)
 
@@ -246,6 +250,40 @@ async def stop_run(request: Request) -> Response:
     return JSONResponse(run.to_json())
 
 
+# --- keys (admin) ------------------------------------------------------------------
+
+class KeyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str | None = Field(default=None, max_length=200)
+    scope: Literal["admin", "run"] = "run"
+    workflows: list[Annotated[str, Field(pattern=NAME_PATTERN)]] | None = \
+        Field(default=None, max_length=1000)
+
+
+async def create_key(request: Request) -> Response:
+    principal = await principal_of(request)
+    service = service_of(request)
+    service.require_admin(principal, "creating API keys")
+    body = parse_model(KeyBody, await read_json(request, service.settings.max_body_bytes))
+    record, secret = await service.create_key(principal, name=body.name,
+                                              scope=Scope(body.scope),
+                                              workflows=body.workflows)
+    return JSONResponse({**record.to_json(), "key": secret}, status_code=201)
+
+
+async def list_keys(request: Request) -> Response:
+    principal = await principal_of(request)
+    keys = await service_of(request).list_keys(principal)
+    return JSONResponse({"keys": [k.to_json() for k in keys]})
+
+
+async def revoke_key(request: Request) -> Response:
+    principal = await principal_of(request)
+    await service_of(request).revoke_key(principal, request.path_params["key_id"])
+    return Response(status_code=204)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse(service_of(request).health())
 
@@ -278,6 +316,9 @@ routes = [
     Route("/runs/{run_id}", get_run, methods=["GET"]),
     Route("/runs/{run_id}/stop", stop_run, methods=["POST"]),
     Route("/runs/{run_id}/events", run_events, methods=["GET"]),
+    Route("/keys", list_keys, methods=["GET"]),
+    Route("/keys", create_key, methods=["POST"]),
+    Route("/keys/{key_id}", revoke_key, methods=["DELETE"]),
 ]
 
 exception_handlers = {FlowrunError: handle_error, HTTPException: handle_error}

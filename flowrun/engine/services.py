@@ -34,7 +34,8 @@ class ChildRuns(Protocol):
 class WorkflowLoader(Protocol):
     """Finds a registered workflow definition (the ``map`` node's ``workflow``)."""
 
-    async def load(self, name: str, version: int | None) -> tuple[int, WorkflowDefinition]: ...
+    async def load(self, name: str, version: int | None, *,
+                   run_id: str | None = None) -> tuple[int, WorkflowDefinition]: ...
 
 
 @dataclass(frozen=True)

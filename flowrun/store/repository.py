@@ -23,12 +23,14 @@ from flowrun.errors import IdempotencyConflict, IdempotencyKeyReused, QueueFull,
 from flowrun.events import Event
 from flowrun.models import (
     RUN_TERMINAL,
+    ApiKeyRecord,
     IdempotencyClaim,
     NodeRecord,
     NodeStatus,
     OnConflict,
     RunRecord,
     RunStatus,
+    SecretRecord,
 )
 from flowrun.store.schema import MIGRATIONS, SCHEMA_VERSION
 from flowrun.store.writer import Writer, WriteResult
@@ -37,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 _RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, priority, "
                 "correlation_id, idempotency_key, user, trace_id, api_key_id, overrides, graph, "
-                "steps, created_at, started_at, finished_at, parent_run_id")
+                "steps, created_at, started_at, finished_at, parent_run_id, depth, root_run_id")
 
 
 def _dumps(value: Any) -> str | None:
@@ -90,7 +92,8 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
         overrides=_loads(row["overrides"]) or {}, graph=_loads(row["graph"]),
         outputs=_loads(row["outputs"]), error=_loads(row["error"]),
         started_at=row["started_at"], finished_at=row["finished_at"], steps=row["steps"],
-        num=row["num"], parent_run_id=row["parent_run_id"],
+        num=row["num"], parent_run_id=row["parent_run_id"], depth=row["depth"],
+        root_run_id=row["root_run_id"],
     )
 
 
@@ -116,11 +119,12 @@ async def _insert_run(conn: aiosqlite.Connection, run: RunRecord) -> None:
     await conn.execute(
         "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
         "idempotency_key, user, trace_id, api_key_id, overrides, graph, created_at, "
-        "parent_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "parent_run_id, depth, root_run_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (run.id, run.workflow, run.version, run.status.value, _dumps(run.inputs),
          run.priority, run.correlation_id, run.idempotency_key, run.user, run.trace_id,
          run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at,
-         run.parent_run_id))
+         run.parent_run_id, run.depth, run.root_run_id))
 
 
 async def _existing_claim(conn: aiosqlite.Connection, claim: IdempotencyClaim) -> str | None:
@@ -399,12 +403,15 @@ class Store:
             run.nodes = await self.node_records(run_id)
         return run
 
-    async def list_runs(self, workflow: str, *, api_key_id: str | None,
+    async def list_runs(self, workflow: str, *, api_key_id: str | None, any_key: bool = False,
                         status: str | None = None, correlation_id: str | None = None,
                         limit: int = 20, before_num: int | None = None) -> list[RunRecord]:
-        """Runs of a workflow made by one key, newest first."""
-        clauses = ["workflow = ?", "api_key_id IS ?"]
-        params: list[Any] = [workflow, api_key_id]
+        """Runs of a workflow made by one key (or by any, with ``any_key``), newest first."""
+        clauses = ["workflow = ?"]
+        params: list[Any] = [workflow]
+        if not any_key:
+            clauses.append("api_key_id IS ?")
+            params.append(api_key_id)
         if status is not None:
             clauses.append("status = ?")
             params.append(status)
@@ -496,17 +503,28 @@ class Store:
     # --- API keys -------------------------------------------------------------------
 
     async def add_api_key(self, key_id: str, prefix: str, key_hash: str, *,
-                          name: str | None, workflow: str | None) -> None:
-        await self.execute("INSERT INTO api_keys (id, prefix, hash, name, workflow, created_at) "
-                           "VALUES (?, ?, ?, ?, ?, ?)",
-                           (key_id, prefix, key_hash, name, workflow, time.time()))
+                          name: str | None, scope: str = "run",
+                          workflows: Sequence[str] | None = None) -> ApiKeyRecord:
+        now = time.time()
+        bound = sorted(set(workflows)) if workflows else None
+        await self.execute("INSERT INTO api_keys (id, prefix, hash, name, scope, workflows, "
+                           "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (key_id, prefix, key_hash, name, scope, _dumps(bound), now))
+        return ApiKeyRecord(key_id, prefix, name, scope, bound, now)
 
-    async def find_api_key(self, key_hash: str) -> sqlite3.Row | None:
-        return await self._fetchone("SELECT * FROM api_keys WHERE hash = ? AND revoked_at IS NULL",
-                                    (key_hash,))
+    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        """The live (not revoked) key with this digest."""
+        row = await self._fetchone("SELECT * FROM api_keys WHERE hash = ? AND revoked_at IS NULL",
+                                   (key_hash,))
+        return None if row is None else _key_from_row(row)
 
-    async def list_api_keys(self) -> list[sqlite3.Row]:
-        return await self._fetchall("SELECT * FROM api_keys ORDER BY created_at")
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = await self._fetchone("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+        return None if row is None else _key_from_row(row)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        return [_key_from_row(r) for r in
+                await self._fetchall("SELECT * FROM api_keys ORDER BY created_at")]
 
     async def revoke_api_key(self, key_id_or_prefix: str) -> int:
         """Revoke keys by id or prefix; the number revoked."""
@@ -522,6 +540,50 @@ class Store:
     async def count_api_keys(self) -> int:
         row = await self._fetchone("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
         return int(row["n"]) if row else 0
+
+    # --- secrets --------------------------------------------------------------------
+
+    async def put_secret(self, name: str, value: str, allowed_urls: Sequence[str]) -> bool:
+        """Create or replace a secret; True when it is new."""
+
+        async def op(conn: aiosqlite.Connection) -> bool:
+            now = time.time()
+            cur = await conn.execute(
+                "UPDATE secrets SET value = ?, allowed_urls = ?, updated_at = ? WHERE name = ?",
+                (value, _dumps(list(allowed_urls)), now, name))
+            if cur.rowcount:
+                return False
+            await conn.execute("INSERT INTO secrets (name, value, allowed_urls, created_at, "
+                               "updated_at) VALUES (?, ?, ?, ?, ?)",
+                               (name, value, _dumps(list(allowed_urls)), now, now))
+            return True
+
+        return await self._writer.write(op)
+
+    async def get_secret(self, name: str) -> SecretRecord | None:
+        row = await self._fetchone("SELECT * FROM secrets WHERE name = ?", (name,))
+        return None if row is None else _secret_from_row(row)
+
+    async def list_secrets(self) -> list[SecretRecord]:
+        return [_secret_from_row(r) for r in
+                await self._fetchall("SELECT * FROM secrets ORDER BY name")]
+
+    async def delete_secret(self, name: str) -> bool:
+        async def op(conn: aiosqlite.Connection) -> bool:
+            cur = await conn.execute("DELETE FROM secrets WHERE name = ?", (name,))
+            return bool(cur.rowcount)
+
+        return await self._writer.write(op)
+
+
+def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
+    return ApiKeyRecord(row["id"], row["prefix"], row["name"], row["scope"],
+                        _loads(row["workflows"]), row["created_at"], row["revoked_at"])
+
+
+def _secret_from_row(row: sqlite3.Row) -> SecretRecord:
+    return SecretRecord(row["name"], row["value"], _loads(row["allowed_urls"]),
+                        row["created_at"], row["updated_at"])
 
 
 def json_rows(rows: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:

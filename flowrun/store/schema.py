@@ -85,6 +85,26 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE runs ADD COLUMN parent_run_id TEXT",
         "CREATE INDEX runs_by_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL",
     ],
+    [
+        # Key scopes: keys bound to a workflow were Dify app keys (run scope); the others
+        # could do anything, so they stay admin until the operator narrows them.
+        "ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'",
+        "ALTER TABLE api_keys ADD COLUMN workflows TEXT",  # JSON array; NULL: any workflow
+        "UPDATE api_keys SET scope = 'run', workflows = json_array(workflow) "
+        "WHERE workflow IS NOT NULL",
+        "ALTER TABLE api_keys DROP COLUMN workflow",
+        # Named secrets and the URL prefixes each may be sent to.
+        """CREATE TABLE secrets (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            allowed_urls TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        # Child-run bounds: how deep a run is, and the root run its tree hangs from.
+        "ALTER TABLE runs ADD COLUMN depth INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN root_run_id TEXT",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -48,8 +48,12 @@ class Server:
         return subprocess.run([sys.executable, "-m", "flowrun", *args], env=self.env,
                               capture_output=True, text=True, timeout=60, check=False)
 
-    def create_key(self) -> str:
-        return self.create_key_with_id()[1]
+    def create_key(self, *options: str) -> str:
+        """A new run-scope key (``--scope admin`` or ``--workflow X`` among ``options``)."""
+        return self.create_key_with_id(*options)[1]
+
+    def admin_key(self) -> str:
+        return self.create_key("--scope", "admin")
 
     def create_key_with_id(self, *options: str) -> tuple[str, str]:
         """(key id, secret) of a new API key."""

@@ -137,7 +137,8 @@ def test_llm_tokens_add_up_in_the_run(server_factory: Callable[..., Server],
     definition = {"nodes": [{"id": "ask", "type": "llm", "prompt": "hi"},
                             {"id": "more", "type": "llm", "prompt": "again", "model": "plain"}],
                   "edges": [{"source": "ask", "target": "more"}]}
-    assert client.put("/workflows/chat", json=definition).status_code == 201
+    admin = server.client(server.admin_key())
+    assert admin.put("/workflows/chat", json=definition).status_code == 201
     run = client.post("/workflows/chat/run-sync", json={}).json()
     assert run["status"] == "succeeded", run
     events = events_of(client, run["id"])

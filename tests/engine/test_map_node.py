@@ -96,7 +96,8 @@ class Loader:
     def __init__(self, definition: WorkflowDefinition) -> None:
         self.definition = definition
 
-    async def load(self, name: str, version: int | None) -> tuple[int, WorkflowDefinition]:
+    async def load(self, name: str, version: int | None, *,
+                   run_id: str | None = None) -> tuple[int, WorkflowDefinition]:
         if name != self.definition.name:
             raise WorkflowNotFound(f"workflow {name!r} is not registered")
         return 1, self.definition

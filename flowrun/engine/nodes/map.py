@@ -69,7 +69,7 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
             raise NodeFailure("map over a workflow needs registered workflows (a server)",
                               code="map_error")
         try:
-            _, definition = await services.workflows.load(workflow, version)
+            _, definition = await services.workflows.load(workflow, version, run_id=ctx.run_id)
         except FlowrunError as exc:
             raise NodeFailure(f"map workflow {workflow!r}: {exc.message}",
                               code="map_error") from None
