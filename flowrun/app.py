@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Mount
 from flowrun.api import conductor, dify, jobs, langflow, native
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
-from flowrun.engine.sandbox import CodeLimits, CodeRunner
+from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
 from flowrun.engine.services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.errors import FlowrunError
 from flowrun.events import EventBus
@@ -78,7 +78,23 @@ def node_services(settings: Settings, registry: Registry, code: CodeRunner) -> N
 def code_limits(settings: Settings) -> CodeLimits:
     return CodeLimits(timeout_s=settings.code_timeout_s,
                       memory_bytes=settings.code_memory_mb * 1024 * 1024,
-                      cpu_seconds=settings.code_cpu_s)
+                      cpu_seconds=settings.code_cpu_s, max_processes=settings.code_max_processes,
+                      max_workers=settings.code_max_workers)
+
+
+@asynccontextmanager
+async def code_runner(settings: Settings) -> AsyncIterator[CodeRunner]:
+    """The code-node runner in the configured sandbox mode, announced in the log."""
+    jail, description = await choose_jail(settings.code_sandbox, settings.code_tmp_mb)
+    if jail is None:
+        logger.warning("code sandbox: unavailable, code nodes will fail: %s", description)
+    elif jail.name == "process":
+        logger.warning("code sandbox: %s", description)
+    else:
+        logger.info("code sandbox: %s", description)
+    async with CodeRunner.open(settings.code_pool_size, code_limits(settings), jail=jail,
+                               unavailable=description if jail is None else None) as runner:
+        yield runner
 
 
 @asynccontextmanager
@@ -90,7 +106,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     async with Store.open(settings.db_path, max_batch=settings.group_commit_max,
                           busy_timeout_ms=settings.sqlite_busy_timeout_ms,
                           synchronous=settings.sqlite_synchronous) as store, \
-            CodeRunner.open(settings.code_pool_size, code_limits(settings)) as code:
+            code_runner(settings) as code:
         bus = EventBus(buffer_size=settings.sse_buffer)
         services = node_services(settings, registry, code)
         runner = Runner(store, bus, registry, app.state.metrics,

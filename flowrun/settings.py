@@ -56,11 +56,16 @@ class Settings:
     # FULL: a commit survives power loss; NORMAL (WAL): it survives a process crash,
     # not a power cut, and commits cost no fsync (a local dev server may prefer it).
     sqlite_synchronous: str = "FULL"
-    # code node: warm workers and per-job limits
+    # code node: the sandbox ("bwrap"; "process" is the weaker opt-in), warm workers,
+    # per-job limits, and how many jobs may run at once
+    code_sandbox: str = "bwrap"
     code_pool_size: int = 2
     code_timeout_s: float = 30.0
     code_memory_mb: int = 512
     code_cpu_s: int = 30
+    code_max_processes: int = 32
+    code_tmp_mb: int = 64
+    code_max_workers: int = 16
     # http and llm nodes
     allow_private_hosts: bool = False
     http_allowed_networks: tuple[str, ...] = ()

@@ -1,6 +1,7 @@
 """The code node's worker process: runs one user ``main(**inputs)`` and exits.
 
-Started by the sandbox pool with ``python -I`` and an empty environment, it
+Started by the sandbox pool with ``python -I`` and an empty environment (under
+bubblewrap unless the operator chose the weaker process mode), it
 waits (warm) for one JSON job line on stdin, applies the job's resource limits
 to itself, runs the user code with stdout/stderr captured (capped), and writes
 one JSON result line on a private copy of its original stdout. File
@@ -69,12 +70,29 @@ def drop_privileges():
         pass  # not Linux: nothing to drop
 
 
+def become(uid):
+    """Switch from namespace root to an unprivileged uid (a root server's sandbox).
+
+    Leaving uid 0 clears every capability; RLIMIT_NPROC then binds, which it does
+    not for uid 0.
+    """
+    try:
+        os.setgroups([])
+    except OSError:
+        pass  # setgroups may be denied in the namespace; the groups are already empty
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
 def limit(kind, value):
     if value:
         resource.setrlimit(kind, (int(value), int(value)))
 
 
 def main():
+    for arg in sys.argv[1:]:
+        if arg.startswith("--become="):
+            become(int(arg.split("=", 1)[1]))
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
     line = sys.stdin.readline()
     if not line:
@@ -83,6 +101,7 @@ def main():
     limit(resource.RLIMIT_AS, job.get("memory_bytes"))
     limit(resource.RLIMIT_CPU, job.get("cpu_seconds"))
     limit(resource.RLIMIT_FSIZE, job.get("file_bytes"))
+    limit(resource.RLIMIT_NPROC, job.get("max_processes"))
     drop_privileges()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)

@@ -1,24 +1,23 @@
-"""Runs code-node jobs in separate, resource-limited worker processes.
+"""Runs code-node jobs in separate, confined, resource-limited worker processes.
 
 The server process never executes user code. Each job gets a fresh worker
-(``code_worker.py`` under ``python -I`` with an empty environment, so no
-secret of the server's environment is inherited); a few workers are started
-ahead of time so a trivial job costs a pipe round trip, not an interpreter
-start. A worker is used once and then discarded, so jobs never share state.
-Wall-clock time is enforced here (the worker is killed); memory, CPU and file
-size are enforced by the worker on itself with ``setrlimit``.
+(``code_worker.py`` under ``python -I`` with an empty environment) started by
+a ``Jail`` (bubblewrap namespaces, see ``jail.py``); a few workers are started
+ahead of time so a trivial job costs a pipe round trip, not a sandbox start.
+A worker is used for one job and then discarded: no worker ever serves two
+jobs, so no two keys (or runs) ever share one. Wall-clock time is enforced here
+(the worker is killed, and its namespace with it); memory, CPU, file size and
+process count are enforced by the worker on itself with ``setrlimit``; at most
+``max_workers`` jobs run at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,12 +25,12 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from flowrun.engine.jail import BwrapJail, Jail, ProcessJail, find_bwrap
 from flowrun.errors import NodeFailure
 
 logger = logging.getLogger(__name__)
 
-WORKER = Path(__file__).with_name("code_worker.py")
-_WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+SANDBOX_MODES = ("bwrap", "process")
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,8 @@ class CodeLimits:
     file_bytes: int = 16 * 1024 * 1024
     output_chars: int = 64 * 1024
     result_bytes: int = 8 * 1024 * 1024
+    max_processes: int = 32  # RLIMIT_NPROC inside one sandbox (threads count too)
+    max_workers: int = 16  # code jobs running at once, server-wide
 
 
 @dataclass
@@ -51,27 +52,64 @@ class CodeResult:
     stderr: str
 
 
-async def _start_worker() -> anyio.abc.Process:
-    return await anyio.open_process([sys.executable, "-I", "-B", str(WORKER)],
-                                    env=_WORKER_ENV, cwd="/", start_new_session=True)
+async def choose_jail(mode: str, tmp_mb: int = 64) -> tuple[Jail | None, str]:
+    """The jail for a sandbox mode, probed with a real job: (jail or None, description).
+
+    ``bwrap`` that does not work on this host gives no jail (code nodes then fail
+    with the reason); ``process`` is the weaker mode, chosen only explicitly.
+    """
+    if mode == "process":
+        jail: Jail = ProcessJail()
+        return jail, jail.describe()
+    if mode != "bwrap":
+        raise ValueError(f"code sandbox must be one of {', '.join(SANDBOX_MODES)}, not {mode!r}")
+    bwrap = find_bwrap()
+    if bwrap is None:
+        return None, "no bubblewrap binary (install the bubblewrap package)"
+    jail = BwrapJail(bwrap, tmp_bytes=tmp_mb * 1024 * 1024)
+    problem = await probe(jail)
+    if problem is not None:
+        return None, f"bubblewrap does not work on this host: {problem}"
+    return jail, jail.describe()
+
+
+async def probe(jail: Jail) -> str | None:
+    """Run one trivial job in a fresh worker; None when it works, else what went wrong."""
+    runner = CodeRunner(0, CodeLimits(timeout_s=20), jail=jail)
+    try:
+        result = await runner.run("def main():\n    return {'ok': 1}", {})
+    except NodeFailure as exc:
+        return exc.message
+    except OSError as exc:
+        return str(exc)
+    return None if result.outputs == {"ok": 1} else f"unexpected answer {result.outputs}"
 
 
 class CodeRunner:
     """A pool of warm worker processes; ``run`` executes one job in one of them."""
 
-    def __init__(self, size: int, limits: CodeLimits) -> None:
-        """Without ``open`` (or with size 0) every job starts its own worker."""
+    def __init__(self, size: int, limits: CodeLimits, *, jail: Jail | None = None,
+                 unavailable: str | None = None) -> None:
+        """Without ``open`` (or with size 0) every job starts its own worker.
+
+        No ``jail`` means the process mode; ``unavailable`` (a reason) turns code
+        nodes off instead.
+        """
         self.size = size
         self.limits = limits
+        self.jail: Jail = jail or ProcessJail()
+        self.unavailable = unavailable
+        self._slots = anyio.CapacityLimiter(max(1, limits.max_workers))
         self._ready: MemoryObjectReceiveStream[anyio.abc.Process] | None = None
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, size: int = 2, limits: CodeLimits | None = None
+    async def open(cls, size: int = 2, limits: CodeLimits | None = None, *,
+                   jail: Jail | None = None, unavailable: str | None = None
                    ) -> AsyncIterator[CodeRunner]:
         """A runner that keeps ``size`` workers warm while the block lasts."""
-        runner = cls(size, limits or CodeLimits())
-        if size <= 0:
+        runner = cls(size, limits or CodeLimits(), jail=jail, unavailable=unavailable)
+        if size <= 0 or unavailable is not None:
             yield runner
             return
         send, ready = anyio.create_memory_object_stream[anyio.abc.Process](size)
@@ -94,7 +132,7 @@ class CodeRunner:
     async def _keep_warm(self, send: MemoryObjectSendStream[anyio.abc.Process]) -> None:
         while True:
             try:
-                process = await _start_worker()
+                process = await self.jail.spawn()
             except OSError:
                 logger.exception("cannot start a code worker")
                 await anyio.sleep(1)
@@ -112,16 +150,26 @@ class CodeRunner:
                 return self._ready.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 pass
-        return await _start_worker()
+        return await self.jail.spawn()
 
     async def run(self, code: str, inputs: dict[str, Any],
                   timeout_s: float | None = None) -> CodeResult:
         """Run ``main(**inputs)`` from ``code``; NodeFailure says clearly what went wrong."""
+        if self.unavailable is not None:
+            raise NodeFailure(
+                f"code nodes are off: {self.unavailable}. Make a sandbox work here "
+                f"(bubblewrap with user namespaces), or accept the weaker process "
+                f"isolation with FLOWRUN_CODE_SANDBOX=process", code="code_sandbox_unavailable")
+        async with self._slots:
+            return await self._run(code, inputs, timeout_s)
+
+    async def _run(self, code: str, inputs: dict[str, Any],
+                   timeout_s: float | None) -> CodeResult:
         limits = self.limits
         wall = timeout_s if timeout_s is not None else limits.timeout_s
         job = json.dumps({"code": code, "inputs": inputs,
                           "memory_bytes": limits.memory_bytes, "cpu_seconds": limits.cpu_seconds,
-                          "file_bytes": limits.file_bytes,
+                          "file_bytes": limits.file_bytes, "max_processes": limits.max_processes,
                           "output_chars": limits.output_chars}).encode() + b"\n"
         process = await self._take()
         try:
@@ -140,7 +188,8 @@ class CodeRunner:
             except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError):
                 with anyio.move_on_after(2, shield=True):
                     await process.wait()
-                raise NodeFailure(_death(process.returncode), code="code_crashed") from None
+                raise NodeFailure(self.jail.death(process.returncode),
+                                  code="code_crashed") from None
         finally:
             with anyio.CancelScope(shield=True):
                 await _discard(process)
@@ -150,17 +199,6 @@ class CodeRunner:
                 "stdout": answer.get("stdout", ""), "stderr": answer.get("stderr", ""),
                 "traceback": answer.get("traceback")})
         return CodeResult(answer["result"], answer.get("stdout", ""), answer.get("stderr", ""))
-
-
-def _death(returncode: int | None) -> str:
-    if returncode is not None and returncode < 0:
-        sig = signal.Signals(-returncode)
-        why = {signal.SIGXCPU: "it used up its CPU time limit",
-               signal.SIGKILL: "it was killed (out of memory or over a limit)",
-               signal.SIGSEGV: "it crashed (segmentation fault)",
-               signal.SIGXFSZ: "it wrote a file over the size limit"}.get(sig, "")
-        return f"code process died from {sig.name}" + (f": {why}" if why else "")
-    return f"code process exited with status {returncode} before returning a result"
 
 
 async def _discard(process: anyio.abc.Process) -> None:

@@ -5,14 +5,18 @@ One server for the module: an admin key, a run key, and a run key bound to ``hel
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.server import Server, finished
+from tests.e2e.server import Server, finished, wait_for
 
 
 @dataclass
@@ -26,7 +30,8 @@ class Keys:
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    server = Server(tmp_path_factory.mktemp("security"))
+    server = Server(tmp_path_factory.mktemp("security"),
+                    {"FLOWRUN_LLM_API_KEY": "sk-server-own-secret"})
     admin, runner = server.admin_key(), server.create_key()
     bound = server.create_key("--workflow", "hello")
     server.start()
@@ -137,3 +142,127 @@ def test_keys_command_takes_db_before_or_after_the_subcommand(tmp_path: Path) ->
     listing = server.cli("keys", "list", "--db", db)
     assert listing.returncode == 0 and listing.stdout.count("active") == 3
     assert listing.stdout.count(" admin ") == 1
+
+
+# --- code nodes ---------------------------------------------------------------------
+
+def run_code(client: httpx.Client, code: str, **inputs: Any) -> dict[str, Any]:
+    """Run ``code`` as the ``hello`` workflow's only node; the code node's record."""
+    body = {"inputs": {"name": "x"},
+            "nodes": [{"id": "greet", "type": "code", "code": code, "inputs": inputs}]}
+    run = client.post("/workflows/hello/run-sync", json=body).json()
+    node = next(n for n in run["nodes"] if n["id"] == "greet")
+    return dict(node)
+
+
+PROBE = """
+import json, os, socket
+def main(db, port):
+    seen = {}
+    try:
+        open(db, "rb").read(16)
+        seen["db"] = "read"
+    except OSError as exc:
+        seen["db"] = type(exc).__name__
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+        seen["server"] = "connected"
+    except OSError as exc:
+        seen["server"] = type(exc).__name__
+    seen["pids"] = sorted(p for p in os.listdir("/proc") if p.isdigit())
+    seen["init"] = open("/proc/1/cmdline", "rb").read().split(b"\\0")[0].decode()
+    seen["environ"] = json.dumps(dict(os.environ))
+    for pid in seen["pids"]:
+        try:
+            seen["environ"] += open(f"/proc/{pid}/environ", "rb").read().decode("latin-1")
+        except OSError:
+            pass
+    try:
+        open("/tmp/../escape-marker", "w").write("x")
+        seen["write_root"] = "wrote"
+    except OSError as exc:
+        seen["write_root"] = type(exc).__name__
+    return {"text": json.dumps(seen)}
+"""
+
+
+def test_code_cannot_reach_the_server_its_files_or_its_secrets(keys: Keys) -> None:
+    node = run_code(keys.runner, PROBE, db=str(keys.server.db.resolve()),
+                    port=keys.server.port)
+    assert node["status"] == "succeeded", node["error"]
+    seen = json.loads(node["outputs"]["text"])
+    assert seen["db"] == "FileNotFoundError"  # no server file is in the sandbox
+    assert seen["server"] == "ConnectionRefusedError"  # its own network namespace
+    assert seen["pids"] == ["1", "2"] and seen["init"].endswith("bwrap")  # not the server
+    assert "sk-server-own-secret" not in seen["environ"]
+    assert seen["write_root"] in {"PermissionError", "OSError"}
+    assert not Path("/escape-marker").exists()
+
+
+def test_killing_the_parent_from_code_does_not_kill_the_server(keys: Keys) -> None:
+    node = run_code(keys.runner, "import os\ndef main():\n    os.kill(os.getppid(), 9)\n"
+                                 "    os.kill(1, 9)\n    return {'text': 'alive'}")
+    assert node["status"] in {"succeeded", "failed"}, node
+    assert keys.server.proc is not None and keys.server.proc.poll() is None
+    assert httpx.get(f"{keys.server.url}/healthz", timeout=5).status_code == 200
+
+
+def host_pids(pattern: str) -> list[str]:
+    done = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True,
+                          check=False)
+    return done.stdout.split()
+
+
+def gone(pattern: str, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while host_pids(pattern):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_processes_a_job_forks_end_with_the_job(keys: Keys) -> None:
+    code = ("import os\ndef main():\n    if os.fork() == 0:\n        os.setsid()\n"
+            "        os.execv('/usr/bin/sleep', ['sleep', '7771'])\n"
+            "    return {'text': 'left a child behind'}")
+    node = run_code(keys.runner, code)
+    assert node["status"] == "succeeded", node
+    assert gone("sleep 7771"), "a process forked by code outlived its job"
+
+
+def test_a_fork_bomb_is_held_by_the_process_limit(keys: Keys) -> None:
+    code = ("import os, time\ndef main():\n    n = 0\n    try:\n        for _ in range(500):\n"
+            "            if os.fork() == 0:\n                time.sleep(3)\n"
+            "                os._exit(0)\n            n += 1\n    except OSError:\n"
+            "        pass\n    return {'text': str(n)}")
+    node = run_code(keys.runner, code)
+    assert node["status"] == "succeeded", node
+    assert int(node["outputs"]["text"]) < 64
+
+
+def test_code_workers_die_with_the_server(server_factory: Callable[..., Server]) -> None:
+    server = server_factory()
+    key = server.create_key()
+    server.start("--log-level", "info")
+    assert "code sandbox: bwrap" in server.log.read_text()
+    client = server.client(key)
+    code = "import os\ndef main():\n    os.execv('/usr/bin/sleep', ['sleep', '7772'])"
+    body = {"inputs": {"name": "x"}, "nodes": [{"id": "greet", "type": "code", "code": code}]}
+    run = client.post("/workflows/hello/run", json=body).json()
+    wait_for(client, run["id"], lambda r: r["status"] == "running")
+    deadline = time.monotonic() + 10
+    while not host_pids("sleep 7772"):
+        assert time.monotonic() < deadline, "the code job never started"
+        time.sleep(0.05)
+    server.kill()
+    assert gone("sleep 7772"), "a code worker outlived the server"
+
+
+def test_process_mode_is_announced_as_weaker(server_factory: Callable[..., Server]) -> None:
+    server = server_factory({"FLOWRUN_CODE_SANDBOX": "process"})
+    key = server.create_key()
+    server.start()
+    assert "code sandbox: process (WEAKER" in server.log.read_text()
+    node = run_code(server.client(key), "def main():\n    return {'text': 'ran'}")
+    assert node["outputs"] == {"text": "ran"}

@@ -12,18 +12,21 @@ import anyio
 import pytest
 
 from flowrun.definitions import parse_definition
+from flowrun.engine import jail as jails
 from flowrun.engine.executor import Executor, RunOutcome
-from flowrun.engine.sandbox import CodeLimits, CodeRunner
+from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
 from flowrun.engine.services import NodeServices
 from flowrun.models import RunStatus
 
 
 @asynccontextmanager
-async def code_services() -> AsyncIterator[NodeServices]:
+async def code_services(mode: str = "bwrap") -> AsyncIterator[NodeServices]:
     """A warm pool for one test (its task group must live inside the test's task)."""
     limits = CodeLimits(timeout_s=3, memory_bytes=256 * 1024 * 1024, cpu_seconds=10,
-                        output_chars=10_000)
-    async with CodeRunner.open(2, limits) as runner:
+                        output_chars=10_000, max_processes=16)
+    jail, description = await choose_jail(mode)
+    assert jail is not None, description
+    async with CodeRunner.open(2, limits, jail=jail) as runner:
         yield NodeServices(code=runner)
 
 
@@ -106,7 +109,7 @@ async def test_the_environment_holds_no_secret() -> None:
         assert out.status is RunStatus.SUCCEEDED
         seen = out.outputs["py"]
         assert "hunter2" not in str(seen)
-        assert set(seen["env"]) <= {"PATH", "LANG", "PYTHONIOENCODING", "LC_CTYPE"}
+        assert set(seen["env"]) <= {"PATH", "LANG", "PYTHONIOENCODING", "LC_CTYPE", "PWD"}
 
 
 @pytest.mark.parametrize(("code", "code_name", "text"), [
@@ -133,3 +136,68 @@ async def test_protocol_survives_writes_to_the_raw_stdout() -> None:
         out = await run_code(services, "import os\ndef main():\n    os.write(1, b'garbage\\n')\n"
                                        "    return {'fine': True}")
         assert out.outputs == {"py": {"fine": True}}
+
+
+SPY = """
+import os, socket
+def main():
+    seen = {"uid": os.getuid(), "pids": sorted(p for p in os.listdir('/proc') if p.isdigit()),
+            "root": sorted(os.listdir('/'))}
+    try:
+        socket.create_connection(("1.1.1.1", 53), timeout=1)
+        seen["net"] = "open"
+    except OSError as exc:
+        seen["net"] = type(exc).__name__
+    try:
+        open("/etc/passwd").read()
+        seen["passwd"] = "read"
+    except OSError as exc:
+        seen["passwd"] = type(exc).__name__
+    forked = 0
+    try:
+        for _ in range(64):
+            if os.fork() == 0:
+                import time
+                time.sleep(5)
+                os._exit(0)
+            forked += 1
+    except OSError:
+        pass
+    seen["forked"] = forked
+    return seen
+"""
+
+
+async def test_bwrap_worker_sees_only_itself() -> None:
+    async with code_services() as services:
+        out = await run_code(services, SPY)
+        assert out.status is RunStatus.SUCCEEDED, out.error
+        seen = out.outputs["py"]
+        assert seen["uid"] == jails.SANDBOX_UID
+        assert seen["pids"] == ["1", "2"]  # bubblewrap's init and the worker: no one else
+        assert "home" not in seen["root"] and "var" not in seen["root"]
+        assert "work" not in seen["root"] and "etc" in seen["root"]  # only ld.so.cache
+        assert seen["passwd"] in {"FileNotFoundError", "PermissionError"}
+        assert seen["net"] in {"OSError", "ConnectionRefusedError", "gaierror"}
+        assert 0 < seen["forked"] < 16  # RLIMIT_NPROC holds (16 here)
+
+
+async def test_process_mode_is_the_weaker_opt_in() -> None:
+    jail, description = await choose_jail("process")
+    assert jail is not None and "WEAKER" in description
+    async with code_services("process") as services:
+        out = await run_code(services, "import os\ndef main():\n    return {'uid': os.getuid()}")
+        assert out.outputs == {"py": {"uid": os.getuid()}}
+
+
+async def test_no_working_sandbox_turns_code_nodes_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("flowrun.engine.sandbox.find_bwrap", lambda: "/nonexistent/bwrap")
+    jail, reason = await choose_jail("bwrap")
+    assert jail is None and "does not work" in reason
+    async with CodeRunner.open(2, CodeLimits(), unavailable=reason) as runner:
+        out = await run_code(NodeServices(code=runner), "def main():\n    return {}")
+    assert out.status is RunStatus.FAILED
+    assert out.error["code"] == "code_sandbox_unavailable"
+    assert "FLOWRUN_CODE_SANDBOX=process" in out.error["message"]
+    monkeypatch.setattr("flowrun.engine.sandbox.find_bwrap", lambda: None)
+    assert (await choose_jail("bwrap"))[0] is None

