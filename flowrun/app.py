@@ -37,7 +37,7 @@ from flowrun.events import EventBus
 from flowrun.metrics import Metrics
 from flowrun.runner import Runner
 from flowrun.scheduler import Scheduler
-from flowrun.service import RunService, ServiceChildRuns, ServiceWorkflows
+from flowrun.service import RunService, ServiceChildRuns, ServiceWorkflows, StoreSecrets
 from flowrun.settings import Settings
 from flowrun.store import Store
 
@@ -72,7 +72,8 @@ def node_services(settings: Settings, registry: Registry, code: CodeRunner) -> N
                         max_response_bytes=settings.http_max_response_bytes,
                         timeout_s=settings.http_timeout_s),
         llm=LlmDefaults(base_url=settings.llm_base_url, api_key=settings.llm_api_key,
-                        model=settings.llm_model, timeout_s=settings.llm_timeout_s))
+                        model=settings.llm_model, timeout_s=settings.llm_timeout_s,
+                        max_response_bytes=settings.llm_max_response_bytes))
 
 
 def code_limits(settings: Settings) -> CodeLimits:
@@ -117,6 +118,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
         service = RunService(settings, store, scheduler, bus, registry)
         services.child_runs = ServiceChildRuns(service)
         services.workflows = ServiceWorkflows(service)
+        services.secrets = StoreSecrets(store)
         if settings.workflows_dir is not None:
             for name, version in await service.load_workflows(settings.workflows_dir):
                 logger.info("workflow %s: version %d from %s", name, version,

@@ -1,10 +1,11 @@
-"""The ``flowrun`` command: serve, run, events, validate, keys."""
+"""The ``flowrun`` command: serve, run, events, validate, keys, secrets."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import ctypes
+import getpass
 import json
 import logging
 import signal
@@ -26,7 +27,7 @@ from flowrun.errors import FlowrunError
 from flowrun.local import folder_services
 from flowrun.models import RunStatus
 from flowrun.progress import PrintingObserver, ProgressPrinter
-from flowrun.service import create_api_key
+from flowrun.service import check_secret, create_api_key
 from flowrun.settings import ClientSettings, Settings, is_loopback_host
 from flowrun.store import Store
 
@@ -96,6 +97,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.replace(auth_enabled=False)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosqlite logs every statement with its parameters at debug level: secret values
+    # and run inputs must not reach the log, whatever the level asked for.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     if settings.auth_enabled:
         secret = anyio.run(_ensure_key, settings)
         if secret:
@@ -237,6 +241,43 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return anyio.run(main)
 
 
+# --- secrets -----------------------------------------------------------------------
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    value = None
+    if args.secrets_cmd == "set":
+        if sys.stdin.isatty():
+            value = getpass.getpass(f"value of {args.name}: ")
+        else:
+            value = sys.stdin.read().rstrip("\n")
+        try:
+            check_secret(args.name, value, args.allow)
+        except FlowrunError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
+
+    async def main() -> int:
+        async with Store.open(settings.db_path) as store:
+            if args.secrets_cmd == "set":
+                assert value is not None
+                created = await store.put_secret(args.name, value, args.allow)
+                print(f"{'created' if created else 'replaced'} secret {args.name}; use it as "
+                      f"{{{{ secrets.{args.name} }}}} in requests to {', '.join(args.allow)}")
+                return 0
+            if args.secrets_cmd == "list":
+                for record in await store.list_secrets():
+                    print(f"{record.name}  {', '.join(record.allowed_urls)}")
+                return 0
+            if await store.delete_secret(args.name):
+                print(f"deleted secret {args.name}")
+                return 0
+            print(f"error: no secret {args.name!r}", file=sys.stderr)
+            return 1
+
+    return anyio.run(main)
+
+
 def _db_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     """``--db`` on a command and on each of its subcommands, so either order works."""
     parser.add_argument("--db", default=None if top else argparse.SUPPRESS,
@@ -293,6 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (create, listing, revoke):
         _db_option(p)
     keys.set_defaults(func=cmd_keys)
+
+    secrets = sub.add_parser("secrets", help="manage secrets that node requests may send")
+    _db_option(secrets, top=True)
+    secrets_sub = secrets.add_subparsers(dest="secrets_cmd", required=True)
+    put = secrets_sub.add_parser(
+        "set", help="store a secret, its value read from stdin (or a prompt)")
+    put.add_argument("name")
+    put.add_argument("--allow", action="append", default=[], required=True, metavar="URL",
+                     help="a URL prefix the secret may be sent to (repeat for more)")
+    listing = secrets_sub.add_parser("list", help="list secrets (never their values)")
+    delete = secrets_sub.add_parser("delete", help="delete a secret")
+    delete.add_argument("name")
+    for p in (put, listing, delete):
+        _db_option(p)
+    secrets.set_defaults(func=cmd_secrets)
 
     for p in (serve, run, validate):
         p.add_argument("--plugin", action="append", default=[],

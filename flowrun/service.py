@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -23,6 +24,7 @@ import anyio
 
 from flowrun import auth, definitions
 from flowrun.definitions import WorkflowDefinition
+from flowrun.engine import secrets
 from flowrun.engine.nodes import Registry
 from flowrun.errors import (
     BadRequest,
@@ -45,6 +47,7 @@ from flowrun.models import (
     OnConflict,
     RunRecord,
     RunStatus,
+    SecretRecord,
 )
 from flowrun.scheduler import Scheduler
 from flowrun.settings import Settings
@@ -162,6 +165,25 @@ class RunService:
     async def list_keys(self, principal: auth.Principal) -> list[ApiKeyRecord]:
         self.require_admin(principal, "listing API keys")
         return await self.store.list_api_keys()
+
+    async def put_secret(self, principal: auth.Principal, name: str, value: str,
+                         allowed_urls: list[str]) -> bool:
+        """Store a secret and the URL prefixes it may go to (admin only); True if new."""
+        self.require_admin(principal, "managing secrets")
+        check_secret(name, value, allowed_urls)
+        created = await self.store.put_secret(name, value, allowed_urls)
+        logger.info("secret %s: %s", name, "created" if created else "replaced")
+        return created
+
+    async def list_secrets(self, principal: auth.Principal) -> list[SecretRecord]:
+        """Secrets by name (admin only); callers show them without their values."""
+        self.require_admin(principal, "listing secrets")
+        return await self.store.list_secrets()
+
+    async def delete_secret(self, principal: auth.Principal, name: str) -> None:
+        self.require_admin(principal, "deleting secrets")
+        if not await self.store.delete_secret(name):
+            raise NotFound(f"no secret {name!r}")
 
     async def revoke_key(self, principal: auth.Principal, key_id: str) -> None:
         """Revoke a key by id (admin only); it stops working at once."""
@@ -521,6 +543,35 @@ async def owner_of(service: RunService, run_id: str) -> tuple[auth.Principal, Ru
             workflows = frozenset(key.workflows) if key is not None and key.workflows \
                 else None
     return auth.Principal(run.api_key_id, auth.Scope.RUN, workflows), run
+
+
+def check_secret(name: str, value: str, allowed_urls: list[str]) -> None:
+    """BadRequest naming what is wrong with a secret before it is stored."""
+    errors = []
+    if not re.match(secrets.NAME_PATTERN, name):
+        errors.append({"field": "name", "message": "a secret name is letters, digits and _ "
+                                                   "(not first), at most 64"})
+    if not value or len(value) > 65536:
+        errors.append({"field": "value", "message": "must be 1-65536 characters"})
+    if not allowed_urls or len(allowed_urls) > 32:
+        errors.append({"field": "allowed_urls",
+                       "message": "name 1-32 URL prefixes the secret may be sent to"})
+    for raw in allowed_urls:
+        problem = secrets.check_prefix(raw)
+        if problem:
+            errors.append({"field": "allowed_urls", "message": problem})
+    if errors:
+        raise BadRequest("; ".join(e["message"] for e in errors), errors=errors)
+
+
+class StoreSecrets:
+    """Secret values for nodes, read from the store when a request needs them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def get(self, name: str) -> SecretRecord | None:
+        return await self.store.get_secret(name)
 
 
 async def create_api_key(store: Store, *, name: str | None, scope: auth.Scope,

@@ -284,6 +284,38 @@ async def revoke_key(request: Request) -> Response:
     return Response(status_code=204)
 
 
+# --- secrets (admin) ---------------------------------------------------------------
+
+class SecretBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    value: str = Field(min_length=1, max_length=65536)
+    allowed_urls: list[str] = Field(min_length=1, max_length=32)
+
+
+async def list_secrets(request: Request) -> Response:
+    principal = await principal_of(request)
+    found = await service_of(request).list_secrets(principal)
+    return JSONResponse({"secrets": [s.to_json() for s in found]})
+
+
+async def put_secret(request: Request) -> Response:
+    principal = await principal_of(request)
+    service = service_of(request)
+    service.require_admin(principal, "managing secrets")
+    body = parse_model(SecretBody, await read_json(request, service.settings.max_body_bytes))
+    name = request.path_params["name"]
+    created = await service.put_secret(principal, name, body.value, body.allowed_urls)
+    return JSONResponse({"name": name, "allowed_urls": body.allowed_urls, "created": created},
+                        status_code=201 if created else 200)
+
+
+async def delete_secret(request: Request) -> Response:
+    principal = await principal_of(request)
+    await service_of(request).delete_secret(principal, request.path_params["name"])
+    return Response(status_code=204)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse(service_of(request).health())
 
@@ -319,6 +351,9 @@ routes = [
     Route("/keys", list_keys, methods=["GET"]),
     Route("/keys", create_key, methods=["POST"]),
     Route("/keys/{key_id}", revoke_key, methods=["DELETE"]),
+    Route("/secrets", list_secrets, methods=["GET"]),
+    Route("/secrets/{name}", put_secret, methods=["PUT"]),
+    Route("/secrets/{name}", delete_secret, methods=["DELETE"]),
 ]
 
 exception_handlers = {FlowrunError: handle_error, HTTPException: handle_error}

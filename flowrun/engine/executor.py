@@ -27,6 +27,7 @@ from flowrun import expressions
 from flowrun.definitions import EdgeSpec, NodeSpec, WorkflowDefinition
 from flowrun.engine.nodes import NodeContext, Registry
 from flowrun.engine.nodes import registry as default_registry
+from flowrun.engine.secrets import SecretRefs
 from flowrun.errors import ExpressionError, NodeFailure
 from flowrun.models import NodeRecord, NodeStatus, RunStatus
 
@@ -122,6 +123,7 @@ class Executor:
             "inputs": dict(inputs),
             "nodes": {},
             "run": {"id": run_id, "workflow": definition.name, "version": version},
+            "secrets": SecretRefs(),  # references only; see flowrun.engine.secrets
         }
         self._stop_reason: RunStatus | None = None
         self._failure: dict[str, Any] | None = None

@@ -102,10 +102,15 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
 
 
 def guarded_client(policy: HttpPolicy, *, resolve: Resolver | None = None,
-                   timeout: float | None = None, trusted: bool = False) -> httpx.AsyncClient:
-    """An AsyncClient for node traffic (``trusted``: operator-configured, no SSRF check)."""
+                   timeout: float | None = None, trusted: bool = False,
+                   on_request: Any = None) -> httpx.AsyncClient:
+    """An AsyncClient for node traffic (``trusted``: operator-configured, no SSRF check).
+
+    ``on_request`` is called with every request, each redirect hop included.
+    """
     transport = httpx.AsyncHTTPTransport(trust_env=False) if trusted else \
         GuardedTransport(policy, resolve)
     return httpx.AsyncClient(transport=transport, trust_env=False,
                              timeout=timeout or policy.timeout_s, follow_redirects=True,
-                             max_redirects=policy.max_redirects)
+                             max_redirects=policy.max_redirects,
+                             event_hooks={"request": [on_request]} if on_request else None)

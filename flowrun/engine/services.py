@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from flowrun.engine.nodes.registry import Registry
 from flowrun.engine.nodes.registry import registry as default_registry
 from flowrun.engine.sandbox import CodeLimits, CodeRunner
+from flowrun.engine.secrets import SecretSource
 
 if TYPE_CHECKING:
     from flowrun.definitions import WorkflowDefinition
@@ -55,6 +56,7 @@ class LlmDefaults:
     api_key: str | None = None
     model: str = "gpt-4o-mini"
     timeout_s: float = 120.0
+    max_response_bytes: int = 10 * 1024 * 1024
 
 
 @dataclass
@@ -67,3 +69,5 @@ class NodeServices:
     workflows: WorkflowLoader | None = None
     # How node traffic resolves names (None: the system resolver); tests inject answers.
     resolve: Any = None
+    # Where [[secret:NAME]] references get their values (None: no secrets here).
+    secrets: SecretSource | None = None

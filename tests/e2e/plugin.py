@@ -17,6 +17,14 @@ async def count(ctx: flowrun.NodeContext, *, file: str, label: str) -> dict[str,
     return {"label": label}
 
 
+@flowrun.node("require_file")
+async def require_file(ctx: flowrun.NodeContext, *, path: str) -> dict[str, bool]:
+    """Fail until ``path`` exists on the server's host (a gate a test can open)."""
+    if not await anyio.Path(path).exists():
+        raise flowrun.NodeFailure(f"marker missing: {path}")
+    return {"passed": True}
+
+
 @flowrun.node("emit")
 async def emit(ctx: flowrun.NodeContext, *, parts: list[str],
                delay: float = 0.0) -> dict[str, str]:

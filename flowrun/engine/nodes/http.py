@@ -1,19 +1,24 @@
 """``http``: one HTTP request; status, headers and body (parsed when JSON) as outputs.
 
 Connections go through the SSRF guard of ``flowrun.engine.netguard``; the body
-is read up to the policy's size cap. Without ``expect_status`` a status of 400
-or more fails the node; with it, only the listed statuses pass.
+is read up to the policy's size cap. ``[[secret:NAME]]`` references (from
+``{{ secrets.NAME }}``) in the url, headers, query or body are filled in only
+for URLs the secret allows (see ``flowrun.engine.secrets``). Without
+``expect_status`` a status of 400 or more fails the node; with it, only the
+listed statuses pass.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
 from flowrun.engine.netguard import BLOCKED, guarded_client
 from flowrun.engine.nodes.registry import NodeContext, registry
+from flowrun.engine.secrets import SecretUse
 from flowrun.errors import NodeFailure
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -26,16 +31,53 @@ async def http(ctx: NodeContext, *, url: str, method: Method = "GET",
     from flowrun.engine.services import NodeServices
 
     services = ctx.services if ctx.services is not None else NodeServices()
-    policy = services.http
     if not url.startswith(("http://", "https://")):
         raise NodeFailure(f"url must start with http:// or https://, got {url!r}",
                           code="http_bad_url")
-    cap = policy.max_response_bytes
+    secrets = SecretUse(services.secrets)
+    await secrets.load(url, headers, query, json, body)
+    request = Request(method, url, headers, query, json, body)
     try:
-        async with guarded_client(policy, resolve=services.resolve) as client, \
-                client.stream(method, url, headers=headers, params=query,
-                              json=json if body is None else None,
-                              content=body.encode() if body is not None else None) as resp:
+        outputs = await _send(services, secrets, request)
+    except NodeFailure as exc:
+        raise NodeFailure(secrets.redact(exc.message), code=exc.code,
+                          process_data=secrets.redact(exc.process_data)) from None
+    outputs = dict(secrets.redact(outputs))
+    expected = [expect_status] if isinstance(expect_status, int) else expect_status
+    status = outputs["status"]
+    if (expected is not None and status not in expected) or (
+            expected is None and status >= 400):
+        excerpt = str(outputs["body"])[:300]
+        raise NodeFailure(f"{method} {url} answered {status}: {excerpt}",
+                          code="http_status", process_data={"response": outputs})
+    return outputs
+
+
+@dataclass(frozen=True)
+class Request:
+    """The request as the node's params give it (secret references not yet filled)."""
+
+    method: str
+    url: str
+    headers: dict[str, str] | None
+    query: dict[str, Any] | None
+    json: Any
+    body: str | None
+
+
+async def _send(services: Any, secrets: SecretUse, req: Request) -> dict[str, Any]:
+    policy = services.http
+    cap = policy.max_response_bytes
+    method, url = req.method, req.url
+    content = secrets.fill(req.body).encode() if req.body is not None else None
+    try:
+        async with guarded_client(policy, resolve=services.resolve,
+                                  on_request=secrets.hook() if secrets.values else None
+                                  ) as client, \
+                client.stream(method, secrets.fill(url), headers=secrets.fill(req.headers),
+                              params=secrets.fill(req.query), content=content,
+                              json=secrets.fill(req.json) if req.body is None else None
+                              ) as resp:
             chunks, size = [], 0
             async for chunk in resp.aiter_bytes():
                 size += len(chunk)
@@ -55,16 +97,8 @@ async def http(ctx: NodeContext, *, url: str, method: Method = "GET",
     except httpx.HTTPError as exc:
         raise NodeFailure(f"{method} {url}: {type(exc).__name__}: {exc}",
                           code="http_error") from None
-    outputs = {"status": resp.status_code, "headers": dict(resp.headers),
-               "body": _decode(raw, resp.headers.get("content-type", "")),
-               "url": str(resp.url)}
-    expected = [expect_status] if isinstance(expect_status, int) else expect_status
-    if (expected is not None and resp.status_code not in expected) or (
-            expected is None and resp.status_code >= 400):
-        excerpt = raw[:300].decode("utf-8", "replace")
-        raise NodeFailure(f"{method} {url} answered {resp.status_code}: {excerpt}",
-                          code="http_status", process_data={"response": outputs})
-    return outputs
+    return {"status": resp.status_code, "headers": dict(resp.headers),
+            "body": _decode(raw, resp.headers.get("content-type", "")), "url": str(resp.url)}
 
 
 def _decode(raw: bytes, content_type: str) -> Any:

@@ -4,6 +4,11 @@ Each content delta becomes a ``text_chunk`` event as it arrives; the node
 outputs the whole ``text`` and the ``usage`` the server reports (summed into the
 run's ``total_tokens``). The configured base URL is trusted; a per-node
 ``base_url`` goes through the same SSRF guard as the http node.
+
+The server's own API key goes only to the configured base URL (every
+redirect hop is checked). A node with another ``base_url`` sends its own
+``api_key`` param, typically ``{{ secrets.NAME }}``, which a stored secret only
+fills for the URLs it allows. The reply is capped at ``max_response_bytes``.
 """
 
 from __future__ import annotations
@@ -16,13 +21,18 @@ from httpx_sse import EventSource
 
 from flowrun.engine.netguard import BLOCKED, guarded_client
 from flowrun.engine.nodes.registry import NodeContext, registry
+from flowrun.engine.secrets import SecretUse
 from flowrun.errors import NodeFailure
+from flowrun.models import SecretRecord
+
+SERVER_KEY = "llm_api_key"  # how the server's own key shows up in anything recorded
 
 
 async def llm(ctx: NodeContext, *, prompt: str | None = None,
               messages: list[dict[str, Any]] | None = None, system: str | None = None,
               model: str | None = None, temperature: float | None = None,
-              max_tokens: int | None = None, base_url: str | None = None) -> dict[str, Any]:
+              max_tokens: int | None = None, base_url: str | None = None,
+              api_key: str | None = None) -> dict[str, Any]:
     from flowrun.engine.services import NodeServices
 
     services = ctx.services if ctx.services is not None else NodeServices()
@@ -33,21 +43,43 @@ async def llm(ctx: NodeContext, *, prompt: str | None = None,
         chat.append({"role": "user", "content": prompt})
     if not chat:
         raise NodeFailure("llm needs a prompt or messages", code="llm_bad_request")
-    root = (base_url or defaults.base_url).rstrip("/")
-    trusted = base_url is None or root == defaults.base_url.rstrip("/")
+    configured = defaults.base_url.rstrip("/")
+    root = (base_url or configured).rstrip("/")
+    trusted = root == configured
+    secrets = SecretUse(services.secrets)
+    if api_key is not None:
+        await secrets.load(api_key)
+        key: str | None = secrets.fill(api_key)
+    elif trusted and defaults.api_key:
+        key = defaults.api_key
+        secrets.values[SERVER_KEY] = SecretRecord(SERVER_KEY, key, [configured + "/"], 0, 0)
+    else:
+        key = None  # the server's key never goes to a URL the operator did not configure
     payload: dict[str, Any] = {"model": model or defaults.model, "messages": chat,
                                "stream": True, "stream_options": {"include_usage": True}}
     if temperature is not None:
         payload["temperature"] = temperature
     if max_tokens is not None:
         payload["max_tokens"] = max_tokens
-    headers = {"Authorization": f"Bearer {defaults.api_key}"} if defaults.api_key else {}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        return await _chat(ctx, services, secrets, root, trusted, payload, headers)
+    except NodeFailure as exc:
+        raise NodeFailure(secrets.redact(exc.message), code=exc.code) from None
+
+
+async def _chat(ctx: NodeContext, services: Any, secrets: SecretUse, root: str, trusted: bool,
+                payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    defaults = services.llm
+    cap = defaults.max_response_bytes
+    received = 0
     parts: list[str] = []
     usage: dict[str, Any] = {}
     finish_reason = None
     try:
-        async with guarded_client(services.http, trusted=trusted,
-                                  timeout=defaults.timeout_s) as client, \
+        async with guarded_client(services.http, trusted=trusted, timeout=defaults.timeout_s,
+                                  on_request=secrets.hook() if secrets.values else None
+                                  ) as client, \
                 client.stream("POST", f"{root}/chat/completions", json=payload,
                               headers=headers) as resp:
             if resp.status_code >= 400:
@@ -56,6 +88,10 @@ async def llm(ctx: NodeContext, *, prompt: str | None = None,
                                   code="llm_error")
             if "text/event-stream" in resp.headers.get("content-type", ""):
                 async for sse in EventSource(resp).aiter_sse():
+                    received += len(sse.data)
+                    if received > cap:
+                        raise NodeFailure(f"LLM reply is larger than {cap} bytes",
+                                          code="llm_too_large")
                     if sse.data.strip() == "[DONE]":
                         break
                     chunk = json.loads(sse.data)
@@ -65,14 +101,21 @@ async def llm(ctx: NodeContext, *, prompt: str | None = None,
                     for choice in chunk.get("choices") or []:
                         delta = (choice.get("delta") or {}).get("content")
                         if delta:
+                            delta = secrets.redact(delta)
                             parts.append(delta)
                             await ctx.emit_text(delta)
                         finish_reason = choice.get("finish_reason") or finish_reason
                     usage = chunk.get("usage") or usage
             else:  # a server that ignores "stream": one JSON answer
-                data = json.loads(await resp.aread())
+                raw = b""
+                async for block in resp.aiter_bytes():
+                    raw += block
+                    if len(raw) > cap:
+                        raise NodeFailure(f"LLM reply is larger than {cap} bytes",
+                                          code="llm_too_large")
+                data = json.loads(raw)
                 choice = (data.get("choices") or [{}])[0]
-                text = (choice.get("message") or {}).get("content") or ""
+                text = secrets.redact((choice.get("message") or {}).get("content") or "")
                 parts.append(text)
                 await ctx.emit_text(text)
                 usage, finish_reason = data.get("usage") or {}, choice.get("finish_reason")
