@@ -1,68 +1,368 @@
-"""Sandboxed ``{{ }}`` expressions over ``inputs``, ``nodes`` and ``run``.
+"""Sandboxed ``{{ }}`` expressions over ``inputs``, ``nodes``, ``run`` and ``secrets``.
 
 A string that is exactly one ``{{ expr }}`` evaluates to the expression's own
 value (an int stays an int, a dict stays a dict); any other string containing
 ``{{`` renders as a template to a string. Undefined names raise
 ``ExpressionError`` instead of quietly rendering as empty text.
+
+Expressions come from whoever holds a key and run on the event loop, so each
+evaluation has a budget (``_Budget``): a step count and a deadline of about
+``MAX_EVALUATION_S``, charged by every loop iteration, call, filter, operator
+and attribute access; and every operation that could build something huge
+(powers, repetition, concatenation, %-formatting, format widths, padding,
+replace, join, batch, ...) is checked *before* it runs, against
+``MAX_VALUE_SIZE`` characters or items (``MAX_INT_BITS`` for integers). The
+finished value is held to the same size. Past any bound the node fails with
+a clear message; the loop never stalls.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import re
-from collections.abc import Mapping
+import string
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError, safe_range
+from jinja2.visitor import NodeTransformer
 
 from flowrun.errors import ExpressionError
 
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
 
-MAX_VALUE_SIZE = 1_000_000  # characters or items one expression may build
-MAX_RANGE_STEPS = 1_000_000  # range() items one evaluation may ask for, all loops together
-_range_budget: ContextVar[list[int] | None] = ContextVar("range_budget", default=None)
+MAX_VALUE_SIZE = 1_000_000  # characters or items one value may hold
+MAX_INT_BITS = 100_000  # an integer's size (about 30,000 digits)
+MAX_STEPS = 1_000_000  # loop iterations, calls, filters, operators: all of one evaluation
+MAX_EVALUATION_S = 0.05  # wall time of one evaluation on the event loop
+_CHECK_EVERY = 256  # steps between two looks at the clock
 
 
-def _budgeted_range(*args: int) -> range:
-    """Jinja's capped ``range``, also charged against the evaluation's budget, so nested
-    ``{% for %}`` loops cannot spin the event loop for minutes."""
-    steps = safe_range(*args)
-    budget = _range_budget.get()
+class _Budget:
+    """What one evaluation may still spend."""
+
+    __slots__ = ("deadline", "steps")
+
+    def __init__(self) -> None:
+        self.steps = MAX_STEPS
+        self.deadline = time.monotonic() + MAX_EVALUATION_S
+
+    def spend(self, steps: int = 1) -> None:
+        before = self.steps
+        self.steps -= steps
+        if self.steps < 0:
+            raise SecurityError(f"the expression takes more than {MAX_STEPS} steps "
+                                f"(it iterates more than the budget allows)")
+        if before // _CHECK_EVERY != self.steps // _CHECK_EVERY and \
+                time.monotonic() > self.deadline:
+            raise SecurityError(f"the expression ran longer than {MAX_EVALUATION_S:g}s")
+
+
+_budget: ContextVar[_Budget | None] = ContextVar("expression_budget", default=None)
+
+
+def _spend(steps: int = 1) -> None:
+    budget = _budget.get()
     if budget is not None:
-        budget[0] -= len(steps)
-        if budget[0] < 0:
-            raise SecurityError(f"the expression iterates more than {MAX_RANGE_STEPS} times")
-    return steps
+        budget.spend(steps)
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja's sandbox caps ``range``; this also caps ``*`` and ``**``, which would
-    otherwise let one expression allocate gigabytes in the server process."""
+def _refuse(what: str) -> SecurityError:
+    return SecurityError(f"{what} exceeds the limit of {MAX_VALUE_SIZE:,} characters or items")
 
-    intercepted_binops = frozenset({"*", "**"})
 
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and _number(left) and _number(right) and abs(left) > 1 \
-                and abs(right) > 64:
-            raise SecurityError(f"{left} ** {right} is too large")
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int) \
-                        and len(seq) * times > MAX_VALUE_SIZE:
-                    raise SecurityError(f"repeating a value of length {len(seq)} {times} times "
-                                        f"exceeds {MAX_VALUE_SIZE}")
-        return super().call_binop(context, operator, left, right)
+def _sized(value: Any) -> int | None:
+    return len(value) if isinstance(value, str | list | tuple | dict) else None
+
+
+def _check_size(value: Any, what: str = "the value") -> Any:
+    size = _sized(value)
+    if size is not None and size > MAX_VALUE_SIZE:
+        raise _refuse(what)
+    if isinstance(value, int) and not isinstance(value, bool) and \
+            value.bit_length() > MAX_INT_BITS:
+        raise SecurityError(f"{what} is an integer over {MAX_INT_BITS:,} bits")
+    return value
+
+
+def value_size(value: Any, limit: int = MAX_VALUE_SIZE) -> int:
+    """The size of a value as text or items, counting at most a little past ``limit``."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            total += len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += len(item)
+            stack.extend(item)
+        else:
+            total += 1
+        if total > limit:
+            return total
+    return total
+
+
+# --- operators, calls and formatting ---------------------------------------------------
+
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
+_DIGITS = re.compile(r"\d+")
+
+
+def _check_percent_format(fmt: str) -> None:
+    """Refuse a %-format whose widths and precisions would build a huge string."""
+    total = len(fmt)
+    for match in _PERCENT_SPEC.finditer(fmt):
+        for part in match.groups():
+            if part == "*":
+                raise SecurityError("'*' widths are not allowed in % formats")
+            if part:
+                total += int(part) if len(part) < 8 else MAX_VALUE_SIZE + 1
+    if total > MAX_VALUE_SIZE:
+        raise _refuse("the formatted text")
+
+
+def _check_format_spec(fmt: str) -> None:
+    """Refuse ``str.format`` specs with huge widths or nested (computed) widths."""
+    total = len(fmt)
+    try:
+        fields = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return  # format() itself will report it
+    for _, _, spec, _ in fields:
+        if not spec:
+            continue
+        if "{" in spec:
+            raise SecurityError("nested fields in a format spec are not allowed")
+        for digits in _DIGITS.findall(spec):
+            total += int(digits) if len(digits) < 8 else MAX_VALUE_SIZE + 1
+    if total > MAX_VALUE_SIZE:
+        raise _refuse("the formatted text")
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    if operator == "**" and isinstance(left, int) and isinstance(right, int) \
+            and not isinstance(left, bool) and abs(left) > 1 and right > 0:
+        if left.bit_length() * right > MAX_INT_BITS:
+            raise SecurityError(f"{operator} would build an integer over {MAX_INT_BITS:,} bits")
+    elif operator == "*":
+        for seq, times in ((left, right), (right, left)):
+            if _sized(seq) is not None and isinstance(times, int) and \
+                    len(seq) * times > MAX_VALUE_SIZE:
+                raise _refuse(f"repeating a value of length {len(seq)} {times} times")
+        if isinstance(left, int) and isinstance(right, int) and \
+                left.bit_length() + right.bit_length() > MAX_INT_BITS:
+            raise SecurityError(f"* would build an integer over {MAX_INT_BITS:,} bits")
+    elif operator == "+" and _sized(left) is not None and _sized(right) is not None:
+        if len(left) + len(right) > MAX_VALUE_SIZE:
+            raise _refuse("the sum")
+    elif operator == "%" and isinstance(left, str):
+        _check_percent_format(left)
+
+
+def _check_str_method(text: str, name: str, args: tuple[Any, ...],
+                      kwargs: Mapping[str, Any]) -> None:
+    """Pre-check a call of a str method that can grow its string."""
+    if name in {"center", "ljust", "rjust", "zfill"} and args and isinstance(args[0], int):
+        if args[0] > MAX_VALUE_SIZE:
+            raise _refuse(f"str.{name}({args[0]})")
+    elif name == "expandtabs":
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        if isinstance(size, int) and len(text) * max(size, 1) > MAX_VALUE_SIZE:
+            raise _refuse("str.expandtabs")
+    elif name == "replace" and len(args) >= 2:
+        _check_replace(text, args[0], args[1], args[2] if len(args) > 2 else -1)
+    elif name in {"format", "format_map"}:
+        _check_format_spec(text)
+
+
+def _check_replace(text: Any, old: Any, new: Any, count: Any = -1) -> None:
+    if not (isinstance(text, str) and isinstance(old, str) and isinstance(new, str)):
+        return
+    hits = len(text) + 1 if old == "" else text.count(old)
+    if isinstance(count, int) and count >= 0:
+        hits = min(hits, count)
+    if len(text) + hits * (len(new) - len(old)) > MAX_VALUE_SIZE:
+        raise _refuse("the replaced text")
+
+
+def _check_join(items: list[Any], separator: Any) -> None:
+    total = len(str(separator)) * max(len(items) - 1, 0)
+    for item in items:
+        total += len(item) if isinstance(item, str) else value_size(item)
+        if total > MAX_VALUE_SIZE:
+            raise _refuse("the joined text")
+
+
+# --- filters -------------------------------------------------------------------------
+
+def _filter_precheck(name: str, value: Any, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Any:
+    """Checks before a filter runs; may return a materialised ``value``."""
+    def arg(index: int, key: str, default: Any) -> Any:
+        return args[index] if len(args) > index else kwargs.get(key, default)
+
+    if name == "center":
+        width = arg(0, "width", 80)
+        if isinstance(width, int) and width > MAX_VALUE_SIZE:
+            raise _refuse(f"center({width})")
+    elif name == "indent":
+        width = arg(0, "width", 4)
+        lines = str(value).count("\n") + 1
+        size = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+        if len(str(value)) + lines * size > MAX_VALUE_SIZE:
+            raise _refuse("the indented text")
+    elif name in {"wordwrap", "urlize", "striptags"} and len(str(value)) > MAX_VALUE_SIZE // 10:
+        raise _refuse(f"the input of {name} (a tenth of the limit)")
+    elif name == "wordwrap":
+        wrap = arg(3, "wrapstring", "\n")
+        if len(str(value)) * (len(str(wrap or "")) + 1) > MAX_VALUE_SIZE:
+            raise _refuse("the wrapped text")
+    elif name == "format":
+        if isinstance(value, str):
+            _check_percent_format(value)
+    elif name == "replace":
+        _check_replace(value, arg(0, "old", None), arg(1, "new", None), arg(2, "count", -1))
+    elif name == "join":
+        items = list(_take(value))
+        _check_join(items, arg(0, "d", ""))
+        return items
+    elif name in {"batch", "slice"}:
+        count = arg(0, "linecount" if name == "batch" else "slices", 1)
+        if isinstance(count, int) and count > 10_000:
+            raise SecurityError(f"{name}({count}) is over 10,000")
+    elif name == "tojson":
+        indent = arg(0, "indent", None)
+        if isinstance(indent, int) and indent > 16:
+            raise SecurityError("tojson indent is over 16")
+    return value
+
+
+def _take(value: Any) -> Iterator[Any]:
+    """Iterate ``value``, charging the budget and refusing more than the size limit."""
+    for count, item in enumerate(value if isinstance(value, Iterable) else [value]):
+        if count >= MAX_VALUE_SIZE:
+            raise _refuse("the sequence")
+        _spend()
+        yield item
+
+
+def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    passes_context = getattr(func, "jinja_pass_arg", None) is not None
+
+    @functools.wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _spend()
+        head, rest = (args[:1], args[1:]) if passes_context else ((), args)
+        if rest:
+            value = _filter_precheck(name, rest[0], tuple(rest[1:]), kwargs)
+            rest = (value, *rest[1:])
+        return _check_size(func(*head, *rest, **kwargs), f"the result of {name}")
+
+    return guarded
+
+
+# --- the template tree: loops and ~ charge the budget ---------------------------------
+
+def _budget_iter(iterable: Any) -> Iterator[Any]:
+    """What every ``{% for %}`` loops over: each iteration costs a step."""
+    for item in iterable:
+        _spend()
+        yield item
+
+
+def _budget_concat(parts: list[Any]) -> str:
+    """``a ~ b``: the joined size is checked before it is built."""
+    texts = [str(part) for part in parts]
+    if sum(len(t) for t in texts) > MAX_VALUE_SIZE:
+        raise _refuse("the concatenation")
+    _spend()
+    return "".join(texts)
+
+
+class _Charge(NodeTransformer):
+    """Route every for-loop's iterable and every ``~`` through budgeted functions."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        self.generic_visit(node)
+        node.iter = nodes.Call(nodes.ImportedName(f"{__name__}._budget_iter"), [node.iter],
+                               [], None, None, lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        return nodes.Call(nodes.ImportedName(f"{__name__}._budget_concat"),
+                          [nodes.List(node.nodes, lineno=node.lineno)], [], None, None,
+                          lineno=node.lineno)
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, with the budget and size checks of this module."""
+
+    intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
+
+    def _generate(self, source: nodes.Template, name: str | None, filename: str | None,
+                  defer_init: bool = False) -> str:
+        return super()._generate(_Charge().visit(source), name, filename, defer_init)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _spend()
+        _check_binop(operator, left, right)
+        return _check_size(super().call_binop(context, operator, left, right),
+                           f"the result of {operator}")
+
+    def call(__self, __context: Any, __obj: Any, *args: Any,  # noqa: N805 - Jinja's API
+             **kwargs: Any) -> Any:
+        _spend()
+        target = inspect.unwrap(__obj)
+        owner = getattr(target, "__self__", None)
+        name = getattr(target, "__name__", "")
+        if isinstance(owner, str) and name == "join" and args:
+            items = list(_take(args[0]))
+            _check_join(items, owner)
+            args = (items, *args[1:])
+        elif isinstance(owner, str):
+            _check_str_method(owner, name, args, kwargs)
+        return _check_size(super().call(__context, __obj, *args, **kwargs),
+                           "the result of a call")
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _spend()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _spend()
+        return super().getitem(obj, argument)
+
+
+def _budgeted_range(*args: int) -> range:
+    """Jinja's capped ``range``, charged in full up front."""
+    steps = safe_range(*args)
+    _spend(len(steps))
+    return steps
+
+
 _env = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _env.globals["range"] = _budgeted_range
+_env.globals.pop("lipsum", None)  # generates text in bulk: nothing a workflow needs
+_env.filters.update({name: _guard_filter(name, func)
+                     for name, func in dict(_env.filters).items()})
+_env.tests.update({name: _guard_filter(name, func)  # type: ignore[arg-type]
+                   for name, func in dict(_env.tests).items()})
 
 
 def is_expression(value: object) -> bool:
@@ -74,11 +374,13 @@ def check_syntax(text: str) -> str | None:
     whole = _WHOLE.match(text)
     try:
         if whole:
-            _env.compile_expression(whole.group("expr"))
+            _compiled_expression(whole.group("expr"))
         else:
-            _env.parse(text)
+            _compiled_template(text)
     except jinja2.TemplateSyntaxError as exc:
         return f"expression syntax error in {text!r}: {exc.message}"
+    except RecursionError:
+        return f"expression is nested too deeply: {text[:80]!r}…"
     return None
 
 
@@ -95,32 +397,40 @@ def _compiled_template(text: str) -> jinja2.Template:
 def _render_capped(template: jinja2.Template, context: Mapping[str, Any]) -> str:
     parts, size = [], 0
     for chunk in template.generate(**context):
+        _spend()
         size += len(chunk)
         if size > MAX_VALUE_SIZE:
-            raise SecurityError(f"the rendered text exceeds {MAX_VALUE_SIZE} characters")
+            raise _refuse("the rendered text")
         parts.append(chunk)
     return "".join(parts)
 
 
+@dataclass
+class _Evaluation:
+    context: Mapping[str, Any]
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return _evaluate_string(value, self.context)
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        return value
+
+
 def evaluate(value: Any, context: Mapping[str, Any]) -> Any:
-    """Evaluate every expression inside ``value`` (recursing into dicts and lists)."""
-    if _range_budget.get() is None:
-        token = _range_budget.set([MAX_RANGE_STEPS])
-        try:
-            return _evaluate(value, context)
-        finally:
-            _range_budget.reset(token)
-    return _evaluate(value, context)
+    """Evaluate every expression inside ``value`` (recursing into dicts and lists).
 
-
-def _evaluate(value: Any, context: Mapping[str, Any]) -> Any:
-    if isinstance(value, str):
-        return _evaluate_string(value, context)
-    if isinstance(value, dict):
-        return {k: _evaluate(v, context) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_evaluate(v, context) for v in value]
-    return value
+    One budget covers the whole of ``value`` (all params of one node).
+    """
+    if _budget.get() is not None:
+        return _Evaluation(context).value(value)
+    token = _budget.set(_Budget())
+    try:
+        return _Evaluation(context).value(value)
+    finally:
+        _budget.reset(token)
 
 
 def _evaluate_string(text: str, context: Mapping[str, Any]) -> Any:
@@ -132,12 +442,22 @@ def _evaluate_string(text: str, context: Mapping[str, Any]) -> Any:
             result = _compiled_expression(whole.group("expr"))(**context)
             if isinstance(result, jinja2.Undefined):
                 result._fail_with_undefined_error()
+            if value_size(result) > MAX_VALUE_SIZE:
+                raise _refuse("the value")
             return result
         return _render_capped(_compiled_template(text), context)
     except jinja2.UndefinedError as exc:
-        raise ExpressionError(f"undefined in {text.strip()!r}: {exc.message}") from None
+        raise ExpressionError(f"undefined in {_short(text)}: {exc.message}") from None
     except jinja2.TemplateError as exc:
-        raise ExpressionError(f"cannot evaluate {text.strip()!r}: {exc}") from None
+        raise ExpressionError(f"cannot evaluate {_short(text)}: {exc}") from None
+    except RecursionError:
+        raise ExpressionError(f"cannot evaluate {_short(text)}: it recurses too deeply") \
+            from None
     except Exception as exc:  # noqa: BLE001 - any user-expression error fails the node
-        raise ExpressionError(f"cannot evaluate {text.strip()!r}: "
+        raise ExpressionError(f"cannot evaluate {_short(text)}: "
                               f"{type(exc).__name__}: {exc}") from None
+
+
+def _short(text: str) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= 200 else text[:200] + "…")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from flowrun.errors import ExpressionError
@@ -58,7 +60,65 @@ def test_ordinary_arithmetic_still_works() -> None:
 def test_nested_loops_run_out_of_budget() -> None:
     # Without the budget this is 10**10 iterations: the per-test timeout would fail it.
     text = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
-    with pytest.raises(ExpressionError, match="iterates more than"):
+    with pytest.raises(ExpressionError, match="ran longer than|iterates more than"):
         evaluate(text, CTX)
     assert evaluate("{% for i in range(3) %}{{ i }}{% endfor %}", CTX) == "012"
     assert evaluate("{{ range(5) | list }}", CTX) == [0, 1, 2, 3, 4]
+
+
+HOSTILE = [
+    "{% set r=range(600) %}{% for a in r %}{% for b in r %}{% for c in r %}{% endfor %}"
+    "{% endfor %}{% endfor %}",
+    "{{ ((((9**64)**64)**64)**64) }}",
+    "{{ (2 ** 99999) * (2 ** 99999) }}",
+    "{{ '%01000000000d' % 1 }}",
+    "{{ '%.900000f%.900000f' % (1, 2) }}",
+    "{{ '%*d' % (1000000000, 1) }}",
+    "{{ 'x' | center(1000000000) }}",
+    "{{ ('x' * 1000) | replace('x', 'y' * 2000) }}",
+    "{{ 'abc' | replace('', 'y' * 999999) }}",
+    "{{ '{:>1000000000}'.format(1) }}",
+    "{{ '{:{w}}'.format(1, w=1000000000) }}",
+    "{{ 'a'.center(1000000000) }}",
+    "{{ 'a'.zfill(1000000000) }}",
+    "{{ ('a\t' * 1000).expandtabs(100000) }}",
+    "{{ ['x' * 999999] * 999999 }}",
+    "{{ (['x' * 999999] * 100) | join(',') }}",
+    "{{ ','.join(['x' * 999999] * 100) }}",
+    "{{ ('x' * 999999) ~ ('y' * 999999) }}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+    "{% endfor %}{{ ns.s | length }}",
+    "{% set ns = namespace(s=[1]) %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
+    "{% endfor %}{{ ns.s | length }}",
+    "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+    "{{ ('x' * 999999) | indent(1000) }}",
+    "{{ [1, 2] | batch(1000000000, 0) | list }}",
+    "{{ [1] | tojson(indent=1000000000) }}",
+    "{{ lipsum(100000) }}",
+    "{{ ('word ' * 190000) | wordwrap(5, wrapstring='-' * 100) }}",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_expressions_fail_fast_without_building_anything(text: str) -> None:
+    started = time.perf_counter()
+    with pytest.raises(ExpressionError):
+        evaluate(text, CTX)
+    assert time.perf_counter() - started < 2  # a budget of ~50 ms, with room for a busy CI
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("{{ 'a' | center(5) }}", "  a  "),
+    ("{{ ['a', 'b'] | join(',') }}", "a,b"),
+    ("{{ '-'.join(['a', 'b']) }}", "a-b"),
+    ("{{ '%05d' % 3 }}", "00003"),
+    ("{{ '{:>4}|{}'.format(1, 'x') }}", "   1|x"),
+    ("{{ inputs.n ~ 'x' }}", "3x"),
+    ("{% for i in range(3) %}{{ loop.index }}{% endfor %}", "123"),
+    ("{{ 'a b' | replace(' ', '_') }}", "a_b"),
+    ("{{ 2 ** 64 }}", 2 ** 64),
+    ("{{ [1, 2] + [3] }}", [1, 2, 3]),
+    ("{{ ('x' * 999999) | length }}", 999999),
+])
+def test_ordinary_expressions_still_work(text: str, value: object) -> None:
+    assert evaluate(text, CTX) == value

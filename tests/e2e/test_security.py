@@ -376,3 +376,32 @@ def test_secrets_go_only_where_the_operator_allowed(
     assert admin.delete("/secrets/TOKEN").status_code == 204
     gone_secret = call(f"{api_url}/ok/echo")
     assert gone_secret["error"]["code"] == "secret_not_found", gone_secret
+
+
+# --- expressions --------------------------------------------------------------------
+
+def test_hostile_expressions_fail_their_node_while_the_server_stays_fast(keys: Keys) -> None:
+    hostile = [
+        "{% set r=range(600) %}{% for a in r %}{% for b in r %}{% for c in r %}{% endfor %}"
+        "{% endfor %}{% endfor %}",
+        "{{ ((((9**64)**64)**64)**64) }}",
+        "{{ '%01000000000d' % 1 }}",
+        "{{ 'x' | center(1000000000) }}",
+        "{{ ['x' * 999999] * 50 }}",
+    ]
+    ids = []
+    for text in hostile * 4:
+        graph = {"inputs": {"name": "x"},
+                 "nodes": [{"id": "greet", "type": "template", "template": text}]}
+        ids.append(keys.runner.post("/workflows/hello/run", json=graph).json()["id"])
+    slowest = 0.0
+    for _ in range(20):
+        started = time.perf_counter()
+        assert httpx.get(f"{keys.server.url}/healthz", timeout=10).status_code == 200
+        slowest = max(slowest, time.perf_counter() - started)
+    for run_id in ids:
+        run = finished(keys.runner, run_id)
+        assert run["status"] == "failed", run
+        assert run["error"]["code"] == "expression_error", run["error"]
+        assert len(json.dumps(run)) < 100_000  # nothing huge was stored
+    assert slowest < 1.0, f"/healthz took {slowest:.2f}s while expressions ran"
