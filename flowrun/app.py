@@ -66,7 +66,7 @@ def node_services(settings: Settings, registry: Registry, code: CodeRunner) -> N
     """What built-in nodes use, from settings."""
     networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.http_allowed_networks)
     return NodeServices(
-        code=code, registry=registry,
+        code=code, registry=registry, max_map_concurrency=settings.max_map_concurrency,
         http=HttpPolicy(allow_private_hosts=settings.allow_private_hosts,
                         allowed_networks=networks,
                         max_response_bytes=settings.http_max_response_bytes,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import getpass
 import json
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import uvicorn
 
 from flowrun import auth, definitions
 from flowrun.app import create_app, load_plugins
@@ -28,7 +26,8 @@ from flowrun.local import folder_services
 from flowrun.models import RunStatus
 from flowrun.progress import PrintingObserver, ProgressPrinter
 from flowrun.service import check_secret, create_api_key
-from flowrun.settings import ClientSettings, Settings, is_loopback_host
+from flowrun.serving import DrainingServer, server_config
+from flowrun.settings import ClientSettings, Settings, SettingsError
 from flowrun.store import Store
 
 
@@ -62,38 +61,11 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn, telling flowrun to drain the moment a shutdown signal arrives.
-
-    uvicorn runs the app's lifespan shutdown only after open connections close;
-    flowrun must stop accepting runs (503) and bound run-sync waits before that.
-    """
-
-    def __init__(self, config: uvicorn.Config, app: Any) -> None:
-        super().__init__(config)
-        self.flowrun_app = app
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        super().handle_exit(sig, frame)
-        service = getattr(self.flowrun_app.state, "service", None)
-        if service is None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        loop.call_soon_threadsafe(service.begin_drain)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port,
                          workflows_dir=Path(args.workflows) if args.workflows else None,
                          plugins=tuple(args.plugin) or None)
     if args.no_auth:
-        if not is_loopback_host(settings.host):
-            print(f"error: --no-auth is only allowed on a loopback host, not {settings.host}",
-                  file=sys.stderr)
-            return 2
         settings = settings.replace(auth_enabled=False)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -112,10 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the signal; a clean shutdown should exit 0, so the re-raised signal lands here.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            log_level=args.log_level,
-                            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1)
-    DrainingServer(config, app).run()
+    DrainingServer(server_config(app, settings, args.log_level), app).run()
     return 0
 
 
@@ -358,7 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

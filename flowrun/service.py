@@ -34,6 +34,7 @@ from flowrun.errors import (
     NotFound,
     QueueFull,
     RunNotFound,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
     VersionNotFound,
@@ -75,6 +76,8 @@ class RunRequest:
     idempotency_key: str | None = None
     on_conflict: OnConflict = OnConflict.RETURN_EXISTING
     parent_run_id: str | None = None
+    depth: int = 0
+    root_run_id: str | None = None
 
     def fingerprint(self) -> str:
         """Canonical JSON digest of what the run would do (not of how the answer is sent)."""
@@ -105,6 +108,7 @@ class RunService:
         self.bus = bus
         self.registry = registry
         self._key_cache: dict[str, tuple[auth.Principal, float]] = {}
+        self._streams: dict[str, int] = {}  # open event streams per API key id
         self.draining = anyio.Event()
         self.grace_over = anyio.Event()
         self.drain_started: float | None = None
@@ -225,6 +229,9 @@ class RunService:
 
     async def get_workflow(self, name: str,
                            version: int | None = None) -> tuple[int, WorkflowDefinition]:
+        if version is not None and not 1 <= version <= 2**31:
+            raise VersionNotFound(f"workflow {name!r} has no version {version}",
+                                  errors=[{"field": "version", "message": "unknown version"}])
         found = await self.store.get_workflow(name, version)
         if found is None:
             if version is not None and await self.store.workflow_exists(name):
@@ -287,7 +294,8 @@ class RunService:
             idempotency_key=request.idempotency_key,
             user=request.user, trace_id=request.trace_id or uuid.uuid4().hex,
             api_key_id=principal.key_id, overrides=overrides, graph=graph,
-            parent_run_id=request.parent_run_id)
+            parent_run_id=request.parent_run_id, depth=request.depth,
+            root_run_id=request.root_run_id)
         handle = self.scheduler.prepare(run)
         try:
             run_id, created = await self.store.accept_run(run, claim, self.scheduler.has_room)
@@ -324,7 +332,9 @@ class RunService:
         before = None
         if cursor:
             try:
-                before = int(cursor)
+                before = int(cursor) if len(cursor) < 19 else -1
+                if before < 0:
+                    raise ValueError(cursor)
             except ValueError:
                 raise BadRequest("cursor is not valid",
                                  errors=[{"field": "cursor", "message": "invalid"}]) from None
@@ -434,17 +444,43 @@ class RunService:
         """The graph a run executes (its override, or its stored version)."""
         return await self.scheduler.runner.definition_for(run)
 
-    def follow(self, run_id: str, after: int = 0) -> AsyncIterator[Event]:
+    def ensure_stream_room(self, principal: auth.Principal) -> None:
+        """TooManyRequests when the key holds its maximum of open event streams.
+
+        Streaming starts call it before they submit, so a refused stream starts no run.
+        """
+        if self._streams.get(principal.key_id or "", 0) >= self.settings.max_streams_per_key:
+            raise TooManyRequests(f"this API key already follows "
+                                  f"{self.settings.max_streams_per_key} event streams; "
+                                  f"close one first", headers={"Retry-After": "1"})
+
+    def follow(self, principal: auth.Principal, run_id: str,
+               after: int = 0) -> AsyncIterator[Event]:
         """The run's events after ``after``: replay, then live, ending at the terminal event.
 
-        Check access with ``get_run`` first; this does not.
+        Check access with ``get_run`` first; this does not. Each key may hold
+        ``max_streams_per_key`` streams at once (TooManyRequests past that), so one
+        key cannot hold every connection and subscriber slot of the server.
         """
+        self.ensure_stream_room(principal)
+        holder = principal.key_id or ""
+        self._streams[holder] = self._streams.get(holder, 0) + 1
 
         async def is_finished() -> bool:
             run = await self.store.get_run(run_id, with_nodes=False)
             return run is None or run.status in RUN_TERMINAL
 
-        return follow(self.bus, self.store.events, run_id, after, is_finished)
+        async def counted() -> AsyncIterator[Event]:
+            try:
+                async for event in follow(self.bus, self.store.events, run_id, after,
+                                          is_finished):
+                    yield event
+            finally:
+                self._streams[holder] -= 1
+                if not self._streams[holder]:
+                    del self._streams[holder]
+
+        return counted()
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "queued": self.scheduler.queued,
@@ -482,26 +518,65 @@ def merge_overrides(*layers: Mapping[str, Mapping[str, Any]] | None
 
 
 class ServiceChildRuns:
-    """The ``workflow`` node's child runs, made through the RunService."""
+    """The ``workflow`` node's child runs, made through the RunService.
+
+    Child runs start beyond ``max_concurrent_runs`` (their parent holds a slot
+    while it waits), so they are bounded here instead: at most
+    ``max_child_depth`` levels below a root run, and at most
+    ``max_child_runs_per_root`` being waited on at once in one root's tree.
+    """
 
     def __init__(self, service: RunService) -> None:
         self.service = service
+        self._live: dict[str, set[object]] = {}  # root run id -> live children (or slots)
+        self._root_of: dict[str, str] = {}
 
     async def start(self, parent_run_id: str, key: str, workflow: str, version: int | None,
                     inputs: dict[str, Any]) -> str:
+        settings = self.service.settings
         principal, parent = await owner_of(self.service, parent_run_id)
-        submission = await self.service.submit(principal, RunRequest(
-            workflow=workflow, inputs=inputs, version=version, priority=parent.priority,
-            correlation_id=parent.correlation_id, user=parent.user, trace_id=parent.trace_id,
-            idempotency_key=f"child:{parent_run_id}:{key}", parent_run_id=parent_run_id))
-        return submission.run.id
+        depth = parent.depth + 1
+        if depth > settings.max_child_depth:
+            raise BadRequest(f"child runs nest at most {settings.max_child_depth} levels "
+                             f"deep; this one would be level {depth}")
+        root = parent.root_run_id or parent.id
+        live = self._live.setdefault(root, set())
+        if len(live) >= settings.max_child_runs_per_root:
+            raise TooManyRequests(f"root run {root} already has "
+                                  f"{settings.max_child_runs_per_root} child runs going")
+        slot = object()
+        live.add(slot)  # held across the submit, so concurrent starts count too
+        try:
+            submission = await self.service.submit(principal, RunRequest(
+                workflow=workflow, inputs=inputs, version=version, priority=parent.priority,
+                correlation_id=parent.correlation_id, user=parent.user,
+                trace_id=parent.trace_id, idempotency_key=f"child:{parent_run_id}:{key}",
+                parent_run_id=parent_run_id, depth=depth, root_run_id=root))
+        finally:
+            self._release(root, slot)
+        child = submission.run.id
+        self._live.setdefault(root, set()).add(child)
+        self._root_of[child] = root
+        return child
+
+    def _release(self, root: str, member: object) -> None:
+        live = self._live.get(root)
+        if live is not None:
+            live.discard(member)
+            if not live:
+                del self._live[root]
 
     async def wait(self, run_id: str) -> tuple[str, dict[str, Any] | None,
                                                dict[str, Any] | None]:
-        handle = self.service.scheduler.get(run_id)
-        if handle is not None:
-            await handle.done.wait()
-        run = await self.service.store.get_run(run_id, with_nodes=False)
+        try:
+            handle = self.service.scheduler.get(run_id)
+            if handle is not None:
+                await handle.done.wait()
+            run = await self.service.store.get_run(run_id, with_nodes=False)
+        finally:
+            root = self._root_of.pop(run_id, None)
+            if root is not None:
+                self._release(root, run_id)
         if run is None:
             raise RunNotFound(f"child run {run_id!r} vanished")
         return run.status.value, run.outputs, run.error

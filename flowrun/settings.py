@@ -26,6 +26,10 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+class SettingsError(ValueError):
+    """Raised when settings contradict each other or a safety rule."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable about one flowrun server or embedded instance."""
@@ -49,6 +53,18 @@ class Settings:
     root_dialect: str | None = None
     sse_send_timeout_s: float = 30.0
     sse_buffer: int = 1024
+    max_streams_per_key: int = 100  # event streams one API key may hold open at once
+    # connections: past max_connections new requests get 503; a connection must send its
+    # request headers within header_timeout_s; idle keep-alive connections close after
+    # keep_alive_s
+    max_connections: int = 1000
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    # what one run may ask for: nesting of child runs, child runs live under one root
+    # run, and items a map node runs at once
+    max_child_depth: int = 10
+    max_child_runs_per_root: int = 32
+    max_map_concurrency: int = 32
     run_retention_s: float | None = None
     sweep_interval_s: float = 60.0
     group_commit_max: int = 512
@@ -77,6 +93,11 @@ class Settings:
     llm_timeout_s: float = 120.0
     llm_max_response_bytes: int = 10 * 1024 * 1024
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # However auth is turned off (a flag, FLOWRUN_AUTH_ENABLED), never beyond loopback.
+        if not self.auth_enabled and not is_loopback_host(self.host):
+            raise SettingsError(f"auth can be off only on a loopback host, not {self.host}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -46,7 +46,8 @@ def _is_json(content_type: str) -> bool:
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The raw body, refusing (413) anything over ``max_bytes`` without reading it all."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() and \
+            (len(declared) > 18 or int(declared) > max_bytes):
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes}")
     chunks = []
     size = 0
@@ -71,13 +72,37 @@ async def read_json(request: Request, max_bytes: int, *, empty: Any = None) -> A
         raise UnsupportedMediaType(f"send the body as application/json "
                                    f"(got {content_type or 'no content type'!r})")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except RecursionError:
-        raise BadRequest("the JSON body is nested too deeply",
-                         errors=[{"field": "body", "message": "nested too deeply"}]) from None
+        data = None
+        depth = MAX_JSON_DEPTH + 1
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON body: {exc}",
                          errors=[{"field": "body", "message": "malformed JSON"}]) from None
+    else:
+        depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise BadRequest(f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep",
+                         errors=[{"field": "body", "message": "nested too deeply"}])
+    return data
+
+
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (without recursion)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
 
 
 def pydantic_errors(exc: pydantic.ValidationError, prefix: str = "") -> list[dict[str, Any]]:
@@ -102,6 +127,17 @@ def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
 
 
 MAX_IDEMPOTENCY_KEY = 255
+MAX_NUMBER = 2**62  # any id, sequence or count a client sends; SQLite's integers are 64-bit
+
+
+def id_number(raw: str) -> int | None:
+    """``raw`` as a number id (a jobs-API job, a workflow number), or None if it is not one.
+
+    Only ASCII digits count (``"²".isdigit()`` is true), and only up to MAX_NUMBER.
+    """
+    if raw.isascii() and raw.isdigit() and len(raw) < 19:
+        return int(raw)
+    return None
 
 
 def idempotency_of(request: Request, max_length: int = MAX_IDEMPOTENCY_KEY
@@ -131,7 +167,7 @@ def query_int(request: Request, name: str, default: int | None, *, minimum: int,
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = int(raw) if len(raw) < 19 else maximum + 1
     except ValueError:
         raise BadRequest(f"{name} must be an integer",
                          errors=[{"field": name, "message": "must be an integer"}]) from None
@@ -178,10 +214,10 @@ def last_event_id(request: Request) -> int:
     if raw is None or raw == "":
         return 0
     try:
-        value = int(raw)
+        value = int(raw) if len(raw) < 19 else -1
     except ValueError:
         value = -1
-    if value < 0:
+    if not 0 <= value <= MAX_NUMBER:
         raise BadRequest(f"{field} must be a non-negative event sequence number",
                          errors=[{"field": field, "message": "must be an integer >= 0"}])
     return value

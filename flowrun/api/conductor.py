@@ -25,6 +25,7 @@ from starlette.routing import Route
 from flowrun import auth
 from flowrun.api.common import (
     error_handlers,
+    id_number,
     parse_model,
     principal_of,
     read_json,
@@ -116,10 +117,14 @@ def _int_query(request: Request, name: str, default: int | None) -> int | None:
     if raw in (None, ""):
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise BadRequest(f"{name} must be an integer",
                          errors=[{"field": name, "message": "not an integer"}]) from None
+    if abs(value) > 2**31:
+        raise BadRequest(f"{name} is out of range",
+                         errors=[{"field": name, "message": "out of range"}])
+    return value
 
 
 def _strategy(key: str | None, raw: str | None, *, required: bool) -> OnConflict:
@@ -254,7 +259,7 @@ async def execute(request: Request) -> Response:
         raise BadRequest("the body must be a StartWorkflowRequest object")
     data = {**data, "name": request.path_params["name"]}
     version = request.path_params["version"]
-    if not version.isdigit():
+    if id_number(version) is None:
         raise BadRequest(f"version must be a number (0 for the latest), not {version!r}",
                          errors=[{"field": "version", "message": "not a number"}])
     data["version"] = int(version) or None

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from flowrun.api.common import (
     error_handlers,
+    id_number,
     idempotency_of,
     last_event_id,
     parse_model,
@@ -117,10 +118,12 @@ def encode_event(event: Event, run: RunRecord) -> ServerSentEvent:
     return ServerSentEvent(data=json.dumps(frame, separators=(",", ":")), id=str(event.seq))
 
 
-def event_stream(request: Request, service: RunService, run: RunRecord,
+def event_stream(request: Request, service: RunService, principal: Principal, run: RunRecord,
                  after: int = 0) -> EventSourceResponse:
+    events = service.follow(principal, run.id, after)
+
     async def frames() -> AsyncIterator[ServerSentEvent]:
-        async for event in service.follow(run.id, after):
+        async for event in events:
             yield encode_event(event, run)
 
     return sse_response(request, frames(), ping_event=True)
@@ -142,13 +145,13 @@ def _target(principal: Principal, workflow_id: str | None) -> tuple[str, int | N
                              "`flowrun keys create --scope run --workflow NAME`")
         return principal.workflow, None
     name, _, version_text = workflow_id.rpartition(":")
-    if not name and workflow_id.isdigit() and principal.workflow is not None:
+    if not name and id_number(workflow_id) is not None and principal.workflow is not None:
         name, version_text = principal.workflow, workflow_id
     elif not name:
         name, version_text = workflow_id, ""
     if not principal.may_use(name):
         raise NotFound("Workflow not found.")  # Dify hides other apps' existence
-    if version_text and not version_text.isdigit():
+    if version_text and id_number(version_text) is None:
         raise BadRequest(f"workflow_id {workflow_id!r} is not name:version")
     return name, int(version_text) if version_text else None
 
@@ -160,6 +163,8 @@ async def _run(request: Request, workflow_id: str | None) -> Response:
     name, version = _target(principal, workflow_id)
     key, on_conflict = idempotency_of(request, max_length=64)
     started = time.monotonic()
+    if body.response_mode == "streaming":
+        service.ensure_stream_room(principal)
     submission = await service.submit(principal, RunRequest(
         workflow=name, version=version, inputs=body.inputs, user=body.user,
         trace_id=_trace_id(request, body), idempotency_key=key, on_conflict=on_conflict))
@@ -167,7 +172,7 @@ async def _run(request: Request, workflow_id: str | None) -> Response:
     if body.response_mode == "async":
         return JSONResponse(async_body(run), status_code=202 if submission.created else 200)
     if body.response_mode == "streaming":
-        return event_stream(request, service, run)
+        return event_stream(request, service, principal, run)
     wait = service.settings.run_sync_default_timeout_s - (time.monotonic() - started)
     finished = await service.wait(principal, run.id, max(wait, 0.0))
     return JSONResponse(blocking_body(finished))
@@ -212,7 +217,8 @@ async def stop(request: Request) -> Response:
 async def events(request: Request) -> Response:
     run = await _owned(request, request.path_params["workflow_run_id"],
                        request.query_params.get("user"))
-    return event_stream(request, service_of(request), run, last_event_id(request))
+    return event_stream(request, service_of(request), await principal_of(request), run,
+                        last_event_id(request))
 
 
 routes = [

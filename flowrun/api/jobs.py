@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from flowrun.api.common import (
     error_handlers,
+    id_number,
     last_event_id,
     parse_model,
     principal_of,
@@ -62,8 +63,9 @@ def render_error(exc: FlowrunError) -> Response:
 
 
 async def _workflow_name(service: RunService, raw: str) -> str:
-    if raw.isdigit():
-        name = await service.store.workflow_by_number(int(raw))
+    number = id_number(raw)
+    if number is not None:
+        name = await service.store.workflow_by_number(number)
         if name is None:
             raise WorkflowNotFound(f"workflow {raw} does not exist")
         return name
@@ -167,15 +169,19 @@ async def stream(request: Request) -> Response:
     principal = await principal_of(request)
     service = service_of(request)
     raw = request.path_params["job_id"]
-    run_id = await service.store.run_id_by_number(int(raw)) if raw.isdigit() else raw
-    if run_id is None:
-        raise RunNotFound(f"job {raw} not found")
-    run = await service.get_run(principal, run_id)
-    after = last_event_id(request)
+    number = id_number(raw)
+    run_id = await service.store.run_id_by_number(number) if number is not None else raw
+    try:
+        if run_id is None:
+            raise RunNotFound(f"job {raw} not found")
+        run = await service.get_run(principal, run_id)
+    except RunNotFound:
+        raise RunNotFound(f"job {raw} not found") from None  # never another key's run id
+    events = service.follow(principal, run.id, last_event_id(request))
 
     async def frames() -> AsyncIterator[ServerSentEvent]:
         yield _frame("init", run, None, {"job": await job_json(service, run)})
-        async for event in service.follow(run.id, after):
+        async for event in events:
             if event.name == "workflow_finished":
                 final = await service.get_run(principal, run.id)
                 yield _frame("done", final, event, {"result": final.outputs,

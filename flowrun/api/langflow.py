@@ -26,13 +26,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from flowrun.api.common import (
+    MAX_NUMBER,
     error_handlers,
+    id_number,
     parse_model,
     principal_of,
     read_json,
     service_of,
     sse_response,
 )
+from flowrun.auth import Principal
 from flowrun.errors import BadRequest, FlowrunError, RunNotFound, WorkflowNotFound
 from flowrun.events import Event
 from flowrun.models import RUN_TERMINAL, NodeStatus, OnConflict, RunRecord, RunStatus, rfc3339
@@ -90,8 +93,9 @@ def render_error(exc: FlowrunError) -> Response:
 
 
 async def _flow(service: RunService, flow_id: str) -> str:
-    if flow_id.isdigit():
-        name = await service.store.workflow_by_number(int(flow_id))
+    number = id_number(flow_id)
+    if number is not None:
+        name = await service.store.workflow_by_number(number)
         if name is not None:
             return name
     if not await service.store.workflow_exists(flow_id):
@@ -157,9 +161,12 @@ def encode_event(event: Event) -> ServerSentEvent:
                            id=str(event.seq - 1))
 
 
-def event_stream(request: Request, service: RunService, run_id: str, after: int) -> Response:
+def event_stream(request: Request, service: RunService, principal: Principal, run_id: str,
+                 after: int) -> Response:
+    events = service.follow(principal, run_id, after)
+
     async def frames() -> AsyncIterator[ServerSentEvent]:
-        async for event in service.follow(run_id, after):
+        async for event in events:
             yield encode_event(event)
 
     return sse_response(request, frames())
@@ -208,6 +215,8 @@ async def run_workflow(request: Request) -> Response:
         inputs.setdefault(target, body.input_value)
     key = body.idempotency_key if mode == "background" else None
     began = time.monotonic()
+    if mode == "stream":
+        service.ensure_stream_room(principal)
     submission = await service.submit(principal, RunRequest(
         workflow=name, inputs=inputs, overrides=tweaks or None, nodes=nodes,
         edges=graph.get("edges") if isinstance(graph, dict) else None,
@@ -217,7 +226,7 @@ async def run_workflow(request: Request) -> Response:
     if mode == "background":
         return JSONResponse(job_object(request, run))
     if mode == "stream":
-        return event_stream(request, service, run.id, 0)
+        return event_stream(request, service, principal, run.id, 0)
     wait = SYNC_TIMEOUT_S - (time.monotonic() - began)
     finished = await service.wait(principal, run.id, max(wait, 0))
     if finished.status not in RUN_TERMINAL:
@@ -247,10 +256,10 @@ def _sequence(raw: str | None, field: str) -> int:
     if raw is None or raw == "":
         return 0
     try:
-        value = int(raw)
+        value = int(raw) if len(raw) < 19 else -2
     except ValueError:
         value = -2
-    if value < -1:
+    if not -1 <= value <= MAX_NUMBER:
         raise BadRequest(f"{field} must be an event id (an integer >= 0)",
                          errors=[{"field": field, "message": "invalid"}])
     return value + 1
@@ -259,7 +268,7 @@ def _sequence(raw: str | None, field: str) -> int:
 async def get_status(request: Request) -> Response:
     service, run = await _job(request, request.query_params.get("job_id"))
     if request.query_params.get("stream", "").lower() == "true":
-        return event_stream(request, service, run.id,
+        return event_stream(request, service, await principal_of(request), run.id,
                             _sequence(request.query_params.get("sequence_id"), "sequence_id"))
     if run.status is RunStatus.SUCCEEDED:
         return JSONResponse(response_object(run, await _sinks(service, run)))
@@ -277,7 +286,7 @@ async def get_status(request: Request) -> Response:
 
 async def job_events(request: Request) -> Response:
     service, run = await _job(request, request.path_params["job_id"])
-    return event_stream(request, service, run.id,
+    return event_stream(request, service, await principal_of(request), run.id,
                         _sequence(request.headers.get("last-event-id"), "Last-Event-ID"))
 
 

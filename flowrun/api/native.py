@@ -135,12 +135,14 @@ async def run_async(request: Request) -> Response:
     principal = await principal_of(request)
     run_request, body = await _run_request(request)
     service = service_of(request)
+    if body.stream:
+        service.ensure_stream_room(principal)
     submission = await service.submit(principal, run_request)
     run = submission.run
     headers = _run_headers(submission)
     if body.stream:
         # The run belongs to the app's task group: the client leaving ends only the stream.
-        return event_stream(request, service.follow(run.id), headers=headers)
+        return event_stream(request, service.follow(principal, run.id), headers=headers)
     return JSONResponse(run.to_json(), status_code=202 if submission.created else 200,
                         headers=headers)
 
@@ -171,7 +173,7 @@ async def run_events(request: Request) -> Response:
     principal = await principal_of(request)
     service = service_of(request)
     run = await service.get_run(principal, request.path_params["run_id"])
-    return event_stream(request, service.follow(run.id, last_event_id(request)))
+    return event_stream(request, service.follow(principal, run.id, last_event_id(request)))
 
 
 def _timeout_param(request: Request, body: RunBody) -> float:

@@ -35,14 +35,50 @@ async def system_resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated (RFC 2765)
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: mapped, compatible, translated,
+    NAT64, 6to4 and Teredo (server and client) forms."""
+    found = []
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    elif int(ip) >> 32 == 0 and int(ip) > 1:  # ::a.b.c.d (IPv4-compatible, deprecated)
+        found.append(low32)
+    elif ip in _TRANSLATED or any(ip in net for net in _NAT64):
+        found.append(low32)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
+
+
 def address_allowed(ip_text: str, policy: HttpPolicy) -> bool:
-    """True when connecting to this address is allowed by the policy."""
-    ip = ipaddress.ip_address(ip_text.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """True when connecting to this address is allowed by the policy.
+
+    An IPv6 address that embeds an IPv4 address is judged by the IPv4 address
+    too: every form must be allowed on its own.
+    """
+    ip: IPAddress = ipaddress.ip_address(ip_text.split("%", 1)[0])
     if policy.allow_private_hosts:
         return True
-    if any(ip in network for network in policy.allowed_networks):
+    candidates: list[IPAddress] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(ip)
+        if ip.ipv4_mapped is not None:
+            candidates = []  # a mapped address is exactly its IPv4 address
+        candidates.extend(embedded)
+    return all(_one_allowed(c, policy) for c in candidates)
+
+
+def _one_allowed(ip: IPAddress, policy: HttpPolicy) -> bool:
+    if any(ip.version == network.version and ip in network
+           for network in policy.allowed_networks):
         return True
     return ip.is_global and not ip.is_multicast
 

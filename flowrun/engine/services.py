@@ -69,5 +69,7 @@ class NodeServices:
     workflows: WorkflowLoader | None = None
     # How node traffic resolves names (None: the system resolver); tests inject answers.
     resolve: Any = None
+    # Items one map node may run at once, whatever its concurrency param asks.
+    max_map_concurrency: int = 32
     # Where [[secret:NAME]] references get their values (None: no secrets here).
     secrets: SecretSource | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -80,6 +81,22 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
         await conn.execute(f"PRAGMA user_version = {step + 1}")
         await conn.execute("COMMIT")
         logger.info("database migrated to schema %d", step + 1)
+
+
+def _private_files(path: Path) -> None:
+    """Create the database readable by its owner only, and narrow an existing one.
+
+    SQLite gives the -wal and -shm files the database file's mode, so they follow.
+    The database holds every run's inputs, key digests and secret values.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+        except FileNotFoundError:
+            pass
 
 
 def _run_from_row(row: sqlite3.Row) -> RunRecord:
@@ -190,7 +207,7 @@ class Store:
     async def open(cls, path: Path, *, max_batch: int = 512, busy_timeout_ms: int = 5000,
                    synchronous: str = "FULL") -> AsyncIterator[Store]:
         """Open (creating and migrating) the database for the duration of the block."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(_private_files, path)
         write_conn = await _connect(path, busy_timeout_ms, synchronous)
         try:
             await _migrate(write_conn)

@@ -61,13 +61,15 @@ class Server:
         assert done.returncode == 0, done.stderr
         return done.stderr.split()[-1], done.stdout.strip()
 
+    def command(self, host: str = "127.0.0.1") -> list[str]:
+        return [sys.executable, "-m", "flowrun", "serve", "--host", host,
+                "--port", str(self.port), "--db", str(self.db), "--workflows",
+                str(self.workflows), "--plugin", "tests.e2e.plugin", "--log-level", "warning"]
+
     def start(self, *extra: str) -> None:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "flowrun", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--db", str(self.db), "--workflows",
-                 str(self.workflows), "--plugin", "tests.e2e.plugin", "--log-level", "warning",
-                 *extra], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([*self.command(), *extra], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -6,6 +6,7 @@ One server for the module: an admin key, a run key, and a run key bound to ``hel
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -405,3 +406,153 @@ def test_hostile_expressions_fail_their_node_while_the_server_stays_fast(keys: K
         assert run["error"]["code"] == "expression_error", run["error"]
         assert len(json.dumps(run)) < 100_000  # nothing huge was stored
     assert slowest < 1.0, f"/healthz took {slowest:.2f}s while expressions ran"
+
+
+# --- bounds -------------------------------------------------------------------------
+
+def test_auth_can_be_off_only_on_loopback_however_it_is_turned_off(tmp_path: Path) -> None:
+    server = Server(tmp_path, {"FLOWRUN_AUTH_ENABLED": "false"})
+    for extra in ((), ("--no-auth",)):
+        done = subprocess.run([*server.command("0.0.0.0"), *extra], env=server.env,
+                              capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 2, done.stderr
+        assert "only on a loopback host" in done.stderr
+
+
+def test_database_files_are_private_to_the_server(keys: Keys) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(f"{keys.server.db}{suffix}")
+        assert path.exists() and path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_a_workflow_calling_itself_stops_at_the_depth_limit(keys: Keys) -> None:
+    recurse = {"inputs": {"n": {"type": "integer", "default": 0}},
+               "nodes": [{"id": "again", "type": "workflow", "workflow": "recurse",
+                          "inputs": {"n": "{{ inputs.n + 1 }}"}}]}
+    assert keys.admin.put("/workflows/recurse", json=recurse).status_code == 201
+    run = keys.runner.post("/workflows/recurse/run-sync", json={}).json()
+    assert run["status"] == "failed", run
+    runs = keys.admin.get("/workflows/recurse/runs", params={"limit": 1000}).json()["runs"]
+    assert len(runs) == 11  # the root and ten levels of children, no more
+    deepest = [r for r in runs if r["status"] == "failed" and r["parent_run_id"]]
+    messages = [keys.admin.get(f"/runs/{r['id']}").json()["error"]["message"] for r in deepest]
+    assert any("nest at most 10 levels" in m for m in messages), messages
+
+
+def test_a_map_cannot_ask_for_more_concurrency_than_the_server_allows(keys: Keys) -> None:
+    graph = {"inputs": {"name": "x"}, "nodes": [
+        {"id": "greet", "type": "map", "items": list(range(40)), "concurrency": 1000,
+         "nodes": [{"id": "t", "type": "template", "template": "{{ item }}"}],
+         "output": "{{ nodes.t.text }}"}]}
+    run = keys.runner.post("/workflows/hello/run-sync", json=graph).json()
+    node = run["nodes"][0]
+    assert node["outputs"]["results"] == [str(i) for i in range(40)]
+    assert "capped at the server's maximum of 32" in " ".join(node["process_data"]["logs"])
+
+
+def test_ipv6_forms_of_loopback_are_blocked(keys: Keys) -> None:
+    port = keys.server.port
+    for host in ("::127.0.0.1", "::ffff:0:7f00:1", "64:ff9b::7f00:1", "2002:7f00:1::1",
+                 "::ffff:127.0.0.1"):
+        graph = {"inputs": {"name": "x"}, "nodes": [
+            {"id": "greet", "type": "http", "url": f"http://[{host}]:{port}/healthz"}]}
+        run = keys.runner.post("/workflows/hello/run-sync", json=graph).json()
+        assert run["error"]["code"] == "http_blocked", (host, run["error"])
+
+
+def test_no_error_names_another_keys_run(keys: Keys) -> None:
+    run = keys.admin.post("/jobs/workflows/hello/run", json={"input": {"name": "A"}}).json()
+    job, run_id = run["data"]["id"], run["data"]["runId"]
+    resp = keys.runner.get(f"/jobs/jobs/{job}/stream")
+    assert resp.status_code == 404 and run_id not in resp.text
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/jobs/jobs/99999999999999999999999/stream", None),
+    ("GET", "/jobs/jobs/²/stream", None),
+    ("POST", "/jobs/workflows/99999999999999999999999/run", {}),
+    ("POST", "/conductor/api/workflow/hello?version=99999999999999999999", {}),
+    ("POST", "/conductor/api/workflow/hello?priority=99999999999999999999", {}),
+    ("POST", "/conductor/api/workflow/execute/hello/99999999999999999999", {}),
+    ("POST", "/langflow/api/v2/workflows",
+     {"flow_id": "99999999999999999999999", "mode": "background"}),
+    ("GET", "/langflow/api/v2/workflows?job_id=x&stream=true&sequence_id=9999999999999999999999",
+     None),
+    ("GET", "/workflows/hello/runs?cursor=99999999999999999999999", None),
+    ("GET", "/workflows/hello/runs?limit=99999999999999999999999", None),
+    ("GET", "/workflows/hello?version=99999999999999999999999", None),
+    ("POST", "/workflows/hello/run", {"version": 99999999999999999999999}),
+    ("POST", "/dify/v1/workflows/hello:99999999999999999999999/run",
+     {"inputs": {}, "user": "u"}),
+])
+def test_oversized_numbers_are_a_client_error(keys: Keys, method: str, path: str,
+                                              body: Any) -> None:
+    resp = keys.admin.request(method, path, json=body)
+    assert 400 <= resp.status_code < 500, (resp.status_code, resp.text)
+
+
+def test_deeply_nested_bodies_are_a_client_error(keys: Keys) -> None:
+    deep: Any = "x"
+    for _ in range(600):
+        deep = {"a": deep}
+    graph = {"nodes": [{"id": "t", "type": "template", "template": "x", "title": "t"}],
+             "outputs": {"x": deep}}
+    resp = keys.admin.put("/workflows/deep", json=graph)
+    assert resp.status_code == 400 and "nested" in resp.text, resp.text
+    run = keys.runner.post("/workflows/hello/run", json={"inputs": {"name": "x"},
+                                                         "overrides": {"greet": deep}})
+    assert run.status_code == 400
+
+
+def test_event_streams_per_key_are_bounded(server_factory: Callable[..., Server]) -> None:
+    server = server_factory({"FLOWRUN_MAX_STREAMS_PER_KEY": "3"})
+    key, other = server.create_key(), server.create_key()
+    server.start()
+    client = server.client(key)
+    run = client.post("/workflows/slow/run", json={"inputs": {"seconds": 30}}).json()
+    url = f"{server.url}/runs/{run['id']}/events"
+    headers = {"Authorization": f"Bearer {key}"}
+    streams = [httpx.stream("GET", url, headers=headers, timeout=30) for _ in range(3)]
+    opened = [s.__enter__() for s in streams]
+    try:
+        assert all(r.status_code == 200 for r in opened)
+        over = client.get(f"/runs/{run['id']}/events")
+        assert over.status_code == 429 and over.json()["code"] == "too_many_requests"
+        streamed = client.post("/workflows/slow/run",
+                               json={"inputs": {"seconds": 0}, "stream": True})
+        assert streamed.status_code == 429
+        listed = client.get("/workflows/slow/runs").json()["runs"]
+        assert len(listed) == 1  # the refused streaming start started no run
+        assert server.client(other).get(f"/runs/{run['id']}/events").status_code == 404
+    finally:
+        for stream in streams:
+            stream.__exit__(None, None, None)
+    deadline = time.monotonic() + 10
+    while True:  # the closed streams give their places back
+        resp = client.post(f"/runs/{run['id']}/stop")
+        with httpx.stream("GET", url, headers=headers, timeout=30) as again:
+            if again.status_code == 200:
+                break
+        assert time.monotonic() < deadline, "closed streams were never released"
+        time.sleep(0.05)
+    assert resp.status_code == 200
+
+
+def test_slow_header_connections_are_closed_and_capped(
+        server_factory: Callable[..., Server]) -> None:
+    server = server_factory({"FLOWRUN_MAX_CONNECTIONS": "20",
+                             "FLOWRUN_HEADER_TIMEOUT_S": "1"})
+    server.start()
+    sockets = []
+    try:
+        for _ in range(25):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # never finished
+            sockets.append(sock)
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 503
+        for sock in sockets:  # the server hangs up on each within the header timeout
+            assert sock.recv(1024) == b""
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    finally:
+        for sock in sockets:
+            sock.close()

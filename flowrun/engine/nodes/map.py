@@ -78,6 +78,10 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
                                        "edges": edges or []},
                                       source=f"map {ctx.node_id}", registry=services.registry)
     results: list[Any] = [None] * len(items)
+    if concurrency > services.max_map_concurrency:
+        ctx.log(f"concurrency {concurrency} is capped at the server's maximum of "
+                f"{services.max_map_concurrency}")
+        concurrency = services.max_map_concurrency
     limiter = anyio.CapacityLimiter(concurrency)
     failures: list[NodeFailure] = []
 

@@ -1,0 +1,85 @@
+"""How ``flowrun serve`` runs under uvicorn: drain on a signal, and bounded connections.
+
+uvicorn has a keep-alive timeout for idle connections but none for a client
+that sends a request's headers slowly (slowloris): ``HeaderTimeoutH11`` closes
+a connection whose request headers are not complete within
+``header_timeout_s``. ``limit_concurrency`` answers 503 past
+``max_connections``; event streams are bounded per key by the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from flowrun.settings import Settings
+
+
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol, closing connections that do not finish their headers."""
+
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        # IDLE: the current request's headers have not all arrived.
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_timer()  # the next request on this connection gets the same
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, telling flowrun to drain the moment a shutdown signal arrives.
+
+    uvicorn runs the app's lifespan shutdown only after open connections close;
+    flowrun must stop accepting runs (503) and bound run-sync waits before that.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self.flowrun_app = app
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        service = getattr(self.flowrun_app.state, "service", None)
+        if service is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_soon_threadsafe(service.begin_drain)
+
+
+def server_config(app: Any, settings: Settings, log_level: str) -> uvicorn.Config:
+    """uvicorn's settings for flowrun: h11 with a header timeout, connection limits."""
+    protocol = type("FlowrunH11", (HeaderTimeoutH11,),
+                    {"header_timeout_s": settings.header_timeout_s})
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                          http=protocol, limit_concurrency=settings.max_connections,
+                          timeout_keep_alive=max(1, round(settings.keep_alive_s)),
+                          timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1)
