@@ -25,6 +25,9 @@ import anyio
 import anyio.lowlevel
 from starlette.applications import Starlette
 from starlette.datastructures import State
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
 from flowrun.api import conductor, dify, jobs, langflow, native
@@ -186,6 +189,27 @@ def _dialect_app(module: Any, state: State) -> Starlette:
     return sub
 
 
+def _errors_by_prefix(root_module: Any) -> Any:
+    """The root app's error handler: a path under a dialect's prefix that no route
+    matched (Starlette's mounts do not match every byte, e.g. a newline) still gets
+    that dialect's error shape."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        path = request.url.path
+        for prefix, module in DIALECTS.values():
+            if path == prefix or path.startswith(prefix + "/"):
+                return await module.exception_handlers[_base(exc)](request, exc)
+        if root_module is not None and not path.startswith("/native/"):
+            return await root_module.exception_handlers[_base(exc)](request, exc)
+        return await native.handle_error(request, exc)
+
+    return handle
+
+
+def _base(exc: Exception) -> type[Exception]:
+    return HTTPException if isinstance(exc, HTTPException) else FlowrunError
+
+
 def create_app(settings: Settings | None = None, *,
                registry: Registry = default_registry) -> Starlette:
     """A Starlette app serving flowrun's API with ``settings``.
@@ -199,7 +223,8 @@ def create_app(settings: Settings | None = None, *,
     root = settings.root_dialect
     if root is not None and root not in DIALECTS:
         raise ValueError(f"root_dialect must be one of {', '.join(DIALECTS)}")
-    app = Starlette(exception_handlers=native.exception_handlers,  # type: ignore[arg-type]
+    handle = _errors_by_prefix(None if root is None else DIALECTS[root][1])
+    app = Starlette(exception_handlers={FlowrunError: handle, HTTPException: handle},
                     lifespan=flowrun_lifespan)
     routes: list[BaseRoute] = [Mount(prefix, app=_dialect_app(module, app.state))
                                for prefix, module in DIALECTS.values()]

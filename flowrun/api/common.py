@@ -82,7 +82,7 @@ async def read_json(request: Request, max_bytes: int, *, empty: Any = None) -> A
     else:
         depth = json_depth(data)
     if depth > MAX_JSON_DEPTH:
-        raise BadRequest(f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep",
+        raise BadRequest(f"the JSON body is nested too deeply (over {MAX_JSON_DEPTH} levels)",
                          errors=[{"field": "body", "message": "nested too deeply"}])
     return data
 

@@ -56,7 +56,6 @@ _EVENT_NAMES = {"workflow_started": "start", "workflow_resumed": "start",
                 "node_started": "vertex_start", "node_finished": "end_vertex",
                 "node_retry": "vertex_retry", "text_chunk": "token",
                 "workflow_finished": "end", "error": "error"}
-SYNC_TIMEOUT_S = 300
 
 
 class MissingParameter(BadRequest):
@@ -227,15 +226,16 @@ async def run_workflow(request: Request) -> Response:
         return JSONResponse(job_object(request, run))
     if mode == "stream":
         return event_stream(request, service, principal, run.id, 0)
-    wait = SYNC_TIMEOUT_S - (time.monotonic() - began)
+    budget = service.settings.run_sync_default_timeout_s
+    wait = budget - (time.monotonic() - began)
     finished = await service.wait(principal, run.id, max(wait, 0))
     if finished.status not in RUN_TERMINAL:
         return JSONResponse({"detail": {"error": "Execution timed out",
                                         "code": "EXECUTION_TIMEOUT",
                                         "message": f"the flow is still running after "
-                                                   f"{SYNC_TIMEOUT_S}s",
+                                                   f"{budget:g}s",
                                         "job_id": run.id, "flow_id": name,
-                                        "timeout_seconds": SYNC_TIMEOUT_S}}, status_code=408)
+                                        "timeout_seconds": budget}}, status_code=408)
     return JSONResponse(response_object(finished, await _sinks(service, finished)))
 
 

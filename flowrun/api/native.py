@@ -329,7 +329,8 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(build_spec(RunBody.model_json_schema()))
+    return JSONResponse(build_spec({"RunBody": RunBody, "KeyBody": KeyBody,
+                                    "SecretBody": SecretBody}))
 
 
 ops_routes = [

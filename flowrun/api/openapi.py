@@ -1,74 +1,193 @@
-"""The OpenAPI document of the native API, built from the request models."""
+"""The OpenAPI document of every route: the native API and each dialect at its prefix.
+
+Request bodies come from the pydantic models the routes validate with; each
+dialect's error responses carry that dialect's own error shape, so a client
+(or a fuzzer) can check every 4xx against it. Path and query parameters are
+typed as the strings they arrive as: the server must answer any string with a
+clear 4xx.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flowrun import __name__ as _package
+from pydantic import BaseModel
 
-_PROBLEM = {"description": "Problem (RFC 9457) with a machine `code`",
-            "content": {"application/problem+json": {"schema": {"$ref":
-                                                                "#/components/schemas/Problem"}}}}
+from flowrun.api import conductor, dify, jobs, langflow
+
+_ERRORS: dict[str, dict[str, Any]] = {
+    "Problem": {"type": "object", "required": ["status", "code", "detail"], "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"},
+        "status": {"type": "integer"}, "detail": {"type": "string"},
+        "code": {"type": "string"}, "errors": {"type": "array", "items": {"type": "object"}}}},
+    "DifyError": {"type": "object", "required": ["status", "code", "message"], "properties": {
+        "status": {"type": "integer"}, "code": {"type": "string"},
+        "message": {"type": "string"}}},
+    "ConductorError": {"type": "object", "required": ["status", "code", "message"],
+                       "properties": {"status": {"type": "integer"}, "code": {"type": "string"},
+                                      "message": {"type": "string"},
+                                      "retryable": {"type": "boolean"},
+                                      "validationErrors": {"type": "array"}}},
+    "LangflowError": {"type": "object", "required": ["detail"], "properties": {
+        "detail": {"type": "object", "required": ["code", "message"], "properties": {
+            "error": {"type": "string"}, "code": {"type": "string"},
+            "message": {"type": ["string", "null"]}}}}},
+    "JobsError": {"type": "object", "required": ["success", "message"], "properties": {
+        "success": {"const": False}, "message": {"type": "string"},
+        "code": {"type": "string"}}},
+}
+_MEDIA = {"Problem": "application/problem+json"}
+_ERROR_CODES = (400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 503)
 
 
-def _op(summary: str, ok: str, *, body: str | None = None, codes: tuple[int, ...] = (401,),
-        params: tuple[str, ...] = ()) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {ok: {"description": "OK"}}}
-    for code in codes:
-        op["responses"][str(code)] = _PROBLEM
-    if body:
-        op["requestBody"] = {"required": False, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{body}"}}}}
-    if params:
-        op["parameters"] = [{"name": p, "in": "query", "required": False,
-                             "schema": {"type": "string"}} for p in params]
-    return op
+class _Spec:
+    """Collects paths and component schemas."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, dict[str, Any]] = {}
+        self.schemas: dict[str, Any] = dict(_ERRORS)
+
+    def model(self, model: type[BaseModel]) -> str:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            self.schemas[name] = sub
+        self.schemas[model.__name__] = schema
+        return f"#/components/schemas/{model.__name__}"
+
+    def op(self, path: str, method: str, summary: str, *, error: str, ok: str = "200",
+           body: type[BaseModel] | dict[str, Any] | None = None,
+           query: tuple[str, ...] = (), stream: bool = False, public: bool = False,
+           also: tuple[str, ...] = ()) -> None:
+        media = _MEDIA.get(error, "application/json")
+        problem = {"description": f"{error}: the error shape of this API",
+                   "content": {media: {"schema": {"$ref": f"#/components/schemas/{error}"}}}}
+        responses: dict[str, Any] = {ok: {"description": "OK"}}
+        for extra in also:
+            responses[extra] = {"description": "see the summary"}
+        for code in _ERROR_CODES:
+            responses.setdefault(str(code), problem)
+        if stream:
+            responses[ok] = {"description": "Server-Sent Events",
+                             "content": {"text/event-stream": {}}}
+        operation: dict[str, Any] = {"summary": summary, "responses": responses}
+        if public:
+            operation["security"] = []
+        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in _path_params(path)]
+        params += [{"name": name, "in": "query", "required": False,
+                    "schema": {"type": "string"}} for name in query]
+        if params:
+            operation["parameters"] = params
+        if body is not None:
+            schema = {"$ref": self.model(body)} if isinstance(body, type) else body
+            operation["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": schema}}}
+        self.paths.setdefault(path, {})[method] = operation
 
 
-def build_spec(run_body_schema: dict[str, Any]) -> dict[str, Any]:
-    """The spec served at /openapi.json."""
-    name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-    run_param = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    run_errors = (400, 401, 404, 413, 415, 429, 503)
-    paths: dict[str, Any] = {
-        "/healthz": {"get": _op("Health and queue depth", "200", codes=())},
-        "/metrics": {"get": _op("Prometheus metrics", "200")},
-        "/workflows": {"get": _op("Registered workflows", "200")},
-        "/workflows/{name}": {
-            "parameters": [name_param],
-            "get": _op("A workflow definition", "200", codes=(401, 404), params=("version",)),
-            "put": _op("Register a new version", "201", codes=(400, 401, 413, 415))},
-        "/workflows/{name}/run": {"parameters": [name_param], "post": _op(
-            "Accept a run (202, Location: /runs/{id})", "202", body="RunBody", codes=run_errors)},
-        "/workflows/{name}/run-sync": {"parameters": [name_param], "post": _op(
-            "Run and wait; 408 when `timeout` passes first", "200", body="RunBody",
-            codes=(*run_errors, 408), params=("timeout",))},
-        "/workflows/{name}/runs": {"parameters": [name_param], "get": _op(
-            "Runs of a workflow, newest first", "200", codes=(400, 401, 404),
-            params=("status", "correlation_id", "limit", "cursor"))},
-        "/workflows/{name}/runs/latest": {"parameters": [name_param], "get": _op(
-            "The newest run", "200", codes=(401, 404))},
-        "/runs/{run_id}": {"parameters": [run_param], "get": _op(
-            "A run with its nodes", "200", codes=(401, 404))},
-        "/runs/{run_id}/stop": {"parameters": [run_param], "post": _op(
-            "Stop a queued or running run", "200", codes=(401, 404))},
-        "/runs/{run_id}/events": {"parameters": [run_param], "get": {
-            **_op("The run's events as Server-Sent Events: replay after Last-Event-ID (or "
-                  "`after`), then live, closing after workflow_finished", "200",
-                  codes=(400, 401, 404), params=("after",)),
-            "responses": {"200": {"description": "text/event-stream",
-                                  "content": {"text/event-stream": {}}},
-                          "400": _PROBLEM, "401": _PROBLEM, "404": _PROBLEM}}},
-    }
-    problem = {"type": "object", "properties": {
-        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-        "detail": {"type": "string"}, "code": {"type": "string"},
-        "errors": {"type": "array", "items": {"type": "object"}}}}
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1].split(":")[0] for part in path.split("/")
+            if part.startswith("{") and part.endswith("}")]
+
+
+_OBJECT = {"type": "object"}
+
+
+def build_spec(native_models: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """The spec served at /openapi.json (native models passed in: they live in native.py)."""
+    spec = _Spec()
+    run_body = native_models["RunBody"]
+    p = "Problem"
+    spec.op("/healthz", "get", "Health and queue depth", error=p, public=True)
+    spec.op("/openapi.json", "get", "This document", error=p, public=True)
+    spec.op("/metrics", "get", "Prometheus metrics", error=p)
+    spec.op("/workflows", "get", "Workflows this key may use", error=p)
+    spec.op("/workflows/{name}", "get", "A definition", error=p, query=("version",))
+    spec.op("/workflows/{name}", "put", "Register a new version (admin)", error=p, ok="201",
+            body=_OBJECT, also=("200",))
+    spec.op("/workflows/{name}/run", "post", "Accept a run (202, Location: /runs/{id})",
+            error=p, ok="202", body=run_body, also=("200",))
+    spec.op("/workflows/{name}/run-sync", "post", "Run and wait; 408 when `timeout` passes",
+            error=p, body=run_body, query=("timeout",), also=("408",))
+    spec.op("/workflows/{name}/runs", "get", "Runs of a workflow, newest first", error=p,
+            query=("status", "correlation_id", "limit", "cursor"))
+    spec.op("/workflows/{name}/runs/latest", "get", "The newest run", error=p)
+    spec.op("/runs/{run_id}", "get", "A run with its nodes", error=p)
+    spec.op("/runs/{run_id}/stop", "post", "Stop a queued or running run", error=p)
+    spec.op("/runs/{run_id}/events", "get", "The run's events: replay after Last-Event-ID "
+            "(or `after`), then live", error=p, query=("after",), stream=True)
+    spec.op("/keys", "get", "API keys, never their secrets (admin)", error=p)
+    spec.op("/keys", "post", "Create an API key; its secret is shown once (admin)", error=p,
+            ok="201", body=native_models["KeyBody"])
+    spec.op("/keys/{key_id}", "delete", "Revoke a key (admin)", error=p, ok="204")
+    spec.op("/secrets", "get", "Secrets by name, never their values (admin)", error=p)
+    spec.op("/secrets/{name}", "put", "Store a secret and where it may be sent (admin)",
+            error=p, ok="201", body=native_models["SecretBody"], also=("200",))
+    spec.op("/secrets/{name}", "delete", "Delete a secret (admin)", error=p, ok="204")
+
+    d, base = "DifyError", "/dify/v1"
+    spec.op(f"{base}/workflows/run", "post", "Dify: run the key's workflow app", error=d,
+            body=dify.DifyRunBody, also=("202",), stream=False)
+    spec.op(f"{base}/workflows/{{workflow_id}}/run", "post", "Dify: run a version", error=d,
+            body=dify.DifyRunBody, also=("202",))
+    spec.op(f"{base}/workflows/run/{{workflow_run_id}}", "get", "Dify: run detail", error=d,
+            query=("user",))
+    spec.op(f"{base}/workflows/tasks/{{task_id}}/stop", "post", "Dify: stop", error=d,
+            body={"type": "object", "properties": {"user": {"type": "string"}}})
+    spec.op(f"{base}/workflow/{{workflow_run_id}}/events", "get", "Dify: events (resumable)",
+            error=d, query=("user",), stream=True)
+
+    c, base = "ConductorError", "/conductor/api"
+    spec.op(f"{base}/token", "post", "Orkes: a token for a key", error=c, body={
+        "type": "object", "properties": {"keyId": {"type": "string"},
+                                         "keySecret": {"type": "string"}}})
+    spec.op(f"{base}/workflow", "post", "Conductor: start (StartWorkflowRequest)", error=c,
+            body=conductor.StartWorkflowRequest)
+    spec.op(f"{base}/workflow/{{name}}", "post", "Conductor: start by name", error=c,
+            body=_OBJECT, query=("version", "correlationId", "priority"))
+    spec.op(f"{base}/workflow/execute/{{name}}/{{version}}", "post", "Conductor: start and "
+            "wait", error=c, body=conductor.StartWorkflowRequest,
+            query=("waitForSeconds", "requestId"))
+    spec.op(f"{base}/workflow/{{workflow_id}}", "get", "Conductor: an execution", error=c,
+            query=("includeTasks",))
+    spec.op(f"{base}/workflow/{{workflow_id}}", "delete", "Conductor: terminate", error=c,
+            query=("reason",))
+    spec.op(f"{base}/workflow/{{workflow_id}}/status", "get", "Conductor: status", error=c,
+            query=("includeOutput", "includeVariables"))
+    for action in ("pause", "resume"):
+        spec.op(f"{base}/workflow/{{workflow_id}}/{action}", "put", f"Conductor: {action}",
+                error=c)
+    for action in ("restart", "retry"):
+        spec.op(f"{base}/workflow/{{workflow_id}}/{action}", "post", f"Conductor: {action}",
+                error=c, ok="204")
+
+    lf, base = "LangflowError", "/langflow/api/v2/workflows"
+    spec.op(base, "post", "Langflow: run a flow (sync, stream or background)", error=lf,
+            body=langflow.WorkflowsRequest, also=("408",))
+    spec.op(base, "get", "Langflow: a job's status or result", error=lf,
+            query=("job_id", "stream", "sequence_id"), also=("408", "500"))
+    spec.op(f"{base}/stop", "post", "Langflow: stop a job", error=lf,
+            body={"type": "object", "properties": {"job_id": {"type": "string"}}})
+    spec.op(f"{base}/{{job_id}}/events", "get", "Langflow: a job's events", error=lf,
+            stream=True)
+
+    j, base = "JobsError", "/jobs"
+    for action, summary in (("run", "start a job"), ("run-sync", "run a job and wait")):
+        spec.op(f"{base}/workflows/{{id}}/{action}", "post", f"Jobs: {summary}", error=j,
+                body=jobs.JobBody, also=("408",))
+    spec.op(f"{base}/workflows/{{id}}/latest-job", "get", "Jobs: the newest job", error=j)
+    spec.op(f"{base}/workflows/{{id}}/jobs", "get", "Jobs: recent jobs", error=j,
+            query=("limit",))
+    spec.op(f"{base}/jobs/{{job_id}}/stream", "get", "Jobs: a job's events", error=j,
+            stream=True)
+
     return {
         "openapi": "3.1.0",
-        "info": {"title": _package, "version": "1"},
-        "components": {"schemas": {"RunBody": run_body_schema, "Problem": problem},
+        "info": {"title": "flowrun", "version": "1",
+                 "description": "The native run API and the Dify, Conductor, Langflow and "
+                                "jobs dialects, each under its prefix."},
+        "components": {"schemas": spec.schemas,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
-        "paths": paths,
+        "paths": spec.paths,
     }

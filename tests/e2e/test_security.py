@@ -556,3 +556,20 @@ def test_slow_header_connections_are_closed_and_capped(
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_an_llm_reply_is_capped(server_factory: Callable[..., Server]) -> None:
+    async def huge(request: Request) -> Response:
+        return JSONResponse({"choices": [{"message": {"content": "x" * 300_000}}]})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", huge, methods=["POST"])])
+    with serve(app) as url:
+        server = server_factory({"FLOWRUN_LLM_BASE_URL": f"{url}/v1",
+                                 "FLOWRUN_LLM_MAX_RESPONSE_BYTES": "100000"})
+        key = server.create_key()
+        server.start()
+        graph = {"inputs": {"name": "x"},
+                 "nodes": [{"id": "greet", "type": "llm", "prompt": "hi"}]}
+        run = server.client(key).post("/workflows/hello/run-sync", json=graph).json()
+    assert run["error"]["code"] == "llm_too_large", run["error"]
+    assert len(json.dumps(run)) < 50_000

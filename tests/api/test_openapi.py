@@ -1,0 +1,42 @@
+"""/openapi.json describes every route the app serves, with each dialect's error shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.routing import Mount, Route
+from starlette.testclient import TestClient
+
+from flowrun import Settings, create_app
+
+
+def served_routes(app: object) -> set[tuple[str, str]]:
+    found = set()
+
+    def walk(routes: list[object], prefix: str) -> None:
+        for route in routes:
+            if isinstance(route, Mount):
+                walk(list(route.routes), prefix + route.path)
+            elif isinstance(route, Route):
+                for method in route.methods or ():
+                    if method != "HEAD":
+                        found.add((prefix + route.path, method.lower()))
+
+    walk(list(app.router.routes), "")  # type: ignore[attr-defined]
+    return found
+
+
+def test_every_route_is_described(tmp_path: Path) -> None:
+    app = create_app(Settings(db_path=tmp_path / "t.db", auth_enabled=False))
+    with TestClient(app) as client:
+        spec = client.get("/openapi.json").json()
+    described = {(path, method) for path, ops in spec["paths"].items() for method in ops}
+    assert described == served_routes(app)
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            error = op["responses"]["404"]["content"]
+            assert error, (path, method)
+    schemas = spec["components"]["schemas"]
+    assert {"Problem", "DifyError", "ConductorError", "LangflowError", "JobsError",
+            "RunBody", "DifyRunBody", "StartWorkflowRequest", "WorkflowsRequest",
+            "JobBody"} <= set(schemas)
