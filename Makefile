@@ -31,6 +31,7 @@ test: $(STAMP) $(CLIENTS_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.sandbox
 
 lint: $(STAMP)
 	$(BIN)/ruff check flowrun tests bench

@@ -49,12 +49,13 @@ def start(args: list[str], port: int, log: Path, env: dict[str, str] | None = No
     raise RuntimeError(f"{args} did not start")
 
 
-async def throughput(call: Callable[[httpx.AsyncClient], Awaitable[None]], url: str) -> float:
-    """Completed calls per second with CONCURRENCY callers for DURATION_S."""
+async def throughput(call: Callable[[httpx.AsyncClient], Awaitable[None]], url: str,
+                     concurrency: int = CONCURRENCY) -> float:
+    """Completed calls per second with ``concurrency`` callers for DURATION_S."""
     done = 0
     deadline = time.monotonic() + DURATION_S
     async with httpx.AsyncClient(base_url=url, timeout=60,
-                                 limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
+                                 limits=httpx.Limits(max_connections=concurrency)) as client:
         async def worker() -> None:
             nonlocal done
             while time.monotonic() < deadline:
@@ -62,7 +63,7 @@ async def throughput(call: Callable[[httpx.AsyncClient], Awaitable[None]], url: 
                 done += 1
 
         started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         return done / (time.monotonic() - started)
 
 

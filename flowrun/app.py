@@ -18,7 +18,8 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,6 +32,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
 from flowrun.api import conductor, dify, jobs, langflow, native
+from flowrun.engine.egress import egress_proxy
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
@@ -67,16 +69,21 @@ def load_plugins(modules: tuple[str, ...], registry: Registry = default_registry
 
 def node_services(settings: Settings, registry: Registry, code: CodeRunner) -> NodeServices:
     """What built-in nodes use, from settings."""
-    networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.http_allowed_networks)
     return NodeServices(
         code=code, registry=registry, max_map_concurrency=settings.max_map_concurrency,
-        http=HttpPolicy(allow_private_hosts=settings.allow_private_hosts,
-                        allowed_networks=networks,
-                        max_response_bytes=settings.http_max_response_bytes,
-                        timeout_s=settings.http_timeout_s),
+        http=http_policy(settings),
         llm=LlmDefaults(base_url=settings.llm_base_url, api_key=settings.llm_api_key,
                         model=settings.llm_model, timeout_s=settings.llm_timeout_s,
                         max_response_bytes=settings.llm_max_response_bytes))
+
+
+def http_policy(settings: Settings) -> HttpPolicy:
+    """Where node traffic (http, llm, and code with network on) may go."""
+    networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.http_allowed_networks)
+    return HttpPolicy(allow_private_hosts=settings.allow_private_hosts,
+                      allowed_networks=networks,
+                      max_response_bytes=settings.http_max_response_bytes,
+                      timeout_s=settings.http_timeout_s)
 
 
 def code_limits(settings: Settings) -> CodeLimits:
@@ -87,9 +94,18 @@ def code_limits(settings: Settings) -> CodeLimits:
 
 
 @asynccontextmanager
-async def code_runner(settings: Settings) -> AsyncIterator[CodeRunner]:
+async def code_runner(settings: Settings, policy: HttpPolicy) -> AsyncIterator[CodeRunner]:
     """The code-node runner in the configured sandbox mode, announced in the log."""
-    jail, description = await choose_jail(settings.code_sandbox, settings.code_tmp_mb)
+    async with AsyncExitStack() as stack:
+        egress = await stack.enter_async_context(egress_proxy(policy)) \
+            if settings.code_network else None
+        async with _code_runner(settings, egress) as runner:
+            yield runner
+
+
+@asynccontextmanager
+async def _code_runner(settings: Settings, egress: Path | None) -> AsyncIterator[CodeRunner]:
+    jail, description = await choose_jail(settings.code_sandbox, settings.code_tmp_mb, egress)
     if jail is None:
         logger.warning("code sandbox: unavailable, code nodes will fail: %s", description)
     elif jail.name == "process":
@@ -110,7 +126,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     async with Store.open(settings.db_path, max_batch=settings.group_commit_max,
                           busy_timeout_ms=settings.sqlite_busy_timeout_ms,
                           synchronous=settings.sqlite_synchronous) as store, \
-            code_runner(settings) as code:
+            code_runner(settings, http_policy(settings)) as code:
         bus = EventBus(buffer_size=settings.sse_buffer)
         services = node_services(settings, registry, code)
         runner = Runner(store, bus, registry, app.state.metrics,

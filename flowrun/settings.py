@@ -82,6 +82,8 @@ class Settings:
     code_max_processes: int = 32
     code_tmp_mb: int = 64
     code_max_workers: int = 16
+    # code nodes get HTTP(S) through a proxy that applies the http node's policy
+    code_network: bool = False
     # http and llm nodes
     allow_private_hosts: bool = False
     http_allowed_networks: tuple[str, ...] = ()

@@ -84,6 +84,51 @@ def become(uid):
     os.setresuid(uid, uid, uid)
 
 
+def egress(path):
+    """Give user code HTTP(S) through the server's proxy (the sandbox has no other network).
+
+    A loopback port inside the sandbox is forwarded to the proxy's unix socket, and
+    the usual proxy variables point at it, so urllib and most clients use it.
+    """
+    import select
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+
+    def pump(inside, outside):
+        with inside, outside:
+            try:
+                while True:
+                    ready, _, _ = select.select([inside, outside], [], [])
+                    for sock in ready:
+                        data = sock.recv(65536)
+                        if not data:
+                            return
+                        (outside if sock is inside else inside).sendall(data)
+            except OSError:
+                return
+
+    def accept():
+        while True:
+            conn, _ = server.accept()
+            upstream = socket.socket(socket.AF_UNIX)
+            try:
+                upstream.connect(path)
+            except OSError:
+                conn.close()
+                upstream.close()
+                continue
+            threading.Thread(target=pump, args=(conn, upstream), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        os.environ[name] = url
+
+
 def limit(kind, value):
     if value:
         resource.setrlimit(kind, (int(value), int(value)))
@@ -93,6 +138,9 @@ def main():
     for arg in sys.argv[1:]:
         if arg.startswith("--become="):
             become(int(arg.split("=", 1)[1]))
+    for arg in sys.argv[1:]:
+        if arg.startswith("--egress="):
+            egress(arg.split("=", 1)[1])
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
     line = sys.stdin.readline()
     if not line:

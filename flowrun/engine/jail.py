@@ -123,9 +123,11 @@ class BwrapJail:
     name = "bwrap"
 
     def __init__(self, bwrap: str, *, tmp_bytes: int = 64 * 1024 * 1024,
-                 as_root: bool | None = None) -> None:
+                 as_root: bool | None = None, egress: Path | None = None) -> None:
+        """``egress``: the socket of the proxy that gives code nodes network (see egress.py)."""
         self.bwrap = bwrap
         self.tmp_bytes = tmp_bytes
+        self.egress = egress
         self.as_root = os.geteuid() == 0 if as_root is None else as_root
         python = _python()
         prefix = os.path.realpath(sys.base_prefix)
@@ -135,6 +137,11 @@ class BwrapJail:
             for parent in reversed(Path(prefix).parents[:-1]):
                 mounts += ["--perms", "0755", "--dir", str(parent)]
             mounts += ["--ro-bind", prefix, prefix]
+        worker_flags = []
+        if egress is not None:
+            mounts += ["--perms", "0755", "--dir", "/run",
+                       "--bind", str(egress), "/run/egress.sock"]
+            worker_flags.append("--egress=/run/egress.sock")
         self._argv_tail = [
             *mounts,
             "--ro-bind", str(WORKER), "/flowrun/code_worker.py",
@@ -143,14 +150,16 @@ class BwrapJail:
             "--chdir", "/tmp", "--hostname", "sandbox",
             "--clearenv", *[a for k, v in WORKER_ENV.items() for a in ("--setenv", k, v)],
             "--die-with-parent", "--new-session",
-            python, "-I", "-B", "/flowrun/code_worker.py",
+            python, "-I", "-B", "/flowrun/code_worker.py", *worker_flags,
         ]
 
     def describe(self) -> str:
         who = f"uid {SANDBOX_UID} mapped to host uid {SANDBOX_UID}" if self.as_root \
             else f"uid {SANDBOX_UID} in the namespace"
+        network = "HTTP(S) through the proxy of the http node's policy" if self.egress \
+            else "no network"
         return (f"bwrap ({self.bwrap}): own user, pid, mount, ipc and network namespaces, "
-                f"{who}, read-only runtime, private /tmp, no network")
+                f"{who}, read-only runtime, private /tmp, {network}")
 
     def death(self, returncode: int | None) -> str:
         # bubblewrap exits 128+N when the worker dies from signal N, and dies from a
@@ -178,8 +187,7 @@ class BwrapJail:
                 [self.bwrap, "--unshare-all", "--unshare-user",
                  "--userns-block-fd", str(block_r),
                  "--info-fd", str(info_w), "--cap-drop", "ALL", "--cap-add", "CAP_SETUID",
-                 "--cap-add", "CAP_SETGID", *self._argv_tail[:-1],
-                 "/flowrun/code_worker.py", f"--become={SANDBOX_UID}"],
+                 "--cap-add", "CAP_SETGID", *self._argv_tail, f"--become={SANDBOX_UID}"],
                 env={}, cwd="/", start_new_session=True, pass_fds=(block_r, info_w),
                 group=SANDBOX_UID, extra_groups=[])
         finally:

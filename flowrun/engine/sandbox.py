@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -52,7 +53,8 @@ class CodeResult:
     stderr: str
 
 
-async def choose_jail(mode: str, tmp_mb: int = 64) -> tuple[Jail | None, str]:
+async def choose_jail(mode: str, tmp_mb: int = 64,
+                      egress: Path | None = None) -> tuple[Jail | None, str]:
     """The jail for a sandbox mode, probed with a real job: (jail or None, description).
 
     ``bwrap`` that does not work on this host gives no jail (code nodes then fail
@@ -66,7 +68,7 @@ async def choose_jail(mode: str, tmp_mb: int = 64) -> tuple[Jail | None, str]:
     bwrap = find_bwrap()
     if bwrap is None:
         return None, "no bubblewrap binary (install the bubblewrap package)"
-    jail = BwrapJail(bwrap, tmp_bytes=tmp_mb * 1024 * 1024)
+    jail = BwrapJail(bwrap, tmp_bytes=tmp_mb * 1024 * 1024, egress=egress)
     problem = await probe(jail)
     if problem is not None:
         return None, f"bubblewrap does not work on this host: {problem}"

@@ -573,3 +573,46 @@ def test_an_llm_reply_is_capped(server_factory: Callable[..., Server]) -> None:
         run = server.client(key).post("/workflows/hello/run-sync", json=graph).json()
     assert run["error"]["code"] == "llm_too_large", run["error"]
     assert len(json.dumps(run)) < 50_000
+
+
+FETCH = """
+import socket, urllib.request, urllib.error
+def main(url, port):
+    seen = {}
+    for name, target in (("allowed", url), ("private", f"http://127.0.0.2:{port}/x")):
+        try:
+            seen[name] = urllib.request.urlopen(target, timeout=10).status
+        except urllib.error.HTTPError as exc:
+            seen[name] = f"{exc.code} {exc.read().decode()[:80]}"
+        except OSError as exc:
+            seen[name] = type(exc).__name__
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+        seen["direct"] = "connected"
+    except OSError as exc:
+        seen["direct"] = type(exc).__name__
+    return {"text": repr(seen)}
+"""
+
+
+def test_code_network_is_opt_in_and_goes_through_the_http_policy(
+        server_factory: Callable[..., Server], apis: tuple[Capture, str, Capture, str]) -> None:
+    api, api_url, _, _ = apis
+    port = int(api_url.rsplit(":", 1)[1])
+    closed = server_factory(name="closed")
+    closed_key = closed.create_key()
+    closed.start()
+    node = run_code(closed.client(closed_key), FETCH, url=f"{api_url}/ok/x", port=port)
+    assert "'allowed': 'URLError'" in node["outputs"]["text"], node  # no network at all
+    assert not api.seen
+    opened = server_factory({"FLOWRUN_CODE_NETWORK": "1",
+                             "FLOWRUN_HTTP_ALLOWED_NETWORKS": "127.0.0.1/32"}, name="open")
+    key = opened.create_key()
+    opened.start("--log-level", "info")
+    assert "through the proxy" in opened.log.read_text()
+    node = run_code(opened.client(key), FETCH, url=f"{api_url}/ok/x", port=port)
+    seen = node["outputs"]["text"]
+    assert "'allowed': 200" in seen, node
+    assert "'private': \"403 blocked by flowrun" in seen, seen
+    assert "'direct': 'ConnectionRefusedError'" in seen, seen  # only the proxy leads out
+    assert api.seen and api.seen[0]["path"] == "/ok/x"
