@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 import string
 import time
@@ -88,15 +89,36 @@ def _check_size(value: Any, what: str = "the value") -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and \
             value.bit_length() > MAX_INT_BITS:
         raise SecurityError(f"{what} is an integer over {MAX_INT_BITS:,} bits")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SecurityError(f"{what} is not a finite number ({value})")
+    return value
+
+
+def _check_input(value: Any, what: str) -> None:
+    """Refuse an operand that would become huge text (``str`` of a list holding the same
+    big string a million times costs nothing to hold and gigabytes to print)."""
+    if isinstance(value, list | tuple | dict | set | frozenset) and \
+            value_size(value) > MAX_VALUE_SIZE:
+        raise _refuse(what)
+
+
+def _finalize(value: Any) -> Any:
+    """Every ``{{ }}`` in a text template, before it is turned into text."""
+    _check_input(value, "the printed value")
     return value
 
 
 def value_size(value: Any, limit: int = MAX_VALUE_SIZE) -> int:
-    """The size of a value as text or items, counting at most a little past ``limit``."""
+    """The size of a value as text or items, counting at most a little past ``limit``.
+
+    Raises SecurityError for a float that is not finite: no JSON holds it.
+    """
     total = 0
     stack = [value]
     while stack:
         item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise SecurityError(f"the value holds {item}, which is not a finite number")
         if isinstance(item, str):
             total += len(item)
         elif isinstance(item, Mapping):
@@ -172,6 +194,7 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             raise _refuse("the sum")
     elif operator == "%" and isinstance(left, str):
         _check_percent_format(left)
+        _check_input(right, "the formatted values")
 
 
 def _check_str_method(text: str, name: str, args: tuple[Any, ...],
@@ -268,6 +291,8 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _spend()
         head, rest = (args[:1], args[1:]) if passes_context else ((), args)
+        for operand in (*rest, *kwargs.values()):
+            _check_input(operand, f"the input of {name}")
         if rest:
             value = _filter_precheck(name, rest[0], tuple(rest[1:]), kwargs)
             rest = (value, *rest[1:])
@@ -287,6 +312,8 @@ def _budget_iter(iterable: Any) -> Iterator[Any]:
 
 def _budget_concat(parts: list[Any]) -> str:
     """``a ~ b``: the joined size is checked before it is built."""
+    for part in parts:
+        _check_input(part, "a part of the concatenation")
     texts = [str(part) for part in parts]
     if sum(len(t) for t in texts) > MAX_VALUE_SIZE:
         raise _refuse("the concatenation")
@@ -328,6 +355,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def call(__self, __context: Any, __obj: Any, *args: Any,  # noqa: N805 - Jinja's API
              **kwargs: Any) -> Any:
         _spend()
+        for operand in (*args, *kwargs.values()):
+            _check_input(operand, "an argument")
         target = inspect.unwrap(__obj)
         owner = getattr(target, "__self__", None)
         name = getattr(target, "__name__", "")
@@ -356,7 +385,27 @@ def _budgeted_range(*args: int) -> range:
     return steps
 
 
-_env = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+def _sum(value: Any, attribute: str | int | None = None, start: Any = 0) -> Any:
+    """Jinja's ``sum``, in linear time when it adds lists (built-in ``sum`` copies the
+    growing list once per item)."""
+    items = list(_take(value))
+    if attribute is not None:
+        items = [_env.getitem(item, attribute) for item in items]
+    if isinstance(start, list | tuple):
+        total = list(start)
+        for item in items:
+            if len(total) + (len(item) if isinstance(item, list | tuple) else 1) > \
+                    MAX_VALUE_SIZE:
+                raise _refuse("the sum")
+            total.extend(item)
+            _spend()
+        return type(start)(total)
+    return sum(items, start)
+
+
+_env = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
+                finalize=_finalize)
+_env.filters["sum"] = _sum
 _env.globals["range"] = _budgeted_range
 _env.globals.pop("lipsum", None)  # generates text in bulk: nothing a workflow needs
 _env.filters.update({name: _guard_filter(name, func)
@@ -442,7 +491,7 @@ def _evaluate_string(text: str, context: Mapping[str, Any]) -> Any:
             result = _compiled_expression(whole.group("expr"))(**context)
             if isinstance(result, jinja2.Undefined):
                 result._fail_with_undefined_error()
-            if value_size(result) > MAX_VALUE_SIZE:
+            if value_size(result) > MAX_VALUE_SIZE:  # (and refuses inf and nan)
                 raise _refuse("the value")
             return result
         return _render_capped(_compiled_template(text), context)

@@ -21,7 +21,7 @@ import anyio
 from flowrun.definitions import WorkflowDefinition, parse_definition, with_graph
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.nodes import Registry
-from flowrun.errors import DefinitionError, FlowrunError
+from flowrun.errors import DefinitionError, FlowrunError, Unavailable
 from flowrun.events import Event, EventBus, node_finished_payload, node_payload
 from flowrun.metrics import Metrics
 from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
@@ -173,7 +173,18 @@ class Runner:
                             deadline_s=deadline, services=self.services)
         if executor_ready is not None:
             executor_ready(executor)
-        outcome = await executor.execute()
+        try:
+            outcome = await executor.execute()
+        except Exception as exc:
+            if _holds(exc, Unavailable):
+                raise  # a store fault: the run resumes once the store is back
+            # A bug that escapes the executor must not leave the run "running" for good
+            # (and crash again at every restart): it fails, and says so.
+            logger.exception("run %s: failed inside flowrun", run.id)
+            outcome = RunOutcome(RunStatus.FAILED, None, {
+                "code": "internal_error", "node_id": None,
+                "message": f"the run failed inside flowrun ({type(exc).__name__})"},
+                list(executor.records.values()))
         with anyio.CancelScope(shield=True):
             await self.finish(run, recorder, outcome)
         return outcome
@@ -212,3 +223,10 @@ class Runner:
         error = {"code": "stopped", "message": reason, "node_id": None} if reason else None
         with anyio.CancelScope(shield=True):
             await self.finish(run, recorder, RunOutcome(status, None, error, []))
+
+
+def _holds(exc: BaseException, kind: type[BaseException]) -> bool:
+    """True when ``exc`` is ``kind`` or an exception group holding one."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(kind) is not None
+    return isinstance(exc, kind)

@@ -96,6 +96,19 @@ HOSTILE = [
     "{{ [1] | tojson(indent=1000000000) }}",
     "{{ lipsum(100000) }}",
     "{{ ('word ' * 190000) | wordwrap(5, wrapstring='-' * 100) }}",
+    "{{ ([[1] * 999999] * 300) | sum(start=[]) | length }}",
+    "{{ ([[1] * 999] * 3000) | sum(start=[]) | length }}",
+    "{{ ([('x' * 999999)] * 2000) | string | length }}",
+    "{{ ([('x' * 999999)] * 2000) | tojson | length }}",
+    "{{ ([('x' * 999999)] * 2000) | pprint | length }}",
+    "{{ (([('x' * 999999)] * 2000) ~ '') | length }}",
+    "{{ ('%s' % (([('x' * 999999)] * 2000),)) | length }}",
+    "{{ '{}'.format([('x' * 999999)] * 2000) | length }}",
+    "x{{ [('x' * 999999)] * 2000 }}",
+    "{{ 1e308 * 10 }}",
+    "{{ 1e999 }}",
+    "{{ 'inf' | float }}",
+    "{{ [1e308 * 10] }}",
 ]
 
 
@@ -119,6 +132,10 @@ def test_hostile_expressions_fail_fast_without_building_anything(text: str) -> N
     ("{{ 2 ** 64 }}", 2 ** 64),
     ("{{ [1, 2] + [3] }}", [1, 2, 3]),
     ("{{ ('x' * 999999) | length }}", 999999),
+    ("{{ [[1, 2], [3]] | sum(start=[]) }}", [1, 2, 3]),
+    ("{{ [1, 2, 3] | sum }}", 6),
+    ("{{ [{'n': 2}, {'n': 3}] | sum(attribute='n') }}", 5),
+    ("{{ 1.5 * 2 }}", 3.0),
 ])
 def test_ordinary_expressions_still_work(text: str, value: object) -> None:
     assert evaluate(text, CTX) == value

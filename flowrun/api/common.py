@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -72,7 +73,7 @@ async def read_json(request: Request, max_bytes: int, *, empty: Any = None) -> A
         raise UnsupportedMediaType(f"send the body as application/json "
                                    f"(got {content_type or 'no content type'!r})")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         data = None
         depth = MAX_JSON_DEPTH + 1
@@ -88,6 +89,17 @@ async def read_json(request: Request, max_bytes: int, *, empty: Any = None) -> A
 
 
 MAX_JSON_DEPTH = 64
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large a number")
+    return value
 
 
 def json_depth(value: Any) -> int:

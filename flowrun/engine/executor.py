@@ -354,9 +354,11 @@ class Executor:
             raise
         except Exception as exc:  # noqa: BLE001 - a node's own bug fails only that node
             raise NodeFailure(f"{type(exc).__name__}: {exc}", code="node_error") from None
-        outputs = dict(result or {})
         try:
-            json.dumps(outputs)
-        except (TypeError, ValueError) as exc:
+            if not isinstance(result, Mapping | None):
+                raise TypeError(f"a node returns a dict, not {type(result).__name__}")
+            outputs = dict(result or {})
+            json.dumps(outputs, allow_nan=False)  # stored and served as strict JSON
+        except (TypeError, ValueError, RecursionError) as exc:
             raise NodeFailure(f"outputs are not JSON: {exc}", code="invalid_outputs") from None
         return outputs

@@ -195,12 +195,33 @@ class CodeRunner:
         finally:
             with anyio.CancelScope(shield=True):
                 await _discard(process)
-        answer = json.loads(line)
+        answer = _answer(line)
         if not answer.get("ok"):
             raise NodeFailure(str(answer.get("error")), code="code_error", process_data={
                 "stdout": answer.get("stdout", ""), "stderr": answer.get("stderr", ""),
                 "traceback": answer.get("traceback")})
         return CodeResult(answer["result"], answer.get("stdout", ""), answer.get("stderr", ""))
+
+
+def _answer(line: bytes) -> dict[str, Any]:
+    """The worker's result line, checked: user code can write that pipe too."""
+    try:
+        answer = json.loads(line, parse_constant=_refuse_constant)
+        if not isinstance(answer, dict):
+            raise ValueError("not an object")
+        if answer.get("ok") and not isinstance(answer.get("result"), dict):
+            raise ValueError("the result is not a dict")
+        for name in ("stdout", "stderr"):
+            if not isinstance(answer.get(name, ""), str):
+                raise ValueError(f"{name} is not text")
+    except (ValueError, RecursionError) as exc:
+        raise NodeFailure(f"the code's result is malformed: {exc}",
+                          code="code_error") from None
+    return answer
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 async def _discard(process: anyio.abc.Process) -> None:

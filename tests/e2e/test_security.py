@@ -389,6 +389,10 @@ def test_hostile_expressions_fail_their_node_while_the_server_stays_fast(keys: K
         "{{ '%01000000000d' % 1 }}",
         "{{ 'x' | center(1000000000) }}",
         "{{ ['x' * 999999] * 50 }}",
+        "{{ ([[1] * 999999] * 300) | sum(start=[]) | length }}",
+        "{{ ([('x' * 999999)] * 2000) | string | length }}",
+        "{{ ([('x' * 999999)] * 2000) | tojson | length }}",
+        "x{{ [('x' * 999999)] * 2000 }}",
     ]
     ids = []
     for text in hostile * 4:
@@ -406,6 +410,52 @@ def test_hostile_expressions_fail_their_node_while_the_server_stays_fast(keys: K
         assert run["error"]["code"] == "expression_error", run["error"]
         assert len(json.dumps(run)) < 100_000  # nothing huge was stored
     assert slowest < 1.0, f"/healthz took {slowest:.2f}s while expressions ran"
+    rss_kb = int(Path(f"/proc/{keys.server.proc.pid}/status").read_text()  # type: ignore
+                 .split("VmRSS:")[1].split()[0])
+    assert rss_kb < 600_000, f"the server grew to {rss_kb // 1024} MiB"
+
+
+FORGE = """
+import os
+def main(payload):
+    for fd in range(3, 64):
+        try:
+            os.write(fd, payload.encode() + b"\\n")
+        except OSError:
+            pass
+    return {"text": "honest"}
+"""
+
+
+@pytest.mark.parametrize("payload", ['{"ok": true, "result": "notadict"}',
+                                     '{"ok": true, "result": {"x": NaN}}',
+                                     '{"ok": true, "result": {"x": Infinity}}', '[1]'])
+def test_a_forged_worker_result_fails_only_its_node(keys: Keys, payload: str) -> None:
+    body = {"inputs": {"name": "x"}, "nodes": [
+        {"id": "greet", "type": "code", "code": FORGE, "inputs": {"payload": payload}}]}
+    run = keys.runner.post("/workflows/hello/run-sync", json=body)
+    assert run.status_code == 200, run.text
+    run_id = run.json()["id"]
+    stored = keys.runner.get(f"/runs/{run_id}")
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["status"] == "failed"
+    assert stored.json()["nodes"][0]["error"]["code"] == "code_error", stored.json()
+
+
+def test_numbers_that_json_cannot_hold_never_reach_a_run(keys: Keys) -> None:
+    body = {"inputs": {"name": "x"}, "nodes": [
+        {"id": "greet", "type": "code", "code": "def main(x):\n    return {'text': x}",
+         "inputs": {"x": "{{ 1e308 * 10 }}"}}]}
+    run = keys.runner.post("/workflows/hello/run-sync", json=body)
+    assert run.status_code == 200, run.text
+    assert run.json()["error"]["code"] == "expression_error"
+    raw = b'{"inputs": {"name": "x", "n": 1e999}}'
+    resp = keys.runner.post("/workflows/hello/run", content=raw,
+                            headers={"content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    resp = keys.runner.post("/workflows/hello/run", content=b'{"inputs": {"name": NaN}}',
+                            headers={"content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
 
 
 # --- bounds -------------------------------------------------------------------------
