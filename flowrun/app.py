@@ -105,7 +105,8 @@ async def code_runner(settings: Settings, policy: HttpPolicy) -> AsyncIterator[C
 
 @asynccontextmanager
 async def _code_runner(settings: Settings, egress: Path | None) -> AsyncIterator[CodeRunner]:
-    jail, description = await choose_jail(settings.code_sandbox, settings.code_tmp_mb, egress)
+    jail, description = await choose_jail(settings.code_sandbox, settings.code_tmp_mb, egress,
+                                          code_limits(settings))
     if jail is None:
         logger.warning("code sandbox: unavailable, code nodes will fail: %s", description)
     elif jail.name == "process":

@@ -135,6 +135,7 @@ def limit(kind, value):
 
 
 def main():
+    os.closerange(3, 65536)  # nothing the sandbox's setup left open reaches user code
     for arg in sys.argv[1:]:
         if arg.startswith("--become="):
             become(int(arg.split("=", 1)[1]))
@@ -154,6 +155,7 @@ def main():
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    os.close(devnull)
     out, err = CappedText(job["output_chars"]), CappedText(job["output_chars"])
     sys.stdout, sys.stderr = out, err
     answer = {"ok": False}

@@ -32,6 +32,10 @@ from typing import Protocol
 
 import anyio
 import anyio.abc
+import anyio.to_thread
+
+from flowrun.engine import seccomp
+from flowrun.engine.cgroups import SandboxCgroups
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,8 @@ class Jail(Protocol):
     name: str
 
     async def spawn(self) -> anyio.abc.Process: ...
+
+    async def release(self, process: anyio.abc.Process) -> None: ...
 
     def describe(self) -> str: ...
 
@@ -80,6 +86,9 @@ class ProcessJail:
     async def spawn(self) -> anyio.abc.Process:
         return await anyio.open_process([_python(), "-I", "-B", str(WORKER)], env=WORKER_ENV,
                                         cwd="/", start_new_session=True)
+
+    async def release(self, process: anyio.abc.Process) -> None:
+        return None
 
     def describe(self) -> str:
         return ("process (WEAKER: code runs as the server's user and can read its files, "
@@ -123,9 +132,14 @@ class BwrapJail:
     name = "bwrap"
 
     def __init__(self, bwrap: str, *, tmp_bytes: int = 64 * 1024 * 1024,
-                 as_root: bool | None = None, egress: Path | None = None) -> None:
-        """``egress``: the socket of the proxy that gives code nodes network (see egress.py)."""
+                 as_root: bool | None = None, egress: Path | None = None,
+                 cgroups: SandboxCgroups | None = None) -> None:
+        """``egress``: the socket of the proxy that gives code nodes network (egress.py);
+        ``cgroups``: per-sandbox memory and process caps (root only, cgroups.py)."""
         self.bwrap = bwrap
+        self.cgroups = cgroups if (os.geteuid() == 0 if as_root is None else as_root) \
+            else None
+        self._cgroup_paths: dict[int, list[Path]] = {}
         self.tmp_bytes = tmp_bytes
         self.egress = egress
         self.as_root = os.geteuid() == 0 if as_root is None else as_root
@@ -146,7 +160,7 @@ class BwrapJail:
             *mounts,
             "--ro-bind", str(WORKER), "/flowrun/code_worker.py",
             "--proc", "/proc", "--dev", "/dev",
-            "--size", str(tmp_bytes), "--tmpfs", "/tmp",
+            "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
             "--chdir", "/tmp", "--hostname", "sandbox",
             "--clearenv", *[a for k, v in WORKER_ENV.items() for a in ("--setenv", k, v)],
             "--die-with-parent", "--new-session",
@@ -158,8 +172,11 @@ class BwrapJail:
             else f"uid {SANDBOX_UID} in the namespace"
         network = "HTTP(S) through the proxy of the http node's policy" if self.egress \
             else "no network"
+        memory = self.cgroups.describe() if self.cgroups is not None \
+            else "memory and processes capped per process (rlimits; no cgroup)"
+        filtered = "seccomp filter" if seccomp.program() is not None else "no seccomp filter"
         return (f"bwrap ({self.bwrap}): own user, pid, mount, ipc and network namespaces, "
-                f"{who}, read-only runtime, private /tmp, {network}")
+                f"{who}, read-only runtime, private /tmp, {network}, {filtered}, {memory}")
 
     def death(self, returncode: int | None) -> str:
         # bubblewrap exits 128+N when the worker dies from signal N, and dies from a
@@ -171,15 +188,31 @@ class BwrapJail:
         return _exit_text(returncode, None)
 
     async def spawn(self) -> anyio.abc.Process:
-        if not self.as_root:
+        seccomp_fd = _seccomp_pipe()
+        extra = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
+        fds = (seccomp_fd,) if seccomp_fd is not None else ()
+        try:
+            if self.as_root:
+                return await self._spawn_as_root(extra, fds)
             return await anyio.open_process(
-                [self.bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID),
-                 "--gid", str(SANDBOX_UID), "--cap-drop", "ALL", *self._argv_tail],
-                env={}, cwd="/", start_new_session=True)
-        return await self._spawn_as_root()
+                [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
+                 "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
+                 *extra, *self._argv_tail],
+                env={}, cwd="/", start_new_session=True, pass_fds=fds)
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
 
-    async def _spawn_as_root(self) -> anyio.abc.Process:
-        """Start bubblewrap, then write its user namespace's maps before it goes on."""
+    async def release(self, process: anyio.abc.Process) -> None:
+        """Remove the cgroups of a worker that has exited."""
+        paths = self._cgroup_paths.pop(process.pid, None)
+        if paths is not None and self.cgroups is not None:
+            await anyio.to_thread.run_sync(self.cgroups.remove, paths)
+
+    async def _spawn_as_root(self, extra: list[str], fds: tuple[int, ...]
+                             ) -> anyio.abc.Process:
+        """Start bubblewrap, then write its user namespace's maps (and put it in its
+        cgroups) before it goes on."""
         block_r, block_w = os.pipe()
         info_r, info_w = os.pipe()
         try:
@@ -187,8 +220,9 @@ class BwrapJail:
                 [self.bwrap, "--unshare-all", "--unshare-user",
                  "--userns-block-fd", str(block_r),
                  "--info-fd", str(info_w), "--cap-drop", "ALL", "--cap-add", "CAP_SETUID",
-                 "--cap-add", "CAP_SETGID", *self._argv_tail, f"--become={SANDBOX_UID}"],
-                env={}, cwd="/", start_new_session=True, pass_fds=(block_r, info_w),
+                 "--cap-add", "CAP_SETGID", *extra, *self._argv_tail,
+                 f"--become={SANDBOX_UID}"],
+                env={}, cwd="/", start_new_session=True, pass_fds=(block_r, info_w, *fds),
                 group=SANDBOX_UID, extra_groups=[])
         finally:
             os.close(block_r)
@@ -201,16 +235,51 @@ class BwrapJail:
             # becomes SANDBOX_UID, which maps to the same unprivileged host uid.
             _write(f"/proc/{child}/uid_map", f"0 0 1\n{SANDBOX_UID} {SANDBOX_UID} 1\n")
             _write(f"/proc/{child}/gid_map", f"{SANDBOX_UID} {SANDBOX_UID} 1\n")
+            if self.cgroups is not None:
+                paths = await anyio.to_thread.run_sync(self.cgroups.create)
+                self._cgroup_paths[process.pid] = paths
+                await anyio.to_thread.run_sync(self.cgroups.attach, paths, child)
             os.write(block_w, b"1")
         except BaseException:
             with anyio.CancelScope(shield=True):
-                process.kill()
+                # The sandbox's first process waits for us and has no parent-death
+                # signal yet: kill the whole group, or it would wait forever.
+                kill_group(process)
                 await process.aclose()
+                await self.release(process)
             raise
         finally:
             os.close(info_r)
             os.close(block_w)
         return process
+
+
+def kill_group(process: anyio.abc.Process) -> None:
+    """SIGKILL a worker and everything still in its process group.
+
+    Only before the worker is reaped: until then its pid, and so its group id, cannot
+    have been reused.
+    """
+    if process.returncode is not None:
+        return
+    for kill in (lambda: os.killpg(process.pid, signal.SIGKILL), process.kill):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _seccomp_pipe() -> int | None:
+    """A pipe holding the seccomp program for bubblewrap to read, or None."""
+    program = seccomp.program()
+    if program is None:
+        return None
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, program)  # far below a pipe's buffer
+    finally:
+        os.close(write_end)
+    return read_end
 
 
 async def _read_info(fd: int) -> dict[str, int]:

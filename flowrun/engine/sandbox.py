@@ -26,7 +26,8 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from flowrun.engine.jail import BwrapJail, Jail, ProcessJail, find_bwrap
+from flowrun.engine.cgroups import detect as cgroups_detect
+from flowrun.engine.jail import BwrapJail, Jail, ProcessJail, find_bwrap, kill_group
 from flowrun.errors import NodeFailure
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ class CodeResult:
     stderr: str
 
 
-async def choose_jail(mode: str, tmp_mb: int = 64,
-                      egress: Path | None = None) -> tuple[Jail | None, str]:
+async def choose_jail(mode: str, tmp_mb: int = 64, egress: Path | None = None,
+                      limits: CodeLimits | None = None) -> tuple[Jail | None, str]:
     """The jail for a sandbox mode, probed with a real job: (jail or None, description).
 
     ``bwrap`` that does not work on this host gives no jail (code nodes then fail
@@ -68,7 +69,11 @@ async def choose_jail(mode: str, tmp_mb: int = 64,
     bwrap = find_bwrap()
     if bwrap is None:
         return None, "no bubblewrap binary (install the bubblewrap package)"
-    jail = BwrapJail(bwrap, tmp_bytes=tmp_mb * 1024 * 1024, egress=egress)
+    limits = limits or CodeLimits()
+    # the worker itself and bubblewrap's init count too
+    cgroups = await anyio.to_thread.run_sync(cgroups_detect, limits.memory_bytes,
+                                             limits.max_processes + 2)
+    jail = BwrapJail(bwrap, tmp_bytes=tmp_mb * 1024 * 1024, egress=egress, cgroups=cgroups)
     problem = await probe(jail)
     if problem is not None:
         return None, f"bubblewrap does not work on this host: {problem}"
@@ -127,7 +132,7 @@ class CodeRunner:
             with anyio.CancelScope(shield=True):
                 while True:
                     try:
-                        await _discard(ready.receive_nowait())
+                        await _discard(ready.receive_nowait(), runner.jail)
                     except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                         break
 
@@ -143,7 +148,7 @@ class CodeRunner:
                 await send.send(process)
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await _discard(process)
+                    await _discard(process, self.jail)
                 raise
 
     async def _take(self) -> anyio.abc.Process:
@@ -194,7 +199,7 @@ class CodeRunner:
                                   code="code_crashed") from None
         finally:
             with anyio.CancelScope(shield=True):
-                await _discard(process)
+                await _discard(process, self.jail)
         answer = _answer(line)
         if not answer.get("ok"):
             raise NodeFailure(str(answer.get("error")), code="code_error", process_data={
@@ -224,13 +229,11 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-async def _discard(process: anyio.abc.Process) -> None:
-    """Kill a worker (whatever it is doing) and reap it."""
-    if process.returncode is None:
-        try:
-            process.kill()
-        except ProcessLookupError:
-            pass
+async def _discard(process: anyio.abc.Process, jail: Jail) -> None:
+    """Kill a worker (whatever it is doing) with its process group, reap it, and let the
+    jail clean up after it."""
+    kill_group(process)
     with anyio.move_on_after(5):
         await process.wait()
     await process.aclose()
+    await jail.release(process)

@@ -666,3 +666,20 @@ def test_code_network_is_opt_in_and_goes_through_the_http_policy(
     assert "'private': \"403 blocked by flowrun" in seen, seen
     assert "'direct': 'ConnectionRefusedError'" in seen, seen  # only the proxy leads out
     assert api.seen and api.seen[0]["path"] == "/ok/x"
+
+
+def test_a_job_cannot_take_more_memory_by_forking_or_mounting(keys: Keys) -> None:
+    from flowrun.engine import cgroups
+    from tests.engine.test_code_node import HOG
+
+    code = ("import subprocess\ndef main():\n"
+            "    nested = subprocess.run(['unshare', '-Urm', 'sh', '-c', "
+            "'mount -t tmpfs -o size=100g none /tmp'], capture_output=True)\n"
+            "    return {'text': str(nested.returncode)}")
+    node = run_code(keys.runner, code)
+    assert node["outputs"]["text"] != "0", node  # no private, unlimited tmpfs
+    if cgroups.detect(512 * 1024 * 1024, 34) is None:
+        pytest.skip("per-sandbox cgroups need a root server and a writable cgroup tree")
+    node = run_code(keys.runner, HOG, children=8, megabytes=150)
+    assert node["status"] == "succeeded", node
+    assert node["outputs"]["killed"] >= 3, node  # 1.2 GB asked; 512 MiB for the whole job

@@ -6,15 +6,18 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
 from flowrun.definitions import parse_definition
+from flowrun.engine import cgroups
 from flowrun.engine import jail as jails
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
+from flowrun.engine.sandbox import _discard as discard
 from flowrun.engine.services import NodeServices
 from flowrun.models import RunStatus
 
@@ -201,3 +204,76 @@ async def test_no_working_sandbox_turns_code_nodes_off(monkeypatch: pytest.Monke
     assert "FLOWRUN_CODE_SANDBOX=process" in out.error["message"]
     monkeypatch.setattr("flowrun.engine.sandbox.find_bwrap", lambda: None)
     assert (await choose_jail("bwrap"))[0] is None
+
+
+HOG = """
+import os, time
+def main(children, megabytes):
+    pids = []
+    for _ in range(children):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                block = bytearray(megabytes * 1024 * 1024)
+                for i in range(0, len(block), 4096):
+                    block[i] = 1
+                time.sleep(2)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    return {"killed": sum(1 for pid in pids if os.waitpid(pid, 0)[1] == 9)}
+"""
+
+
+async def test_memory_is_capped_for_the_whole_job_not_per_process() -> None:
+    limits = CodeLimits(timeout_s=20, memory_bytes=256 * 1024 * 1024)
+    if cgroups.detect(limits.memory_bytes, 34) is None:
+        pytest.skip("per-sandbox cgroups need a root server and a writable cgroup tree")
+    jail, description = await choose_jail("bwrap", limits=limits)
+    assert jail is not None and "256 MiB and 34 processes per sandbox (cgroup)" in description
+    async with CodeRunner.open(1, limits, jail=jail) as runner:
+        out = await run_code(NodeServices(code=runner), HOG, {"children": 6, "megabytes": 150})
+    assert out.status is RunStatus.SUCCEEDED, out.error
+    assert out.outputs["py"]["killed"] >= 3  # 900 MB asked, 256 MiB allowed in all
+
+
+async def test_code_cannot_make_namespaces_or_mounts_but_has_a_private_tmp() -> None:
+    code = ("import os, subprocess\ndef main():\n"
+            "    open('/tmp/scratch', 'w').write('ok')\n"
+            "    nested = subprocess.run(['unshare', '-Urm', 'true'], capture_output=True)\n"
+            "    mount = subprocess.run(['mount', '-t', 'tmpfs', 'none', '/tmp'],"
+            " capture_output=True)\n"
+            "    return {'tmp': open('/tmp/scratch').read(), 'nested': nested.returncode,"
+            " 'mount': mount.returncode, 'fds': sorted(os.listdir('/proc/self/fd'))}")
+    async with code_services() as services:
+        out = await run_code(services, code)
+    seen = out.outputs["py"]
+    assert seen["tmp"] == "ok" and seen["nested"] != 0 and seen["mount"] != 0
+    assert len(seen["fds"]) <= 5  # stdin, stdout, stderr, the result pipe, listdir's own
+
+
+def bwrap_pids() -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"bwrap" in cmd.split(b"\\0")[0] and b"code_worker.py" in cmd:
+                found.add(int(entry))
+    return found
+
+
+async def test_cancelled_sandbox_starts_leave_no_process_behind() -> None:
+    jail, description = await choose_jail("bwrap")
+    assert jail is not None, description
+    before = bwrap_pids()
+    for attempt in range(30):
+        with anyio.move_on_after(attempt * 0.002):
+            process = await jail.spawn()
+            await discard(process, jail)  # a start that completed: as the pool does
+    deadline = time.monotonic() + 10
+    while bwrap_pids() - before:
+        assert time.monotonic() < deadline, f"left behind: {bwrap_pids() - before}"
+        await anyio.sleep(0.05)
