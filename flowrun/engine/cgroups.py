@@ -96,12 +96,19 @@ def detect(memory_bytes: int, max_pids: int) -> SandboxCgroups | None:
     if not bases:
         return None
     cgroups = SandboxCgroups(bases, memory_bytes, max_pids)
+    # sandboxes of server processes that are gone (killed before they cleaned up)
+    cgroups.remove([stale for _, base in bases for stale in base.glob("flowrun-sandbox-*")
+                    if not _alive(stale.name.split("-")[2])])
     try:
         cgroups.remove(cgroups.create())
     except OSError as exc:
         logger.debug("no per-sandbox cgroups: %s", exc)
         return None
     return cgroups
+
+
+def _alive(pid: str) -> bool:
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
 
 
 def _mounts(mounts: list[str]) -> list[tuple[str, str, str, set[str]]]:

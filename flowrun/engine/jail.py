@@ -28,7 +28,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -84,8 +84,7 @@ class ProcessJail:
     name = "process"
 
     async def spawn(self) -> anyio.abc.Process:
-        return await anyio.open_process([_python(), "-I", "-B", str(WORKER)], env=WORKER_ENV,
-                                        cwd="/", start_new_session=True)
+        return await _start([_python(), "-I", "-B", str(WORKER)], env=WORKER_ENV)
 
     async def release(self, process: anyio.abc.Process) -> None:
         return None
@@ -194,11 +193,10 @@ class BwrapJail:
         try:
             if self.as_root:
                 return await self._spawn_as_root(extra, fds)
-            return await anyio.open_process(
+            return await _start(
                 [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
                  "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
-                 *extra, *self._argv_tail],
-                env={}, cwd="/", start_new_session=True, pass_fds=fds)
+                 *extra, *self._argv_tail], pass_fds=fds)
         finally:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
@@ -216,14 +214,13 @@ class BwrapJail:
         block_r, block_w = os.pipe()
         info_r, info_w = os.pipe()
         try:
-            process = await anyio.open_process(
+            process = await _start(
                 [self.bwrap, "--unshare-all", "--unshare-user",
                  "--userns-block-fd", str(block_r),
                  "--info-fd", str(info_w), "--cap-drop", "ALL", "--cap-add", "CAP_SETUID",
                  "--cap-add", "CAP_SETGID", *extra, *self._argv_tail,
                  f"--become={SANDBOX_UID}"],
-                env={}, cwd="/", start_new_session=True, pass_fds=(block_r, info_w, *fds),
-                group=SANDBOX_UID, extra_groups=[])
+                pass_fds=(block_r, info_w, *fds), group=SANDBOX_UID, extra_groups=[])
         finally:
             os.close(block_r)
             os.close(info_w)
@@ -252,6 +249,16 @@ class BwrapJail:
             os.close(info_r)
             os.close(block_w)
         return process
+
+
+async def _start(command: list[str], *, env: dict[str, str] | None = None,
+                 **options: Any) -> anyio.abc.Process:
+    """Start a worker in its own session. Shielded: a process started by a cancelled
+    call would be one nobody holds, and so nobody kills."""
+    with anyio.CancelScope(shield=True):
+        process = await anyio.open_process(command, env=env or {}, cwd="/",
+                                           start_new_session=True, **options)
+    return process
 
 
 def kill_group(process: anyio.abc.Process) -> None:
