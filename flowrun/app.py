@@ -131,7 +131,8 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
         bus = EventBus(buffer_size=settings.sse_buffer)
         services = node_services(settings, registry, code)
         runner = Runner(store, bus, registry, app.state.metrics,
-                        idempotency_ttl_s=settings.idempotency_ttl_s, services=services)
+                        idempotency_ttl_s=settings.idempotency_ttl_s, services=services,
+                        final_write_timeout_s=settings.final_write_timeout_s)
         scheduler = Scheduler(runner, max_concurrent=settings.max_concurrent_runs,
                               max_queued=settings.max_queued)
         app.state.metrics.watch_queue(lambda: scheduler.queued, lambda: scheduler.running)

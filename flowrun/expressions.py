@@ -370,7 +370,14 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                            "the result of a call")
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        """``a.b`` on a mapping means its key ``b`` first: ``inputs.items`` is the input
+        named items, not the dict method (which stays reachable when no key has its name)."""
         _spend()
+        if isinstance(obj, Mapping):
+            try:
+                return obj[attribute]
+            except (KeyError, TypeError):
+                pass
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:

@@ -208,21 +208,27 @@ class Runner:
                                         key_ttl_s=self.idempotency_ttl_s)
         recorder.publish_after(written, event)
         # Retried by the writer through database faults; bounded so shutdown never hangs.
-        with anyio.move_on_after(self.final_write_timeout_s, shield=True):
+        with anyio.move_on_after(self.final_write_timeout_s, shield=True) as waited:
             await written.wait()
+        if waited.cancelled_caught:
+            logger.warning("run %s: %s, but the store is failing: the writer keeps that "
+                           "write and commits it once the store recovers", run.id,
+                           outcome.status.value)
         self.metrics.runs_finished.labels(run.workflow, outcome.status.value).inc()
         self.metrics.run_seconds.labels(run.workflow).observe(finished_at - started_at)
         logger.info("run %s: %s in %.3fs", run.id, outcome.status.value,
                     finished_at - started_at)
 
     async def finish_unstarted(self, run: RunRecord, status: RunStatus,
-                               reason: str | None = None) -> None:
+                               reason: str | None = None) -> RunOutcome:
         """Give a run that never started (stopped while queued) its terminal status."""
         recorder = RunRecorder(self.store, self.bus, run,
                                last_seq=await self.store.last_event_seq(run.id))
         error = {"code": "stopped", "message": reason, "node_id": None} if reason else None
+        outcome = RunOutcome(status, None, error, [])
         with anyio.CancelScope(shield=True):
-            await self.finish(run, recorder, RunOutcome(status, None, error, []))
+            await self.finish(run, recorder, outcome)
+        return outcome
 
 
 def _holds(exc: BaseException, kind: type[BaseException]) -> bool:

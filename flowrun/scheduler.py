@@ -17,7 +17,7 @@ from enum import Enum
 import anyio
 import anyio.abc
 
-from flowrun.engine.executor import Executor
+from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.models import RunRecord, RunStatus
 from flowrun.runner import Runner
 
@@ -42,6 +42,9 @@ class RunHandle:
     paused: bool = False
     executor: Executor | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
+    # How the run ended, as this process knows it: the truth even while the store is
+    # failing and the final write has not committed yet (a waiting parent reads it).
+    outcome: RunOutcome | None = None
 
     def attach(self, executor: Executor) -> None:
         self.executor = executor
@@ -119,13 +122,14 @@ class Scheduler:
         """Queue a committed run for execution.
 
         A child run (``parent_run_id`` set) starts at once, beyond the concurrency
-        limit: its parent holds a slot while it waits, so queueing it could deadlock.
+        limit and during a drain: its parent holds a slot while it waits, so queueing
+        it could deadlock, and holding it would keep the parent for the whole grace.
         """
         self._handles[handle.run.id] = handle
         handle.state = HandleState.QUEUED
         self._queued += 1
-        if handle.run.parent_run_id is not None and self._tg is not None and not self._paused:
-            self._start(handle, self._tg)
+        if handle.run.parent_run_id is not None and self._tg is not None:
+            self._start(handle, self._tg)  # during a drain too: its parent waits for it
             return
         heapq.heappush(self._heap, (-handle.run.priority, next(self._order), handle))
         self._wakeup.set()
@@ -168,7 +172,8 @@ class Scheduler:
 
     async def _run_one(self, handle: RunHandle) -> None:
         try:
-            await self.runner.execute(handle.run, executor_ready=handle.attach)
+            handle.outcome = await self.runner.execute(handle.run,
+                                                       executor_ready=handle.attach)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception:
@@ -180,8 +185,8 @@ class Scheduler:
 
     async def _finish_unstarted(self, handle: RunHandle) -> None:
         try:
-            await self.runner.finish_unstarted(handle.run, RunStatus.STOPPED,
-                                               handle.stop_reason)
+            handle.outcome = await self.runner.finish_unstarted(handle.run, RunStatus.STOPPED,
+                                                                handle.stop_reason)
         except Exception:
             logger.exception("run %s: could not record its stop", handle.run.id)
         finally:

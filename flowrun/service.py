@@ -261,7 +261,8 @@ class RunService:
         With an idempotency key that already names a run, that run is returned
         (``created`` False) instead, or the key's strategy raises a conflict.
         """
-        if self.drain_started is not None:
+        if self.drain_started is not None and request.parent_run_id is None:
+            # (a child run is part of a run that is finishing: it may still start)
             raise Unavailable("flowrun is shutting down; retry shortly",
                               headers={"Retry-After": "5"})
         self.require_workflow(principal, request.workflow)
@@ -298,7 +299,11 @@ class RunService:
             root_run_id=request.root_run_id)
         handle = self.scheduler.prepare(run)
         try:
-            run_id, created = await self.store.accept_run(run, claim, self.scheduler.has_room)
+            # Shielded: the write commits whether or not the caller is cancelled meanwhile
+            # (a parent stopped while it starts a child), so the run must reach the queue.
+            with anyio.CancelScope(shield=True):
+                run_id, created = await self.store.accept_run(run, claim,
+                                                              self.scheduler.has_room)
         except BaseException:
             self.scheduler.discard(handle)
             raise
@@ -572,6 +577,9 @@ class ServiceChildRuns:
             handle = self.service.scheduler.get(run_id)
             if handle is not None:
                 await handle.done.wait()
+                if handle.outcome is not None:  # not the store: its write may be pending
+                    outcome = handle.outcome
+                    return outcome.status.value, outcome.outputs, outcome.error
             run = await self.service.store.get_run(run_id, with_nodes=False)
         finally:
             root = self._root_of.pop(run_id, None)

@@ -68,6 +68,9 @@ class Settings:
     run_retention_s: float | None = None
     sweep_interval_s: float = 60.0
     group_commit_max: int = 512
+    # how long a finishing run waits for its final write through a store fault before it
+    # lets go (the writer keeps retrying that write)
+    final_write_timeout_s: float = 30.0
     sqlite_busy_timeout_ms: int = 5000
     # FULL: a commit survives power loss; NORMAL (WAL): it survives a process crash,
     # not a power cut, and commits cost no fsync (a local dev server may prefer it).

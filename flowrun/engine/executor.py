@@ -87,6 +87,46 @@ def node_tokens(node: NodeRecord) -> int:
     return 0
 
 
+def storable(value: Any, what: str) -> Any:
+    """``value`` as JSON can hold it (tuples, sets and ranges become lists), or an
+    ExpressionError naming what cannot be stored: every event and node row is written,
+    none is skipped."""
+    try:
+        return _storable(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ExpressionError(f"{what} cannot be stored as JSON: {exc}") from None
+
+
+def _storable(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number")
+        return value
+    if isinstance(value, Mapping):
+        return {_key(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | range | set | frozenset):
+        return [_storable(v) for v in value]
+    raise TypeError(f"it holds a {type(value).__name__}")
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int | float | bool) or key is None:
+        return json.dumps(key)
+    raise TypeError(f"a key is a {type(key).__name__}")
+
+
+def _informational(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A node's process data (what it logged about itself), stored as best JSON can."""
+    try:
+        return dict(json.loads(json.dumps(dict(data), default=repr, allow_nan=False)))
+    except (TypeError, ValueError, RecursionError):
+        return {"unstorable": repr(dict(data))[:2000]}
+
+
 def _error(code: str, message: str, node_id: str | None = None) -> dict[str, Any]:
     return {"code": code, "message": message, "node_id": node_id}
 
@@ -187,7 +227,8 @@ class Executor:
 
     def _final_outputs(self) -> dict[str, Any]:
         if self.definition.outputs is not None:
-            return dict(expressions.evaluate(self.definition.outputs, self._context))
+            return dict(storable(expressions.evaluate(self.definition.outputs, self._context),
+                                 "the run's outputs"))
         sinks = [n for n, out in self._outgoing.items() if not out]
         return {n: self.records[n].outputs for n in sinks
                 if n in self.records and self.records[n].status is not NodeStatus.SKIPPED}
@@ -270,8 +311,12 @@ class Executor:
                 tg.cancel_scope.cancel()
                 return
             if spec.on_error == "default":
-                rec.outputs = expressions.evaluate(spec.default or {}, self._context) \
-                    if spec.default else {}
+                try:
+                    rec.outputs = storable(expressions.evaluate(spec.default, self._context),
+                                           f"the default of node {spec.id!r}") \
+                        if spec.default else {}
+                except ExpressionError as exc:
+                    rec.outputs = {"error": _error(exc.code, exc.message, spec.id)}
             else:
                 rec.outputs = {"error": error}
             outputs, branch = rec.outputs, None
@@ -287,8 +332,9 @@ class Executor:
     def _evaluate_params(self, spec: NodeSpec) -> dict[str, Any]:
         node_type = self.registry.get(spec.type)
         raw = node_type.raw_params if node_type is not None else frozenset()
-        return {name: value if name in raw else expressions.evaluate(value, self._context)
-                for name, value in spec.params.items()}
+        params = {name: value if name in raw else expressions.evaluate(value, self._context)
+                  for name, value in spec.params.items()}
+        return dict(storable(params, f"a param of node {spec.id!r}"))
 
     @property
     def context(self) -> Mapping[str, Any]:
@@ -324,8 +370,8 @@ class Executor:
                 outputs = await self._call(node_type.func, ctx, kwargs, spec)
             except NodeFailure as exc:
                 rec.logs.extend(ctx.logs)
-                rec.process_data.update(ctx.process_data)
-                rec.process_data.update(exc.process_data)
+                rec.process_data.update(_informational(ctx.process_data))
+                rec.process_data.update(_informational(exc.process_data))
                 if attempt >= max_attempts:
                     raise
                 error = _error(exc.code, exc.message, spec.id)
@@ -334,7 +380,7 @@ class Executor:
                 await anyio.sleep(backoff)
                 continue
             rec.logs.extend(ctx.logs)
-            rec.process_data.update(ctx.process_data)
+            rec.process_data.update(_informational(ctx.process_data))
             branch = node_type.select_branch(outputs) if node_type.select_branch else None
             return outputs, branch
         raise AssertionError("unreachable")

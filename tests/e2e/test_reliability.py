@@ -1,0 +1,128 @@
+"""Races and faults through a real server: stops while a child starts, a long full disk,
+values that cannot be stored, inputs named like dict methods."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.e2e.server import Server, finished, wait_for
+from tests.e2e.test_durability import small_disk, wait_log
+
+__all__ = ["small_disk"]  # the fixture, used here too
+
+
+def child_runs(admin: httpx.Client, parents: set[str]) -> list[dict[str, Any]]:
+    runs = admin.get("/workflows/counted/runs", params={"limit": 1000}).json()["runs"]
+    return [r for r in runs if r["parent_run_id"] in parents]
+
+
+def test_stopping_parents_while_they_start_children_strands_no_child(
+        server_factory: Callable[..., Server], tmp_path: Path) -> None:
+    server = server_factory()
+    admin = server.client(server.admin_key())
+    server.start()
+    rng = random.Random(7)
+    parents = set()
+    for i in range(60):
+        run = admin.post("/workflows/parent/run", json={
+            "inputs": {"file": str(tmp_path / f"c{i}.log"), "seconds": 2}}).json()
+        parents.add(run["id"])
+        time.sleep(rng.uniform(0, 0.03))
+        assert admin.post(f"/runs/{run['id']}/stop").status_code == 200
+    for run_id in parents:
+        assert finished(admin, run_id)["status"] in {"stopped", "succeeded"}
+    deadline = time.monotonic() + 30
+    while True:
+        children = child_runs(admin, parents)
+        live = [c for c in children if c["status"] in {"queued", "running"}]
+        if not live:
+            break
+        assert time.monotonic() < deadline, f"stranded children: {live[:3]}"
+        time.sleep(0.1)
+    stopped = {r for r in parents if admin.get(f"/runs/{r}").json()["status"] == "stopped"}
+    for child in children:
+        if child["parent_run_id"] in stopped:
+            assert child["status"] == "stopped", child
+    assert server.client(None).get("/healthz").json()["queued"] == 0
+
+
+def test_a_long_full_disk_does_not_fail_parents_whose_children_succeeded(
+        server_factory: Callable[..., Server], small_disk: Path, tmp_path: Path) -> None:
+    server = server_factory({"FLOWRUN_FINAL_WRITE_TIMEOUT_S": "1"})
+    server.db = small_disk / "flowrun.db"
+    admin = server.client(server.admin_key())
+    server.start("--log-level", "info")
+    ids = [admin.post("/workflows/parent/run", json={
+        "inputs": {"file": str(tmp_path / f"p{i}.log"), "seconds": 1.5}}).json()["id"]
+        for i in range(4)]
+    deadline = time.monotonic() + 15
+    while len([c for c in child_runs(admin, set(ids)) if c["status"] == "running"]) < 4:
+        assert time.monotonic() < deadline, "the children never started"
+        time.sleep(0.05)
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    # Each child finishes while nothing can be written, and its final write outlasts
+    # the final-write timeout: the parents must carry on from what the children did.
+    wait_log(server, "but the store is failing", timeout=30)
+    deadline = time.monotonic() + 30
+    while server.log.read_text().count("but the store is failing") < 4:
+        assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+        time.sleep(0.1)
+    filler.unlink()
+    for run_id in ids:
+        run = finished(admin, run_id, timeout=60)
+        assert run["status"] == "succeeded", run["error"]
+    for child in child_runs(admin, set(ids)):
+        assert finished(admin, child["id"], timeout=30)["status"] == "succeeded"
+
+
+def events_of(client: httpx.Client, run_id: str) -> list[int]:
+    text = client.get(f"/runs/{run_id}/events").text
+    return [int(line[3:]) for line in text.splitlines() if line.startswith("id:")]
+
+
+def test_inputs_named_like_dict_methods_and_unstorable_values(
+        server_factory: Callable[..., Server]) -> None:
+    server = server_factory()
+    admin = server.client(server.admin_key())
+    server.start()
+    definition = {
+        "inputs": {"items": {"type": "array"}, "keys": {"type": "string"},
+                   "values": {"type": "object"}, "get": {"type": "integer"},
+                   "update": {"type": "boolean"}},
+        "nodes": [{"id": "t", "type": "template",
+                   "template": "{{ inputs['items'] | length }} {{ inputs.items | length }} "
+                               "{{ inputs.keys }} {{ inputs.values.a }} {{ inputs.get + 1 }} "
+                               "{{ inputs.update }}"}]}
+    assert admin.put("/workflows/methods", json=definition).status_code == 201
+    run = admin.post("/workflows/methods/run-sync", json={"inputs": {
+        "items": [1, 2, 3], "keys": "k", "values": {"a": "A"}, "get": 41,
+        "update": True}}).json()
+    assert run["status"] == "succeeded", run["error"]
+    assert run["outputs"] == {"t": {"text": "3 3 k A 42 True"}}
+    for value in ("{{ namespace() }}", "{{ inputs.values.copy }}", "{{ cycler(1, 2) }}"):
+        graph = {"inputs": {"items": [], "keys": "", "values": {}, "get": 0, "update": False},
+                 "nodes": [{"id": "t", "type": "template", "template": value}]}
+        run = admin.post("/workflows/methods/run-sync", json=graph).json()
+        assert run["status"] == "failed", run
+        assert run["error"]["code"] == "expression_error", run["error"]
+        assert "cannot be stored as JSON" in run["error"]["message"]
+        node = run["nodes"][0]
+        assert node["id"] == "t" and node["status"] == "failed"  # the node row is stored
+        seqs = events_of(admin, run["id"])
+        assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 4
+    wait_for(admin, run["id"], lambda r: r["status"] == "failed")
