@@ -136,10 +136,17 @@ class Scheduler:
 
     def _start(self, handle: RunHandle, tg: anyio.abc.TaskGroup) -> None:
         self._queued -= 1
-        self._running += 1
-        self._idle = anyio.Event()
+        self._busy()
         handle.state = HandleState.RUNNING
         tg.start_soon(self._run_one, handle)
+
+    def _busy(self) -> None:
+        """One more task runs. Only the first replaces the set idle event: replacing one
+        that is still waited on would strand its waiters (a drain would wait out its
+        whole grace)."""
+        self._running += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
 
     def stop(self, handle: RunHandle, reason: str | None = None) -> None:
         """Stop a queued or running run; ``handle.done`` is set once it is recorded."""
@@ -149,8 +156,7 @@ class Scheduler:
         handle.stop_reason = reason
         if handle.state is HandleState.QUEUED:
             self._queued -= 1
-            self._running += 1  # its stop is recorded by a task, like a run
-            self._idle = anyio.Event()
+            self._busy()  # its stop is recorded by a task, like a run
             handle.state = HandleState.RUNNING  # leaves the heap lazily
             assert self._tg is not None
             self._tg.start_soon(self._finish_unstarted, handle)

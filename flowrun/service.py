@@ -488,7 +488,8 @@ class RunService:
         return counted()
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "queued": self.scheduler.queued,
+        return {"status": "draining" if self.shutting_down else "ok",
+                "queued": self.scheduler.queued,
                 "running": self.scheduler.running,
                 "subscribers": self.bus.subscriber_count(),
                 "tasks": len(asyncio.all_tasks())}

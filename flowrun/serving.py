@@ -53,26 +53,47 @@ class HeaderTimeoutH11(H11Protocol):
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, telling flowrun to drain the moment a shutdown signal arrives.
+    """uvicorn, draining flowrun on the first shutdown signal before it stops listening.
 
-    uvicorn runs the app's lifespan shutdown only after open connections close;
-    flowrun must stop accepting runs (503) and bound run-sync waits before that.
+    uvicorn closes its listening socket as soon as it decides to exit, so new
+    clients would see "connection refused". On the first SIGTERM/SIGINT flowrun
+    drains while uvicorn goes on serving: new runs get 503 + Retry-After,
+    ``/healthz`` turns 503, reads and streams still work, and running runs get
+    ``shutdown_grace_s``. Once they are done, or the grace is over, uvicorn
+    exits as usual (its lifespan shutdown leaves the rest to resume). A second
+    signal exits at once.
     """
 
     def __init__(self, config: uvicorn.Config, app: Any) -> None:
         super().__init__(config)
         self.flowrun_app = app
+        self._drain: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        super().handle_exit(sig, frame)
         service = getattr(self.flowrun_app.state, "service", None)
-        if service is None:
+        if service is None or self._drain is not None or self.should_exit:
+            super().handle_exit(sig, frame)
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            super().handle_exit(sig, frame)
             return
-        loop.call_soon_threadsafe(service.begin_drain)
+        self._captured_signals.append(sig)  # re-raised after the shutdown, as uvicorn does
+        loop.call_soon_threadsafe(self._begin, service)
+
+    def _begin(self, service: Any) -> None:
+        service.begin_drain()
+        self._drain = asyncio.ensure_future(self._exit_when_drained(service))
+
+    async def _exit_when_drained(self, service: Any) -> None:
+        await service.wait_for_runs(service.settings.shutdown_grace_s)
+        self.should_exit = True
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.cancel()
+        await super().shutdown(sockets)
 
 
 def server_config(app: Any, settings: Settings, log_level: str) -> uvicorn.Config:

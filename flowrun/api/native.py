@@ -319,7 +319,11 @@ async def delete_secret(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse(service_of(request).health())
+    """503 while draining, so a load balancer stops sending new work here."""
+    health = service_of(request).health()
+    if health["status"] == "draining":
+        return JSONResponse(health, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse(health)
 
 
 async def metrics(request: Request) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.server import Server, finished, wait_for
-from tests.e2e.test_durability import small_disk, wait_log
+from tests.e2e.test_durability import db_status, small_disk, wait_log
 
 __all__ = ["small_disk"]  # the fixture, used here too
 
@@ -126,3 +127,32 @@ def test_inputs_named_like_dict_methods_and_unstorable_values(
         seqs = events_of(admin, run["id"])
         assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 4
     wait_for(admin, run["id"], lambda r: r["status"] == "failed")
+
+
+def test_a_drain_answers_503_on_new_connections_and_lets_late_children_run(
+        server_factory: Callable[..., Server], tmp_path: Path) -> None:
+    server = server_factory({"FLOWRUN_SHUTDOWN_GRACE_S": "20"})
+    admin = server.client(server.admin_key())
+    server.start("--log-level", "info")
+    late_parent = {"inputs": {"file": {"type": "string", "required": True}},
+                   "nodes": [{"id": "pause", "type": "sleep", "seconds": 0.5},
+                             {"id": "child", "type": "workflow", "workflow": "counted",
+                              "inputs": {"file": "{{ inputs.file }}", "seconds": 0.3}}],
+                   "edges": [{"source": "pause", "target": "child"}]}
+    assert admin.put("/workflows/late-parent", json=late_parent).status_code == 201
+    run = admin.post("/workflows/late-parent/run",
+                     json={"inputs": {"file": str(tmp_path / "late.log")}}).json()
+    wait_for(admin, run["id"], lambda r: r["status"] == "running")
+    began = time.monotonic()
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    wait_log(server, "draining: no new runs are accepted")
+    with httpx.Client(base_url=server.url, timeout=10,
+                      headers=dict(admin.headers)) as fresh:  # a brand-new connection
+        refused = fresh.post("/workflows/hello/run", json={"inputs": {"name": "late"}})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert fresh.get("/healthz").status_code == 503
+        assert fresh.get(f"/runs/{run['id']}").status_code == 200  # reads still work
+    assert server.proc.wait(timeout=20) == 0
+    assert time.monotonic() - began < 10, "the drain waited out its grace"
+    assert db_status(server.db, run["id"]) == "succeeded"
