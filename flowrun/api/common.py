@@ -7,6 +7,8 @@ import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+import anyio
+import anyio.lowlevel
 import pydantic
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
@@ -235,6 +237,16 @@ def last_event_id(request: Request) -> int:
     return value
 
 
+async def _paced(frames: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
+    """Yield to the loop after each frame. A replay sends many frames without waiting;
+    if the client has gone, the transport learns it at the first failed write but tells
+    uvicorn only on the next loop turn, and every write in between is logged by asyncio
+    ("socket.send() raised exception")."""
+    async for frame in frames:
+        yield frame
+        await anyio.lowlevel.checkpoint()
+
+
 def sse_response(request: Request, frames: AsyncIterator[ServerSentEvent], *,
                  ping_event: bool = False,
                  headers: dict[str, str] | None = None) -> EventSourceResponse:
@@ -245,6 +257,6 @@ def sse_response(request: Request, frames: AsyncIterator[ServerSentEvent], *,
     """
     settings = service_of(request).settings
     factory = (lambda: ServerSentEvent(event="ping")) if ping_event else None
-    return EventSourceResponse(frames, ping=settings.sse_ping_s, headers=headers,
+    return EventSourceResponse(_paced(frames), ping=settings.sse_ping_s, headers=headers,
                                ping_message_factory=factory,
                                send_timeout=settings.sse_send_timeout_s)

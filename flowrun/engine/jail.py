@@ -265,13 +265,15 @@ def kill_group(process: anyio.abc.Process) -> None:
     """SIGKILL a worker and everything still in its process group.
 
     Only before the worker is reaped: until then its pid, and so its group id, cannot
-    have been reused.
+    have been reused (a zombie's pid stays taken, and signalling it is harmless).
     """
     if process.returncode is not None:
         return
-    for kill in (lambda: os.killpg(process.pid, signal.SIGKILL), process.kill):
+    # os.kill, not process.kill(): Popen.kill() polls first, and polling reaps a worker
+    # that just exited behind asyncio's child watcher ("Unknown child process pid").
+    for kill in (os.killpg, os.kill):
         try:
-            kill()
+            kill(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
 

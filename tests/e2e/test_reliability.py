@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -156,3 +158,32 @@ def test_a_drain_answers_503_on_new_connections_and_lets_late_children_run(
     assert server.proc.wait(timeout=20) == 0
     assert time.monotonic() - began < 10, "the drain waited out its grace"
     assert db_status(server.db, run["id"]) == "succeeded"
+
+
+def test_clients_that_vanish_mid_stream_leave_no_log_noise(
+        server_factory: Callable[..., Server]) -> None:
+    server = server_factory()
+    key = server.create_key()
+    server.start("--log-level", "info")
+    client = server.client(key)
+    graph = {"inputs": {"name": "x"}, "nodes": [
+        {"id": "greet", "type": "map", "items": list(range(400)), "concurrency": 32,
+         "nodes": [{"id": "t", "type": "template", "template": "{{ item }}" + "x" * 2000}],
+         "output": "{{ nodes.t.text }}"}]}
+    run = client.post("/workflows/hello/run-sync", json=graph).json()
+    request = (f"GET /runs/{run['id']}/events HTTP/1.1\r\nHost: x\r\n"
+               f"Authorization: Bearer {key}\r\n\r\n").encode()
+    for _ in range(40):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(request)
+        sock.recv(4096)  # the replay has begun
+        sock.close()  # with a reset, in the middle of it
+    assert client.get("/healthz").json()["subscribers"] >= 0
+    deadline = time.monotonic() + 10
+    while client.get("/healthz").json()["subscribers"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    log = server.log.read_text()
+    assert "socket.send() raised exception" not in log
+    assert "Unknown child process" not in log

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -278,3 +280,33 @@ async def test_cancelled_sandbox_starts_leave_no_process_behind() -> None:
     while bwrap_pids() - before:
         assert time.monotonic() < deadline, f"left behind: {bwrap_pids() - before}"
         await anyio.sleep(0.05)
+
+
+REAP = """
+import anyio
+from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
+
+async def main():
+    jail, description = await choose_jail("bwrap")
+    assert jail is not None, description
+    async with CodeRunner.open(2, CodeLimits(timeout_s=0.3), jail=jail) as runner:
+        for _ in range(10):
+            try:
+                await runner.run("import time\\ndef main():\\n    time.sleep(5)", {})
+            except Exception:
+                pass
+            with anyio.move_on_after(0.05):
+                await runner.run("import time\\ndef main():\\n    time.sleep(5)", {})
+
+anyio.run(main)
+"""
+
+
+def test_killed_and_finished_workers_are_reaped_once() -> None:
+    # asyncio's child watcher logs "Unknown child process" when something else reaped
+    # a worker first (Popen.kill() polls, and a poll reaps): it runs in its own process
+    # so its stderr can be read whole.
+    done = subprocess.run([sys.executable, "-c", REAP], capture_output=True, text=True,
+                          timeout=120, check=False, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    assert "Unknown child process" not in done.stderr, done.stderr
