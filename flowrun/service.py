@@ -437,9 +437,16 @@ class RunService:
     async def resume_unfinished(self) -> int:
         """Re-queue queued runs and resume running (and paused) ones after a restart."""
         runs = await self.store.unfinished_runs()
+        unfinished = {run.id for run in runs}
         for run in runs:
             handle = self.scheduler.prepare(run)
             handle.paused = run.status is RunStatus.PAUSED
+            if run.parent_run_id is not None and run.parent_run_id not in unfinished:
+                # Its parent ended (or is gone) while this child was left unfinished:
+                # nothing waits for it, so it stops rather than runs on under a
+                # finished parent.
+                handle.stop_requested = True
+                handle.stop_reason = f"its parent run {run.parent_run_id} has ended"
             self.scheduler.enqueue(handle)
         if runs:
             logger.info("resuming %d unfinished runs", len(runs))

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import struct
 import time
 from collections.abc import Callable
@@ -187,3 +188,24 @@ def test_clients_that_vanish_mid_stream_leave_no_log_noise(
     log = server.log.read_text()
     assert "socket.send() raised exception" not in log
     assert "Unknown child process" not in log
+
+
+def test_a_child_left_unfinished_under_an_ended_parent_stops_after_a_restart(
+        server_factory: Callable[..., Server], tmp_path: Path) -> None:
+    server = server_factory()
+    admin = server.client(server.admin_key())
+    server.start()
+    parent = admin.post("/workflows/parent/run", json={
+        "inputs": {"file": str(tmp_path / "orphan.log"), "seconds": 30}}).json()
+    deadline = time.monotonic() + 15
+    while not (children := child_runs(admin, {parent["id"]})) or \
+            children[0]["status"] != "running":
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    server.kill()
+    with sqlite3.connect(server.db) as conn:  # the parent ended; its child did not
+        conn.execute("UPDATE runs SET status = 'stopped' WHERE id = ?", (parent["id"],))
+    server.start()
+    child = finished(admin, children[0]["id"], timeout=10)
+    assert child["status"] == "stopped", child
+    assert "has ended" in child["error"]["message"]
