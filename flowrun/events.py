@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +154,7 @@ ReplayFn = Callable[[str, int, int], Awaitable[list[Event]]]
 
 async def follow(bus: EventBus, replay: ReplayFn, run_id: str, after: int,
                  is_finished: Callable[[], Awaitable[bool]],
-                 buffer_size: int | None = None) -> AsyncIterator[Event]:
+                 buffer_size: int | None = None) -> AsyncGenerator[Event, None]:
     """Every event of a run after ``after``, in order, exactly once, ending at the terminal one."""
     last = after
     while True:

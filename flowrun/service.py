@@ -15,7 +15,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -467,7 +468,7 @@ class RunService:
                                   f"close one first", headers={"Retry-After": "1"})
 
     def follow(self, principal: auth.Principal, run_id: str,
-               after: int = 0) -> AsyncIterator[Event]:
+               after: int = 0) -> AsyncGenerator[Event, None]:
         """The run's events after ``after``: replay, then live, ending at the terminal event.
 
         Check access with ``get_run`` first; this does not. Each key may hold
@@ -482,11 +483,12 @@ class RunService:
             run = await self.store.get_run(run_id, with_nodes=False)
             return run is None or run.status in RUN_TERMINAL
 
-        async def counted() -> AsyncIterator[Event]:
+        async def counted() -> AsyncGenerator[Event, None]:
             try:
-                async for event in follow(self.bus, self.store.events, run_id, after,
-                                          is_finished):
-                    yield event
+                async with aclosing(follow(self.bus, self.store.events, run_id, after,
+                                           is_finished)) as events:
+                    async for event in events:
+                        yield event
             finally:
                 self._streams[holder] -= 1
                 if not self._streams[holder]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import anyio
@@ -237,17 +238,24 @@ def last_event_id(request: Request) -> int:
     return value
 
 
-async def _paced(frames: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
+async def _paced(frames: AsyncGenerator[ServerSentEvent, None]
+                 ) -> AsyncIterator[ServerSentEvent]:
     """Yield to the loop after each frame. A replay sends many frames without waiting;
     if the client has gone, the transport learns it at the first failed write but tells
     uvicorn only on the next loop turn, and every write in between is logged by asyncio
-    ("socket.send() raised exception")."""
-    async for frame in frames:
-        yield frame
-        await anyio.lowlevel.checkpoint()
+    ("socket.send() raised exception").
+
+    Every generator in an event stream closes the one it reads from (``aclosing``):
+    ``async for`` does not, and an unclosed generator would hold its bus
+    subscription and its key's stream slot until a garbage collection.
+    """
+    async with aclosing(frames):  # closed here, not left to the garbage collector
+        async for frame in frames:
+            yield frame
+            await anyio.lowlevel.checkpoint()
 
 
-def sse_response(request: Request, frames: AsyncIterator[ServerSentEvent], *,
+def sse_response(request: Request, frames: AsyncGenerator[ServerSentEvent, None], *,
                  ping_event: bool = False,
                  headers: dict[str, str] | None = None) -> EventSourceResponse:
     """An SSE answer with the instance's keep-alive and slow-client settings.

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -179,19 +180,20 @@ async def stream(request: Request) -> Response:
         raise RunNotFound(f"job {raw} not found") from None  # never another key's run id
     events = service.follow(principal, run.id, last_event_id(request))
 
-    async def frames() -> AsyncIterator[ServerSentEvent]:
+    async def frames() -> AsyncGenerator[ServerSentEvent, None]:
         yield _frame("init", run, None, {"job": await job_json(service, run)})
-        async for event in events:
-            if event.name == "workflow_finished":
-                final = await service.get_run(principal, run.id)
-                yield _frame("done", final, event, {"result": final.outputs,
-                                                    "error": event.data.get("error")})
-                return
-            if event.name in {"node_started", "node_finished", "text_chunk"}:
-                run.status = RunStatus.RUNNING
-                yield _frame("update", run, event, {"event": event.name,
-                                                    "node_id": event.data.get("node_id"),
-                                                    "data": event.data})
+        async with aclosing(events):
+            async for event in events:
+                if event.name == "workflow_finished":
+                    final = await service.get_run(principal, run.id)
+                    yield _frame("done", final, event, {"result": final.outputs,
+                                                        "error": event.data.get("error")})
+                    return
+                if event.name in {"node_started", "node_finished", "text_chunk"}:
+                    run.status = RunStatus.RUNNING
+                    yield _frame("update", run, event, {"event": event.name,
+                                                        "node_id": event.data.get("node_id"),
+                                                        "data": event.data})
 
     return sse_response(request, frames())
 

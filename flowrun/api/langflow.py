@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -164,9 +165,10 @@ def event_stream(request: Request, service: RunService, principal: Principal, ru
                  after: int) -> Response:
     events = service.follow(principal, run_id, after)
 
-    async def frames() -> AsyncIterator[ServerSentEvent]:
-        async for event in events:
-            yield encode_event(event)
+    async def frames() -> AsyncGenerator[ServerSentEvent, None]:
+        async with aclosing(events):
+            async for event in events:
+                yield encode_event(event)
 
     return sse_response(request, frames())
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -160,11 +161,12 @@ def encode_event(event: Event) -> ServerSentEvent:
                            data=json.dumps(event.to_json(), separators=(",", ":")))
 
 
-def event_stream(request: Request, events: AsyncIterator[Event],
+def event_stream(request: Request, events: AsyncGenerator[Event, None],
                  headers: dict[str, str] | None = None) -> EventSourceResponse:
-    async def frames() -> AsyncIterator[ServerSentEvent]:
-        async for event in events:
-            yield encode_event(event)
+    async def frames() -> AsyncGenerator[ServerSentEvent, None]:
+        async with aclosing(events):
+            async for event in events:
+                yield encode_event(event)
 
     return sse_response(request, frames(), headers=headers)
 
