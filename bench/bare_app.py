@@ -2,7 +2,7 @@
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 
@@ -10,4 +10,10 @@ async def echo(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True, "got": await request.json()}, status_code=202)
 
 
-app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+async def static(request: Request) -> PlainTextResponse:
+    """The cheapest answer the stack can give: the load generator's ceiling shows here."""
+    return PlainTextResponse("ok")
+
+
+app = Starlette(routes=[Route("/echo", echo, methods=["POST"]),
+                        Route("/static", static, methods=["GET"])])
