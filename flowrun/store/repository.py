@@ -66,6 +66,16 @@ async def _connect(path: Path, busy_timeout_ms: int,
     return conn
 
 
+def _connect_sync(path: Path, busy_timeout_ms: int, synchronous: str) -> sqlite3.Connection:
+    """The writer's connection: used from one thread at a time, never concurrently."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    return conn
+
+
 async def _migrate(conn: aiosqlite.Connection) -> None:
     await conn.execute("PRAGMA journal_mode = WAL")
     async with conn.execute("PRAGMA user_version") as cur:
@@ -132,8 +142,8 @@ def _process_fields(process: Any) -> dict[str, Any]:
     return {"logs": list(process.pop("logs", [])), "process_data": process}
 
 
-async def _insert_run(conn: aiosqlite.Connection, run: RunRecord) -> None:
-    await conn.execute(
+def _insert_run(conn: sqlite3.Connection, run: RunRecord) -> None:
+    conn.execute(
         "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
         "idempotency_key, user, trace_id, api_key_id, overrides, graph, created_at, "
         "parent_run_id, depth, root_run_id) "
@@ -144,14 +154,13 @@ async def _insert_run(conn: aiosqlite.Connection, run: RunRecord) -> None:
          run.parent_run_id, run.depth, run.root_run_id))
 
 
-async def _existing_claim(conn: aiosqlite.Connection, claim: IdempotencyClaim) -> str | None:
+def _existing_claim(conn: sqlite3.Connection, claim: IdempotencyClaim) -> str | None:
     """The run id a live key already names (per the claim's strategy), or None to create."""
-    async with conn.execute(
-            "SELECT k.fingerprint, k.run_id, k.expires_at, r.status FROM idempotency_keys k "
-            "LEFT JOIN runs r ON r.id = k.run_id "
-            "WHERE k.api_key_id = ? AND k.workflow = ? AND k.key = ?",
-            (claim.scope, claim.workflow, claim.key)) as cur:
-        row = await cur.fetchone()
+    row = conn.execute(
+        "SELECT k.fingerprint, k.run_id, k.expires_at, r.status FROM idempotency_keys k "
+        "LEFT JOIN runs r ON r.id = k.run_id "
+        "WHERE k.api_key_id = ? AND k.workflow = ? AND k.key = ?",
+        (claim.scope, claim.workflow, claim.key)).fetchone()
     if row is None or row["status"] is None:
         return None
     if row["expires_at"] is not None and row["expires_at"] < time.time():
@@ -172,8 +181,8 @@ async def _existing_claim(conn: aiosqlite.Connection, claim: IdempotencyClaim) -
     return run_id
 
 
-async def _upsert_node(conn: aiosqlite.Connection, node: NodeRecord) -> None:
-    await conn.execute(
+def _upsert_node(conn: sqlite3.Connection, node: NodeRecord) -> None:
+    conn.execute(
         "INSERT INTO node_executions (run_id, node_id, type, title, idx, status, inputs, "
         "outputs, error, attempts, branch, logs, started_at, finished_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -187,8 +196,8 @@ async def _upsert_node(conn: aiosqlite.Connection, node: NodeRecord) -> None:
          node.branch, _dumps(node.process), node.started_at, node.finished_at))
 
 
-async def _insert_event(conn: aiosqlite.Connection, event: Event) -> None:
-    await conn.execute("INSERT INTO events (run_id, seq, name, data, created_at) "
+def _insert_event(conn: sqlite3.Connection, event: Event) -> None:
+    conn.execute("INSERT INTO events (run_id, seq, name, data, created_at) "
                        "VALUES (?, ?, ?, ?, ?)",
                        (event.run_id, event.seq, event.name, _dumps(event.data),
                         event.created_at))
@@ -201,6 +210,17 @@ class Store:
         self.path = path
         self._reader = reader
         self._writer = writer
+        self._reads = 0
+
+    def round_trips(self) -> dict[str, int]:
+        """Calls into the database threads so far (each read, each write batch) and the
+        statements the write batches ran.
+
+        The cost that bounds throughput here is these hand-offs, not SQL; tests hold
+        them to a budget per run.
+        """
+        return {"read": self._reads, "write": self._writer.round_trips,
+                "statement": self._writer.statements}
 
     @classmethod
     @asynccontextmanager
@@ -208,9 +228,16 @@ class Store:
                    synchronous: str = "FULL") -> AsyncIterator[Store]:
         """Open (creating and migrating) the database for the duration of the block."""
         await anyio.to_thread.run_sync(_private_files, path)
-        write_conn = await _connect(path, busy_timeout_ms, synchronous)
+        migrate_conn = await _connect(path, busy_timeout_ms, synchronous)
         try:
-            await _migrate(write_conn)
+            await _migrate(migrate_conn)
+        finally:
+            await migrate_conn.close()
+        # The writer's connection is plain sqlite3: it runs a whole batch in one call on
+        # its own thread (see writer.py), not one thread hop per statement.
+        write_conn = await anyio.to_thread.run_sync(_connect_sync, path, busy_timeout_ms,
+                                                    synchronous)
+        try:
             read_conn = await _connect(path, busy_timeout_ms)
             try:
                 writer = Writer(write_conn, max_batch=max_batch)
@@ -223,11 +250,12 @@ class Store:
             finally:
                 await read_conn.close()
         finally:
-            await write_conn.close()
+            await anyio.to_thread.run_sync(write_conn.close)
 
     # --- plumbing -------------------------------------------------------------------
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        self._reads += 1
         try:  # one thread round trip per query
             return list(await self._reader.execute_fetchall(sql, params))
         except sqlite3.OperationalError as exc:
@@ -246,8 +274,8 @@ class Store:
                durable: bool = False) -> WriteResult[None]:
         """Queue one statement for the next group commit without waiting."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute(sql, params)
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, params)
 
         return self._writer.submit(op, durable=durable)
 
@@ -261,15 +289,13 @@ class Store:
         """Store a definition as the next version, unless it equals the latest: (version, new)."""
         text = json.dumps(definition, sort_keys=True, separators=(",", ":"))
 
-        async def op(conn: aiosqlite.Connection) -> tuple[int, bool]:
-            async with conn.execute(
-                    "SELECT version, definition FROM workflows WHERE name = ? "
-                    "ORDER BY version DESC LIMIT 1", (name,)) as cur:
-                row = await cur.fetchone()
+        def op(conn: sqlite3.Connection) -> tuple[int, bool]:
+            row = conn.execute("SELECT version, definition FROM workflows WHERE name = ? "
+                               "ORDER BY version DESC LIMIT 1", (name,)).fetchone()
             if row is not None and row["definition"] == text:
                 return int(row["version"]), False
             version = int(row["version"]) + 1 if row is not None else 1
-            await conn.execute("INSERT INTO workflows (name, version, definition, created_at) "
+            conn.execute("INSERT INTO workflows (name, version, definition, created_at) "
                                "VALUES (?, ?, ?, ?)", (name, version, text, time.time()))
             return version, True
 
@@ -320,8 +346,8 @@ class Store:
     def insert_run(self, run: RunRecord) -> WriteResult[None]:
         """Queue the insert of a new run (no idempotency key)."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            await _insert_run(conn, run)
+        def op(conn: sqlite3.Connection) -> None:
+            _insert_run(conn, run)
 
         return self._writer.submit(op)
 
@@ -334,17 +360,17 @@ class Store:
         claim's strategy says). Concurrent duplicates are serialised by the writer.
         """
 
-        async def op(conn: aiosqlite.Connection) -> tuple[str, bool]:
+        def op(conn: sqlite3.Connection) -> tuple[str, bool]:
             if claim is not None:
-                existing = await _existing_claim(conn, claim)
+                existing = _existing_claim(conn, claim)
                 if existing is not None:
                     return existing, False
             if not may_create():
                 raise QueueFull("the run queue is full; retry later",
                                 headers={"Retry-After": "1"})
-            await _insert_run(conn, run)
+            _insert_run(conn, run)
             if claim is not None:
-                await conn.execute(
+                conn.execute(
                     "INSERT OR REPLACE INTO idempotency_keys (api_key_id, workflow, key, "
                     "fingerprint, run_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, NULL)",
                     (claim.scope, claim.workflow, claim.key, claim.fingerprint, run.id,
@@ -357,10 +383,10 @@ class Store:
                      status: RunStatus = RunStatus.RUNNING) -> WriteResult[None]:
         """Record the start (or resume) of a run together with its first event."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) "
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) "
                                "WHERE id = ?", (status.value, started_at, run_id))
-            await _insert_event(conn, event)
+            _insert_event(conn, event)
 
         return self._writer.submit(op, durable=True)
 
@@ -369,14 +395,14 @@ class Store:
                    key_ttl_s: float) -> WriteResult[None]:
         """Record a terminal status with its terminal event in one transaction."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "UPDATE runs SET status = ?, outputs = ?, error = ?, steps = ?, "
                 "finished_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
                 (status.value, _dumps(outputs), _dumps(error), steps, finished_at, finished_at,
                  run_id))
-            await _insert_event(conn, event)
-            await conn.execute("UPDATE idempotency_keys SET expires_at = ? WHERE run_id = ?",
+            _insert_event(conn, event)
+            conn.execute("UPDATE idempotency_keys SET expires_at = ? WHERE run_id = ?",
                                (finished_at + key_ttl_s, run_id))
 
         return self._writer.submit(op, durable=True)
@@ -385,9 +411,9 @@ class Store:
                          only_from: tuple[RunStatus, ...]) -> bool:
         """Change a live run's status (pause/resume); False if it was not in ``only_from``."""
 
-        async def op(conn: aiosqlite.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
             marks = ", ".join("?" * len(only_from))
-            cur = await conn.execute(f"UPDATE runs SET status = ? WHERE id = ? AND status IN "
+            cur = conn.execute(f"UPDATE runs SET status = ? WHERE id = ? AND status IN "
                                      f"({marks})", (status.value, run_id,
                                                     *(s.value for s in only_from)))
             return cur.rowcount == 1
@@ -397,16 +423,16 @@ class Store:
     async def reset_run(self, run_id: str, *, keep_succeeded: bool) -> None:
         """Queue a finished run again: restart (all nodes) or retry (keep succeeded ones)."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> None:
             if keep_succeeded:
-                await conn.execute("DELETE FROM node_executions WHERE run_id = ? AND status != ?",
+                conn.execute("DELETE FROM node_executions WHERE run_id = ? AND status != ?",
                                    (run_id, NodeStatus.SUCCEEDED.value))
             else:
-                await conn.execute("DELETE FROM node_executions WHERE run_id = ?", (run_id,))
-            await conn.execute("UPDATE runs SET status = ?, outputs = NULL, error = NULL, "
+                conn.execute("DELETE FROM node_executions WHERE run_id = ?", (run_id,))
+            conn.execute("UPDATE runs SET status = ?, outputs = NULL, error = NULL, "
                                "finished_at = NULL, started_at = NULL, steps = 0 WHERE id = ?",
                                (RunStatus.QUEUED.value, run_id))
-            await conn.execute("UPDATE idempotency_keys SET expires_at = NULL WHERE run_id = ?",
+            conn.execute("UPDATE idempotency_keys SET expires_at = NULL WHERE run_id = ?",
                                (run_id,))
 
         await self._writer.write(op)
@@ -457,11 +483,11 @@ class Store:
                event: Event | None = None) -> WriteResult[None]:
         """Durably save a node execution and/or an event, together."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> None:
             if node is not None:
-                await _upsert_node(conn, node)
+                _upsert_node(conn, node)
             if event is not None:
-                await _insert_event(conn, event)
+                _insert_event(conn, event)
 
         return self._writer.submit(op, durable=True)
 
@@ -488,8 +514,8 @@ class Store:
     async def delete_expired_keys(self, now: float, batch: int = 1000) -> int:
         """Forget idempotency keys whose run ended more than the TTL ago."""
 
-        async def op(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
                 "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM "
                 "idempotency_keys WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?)",
                 (now, batch))
@@ -501,18 +527,17 @@ class Store:
         """Delete up to ``batch`` runs that ended before ``before``, with nodes, events, keys."""
         terminal = tuple(s.value for s in RUN_TERMINAL)
 
-        async def op(conn: aiosqlite.Connection) -> int:
-            async with conn.execute(
-                    f"SELECT id FROM runs WHERE finished_at < ? AND status IN "
-                    f"({', '.join('?' * len(terminal))}) LIMIT ?",
-                    (before, *terminal, batch)) as cur:
-                ids = [row[0] for row in await cur.fetchall()]
+        def op(conn: sqlite3.Connection) -> int:
+            ids = [row[0] for row in conn.execute(
+                f"SELECT id FROM runs WHERE finished_at < ? AND status IN "
+                f"({', '.join('?' * len(terminal))}) LIMIT ?",
+                (before, *terminal, batch)).fetchall()]
             if not ids:
                 return 0
             marks = ", ".join("?" * len(ids))
             for table, column in (("node_executions", "run_id"), ("events", "run_id"),
                                   ("idempotency_keys", "run_id"), ("runs", "id")):
-                await conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
+                conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
             return len(ids)
 
         return await self._writer.write(op)
@@ -546,8 +571,8 @@ class Store:
     async def revoke_api_key(self, key_id_or_prefix: str) -> int:
         """Revoke keys by id or prefix; the number revoked."""
 
-        async def op(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute("UPDATE api_keys SET revoked_at = ? WHERE "
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute("UPDATE api_keys SET revoked_at = ? WHERE "
                                      "(id = ? OR prefix = ?) AND revoked_at IS NULL",
                                      (time.time(), key_id_or_prefix, key_id_or_prefix))
             return cur.rowcount
@@ -563,14 +588,14 @@ class Store:
     async def put_secret(self, name: str, value: str, allowed_urls: Sequence[str]) -> bool:
         """Create or replace a secret; True when it is new."""
 
-        async def op(conn: aiosqlite.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
             now = time.time()
-            cur = await conn.execute(
+            cur = conn.execute(
                 "UPDATE secrets SET value = ?, allowed_urls = ?, updated_at = ? WHERE name = ?",
                 (value, _dumps(list(allowed_urls)), now, name))
             if cur.rowcount:
                 return False
-            await conn.execute("INSERT INTO secrets (name, value, allowed_urls, created_at, "
+            conn.execute("INSERT INTO secrets (name, value, allowed_urls, created_at, "
                                "updated_at) VALUES (?, ?, ?, ?, ?)",
                                (name, value, _dumps(list(allowed_urls)), now, now))
             return True
@@ -586,8 +611,8 @@ class Store:
                 await self._fetchall("SELECT * FROM secrets ORDER BY name")]
 
     async def delete_secret(self, name: str) -> bool:
-        async def op(conn: aiosqlite.Connection) -> bool:
-            cur = await conn.execute("DELETE FROM secrets WHERE name = ?", (name,))
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM secrets WHERE name = ?", (name,))
             return bool(cur.rowcount)
 
         return await self._writer.write(op)

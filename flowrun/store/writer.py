@@ -1,11 +1,13 @@
 """The single writer: every write goes through one task that commits in groups.
 
-aiosqlite gives one connection one thread and one transaction, so two
-coroutines writing on it would share (and commit) each other's work. Instead,
-writes are queued as small async operations; the writer task takes whatever is
-queued, runs it inside one ``BEGIN IMMEDIATE`` transaction (each operation in
-its own savepoint, so one failing operation does not undo the others) and
-commits once. A burst of N writes costs one fsync, not N.
+One connection is one transaction, so two coroutines writing on it would share
+(and commit) each other's work. Instead, writes are queued as small synchronous
+operations on a ``sqlite3.Connection``; the writer task takes whatever is
+queued and hands the whole batch to its thread in one call: ``BEGIN
+IMMEDIATE``, every operation (each in its own savepoint when there are several,
+so one failing operation does not undo the others), ``COMMIT``. A burst of N
+writes costs one fsync and one thread round trip, not N of each (a round trip
+through the event loop's thread hand-off costs more than a statement).
 
 When the database itself fails (locked past the busy timeout, read-only, disk
 full, I/O error) the whole batch is rolled back. Writes a client is waiting on
@@ -20,20 +22,20 @@ from __future__ import annotations
 import collections
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import aiosqlite
 import anyio
 import anyio.abc
+import anyio.to_thread
 
 from flowrun.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-WriteOp = Callable[[aiosqlite.Connection], Awaitable[T]]
+WriteOp = Callable[[sqlite3.Connection], T]
 _MAX_BACKOFF_S = 2.0
 
 
@@ -85,13 +87,20 @@ class _Pending:
 class Writer:
     """Owns the write connection; started in a task group with ``run``."""
 
-    def __init__(self, conn: aiosqlite.Connection, *, max_batch: int = 512) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 512) -> None:
         self._conn = conn
+        self._thread = anyio.CapacityLimiter(1)  # the connection's one user at a time
+        self.round_trips = 0  # calls into the connection's thread, for tests and the bench
+        self.statements = 0  # SQL statements those calls ran (savepoints included)
+        conn.set_trace_callback(self._count)
         self._max_batch = max_batch
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup = anyio.Event()
         self._closed = False
         self._failing_since: int = 0  # consecutive failed batches
+
+    def _count(self, statement: str) -> None:
+        self.statements += 1
 
     @property
     def healthy(self) -> bool:
@@ -140,29 +149,9 @@ class Writer:
         batch: list[_Pending] = []
         while self._queue and len(batch) < self._max_batch:
             batch.append(self._queue.popleft())
-        results: list[tuple[_Pending, Any, BaseException | None]] = []
-        # A lone write needs no savepoint: if it fails, the whole transaction is undone.
-        isolate = len(batch) > 1
+        self.round_trips += 1
         try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            for i, pending in enumerate(batch):
-                if isolate:
-                    await self._conn.execute(f"SAVEPOINT op{i}")
-                try:
-                    value = await pending.op(self._conn)
-                except sqlite3.OperationalError:
-                    raise  # a database fault: the whole batch fails
-                except Exception as exc:  # noqa: BLE001 - reported to that op's caller
-                    await self._conn.execute(f"ROLLBACK TO op{i}" if isolate else "ROLLBACK")
-                    results.append((pending, None, exc))
-                    if not isolate:
-                        break
-                else:
-                    results.append((pending, value, None))
-                if isolate:
-                    await self._conn.execute(f"RELEASE op{i}")
-            if self._conn.in_transaction:
-                await self._conn.execute("COMMIT")
+            results = await anyio.to_thread.run_sync(self._apply, batch, limiter=self._thread)
         except sqlite3.Error as exc:
             await self._fail_batch(batch, exc, final=final)
             return
@@ -170,17 +159,50 @@ class Writer:
             logger.warning("store writes recovered after %d failed attempts",
                            self._failing_since)
             self._failing_since = 0
-        for pending, value, err in results:
+        for pending, (value, err) in zip(batch, results, strict=False):
             pending.result._set(value, err)
+
+    def _apply(self, batch: list[_Pending]) -> list[tuple[Any, BaseException | None]]:
+        """Run one batch as one transaction, on the connection's thread.
+
+        A database fault raises (after a rollback): the whole batch fails. An op's own
+        error is that op's result; with several ops it is undone alone (a savepoint).
+        """
+        conn = self._conn
+        results: list[tuple[Any, BaseException | None]] = []
+        isolate = len(batch) > 1  # a lone write needs no savepoint: ROLLBACK undoes it
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for i, pending in enumerate(batch):
+                if isolate:
+                    conn.execute(f"SAVEPOINT op{i}")
+                try:
+                    value = pending.op(conn)
+                except sqlite3.OperationalError:
+                    raise  # a database fault: the whole batch fails
+                except Exception as exc:  # noqa: BLE001 - reported to that op's caller
+                    conn.execute(f"ROLLBACK TO op{i}" if isolate else "ROLLBACK")
+                    results.append((None, exc))
+                    if not isolate:
+                        break
+                else:
+                    results.append((value, None))
+                if isolate:
+                    conn.execute(f"RELEASE op{i}")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except sqlite3.Error:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                logger.exception("rollback failed")
+            raise
+        return results
 
     async def _fail_batch(self, batch: list[_Pending], exc: sqlite3.Error, *,
                           final: bool) -> None:
         self._failing_since += 1
-        try:
-            if self._conn.in_transaction:
-                await self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            logger.exception("rollback failed")
         retry = [p for p in batch if p.durable and not final]
         refused = [p for p in batch if not p.durable or final]
         if self._failing_since == 1 or self._failing_since % 20 == 0:

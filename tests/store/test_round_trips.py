@@ -1,0 +1,66 @@
+"""A regression guard that is not a timed test: database-thread round trips per run.
+
+What bounds throughput is hand-offs to the database threads, not SQL. These
+budgets are what the one-batch-per-trip writer gives today (reads, write
+batches, and the statements those batches run); a change that adds round trips
+or writes to the hot path fails here, whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from flowrun import Settings, create_app
+
+THREE = {"inputs": {"x": {"type": "string", "default": "x"}},
+         "nodes": [{"id": "a", "type": "template", "template": "{{ inputs.x }}a"},
+                   {"id": "b", "type": "template", "template": "{{ nodes.a.text }}b"},
+                   {"id": "c", "type": "template", "template": "{{ nodes.b.text }}c"}],
+         "edges": [{"source": "a", "target": "b"}, {"source": "b", "target": "c"}]}
+RUNS = 40
+# a 3-node run-sync, one at a time: group commit batches a little less at times
+RUN_SYNC_BUDGET = {"read": 5, "write": 4, "statement": 40}
+ACCEPT_BUDGET = {"read": 1, "write": 1, "statement": 3}  # a 202, the run left queued
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(db_path=tmp_path / "t.db", auth_enabled=False, max_concurrent_runs=1)
+    with TestClient(create_app(settings)) as c:
+        assert c.put("/workflows/three", json=THREE).status_code == 201
+        assert c.put("/workflows/block", json={
+            "nodes": [{"id": "s", "type": "sleep", "seconds": 60}]}).status_code == 201
+        yield c
+
+
+def trips(client: TestClient) -> dict[str, int]:
+    return dict(client.app.state.service.store.round_trips())  # type: ignore[attr-defined]
+
+
+def per_run(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    return {kind: (after[kind] - before[kind]) / RUNS for kind in after}
+
+
+def test_a_three_node_run_sync_stays_within_its_round_trip_budget(client: TestClient) -> None:
+    assert client.post("/workflows/three/run-sync", json={}).json()["status"] == "succeeded"
+    before = trips(client)
+    for _ in range(RUNS):
+        assert client.post("/workflows/three/run-sync", json={}).json()["status"] == \
+            "succeeded"
+    spent = per_run(before, trips(client))
+    assert all(spent[k] <= RUN_SYNC_BUDGET[k] for k in spent), spent
+
+
+def test_an_accept_is_one_read_and_one_write_of_one_statement(client: TestClient) -> None:
+    blocker = client.post("/workflows/block/run", json={}).json()  # holds the only slot
+    assert client.post("/workflows/three/run", json={}).status_code == 202
+    before = trips(client)
+    for _ in range(RUNS):
+        assert client.post("/workflows/three/run", json={}).status_code == 202
+    spent = per_run(before, trips(client))
+    assert all(spent[k] <= ACCEPT_BUDGET[k] for k in spent), spent
+    client.post(f"/runs/{blocker['id']}/stop")
