@@ -181,26 +181,28 @@ def _existing_claim(conn: sqlite3.Connection, claim: IdempotencyClaim) -> str | 
     return run_id
 
 
-def _upsert_node(conn: sqlite3.Connection, node: NodeRecord) -> None:
-    conn.execute(
-        "INSERT INTO node_executions (run_id, node_id, type, title, idx, status, inputs, "
-        "outputs, error, attempts, branch, logs, started_at, finished_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (run_id, node_id) DO UPDATE SET type = excluded.type, "
-        "title = excluded.title, idx = excluded.idx, status = excluded.status, "
-        "inputs = excluded.inputs, outputs = excluded.outputs, error = excluded.error, "
-        "attempts = excluded.attempts, branch = excluded.branch, logs = excluded.logs, "
-        "started_at = excluded.started_at, finished_at = excluded.finished_at",
-        (node.run_id, node.node_id, node.type, node.title, node.index, node.status.value,
-         _dumps(node.inputs), _dumps(node.outputs), _dumps(node.error), node.attempts,
-         node.branch, _dumps(node.process), node.started_at, node.finished_at))
+_UPSERT_NODE = (
+    "INSERT INTO node_executions (run_id, node_id, type, title, idx, status, inputs, "
+    "outputs, error, attempts, branch, logs, started_at, finished_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (run_id, node_id) DO UPDATE SET type = excluded.type, "
+    "title = excluded.title, idx = excluded.idx, status = excluded.status, "
+    "inputs = excluded.inputs, outputs = excluded.outputs, error = excluded.error, "
+    "attempts = excluded.attempts, branch = excluded.branch, logs = excluded.logs, "
+    "started_at = excluded.started_at, finished_at = excluded.finished_at")
+_INSERT_EVENT = "INSERT INTO events (run_id, seq, name, data, created_at) VALUES (?, ?, ?, ?, ?)"
 
 
-def _insert_event(conn: sqlite3.Connection, event: Event) -> None:
-    conn.execute("INSERT INTO events (run_id, seq, name, data, created_at) "
-                       "VALUES (?, ?, ?, ?, ?)",
-                       (event.run_id, event.seq, event.name, _dumps(event.data),
-                        event.created_at))
+def _node_row(node: NodeRecord) -> tuple[Any, ...]:
+    """A node's row, serialised now: the record may change before the batch commits, and
+    a value that cannot be stored fails here, in its caller, not inside a batch."""
+    return (node.run_id, node.node_id, node.type, node.title, node.index, node.status.value,
+            _dumps(node.inputs), _dumps(node.outputs), _dumps(node.error), node.attempts,
+            node.branch, _dumps(node.process), node.started_at, node.finished_at)
+
+
+def _event_row(event: Event) -> tuple[Any, ...]:
+    return (event.run_id, event.seq, event.name, _dumps(event.data), event.created_at)
 
 
 class Store:
@@ -382,11 +384,12 @@ class Store:
     def mark_running(self, run_id: str, started_at: float, event: Event, *,
                      status: RunStatus = RunStatus.RUNNING) -> WriteResult[None]:
         """Record the start (or resume) of a run together with its first event."""
+        event_row = _event_row(event)
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) "
-                               "WHERE id = ?", (status.value, started_at, run_id))
-            _insert_event(conn, event)
+                         "WHERE id = ?", (status.value, started_at, run_id))
+            conn.execute(_INSERT_EVENT, event_row)
 
         return self._writer.submit(op, durable=True)
 
@@ -394,14 +397,15 @@ class Store:
                    steps: int, finished_at: float, event: Event,
                    key_ttl_s: float) -> WriteResult[None]:
         """Record a terminal status with its terminal event in one transaction."""
+        run_row = (status.value, _dumps(outputs), _dumps(error), steps, finished_at,
+                   finished_at, run_id)
+        event_row = _event_row(event)
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE runs SET status = ?, outputs = ?, error = ?, steps = ?, "
-                "finished_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?",
-                (status.value, _dumps(outputs), _dumps(error), steps, finished_at, finished_at,
-                 run_id))
-            _insert_event(conn, event)
+                "finished_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?", run_row)
+            conn.execute(_INSERT_EVENT, event_row)
             conn.execute("UPDATE idempotency_keys SET expires_at = ? WHERE run_id = ?",
                                (finished_at + key_ttl_s, run_id))
 
@@ -482,12 +486,14 @@ class Store:
     def record(self, *, node: NodeRecord | None = None,
                event: Event | None = None) -> WriteResult[None]:
         """Durably save a node execution and/or an event, together."""
+        node_row = _node_row(node) if node is not None else None
+        event_row = _event_row(event) if event is not None else None
 
         def op(conn: sqlite3.Connection) -> None:
-            if node is not None:
-                _upsert_node(conn, node)
-            if event is not None:
-                _insert_event(conn, event)
+            if node_row is not None:
+                conn.execute(_UPSERT_NODE, node_row)
+            if event_row is not None:
+                conn.execute(_INSERT_EVENT, event_row)
 
         return self._writer.submit(op, durable=True)
 

@@ -83,6 +83,22 @@ class _Pending:
     durable: bool
     attempts: int = field(default=0)
 
+    @property
+    def fallible(self) -> bool:
+        """Whether the op may fail on its own (a conflict, a full queue) and so needs a
+        savepoint to be undone alone. Durable ops are plain inserts and updates of
+        values serialised before they were queued: only a database fault fails them."""
+        return not self.durable
+
+
+class _Broken(Exception):
+    """An op without a savepoint raised something other than a database fault."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+
 
 class Writer:
     """Owns the write connection; started in a task group with ``run``."""
@@ -155,6 +171,15 @@ class Writer:
         except sqlite3.Error as exc:
             await self._fail_batch(batch, exc, final=final)
             return
+        except _Broken as broken:
+            # A bug, not a fault: that op fails alone; the batch was rolled back, so the
+            # others go back to the head of the queue, in order, and commit next time.
+            logger.error("store write failed: %r", broken.error)
+            batch[broken.index].result._set(error=broken.error)
+            for pending in reversed(batch[:broken.index] + batch[broken.index + 1:]):
+                self._queue.appendleft(pending)
+            self._wakeup.set()
+            return
         if self._failing_since:
             logger.warning("store writes recovered after %d failed attempts",
                            self._failing_since)
@@ -170,10 +195,11 @@ class Writer:
         """
         conn = self._conn
         results: list[tuple[Any, BaseException | None]] = []
-        isolate = len(batch) > 1  # a lone write needs no savepoint: ROLLBACK undoes it
+        several = len(batch) > 1  # a lone write needs no savepoint: ROLLBACK undoes it
         try:
             conn.execute("BEGIN IMMEDIATE")
             for i, pending in enumerate(batch):
+                isolate = several and pending.fallible
                 if isolate:
                     conn.execute(f"SAVEPOINT op{i}")
                 try:
@@ -181,6 +207,9 @@ class Writer:
                 except sqlite3.OperationalError:
                     raise  # a database fault: the whole batch fails
                 except Exception as exc:  # noqa: BLE001 - reported to that op's caller
+                    if several and not isolate:  # nothing to undo it alone with
+                        conn.execute("ROLLBACK")
+                        raise _Broken(i, exc) from None
                     conn.execute(f"ROLLBACK TO op{i}" if isolate else "ROLLBACK")
                     results.append((None, exc))
                     if not isolate:

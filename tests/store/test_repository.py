@@ -124,3 +124,25 @@ async def test_a_lone_failing_write_is_rolled_back_and_the_next_one_works(
             await store.insert_run(make_run("once")).wait()
         await store.insert_run(make_run("twice")).wait()
         assert [r.id for r in await store.unfinished_runs()] == ["once", "twice"]
+
+
+async def test_a_broken_durable_op_fails_alone_and_leaves_nothing_half_written(
+        tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db") as store:
+        await store.insert_run(make_run("r")).wait()
+        writer = store._writer
+
+        def broken(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE runs SET status = 'failed' WHERE id = 'r'")
+            raise ValueError("a bug, not a database fault")
+
+        first = store.record(event=Event("r", 1, "workflow_started", {}, time.time()))
+        bad = writer.submit(broken, durable=True)  # no savepoint: durable ops are plain
+        last = store.record(event=Event("r", 2, "node_started", {}, time.time()))
+        await first.wait()
+        await last.wait()
+        with pytest.raises(ValueError, match="a bug"):
+            await bad.wait()
+        assert [e.seq for e in await store.events("r")] == [1, 2]
+        run = await store.get_run("r")
+        assert run is not None and run.status is RunStatus.QUEUED  # its update was undone
