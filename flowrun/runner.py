@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 
+from flowrun import ids
 from flowrun.definitions import WorkflowDefinition, parse_definition, with_graph
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.nodes import Registry
@@ -65,7 +65,10 @@ class RunRecorder:
         return self.publish_after(self.store.record(node=node, event=event), event)
 
     def _exec_id(self, node: NodeRecord) -> str:
-        return self._exec_ids.setdefault(node.node_id, str(uuid.uuid4()))
+        exec_id = self._exec_ids.get(node.node_id)
+        if exec_id is None:
+            exec_id = self._exec_ids[node.node_id] = ids.new_id()
+        return exec_id
 
     async def node_started(self, node: NodeRecord, predecessor: str | None) -> None:
         self._predecessors[node.node_id] = predecessor
@@ -91,7 +94,7 @@ class RunRecorder:
                               iteration_id: str, index: int) -> None:
         """A node event from inside a map iteration (no node row of its own)."""
         key = f"{iteration_id}[{index}].{node.node_id}"
-        exec_id = self._exec_ids.setdefault(key, str(uuid.uuid4()))
+        exec_id = self._exec_ids.get(key) or self._exec_ids.setdefault(key, ids.new_id())
         data = (node_payload(node, exec_id, predecessor) if name == "node_started"
                 else node_finished_payload(node, exec_id, predecessor))
         data.update(iteration_id=iteration_id, iteration_index=index)
@@ -136,11 +139,14 @@ class Runner:
         return definition
 
     async def execute(self, run: RunRecord,
-                      executor_ready: Callable[[Executor], None] | None = None
-                      ) -> RunOutcome | None:
-        """Run to a terminal status and record it; None if cancelled from outside."""
+                      executor_ready: Callable[[Executor], None] | None = None, *,
+                      fresh: bool = False) -> RunOutcome | None:
+        """Run to a terminal status and record it; None if cancelled from outside.
+
+        ``fresh``: the run was just accepted, so it has no events or node rows to read.
+        """
         resumed = run.status in {RunStatus.RUNNING, RunStatus.PAUSED}
-        last_seq = await self.store.last_event_seq(run.id)
+        last_seq = 0 if fresh else await self.store.last_event_seq(run.id)
         recorder = RunRecorder(self.store, self.bus, run, last_seq=last_seq)
         try:
             definition = await self.definition_for(run)
@@ -150,8 +156,8 @@ class Runner:
             await self.finish(run, recorder, outcome)
             return outcome
         # Succeeded nodes keep their outputs: after a crash (resume) or a retry.
-        prior = {n.node_id: n for n in await self.store.node_records(run.id)
-                 if n.status is NodeStatus.SUCCEEDED}
+        prior = {} if fresh else {n.node_id: n for n in await self.store.node_records(run.id)
+                                  if n.status is NodeStatus.SUCCEEDED}
         started_at = run.started_at or time.time()
         run.started_at = started_at
         held = run.status is RunStatus.PAUSED
@@ -220,10 +226,11 @@ class Runner:
                     finished_at - started_at)
 
     async def finish_unstarted(self, run: RunRecord, status: RunStatus,
-                               reason: str | None = None) -> RunOutcome:
+                               reason: str | None = None, *, fresh: bool = False
+                               ) -> RunOutcome:
         """Give a run that never started (stopped while queued) its terminal status."""
-        recorder = RunRecorder(self.store, self.bus, run,
-                               last_seq=await self.store.last_event_seq(run.id))
+        last_seq = 0 if fresh else await self.store.last_event_seq(run.id)
+        recorder = RunRecorder(self.store, self.bus, run, last_seq=last_seq)
         error = {"code": "stopped", "message": reason, "node_id": None} if reason else None
         outcome = RunOutcome(status, None, error, [])
         with anyio.CancelScope(shield=True):

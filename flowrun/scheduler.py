@@ -37,6 +37,9 @@ class RunHandle:
 
     run: RunRecord
     state: HandleState = HandleState.PREPARED
+    # Accepted by this process just now: it has no events and no node rows yet, so the
+    # runner need not read them back before it starts.
+    fresh: bool = False
     stop_requested: bool = False
     stop_reason: str | None = None
     paused: bool = False
@@ -178,7 +181,7 @@ class Scheduler:
 
     async def _run_one(self, handle: RunHandle) -> None:
         try:
-            handle.outcome = await self.runner.execute(handle.run,
+            handle.outcome = await self.runner.execute(handle.run, fresh=handle.fresh,
                                                        executor_ready=handle.attach)
         except anyio.get_cancelled_exc_class():
             raise
@@ -191,8 +194,8 @@ class Scheduler:
 
     async def _finish_unstarted(self, handle: RunHandle) -> None:
         try:
-            handle.outcome = await self.runner.finish_unstarted(handle.run, RunStatus.STOPPED,
-                                                                handle.stop_reason)
+            handle.outcome = await self.runner.finish_unstarted(
+                handle.run, RunStatus.STOPPED, handle.stop_reason, fresh=handle.fresh)
         except Exception:
             logger.exception("run %s: could not record its stop", handle.run.id)
         finally:

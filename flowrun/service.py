@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from flowrun import auth, definitions
+from flowrun import auth, definitions, ids
 from flowrun.definitions import WorkflowDefinition
 from flowrun.engine import secrets
 from flowrun.engine.nodes import Registry
@@ -290,11 +289,11 @@ class RunService:
             raise QueueFull(f"{self.scheduler.queued} runs are queued; retry later",
                             headers={"Retry-After": "1"})
         run = RunRecord(
-            id=str(uuid.uuid4()), workflow=definition.name, version=version,
+            id=ids.new_id(), workflow=definition.name, version=version,
             status=RunStatus.QUEUED, inputs=inputs, created_at=time.time(),
             priority=request.priority, correlation_id=request.correlation_id,
             idempotency_key=request.idempotency_key,
-            user=request.user, trace_id=request.trace_id or uuid.uuid4().hex,
+            user=request.user, trace_id=request.trace_id or ids.new_hex(),
             api_key_id=principal.key_id, overrides=overrides, graph=graph,
             parent_run_id=request.parent_run_id, depth=request.depth,
             root_run_id=request.root_run_id)
@@ -313,6 +312,7 @@ class RunService:
             existing = await self.store.get_run(run_id)
             assert existing is not None  # committed before the key pointed to it
             return Submission(existing, created=False)
+        handle.fresh = True
         self.scheduler.enqueue(handle)
         self.scheduler.runner.metrics.runs_accepted.labels(run.workflow).inc()
         logger.info("run %s: queued %s v%d (priority %d)", run.id, run.workflow, version,

@@ -121,6 +121,8 @@ def _key(key: Any) -> str:
 
 def _informational(data: Mapping[str, Any]) -> dict[str, Any]:
     """A node's process data (what it logged about itself), stored as best JSON can."""
+    if not data:
+        return {}
     try:
         return dict(json.loads(json.dumps(dict(data), default=repr, allow_nan=False)))
     except (TypeError, ValueError, RecursionError):

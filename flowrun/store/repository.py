@@ -19,6 +19,7 @@ from typing import Any
 
 import aiosqlite
 import anyio
+import orjson
 
 from flowrun.errors import IdempotencyConflict, IdempotencyKeyReused, QueueFull, Unavailable
 from flowrun.events import Event
@@ -44,7 +45,12 @@ _RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, pri
 
 
 def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # an integer past 64 bits: json writes any size
+        return json.dumps(value, separators=(",", ":"))
 
 
 def _loads(value: str | None) -> Any:

@@ -42,8 +42,13 @@ _MAX_BACKOFF_S = 2.0
 class WriteResult(Generic[T]):
     """The pending result of a queued write; ``await result.wait()`` after commit."""
 
+    __slots__ = ("_finished", "_done", "_value", "_error", "_callbacks")
+
     def __init__(self) -> None:
-        self._done = anyio.Event()
+        # Most writes (a run's node rows and events) are never awaited: the event is
+        # made only for a waiter.
+        self._finished = False
+        self._done: anyio.Event | None = None
         self._value: Any = None
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[BaseException | None], None]] = []
@@ -54,14 +59,16 @@ class WriteResult(Generic[T]):
         Callbacks of one batch run in queue order, so they see writes in the order
         they were submitted.
         """
-        if self._done.is_set():
+        if self._finished:
             callback(self._error)
         else:
             self._callbacks.append(callback)
 
     def _set(self, value: Any = None, error: BaseException | None = None) -> None:
         self._value, self._error = value, error
-        self._done.set()
+        self._finished = True
+        if self._done is not None:
+            self._done.set()
         for callback in self._callbacks:
             try:
                 callback(error)
@@ -70,7 +77,10 @@ class WriteResult(Generic[T]):
         self._callbacks.clear()
 
     async def wait(self) -> T:
-        await self._done.wait()
+        if not self._finished:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[no-any-return]

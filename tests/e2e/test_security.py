@@ -588,6 +588,19 @@ def test_event_streams_per_key_are_bounded(server_factory: Callable[..., Server]
     assert resp.status_code == 200
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response with a Content-Length, read off a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += sock.recv(4096)
+    return data
+
+
 def test_slow_header_connections_are_closed_and_capped(
         server_factory: Callable[..., Server]) -> None:
     server = server_factory({"FLOWRUN_MAX_CONNECTIONS": "20",
@@ -603,6 +616,16 @@ def test_slow_header_connections_are_closed_and_capped(
         for sock in sockets:  # the server hangs up on each within the header timeout
             assert sock.recv(1024) == b""
         assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sockets.append(silent)  # connects and never sends a byte
+        kept = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sockets.append(kept)  # one full request, then a second one left unfinished
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(kept).startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        began = time.monotonic()
+        assert silent.recv(1024) == b"" and kept.recv(1024) == b""
+        assert time.monotonic() - began < 5  # the header timeout, not keep-alive's or more
     finally:
         for sock in sockets:
             sock.close()
