@@ -126,7 +126,8 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     load_plugins(settings.plugins, registry)
     async with Store.open(settings.db_path, max_batch=settings.group_commit_max,
                           busy_timeout_ms=settings.sqlite_busy_timeout_ms,
-                          synchronous=settings.sqlite_synchronous) as store, \
+                          synchronous=settings.sqlite_synchronous,
+                          linger_s=settings.write_linger_s) as store, \
             code_runner(settings, http_policy(settings)) as code:
         bus = EventBus(buffer_size=settings.sse_buffer)
         services = node_services(settings, registry, code)
@@ -169,7 +170,7 @@ async def grace_timer(service: RunService, grace_s: float) -> None:
     """Once a drain starts, end run-sync waits when the grace period is over."""
     await service.draining.wait()
     await anyio.sleep(grace_s)
-    service.grace_over.set()
+    service.end_waits()
 
 
 async def housekeeping(service: RunService, settings: Settings) -> None:

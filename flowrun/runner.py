@@ -56,6 +56,8 @@ class RunRecorder:
                 logger.error("run %s: event %d not stored: %s", event.run_id, event.seq, error)
 
         result.add_done_callback(publish)
+        if self.bus.subscriber_count(event.run_id):
+            self.store.hurry()  # someone follows this run live: no lingering
         return result
 
     def emit(self, name: str, data: dict[str, Any],

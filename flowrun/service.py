@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +112,18 @@ class RunService:
         self.draining = anyio.Event()
         self.grace_over = anyio.Event()
         self.drain_started: float | None = None
+        # Parsed definitions: a stored version never changes, and this process is the
+        # only one registering workflows in its database, so the latest version of each
+        # is known here without a read (updated by every register below).
+        self._versions: dict[tuple[str, int], WorkflowDefinition] = {}
+        self._latest: dict[str, int] = {}
+        self._waits: set[anyio.CancelScope] = set()  # run-sync waits, ended by end_waits
+
+    def end_waits(self) -> None:
+        """The drain's grace is over: every run-sync wait answers now."""
+        self.grace_over.set()
+        for scope in self._waits:
+            scope.cancel()
 
     def begin_drain(self) -> None:
         """Stop accepting runs (503) and starting queued ones; running runs go on."""
@@ -213,6 +225,7 @@ class RunService:
         definition = definitions.parse_definition(data, source=name or "definition",
                                                   registry=self.registry)
         version, created = await self.store.put_workflow(definition.name, definition.to_json())
+        self._remember(definition.name, version, None)
         if created:
             logger.info("workflow %s: registered version %d", definition.name, version)
         return version, created
@@ -224,6 +237,7 @@ class RunService:
             functools.partial(definitions.load_path, path, registry=self.registry))
         for definition in found:
             version, _ = await self.store.put_workflow(definition.name, definition.to_json())
+            self._remember(definition.name, version, None)
             loaded.append((definition.name, version))
         return loaded
 
@@ -232,13 +246,28 @@ class RunService:
         if version is not None and not 1 <= version <= 2**31:
             raise VersionNotFound(f"workflow {name!r} has no version {version}",
                                   errors=[{"field": "version", "message": "unknown version"}])
+        wanted = self._latest.get(name) if version is None else version
+        if wanted is not None and (name, wanted) in self._versions:
+            return wanted, self._versions[(name, wanted)]
         found = await self.store.get_workflow(name, version)
         if found is None:
             if version is not None and await self.store.workflow_exists(name):
                 raise VersionNotFound(f"workflow {name!r} has no version {version}",
                                       errors=[{"field": "version", "message": "unknown version"}])
             raise WorkflowNotFound(f"workflow {name!r} is not registered")
-        return found[0], WorkflowDefinition.model_validate(found[1])
+        definition = WorkflowDefinition.model_validate(found[1])
+        self._remember(name, found[0], definition, latest=version is None)
+        return found[0], definition
+
+    def _remember(self, name: str, version: int, definition: WorkflowDefinition | None, *,
+                  latest: bool = True) -> None:
+        """Note a stored version (and its parsed definition, when known)."""
+        if latest and version > self._latest.get(name, 0):
+            self._latest[name] = version
+        if definition is not None:
+            if len(self._versions) >= 4096:
+                self._versions.clear()
+            self._versions[(name, version)] = definition
 
     async def read_workflow(self, principal: auth.Principal, name: str,
                             version: int | None = None) -> tuple[int, WorkflowDefinition]:
@@ -355,9 +384,13 @@ class RunService:
                    within_s: float) -> RunRecord:
         """The run once it is terminal, or as it is when ``within_s`` seconds pass."""
         handle = self.scheduler.get(run_id)
-        if handle is not None:
-            with anyio.move_on_after(within_s):
-                await _first_of(handle.done.wait, self.grace_over.wait)
+        if handle is not None and not self.grace_over.is_set():
+            with anyio.move_on_after(within_s) as scope:
+                self._waits.add(scope)  # cancelled by end_waits when the grace is over
+                try:
+                    await handle.done.wait()
+                finally:
+                    self._waits.discard(scope)
         run = await self.get_run(principal, run_id)
         if run.status not in RUN_TERMINAL and self.shutting_down:
             raise Unavailable(f"flowrun is shutting down; run {run_id} resumes when it is back",
@@ -484,6 +517,7 @@ class RunService:
             return run is None or run.status in RUN_TERMINAL
 
         async def counted() -> AsyncGenerator[Event, None]:
+            self.store.hurry()  # the run's lingering writes: commit (and publish) them now
             try:
                 async with aclosing(follow(self.bus, self.store.events, run_id, after,
                                            is_finished)) as events:
@@ -677,17 +711,6 @@ async def create_api_key(store: Store, *, name: str | None, scope: auth.Scope,
     record = await store.add_api_key(key_id, prefix, digest, name=name, scope=scope.value,
                                      workflows=workflows)
     return record, secret
-
-
-async def _first_of(*waits: Callable[[], Awaitable[Any]]) -> None:
-    """Return as soon as any of the waits returns."""
-    async with anyio.create_task_group() as tg:
-        async def one(wait: Callable[[], Awaitable[Any]]) -> None:
-            await wait()
-            tg.cancel_scope.cancel()
-
-        for wait in waits:
-            tg.start_soon(one, wait)
 
 
 def require_available(service: RunService | None) -> RunService:

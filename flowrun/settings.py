@@ -68,6 +68,9 @@ class Settings:
     run_retention_s: float | None = None
     sweep_interval_s: float = 60.0
     group_commit_max: int = 512
+    # how long progress nobody waits for yet (a run's node rows and events) may wait to
+    # share a commit; awaited writes and runs with live subscribers do not wait
+    write_linger_s: float = 0.003
     # how long a finishing run waits for its final write through a store fault before it
     # lets go (the writer keeps retrying that write)
     final_write_timeout_s: float = 30.0

@@ -10,10 +10,12 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
+import orjson
 import pydantic
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
 from flowrun.auth import Principal, key_from_headers
@@ -29,6 +31,20 @@ from flowrun.models import OnConflict, RunRecord
 from flowrun.service import RunService, require_available
 
 M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """Starlette's JSON response, encoded by orjson (several times faster on run records).
+
+    Bodies hold only what JSON can: stored values were checked when they were made.
+    Whatever orjson refuses (an integer past 64 bits) falls back to Starlette's encoder.
+    """
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content)
+        except orjson.JSONEncodeError:
+            return super().render(content)
 
 
 def service_of(request: Request) -> RunService:

@@ -23,11 +23,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import ServerSentEvent
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from flowrun.api.common import (
     MAX_NUMBER,
+    JSONResponse,
     error_handlers,
     id_number,
     parse_model,

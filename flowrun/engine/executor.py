@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 import pydantic
 
 from flowrun import expressions
@@ -206,9 +207,12 @@ class Executor:
                 self._scope = tg.cancel_scope
                 if self._stop_requested:
                     tg.cancel_scope.cancel()
+                follow: list[tuple[NodeSpec, str | None]] = []
                 for node_id, incoming in self._incoming.items():
                     if not incoming:
-                        self._ready(tg, node_id, None)
+                        self._ready(tg, node_id, None, follow)
+                if follow:
+                    await self._run_nodes(tg, *follow[0])
         return self._outcome(deadline_scope.cancelled_caught)
 
     def _outcome(self, deadline_hit: bool) -> RunOutcome:
@@ -237,7 +241,12 @@ class Executor:
 
     # --- graph walk -----------------------------------------------------------------
 
-    def _ready(self, tg: anyio.abc.TaskGroup, node_id: str, predecessor: str | None) -> None:
+    def _ready(self, tg: anyio.abc.TaskGroup, node_id: str, predecessor: str | None,
+               follow: list[tuple[NodeSpec, str | None]]) -> None:
+        """Start a node whose incoming edges are all settled: skip it, reuse its prior
+        result, or run it. The first node to run goes to ``follow`` (an empty list) for
+        the calling task to run next; others get a task of their own. A chain of nodes
+        thus runs in one task instead of one task per node."""
         incoming = self._incoming[node_id]
         if incoming and not any(self._edge_state[id(e)] for e in incoming):
             spec = self._nodes[node_id]
@@ -245,17 +254,21 @@ class Executor:
                              NodeStatus.SKIPPED)
             self.records[node_id] = rec
             tg.start_soon(self._report_skip, rec)
-            self._resolve(tg, node_id, taken_branch=None, skipped=True)
+            self._resolve(tg, node_id, follow, taken_branch=None, skipped=True)
             return
         prior = self._prior.get(node_id)
         if prior is not None:
             self.records[node_id] = prior
             self._context["nodes"][node_id] = prior.outputs
-            self._resolve(tg, node_id, taken_branch=prior.branch)
+            self._resolve(tg, node_id, follow, taken_branch=prior.branch)
             return
-        tg.start_soon(self._run_node, tg, self._nodes[node_id], predecessor)
+        if follow:
+            tg.start_soon(self._run_nodes, tg, self._nodes[node_id], predecessor)
+        else:
+            follow.append((self._nodes[node_id], predecessor))
 
-    def _resolve(self, tg: anyio.abc.TaskGroup, node_id: str, *, taken_branch: str | None,
+    def _resolve(self, tg: anyio.abc.TaskGroup, node_id: str,
+                 follow: list[tuple[NodeSpec, str | None]], *, taken_branch: str | None,
                  skipped: bool = False) -> None:
         for e in self._outgoing[node_id]:
             self._edge_state[id(e)] = not skipped and (e.branch is None or
@@ -265,15 +278,26 @@ class Executor:
             if target in self.records:
                 continue
             if all(id(i) in self._edge_state for i in self._incoming[target]):
-                self._ready(tg, target, node_id)
+                self._ready(tg, target, node_id, follow)
 
     async def _report_skip(self, rec: NodeRecord) -> None:
         await self.observer.node_skipped(rec)
 
     # --- one node -------------------------------------------------------------------
 
+    async def _run_nodes(self, tg: anyio.abc.TaskGroup, spec: NodeSpec,
+                         predecessor: str | None) -> None:
+        """Run a node, then each first successor it makes ready, in this task."""
+        step = await self._run_node(tg, spec, predecessor)
+        while step is not None:
+            # Let the loop run between nodes: a chain of nodes that never await anything
+            # would otherwise hold it (and a stop) until the chain ends.
+            await anyio.lowlevel.checkpoint()
+            step = await self._run_node(tg, *step)
+
     async def _run_node(self, tg: anyio.abc.TaskGroup, spec: NodeSpec,
-                        predecessor: str | None) -> None:
+                        predecessor: str | None) -> tuple[NodeSpec, str | None] | None:
+        """Run one node; the successor this task should run next, if any."""
         while not self._gate.is_set():  # paused: hold here until resumed (or stopped)
             await self._gate.wait()
         self._index += 1
@@ -311,7 +335,7 @@ class Executor:
                     self._failure = error
                     self._stop_reason = RunStatus.FAILED
                 tg.cancel_scope.cancel()
-                return
+                return None
             if spec.on_error == "default":
                 try:
                     rec.outputs = storable(expressions.evaluate(spec.default, self._context),
@@ -329,7 +353,9 @@ class Executor:
             rec.finished_at = time.time()
         self._context["nodes"][spec.id] = outputs
         await self.observer.node_finished(rec)
-        self._resolve(tg, spec.id, taken_branch=branch)
+        follow: list[tuple[NodeSpec, str | None]] = []
+        self._resolve(tg, spec.id, follow, taken_branch=branch)
+        return follow[0] if follow else None
 
     def _evaluate_params(self, spec: NodeSpec) -> dict[str, Any]:
         node_type = self.registry.get(spec.type)

@@ -220,6 +220,10 @@ class Store:
         self._writer = writer
         self._reads = 0
 
+    def hurry(self) -> None:
+        """Commit queued writes now: someone follows them live."""
+        self._writer.hurry()
+
     def round_trips(self) -> dict[str, int]:
         """Calls into the database threads so far (each read, each write batch) and the
         statements the write batches ran.
@@ -233,7 +237,7 @@ class Store:
     @classmethod
     @asynccontextmanager
     async def open(cls, path: Path, *, max_batch: int = 512, busy_timeout_ms: int = 5000,
-                   synchronous: str = "FULL") -> AsyncIterator[Store]:
+                   synchronous: str = "FULL", linger_s: float = 0.003) -> AsyncIterator[Store]:
         """Open (creating and migrating) the database for the duration of the block."""
         await anyio.to_thread.run_sync(_private_files, path)
         migrate_conn = await _connect(path, busy_timeout_ms, synchronous)
@@ -248,7 +252,7 @@ class Store:
         try:
             read_conn = await _connect(path, busy_timeout_ms)
             try:
-                writer = Writer(write_conn, max_batch=max_batch)
+                writer = Writer(write_conn, max_batch=max_batch, linger_s=linger_s)
                 async with anyio.create_task_group() as tg:
                     await tg.start(writer.run)
                     try:

@@ -9,6 +9,11 @@ so one failing operation does not undo the others), ``COMMIT``. A burst of N
 writes costs one fsync and one thread round trip, not N of each (a round trip
 through the event loop's thread hand-off costs more than a statement).
 
+Writes nobody waits for yet (a run's node rows and events while it runs) may
+wait up to ``linger_s`` for company, so a short run's progress and its final
+status share one commit; a write someone awaits (an accept, a final status), a
+live subscriber to the run, or a full batch ends the wait at once.
+
 When the database itself fails (locked past the busy timeout, read-only, disk
 full, I/O error) the whole batch is rolled back. Writes a client is waiting on
 (accepting a run) fail at once with ``Unavailable`` (a 503); writes of runs in
@@ -42,9 +47,10 @@ _MAX_BACKOFF_S = 2.0
 class WriteResult(Generic[T]):
     """The pending result of a queued write; ``await result.wait()`` after commit."""
 
-    __slots__ = ("_finished", "_done", "_value", "_error", "_callbacks")
+    __slots__ = ("_finished", "_done", "_value", "_error", "_callbacks", "_hurry")
 
-    def __init__(self) -> None:
+    def __init__(self, hurry: Callable[[], None] | None = None) -> None:
+        self._hurry = hurry  # tells the writer someone waits for this write
         # Most writes (a run's node rows and events) are never awaited: the event is
         # made only for a waiter.
         self._finished = False
@@ -80,6 +86,8 @@ class WriteResult(Generic[T]):
         if not self._finished:
             if self._done is None:
                 self._done = anyio.Event()
+            if self._hurry is not None:
+                self._hurry()
             await self._done.wait()
         if self._error is not None:
             raise self._error
@@ -113,8 +121,12 @@ class _Broken(Exception):
 class Writer:
     """Owns the write connection; started in a task group with ``run``."""
 
-    def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 512) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 512,
+                 linger_s: float = 0.003) -> None:
         self._conn = conn
+        self._linger_s = linger_s
+        self._urgent = False  # a queued write is awaited: commit without lingering
+        self._hurried = anyio.Event()
         self._thread = anyio.CapacityLimiter(1)  # the connection's one user at a time
         self.round_trips = 0  # calls into the connection's thread, for tests and the bench
         self.statements = 0  # SQL statements those calls ran (savepoints included)
@@ -140,10 +152,17 @@ class Writer:
         """
         if self._closed:
             raise Unavailable("the store is closed")
-        result: WriteResult[T] = WriteResult()
+        result: WriteResult[T] = WriteResult(self.hurry)
         self._queue.append(_Pending(op, result, durable))
         self._wakeup.set()
+        if not durable:  # a client is waiting on it
+            self.hurry()
         return result
+
+    def hurry(self) -> None:
+        """Commit what is queued without lingering (someone waits for it)."""
+        self._urgent = True
+        self._hurried.set()
 
     async def write(self, op: WriteOp[T], *, durable: bool = False) -> T:
         """Queue a write and wait until it is committed."""
@@ -160,6 +179,10 @@ class Writer:
                     await self._wakeup.wait()
                 if self._failing_since:
                     await anyio.sleep(min(0.05 * 2 ** self._failing_since, _MAX_BACKOFF_S))
+                elif not self._urgent and len(self._queue) < self._max_batch:
+                    self._hurried = anyio.Event()
+                    with anyio.move_on_after(self._linger_s):
+                        await self._hurried.wait()
                 # A batch, once taken off the queue, is finished even if cancelled.
                 with anyio.CancelScope(shield=True):
                     await self._commit_batch()
@@ -175,6 +198,8 @@ class Writer:
         batch: list[_Pending] = []
         while self._queue and len(batch) < self._max_batch:
             batch.append(self._queue.popleft())
+        if not self._queue:
+            self._urgent = False  # (with writes left over, a backlog: no lingering)
         self.round_trips += 1
         try:
             results = await anyio.to_thread.run_sync(self._apply, batch, limiter=self._thread)
