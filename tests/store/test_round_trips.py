@@ -23,9 +23,14 @@ THREE = {"inputs": {"x": {"type": "string", "default": "x"}},
                    {"id": "c", "type": "template", "template": "{{ nodes.b.text }}c"}],
          "edges": [{"source": "a", "target": "b"}, {"source": "b", "target": "c"}]}
 RUNS = 40
-# a 3-node run-sync, one at a time: group commit batches a little less at times
-RUN_SYNC_BUDGET = {"read": 5, "write": 4, "statement": 26}
-ACCEPT_BUDGET = {"read": 1, "write": 1, "statement": 3}  # a 202, the run left queued
+# A 3-node run-sync, one at a time: the accept's commit, then the run's progress and
+# its final status in one commit (progress lingers for it), then the answer's reads
+# of the run and its nodes. Measured: 2 reads, 2 batches, 22 statements; a slow
+# machine may split a run's progress from its final status (one batch, two statements
+# more) now and then.
+RUN_SYNC_BUDGET = {"read": 2, "write": 2.5, "statement": 23}
+# a 202 with the run left queued: the definition is known, so no read; one commit
+ACCEPT_BUDGET = {"read": 0, "write": 1, "statement": 3}
 
 
 @pytest.fixture
@@ -56,7 +61,7 @@ def test_a_three_node_run_sync_stays_within_its_round_trip_budget(client: TestCl
     assert all(spent[k] <= RUN_SYNC_BUDGET[k] for k in spent), spent
 
 
-def test_an_accept_is_one_read_and_one_write_of_one_statement(client: TestClient) -> None:
+def test_an_accept_is_one_write_of_one_statement_and_no_read(client: TestClient) -> None:
     blocker = client.post("/workflows/block/run", json={}).json()  # holds the only slot
     deadline = time.monotonic() + 10
     while not any(n["status"] == "running"
