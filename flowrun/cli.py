@@ -26,7 +26,7 @@ from flowrun.local import folder_services
 from flowrun.models import RunStatus
 from flowrun.progress import PrintingObserver, ProgressPrinter
 from flowrun.service import check_secret, create_api_key
-from flowrun.serving import DrainingServer, server_config
+from flowrun.serving import DrainingServer, server_config, tune_gc
 from flowrun.settings import ClientSettings, Settings, SettingsError
 from flowrun.store import Store
 
@@ -84,6 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # the signal; a clean shutdown should exit 0, so the re-raised signal lands here.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
+    tune_gc()
     DrainingServer(server_config(app, settings, args.log_level), app).run()
     return 0
 

@@ -12,6 +12,7 @@ past ``max_connections``; event streams are bounded per key by the service.
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import h11
@@ -146,6 +147,25 @@ class DrainingServer(uvicorn.Server):
         if self._drain is not None and not self._drain.done():
             self._drain.cancel()
         await super().shutdown(sockets)
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector fit a server with thousands of runs in flight.
+
+    Each run in flight holds a few hundred objects (its task, records, payloads);
+    with thousands in flight, CPython's default thresholds start a full collection
+    that walks all of them every few thousand runs: a profile of a 3,000-run burst
+    spent about 40% of the event loop's time there (~150 ms per collection). So:
+    what exists after start-up is frozen out of collections for good, and the older
+    generations are collected ten times less often. Nearly all of flowrun's garbage
+    is freed by reference counting; cycles among young objects are still collected
+    at once. Only ``flowrun serve`` does this: an application embedding flowrun owns
+    its interpreter's settings.
+    """
+    gc.collect()
+    gc.freeze()
+    young, _, _ = gc.get_threshold()
+    gc.set_threshold(young, 100, 100)
 
 
 def server_config(app: Any, settings: Settings, log_level: str) -> uvicorn.Config:

@@ -35,7 +35,7 @@ from flowrun.models import (
     SecretRecord,
 )
 from flowrun.store.schema import MIGRATIONS, SCHEMA_VERSION
-from flowrun.store.writer import Writer, WriteResult
+from flowrun.store.writer import RowTable, Writer, WriteResult
 
 logger = logging.getLogger(__name__)
 
@@ -187,16 +187,17 @@ def _existing_claim(conn: sqlite3.Connection, claim: IdempotencyClaim) -> str | 
     return run_id
 
 
-_UPSERT_NODE = (
+# A run's progress: rows merged per batch by the writer (see RowTable).
+_NODE_ROWS = RowTable(
     "INSERT INTO node_executions (run_id, node_id, type, title, idx, status, inputs, "
-    "outputs, error, attempts, branch, logs, started_at, finished_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (run_id, node_id) DO UPDATE SET type = excluded.type, "
+    "outputs, error, attempts, branch, logs, started_at, finished_at) VALUES ", 14,
+    tail=" ON CONFLICT (run_id, node_id) DO UPDATE SET type = excluded.type, "
     "title = excluded.title, idx = excluded.idx, status = excluded.status, "
     "inputs = excluded.inputs, outputs = excluded.outputs, error = excluded.error, "
     "attempts = excluded.attempts, branch = excluded.branch, logs = excluded.logs, "
-    "started_at = excluded.started_at, finished_at = excluded.finished_at")
-_INSERT_EVENT = "INSERT INTO events (run_id, seq, name, data, created_at) VALUES (?, ?, ?, ?, ?)"
+    "started_at = excluded.started_at, finished_at = excluded.finished_at",
+    key=2)  # (run_id, node_id): a node's later state in a batch replaces its earlier one
+_EVENT_ROWS = RowTable("INSERT INTO events (run_id, seq, name, data, created_at) VALUES ", 5)
 
 
 def _node_row(node: NodeRecord) -> tuple[Any, ...]:
@@ -394,14 +395,11 @@ class Store:
     def mark_running(self, run_id: str, started_at: float, event: Event, *,
                      status: RunStatus = RunStatus.RUNNING) -> WriteResult[None]:
         """Record the start (or resume) of a run together with its first event."""
-        event_row = _event_row(event)
-
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) "
                          "WHERE id = ?", (status.value, started_at, run_id))
-            conn.execute(_INSERT_EVENT, event_row)
 
-        return self._writer.submit(op, durable=True)
+        return self._writer.submit(op, durable=True, rows=((_EVENT_ROWS, _event_row(event)),))
 
     def finish_run(self, run_id: str, status: RunStatus, *, outputs: Any, error: Any,
                    steps: int, finished_at: float, event: Event,
@@ -409,17 +407,14 @@ class Store:
         """Record a terminal status with its terminal event in one transaction."""
         run_row = (status.value, _dumps(outputs), _dumps(error), steps, finished_at,
                    finished_at, run_id)
-        event_row = _event_row(event)
-
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE runs SET status = ?, outputs = ?, error = ?, steps = ?, "
                 "finished_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?", run_row)
-            conn.execute(_INSERT_EVENT, event_row)
             conn.execute("UPDATE idempotency_keys SET expires_at = ? WHERE run_id = ?",
                                (finished_at + key_ttl_s, run_id))
 
-        return self._writer.submit(op, durable=True)
+        return self._writer.submit(op, durable=True, rows=((_EVENT_ROWS, _event_row(event)),))
 
     async def set_status(self, run_id: str, status: RunStatus, *,
                          only_from: tuple[RunStatus, ...]) -> bool:
@@ -496,16 +491,12 @@ class Store:
     def record(self, *, node: NodeRecord | None = None,
                event: Event | None = None) -> WriteResult[None]:
         """Durably save a node execution and/or an event, together."""
-        node_row = _node_row(node) if node is not None else None
-        event_row = _event_row(event) if event is not None else None
-
-        def op(conn: sqlite3.Connection) -> None:
-            if node_row is not None:
-                conn.execute(_UPSERT_NODE, node_row)
-            if event_row is not None:
-                conn.execute(_INSERT_EVENT, event_row)
-
-        return self._writer.submit(op, durable=True)
+        rows: list[tuple[RowTable, tuple[Any, ...]]] = []
+        if node is not None:
+            rows.append((_NODE_ROWS, _node_row(node)))
+        if event is not None:
+            rows.append((_EVENT_ROWS, _event_row(event)))
+        return self._writer.submit(None, durable=True, rows=tuple(rows))
 
     async def node_records(self, run_id: str) -> list[NodeRecord]:
         rows = await self._fetchall("SELECT * FROM node_executions WHERE run_id = ? "

@@ -25,6 +25,7 @@ clears, so a run never ends up half-written.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -42,6 +43,50 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], T]
 _MAX_BACKOFF_S = 2.0
+_MAX_ROWS_PER_STATEMENT = 256
+
+
+class RowTable:
+    """A table whose queued rows a batch merges into multi-row INSERTs.
+
+    A run's progress is many small rows (events, node states). One statement per
+    row costs a trip through SQLite and back into Python, and with it a hand-back
+    of the GIL that the event loop then waits for; one statement per table per
+    batch does not. Rows whose first ``key`` columns match are one record: in one
+    batch, the later replaces the earlier (a node's finished state supersedes its
+    started state, so the started one is never written).
+    """
+
+    def __init__(self, head: str, width: int, *, tail: str = "", key: int = 0) -> None:
+        self.head = head  # "INSERT INTO t (a, b) VALUES "
+        self.tail = tail  # e.g. an ON CONFLICT clause
+        self.width = width
+        self.key = key
+        self._row = "(" + ", ".join("?" * width) + ")"
+        self._sql: dict[int, str] = {}
+
+    def sql(self, count: int) -> str:
+        """The INSERT of ``count`` rows (counts are powers of two: few texts to cache)."""
+        text = self._sql.get(count)
+        if text is None:
+            text = self._sql[count] = self.head + ", ".join([self._row] * count) + self.tail
+        return text
+
+    def write(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` in as few statements as the variable limit allows."""
+        start = 0
+        while start < len(rows):
+            count = min(_MAX_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
+            chunk = rows[start:start + count]
+            conn.execute(self.sql(count), [value for row in chunk for value in row])
+            start += count
+
+
+Rows = tuple[tuple[RowTable, tuple[Any, ...]], ...]
+
+
+class _Unmerge(Exception):
+    """A merged INSERT failed on its own (a constraint): apply the batch op by op."""
 
 
 class WriteResult(Generic[T]):
@@ -96,9 +141,10 @@ class WriteResult(Generic[T]):
 
 @dataclass
 class _Pending:
-    op: WriteOp[Any]
+    op: WriteOp[Any] | None
     result: WriteResult[Any]
     durable: bool
+    rows: Rows = ()  # written after the ops of the batch, merged per table
     attempts: int = field(default=0)
 
     @property
@@ -145,15 +191,21 @@ class Writer:
         """False while the database is refusing writes."""
         return self._failing_since == 0
 
-    def submit(self, op: WriteOp[T], *, durable: bool = False) -> WriteResult[T]:
+    def submit(self, op: WriteOp[T] | None, *, durable: bool = False,
+               rows: Rows = ()) -> WriteResult[T]:
         """Queue a write without waiting; the result resolves once it is committed.
 
+        ``op`` runs in the batch's transaction, in queue order; ``rows`` (plain inserts
+        of values serialised already, durable writes only) are inserted at the end of
+        the same transaction, merged with the batch's other rows of their table.
         ``durable`` writes are retried through database faults instead of failing.
         """
         if self._closed:
             raise Unavailable("the store is closed")
+        if rows and not durable:
+            raise ValueError("only durable writes carry rows")
         result: WriteResult[T] = WriteResult(self.hurry)
-        self._queue.append(_Pending(op, result, durable))
+        self._queue.append(_Pending(op, result, durable, rows))
         self._wakeup.set()
         if not durable:  # a client is waiting on it
             self.hurry()
@@ -202,7 +254,13 @@ class Writer:
             self._urgent = False  # (with writes left over, a backlog: no lingering)
         self.round_trips += 1
         try:
-            results = await anyio.to_thread.run_sync(self._apply, batch, limiter=self._thread)
+            try:
+                results = await anyio.to_thread.run_sync(self._apply, batch,
+                                                         limiter=self._thread)
+            except _Unmerge:
+                self.round_trips += 1  # again, op by op, to find the row that fails
+                results = await anyio.to_thread.run_sync(
+                    functools.partial(self._apply, batch, merge=False), limiter=self._thread)
         except sqlite3.Error as exc:
             await self._fail_batch(batch, exc, final=final)
             return
@@ -222,23 +280,40 @@ class Writer:
         for pending, (value, err) in zip(batch, results, strict=False):
             pending.result._set(value, err)
 
-    def _apply(self, batch: list[_Pending]) -> list[tuple[Any, BaseException | None]]:
+    def _apply(self, batch: list[_Pending], *, merge: bool = True
+               ) -> list[tuple[Any, BaseException | None]]:
         """Run one batch as one transaction, on the connection's thread.
 
         A database fault raises (after a rollback): the whole batch fails. An op's own
         error is that op's result; with several ops it is undone alone (a savepoint).
+        Rows are merged per table and inserted last (``merge``), or, to find which one
+        a constraint refuses, with their op.
         """
         conn = self._conn
         results: list[tuple[Any, BaseException | None]] = []
         several = len(batch) > 1  # a lone write needs no savepoint: ROLLBACK undoes it
+        merged: dict[RowTable, dict[Any, tuple[Any, ...]]] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
             for i, pending in enumerate(batch):
+                if merge:
+                    for table, row in pending.rows:
+                        rows = merged.setdefault(table, {})
+                        # a later state of the same record replaces the earlier one
+                        key = row[:table.key] if table.key else len(rows)
+                        rows.pop(key, None)
+                        rows[key] = row
+                    if pending.op is None:
+                        results.append((None, None))
+                        continue
                 isolate = several and pending.fallible
                 if isolate:
                     conn.execute(f"SAVEPOINT op{i}")
                 try:
-                    value = pending.op(conn)
+                    value = pending.op(conn) if pending.op is not None else None
+                    if not merge:
+                        for table, row in pending.rows:
+                            table.write(conn, [row])
                 except sqlite3.OperationalError:
                     raise  # a database fault: the whole batch fails
                 except Exception as exc:  # noqa: BLE001 - reported to that op's caller
@@ -253,7 +328,15 @@ class Writer:
                     results.append((value, None))
                 if isolate:
                     conn.execute(f"RELEASE op{i}")
-            if conn.in_transaction:
+            if conn.in_transaction:  # (not when a lone op failed and was rolled back)
+                try:
+                    for table, rows in merged.items():
+                        table.write(conn, list(rows.values()))
+                except sqlite3.OperationalError:
+                    raise
+                except sqlite3.Error:
+                    conn.execute("ROLLBACK")
+                    raise _Unmerge() from None
                 conn.execute("COMMIT")
         except sqlite3.Error:
             try:
