@@ -213,7 +213,8 @@ class Runner:
         written = self.store.finish_run(run.id, outcome.status, outputs=outcome.outputs,
                                         error=outcome.error, steps=steps,
                                         finished_at=finished_at, event=event,
-                                        key_ttl_s=self.idempotency_ttl_s)
+                                        key_ttl_s=self.idempotency_ttl_s,
+                                        has_key=run.idempotency_key is not None)
         recorder.publish_after(written, event)
         # Retried by the writer through database faults; bounded so shutdown never hangs.
         with anyio.move_on_after(self.final_write_timeout_s, shield=True) as waited:

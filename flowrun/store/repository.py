@@ -403,16 +403,21 @@ class Store:
 
     def finish_run(self, run_id: str, status: RunStatus, *, outputs: Any, error: Any,
                    steps: int, finished_at: float, event: Event,
-                   key_ttl_s: float) -> WriteResult[None]:
-        """Record a terminal status with its terminal event in one transaction."""
+                   key_ttl_s: float, has_key: bool = True) -> WriteResult[None]:
+        """Record a terminal status with its terminal event in one transaction.
+
+        ``has_key``: the run was accepted with an idempotency key, whose expiry starts
+        now (keys are found by their own columns, not by run: without a key, no scan).
+        """
         run_row = (status.value, _dumps(outputs), _dumps(error), steps, finished_at,
                    finished_at, run_id)
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE runs SET status = ?, outputs = ?, error = ?, steps = ?, "
                 "finished_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?", run_row)
-            conn.execute("UPDATE idempotency_keys SET expires_at = ? WHERE run_id = ?",
-                               (finished_at + key_ttl_s, run_id))
+            if has_key:
+                conn.execute("UPDATE idempotency_keys SET expires_at = ? WHERE run_id = ?",
+                             (finished_at + key_ttl_s, run_id))
 
         return self._writer.submit(op, durable=True, rows=((_EVENT_ROWS, _event_row(event)),))
 
