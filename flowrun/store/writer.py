@@ -73,10 +73,13 @@ class RowTable:
         return text
 
     def write(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-        """Insert ``rows`` in as few statements as the variable limit allows."""
+        """Insert ``rows`` in as few statements as the variable limit allows (32,766 in
+        SQLite 3.32 and later, 999 before: read from the connection, not assumed)."""
+        most = min(_MAX_ROWS_PER_STATEMENT, max(
+            1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // self.width))
         start = 0
         while start < len(rows):
-            count = min(_MAX_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
+            count = min(most, 1 << ((len(rows) - start).bit_length() - 1))
             chunk = rows[start:start + count]
             conn.execute(self.sql(count), [value for row in chunk for value in row])
             start += count

@@ -146,3 +146,46 @@ async def test_a_broken_durable_op_fails_alone_and_leaves_nothing_half_written(
         assert [e.seq for e in await store.events("r")] == [1, 2]
         run = await store.get_run("r")
         assert run is not None and run.status is RunStatus.QUEUED  # its update was undone
+
+
+async def test_a_row_a_merged_insert_refuses_fails_alone(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db") as store:
+        await store.record(event=Event("r", 1, "e", {}, time.time())).wait()
+        # one batch: the merged INSERT of events breaks on the duplicate, so the batch
+        # is applied write by write and only the duplicate fails
+        before = store.record(event=Event("r", 2, "e", {}, time.time()))
+        duplicate = store.record(event=Event("r", 1, "e", {"again": True}, time.time()))
+        after = store.record(event=Event("r", 3, "e", {}, time.time()))
+        await before.wait()
+        with pytest.raises(sqlite3.IntegrityError):
+            await duplicate.wait()
+        await after.wait()
+        events = await store.events("r")
+        assert [(e.seq, e.data) for e in events] == [(1, {}), (2, {}), (3, {})]
+
+
+async def test_a_nodes_later_state_in_a_batch_is_the_one_stored(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db") as store:
+        await store.insert_run(make_run("r")).wait()
+        node = NodeRecord("r", "a", "template", "a", 1, NodeStatus.RUNNING,
+                          started_at=time.time())
+        started = store.record(node=node, event=Event("r", 1, "node_started", {}, time.time()))
+        node.status, node.outputs, node.finished_at = (NodeStatus.SUCCEEDED, {"text": "x"},
+                                                       time.time())
+        finished = store.record(node=node,
+                                event=Event("r", 2, "node_finished", {}, time.time()))
+        await started.wait()
+        await finished.wait()
+        [stored] = await store.node_records("r")
+        assert stored.status is NodeStatus.SUCCEEDED and stored.outputs == {"text": "x"}
+        assert [e.name for e in await store.events("r")] == ["node_started", "node_finished"]
+
+
+async def test_a_batch_past_one_statements_variable_limit_is_stored_whole(
+        tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db", max_batch=2000) as store:
+        results = [store.record(event=Event("r", seq, "e", {"n": seq}, time.time()))
+                   for seq in range(1, 1501)]  # 1,500 rows of 5 values: several INSERTs
+        for result in results:
+            await result.wait()
+        assert [e.seq for e in await store.events("r", limit=2000)] == list(range(1, 1501))
