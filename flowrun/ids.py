@@ -50,3 +50,14 @@ def new_id() -> str:
 def new_hex() -> str:
     """A random UUID as 32 hex digits (a trace id)."""
     return new_uuid().hex
+
+
+def number_of(raw: str) -> int | None:
+    """``raw`` as a number id (a jobs-API job, a workflow number), or None if it is not one.
+
+    Only ASCII digits count (``"²".isdigit()`` is true), and at most 18 of them, so
+    the value fits SQLite's 64-bit integers.
+    """
+    if raw.isascii() and raw.isdigit() and len(raw) < 19:
+        return int(raw)
+    return None

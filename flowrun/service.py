@@ -97,6 +97,20 @@ class Submission:
     created: bool
 
 
+@dataclass(frozen=True)
+class SyncOutcome:
+    """What a run-sync answers: the run as it ended, or as it was when the wait ran out."""
+
+    submission: Submission
+    run: RunRecord
+    timeout_s: float  # the budget the wait was given
+    elapsed_s: float  # from the request's arrival to now
+
+    @property
+    def finished(self) -> bool:
+        return self.run.status in RUN_TERMINAL
+
+
 class RunService:
     """Submit / get / list / wait / stop runs, and manage workflows and keys."""
 
@@ -269,6 +283,20 @@ class RunService:
                 self._versions.clear()
             self._versions[(name, version)] = definition
 
+    async def resolve_workflow(self, principal: auth.Principal, ref: str) -> str:
+        """A registered workflow's name, from its name or its number (the id the jobs and
+        Langflow APIs show); WorkflowNotFound when neither names one."""
+        number = ids.number_of(ref)
+        name = await self.store.workflow_by_number(number) if number is not None else None
+        name = name or ref
+        self.require_workflow(principal, name)
+        await self.get_workflow(name)
+        return name
+
+    async def workflow_number(self, name: str) -> int | None:
+        """A workflow's number (its id in the jobs API), None when it is not registered."""
+        return await self.store.workflow_number(name)
+
     async def read_workflow(self, principal: auth.Principal, name: str,
                             version: int | None = None) -> tuple[int, WorkflowDefinition]:
         """A definition as a caller may see it (bound keys: their workflows only)."""
@@ -348,12 +376,37 @@ class RunService:
                     run.priority)
         return Submission(run, created=True)
 
+    def sync_timeout(self, requested_s: float | None) -> float:
+        """How long a run-sync waits: what the caller asked (capped), else the default."""
+        if requested_s is None:
+            return self.settings.run_sync_default_timeout_s
+        return min(requested_s, self.settings.run_sync_max_timeout_s)
+
+    async def run_sync(self, principal: auth.Principal, request: RunRequest,
+                       timeout_s: float | None = None, *, started: float | None = None
+                       ) -> SyncOutcome:
+        """Submit a run and wait for its end, within ``timeout_s`` (see ``sync_timeout``)
+        counted from ``started`` (``time.monotonic()`` when the request arrived)."""
+        began = time.monotonic() if started is None else started
+        budget = self.sync_timeout(timeout_s)
+        submission = await self.submit(principal, request)
+        remaining = budget - (time.monotonic() - began)
+        run = await self.wait(principal, submission.run.id, max(remaining, 0.0))
+        return SyncOutcome(submission, run, budget, time.monotonic() - began)
+
     async def get_run(self, principal: auth.Principal, run_id: str) -> RunRecord:
         """A run with its nodes; RunNotFound for unknown ids and other keys' runs."""
         run = await self.store.get_run(run_id)
         if run is None or not principal.owns(run.api_key_id):
             raise RunNotFound(f"run {run_id!r} not found")
         return run
+
+    async def get_run_by_number(self, principal: auth.Principal, number: int) -> RunRecord:
+        """A run by its number (the jobs API's job id); RunNotFound as ``get_run``."""
+        run_id = await self.store.run_id_by_number(number)
+        if run_id is None:
+            raise RunNotFound(f"run number {number} not found")
+        return await self.get_run(principal, run_id)
 
     async def list_runs(self, principal: auth.Principal, workflow: str, *,
                         status: str | None = None, correlation_id: str | None = None,
@@ -540,18 +593,24 @@ class RunService:
 
 def split_dotted_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any]
                         ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Langflow-style ``"node_id.param"`` input keys become per-node param overrides.
+    """Input keys that name a node become per-node param overrides (Langflow's tweaks
+    sent as inputs): ``"node_id.param": value`` sets one param, ``"node_id": {...}``
+    several.
 
-    A key counts as one when it is not a declared input and its part before the
-    first dot names a node; anything else stays an input (and is checked as one).
+    A key counts as one only when it is not a declared input and names a node of
+    the graph; anything else stays an input (and is checked as one).
     """
     node_ids = {n.id for n in definition.nodes}
     plain: dict[str, Any] = {}
     dotted: dict[str, dict[str, Any]] = {}
     for key, value in inputs.items():
         node_id, dot, param = key.partition(".")
-        if dot and param and key not in definition.inputs and node_id in node_ids:
+        if key in definition.inputs or node_id not in node_ids:
+            plain[key] = value
+        elif dot and param:
             dotted.setdefault(node_id, {})[param] = value
+        elif not dot and isinstance(value, Mapping):
+            dotted.setdefault(node_id, {}).update(value)
         else:
             plain[key] = value
     return plain, dotted

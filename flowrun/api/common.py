@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
+from flowrun import ids
 from flowrun.auth import Principal, key_from_headers
 from flowrun.engine.executor import node_tokens
 from flowrun.errors import (
@@ -161,14 +162,7 @@ MAX_IDEMPOTENCY_KEY = 255
 MAX_NUMBER = 2**62  # any id, sequence or count a client sends; SQLite's integers are 64-bit
 
 
-def id_number(raw: str) -> int | None:
-    """``raw`` as a number id (a jobs-API job, a workflow number), or None if it is not one.
-
-    Only ASCII digits count (``"²".isdigit()`` is true), and only up to MAX_NUMBER.
-    """
-    if raw.isascii() and raw.isdigit() and len(raw) < 19:
-        return int(raw)
-    return None
+id_number = ids.number_of
 
 
 def idempotency_of(request: Request, max_length: int = MAX_IDEMPOTENCY_KEY
@@ -181,15 +175,20 @@ def idempotency_of(request: Request, max_length: int = MAX_IDEMPOTENCY_KEY
         if not key or len(key) > max_length or not key.isprintable():
             raise BadRequest(f"{header} must be 1-{max_length} printable characters",
                              errors=[{"field": header, "message": "invalid"}])
-    raw = request.headers.get("x-on-conflict")
+    strategy = on_conflict_of(request.headers.get("x-on-conflict"), "X-On-Conflict")
+    return key, strategy or OnConflict.RETURN_EXISTING
+
+
+def on_conflict_of(raw: str | None, field: str) -> OnConflict | None:
+    """An idempotency strategy by name (any case); None when ``raw`` is empty."""
     if raw is None or not raw.strip():
-        return key, OnConflict.RETURN_EXISTING
+        return None
     try:
-        return key, OnConflict(raw.strip().upper())
+        return OnConflict(raw.strip().upper())
     except ValueError:
         choices = ", ".join(c.value for c in OnConflict)
-        raise BadRequest(f"X-On-Conflict must be one of {choices}",
-                         errors=[{"field": "X-On-Conflict", "message": "unknown"}]) from None
+        raise BadRequest(f"{field} must be one of {choices}",
+                         errors=[{"field": field, "message": "unknown"}]) from None
 
 
 def query_int(request: Request, name: str, default: int | None, *, minimum: int,
@@ -208,21 +207,27 @@ def query_int(request: Request, name: str, default: int | None, *, minimum: int,
     return value
 
 
-ErrorRenderer = Callable[[FlowrunError], Response]
+ErrorRenderer = Callable[[FlowrunError, Request], Response]
+
+
+def http_error(exc: HTTPException) -> FlowrunError:
+    """Starlette's own 404/405 (no route, wrong method) as a FlowrunError."""
+    err = NotFound(str(exc.detail)) if exc.status_code == 404 else FlowrunError(str(exc.detail))
+    err.status_code = exc.status_code
+    err.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+    err.title = str(exc.detail)
+    return err
 
 
 def error_handlers(render: ErrorRenderer) -> dict[Any, Any]:
-    """Exception handlers rendering FlowrunError (and Starlette's 404/405) with ``render``."""
+    """Exception handlers rendering FlowrunError (and Starlette's 404/405) with ``render``,
+    a dialect's error envelope."""
 
     async def handle(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException):
-            err: FlowrunError = NotFound(str(exc.detail))
-            err.status_code = exc.status_code
-            err.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
-                                                                        "error")
-            return render(err)
+            return render(http_error(exc), request)
         assert isinstance(exc, FlowrunError)
-        return render(exc)
+        return render(exc, request)
 
     return {FlowrunError: handle, HTTPException: handle}
 

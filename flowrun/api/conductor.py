@@ -27,8 +27,10 @@ from flowrun.api.common import (
     JSONResponse,
     error_handlers,
     id_number,
+    on_conflict_of,
     parse_model,
     principal_of,
+    query_int,
     read_json,
     service_of,
 )
@@ -61,7 +63,7 @@ class StartWorkflowRequest(BaseModel):
     workflowDef: dict[str, Any] | None = None  # noqa: N815
 
 
-def render_error(exc: FlowrunError) -> Response:
+def render_error(exc: FlowrunError, request: Request | None = None) -> Response:
     """Conductor's ErrorResponse: ``{status, code, message, instance, retryable, ...}``."""
     body = {"status": exc.status_code, "code": _CODES.get(exc.status_code, "INTERNAL_ERROR"),
             "message": exc.message, "instance": "flowrun", "retryable": exc.status_code in
@@ -114,47 +116,37 @@ def workflow_json(run: RunRecord, include_tasks: bool = True) -> dict[str, Any]:
 
 
 def _int_query(request: Request, name: str, default: int | None) -> int | None:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer",
-                         errors=[{"field": name, "message": "not an integer"}]) from None
-    if abs(value) > 2**31:
-        raise BadRequest(f"{name} is out of range",
-                         errors=[{"field": name, "message": "out of range"}])
-    return value
+    return query_int(request, name, default, minimum=-2**31, maximum=2**31)
 
 
 def _strategy(key: str | None, raw: str | None, *, required: bool) -> OnConflict:
+    """Conductor's idempotency strategy: FAIL by default; by-name starts must say it."""
     if key is None:
         return OnConflict.RETURN_EXISTING
-    if not raw:
-        if required:
-            raise BadRequest("X-on-conflict is required with X-Idempotency-key "
-                             "(RETURN_EXISTING, FAIL or FAIL_ON_RUNNING)",
-                             errors=[{"field": "X-on-conflict", "message": "required"}])
-        return OnConflict.FAIL
-    try:
-        return OnConflict(raw.strip().upper())
-    except ValueError:
-        raise BadRequest(f"unknown idempotency strategy {raw!r}",
-                         errors=[{"field": "X-on-conflict", "message": "unknown"}]) from None
+    strategy = on_conflict_of(raw, "X-on-conflict")
+    if strategy is None and required:
+        raise BadRequest("X-on-conflict is required with X-Idempotency-key "
+                         "(RETURN_EXISTING, FAIL or FAIL_ON_RUNNING)",
+                         errors=[{"field": "X-on-conflict", "message": "required"}])
+    return strategy or OnConflict.FAIL
+
+
+def _run_request(request: Request, start: StartWorkflowRequest, key: str | None,
+                 strategy: OnConflict) -> RunRequest:
+    if start.workflowDef is not None:
+        raise BadRequest("inline workflowDef is not supported; register the workflow first")
+    return RunRequest(
+        workflow=start.name, version=start.version or None, inputs=start.input,
+        priority=start.priority, correlation_id=start.correlationId,
+        trace_id=request.headers.get("x-trace-id"), idempotency_key=key,
+        on_conflict=strategy)
 
 
 async def _start(request: Request, start: StartWorkflowRequest, key: str | None,
                  strategy: OnConflict) -> RunRecord:
-    if start.workflowDef is not None:
-        raise BadRequest("inline workflowDef is not supported; register the workflow first")
+    run_request = _run_request(request, start, key, strategy)
     principal = await principal_of(request)
-    submission = await service_of(request).submit(principal, RunRequest(
-        workflow=start.name, version=start.version or None, inputs=start.input,
-        priority=start.priority, correlation_id=start.correlationId,
-        trace_id=request.headers.get("x-trace-id"), idempotency_key=key,
-        on_conflict=strategy))
-    return submission.run
+    return (await service_of(request).submit(principal, run_request)).run
 
 
 async def start_by_name(request: Request) -> Response:
@@ -162,10 +154,7 @@ async def start_by_name(request: Request) -> Response:
     data = await read_json(request, service.settings.max_body_bytes, empty={})
     if not isinstance(data, dict):
         raise BadRequest("the body must be the workflow's input as a JSON object")
-    priority = _int_query(request, "priority", 0) or 0
-    if not 0 <= priority <= 99:
-        raise BadRequest("priority must be between 0 and 99",
-                         errors=[{"field": "priority", "message": "0-99"}])
+    priority = _int_query(request, "priority", 0) or 0  # 0-99: checked by the service
     key = request.headers.get("x-idempotency-key")
     start = StartWorkflowRequest(name=request.path_params["name"],
                                  version=_int_query(request, "version", None),
@@ -254,6 +243,7 @@ async def retry(request: Request) -> Response:
 
 async def execute(request: Request) -> Response:
     """Start and wait up to ``waitForSeconds`` (0 means 10); answer a SignalResponse."""
+    began = time.monotonic()
     service = service_of(request)
     data = await read_json(request, service.settings.max_body_bytes, empty={})
     if not isinstance(data, dict):
@@ -266,14 +256,13 @@ async def execute(request: Request) -> Response:
     data["version"] = int(version) or None
     start = parse_model(StartWorkflowRequest, data)
     wait_s = _int_query(request, "waitForSeconds", 10) or 10
-    wait_s = min(max(wait_s, 1), int(service.settings.run_sync_max_timeout_s))
     key = start.idempotencyKey or request.headers.get("x-idempotency-key")
     strategy = _strategy(key, start.idempotencyStrategy or request.headers.get("x-on-conflict"),
                          required=False)
-    began = time.monotonic()
-    run = await _start(request, start, key, strategy)
-    principal = await principal_of(request)
-    finished = await service.wait(principal, run.id, max(wait_s - (time.monotonic() - began), 0))
+    run_request = _run_request(request, start, key, strategy)
+    outcome = await service.run_sync(await principal_of(request), run_request,
+                                     max(wait_s, 1), started=began)
+    run, finished = outcome.submission.run, outcome.run
     body = workflow_json(finished)
     request_id = request.query_params.get("requestId") or str(uuid.uuid4())
     return JSONResponse({
@@ -283,7 +272,7 @@ async def execute(request: Request) -> Response:
         "output": body["output"], "priority": run.priority, "variables": {},
         "tasks": body["tasks"], "createdBy": body["createdBy"],
         "createTime": body["createTime"], "updateTime": body["updateTime"],
-        "status": body["status"], "signalTimeout": finished.status not in RUN_TERMINAL})
+        "status": body["status"], "signalTimeout": not outcome.finished})
 
 
 async def token(request: Request) -> Response:

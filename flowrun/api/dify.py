@@ -66,7 +66,7 @@ class DifyRunBody(BaseModel):
     trace_id: str | None = None
 
 
-def render_error(exc: FlowrunError) -> Response:
+def render_error(exc: FlowrunError, request: Request | None = None) -> Response:
     """Dify's error envelope: ``{status, code, message}``."""
     code = _CODES.get(exc.code, exc.code)
     return JSONResponse({"status": exc.status_code, "code": code, "message": exc.message},
@@ -160,25 +160,25 @@ def _target(principal: Principal, workflow_id: str | None) -> tuple[str, int | N
 
 
 async def _run(request: Request, workflow_id: str | None) -> Response:
+    started = time.monotonic()
     principal = await principal_of(request)
     service = service_of(request)
     body = parse_model(DifyRunBody, await read_json(request, service.settings.max_body_bytes))
     name, version = _target(principal, workflow_id)
     key, on_conflict = idempotency_of(request, max_length=64)
-    started = time.monotonic()
+    run_request = RunRequest(
+        workflow=name, version=version, inputs=body.inputs, user=body.user,
+        trace_id=_trace_id(request, body), idempotency_key=key, on_conflict=on_conflict)
+    if body.response_mode == "blocking":
+        outcome = await service.run_sync(principal, run_request, started=started)
+        return JSONResponse(blocking_body(outcome.run))
     if body.response_mode == "streaming":
         service.ensure_stream_room(principal)
-    submission = await service.submit(principal, RunRequest(
-        workflow=name, version=version, inputs=body.inputs, user=body.user,
-        trace_id=_trace_id(request, body), idempotency_key=key, on_conflict=on_conflict))
+    submission = await service.submit(principal, run_request)
     run = submission.run
     if body.response_mode == "async":
         return JSONResponse(async_body(run), status_code=202 if submission.created else 200)
-    if body.response_mode == "streaming":
-        return event_stream(request, service, principal, run)
-    wait = service.settings.run_sync_default_timeout_s - (time.monotonic() - started)
-    finished = await service.wait(principal, run.id, max(wait, 0.0))
-    return JSONResponse(blocking_body(finished))
+    return event_stream(request, service, principal, run)
 
 
 async def run_bound(request: Request) -> Response:

@@ -36,9 +36,10 @@ from flowrun.api.common import (
     service_of,
     sse_response,
 )
+from flowrun.auth import Principal
 from flowrun.errors import DefinitionError, FlowrunError, RunNotFound, WorkflowNotFound
 from flowrun.events import Event
-from flowrun.models import RUN_TERMINAL, NodeStatus, RunRecord, RunStatus, rfc3339
+from flowrun.models import NodeStatus, RunRecord, RunStatus, rfc3339
 from flowrun.service import RunRequest, RunService
 
 TIMEOUT_MESSAGE = "Job execution timeout: the job is still running but exceeded the wait time."
@@ -58,20 +59,17 @@ class JobBody(BaseModel):
     timeout: float | None = Field(default=None, gt=0, le=600)
 
 
-def render_error(exc: FlowrunError) -> Response:
+def render_error(exc: FlowrunError, request: Request | None = None) -> Response:
     return JSONResponse({"success": False, "message": exc.message, "code": exc.code,
                          "errors": exc.errors}, status_code=exc.status_code,
                         headers=exc.headers)
 
 
-async def _workflow_name(service: RunService, raw: str) -> str:
-    number = id_number(raw)
-    if number is not None:
-        name = await service.store.workflow_by_number(number)
-        if name is None:
-            raise WorkflowNotFound(f"workflow {raw} does not exist")
-        return name
-    return raw
+async def _workflow_name(request: Request, principal: Principal, raw: str) -> str:
+    try:
+        return await service_of(request).resolve_workflow(principal, raw)
+    except WorkflowNotFound:
+        raise WorkflowNotFound(f"workflow {raw} does not exist") from None
 
 
 async def job_json(service: RunService, run: RunRecord) -> dict[str, Any]:
@@ -94,53 +92,54 @@ async def job_json(service: RunService, run: RunRecord) -> dict[str, Any]:
                                "status": record.status.value if record else "pending"}})
     return {"id": run.num, "slug": f"job-{run.workflow}-{int(run.created_at * 1000)}",
             "status": _STATUS[run.status],
-            "workflowId": await service.store.workflow_number(run.workflow),
+            "workflowId": await service.workflow_number(run.workflow),
             "workflowName": run.workflow, "runId": run.id, "createdAt": rfc3339(run.created_at),
             "updatedAt": rfc3339(run.finished_at or run.started_at or run.created_at),
             "startedAt": rfc3339(run.started_at), "finishedAt": rfc3339(run.finished_at),
             "result": run.outputs, "error": (run.error or {}).get("message"), "nodes": nodes}
 
 
-async def _submit(request: Request) -> tuple[RunService, RunRecord, JobBody, float]:
+def _run_request(request: Request, name: str, body: JobBody) -> RunRequest:
+    return RunRequest(workflow=name, inputs=body.input or body.inputs or {}, nodes=body.nodes,
+                      edges=body.edges, trace_id=request.headers.get("x-trace-id"))
+
+
+async def _body(request: Request) -> tuple[Principal, RunService, str, JobBody]:
     principal = await principal_of(request)
     service = service_of(request)
-    started = time.monotonic()
     body = parse_model(JobBody, await read_json(request, service.settings.max_body_bytes,
                                                 empty={}))
-    name = await _workflow_name(service, request.path_params["id"])
-    submission = await service.submit(principal, RunRequest(
-        workflow=name, inputs=body.input or body.inputs or {}, nodes=body.nodes,
-        edges=body.edges, trace_id=request.headers.get("x-trace-id")))
-    return service, submission.run, body, started
+    name = await _workflow_name(request, principal, request.path_params["id"])
+    return principal, service, name, body
 
 
 async def run(request: Request) -> Response:
-    service, accepted, _, _ = await _submit(request)
-    fresh = await service.store.get_run(accepted.id)
-    assert fresh is not None
-    return JSONResponse({"success": True, "data": await job_json(service, fresh)})
+    principal, service, name, body = await _body(request)
+    accepted = (await service.submit(principal, _run_request(request, name, body))).run
+    job = await service.get_run(principal, accepted.id)  # with its number
+    return JSONResponse({"success": True, "data": await job_json(service, job)})
 
 
 async def run_sync(request: Request) -> Response:
-    service, accepted, body, started = await _submit(request)
-    timeout = body.timeout or service.settings.run_sync_default_timeout_s
-    principal = await principal_of(request)
-    finished = await service.wait(principal, accepted.id,
-                                  max(timeout - (time.monotonic() - started), 0))
-    if finished.status in RUN_TERMINAL:
+    started = time.monotonic()
+    principal, service, name, body = await _body(request)
+    outcome = await service.run_sync(principal, _run_request(request, name, body),
+                                     body.timeout, started=started)
+    finished = outcome.run
+    if outcome.finished:
         return JSONResponse({"success": finished.status is RunStatus.SUCCEEDED,
                              "data": await job_json(service, finished)})
     return JSONResponse({"success": False, "message": TIMEOUT_MESSAGE, "data": {
         "job_id": finished.num, "slug": f"job-{finished.workflow}-"
                                         f"{int(finished.created_at * 1000)}",
-        "status": _STATUS[finished.status], "timeout": timeout,
-        "elapsed_seconds": round(time.monotonic() - started, 3)}}, status_code=408)
+        "status": _STATUS[finished.status], "timeout": outcome.timeout_s,
+        "elapsed_seconds": round(outcome.elapsed_s, 3)}}, status_code=408)
 
 
 async def _jobs(request: Request, limit: int) -> tuple[RunService, list[RunRecord]]:
     principal = await principal_of(request)
     service = service_of(request)
-    name = await _workflow_name(service, request.path_params["id"])
+    name = await _workflow_name(request, principal, request.path_params["id"])
     runs, _ = await service.list_runs(principal, name, limit=limit)
     return service, [await service.get_run(principal, r.id) for r in runs]
 
@@ -172,11 +171,9 @@ async def stream(request: Request) -> Response:
     service = service_of(request)
     raw = request.path_params["job_id"]
     number = id_number(raw)
-    run_id = await service.store.run_id_by_number(number) if number is not None else raw
     try:
-        if run_id is None:
-            raise RunNotFound(f"job {raw} not found")
-        run = await service.get_run(principal, run_id)
+        run = await service.get_run_by_number(principal, number) if number is not None \
+            else await service.get_run(principal, raw)
     except RunNotFound:
         raise RunNotFound(f"job {raw} not found") from None  # never another key's run id
     events = service.follow(principal, run.id, last_event_id(request))

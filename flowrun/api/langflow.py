@@ -30,7 +30,6 @@ from flowrun.api.common import (
     MAX_NUMBER,
     JSONResponse,
     error_handlers,
-    id_number,
     parse_model,
     principal_of,
     read_json,
@@ -83,7 +82,7 @@ class WorkflowsRequest(BaseModel):
     output_ids: list[str] | None = None
 
 
-def render_error(exc: FlowrunError) -> Response:
+def render_error(exc: FlowrunError, request: Request | None = None) -> Response:
     """FastAPI's shape with Langflow's payload: ``{"detail": {error, code, message}}``."""
     code = "MISSING_PARAMETER" if isinstance(exc, MissingParameter) else \
         _CODES.get(exc.code, exc.code.upper())
@@ -93,16 +92,12 @@ def render_error(exc: FlowrunError) -> Response:
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-async def _flow(service: RunService, flow_id: str) -> str:
-    number = id_number(flow_id)
-    if number is not None:
-        name = await service.store.workflow_by_number(number)
-        if name is not None:
-            return name
-    if not await service.store.workflow_exists(flow_id):
+async def _flow(service: RunService, principal: Principal, flow_id: str) -> str:
+    try:
+        return await service.resolve_workflow(principal, flow_id)
+    except WorkflowNotFound:
         raise WorkflowNotFound(f"Flow '{flow_id}' does not exist. Verify the flow_id and "
-                               f"try again.")
-    return flow_id
+                               f"try again.") from None
 
 
 def _links(request: Request, run_id: str) -> dict[str, str]:
@@ -174,23 +169,8 @@ def event_stream(request: Request, service: RunService, principal: Principal, ru
     return sse_response(request, frames())
 
 
-def _split_inputs(body: WorkflowsRequest, node_ids: set[str], declared: set[str]
-                  ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Flat inputs: ``"Comp.param"`` keys and per-component dicts are param overrides."""
-    inputs: dict[str, Any] = {}
-    tweaks: dict[str, dict[str, Any]] = {k: dict(v) for k, v in body.tweaks.items()}
-    for key, value in body.inputs.items():
-        component, dot, param = key.partition(".")
-        if dot and key not in declared and component in node_ids:
-            tweaks.setdefault(component, {})[param] = value
-        elif not dot and key not in declared and key in node_ids and isinstance(value, dict):
-            tweaks.setdefault(key, {}).update(value)
-        else:
-            inputs[key] = value
-    return inputs, tweaks
-
-
 async def run_workflow(request: Request) -> Response:
+    began = time.monotonic()
     principal = await principal_of(request)
     service = service_of(request)
     body = parse_model(WorkflowsRequest, await read_json(request,
@@ -199,13 +179,12 @@ async def run_workflow(request: Request) -> Response:
         raise BadRequest("Both 'background' and 'stream' cannot be True")
     mode = body.mode or ("background" if body.background else
                          "stream" if body.stream else "sync")
-    name = await _flow(service, body.flow_id)
+    name = await _flow(service, principal, body.flow_id)
     _, definition = await service.read_workflow(principal, name)
-    graph = body.data or {}
-    nodes = graph.get("nodes") if isinstance(graph, dict) else None
-    node_ids: set[str] = {str(n.get("id")) for n in nodes if isinstance(n, dict)} if nodes \
-        else {n.id for n in definition.nodes}
-    inputs, tweaks = _split_inputs(body, node_ids, set(definition.inputs))
+    graph = body.data if isinstance(body.data, dict) else {}
+    # "Component.param" input keys and {"Component": {...}} inputs become tweaks in the
+    # service (RunService.submit), after any graph in ``data`` has replaced the flow's.
+    inputs = dict(body.inputs)
     if body.input_value is not None:
         text_inputs = [k for k, spec in definition.inputs.items() if spec.type == "string"]
         target = "input_value" if "input_value" in definition.inputs else \
@@ -215,31 +194,28 @@ async def run_workflow(request: Request) -> Response:
                              f"inputs by name instead",
                              errors=[{"field": "input_value", "message": "no target input"}])
         inputs.setdefault(target, body.input_value)
-    key = body.idempotency_key if mode == "background" else None
-    began = time.monotonic()
+    run_request = RunRequest(
+        workflow=name, inputs=inputs, overrides=body.tweaks or None, nodes=graph.get("nodes"),
+        edges=graph.get("edges"), correlation_id=body.session_id,
+        idempotency_key=body.idempotency_key if mode == "background" else None,
+        on_conflict=OnConflict.RETURN_EXISTING)
+    if mode == "sync":
+        outcome = await service.run_sync(principal, run_request, started=began)
+        if not outcome.finished:
+            return JSONResponse({"detail": {"error": "Execution timed out",
+                                            "code": "EXECUTION_TIMEOUT",
+                                            "message": f"the flow is still running after "
+                                                       f"{outcome.timeout_s:g}s",
+                                            "job_id": outcome.run.id, "flow_id": name,
+                                            "timeout_seconds": outcome.timeout_s}},
+                                status_code=408)
+        return JSONResponse(response_object(outcome.run, await _sinks(service, outcome.run)))
     if mode == "stream":
         service.ensure_stream_room(principal)
-    submission = await service.submit(principal, RunRequest(
-        workflow=name, inputs=inputs, overrides=tweaks or None, nodes=nodes,
-        edges=graph.get("edges") if isinstance(graph, dict) else None,
-        correlation_id=body.session_id, idempotency_key=key,
-        on_conflict=OnConflict.RETURN_EXISTING))
-    run = submission.run
+    run = (await service.submit(principal, run_request)).run
     if mode == "background":
         return JSONResponse(job_object(request, run))
-    if mode == "stream":
-        return event_stream(request, service, principal, run.id, 0)
-    budget = service.settings.run_sync_default_timeout_s
-    wait = budget - (time.monotonic() - began)
-    finished = await service.wait(principal, run.id, max(wait, 0))
-    if finished.status not in RUN_TERMINAL:
-        return JSONResponse({"detail": {"error": "Execution timed out",
-                                        "code": "EXECUTION_TIMEOUT",
-                                        "message": f"the flow is still running after "
-                                                   f"{budget:g}s",
-                                        "job_id": run.id, "flow_id": name,
-                                        "timeout_seconds": budget}}, status_code=408)
-    return JSONResponse(response_object(finished, await _sinks(service, finished)))
+    return event_stream(request, service, principal, run.id, 0)
 
 
 async def _job(request: Request, job_id: str | None) -> tuple[RunService, RunRecord]:

@@ -13,13 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from flowrun.api.common import (
     JSONResponse,
+    error_handlers,
     idempotency_of,
     last_event_id,
     parse_model,
@@ -35,7 +35,7 @@ from flowrun.definitions import NAME_PATTERN
 from flowrun.errors import BadRequest, FlowrunError, NotFound
 from flowrun.events import Event
 from flowrun.metrics import CONTENT_TYPE_LATEST
-from flowrun.models import RUN_TERMINAL, RunStatus
+from flowrun.models import RunStatus
 from flowrun.service import RunRequest, Submission
 
 PROBLEM_TYPE = "application/problem+json"
@@ -71,17 +71,8 @@ def problem(exc: FlowrunError, instance: str | None = None) -> JSONResponse:
                         media_type=PROBLEM_TYPE)
 
 
-async def handle_error(request: Request, exc: Exception) -> Response:
-    """Render any FlowrunError (and Starlette's 404/405) as problem+json."""
-    if isinstance(exc, HTTPException):
-        err: FlowrunError = NotFound(str(exc.detail)) if exc.status_code == 404 \
-            else FlowrunError(str(exc.detail))
-        err.status_code = exc.status_code
-        err.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
-        err.title = str(exc.detail)
-        return problem(err, request.url.path)
-    assert isinstance(exc, FlowrunError)
-    return problem(exc, request.url.path)
+def render_error(exc: FlowrunError, request: Request | None = None) -> JSONResponse:
+    return problem(exc, request.url.path if request is not None else None)
 
 
 def _max_body(request: Request) -> int:
@@ -179,22 +170,21 @@ async def run_events(request: Request) -> Response:
     return event_stream(request, service.follow(principal, run.id, last_event_id(request)))
 
 
-def _timeout_param(request: Request, body: RunBody) -> float:
-    settings = service_of(request).settings
+def _timeout_param(request: Request, body: RunBody) -> float | None:
+    """The wait a caller asked for: ``?timeout=`` (400 outside the allowed range), else
+    the body's ``timeout``; None for the default."""
+    limit = service_of(request).settings.run_sync_max_timeout_s
     raw = request.query_params.get("timeout")
-    if raw is not None:
-        try:
-            value = float(raw)
-        except ValueError:
-            value = -1.0
-        if not 0 < value <= settings.run_sync_max_timeout_s:
-            raise BadRequest(f"timeout must be a number of seconds in (0, "
-                             f"{settings.run_sync_max_timeout_s:g}]",
-                             errors=[{"field": "timeout", "message": "out of range"}])
-        return value
-    if body.timeout is not None:
-        return min(body.timeout, settings.run_sync_max_timeout_s)
-    return settings.run_sync_default_timeout_s
+    if raw is None:
+        return body.timeout
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= limit:
+        raise BadRequest(f"timeout must be a number of seconds in (0, {limit:g}]",
+                         errors=[{"field": "timeout", "message": "out of range"}])
+    return value
 
 
 async def run_sync(request: Request) -> Response:
@@ -204,17 +194,13 @@ async def run_sync(request: Request) -> Response:
     if body.stream:
         raise BadRequest("stream applies to POST /workflows/{name}/run",
                          errors=[{"field": "stream", "message": "not valid on run-sync"}])
-    timeout = _timeout_param(request, body)
-    service = service_of(request)
-    submission = await service.submit(principal, run_request)
-    run = submission.run
-    headers = _run_headers(submission)
-    remaining = timeout - (time.monotonic() - started)
-    finished = await service.wait(principal, run.id, max(remaining, 0))
-    if finished.status in RUN_TERMINAL:
-        return JSONResponse(finished.to_json(), headers=headers)
-    return JSONResponse({"run_id": run.id, "status": finished.status.value, "timeout": timeout,
-                         "elapsed_s": round(time.monotonic() - started, 3)},
+    outcome = await service_of(request).run_sync(principal, run_request,
+                                                 _timeout_param(request, body), started=started)
+    headers = _run_headers(outcome.submission)
+    if outcome.finished:
+        return JSONResponse(outcome.run.to_json(), headers=headers)
+    return JSONResponse({"run_id": outcome.run.id, "status": outcome.run.status.value,
+                         "timeout": outcome.timeout_s, "elapsed_s": round(outcome.elapsed_s, 3)},
                         status_code=408, headers=headers)
 
 
@@ -366,6 +352,7 @@ routes = [
     Route("/secrets/{name}", delete_secret, methods=["DELETE"]),
 ]
 
-exception_handlers = {FlowrunError: handle_error, HTTPException: handle_error}
+exception_handlers = error_handlers(render_error)
+handle_error = exception_handlers[FlowrunError]
 
 __all__ = ("exception_handlers", "ops_routes", "routes")
