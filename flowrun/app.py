@@ -31,7 +31,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
+from flowrun.adapters import ServiceChildRuns, ServiceWorkflows
 from flowrun.api import conductor, dify, jobs, langflow, native
+from flowrun.auth import KeyRing
 from flowrun.engine.egress import egress_proxy
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
@@ -39,12 +41,15 @@ from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
 from flowrun.engine.services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.errors import FlowrunError
 from flowrun.events import EventBus
+from flowrun.lifecycle import Lifecycle
 from flowrun.metrics import Metrics
 from flowrun.runner import Runner
 from flowrun.scheduler import Scheduler
-from flowrun.service import RunService, ServiceChildRuns, ServiceWorkflows, StoreSecrets
+from flowrun.service import RunService
 from flowrun.settings import Settings
 from flowrun.store import Store
+from flowrun.vault import StoreSecrets, Vault
+from flowrun.workflows import WorkflowCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -137,45 +142,45 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
         scheduler = Scheduler(runner, max_concurrent=settings.max_concurrent_runs,
                               max_queued=settings.max_queued)
         app.state.metrics.watch_queue(lambda: scheduler.queued, lambda: scheduler.running)
-        service = RunService(settings, store, scheduler, bus, registry)
+        workflows = WorkflowCatalog(store, registry)
+        lifecycle = Lifecycle(scheduler)
+        service = RunService(settings, store, scheduler, bus, workflows, lifecycle)
+        # The engine reaches the served instance through these adapters.
         services.child_runs = ServiceChildRuns(service)
-        services.workflows = ServiceWorkflows(service)
+        services.workflows = ServiceWorkflows(service, workflows)
         services.secrets = StoreSecrets(store)
         if settings.workflows_dir is not None:
-            for name, version in await service.load_workflows(settings.workflows_dir):
+            for name, version in await workflows.load_folder(settings.workflows_dir):
                 logger.info("workflow %s: version %d from %s", name, version,
                             settings.workflows_dir)
         async with anyio.create_task_group() as tg:
             await tg.start(scheduler.run, tg)
-            tg.start_soon(housekeeping, service, settings)
-            tg.start_soon(grace_timer, service, settings.shutdown_grace_s)
+            tg.start_soon(housekeeping, store, settings)
+            tg.start_soon(lifecycle.end_waits_after_grace, settings.shutdown_grace_s)
             await service.resume_unfinished()
+            app.state.keys = KeyRing(store, enabled=settings.auth_enabled)
+            app.state.workflows = workflows
+            app.state.vault = Vault(store)
+            app.state.lifecycle = lifecycle
             app.state.service = service
             try:
                 yield
             finally:
                 # Drain: accept nothing new, start nothing queued, give running runs the
                 # grace period, then cancel the rest; they resume on the next start.
-                service.begin_drain()
-                finished = await service.wait_for_runs(settings.shutdown_grace_s)
+                lifecycle.begin_drain()
+                finished = await lifecycle.wait_for_runs(settings.shutdown_grace_s)
                 if not finished:
                     logger.info("shutdown: %d runs left to resume on next start",
                                 scheduler.running)
-                app.state.service = None
+                app.state.service = app.state.keys = app.state.workflows = None
+                app.state.vault = app.state.lifecycle = None
                 tg.cancel_scope.cancel()
     logger.info("flowrun stopped")
 
 
-async def grace_timer(service: RunService, grace_s: float) -> None:
-    """Once a drain starts, end run-sync waits when the grace period is over."""
-    await service.draining.wait()
-    await anyio.sleep(grace_s)
-    service.end_waits()
-
-
-async def housekeeping(service: RunService, settings: Settings) -> None:
+async def housekeeping(store: Store, settings: Settings) -> None:
     """Periodically forget expired idempotency keys and, if set, runs past retention."""
-    store = service.store
     while True:
         await anyio.sleep(settings.sweep_interval_s)
         try:
@@ -256,6 +261,7 @@ def create_app(settings: Settings | None = None, *,
     app.router.routes.extend(routes)
     app.state.settings = settings
     app.state.registry = registry
-    app.state.service = None
+    app.state.service = None  # set, with its parts below, while the lifespan runs
+    app.state.keys = app.state.workflows = app.state.vault = app.state.lifecycle = None
     app.state.metrics = Metrics()
     return app

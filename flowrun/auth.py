@@ -1,4 +1,5 @@
-"""API keys: generation, hashing at rest, and the principal a request acts as.
+"""API keys: generation, hashing at rest, authentication, and the principal a request
+acts as.
 
 Keys are long random tokens, so a fast SHA-256 digest is a safe at-rest form
 (no password stretching needed); only the digest and a short display prefix
@@ -8,11 +9,22 @@ are stored.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from flowrun.errors import BadRequest, Forbidden, NotFound, Unauthorized
+
+if TYPE_CHECKING:
+    from flowrun.models import ApiKeyRecord
+    from flowrun.store import Store
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "fr_"
 
@@ -88,3 +100,86 @@ def key_from_headers(headers: Mapping[str, str]) -> str | None:
                 value = value[7:].strip()
             return str(value)
     return None
+
+
+def require_admin(principal: Principal, action: str) -> None:
+    """Forbidden unless the key has the admin scope."""
+    if not principal.is_admin:
+        raise Forbidden(f"{action} needs an admin API key; this key's scope is "
+                        f"{principal.scope.value!r}")
+
+
+def require_workflow(principal: Principal, workflow: str) -> None:
+    """Forbidden when the key is bound to workflows that do not include ``workflow``.
+
+    Checked before the workflow is looked up, so a bound key cannot learn which
+    other workflows exist.
+    """
+    if not principal.may_use(workflow):
+        bound = ", ".join(sorted(principal.workflows or ()))
+        raise Forbidden(f"this API key is bound to {bound}; it may not use {workflow!r}")
+
+
+async def create_api_key(store: Store, *, name: str | None, scope: Scope,
+                         workflows: list[str] | None) -> tuple[ApiKeyRecord, str]:
+    """Store a new key; (its record, its secret). Admin keys are never bound."""
+    if scope is Scope.ADMIN and workflows:
+        raise BadRequest("an admin key cannot be bound to workflows; use --scope run",
+                         errors=[{"field": "workflows", "message": "admin keys are unbound"}])
+    key_id, secret, prefix, digest = new_key()
+    record = await store.add_api_key(key_id, prefix, digest, name=name, scope=scope.value,
+                                     workflows=workflows)
+    return record, secret
+
+
+class KeyRing:
+    """The instance's API keys: who a request's key is, and (for admins) managing keys.
+
+    A key found valid is remembered for ``cache_s`` seconds, so a busy client does
+    not cost a read per request; revoking a key forgets them all at once.
+    """
+
+    def __init__(self, store: Store, *, enabled: bool, cache_s: float = 5.0) -> None:
+        self.store = store
+        self.enabled = enabled
+        self.cache_s = cache_s
+        self._cache: dict[str, tuple[Principal, float]] = {}
+
+    async def authenticate(self, secret: str | None) -> Principal:
+        """The principal for an API key; Unauthorized when it is missing or unknown."""
+        if not self.enabled:
+            return ANONYMOUS
+        if not secret:
+            raise Unauthorized("missing API key (Authorization: Bearer <key>)")
+        digest = hash_key(secret)
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        record = await self.store.find_api_key(digest)
+        if record is None:
+            raise Unauthorized("invalid API key")
+        principal = principal_for(record.id, record.scope, record.workflows)
+        if len(self._cache) >= 10_000:
+            self._cache.clear()
+        self._cache[digest] = (principal, now + self.cache_s)
+        return principal
+
+    async def create(self, principal: Principal, *, name: str | None = None,
+                     scope: Scope = Scope.RUN, workflows: list[str] | None = None
+                     ) -> tuple[ApiKeyRecord, str]:
+        """A new API key (admin only): its record and its secret, shown once."""
+        require_admin(principal, "creating API keys")
+        return await create_api_key(self.store, name=name, scope=scope, workflows=workflows)
+
+    async def list(self, principal: Principal) -> list[ApiKeyRecord]:
+        require_admin(principal, "listing API keys")
+        return await self.store.list_api_keys()
+
+    async def revoke(self, principal: Principal, key_id: str) -> None:
+        """Revoke a key by id (admin only); it stops working at once."""
+        require_admin(principal, "revoking API keys")
+        if not await self.store.revoke_api_key(key_id):
+            raise NotFound(f"no live API key {key_id!r}")
+        self._cache.clear()
+        logger.info("API key %s: revoked", key_id)

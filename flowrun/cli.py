@@ -18,6 +18,7 @@ import anyio
 
 from flowrun import auth, definitions
 from flowrun.app import create_app, load_plugins
+from flowrun.auth import create_api_key
 from flowrun.client import Client, ClientError
 from flowrun.engine.executor import Executor
 from flowrun.engine.nodes import registry
@@ -25,10 +26,10 @@ from flowrun.errors import FlowrunError
 from flowrun.local import folder_services
 from flowrun.models import RunStatus
 from flowrun.progress import PrintingObserver, ProgressPrinter
-from flowrun.service import check_secret, create_api_key
 from flowrun.serving import DrainingServer, server_config, tune_gc
 from flowrun.settings import ClientSettings, Settings, SettingsError
 from flowrun.store import Store
+from flowrun.vault import check_secret
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:

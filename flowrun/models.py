@@ -41,6 +41,16 @@ class IdempotencyClaim:
     on_conflict: OnConflict = OnConflict.RETURN_EXISTING
 
 
+@dataclass(frozen=True)
+class KeyHolder:
+    """The run an idempotency key names now (live, unexpired): the facts a conflict
+    strategy decides from."""
+
+    run_id: str
+    status: RunStatus
+    fingerprint: str
+
+
 class NodeStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"

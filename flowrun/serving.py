@@ -24,6 +24,7 @@ try:
 except ImportError:  # httptools is not installed: h11 it is
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
+from flowrun.lifecycle import Lifecycle
 from flowrun.settings import Settings
 
 
@@ -123,8 +124,8 @@ class DrainingServer(uvicorn.Server):
         self._drain: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        service = getattr(self.flowrun_app.state, "service", None)
-        if service is None or self._drain is not None or self.should_exit:
+        lifecycle: Lifecycle | None = getattr(self.flowrun_app.state, "lifecycle", None)
+        if lifecycle is None or self._drain is not None or self.should_exit:
             super().handle_exit(sig, frame)
             return
         try:
@@ -133,14 +134,14 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         self._captured_signals.append(sig)  # re-raised after the shutdown, as uvicorn does
-        loop.call_soon_threadsafe(self._begin, service)
+        loop.call_soon_threadsafe(self._begin, lifecycle)
 
-    def _begin(self, service: Any) -> None:
-        service.begin_drain()
-        self._drain = asyncio.ensure_future(self._exit_when_drained(service))
+    def _begin(self, lifecycle: Lifecycle) -> None:
+        lifecycle.begin_drain()
+        self._drain = asyncio.ensure_future(self._exit_when_drained(lifecycle))
 
-    async def _exit_when_drained(self, service: Any) -> None:
-        await service.wait_for_runs(service.settings.shutdown_grace_s)
+    async def _exit_when_drained(self, lifecycle: Lifecycle) -> None:
+        await lifecycle.wait_for_runs(self.flowrun_app.state.settings.shutdown_grace_s)
         self.should_exit = True
 
     async def shutdown(self, sockets: list[Any] | None = None) -> None:

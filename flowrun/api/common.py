@@ -19,17 +19,20 @@ from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
 from flowrun import ids
-from flowrun.auth import Principal, key_from_headers
+from flowrun.auth import KeyRing, Principal, key_from_headers
 from flowrun.engine.executor import node_tokens
 from flowrun.errors import (
     BadRequest,
     FlowrunError,
     NotFound,
     PayloadTooLarge,
+    Unavailable,
     UnsupportedMediaType,
 )
 from flowrun.models import OnConflict, RunRecord
-from flowrun.service import RunService, require_available
+from flowrun.service import RunService
+from flowrun.vault import Vault
+from flowrun.workflows import WorkflowCatalog
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -48,14 +51,42 @@ class JSONResponse(_StarletteJSONResponse):
             return super().render(content)
 
 
+def _started(request: Request, part: str) -> Any:
+    """A part of the running instance (set by the lifespan); 503 outside it."""
+    found = getattr(request.app.state, part, None)
+    if found is None:
+        raise Unavailable("flowrun is not started (outside its lifespan, or shutting down)",
+                          headers={"Retry-After": "1"})
+    return found
+
+
 def service_of(request: Request) -> RunService:
-    """The app's RunService (set by the lifespan)."""
-    return require_available(getattr(request.app.state, "service", None))
+    """The instance's RunService: runs."""
+    service: RunService = _started(request, "service")
+    return service
+
+
+def workflows_of(request: Request) -> WorkflowCatalog:
+    """The instance's workflow definitions."""
+    workflows: WorkflowCatalog = _started(request, "workflows")
+    return workflows
+
+
+def vault_of(request: Request) -> Vault:
+    """The instance's secrets, as the admin API manages them."""
+    vault: Vault = _started(request, "vault")
+    return vault
+
+
+def keys_of(request: Request) -> KeyRing:
+    """The instance's API keys."""
+    keys: KeyRing = _started(request, "keys")
+    return keys
 
 
 async def principal_of(request: Request) -> Principal:
     """Authenticate the request's API key (401 when missing or invalid)."""
-    return await service_of(request).authenticate(key_from_headers(request.headers))
+    return await keys_of(request).authenticate(key_from_headers(request.headers))
 
 
 def _is_json(content_type: str) -> bool:

@@ -27,6 +27,7 @@ from flowrun.api.common import (
     JSONResponse,
     error_handlers,
     id_number,
+    keys_of,
     on_conflict_of,
     parse_model,
     principal_of,
@@ -283,7 +284,7 @@ async def token(request: Request) -> Response:
     data = await read_json(request, service.settings.max_body_bytes)
     if not isinstance(data, dict) or not data.get("keySecret"):
         raise BadRequest("keyId and keySecret are required")
-    principal = await service.authenticate(str(data["keySecret"]))
+    principal = await keys_of(request).authenticate(str(data["keySecret"]))
     if data.get("keyId") not in (None, "", principal.key_id):
         raise Unauthorized("keyId does not match the key")
     return JSONResponse({"token": str(data["keySecret"])})

@@ -35,6 +35,7 @@ from flowrun.api.common import (
     read_json,
     service_of,
     sse_response,
+    workflows_of,
 )
 from flowrun.auth import Principal
 from flowrun.errors import DefinitionError, FlowrunError, RunNotFound, WorkflowNotFound
@@ -67,7 +68,7 @@ def render_error(exc: FlowrunError, request: Request | None = None) -> Response:
 
 async def _workflow_name(request: Request, principal: Principal, raw: str) -> str:
     try:
-        return await service_of(request).resolve_workflow(principal, raw)
+        return await workflows_of(request).resolve(principal, raw)
     except WorkflowNotFound:
         raise WorkflowNotFound(f"workflow {raw} does not exist") from None
 
@@ -92,7 +93,7 @@ async def job_json(service: RunService, run: RunRecord) -> dict[str, Any]:
                                "status": record.status.value if record else "pending"}})
     return {"id": run.num, "slug": f"job-{run.workflow}-{int(run.created_at * 1000)}",
             "status": _STATUS[run.status],
-            "workflowId": await service.workflow_number(run.workflow),
+            "workflowId": await service.workflows.number(run.workflow),
             "workflowName": run.workflow, "runId": run.id, "createdAt": rfc3339(run.created_at),
             "updatedAt": rfc3339(run.finished_at or run.started_at or run.created_at),
             "startedAt": rfc3339(run.started_at), "finishedAt": rfc3339(run.finished_at),

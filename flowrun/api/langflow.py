@@ -35,6 +35,7 @@ from flowrun.api.common import (
     read_json,
     service_of,
     sse_response,
+    workflows_of,
 )
 from flowrun.auth import Principal
 from flowrun.errors import BadRequest, FlowrunError, RunNotFound, WorkflowNotFound
@@ -92,9 +93,9 @@ def render_error(exc: FlowrunError, request: Request | None = None) -> Response:
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-async def _flow(service: RunService, principal: Principal, flow_id: str) -> str:
+async def _flow(request: Request, principal: Principal, flow_id: str) -> str:
     try:
-        return await service.resolve_workflow(principal, flow_id)
+        return await workflows_of(request).resolve(principal, flow_id)
     except WorkflowNotFound:
         raise WorkflowNotFound(f"Flow '{flow_id}' does not exist. Verify the flow_id and "
                                f"try again.") from None
@@ -179,8 +180,8 @@ async def run_workflow(request: Request) -> Response:
         raise BadRequest("Both 'background' and 'stream' cannot be True")
     mode = body.mode or ("background" if body.background else
                          "stream" if body.stream else "sync")
-    name = await _flow(service, principal, body.flow_id)
-    _, definition = await service.read_workflow(principal, name)
+    name = await _flow(request, principal, body.flow_id)
+    _, definition = await workflows_of(request).read(principal, name)
     graph = body.data if isinstance(body.data, dict) else {}
     # "Component.param" input keys and {"Component": {...}} inputs become tweaks in the
     # service (RunService.submit), after any graph in ``data`` has replaced the flow's.

@@ -21,6 +21,7 @@ from flowrun.api.common import (
     JSONResponse,
     error_handlers,
     idempotency_of,
+    keys_of,
     last_event_id,
     parse_model,
     principal_of,
@@ -28,9 +29,11 @@ from flowrun.api.common import (
     read_json,
     service_of,
     sse_response,
+    vault_of,
+    workflows_of,
 )
 from flowrun.api.openapi import build_spec
-from flowrun.auth import Scope
+from flowrun.auth import Scope, require_admin
 from flowrun.definitions import NAME_PATTERN
 from flowrun.errors import BadRequest, FlowrunError, NotFound
 from flowrun.events import Event
@@ -98,14 +101,14 @@ async def list_workflows(request: Request) -> Response:
     principal = await principal_of(request)
     items = [{"name": name, "version": version, "description": d.description,
               "inputs": {k: v.model_dump(exclude_none=True) for k, v in d.inputs.items()}}
-             for name, version, d in await service_of(request).list_workflows(principal)]
+             for name, version, d in await workflows_of(request).list(principal)]
     return JSONResponse({"workflows": items})
 
 
 async def get_workflow(request: Request) -> Response:
     principal = await principal_of(request)
     version = query_int(request, "version", None, minimum=1, maximum=2**31)
-    found_version, definition = await service_of(request).read_workflow(
+    found_version, definition = await workflows_of(request).read(
         principal, request.path_params["name"], version)
     return JSONResponse({"name": definition.name, "version": found_version,
                          "definition": definition.to_json()})
@@ -113,11 +116,10 @@ async def get_workflow(request: Request) -> Response:
 
 async def put_workflow(request: Request) -> Response:
     principal = await principal_of(request)
-    service = service_of(request)
-    service.require_admin(principal, "registering workflows")
-    data = await read_json(request, service.settings.max_body_bytes)
-    version, created = await service.register_workflow(principal, data,
-                                                       name=request.path_params["name"])
+    require_admin(principal, "registering workflows")  # before reading the body
+    data = await read_json(request, _max_body(request))
+    version, created = await workflows_of(request).register(principal, data,
+                                                             name=request.path_params["name"])
     return JSONResponse({"name": request.path_params["name"], "version": version,
                          "created": created}, status_code=201 if created else 200)
 
@@ -254,24 +256,23 @@ class KeyBody(BaseModel):
 
 async def create_key(request: Request) -> Response:
     principal = await principal_of(request)
-    service = service_of(request)
-    service.require_admin(principal, "creating API keys")
-    body = parse_model(KeyBody, await read_json(request, service.settings.max_body_bytes))
-    record, secret = await service.create_key(principal, name=body.name,
-                                              scope=Scope(body.scope),
-                                              workflows=body.workflows)
+    require_admin(principal, "creating API keys")
+    body = parse_model(KeyBody, await read_json(request, _max_body(request)))
+    record, secret = await keys_of(request).create(principal, name=body.name,
+                                                   scope=Scope(body.scope),
+                                                   workflows=body.workflows)
     return JSONResponse({**record.to_json(), "key": secret}, status_code=201)
 
 
 async def list_keys(request: Request) -> Response:
     principal = await principal_of(request)
-    keys = await service_of(request).list_keys(principal)
+    keys = await keys_of(request).list(principal)
     return JSONResponse({"keys": [k.to_json() for k in keys]})
 
 
 async def revoke_key(request: Request) -> Response:
     principal = await principal_of(request)
-    await service_of(request).revoke_key(principal, request.path_params["key_id"])
+    await keys_of(request).revoke(principal, request.path_params["key_id"])
     return Response(status_code=204)
 
 
@@ -286,24 +287,23 @@ class SecretBody(BaseModel):
 
 async def list_secrets(request: Request) -> Response:
     principal = await principal_of(request)
-    found = await service_of(request).list_secrets(principal)
+    found = await vault_of(request).list(principal)
     return JSONResponse({"secrets": [s.to_json() for s in found]})
 
 
 async def put_secret(request: Request) -> Response:
     principal = await principal_of(request)
-    service = service_of(request)
-    service.require_admin(principal, "managing secrets")
-    body = parse_model(SecretBody, await read_json(request, service.settings.max_body_bytes))
+    require_admin(principal, "managing secrets")
+    body = parse_model(SecretBody, await read_json(request, _max_body(request)))
     name = request.path_params["name"]
-    created = await service.put_secret(principal, name, body.value, body.allowed_urls)
+    created = await vault_of(request).put(principal, name, body.value, body.allowed_urls)
     return JSONResponse({"name": name, "allowed_urls": body.allowed_urls, "created": created},
                         status_code=201 if created else 200)
 
 
 async def delete_secret(request: Request) -> Response:
     principal = await principal_of(request)
-    await service_of(request).delete_secret(principal, request.path_params["name"])
+    await vault_of(request).delete(principal, request.path_params["name"])
     return Response(status_code=204)
 
 

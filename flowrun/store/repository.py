@@ -21,15 +21,15 @@ import aiosqlite
 import anyio
 import orjson
 
-from flowrun.errors import IdempotencyConflict, IdempotencyKeyReused, QueueFull, Unavailable
+from flowrun.errors import Unavailable
 from flowrun.events import Event
 from flowrun.models import (
     RUN_TERMINAL,
     ApiKeyRecord,
     IdempotencyClaim,
+    KeyHolder,
     NodeRecord,
     NodeStatus,
-    OnConflict,
     RunRecord,
     RunStatus,
     SecretRecord,
@@ -160,8 +160,8 @@ def _insert_run(conn: sqlite3.Connection, run: RunRecord) -> None:
          run.parent_run_id, run.depth, run.root_run_id))
 
 
-def _existing_claim(conn: sqlite3.Connection, claim: IdempotencyClaim) -> str | None:
-    """The run id a live key already names (per the claim's strategy), or None to create."""
+def _key_holder(conn: sqlite3.Connection, claim: IdempotencyClaim) -> KeyHolder | None:
+    """The run a live (unexpired) key names, or None."""
     row = conn.execute(
         "SELECT k.fingerprint, k.run_id, k.expires_at, r.status FROM idempotency_keys k "
         "LEFT JOIN runs r ON r.id = k.run_id "
@@ -171,20 +171,7 @@ def _existing_claim(conn: sqlite3.Connection, claim: IdempotencyClaim) -> str | 
         return None
     if row["expires_at"] is not None and row["expires_at"] < time.time():
         return None
-    run_id, status = str(row["run_id"]), RunStatus(row["status"])
-    if claim.on_conflict is OnConflict.FAIL:
-        raise IdempotencyConflict(f"run {run_id} already has idempotency key {claim.key!r}",
-                                  run_id=run_id, run_status=status.value)
-    if claim.on_conflict is OnConflict.FAIL_ON_RUNNING:
-        if status in RUN_TERMINAL:
-            return None  # a finished run: start a new one and move the key to it
-        raise IdempotencyConflict(f"run {run_id} with idempotency key {claim.key!r} is "
-                                  f"still {status.value}", run_id=run_id,
-                                  run_status=status.value)
-    if row["fingerprint"] != claim.fingerprint:
-        raise IdempotencyKeyReused(f"idempotency key {claim.key!r} was used for a different "
-                                   f"request (run {run_id})", run_id=run_id)
-    return run_id
+    return KeyHolder(str(row["run_id"]), RunStatus(row["status"]), str(row["fingerprint"]))
 
 
 # A run's progress: rows merged per batch by the writer (see RowTable).
@@ -365,22 +352,19 @@ class Store:
         return self._writer.submit(op)
 
     async def accept_run(self, run: RunRecord, claim: IdempotencyClaim | None,
-                         may_create: Callable[[], bool]) -> tuple[str, bool]:
+                         admit: Callable[[KeyHolder | None], str | None]) -> tuple[str, bool]:
         """Insert a run and its idempotency key in one transaction: (run id, created).
 
-        With a key that already names a live run, nothing is inserted and that run's
-        id is returned (or IdempotencyConflict / IdempotencyKeyReused raised, as the
-        claim's strategy says). Concurrent duplicates are serialised by the writer.
+        ``admit`` is the caller's rule, called inside the transaction with the run the
+        key names now (None without a key or holder): it returns the id of a run to
+        answer with instead (nothing is inserted), None to insert, or raises to refuse.
+        Concurrent duplicates are serialised by the writer, so they see each other.
         """
 
         def op(conn: sqlite3.Connection) -> tuple[str, bool]:
-            if claim is not None:
-                existing = _existing_claim(conn, claim)
-                if existing is not None:
-                    return existing, False
-            if not may_create():
-                raise QueueFull("the run queue is full; retry later",
-                                headers={"Retry-After": "1"})
+            existing = admit(_key_holder(conn, claim) if claim is not None else None)
+            if existing is not None:
+                return existing, False
             _insert_run(conn, run)
             if claim is not None:
                 conn.execute(
