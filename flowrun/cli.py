@@ -114,7 +114,7 @@ def _coerce(definition: definitions.WorkflowDefinition, inputs: dict[str, Any]) 
 def cmd_run(args: argparse.Namespace) -> int:
     load_plugins(tuple(args.plugin))
     try:
-        definition = definitions.load_file(Path(args.file))
+        definition = definitions.load_file(Path(args.file), registry=registry)
         inputs = _coerce(definition, dict(_parse_input(p) for p in args.input))
         checked = definitions.check_inputs(definition, inputs)
     except (FlowrunError, ValueError) as exc:
@@ -169,7 +169,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for target in args.files:
         for path in definitions.workflow_files(Path(target)):
             try:
-                definition = definitions.load_file(path)
+                definition = definitions.load_file(path, registry=registry)
             except FlowrunError as exc:
                 bad += 1
                 print(f"{path}: invalid")

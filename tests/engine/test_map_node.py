@@ -107,7 +107,7 @@ async def test_map_over_a_registered_workflow() -> None:
     child = parse_definition({"name": "greet", "inputs": {"who": {"type": "string",
                                                                   "required": True}},
                               "nodes": [{"id": "t", "type": "template",
-                                         "template": "hi {{ inputs.who }}"}]})
+                                         "template": "hi {{ inputs.who }}"}]}, registry=REG)
     services = NodeServices(registry=REG, workflows=Loader(child))
     parent = parse_definition({"name": "p", "nodes": [
         {"id": "each", "type": "map", "items": ["a", "b"], "workflow": "greet",
@@ -123,7 +123,9 @@ async def test_map_over_a_registered_workflow() -> None:
 
 def test_definition_checks_of_a_map() -> None:
     with pytest.raises(DefinitionError, match="map needs either workflow or nodes"):
-        parse_definition({"name": "p", "nodes": [{"id": "m", "type": "map", "items": []}]})
+        parse_definition({"name": "p", "nodes": [{"id": "m", "type": "map", "items": []}]},
+                         registry=registry)
     with pytest.raises(DefinitionError, match="node 'm': inline graph: node 'x': unknown"):
         parse_definition({"name": "p", "nodes": [{"id": "m", "type": "map", "items": [],
-                                                  "nodes": [{"id": "x", "type": "nope"}]}]})
+                                                  "nodes": [{"id": "x", "type": "nope"}]}]},
+                         registry=registry)

@@ -17,8 +17,9 @@ import anyio
 import pydantic
 
 from flowrun import expressions
-from flowrun.engine.nodes.registry import NodeContext, Registry, registry
-from flowrun.errors import FlowrunError, NodeFailure
+from flowrun.definitions import NodeTypes, parse_definition
+from flowrun.engine.nodes.registry import NodeContext, registry
+from flowrun.errors import DefinitionError, FlowrunError, NodeFailure
 from flowrun.models import NodeRecord, RunStatus
 
 
@@ -57,7 +58,7 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
                     version: int | None = None, inputs: dict[str, Any] | None = None,
                     nodes: list[Any] | None = None, edges: list[Any] | None = None,
                     output: Any = None) -> dict[str, Any]:
-    from flowrun.definitions import check_inputs, parse_definition
+    from flowrun.definitions import check_inputs
     from flowrun.engine.executor import Executor
     from flowrun.engine.services import NodeServices
 
@@ -128,10 +129,7 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
     return {"results": results}
 
 
-def _check(params: Mapping[str, Any], node_types: Registry) -> list[str]:
-    from flowrun.definitions import parse_definition
-    from flowrun.errors import DefinitionError
-
+def _check(params: Mapping[str, Any], node_types: NodeTypes) -> list[str]:
     has_graph = params.get("nodes") is not None
     if has_graph == (params.get("workflow") is not None):
         return ["map needs either workflow or nodes (not both)"]

@@ -12,13 +12,17 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 import pydantic
+
+if TYPE_CHECKING:
+    from flowrun.definitions import NodeTypes
 
 logger = logging.getLogger(__name__)
 
 NodeFunc = Callable[..., Awaitable[Mapping[str, Any] | None]]
+NodeCheck = Callable[[Mapping[str, Any], "NodeTypes"], list[str]]
 
 
 @dataclass
@@ -71,7 +75,7 @@ class NodeType:
     # Params handed over as written, not evaluated first (e.g. a map's inline graph).
     raw_params: frozenset[str] = frozenset()
     # Extra definition-time checks of a node's raw params: messages of what is wrong.
-    check: Callable[[Mapping[str, Any], Registry], list[str]] | None = None
+    check: NodeCheck | None = None
 
     @property
     def required_params(self) -> list[str]:
@@ -120,7 +124,7 @@ class Registry:
                  branches: Callable[[Mapping[str, Any]], set[str]] | None = None,
                  select_branch: Callable[[Mapping[str, Any]], str] | None = None,
                  raw_params: frozenset[str] = frozenset(),
-                 check: Callable[[Mapping[str, Any], Registry], list[str]] | None = None
+                 check: NodeCheck | None = None
                  ) -> NodeType:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"node type {name!r}: {func!r} must be an async function")
