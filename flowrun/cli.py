@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from flowrun import auth, definitions
+from flowrun import __version__, auth, definitions
 from flowrun.app import create_app, load_plugins
 from flowrun.client import Client, ClientError
 from flowrun.engine.executor import Executor
@@ -257,6 +257,7 @@ def _db_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowrun", description="flowrun: a self-hosted workflow run server.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     serve = sub.add_parser("serve", help="serve the HTTP API")
