@@ -448,7 +448,7 @@ class Executor:
                               code="node_timeout") from None
         except NodeFailure:
             raise
-        except Exception as exc:  # noqa: BLE001 - a node's own bug fails only that node
+        except Exception as exc:  # a node's own bug fails only that node
             raise NodeFailure(f"{type(exc).__name__}: {exc}", code="node_error") from None
         try:
             if not isinstance(result, Mapping | None):
