@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from flowrun import auth, definitions
+from flowrun import __version__, auth, definitions
 from flowrun.app import create_app, load_plugins
 from flowrun.auth import create_api_key
 from flowrun.client import Client, ClientError
@@ -115,7 +115,7 @@ def _coerce(definition: definitions.WorkflowDefinition, inputs: dict[str, Any]) 
 def cmd_run(args: argparse.Namespace) -> int:
     load_plugins(tuple(args.plugin))
     try:
-        definition = definitions.load_file(Path(args.file))
+        definition = definitions.load_file(Path(args.file), registry=registry)
         inputs = _coerce(definition, dict(_parse_input(p) for p in args.input))
         checked = definitions.check_inputs(definition, inputs)
     except (FlowrunError, ValueError) as exc:
@@ -170,7 +170,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for target in args.files:
         for path in definitions.workflow_files(Path(target)):
             try:
-                definition = definitions.load_file(path)
+                definition = definitions.load_file(path, registry=registry)
             except FlowrunError as exc:
                 bad += 1
                 print(f"{path}: invalid")
@@ -258,6 +258,7 @@ def _db_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowrun", description="flowrun: a self-hosted workflow run server.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     serve = sub.add_parser("serve", help="serve the HTTP API")

@@ -4,28 +4,54 @@
 graph; every problem is reported in one ``DefinitionError`` whose ``errors``
 name the node or edge at fault. ``check_inputs`` validates run inputs against
 the declared inputs, naming each bad field.
+
+This module never imports the engine: checks that need node types take the
+registry to check against (``NodeTypes``, which ``flowrun.engine.nodes.Registry``
+satisfies) as an argument.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowrun import expressions
-from flowrun.engine.nodes import Registry
-from flowrun.engine.nodes import registry as default_registry
 from flowrun.errors import DefinitionError, InputError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 NODE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 NODE_OPTIONS = frozenset({"id", "type", "title", "timeout", "retry", "on_error", "default"})
 InputType = Literal["string", "number", "integer", "boolean", "object", "array", "file"]
+
+
+class NodeTypeInfo(Protocol):
+    """What the checks need to know of one node type."""
+
+    @property
+    def required_params(self) -> list[str]: ...
+    @property
+    def param_names(self) -> set[str]: ...
+    @property
+    def accepts_extra(self) -> bool: ...
+    # Branch names a node of this type can take, given its raw params; None: no branches.
+    @property
+    def branches(self) -> Callable[[Mapping[str, Any]], set[str]] | None: ...
+    # Extra checks of a node's raw params: messages of what is wrong.
+    @property
+    def check(self) -> Callable[[Mapping[str, Any], NodeTypes], list[str]] | None: ...
+
+
+class NodeTypes(Protocol):
+    """The node types a definition is checked against (a ``Registry``)."""
+
+    def get(self, name: str) -> NodeTypeInfo | None: ...
+    def names(self) -> Iterable[str]: ...
 
 
 class InputSpec(BaseModel):
@@ -109,7 +135,7 @@ class WorkflowDefinition(BaseModel):
 
 
 def parse_definition(data: Any, *, source: str = "definition",
-                     registry: Registry = default_registry) -> WorkflowDefinition:
+                     registry: NodeTypes) -> WorkflowDefinition:
     """Validate a mapping as a workflow definition; raise DefinitionError naming each fault."""
     if not isinstance(data, Mapping):
         raise DefinitionError(f"{source}: a workflow definition must be a mapping",
@@ -147,7 +173,7 @@ def _describe_pydantic_error(err: Mapping[str, Any], data: Mapping[str, Any]) ->
     return {"field": field, "message": f"{field or 'definition'}: {msg}"}
 
 
-def check_graph(definition: WorkflowDefinition, registry: Registry) -> list[dict[str, Any]]:
+def check_graph(definition: WorkflowDefinition, registry: NodeTypes) -> list[dict[str, Any]]:
     """Every graph problem of a parsed definition, each naming its node or edge."""
     errors: list[dict[str, Any]] = []
     ids: dict[str, NodeSpec] = {}
@@ -171,7 +197,7 @@ def check_graph(definition: WorkflowDefinition, registry: Registry) -> list[dict
     return errors
 
 
-def _check_node(n: NodeSpec, registry: Registry) -> list[dict[str, Any]]:
+def _check_node(n: NodeSpec, registry: NodeTypes) -> list[dict[str, Any]]:
     node_type = registry.get(n.type)
     if node_type is None:
         known = ", ".join(registry.names())
@@ -203,7 +229,7 @@ def _check_node(n: NodeSpec, registry: Registry) -> list[dict[str, Any]]:
 
 
 def _check_edge(e: EdgeSpec, ids: Mapping[str, NodeSpec],
-                registry: Registry) -> list[dict[str, Any]]:
+                registry: NodeTypes) -> list[dict[str, Any]]:
     errors = []
     for end in ("source", "target"):
         node_id = getattr(e, end)
@@ -276,7 +302,7 @@ def find_cycle(node_ids: Iterable[str], edges: Iterable[EdgeSpec]) -> list[str] 
 def with_graph(definition: WorkflowDefinition, *, nodes: list[Any] | None = None,
                edges: list[Any] | None = None,
                overrides: Mapping[str, Mapping[str, Any]] | None = None,
-               registry: Registry = default_registry) -> WorkflowDefinition:
+               registry: NodeTypes) -> WorkflowDefinition:
     """A copy with the graph replaced and/or node params overridden, checked like a new one."""
     data = definition.to_json()
     if nodes is not None:
@@ -300,7 +326,7 @@ def with_graph(definition: WorkflowDefinition, *, nodes: list[Any] | None = None
     return parse_definition(data, source="graph", registry=registry)
 
 
-def load_file(path: Path, *, registry: Registry = default_registry) -> WorkflowDefinition:
+def load_file(path: Path, *, registry: NodeTypes) -> WorkflowDefinition:
     """Load one .yaml/.yml/.json workflow file."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -318,7 +344,7 @@ def workflow_files(path: Path) -> list[Path]:
     return [path]
 
 
-def load_path(path: Path, *, registry: Registry = default_registry) -> list[WorkflowDefinition]:
+def load_path(path: Path, *, registry: NodeTypes) -> list[WorkflowDefinition]:
     """Load a file, or every workflow file in a folder."""
     return [load_file(p, registry=registry) for p in workflow_files(path)]
 

@@ -30,8 +30,6 @@ from flowrun.models import NodeRecord
 
 logger = logging.getLogger(__name__)
 
-EVENT_NAMES = frozenset({"workflow_started", "workflow_resumed", "node_started", "text_chunk",
-                         "node_retry", "node_finished", "workflow_finished", "error"})
 TERMINAL_EVENT = "workflow_finished"
 REPLAY_PAGE = 500
 

@@ -352,7 +352,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return _check_size(super().call_binop(context, operator, left, right),
                            f"the result of {operator}")
 
-    def call(__self, __context: Any, __obj: Any, *args: Any,  # noqa: N805 - Jinja's API
+    def call(__self, __context: Any, __obj: Any, *args: Any,  # Jinja's API
              **kwargs: Any) -> Any:
         _spend()
         for operand in (*args, *kwargs.values()):
@@ -513,7 +513,7 @@ def _evaluate_string(text: str, context: Mapping[str, Any]) -> Any:
     except RecursionError:
         raise ExpressionError(f"cannot evaluate {_short(text)}: it recurses too deeply") \
             from None
-    except Exception as exc:  # noqa: BLE001 - any user-expression error fails the node
+    except Exception as exc:  # any user-expression error fails the node
         raise ExpressionError(f"cannot evaluate {_short(text)}: "
                               f"{type(exc).__name__}: {exc}") from None
 

@@ -60,10 +60,6 @@ class NodeStatus(StrEnum):
     STOPPED = "stopped"
 
 
-NODE_TERMINAL = frozenset({NodeStatus.SUCCEEDED, NodeStatus.FAILED, NodeStatus.SKIPPED,
-                           NodeStatus.STOPPED})
-
-
 def rfc3339(ts: float | None) -> str | None:
     """Render a unix timestamp as RFC 3339 UTC with milliseconds."""
     if ts is None:

@@ -21,6 +21,7 @@ from flowrun import ids
 from flowrun.definitions import WorkflowDefinition, parse_definition, with_graph
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.nodes import Registry
+from flowrun.engine.services import NodeServices
 from flowrun.errors import DefinitionError, FlowrunError, Unavailable
 from flowrun.events import Event, EventBus, node_finished_payload, node_payload
 from flowrun.metrics import Metrics
@@ -31,7 +32,10 @@ logger = logging.getLogger(__name__)
 
 
 class RunRecorder:
-    """Persists one run's node executions and events, and publishes each event once committed."""
+    """Persists one run's node executions and events, and publishes each event once committed.
+
+    A ``RunObserver`` of the executor, and ``IterationEvents`` of the map node.
+    """
 
     def __init__(self, store: Store, bus: EventBus, run: RunRecord, *, last_seq: int) -> None:
         self.store = store
@@ -110,7 +114,8 @@ class Runner:
 
     def __init__(self, store: Store, bus: EventBus, registry: Registry,
                  metrics: Metrics | None = None, *, idempotency_ttl_s: float = 86_400.0,
-                 final_write_timeout_s: float = 30.0, services: Any = None) -> None:
+                 final_write_timeout_s: float = 30.0,
+                 services: NodeServices | None = None) -> None:
         self.store = store
         self.bus = bus
         self.registry = registry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -15,6 +16,12 @@ def flowrun(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "flowrun", *args], capture_output=True,
                           text=True, timeout=60, env=env, check=False)
+
+
+def test_version() -> None:
+    out = flowrun("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"flowrun {importlib.metadata.version('flowrun')}\n"
 
 
 def test_validate_ok_and_errors(tmp_path: Path) -> None:

@@ -8,19 +8,21 @@ from typing import Any
 import pytest
 
 from flowrun.definitions import check_inputs, load_path, parse_definition, with_graph
+from flowrun.engine.nodes import registry
 from flowrun.errors import DefinitionError, InputError
+from tests.imports import SERVER_STACK, modules_after
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def errors_of(data: dict[str, Any]) -> list[str]:
     with pytest.raises(DefinitionError) as info:
-        parse_definition({"name": "wf", **data})
+        parse_definition({"name": "wf", **data}, registry=registry)
     return [e["message"] for e in info.value.errors]
 
 
 def test_examples_are_valid() -> None:
-    names = {d.name for d in load_path(EXAMPLES)}
+    names = {d.name for d in load_path(EXAMPLES, registry=registry)}
     assert {"hello", "branching", "slow", "fanout", "text-stats", "fetch-json", "summarize",
             "word-lengths", "report-pipeline"} <= names
 
@@ -69,7 +71,7 @@ def test_yaml_boolean_branch_means_the_named_branch() -> None:
     d = parse_definition({"name": "wf", "nodes": [
         {"id": "c", "type": "if_else", "condition": "x"},
         {"id": "t", "type": "template", "template": "t"}],
-        "edges": [{"source": "c", "target": "t", "branch": True}]})
+        "edges": [{"source": "c", "target": "t", "branch": True}]}, registry=registry)
     assert d.edges[0].branch == "true"
 
 
@@ -103,14 +105,14 @@ def test_on_error_default_requires_default() -> None:
 
 def test_overrides_and_graph_replacement_are_checked() -> None:
     base = parse_definition({"name": "wf", "nodes": [{"id": "t", "type": "template",
-                                                      "template": "x"}]})
-    changed = with_graph(base, overrides={"t": {"template": "y"}})
+                                                      "template": "x"}]}, registry=registry)
+    changed = with_graph(base, overrides={"t": {"template": "y"}}, registry=registry)
     assert changed.nodes[0].params == {"template": "y"} and base.nodes[0].params["template"] == "x"
     with pytest.raises(DefinitionError, match="'ghost' is not a node"):
-        with_graph(base, overrides={"ghost": {"template": "y"}})
+        with_graph(base, overrides={"ghost": {"template": "y"}}, registry=registry)
     with pytest.raises(DefinitionError, match="cycle"):
         with_graph(base, nodes=[{"id": "a", "type": "template", "template": "a"}],
-                   edges=[{"source": "a", "target": "a"}])
+                   edges=[{"source": "a", "target": "a"}], registry=registry)
 
 
 SPEC = parse_definition({"name": "wf", "nodes": [{"id": "t", "type": "template",
@@ -119,7 +121,7 @@ SPEC = parse_definition({"name": "wf", "nodes": [{"id": "t", "type": "template",
                                     "n": {"type": "integer", "default": 5, "minimum": 1},
                                     "f": {"type": "number"}, "b": {"type": "boolean"},
                                     "o": {"type": "object"}, "a": {"type": "array"},
-                                    "file": {"type": "file"}}})
+                                    "file": {"type": "file"}}}, registry=registry)
 
 
 def test_inputs_defaults_and_types() -> None:
@@ -145,3 +147,9 @@ def test_input_errors_name_the_field(inputs: dict[str, Any], field: str, message
     with pytest.raises(InputError) as info:
         check_inputs(SPEC, inputs)
     assert {"field": field, "message": f"{field}: {message}"} in info.value.errors
+
+
+def test_definitions_import_without_the_engine_or_the_server() -> None:
+    loaded = modules_after("import flowrun.definitions")
+    assert not {m for m in loaded if m.startswith("flowrun.engine")}
+    assert not loaded & {"flowrun.app", "flowrun.service", "flowrun.store", *SERVER_STACK}

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
 import flowrun
+from flowrun.engine.nodes import Registry
+from tests.imports import SERVER_STACK, modules_after
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -23,6 +27,28 @@ def test_public_api_is_guarded() -> None:
         "parse_definition", "run_workflow")
     for name in flowrun.__all__:
         assert getattr(flowrun, name) is not None
+
+
+def test_import_flowrun_loads_nothing_until_asked() -> None:
+    loaded = modules_after("import flowrun")
+    assert {m for m in loaded if m.startswith("flowrun")} == {"flowrun"}
+    assert not loaded & {"pydantic", "httpx", *SERVER_STACK}
+    # A public name loads its own module, not the server.
+    loaded = modules_after("import flowrun; flowrun.parse_definition; flowrun.RunStatus")
+    assert not loaded & {"flowrun.app", "flowrun.engine", *SERVER_STACK}
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    assert flowrun.__version__ == importlib.metadata.version("flowrun")
+    assert "__version__" in dir(flowrun) and "create_app" in dir(flowrun)
+
+
+def test_parse_and_load_default_to_the_registered_node_types() -> None:
+    data = {"name": "x", "nodes": [{"id": "t", "type": "template", "template": "hi"}]}
+    assert flowrun.parse_definition(data).nodes[0].type == "template"
+    assert flowrun.load_file(str(EXAMPLES / "hello.yaml")).name == "hello"
+    with pytest.raises(flowrun.FlowrunError, match="unknown node type 'template'"):
+        flowrun.parse_definition(data, registry=Registry())
 
 
 def test_mounted_in_a_host_app(tmp_path: Path) -> None:

@@ -56,12 +56,12 @@ class StartWorkflowRequest(BaseModel):
 
     name: str
     version: int | None = None
-    correlationId: str | None = None  # noqa: N815 - Conductor's field names
+    correlationId: str | None = None  # camelCase: Conductor's field names
     input: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=0, le=99)
-    idempotencyKey: str | None = None  # noqa: N815
-    idempotencyStrategy: str | None = None  # noqa: N815
-    workflowDef: dict[str, Any] | None = None  # noqa: N815
+    idempotencyKey: str | None = None
+    idempotencyStrategy: str | None = None
+    workflowDef: dict[str, Any] | None = None
 
 
 def render_error(exc: FlowrunError, request: Request | None = None) -> Response:

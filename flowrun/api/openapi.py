@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from flowrun import __version__
 from flowrun.api import conductor, dify, jobs, langflow
 
 _ERRORS: dict[str, dict[str, Any]] = {
@@ -183,7 +184,7 @@ def build_spec(native_models: dict[str, type[BaseModel]]) -> dict[str, Any]:
 
     return {
         "openapi": "3.1.0",
-        "info": {"title": "flowrun", "version": "1",
+        "info": {"title": "flowrun", "version": __version__,
                  "description": "The native run API and the Dify, Conductor, Langflow and "
                                 "jobs dialects, each under its prefix."},
         "components": {"schemas": spec.schemas,

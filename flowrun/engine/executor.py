@@ -29,6 +29,7 @@ from flowrun.definitions import EdgeSpec, NodeSpec, WorkflowDefinition
 from flowrun.engine.nodes import NodeContext, Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.secrets import SecretRefs
+from flowrun.engine.services import NodeServices
 from flowrun.errors import ExpressionError, NodeFailure
 from flowrun.models import NodeRecord, NodeStatus, RunStatus
 
@@ -79,6 +80,15 @@ class RunOutcome:
     def total_tokens(self) -> int:
         """Tokens reported by nodes (an llm node's ``usage``), summed over the run."""
         return sum(node_tokens(n) for n in self.nodes)
+
+
+@dataclass(frozen=True)
+class GraphRun:
+    """A sub-graph run inside a node (``NodeContext.run_graph``): its outcome, and the
+    expression context it ended with (inputs, its nodes' outputs, run, scope)."""
+
+    outcome: RunOutcome
+    context: Mapping[str, Any]
 
 
 def node_tokens(node: NodeRecord) -> int:
@@ -142,7 +152,7 @@ class Executor:
                  observer: RunObserver | None = None,
                  registry: Registry = default_registry,
                  prior_nodes: Mapping[str, NodeRecord] | None = None,
-                 deadline_s: float | None = None, services: Any = None,
+                 deadline_s: float | None = None, services: NodeServices | None = None,
                  extra_context: Mapping[str, Any] | None = None) -> None:
         self.definition = definition
         self.run_id = run_id
@@ -369,6 +379,17 @@ class Executor:
         """The expression context so far (inputs, finished nodes' outputs, run)."""
         return self._context
 
+    async def _run_graph(self, definition: WorkflowDefinition, *, inputs: Mapping[str, Any],
+                         scope: Mapping[str, Any], observer: RunObserver,
+                         services: NodeServices | None) -> GraphRun:
+        """A sub-graph run inside one of this run's nodes (``NodeContext.run_graph``)."""
+        registry = services.registry if services is not None else self.registry
+        child = Executor(definition, run_id=self.run_id, inputs=inputs, observer=observer,
+                         registry=registry, services=services, extra_context=scope,
+                         deadline_s=None)
+        outcome = await child.execute()
+        return GraphRun(outcome, child.context)
+
     def _ending(self) -> bool:
         deadline = self._deadline_scope
         return self._stop_reason is not None or (deadline is not None and deadline.cancel_called)
@@ -393,7 +414,8 @@ class Executor:
                               emit_text_cb=lambda text: self.observer.text_chunk(spec.id, text),
                               services=self.services, ending=self._ending,
                               on_error=spec.on_error, default=spec.default,
-                              observer=self.observer, expression_context=self._context)
+                              observer=self.observer, expression_context=self._context,
+                              run_graph_cb=self._run_graph)
             try:
                 outputs = await self._call(node_type.func, ctx, kwargs, spec)
             except NodeFailure as exc:
@@ -426,7 +448,7 @@ class Executor:
                               code="node_timeout") from None
         except NodeFailure:
             raise
-        except Exception as exc:  # noqa: BLE001 - a node's own bug fails only that node
+        except Exception as exc:  # a node's own bug fails only that node
             raise NodeFailure(f"{type(exc).__name__}: {exc}", code="node_error") from None
         try:
             if not isinstance(result, Mapping | None):

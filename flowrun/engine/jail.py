@@ -107,7 +107,7 @@ def find_bwrap() -> str | None:
         path = str(bwrap_path())
         if os.access(path, os.X_OK):
             return path
-    except Exception:  # noqa: BLE001 - not installed, or no binary for this platform
+    except Exception:  # not installed, or no binary for this platform
         pass
     return shutil.which("bwrap")
 

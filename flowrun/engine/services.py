@@ -2,7 +2,9 @@
 
 The engine defines the shapes; the app (or an embedding caller) provides them.
 Child runs and workflow lookups are protocols so the engine never imports the
-service layer.
+service layer. Node modules import this one, so it imports no node module
+itself: the built-in registry, the default of ``NodeServices.registry``, is
+looked up when a ``NodeServices`` is made.
 """
 
 from __future__ import annotations
@@ -11,13 +13,12 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flowrun.engine.nodes.registry import Registry
-from flowrun.engine.nodes.registry import registry as default_registry
 from flowrun.engine.sandbox import CodeLimits, CodeRunner
 from flowrun.engine.secrets import SecretSource
 
 if TYPE_CHECKING:
     from flowrun.definitions import WorkflowDefinition
+    from flowrun.engine.nodes.registry import Registry
 
 
 class ChildRuns(Protocol):
@@ -59,12 +60,18 @@ class LlmDefaults:
     max_response_bytes: int = 10 * 1024 * 1024
 
 
+def _builtin_registry() -> Registry:
+    from flowrun.engine.nodes import registry
+
+    return registry
+
+
 @dataclass
 class NodeServices:
     code: CodeRunner = field(default_factory=lambda: CodeRunner(0, CodeLimits()))
     http: HttpPolicy = field(default_factory=HttpPolicy)
     llm: LlmDefaults = field(default_factory=LlmDefaults)
-    registry: Registry = field(default_factory=lambda: default_registry)
+    registry: Registry = field(default_factory=_builtin_registry)
     child_runs: ChildRuns | None = None
     workflows: WorkflowLoader | None = None
     # How node traffic resolves names (None: the system resolver); tests inject answers.

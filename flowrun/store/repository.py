@@ -12,7 +12,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -622,7 +622,3 @@ def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
 def _secret_from_row(row: sqlite3.Row) -> SecretRecord:
     return SecretRecord(row["name"], row["value"], _loads(row["allowed_urls"]),
                         row["created_at"], row["updated_at"])
-
-
-def json_rows(rows: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
-    return [dict(r) for r in rows]

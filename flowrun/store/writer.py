@@ -319,7 +319,7 @@ class Writer:
                             table.write(conn, [row])
                 except sqlite3.OperationalError:
                     raise  # a database fault: the whole batch fails
-                except Exception as exc:  # noqa: BLE001 - reported to that op's caller
+                except Exception as exc:  # reported to that op's caller
                     if several and not isolate:  # nothing to undo it alone with
                         conn.execute("ROLLBACK")
                         raise _Broken(i, exc) from None

@@ -7,7 +7,7 @@ from pathlib import Path
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
-from flowrun import Settings, create_app
+from flowrun import Settings, __version__, create_app
 
 
 def served_routes(app: object) -> set[tuple[str, str]]:
@@ -30,6 +30,7 @@ def test_every_route_is_described(tmp_path: Path) -> None:
     app = create_app(Settings(db_path=tmp_path / "t.db", auth_enabled=False))
     with TestClient(app) as client:
         spec = client.get("/openapi.json").json()
+    assert spec["info"]["version"] == __version__
     described = {(path, method) for path, ops in spec["paths"].items() for method in ops}
     assert described == served_routes(app)
     for path, ops in spec["paths"].items():

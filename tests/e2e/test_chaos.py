@@ -138,7 +138,7 @@ def guarded(record: Record, fn: Callable[..., None], *args: Any) -> threading.Th
     def run() -> None:
         try:
             fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             record.errors.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)

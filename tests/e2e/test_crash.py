@@ -71,7 +71,7 @@ def test_sigkill_under_load_loses_and_repeats_nothing(
     def guarded() -> None:
         try:
             submit_all()
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
     submitter = threading.Thread(target=guarded)

@@ -18,6 +18,7 @@ from flowrun.definitions import parse_definition
 from flowrun.engine import cgroups
 from flowrun.engine import jail as jails
 from flowrun.engine.executor import Executor, RunOutcome
+from flowrun.engine.nodes import registry
 from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
 from flowrun.engine.sandbox import _discard as discard
 from flowrun.engine.services import NodeServices
@@ -40,7 +41,8 @@ async def run_code(services: NodeServices, code: str, inputs: dict[str, Any] | N
     definition = parse_definition({"name": "c", "inputs": {"x": {"type": "integer",
                                                                  "default": 2}},
                                    "nodes": [{"id": "py", "type": "code", "code": code,
-                                              "inputs": inputs or {}, **options}]})
+                                              "inputs": inputs or {}, **options}]},
+                                  registry=registry)
     return await Executor(definition, run_id="r", inputs={"x": 2},
                           services=services).execute()
 

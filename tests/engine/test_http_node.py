@@ -15,6 +15,7 @@ from starlette.routing import Route
 from flowrun.definitions import parse_definition
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.netguard import address_allowed
+from flowrun.engine.nodes import registry
 from flowrun.engine.services import HttpPolicy, NodeServices
 from flowrun.models import RunStatus
 from tests.local_server import serve
@@ -64,7 +65,8 @@ class FakeResolver:
 async def call(policy: HttpPolicy, resolve: Any = None, **params: Any) -> RunOutcome:
     services = NodeServices(http=policy, resolve=resolve)
     definition = parse_definition({"name": "h", "nodes": [{"id": "h", "type": "http",
-                                                           **params}]})
+                                                           **params}]},
+                                  registry=registry)
     return await Executor(definition, run_id="r", inputs={}, services=services).execute()
 
 

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from flowrun.definitions import parse_definition
 from flowrun.engine.executor import Executor, RunOutcome
+from flowrun.engine.nodes import registry
 from flowrun.engine.services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.models import NodeRecord, RunStatus
 from tests.local_server import serve
@@ -89,7 +90,7 @@ async def ask(url: str, observer: Any = None, **params: Any) -> RunOutcome:
     definition = parse_definition({"name": "l", "nodes": [
         {"id": "ask", "type": "llm", **params},
         {"id": "again", "type": "llm", "prompt": "more", "model": "plain"}],
-        "edges": [{"source": "ask", "target": "again"}]})
+        "edges": [{"source": "ask", "target": "again"}]}, registry=registry)
     return await Executor(definition, run_id="r", inputs={}, services=services,
                           observer=observer).execute()
 

@@ -13,6 +13,7 @@ from flowrun.engine.nodes import NodeContext, registry
 from flowrun.engine.services import NodeServices
 from flowrun.errors import DefinitionError, NodeFailure, WorkflowNotFound
 from flowrun.models import NodeRecord, RunStatus
+from tests.imports import modules_after
 
 REG = registry.copy()
 ACTIVE = {"now": 0, "max": 0}
@@ -107,7 +108,7 @@ async def test_map_over_a_registered_workflow() -> None:
     child = parse_definition({"name": "greet", "inputs": {"who": {"type": "string",
                                                                   "required": True}},
                               "nodes": [{"id": "t", "type": "template",
-                                         "template": "hi {{ inputs.who }}"}]})
+                                         "template": "hi {{ inputs.who }}"}]}, registry=REG)
     services = NodeServices(registry=REG, workflows=Loader(child))
     parent = parse_definition({"name": "p", "nodes": [
         {"id": "each", "type": "map", "items": ["a", "b"], "workflow": "greet",
@@ -123,7 +124,21 @@ async def test_map_over_a_registered_workflow() -> None:
 
 def test_definition_checks_of_a_map() -> None:
     with pytest.raises(DefinitionError, match="map needs either workflow or nodes"):
-        parse_definition({"name": "p", "nodes": [{"id": "m", "type": "map", "items": []}]})
+        parse_definition({"name": "p", "nodes": [{"id": "m", "type": "map", "items": []}]},
+                         registry=registry)
     with pytest.raises(DefinitionError, match="node 'm': inline graph: node 'x': unknown"):
         parse_definition({"name": "p", "nodes": [{"id": "m", "type": "map", "items": [],
-                                                  "nodes": [{"id": "x", "type": "nope"}]}]})
+                                                  "nodes": [{"id": "x", "type": "nope"}]}]},
+                         registry=registry)
+
+
+def test_node_types_load_without_the_executor() -> None:
+    # map runs each item through NodeContext.run_graph, which the running executor provides.
+    assert "flowrun.engine.executor" not in modules_after("import flowrun.engine.nodes")
+
+
+async def test_a_sub_graph_needs_a_running_executor() -> None:
+    ctx = NodeContext("r", "each", 1)
+    with pytest.raises(NodeFailure) as info:
+        await ctx.run_graph(mapping([1]), inputs={}, scope={}, observer=Events())
+    assert info.value.code == "subgraph_unavailable"

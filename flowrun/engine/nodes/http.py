@@ -19,6 +19,7 @@ import httpx
 from flowrun.engine.netguard import BLOCKED, guarded_client
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.engine.secrets import SecretUse
+from flowrun.engine.services import NodeServices
 from flowrun.errors import NodeFailure
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -28,8 +29,6 @@ async def http(ctx: NodeContext, *, url: str, method: Method = "GET",
                headers: dict[str, str] | None = None, query: dict[str, Any] | None = None,
                json: Any = None, body: str | None = None,
                expect_status: int | list[int] | None = None) -> dict[str, Any]:
-    from flowrun.engine.services import NodeServices
-
     services = ctx.services if ctx.services is not None else NodeServices()
     if not url.startswith(("http://", "https://")):
         raise NodeFailure(f"url must start with http:// or https://, got {url!r}",

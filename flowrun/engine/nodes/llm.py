@@ -22,6 +22,7 @@ from httpx_sse import EventSource
 from flowrun.engine.netguard import BLOCKED, guarded_client
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.engine.secrets import SecretUse
+from flowrun.engine.services import NodeServices
 from flowrun.errors import NodeFailure
 from flowrun.models import SecretRecord
 
@@ -33,8 +34,6 @@ async def llm(ctx: NodeContext, *, prompt: str | None = None,
               model: str | None = None, temperature: float | None = None,
               max_tokens: int | None = None, base_url: str | None = None,
               api_key: str | None = None) -> dict[str, Any]:
-    from flowrun.engine.services import NodeServices
-
     services = ctx.services if ctx.services is not None else NodeServices()
     defaults = services.llm
     chat: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []

@@ -6,34 +6,50 @@ records); ``results`` keeps input order. Expressions in the sub-graph see
 events are reported with ``iteration_id`` (this node) and ``iteration_index``.
 A failing item follows this node's ``on_error``: fail stops the map, continue
 puts ``{"error": ...}`` in its place, default puts the node's ``default``.
+Each item's graph runs through ``NodeContext.run_graph``, which the executor
+provides.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
 import pydantic
 
 from flowrun import expressions
-from flowrun.engine.nodes.registry import NodeContext, Registry, registry
-from flowrun.errors import FlowrunError, NodeFailure
+from flowrun.definitions import NodeTypes, check_inputs, parse_definition
+from flowrun.engine.nodes.registry import NodeContext, registry
+from flowrun.engine.services import NodeServices
+from flowrun.errors import DefinitionError, FlowrunError, NodeFailure
 from flowrun.models import NodeRecord, RunStatus
+
+if TYPE_CHECKING:
+    from flowrun.engine.executor import RunObserver
+
+
+@runtime_checkable
+class IterationEvents(Protocol):
+    """A run observer that also takes the node events inside map iterations (the
+    runner's recorder does); other observers get only the map node's own events."""
+
+    async def iteration_event(self, name: str, node: NodeRecord, predecessor: str | None,
+                              iteration_id: str, index: int) -> None: ...
 
 
 class IterationObserver:
     """Reports a child graph's node events to the parent run, tagged with the item index."""
 
-    def __init__(self, parent: Any, iteration_id: str, index: int) -> None:
+    def __init__(self, parent: RunObserver | None, iteration_id: str, index: int) -> None:
         self.parent = parent
         self.iteration_id = iteration_id
         self.index = index
 
     async def _report(self, name: str, node: NodeRecord, predecessor: str | None) -> None:
-        report = getattr(self.parent, "iteration_event", None)
-        if report is not None:
-            await report(name, node, predecessor, self.iteration_id, self.index)
+        if isinstance(self.parent, IterationEvents):
+            await self.parent.iteration_event(name, node, predecessor, self.iteration_id,
+                                              self.index)
 
     async def node_started(self, node: NodeRecord, predecessor: str | None) -> None:
         await self._report("node_started", node, predecessor)
@@ -57,10 +73,6 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
                     version: int | None = None, inputs: dict[str, Any] | None = None,
                     nodes: list[Any] | None = None, edges: list[Any] | None = None,
                     output: Any = None) -> dict[str, Any]:
-    from flowrun.definitions import check_inputs, parse_definition
-    from flowrun.engine.executor import Executor
-    from flowrun.engine.services import NodeServices
-
     services = ctx.services if ctx.services is not None else NodeServices()
     parent = ctx.expression_context
     base = {"parent": {"inputs": parent.get("inputs", {}), "nodes": parent.get("nodes", {})}}
@@ -98,15 +110,14 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
                     return
             else:
                 child_inputs = dict(parent.get("inputs", {}))
-            executor = Executor(definition, run_id=ctx.run_id, inputs=child_inputs,
-                                observer=IterationObserver(ctx.observer, ctx.node_id, index),
-                                registry=services.registry, services=services,
-                                extra_context=scope, deadline_s=None)
-            outcome = await executor.execute()
+            run = await ctx.run_graph(
+                definition, inputs=child_inputs, scope=scope, services=services,
+                observer=IterationObserver(ctx.observer, ctx.node_id, index))
+            outcome = run.outcome
             if outcome.status is not RunStatus.SUCCEEDED:
                 await fail(index, outcome.error or {"message": outcome.status.value})
                 return
-            results[index] = expressions.evaluate(output, executor.context) \
+            results[index] = expressions.evaluate(output, run.context) \
                 if output is not None else outcome.outputs
 
     async def fail(index: int, error: Mapping[str, Any]) -> None:
@@ -128,10 +139,7 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
     return {"results": results}
 
 
-def _check(params: Mapping[str, Any], node_types: Registry) -> list[str]:
-    from flowrun.definitions import parse_definition
-    from flowrun.errors import DefinitionError
-
+def _check(params: Mapping[str, Any], node_types: NodeTypes) -> list[str]:
     has_graph = params.get("nodes") is not None
     if has_graph == (params.get("workflow") is not None):
         return ["map needs either workflow or nodes (not both)"]

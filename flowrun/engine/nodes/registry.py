@@ -12,13 +12,29 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, Protocol, get_type_hints
 
 import pydantic
+
+from flowrun.errors import NodeFailure
+
+if TYPE_CHECKING:
+    from flowrun.definitions import NodeTypes, WorkflowDefinition
+    from flowrun.engine.executor import GraphRun, RunObserver
+    from flowrun.engine.services import NodeServices
 
 logger = logging.getLogger(__name__)
 
 NodeFunc = Callable[..., Awaitable[Mapping[str, Any] | None]]
+NodeCheck = Callable[[Mapping[str, Any], "NodeTypes"], list[str]]
+
+
+class GraphRunner(Protocol):
+    """Runs a sub-graph inside a running node (what the executor gives ``NodeContext``)."""
+
+    def __call__(self, definition: WorkflowDefinition, *, inputs: Mapping[str, Any],
+                 scope: Mapping[str, Any], observer: RunObserver,
+                 services: NodeServices | None) -> Awaitable[GraphRun]: ...
 
 
 @dataclass
@@ -27,9 +43,10 @@ class NodeContext:
 
     ids, text streaming (``emit_text``), logging (``log``, kept in the node's
     process data), the services of the instance it runs in (code sandbox, HTTP
-    policy, LLM defaults, child runs), and ``ending()``: True once the run is being
-    stopped (stop, failure, deadline), False when the process is merely shutting
-    down. Cancellation itself arrives as anyio cancellation at any await.
+    policy, LLM defaults, child runs), sub-graphs run in this node (``run_graph``,
+    for ``map``), and ``ending()``: True once the run is being stopped (stop,
+    failure, deadline), False when the process is merely shutting down.
+    Cancellation itself arrives as anyio cancellation at any await.
     """
 
     run_id: str
@@ -37,18 +54,33 @@ class NodeContext:
     attempt: int
     emit_text_cb: Callable[[str], Awaitable[None]] | None = None
     logs: list[str] = field(default_factory=list)
-    services: Any = None
+    # None: no instance around it (each node then uses NodeServices() defaults).
+    services: NodeServices | None = None
     ending: Callable[[], bool] = lambda: False
     on_error: str = "fail"
     default: Mapping[str, Any] | None = None
-    observer: Any = None
+    observer: RunObserver | None = None
     process_data: dict[str, Any] = field(default_factory=dict)
     expression_context: Mapping[str, Any] = field(default_factory=dict)
+    run_graph_cb: GraphRunner | None = None
 
     async def emit_text(self, text: str) -> None:
         """Stream a piece of text from this node (a ``text_chunk`` event)."""
         if self.emit_text_cb is not None:
             await self.emit_text_cb(text)
+
+    async def run_graph(self, definition: WorkflowDefinition, *, inputs: Mapping[str, Any],
+                        scope: Mapping[str, Any], observer: RunObserver,
+                        services: NodeServices | None = None) -> GraphRun:
+        """Run ``definition`` to its end inside this node, under this run's id, reporting
+        its nodes to ``observer``; ``scope`` adds names to its expressions, ``services``
+        (default: this node's) is what its nodes use. Cancelling this node cancels it."""
+        if self.run_graph_cb is None:
+            raise NodeFailure("this node runs a sub-graph, which needs a running executor",
+                              code="subgraph_unavailable")
+        return await self.run_graph_cb(
+            definition, inputs=inputs, scope=scope, observer=observer,
+            services=services if services is not None else self.services)
 
     def log(self, message: str) -> None:
         """Record a line in the node's process data and the server log."""
@@ -71,7 +103,7 @@ class NodeType:
     # Params handed over as written, not evaluated first (e.g. a map's inline graph).
     raw_params: frozenset[str] = frozenset()
     # Extra definition-time checks of a node's raw params: messages of what is wrong.
-    check: Callable[[Mapping[str, Any], Registry], list[str]] | None = None
+    check: NodeCheck | None = None
 
     @property
     def required_params(self) -> list[str]:
@@ -120,8 +152,7 @@ class Registry:
                  branches: Callable[[Mapping[str, Any]], set[str]] | None = None,
                  select_branch: Callable[[Mapping[str, Any]], str] | None = None,
                  raw_params: frozenset[str] = frozenset(),
-                 check: Callable[[Mapping[str, Any], Registry], list[str]] | None = None
-                 ) -> NodeType:
+                 check: NodeCheck | None = None) -> NodeType:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"node type {name!r}: {func!r} must be an async function")
         model, extra = _params_model(name, func)

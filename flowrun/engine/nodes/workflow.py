@@ -21,7 +21,7 @@ from flowrun.errors import FlowrunError, NodeFailure
 
 async def workflow(ctx: NodeContext, *, workflow: str, version: int | None = None,
                    inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-    runs = getattr(ctx.services, "child_runs", None)
+    runs = ctx.services.child_runs if ctx.services is not None else None
     if runs is None:
         raise NodeFailure("the workflow node needs a flowrun server to start child runs",
                           code="child_unavailable")
