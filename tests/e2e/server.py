@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,12 @@ from typing import Any
 
 import httpx
 
+from tests.local_server import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 TEST_WORKFLOWS = Path(__file__).parent / "workflows"
 TERMINAL = {"succeeded", "failed", "stopped", "timed_out"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
