@@ -8,8 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -105,6 +106,26 @@ class Server:
             client.close()
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the APIs a test module talks to: where its client points,
+    how that client sends its key, and which workflow (if any) the key is bound to."""
+
+    prefix: str = ""  # the API's base path under the server's URL
+    auth_header: str = "Authorization"
+    auth_scheme: str = "Bearer "  # written before the key in ``auth_header``
+    timeout: float = 30
+    workflow: str | None = None  # bind the key to this workflow (a Dify app key)
+
+
+class Started(NamedTuple):
+    """A started server, its run-scope key, and a client of the module's dialect."""
+
+    server: Server
+    key: str
+    client: httpx.Client
 
 
 def wait_for(client: httpx.Client, run_id: str, predicate: Any, timeout: float = 15) -> Any:
