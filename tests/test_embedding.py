@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 import flowrun
 from flowrun.engine.nodes import Registry
+from flowrun.engine.nodes import registry as default_registry
 from tests.imports import SERVER_STACK, modules_after
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -79,7 +80,22 @@ async def test_run_workflow_in_process() -> None:
     assert inline.outputs == {"t": {"text": "2"}}
 
 
-async def test_custom_node_via_decorator() -> None:
+@pytest.fixture
+def global_registry() -> Iterator[Registry]:
+    """The global node registry, put back as it was after the test.
+
+    ``@flowrun.node`` can only register into the global registry (the one
+    ``run_workflow`` and ``create_app`` use by default), so a test of the decorator
+    must undo its registration itself or the type leaks into every later test.
+    """
+    saved = dict(default_registry._types)
+    try:
+        yield default_registry
+    finally:
+        default_registry._types = saved
+
+
+async def test_custom_node_via_decorator(global_registry: Registry) -> None:
     @flowrun.node("test_shout")
     async def shout(ctx: flowrun.NodeContext, *, text: str) -> dict[str, str]:
         return {"text": text.upper()}
@@ -87,3 +103,20 @@ async def test_custom_node_via_decorator() -> None:
     outcome = await flowrun.run_workflow(
         {"name": "x", "nodes": [{"id": "s", "type": "test_shout", "text": "hey"}]})
     assert outcome.outputs == {"s": {"text": "HEY"}}
+    assert "test_shout" in global_registry
+
+
+async def test_custom_node_in_a_private_registry() -> None:
+    async def whisper(ctx: flowrun.NodeContext, *, text: str) -> dict[str, str]:
+        return {"text": text.lower()}
+
+    private = default_registry.copy()  # the built-in types, and room for more
+    private.register("test_whisper", whisper)
+    outcome = await flowrun.run_workflow(
+        {"name": "x", "nodes": [{"id": "w", "type": "test_whisper", "text": "HEY"}]},
+        registry=private)
+    assert outcome.outputs == {"w": {"text": "hey"}}
+    assert "test_whisper" not in default_registry
+    with pytest.raises(flowrun.FlowrunError, match="test_whisper"):
+        await flowrun.run_workflow(
+            {"name": "x", "nodes": [{"id": "w", "type": "test_whisper", "text": "HEY"}]})

@@ -3,9 +3,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.e2e.server import Server
+from tests.e2e.server import Dialect, Server, Started
 
 
 @pytest.fixture
@@ -23,3 +24,31 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield make
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def dialect() -> Dialect:
+    """The native API; a dialect's test module overrides this fixture with its own."""
+    return Dialect()
+
+
+@pytest.fixture
+def start_server(server_factory: Callable[..., Server],
+                 dialect: Dialect) -> Callable[..., Started]:
+    """Start a server with a new key and give a client of ``dialect`` (closed at the end).
+
+    ``env``: extra FLOWRUN_* environment; ``workflow``: bind the key to this workflow
+    instead of the dialect's.
+    """
+
+    def start(env: dict[str, str] | None = None, *, workflow: str | None = None) -> Started:
+        server = server_factory(env)
+        bound = workflow or dialect.workflow
+        key = server.create_key(*(("--workflow", bound) if bound else ()))
+        server.start()
+        client = httpx.Client(base_url=f"{server.url}{dialect.prefix}", timeout=dialect.timeout,
+                              headers={dialect.auth_header: f"{dialect.auth_scheme}{key}"})
+        server.clients.append(client)  # closed with the server
+        return Started(server, key, client)
+
+    return start

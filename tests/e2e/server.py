@@ -5,25 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+
+from tests.local_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 TEST_WORKFLOWS = Path(__file__).parent / "workflows"
 TERMINAL = {"succeeded", "failed", "stopped", "timed_out"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -110,6 +106,26 @@ class Server:
             client.close()
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the APIs a test module talks to: where its client points,
+    how that client sends its key, and which workflow (if any) the key is bound to."""
+
+    prefix: str = ""  # the API's base path under the server's URL
+    auth_header: str = "Authorization"
+    auth_scheme: str = "Bearer "  # written before the key in ``auth_header``
+    timeout: float = 30
+    workflow: str | None = None  # bind the key to this workflow (a Dify app key)
+
+
+class Started(NamedTuple):
+    """A started server, its run-scope key, and a client of the module's dialect."""
+
+    server: Server
+    key: str
+    client: httpx.Client
 
 
 def wait_for(client: httpx.Client, run_id: str, predicate: Any, timeout: float = 15) -> Any:

@@ -9,22 +9,18 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 
 from tests.e2e.clients import run_client
-from tests.e2e.server import Server
+from tests.e2e.server import Dialect, Server, Started
 
 TERMINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "TERMINATED"}
 
 
-def conductor(server_factory: Callable[..., Server], env: dict[str, str] | None = None
-              ) -> tuple[Server, str, httpx.Client]:
-    server = server_factory(env)
-    key = server.create_key()
-    server.start()
-    client = httpx.Client(base_url=f"{server.url}/conductor/api", timeout=30,
-                          headers={"X-Authorization": key})
-    server.clients.append(client)
-    return server, key, client
+@pytest.fixture
+def dialect() -> Dialect:
+    """Conductor's API: the key goes in X-Authorization, without a scheme."""
+    return Dialect("/conductor/api", auth_header="X-Authorization", auth_scheme="")
 
 
 def start(client: httpx.Client, name: str, body: dict[str, Any] | None = None,
@@ -48,8 +44,8 @@ def until(client: httpx.Client, run_id: str, check: Callable[[dict[str, Any]], b
 
 
 def test_seed_start_by_name_answers_the_id_as_text(
-        server_factory: Callable[..., Server]) -> None:
-    _, _, client = conductor(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     run_id = start(client, "hello", {"name": "someValue"}, priority=0)
     assert len(run_id) == 36 and run_id.count("-") == 4
     done = until(client, run_id, lambda w: w["status"] in TERMINAL)
@@ -61,8 +57,8 @@ def test_seed_start_by_name_answers_the_id_as_text(
     assert body["status"] == 404 and body["code"] == "NOT_FOUND" and body["message"]
 
 
-def test_workflow_json_and_status(server_factory: Callable[..., Server]) -> None:
-    _, _, client = conductor(server_factory)
+def test_workflow_json_and_status(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     run_id = start(client, "branching", {"n": 3}, correlationId="c-9", priority=7, version=1)
     workflow = until(client, run_id, lambda w: w["status"] in TERMINAL)
     for field in ("workflowId", "workflowName", "workflowVersion", "correlationId", "status",
@@ -84,8 +80,9 @@ def test_workflow_json_and_status(server_factory: Callable[..., Server]) -> None
     assert client.get("/workflow/no-such-id").status_code == 404
 
 
-def test_start_workflow_request_and_idempotency(server_factory: Callable[..., Server]) -> None:
-    _, _, client = conductor(server_factory)
+def test_start_workflow_request_and_idempotency(
+        start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     request = {"name": "slow", "input": {"seconds": 30}, "correlationId": "x", "priority": 3,
                "idempotencyKey": "order-1", "idempotencyStrategy": "RETURN_EXISTING"}
     first = client.post("/workflow", json=request)
@@ -106,8 +103,8 @@ def test_start_workflow_request_and_idempotency(server_factory: Callable[..., Se
 
 
 async def test_hundred_concurrent_starts_with_one_key(
-        server_factory: Callable[..., Server]) -> None:
-    server, key, client = conductor(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server()
     answers: list[httpx.Response] = []
     async with httpx.AsyncClient(base_url=f"{server.url}/conductor/api", timeout=30,
                                  headers={"X-Authorization": key},
@@ -128,8 +125,8 @@ async def test_hundred_concurrent_starts_with_one_key(
     assert len(native) == 1 and native[0]["id"] == answers[0].text
 
 
-def test_terminate(server_factory: Callable[..., Server]) -> None:
-    _, _, client = conductor(server_factory)
+def test_terminate(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     run_id = start(client, "slow", {"seconds": 60})
     until(client, run_id, lambda w: any(t["referenceTaskName"] == "wait" for t in w["tasks"]))
     resp = client.request("DELETE", f"/workflow/{run_id}", params={"reason": "no longer needed"},
@@ -147,8 +144,8 @@ def test_terminate(server_factory: Callable[..., Server]) -> None:
 
 
 def test_pause_holds_before_the_next_node_and_resume_goes_on(
-        server_factory: Callable[..., Server]) -> None:
-    _, _, client = conductor(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     run_id = start(client, "ticker", {"tick": 0.3})
     until(client, run_id, lambda w: len(w["tasks"]) >= 1)
     assert client.put(f"/workflow/{run_id}/pause").status_code == 200
@@ -166,8 +163,8 @@ def test_pause_holds_before_the_next_node_and_resume_goes_on(
 
 
 def test_retry_reuses_succeeded_tasks_and_restart_runs_all(
-        server_factory: Callable[..., Server], tmp_path: Path) -> None:
-    _, _, client = conductor(server_factory)
+        start_server: Callable[..., Started], tmp_path: Path) -> None:
+    client = start_server().client
     log, marker = tmp_path / "count.log", tmp_path / "marker"
     run_id = start(client, "fail-once", {"file": str(log), "marker": str(marker)})
     failed = until(client, run_id, lambda w: w["status"] in TERMINAL)
@@ -186,8 +183,8 @@ def test_retry_reuses_succeeded_tasks_and_restart_runs_all(
 
 
 def test_execute_waits_and_answers_a_signal_response(
-        server_factory: Callable[..., Server]) -> None:
-    _, _, client = conductor(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     resp = client.post("/workflow/execute/hello/1", params={"requestId": "r-1"},
                        json={"input": {"name": "sync"}, "correlationId": "c"})
     assert resp.status_code == 200

@@ -8,27 +8,21 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from httpx_sse import connect_sse
 
 from tests.e2e.clients import run_client
-from tests.e2e.server import Server, node_status
+from tests.e2e.server import Dialect, Started, node_status
 
 
-def dify_server(server_factory: Callable[..., Server], workflow: str = "streamed",
-                env: dict[str, str] | None = None) -> tuple[Server, str, httpx.Client]:
-    server = server_factory(env)
-    done = server.cli("keys", "--db", str(server.db), "create", "--workflow", workflow)
-    assert done.returncode == 0, done.stderr
-    key = done.stdout.strip()
-    server.start()
-    client = httpx.Client(base_url=f"{server.url}/dify/v1", timeout=30,
-                          headers={"Authorization": f"Bearer {key}"})
-    server.clients.append(client)
-    return server, key, client
+@pytest.fixture
+def dialect() -> Dialect:
+    """Dify's API; its keys are app keys, bound to one workflow."""
+    return Dialect("/dify/v1", workflow="streamed")
 
 
-def test_blocking_run_has_the_documented_shape(server_factory: Callable[..., Server]) -> None:
-    _, _, client = dify_server(server_factory)
+def test_blocking_run_has_the_documented_shape(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     resp = client.post("/workflows/run", json={"inputs": {"seconds": 0.1},
                                                "response_mode": "blocking", "user": "abc-123"})
     assert resp.status_code == 200
@@ -45,8 +39,8 @@ def test_blocking_run_has_the_documented_shape(server_factory: Callable[..., Ser
     assert data["elapsed_time"] >= 0.1
 
 
-def test_streaming_frames(server_factory: Callable[..., Server]) -> None:
-    _, _, client = dify_server(server_factory, env={"FLOWRUN_SSE_PING_S": "0.2"})
+def test_streaming_frames(start_server: Callable[..., Started]) -> None:
+    client = start_server({"FLOWRUN_SSE_PING_S": "0.2"}).client
     frames: list[dict[str, Any]] = []
     pings = 0
     with client.stream("POST", "/workflows/run", json={
@@ -84,8 +78,8 @@ def test_streaming_frames(server_factory: Callable[..., Server]) -> None:
     assert finished["status"] == "succeeded" and finished["total_steps"] == 3
 
 
-def test_async_mode_and_idempotency(server_factory: Callable[..., Server]) -> None:
-    _, _, client = dify_server(server_factory)
+def test_async_mode_and_idempotency(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     body = {"inputs": {"seconds": 0.2}, "response_mode": "async", "user": "abc-123"}
     first = client.post("/workflows/run", json=body, headers={"Idempotency-Key": "k-1"})
     assert first.status_code == 202
@@ -111,8 +105,8 @@ def test_async_mode_and_idempotency(server_factory: Callable[..., Server]) -> No
     assert json.loads(detail["inputs"]) == {"seconds": 0.2}
 
 
-def test_run_a_specific_version(server_factory: Callable[..., Server]) -> None:
-    server, _, client = dify_server(server_factory)
+def test_run_a_specific_version(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     for workflow_id in ("streamed:1", "1"):
         resp = client.post(f"/workflows/{workflow_id}/run",
                            json={"inputs": {"seconds": 0}, "user": "u"})
@@ -123,8 +117,8 @@ def test_run_a_specific_version(server_factory: Callable[..., Server]) -> None:
     assert other.status_code == 404
 
 
-def test_stop_really_stops(server_factory: Callable[..., Server]) -> None:
-    _, _, client = dify_server(server_factory, workflow="slow")
+def test_stop_really_stops(start_server: Callable[..., Started]) -> None:
+    client = start_server(workflow="slow").client
     run = client.post("/workflows/run", json={"inputs": {"seconds": 60},
                                               "response_mode": "async", "user": "u"}).json()
     run_id = run["task_id"]
@@ -140,8 +134,8 @@ def test_stop_really_stops(server_factory: Callable[..., Server]) -> None:
     assert detail["status"] == "stopped"
 
 
-def test_events_reattach_with_last_event_id(server_factory: Callable[..., Server]) -> None:
-    _, _, client = dify_server(server_factory)
+def test_events_reattach_with_last_event_id(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     run = client.post("/workflows/run", json={"inputs": {"seconds": 0.2}, "user": "ann"}).json()
     run_id = run["workflow_run_id"]
     with connect_sse(client, "GET", f"/workflow/{run_id}/events?user=ann") as source:
@@ -156,8 +150,8 @@ def test_events_reattach_with_last_event_id(server_factory: Callable[..., Server
     assert client.get(f"/workflows/run/{run_id}?user=bob").status_code == 404
 
 
-def test_errors_use_difys_envelope(server_factory: Callable[..., Server]) -> None:
-    server, key, client = dify_server(server_factory)
+def test_errors_use_difys_envelope(start_server: Callable[..., Started]) -> None:
+    server, key, client = start_server()
     no_user = client.post("/workflows/run", json={"inputs": {}})
     assert no_user.status_code == 400
     assert set(no_user.json()) == {"status", "code", "message"}
@@ -198,8 +192,8 @@ print(json.dumps(out))
 """
 
 
-def test_dify_python_sdk(server_factory: Callable[..., Server]) -> None:
-    server, key, _ = dify_server(server_factory, workflow="slow")
+def test_dify_python_sdk(start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server(workflow="slow")
     out = run_client("dify-python-sdk", DIFY_PYTHON_SDK, f"{server.url}/dify/v1", key)
     assert out["blocking"]["data"]["status"] == "succeeded"
     assert out["result"]["status"] == "succeeded"
@@ -243,8 +237,8 @@ print(json.dumps(out))
 """
 
 
-def test_dify_client_python(server_factory: Callable[..., Server]) -> None:
-    server, key, client = dify_server(server_factory)
+def test_dify_client_python(start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server()
     out = run_client("dify-client-python", DIFY_CLIENT_PYTHON, f"{server.url}/dify/v1", key)
     assert out["blocking"]["status"] == "succeeded"
     assert out["blocking"]["outputs"] == {"bye": {"text": "bye"}}
@@ -253,11 +247,10 @@ def test_dify_client_python(server_factory: Callable[..., Server]) -> None:
     assert out["spread"] > 0.8  # frames arrived while the run went on, not all at once
     assert out["stop"] == "success" and out["final_status"] == "stopped"
     assert out["mid_stream"][-1] == "workflow_finished"
-    del client
 
 
-def test_one_run_many_views(server_factory: Callable[..., Server]) -> None:
-    server, key, client = dify_server(server_factory)
+def test_one_run_many_views(start_server: Callable[..., Started]) -> None:
+    server, key, client = start_server()
     run = client.post("/workflows/run", json={"inputs": {"seconds": 0}, "user": "u"}).json()
     native = httpx.get(f"{server.url}/runs/{run['workflow_run_id']}",
                        headers={"Authorization": f"Bearer {key}"}).json()

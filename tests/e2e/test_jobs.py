@@ -9,23 +9,20 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from httpx_sse import connect_sse
 
-from tests.e2e.server import Server
+from tests.e2e.server import Dialect, Started
 
 
-def jobs(server_factory: Callable[..., Server]) -> tuple[Server, str, httpx.Client]:
-    server = server_factory()
-    key = server.create_key()
-    server.start()
-    client = httpx.Client(base_url=f"{server.url}/jobs", timeout=30,
-                          headers={"Authorization": f"Bearer {key}"})
-    server.clients.append(client)
-    return server, key, client
+@pytest.fixture
+def dialect() -> Dialect:
+    """The jobs API, under /jobs."""
+    return Dialect("/jobs")
 
 
-def test_run_answers_a_pending_job(server_factory: Callable[..., Server]) -> None:
-    _, _, client = jobs(server_factory)
+def test_run_answers_a_pending_job(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     resp = client.post("/workflows/slow/run", json={})
     assert resp.status_code == 200
     body = resp.json()
@@ -42,8 +39,8 @@ def test_run_answers_a_pending_job(server_factory: Callable[..., Server]) -> Non
     assert [j["id"] for j in listed] == [by_number.json()["data"]["id"], job["id"]]
 
 
-def test_run_sync_returns_the_completed_job(server_factory: Callable[..., Server]) -> None:
-    _, _, client = jobs(server_factory)
+def test_run_sync_returns_the_completed_job(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     resp = client.post("/workflows/branching/run-sync",
                        json={"timeout": 120, "input": {"n": 42}})
     assert resp.status_code == 200
@@ -58,8 +55,8 @@ def test_run_sync_returns_the_completed_job(server_factory: Callable[..., Server
 
 
 def test_run_sync_timeout_is_408_and_the_job_goes_on(
-        server_factory: Callable[..., Server]) -> None:
-    _, _, client = jobs(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     began = time.monotonic()
     resp = client.post("/workflows/slow/run-sync", json={"timeout": 1, "input": {"seconds": 2}})
     assert resp.status_code == 408 and time.monotonic() - began < 1.8
@@ -79,8 +76,8 @@ def test_run_sync_timeout_is_408_and_the_job_goes_on(
     assert too_long.status_code == 400 and too_long.json()["success"] is False
 
 
-def test_graph_override_and_failures_on_the_node(server_factory: Callable[..., Server]) -> None:
-    _, _, client = jobs(server_factory)
+def test_graph_override_and_failures_on_the_node(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     override = {"nodes": [{"id": "a", "type": "template", "template": "one"},
                           {"id": "b", "type": "template", "template": "{{ nodes.a.text }}!"}],
                 "edges": [{"source": "a", "target": "b"}], "input": {"name": "x"}}
@@ -103,8 +100,8 @@ def test_graph_override_and_failures_on_the_node(server_factory: Callable[..., S
     assert cycle.status_code == 400 and "cycle" in cycle.json()["message"]
 
 
-def test_stream_init_update_done(server_factory: Callable[..., Server]) -> None:
-    _, _, client = jobs(server_factory)
+def test_stream_init_update_done(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     job = client.post("/workflows/slow/run", json={"input": {"seconds": 0.3}}).json()["data"]
     with connect_sse(client, "GET", f"/jobs/{job['id']}/stream") as source:
         frames: list[dict[str, Any]] = [json.loads(sse.data) for sse in source.iter_sse()]
@@ -116,8 +113,8 @@ def test_stream_init_update_done(server_factory: Callable[..., Server]) -> None:
     assert client.get("/jobs/999999/stream").status_code == 404
 
 
-def test_errors(server_factory: Callable[..., Server]) -> None:
-    server, _, client = jobs(server_factory)
+def test_errors(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     missing = client.post("/workflows/nope/run", json={})
     assert missing.status_code == 404 and missing.json()["success"] is False
     assert client.post("/workflows/9999/run", json={}).status_code == 404

@@ -8,28 +8,25 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from httpx_sse import connect_sse
 
 from tests.e2e.clients import run_client
-from tests.e2e.server import Server
+from tests.e2e.server import Dialect, Started
 
 FLOW = "flow_67ccd2be17f0819081ff3bb2cf6508e60bb6a6b452d3795b"
 SEED_INPUTS = {"ChatInput-abc.input_type": "chat", "ChatInput-abc.input_value": "what is 2+2",
                "ChatInput-abc.session_id": "session-123"}
 
 
-def langflow(server_factory: Callable[..., Server]) -> tuple[Server, str, httpx.Client]:
-    server = server_factory()
-    key = server.create_key()
-    server.start()
-    client = httpx.Client(base_url=f"{server.url}/langflow", timeout=60,
-                          headers={"x-api-key": key})
-    server.clients.append(client)
-    return server, key, client
+@pytest.fixture
+def dialect() -> Dialect:
+    """Langflow's API: the key goes in x-api-key; sync runs may take a while."""
+    return Dialect("/langflow", auth_header="x-api-key", auth_scheme="", timeout=60)
 
 
-def test_seed_sync_request(server_factory: Callable[..., Server]) -> None:
-    _, _, client = langflow(server_factory)
+def test_seed_sync_request(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     resp = client.post("/api/v2/workflows", json={"flow_id": FLOW, "background": False,
                                                   "inputs": SEED_INPUTS})
     assert resp.status_code == 200
@@ -43,8 +40,8 @@ def test_seed_sync_request(server_factory: Callable[..., Server]) -> None:
         "content": "2 + 2 equals 4.", "metadata": body["outputs"]["ChatOutput-xyz"]["metadata"]}}
 
 
-def test_seed_background_status_and_stop(server_factory: Callable[..., Server]) -> None:
-    _, _, client = langflow(server_factory)
+def test_seed_background_status_and_stop(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     resp = client.post("/api/v2/workflows", json={
         "flow_id": FLOW, "background": True, "stream": False,
         "inputs": {**SEED_INPUTS, "ChatInput-abc.input_value": "Process this in the background",
@@ -76,8 +73,8 @@ def test_seed_background_status_and_stop(server_factory: Callable[..., Server]) 
     assert after["status"] == "cancelled"
 
 
-def test_tweaks_and_graph_data(server_factory: Callable[..., Server]) -> None:
-    _, _, client = langflow(server_factory)
+def test_tweaks_and_graph_data(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     body = client.post("/api/v2/workflows", json={
         "flow_id": FLOW, "mode": "sync",
         "tweaks": {"ChatInput-abc": {"input_value": "2+2?"}}}).json()
@@ -92,8 +89,8 @@ def test_tweaks_and_graph_data(server_factory: Callable[..., Server]) -> None:
                                             "metadata": replaced["outputs"]["only"]["metadata"]}}
 
 
-def test_stream_and_resume(server_factory: Callable[..., Server]) -> None:
-    _, _, client = langflow(server_factory)
+def test_stream_and_resume(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     with connect_sse(client, "POST", "/api/v2/workflows", json={
             "flow_id": FLOW, "stream": True, "inputs": {"delay": 0.2}}) as source:
         frames = [(sse.id, sse.event, json.loads(sse.data)) for sse in source.iter_sse()]
@@ -111,8 +108,8 @@ def test_stream_and_resume(server_factory: Callable[..., Server]) -> None:
     assert tail == frames[5:]
 
 
-def test_errors(server_factory: Callable[..., Server]) -> None:
-    server, _, client = langflow(server_factory)
+def test_errors(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
 
     def detail(resp: httpx.Response) -> dict[str, Any]:
         body = resp.json()
@@ -145,8 +142,8 @@ def test_errors(server_factory: Callable[..., Server]) -> None:
     assert job.status_code == 500 and detail(job)["code"] == "JOB_FAILED"
 
 
-def test_background_idempotency_key(server_factory: Callable[..., Server]) -> None:
-    _, _, client = langflow(server_factory)
+def test_background_idempotency_key(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     request = {"flow_id": FLOW, "mode": "background", "idempotency_key": "once",
                "inputs": {"delay": 0.2}}
     first = client.post("/api/v2/workflows", json=request).json()
@@ -173,8 +170,8 @@ print(json.dumps({"run": body, "status": status.json(), "denied": denied}))
 """
 
 
-def test_langflow_sdk_reaches_the_api(server_factory: Callable[..., Server]) -> None:
-    server, key, _ = langflow(server_factory)
+def test_langflow_sdk_reaches_the_api(start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server()
     out = run_client("langflow-sdk", LANGFLOW_SDK, f"{server.url}/langflow", key, FLOW)
     assert out["run"]["status"] == "completed"
     assert out["run"]["outputs"]["ChatOutput-xyz"]["content"] == "2 + 2 equals 4."

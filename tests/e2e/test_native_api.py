@@ -8,19 +8,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.server import Server, finished, node_status, wait_for
+from tests.e2e.server import Server, Started, finished, node_status, wait_for
 
 
-def started_server(server_factory: Callable[..., Server], env: dict[str, str] | None = None
-                   ) -> tuple[Server, httpx.Client]:
-    server = server_factory(env)
-    key = server.create_key()
-    server.start()
-    return server, server.client(key)
-
-
-def test_async_run_then_poll(server_factory: Callable[..., Server]) -> None:
-    _, client = started_server(server_factory)
+def test_async_run_then_poll(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     resp = client.post("/workflows/hello/run", json={"inputs": {"name": "Ada"}})
     assert resp.status_code == 202
     run = resp.json()
@@ -34,8 +26,8 @@ def test_async_run_then_poll(server_factory: Callable[..., Server]) -> None:
     assert done["steps"] == 1 and done["elapsed_s"] >= 0
 
 
-def test_run_sync_returns_the_finished_run(server_factory: Callable[..., Server]) -> None:
-    _, client = started_server(server_factory)
+def test_run_sync_returns_the_finished_run(start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     resp = client.post("/workflows/fanout/run-sync", json={"inputs": {"topic": "x"},
                                                             "correlation_id": "c-1"})
     assert resp.status_code == 200
@@ -46,8 +38,8 @@ def test_run_sync_returns_the_finished_run(server_factory: Callable[..., Server]
 
 
 def test_run_sync_timeout_is_408_and_the_run_goes_on(
-        server_factory: Callable[..., Server]) -> None:
-    _, client = started_server(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    client = start_server().client
     began = time.monotonic()
     resp = client.post("/workflows/slow/run-sync?timeout=1", json={"inputs": {"seconds": 2}})
     elapsed = time.monotonic() - began
@@ -60,8 +52,8 @@ def test_run_sync_timeout_is_408_and_the_run_goes_on(
     assert done["status"] == "succeeded"
 
 
-def test_stop_a_running_run(server_factory: Callable[..., Server]) -> None:
-    server, client = started_server(server_factory)
+def test_stop_a_running_run(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     run = client.post("/workflows/slow/run", json={"inputs": {"seconds": 60}}).json()
     wait_for(client, run["id"], lambda r: node_status(r, "wait") == "running")
     began = time.monotonic()
@@ -79,8 +71,8 @@ def test_stop_a_running_run(server_factory: Callable[..., Server]) -> None:
     assert again.status_code == 200 and again.json()["status"] == "stopped"
 
 
-def test_stop_a_queued_run(server_factory: Callable[..., Server]) -> None:
-    _, client = started_server(server_factory, {"FLOWRUN_MAX_CONCURRENT_RUNS": "1"})
+def test_stop_a_queued_run(start_server: Callable[..., Started]) -> None:
+    client = start_server({"FLOWRUN_MAX_CONCURRENT_RUNS": "1"}).client
     blocker = client.post("/workflows/slow/run", json={"inputs": {"seconds": 60}}).json()
     queued = client.post("/workflows/hello/run", json={"inputs": {"name": "q"}}).json()
     stopped = client.post(f"/runs/{queued['id']}/stop").json()
@@ -88,9 +80,9 @@ def test_stop_a_queued_run(server_factory: Callable[..., Server]) -> None:
     assert client.post(f"/runs/{blocker['id']}/stop").json()["status"] == "stopped"
 
 
-def test_priority_order_with_one_slot(server_factory: Callable[..., Server],
+def test_priority_order_with_one_slot(start_server: Callable[..., Started],
                                       tmp_path: Path) -> None:
-    _, client = started_server(server_factory, {"FLOWRUN_MAX_CONCURRENT_RUNS": "1"})
+    client = start_server({"FLOWRUN_MAX_CONCURRENT_RUNS": "1"}).client
     log = tmp_path / "order.log"
     blocker = client.post("/workflows/counted/run", json={
         "inputs": {"file": str(log), "label": "blocker", "seconds": 0.5}}).json()
@@ -107,9 +99,9 @@ def test_priority_order_with_one_slot(server_factory: Callable[..., Server],
     assert firsts == ["blocker", "p9", "p5a", "p5b", "p0a", "p0b"]
 
 
-def test_full_queue_is_429_and_writes_nothing(server_factory: Callable[..., Server]) -> None:
-    _, client = started_server(server_factory, {"FLOWRUN_MAX_CONCURRENT_RUNS": "1",
-                                                "FLOWRUN_MAX_QUEUED": "2"})
+def test_full_queue_is_429_and_writes_nothing(start_server: Callable[..., Started]) -> None:
+    client = start_server({"FLOWRUN_MAX_CONCURRENT_RUNS": "1",
+                           "FLOWRUN_MAX_QUEUED": "2"}).client
     blocker = client.post("/workflows/slow/run", json={"inputs": {"seconds": 60}}).json()
     wait_for(client, blocker["id"], lambda r: r["status"] == "running")
     for _ in range(2):
@@ -150,8 +142,8 @@ def test_auth_and_run_ownership(server_factory: Callable[..., Server]) -> None:
 
 
 def test_restart_mid_run_resumes_without_rerunning_nodes(
-        server_factory: Callable[..., Server], tmp_path: Path) -> None:
-    server, client = started_server(server_factory)
+        start_server: Callable[..., Started], tmp_path: Path) -> None:
+    server, _, client = start_server()
     log = tmp_path / "count.log"
     run = client.post("/workflows/counted/run", json={
         "inputs": {"file": str(log), "label": "r", "seconds": 1.5}}).json()
@@ -164,8 +156,8 @@ def test_restart_mid_run_resumes_without_rerunning_nodes(
     assert [n["id"] for n in done["nodes"]] == ["first", "wait", "last"]
 
 
-def test_queued_runs_survive_a_kill(server_factory: Callable[..., Server]) -> None:
-    server, client = started_server(server_factory, {"FLOWRUN_MAX_CONCURRENT_RUNS": "1"})
+def test_queued_runs_survive_a_kill(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server({"FLOWRUN_MAX_CONCURRENT_RUNS": "1"})
     blocker = client.post("/workflows/slow/run", json={"inputs": {"seconds": 60}}).json()
     queued = [client.post("/workflows/hello/run", json={"inputs": {"name": str(i)}}).json()
               for i in range(5)]
@@ -188,9 +180,9 @@ def test_new_database_gets_a_printed_key_once(server_factory: Callable[..., Serv
     assert [w for w in server.log.read_text().split() if w.startswith("fr_")] == printed
 
 
-def test_sigterm_exits_cleanly_and_the_run_resumes(server_factory: Callable[..., Server],
+def test_sigterm_exits_cleanly_and_the_run_resumes(start_server: Callable[..., Started],
                                                     tmp_path: Path) -> None:
-    server, client = started_server(server_factory)
+    server, _, client = start_server()
     log = tmp_path / "count.log"
     run = client.post("/workflows/counted/run", json={
         "inputs": {"file": str(log), "label": "t", "seconds": 1}}).json()

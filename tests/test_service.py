@@ -1,0 +1,191 @@
+"""RunService through its public methods: submit, ownership, idempotency, queue limits,
+drain, wait budgets, stop.
+
+The service is built by the composition root itself (``create_app`` and its
+lifespan, in-process, no HTTP), so the tests do not depend on how RunService,
+the scheduler or the runner are constructed; only ``open_service`` knows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from flowrun import Settings, create_app, flowrun_lifespan
+from flowrun.auth import Principal, Scope
+from flowrun.errors import (
+    IdempotencyConflict,
+    IdempotencyKeyReused,
+    QueueFull,
+    RunNotFound,
+    Unavailable,
+)
+from flowrun.models import NodeStatus, OnConflict, RunRecord, RunStatus
+from flowrun.service import RunRequest, RunService
+
+ADMIN = Principal("admin", Scope.ADMIN)
+ANN = Principal("key-ann")
+BOB = Principal("key-bob")
+QUICK = {"name": "quick", "inputs": {"name": {"type": "string", "default": "x"}},
+         "nodes": [{"id": "greet", "type": "template", "template": "hi {{ inputs.name }}"}]}
+# never finishes by itself within a test: it is stopped, or cancelled at shutdown
+SLOW = {"name": "slow", "inputs": {"seconds": {"type": "number", "default": 60}},
+        "nodes": [{"id": "wait", "type": "sleep", "seconds": "{{ inputs.seconds }}"}]}
+OpenService = Callable[..., AbstractAsyncContextManager[RunService]]
+
+
+@pytest.fixture
+def open_service(tmp_path: Path) -> OpenService:
+    """Start flowrun in-process as the app does, with QUICK and SLOW registered; settings
+    as keyword arguments. Runs still going at the end are cancelled after a short grace."""
+
+    @asynccontextmanager
+    async def open_(**settings: Any) -> AsyncIterator[RunService]:
+        app = create_app(Settings(db_path=tmp_path / "service.db", shutdown_grace_s=0.1,
+                                  code_pool_size=0, **settings))
+        async with flowrun_lifespan(app):
+            service: RunService = app.state.service
+            for definition in (QUICK, SLOW):
+                await service.register_workflow(ADMIN, definition)
+            yield service
+
+    return open_
+
+
+async def until_status(service: RunService, run_id: str, *wanted: RunStatus) -> RunRecord:
+    """Poll a run until it has one of the ``wanted`` statuses (5 s at most)."""
+    with anyio.fail_after(5):
+        while True:
+            run = await service.get_run(ADMIN, run_id)
+            if run.status in wanted:
+                return run
+            await anyio.sleep(0.01)
+
+
+async def test_submit_commits_the_run_before_it_returns(open_service: OpenService) -> None:
+    async with open_service() as service:
+        submission = await service.submit(ANN, RunRequest("quick", {"name": "Ada"}))
+        assert submission.created and submission.run.status is RunStatus.QUEUED
+        stored = await service.store.get_run(submission.run.id)  # already durable
+        assert stored is not None and stored.api_key_id == "key-ann"
+        done = await service.wait(ANN, submission.run.id, within_s=5)
+        assert done.status is RunStatus.SUCCEEDED
+        assert done.outputs == {"greet": {"text": "hi Ada"}}
+
+
+async def test_another_keys_run_is_not_found(open_service: OpenService) -> None:
+    async with open_service() as service:
+        run = (await service.submit(ANN, RunRequest("quick"))).run
+        await service.wait(ANN, run.id, within_s=5)
+        with pytest.raises(RunNotFound):
+            await service.get_run(BOB, run.id)
+        with pytest.raises(RunNotFound):
+            await service.stop(BOB, run.id)
+        with pytest.raises(RunNotFound):
+            await service.wait(BOB, run.id, within_s=1)
+        assert (await service.list_runs(BOB, "quick"))[0] == []
+        assert [r.id for r in (await service.list_runs(ANN, "quick"))[0]] == [run.id]
+        assert (await service.get_run(ADMIN, run.id)).id == run.id  # admin sees all runs
+        with pytest.raises(RunNotFound):
+            await service.get_run(ANN, "no-such-run")
+
+
+async def test_an_idempotency_key_returns_the_same_run(open_service: OpenService) -> None:
+    async with open_service() as service:
+        request = RunRequest("quick", {"name": "a"}, idempotency_key="k-1")
+        first = await service.submit(ANN, request)
+        again = await service.submit(ANN, request)
+        assert first.created and not again.created
+        assert again.run.id == first.run.id
+        with pytest.raises(IdempotencyKeyReused):
+            await service.submit(ANN, RunRequest("quick", {"name": "b"}, idempotency_key="k-1"))
+        other_key = await service.submit(BOB, request)  # keys are scoped per API key
+        assert other_key.created and other_key.run.id != first.run.id
+        with pytest.raises(IdempotencyConflict):
+            await service.submit(ANN, RunRequest("quick", {"name": "a"}, idempotency_key="k-1",
+                                                 on_conflict=OnConflict.FAIL))
+
+
+async def test_fail_on_running_refuses_while_running_then_starts_a_new_run(
+        open_service: OpenService) -> None:
+    async with open_service() as service:
+        request = RunRequest("slow", idempotency_key="job-7",
+                             on_conflict=OnConflict.FAIL_ON_RUNNING)
+        first = (await service.submit(ANN, request)).run
+        await until_status(service, first.id, RunStatus.RUNNING)
+        with pytest.raises(IdempotencyConflict):
+            await service.submit(ANN, request)
+        assert (await service.stop(ANN, first.id)).status is RunStatus.STOPPED
+        second = await service.submit(ANN, request)
+        assert second.created and second.run.id != first.id
+        # the key now names the new run
+        again = await service.submit(ANN, RunRequest("slow", idempotency_key="job-7"))
+        assert not again.created and again.run.id == second.run.id
+        await service.stop(ANN, second.run.id)
+
+
+async def test_a_full_queue_refuses_runs_and_writes_nothing(open_service: OpenService) -> None:
+    async with open_service(max_concurrent_runs=1, max_queued=1) as service:
+        running = (await service.submit(ANN, RunRequest("slow"))).run
+        await until_status(service, running.id, RunStatus.RUNNING)
+        queued = (await service.submit(ANN, RunRequest("slow"))).run
+        with pytest.raises(QueueFull):
+            await service.submit(ANN, RunRequest("slow"))
+        with pytest.raises(QueueFull):  # checked again inside the accept's transaction
+            await service.submit(ANN, RunRequest("slow", idempotency_key="k"))
+        runs, _ = await service.list_runs(ANN, "slow")
+        assert {r.id for r in runs} == {running.id, queued.id}
+        await service.stop(ANN, queued.id)
+        await service.stop(ANN, running.id)
+
+
+async def test_a_draining_service_accepts_and_starts_nothing(open_service: OpenService) -> None:
+    async with open_service(max_concurrent_runs=1) as service:
+        running = (await service.submit(ANN, RunRequest("slow"))).run
+        await until_status(service, running.id, RunStatus.RUNNING)
+        queued = (await service.submit(ANN, RunRequest("quick"))).run
+        service.begin_drain()
+        assert service.health()["status"] == "draining"
+        with pytest.raises(Unavailable):
+            await service.submit(ANN, RunRequest("quick"))
+        with pytest.raises(Unavailable):  # a run that will not finish before shutdown
+            await service.wait(ANN, running.id, within_s=0.05)
+        await service.stop(ANN, running.id)  # frees the slot...
+        await anyio.wait_all_tasks_blocked()  # (the dispatcher had its turn)
+        assert (service.health()["queued"], service.health()["running"]) == (1, 0)  # ...unused
+        assert (await service.get_run(ANN, queued.id)).status is RunStatus.QUEUED
+
+
+async def test_wait_answers_within_its_budget_for_a_run_that_goes_on(
+        open_service: OpenService) -> None:
+    async with open_service() as service:
+        run = (await service.submit(ANN, RunRequest("slow"))).run
+        began = time.monotonic()
+        waited = await service.wait(ANN, run.id, within_s=0.3)
+        elapsed = time.monotonic() - began
+        assert waited.status in {RunStatus.QUEUED, RunStatus.RUNNING}
+        assert 0.3 <= elapsed < 2
+        await service.stop(ANN, run.id)
+
+
+async def test_stop_a_running_a_queued_and_a_finished_run(open_service: OpenService) -> None:
+    async with open_service(max_concurrent_runs=1) as service:
+        finished = (await service.submit(ANN, RunRequest("quick"))).run
+        assert (await service.wait(ANN, finished.id, 5)).status is RunStatus.SUCCEEDED
+        running = (await service.submit(ANN, RunRequest("slow"))).run
+        await until_status(service, running.id, RunStatus.RUNNING)
+        queued = (await service.submit(ANN, RunRequest("quick"))).run
+        stopped_queued = await service.stop(ANN, queued.id, "not needed")
+        assert stopped_queued.status is RunStatus.STOPPED and stopped_queued.nodes == []
+        stopped = await service.stop(ANN, running.id)  # returns once the stop is recorded
+        assert stopped.status is RunStatus.STOPPED
+        assert [(n.node_id, n.status) for n in stopped.nodes] == [("wait", NodeStatus.STOPPED)]
+        unchanged = await service.stop(ANN, finished.id)
+        assert unchanged.status is RunStatus.SUCCEEDED
+        assert unchanged.finished_at == (await service.get_run(ANN, finished.id)).finished_at
