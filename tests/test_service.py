@@ -52,7 +52,7 @@ def open_service(tmp_path: Path) -> OpenService:
         async with flowrun_lifespan(app):
             service: RunService = app.state.service
             for definition in (QUICK, SLOW):
-                await service.register_workflow(ADMIN, definition)
+                await service.workflows.register(ADMIN, definition)
             yield service
 
     return open_
@@ -150,7 +150,7 @@ async def test_a_draining_service_accepts_and_starts_nothing(open_service: OpenS
         running = (await service.submit(ANN, RunRequest("slow"))).run
         await until_status(service, running.id, RunStatus.RUNNING)
         queued = (await service.submit(ANN, RunRequest("quick"))).run
-        service.begin_drain()
+        service.lifecycle.begin_drain()
         assert service.health()["status"] == "draining"
         with pytest.raises(Unavailable):
             await service.submit(ANN, RunRequest("quick"))
