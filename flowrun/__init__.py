@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flowrun.app import create_app, flowrun_lifespan
     from flowrun.definitions import NodeTypes, WorkflowDefinition
-    from flowrun.embedded import run_workflow
     from flowrun.engine.executor import RunOutcome
     from flowrun.engine.nodes import NodeContext, node
     from flowrun.errors import FlowrunError, NodeFailure
-    from flowrun.models import NodeStatus, RunStatus
+    from flowrun.local import run_workflow
+    from flowrun.records import NodeStatus, RunStatus
     from flowrun.settings import Settings
 
     __version__: str
@@ -46,15 +46,15 @@ _EXPORTS = {
     "FlowrunError": "flowrun.errors",
     "NodeContext": "flowrun.engine.nodes",
     "NodeFailure": "flowrun.errors",
-    "NodeStatus": "flowrun.models",
+    "NodeStatus": "flowrun.records",
     "RunOutcome": "flowrun.engine.executor",
-    "RunStatus": "flowrun.models",
+    "RunStatus": "flowrun.records",
     "Settings": "flowrun.settings",
     "WorkflowDefinition": "flowrun.definitions",
     "create_app": "flowrun.app",
     "flowrun_lifespan": "flowrun.app",
     "node": "flowrun.engine.nodes",
-    "run_workflow": "flowrun.embedded",
+    "run_workflow": "flowrun.local",
 }
 
 

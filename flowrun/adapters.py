@@ -12,7 +12,7 @@ from typing import Any
 from flowrun import auth
 from flowrun.definitions import WorkflowDefinition
 from flowrun.errors import BadRequest, RunNotFound, TooManyRequests
-from flowrun.models import RunRecord
+from flowrun.records import RunRecord
 from flowrun.service import RunRequest, RunService
 from flowrun.workflows import WorkflowCatalog
 

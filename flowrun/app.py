@@ -35,10 +35,10 @@ from flowrun.adapters import ServiceChildRuns, ServiceWorkflows
 from flowrun.api import conductor, dify, jobs, langflow, native
 from flowrun.auth import KeyRing
 from flowrun.engine.egress import egress_proxy
+from flowrun.engine.node_services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
-from flowrun.engine.services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.errors import FlowrunError
 from flowrun.events import EventBus
 from flowrun.lifecycle import Lifecycle

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from flowrun.errors import BadRequest, Forbidden, NotFound, Unauthorized
 
 if TYPE_CHECKING:
-    from flowrun.models import ApiKeyRecord
+    from flowrun.records import ApiKeyRecord
     from flowrun.store import Store
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from flowrun.engine.executor import Executor
 from flowrun.engine.nodes import registry
 from flowrun.errors import FlowrunError
 from flowrun.local import folder_services
-from flowrun.models import RunStatus
 from flowrun.progress import PrintingObserver, ProgressPrinter
+from flowrun.records import RunStatus
 from flowrun.serving import DrainingServer, server_config, tune_gc
 from flowrun.settings import ClientSettings, Settings, SettingsError
 from flowrun.store import Store

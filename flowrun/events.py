@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from flowrun.models import NodeRecord
+from flowrun.records import NodeRecord
 
 logger = logging.getLogger(__name__)
 

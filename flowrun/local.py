@@ -1,21 +1,31 @@
-"""Node services for runs without a server (``flowrun run``, ``run_workflow``).
+"""Runs without a server: ``await flowrun.run_workflow(definition, inputs)`` and
+``flowrun run``.
 
-Workflows are found as files in a folder; a ``workflow`` node's child runs
-in-process, to completion, inside the parent's node (no store, no run record).
+Nothing is stored. Workflows are found as files in the definition's folder; a
+``workflow`` node's child runs in-process, to completion, inside the parent's
+node (no store, no run record).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from flowrun.definitions import WorkflowDefinition, check_inputs, load_file, workflow_files
-from flowrun.engine.executor import Executor
+from flowrun.definitions import (
+    WorkflowDefinition,
+    check_inputs,
+    load_file,
+    parse_definition,
+    workflow_files,
+)
+from flowrun.engine.executor import Executor, RunObserver, RunOutcome
+from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import Registry
-from flowrun.engine.services import NodeServices
+from flowrun.engine.nodes import registry as default_registry
 from flowrun.errors import DefinitionError, WorkflowNotFound
 
 
@@ -79,3 +89,25 @@ def folder_services(folder: Path, registry: Registry) -> NodeServices:
     services.workflows = FolderWorkflows(folder, registry)
     services.child_runs = InlineChildRuns(services.workflows, services)
     return services
+
+
+async def run_workflow(definition: WorkflowDefinition | Mapping[str, Any] | str | Path,
+                       inputs: Mapping[str, Any] | None = None, *,
+                       observer: RunObserver | None = None,
+                       registry: Registry = default_registry) -> RunOutcome:
+    """Validate inputs and run a workflow to completion in this process; nothing is stored.
+
+    A definition given as a file may call the workflows in its folder by name, as
+    with ``flowrun run``.
+    """
+    services = None
+    if isinstance(definition, str | Path):
+        path = Path(definition)
+        definition = load_file(path, registry=registry)
+        services = folder_services(path.parent, registry)
+    elif not isinstance(definition, WorkflowDefinition):
+        definition = parse_definition(definition, registry=registry)
+    checked = check_inputs(definition, inputs or {})
+    executor = Executor(definition, run_id=str(uuid.uuid4()), inputs=checked,
+                        observer=observer, registry=registry, services=services)
+    return await executor.execute()

@@ -12,7 +12,7 @@ import uuid
 from typing import Any, TextIO
 
 from flowrun.events import node_finished_payload, node_payload
-from flowrun.models import NodeRecord
+from flowrun.records import NodeRecord
 
 _MARKS = {"succeeded": "✓", "failed": "✗", "stopped": "■"}
 

@@ -20,12 +20,12 @@ import anyio
 from flowrun import ids
 from flowrun.definitions import WorkflowDefinition, parse_definition, with_graph
 from flowrun.engine.executor import Executor, RunOutcome
+from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import Registry
-from flowrun.engine.services import NodeServices
 from flowrun.errors import DefinitionError, FlowrunError, Unavailable
 from flowrun.events import Event, EventBus, node_finished_payload, node_payload
 from flowrun.metrics import Metrics
-from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
+from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store import Store, WriteResult
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import anyio
 import anyio.abc
 
 from flowrun.engine.executor import Executor, RunOutcome
-from flowrun.models import RunRecord, RunStatus
+from flowrun.records import RunRecord, RunStatus
 from flowrun.runner import Runner
 
 logger = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from flowrun.errors import (
 )
 from flowrun.events import Event, EventBus, follow
 from flowrun.lifecycle import Lifecycle
-from flowrun.models import (
+from flowrun.records import (
     RUN_TERMINAL,
     IdempotencyClaim,
     KeyHolder,

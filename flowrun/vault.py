@@ -13,7 +13,7 @@ import re
 from flowrun.auth import Principal, require_admin
 from flowrun.engine import secrets
 from flowrun.errors import BadRequest, NotFound
-from flowrun.models import SecretRecord
+from flowrun.records import SecretRecord
 from flowrun.store import Store
 
 logger = logging.getLogger(__name__)

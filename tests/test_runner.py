@@ -21,7 +21,7 @@ from flowrun.engine.nodes import NodeContext, Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.errors import NodeFailure, Unavailable
 from flowrun.events import Event, EventBus
-from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
+from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.runner import Runner
 from flowrun.store import Store
 

@@ -17,7 +17,7 @@ import anyio
 import anyio.abc
 
 from flowrun.engine.executor import RunOutcome
-from flowrun.models import RunRecord, RunStatus
+from flowrun.records import RunRecord, RunStatus
 from flowrun.scheduler import HandleState, RunHandle, Scheduler
 
 

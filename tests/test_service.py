@@ -26,7 +26,7 @@ from flowrun.errors import (
     RunNotFound,
     Unavailable,
 )
-from flowrun.models import NodeStatus, OnConflict, RunRecord, RunStatus
+from flowrun.records import NodeStatus, OnConflict, RunRecord, RunStatus
 from flowrun.service import RunRequest, RunService
 
 ADMIN = Principal("admin", Scope.ADMIN)

@@ -29,7 +29,7 @@ from flowrun.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from flowrun.models import OnConflict, RunRecord
+from flowrun.records import OnConflict, RunRecord
 from flowrun.service import RunService
 from flowrun.vault import Vault
 from flowrun.workflows import WorkflowCatalog

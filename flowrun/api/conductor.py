@@ -36,7 +36,7 @@ from flowrun.api.common import (
     service_of,
 )
 from flowrun.errors import BadRequest, Conflict, FlowrunError, NotFound, Unauthorized
-from flowrun.models import RUN_TERMINAL, NodeRecord, NodeStatus, OnConflict, RunRecord, RunStatus
+from flowrun.records import RUN_TERMINAL, NodeRecord, NodeStatus, OnConflict, RunRecord, RunStatus
 from flowrun.service import RunRequest
 
 _STATUS = {RunStatus.QUEUED: "RUNNING", RunStatus.RUNNING: "RUNNING",

@@ -43,7 +43,7 @@ from flowrun.api.common import (
 from flowrun.auth import Principal
 from flowrun.errors import BadRequest, FlowrunError, NotFound, RunNotFound
 from flowrun.events import Event
-from flowrun.models import RUN_TERMINAL, RunRecord, RunStatus
+from flowrun.records import RUN_TERMINAL, RunRecord, RunStatus
 from flowrun.service import RunRequest, RunService
 
 _TRACE = re.compile(r"^[A-Za-z0-9\-_]{1,128}$")

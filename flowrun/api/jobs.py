@@ -40,7 +40,7 @@ from flowrun.api.common import (
 from flowrun.auth import Principal
 from flowrun.errors import DefinitionError, FlowrunError, RunNotFound, WorkflowNotFound
 from flowrun.events import Event
-from flowrun.models import NodeStatus, RunRecord, RunStatus, rfc3339
+from flowrun.records import NodeStatus, RunRecord, RunStatus, rfc3339
 from flowrun.service import RunRequest, RunService
 
 TIMEOUT_MESSAGE = "Job execution timeout: the job is still running but exceeded the wait time."

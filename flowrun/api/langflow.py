@@ -40,7 +40,7 @@ from flowrun.api.common import (
 from flowrun.auth import Principal
 from flowrun.errors import BadRequest, FlowrunError, RunNotFound, WorkflowNotFound
 from flowrun.events import Event
-from flowrun.models import RUN_TERMINAL, NodeStatus, OnConflict, RunRecord, RunStatus, rfc3339
+from flowrun.records import RUN_TERMINAL, NodeStatus, OnConflict, RunRecord, RunStatus, rfc3339
 from flowrun.service import RunRequest, RunService
 
 _STATUS = {RunStatus.QUEUED: "queued", RunStatus.RUNNING: "in_progress",

@@ -38,7 +38,7 @@ from flowrun.definitions import NAME_PATTERN
 from flowrun.errors import BadRequest, FlowrunError, NotFound
 from flowrun.events import Event
 from flowrun.metrics import CONTENT_TYPE_LATEST
-from flowrun.models import RunStatus
+from flowrun.records import RunStatus
 from flowrun.service import RunRequest, Submission
 
 PROBLEM_TYPE = "application/problem+json"

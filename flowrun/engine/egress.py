@@ -25,7 +25,7 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from flowrun.engine.netguard import address_allowed, system_resolve
-from flowrun.engine.services import HttpPolicy
+from flowrun.engine.node_services import HttpPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ import pydantic
 
 from flowrun import expressions
 from flowrun.definitions import EdgeSpec, NodeSpec, WorkflowDefinition
+from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import NodeContext, Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.secrets import SecretRefs
-from flowrun.engine.services import NodeServices
 from flowrun.errors import ExpressionError, NodeFailure
-from flowrun.models import NodeRecord, NodeStatus, RunStatus
+from flowrun.records import NodeRecord, NodeStatus, RunStatus
 
 logger = logging.getLogger(__name__)
 

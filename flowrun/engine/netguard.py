@@ -22,7 +22,7 @@ import certifi
 import httpcore
 import httpx
 
-from flowrun.engine.services import HttpPolicy
+from flowrun.engine.node_services import HttpPolicy
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 BLOCKED = "blocked"

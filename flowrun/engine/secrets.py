@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import httpx
 
 from flowrun.errors import NodeFailure
-from flowrun.models import SecretRecord
+from flowrun.records import SecretRecord
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)

@@ -18,11 +18,11 @@ from flowrun.definitions import parse_definition
 from flowrun.engine import cgroups
 from flowrun.engine import jail as jails
 from flowrun.engine.executor import Executor, RunOutcome
+from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import registry
 from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
 from flowrun.engine.sandbox import _discard as discard
-from flowrun.engine.services import NodeServices
-from flowrun.models import RunStatus
+from flowrun.records import RunStatus
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from flowrun.definitions import parse_definition
 from flowrun.engine.executor import Executor
 from flowrun.engine.nodes import NodeContext, registry
 from flowrun.errors import NodeFailure
-from flowrun.models import NodeRecord, NodeStatus, RunStatus
+from flowrun.records import NodeRecord, NodeStatus, RunStatus
 
 REG = registry.copy()
 CALLS: dict[str, int] = {}

@@ -15,9 +15,9 @@ from starlette.routing import Route
 from flowrun.definitions import parse_definition
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.netguard import address_allowed
+from flowrun.engine.node_services import HttpPolicy, NodeServices
 from flowrun.engine.nodes import registry
-from flowrun.engine.services import HttpPolicy, NodeServices
-from flowrun.models import RunStatus
+from flowrun.records import RunStatus
 from tests.local_server import serve
 
 

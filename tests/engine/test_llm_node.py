@@ -16,9 +16,9 @@ from starlette.routing import Route
 
 from flowrun.definitions import parse_definition
 from flowrun.engine.executor import Executor, RunOutcome
+from flowrun.engine.node_services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.engine.nodes import registry
-from flowrun.engine.services import HttpPolicy, LlmDefaults, NodeServices
-from flowrun.models import NodeRecord, RunStatus
+from flowrun.records import NodeRecord, RunStatus
 from tests.local_server import serve
 
 SEEN: list[dict[str, Any]] = []

@@ -9,10 +9,10 @@ import pytest
 
 from flowrun.definitions import WorkflowDefinition, parse_definition
 from flowrun.engine.executor import Executor, RunOutcome
+from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import NodeContext, registry
-from flowrun.engine.services import NodeServices
 from flowrun.errors import DefinitionError, NodeFailure, WorkflowNotFound
-from flowrun.models import NodeRecord, RunStatus
+from flowrun.records import NodeRecord, RunStatus
 from tests.imports import modules_after
 
 REG = registry.copy()

@@ -7,7 +7,7 @@ import pytest
 
 from flowrun.engine.secrets import SecretRefs, SecretUse, check_prefix, url_allowed
 from flowrun.errors import NodeFailure
-from flowrun.models import SecretRecord
+from flowrun.records import SecretRecord
 
 
 @pytest.mark.parametrize(("url", "ok"), [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
-from flowrun.engine.services import NodeServices
 
 
 async def code(ctx: NodeContext, *, code: str,

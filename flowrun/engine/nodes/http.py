@@ -17,9 +17,9 @@ from typing import Any, Literal
 import httpx
 
 from flowrun.engine.netguard import BLOCKED, guarded_client
+from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.engine.secrets import SecretUse
-from flowrun.engine.services import NodeServices
 from flowrun.errors import NodeFailure
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]

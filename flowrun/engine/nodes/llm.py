@@ -20,11 +20,11 @@ import httpx
 from httpx_sse import EventSource
 
 from flowrun.engine.netguard import BLOCKED, guarded_client
+from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.engine.secrets import SecretUse
-from flowrun.engine.services import NodeServices
 from flowrun.errors import NodeFailure
-from flowrun.models import SecretRecord
+from flowrun.records import SecretRecord
 
 SERVER_KEY = "llm_api_key"  # how the server's own key shows up in anything recorded
 

@@ -20,10 +20,10 @@ import pydantic
 
 from flowrun import expressions
 from flowrun.definitions import NodeTypes, check_inputs, parse_definition
+from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
-from flowrun.engine.services import NodeServices
 from flowrun.errors import DefinitionError, FlowrunError, NodeFailure
-from flowrun.models import NodeRecord, RunStatus
+from flowrun.records import NodeRecord, RunStatus
 
 if TYPE_CHECKING:
     from flowrun.engine.executor import RunObserver

@@ -21,7 +21,7 @@ from flowrun.errors import NodeFailure
 if TYPE_CHECKING:
     from flowrun.definitions import NodeTypes, WorkflowDefinition
     from flowrun.engine.executor import GraphRun, RunObserver
-    from flowrun.engine.services import NodeServices
+    from flowrun.engine.node_services import NodeServices
 
 logger = logging.getLogger(__name__)
 

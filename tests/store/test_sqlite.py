@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from flowrun.events import Event
-from flowrun.models import NodeRecord, NodeStatus, RunRecord, RunStatus
+from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store import Store
 from flowrun.store.schema import SCHEMA_VERSION
 

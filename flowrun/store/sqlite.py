@@ -1,4 +1,4 @@
-"""The SQLite repository: typed reads on a reader connection, writes via the writer.
+"""The SQLite Store: typed reads on a reader connection, writes via the writer.
 
 ``Store.open`` is an async context manager that connects (WAL mode, busy
 timeout), migrates the schema, and runs the group-commit writer in its own
@@ -23,7 +23,7 @@ import orjson
 
 from flowrun.errors import Unavailable
 from flowrun.events import Event
-from flowrun.models import (
+from flowrun.records import (
     RUN_TERMINAL,
     ApiKeyRecord,
     IdempotencyClaim,
@@ -270,8 +270,8 @@ class Store:
         """False while the database refuses writes (locked, read-only, full)."""
         return self._writer.healthy
 
-    def submit(self, sql: str, params: Sequence[Any] = (), *,
-               durable: bool = False) -> WriteResult[None]:
+    def write_sql(self, sql: str, params: Sequence[Any] = (), *,
+                  durable: bool = False) -> WriteResult[None]:
         """Queue one statement for the next group commit without waiting."""
 
         def op(conn: sqlite3.Connection) -> None:
@@ -281,7 +281,7 @@ class Store:
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one statement and wait for its commit."""
-        await self.submit(sql, params).wait()
+        await self.write_sql(sql, params).wait()
 
     # --- workflows ------------------------------------------------------------------
 
