@@ -19,6 +19,7 @@ import pytest
 
 from flowrun import Settings, create_app, flowrun_lifespan
 from flowrun.auth import Principal, Scope
+from flowrun.definitions import WorkflowDefinition
 from flowrun.errors import (
     IdempotencyConflict,
     IdempotencyKeyReused,
@@ -26,8 +27,15 @@ from flowrun.errors import (
     RunNotFound,
     Unavailable,
 )
-from flowrun.records import NodeStatus, OnConflict, RunRecord, RunStatus
-from flowrun.service import RunRequest, RunService
+from flowrun.records import (
+    IdempotencyClaim,
+    KeyHolder,
+    NodeStatus,
+    OnConflict,
+    RunRecord,
+    RunStatus,
+)
+from flowrun.service import RunRequest, RunService, reuses, split_dotted_inputs
 
 ADMIN = Principal("admin", Scope.ADMIN)
 ANN = Principal("key-ann")
@@ -189,3 +197,45 @@ async def test_stop_a_running_a_queued_and_a_finished_run(open_service: OpenServ
         unchanged = await service.stop(ANN, finished.id)
         assert unchanged.status is RunStatus.SUCCEEDED
         assert unchanged.finished_at == (await service.get_run(ANN, finished.id)).finished_at
+
+
+# --- the rules the service applies (no store) -------------------------------------
+
+def _claim(on_conflict: OnConflict, fingerprint: str = "same") -> IdempotencyClaim:
+    return IdempotencyClaim("key-ann", "quick", "k", fingerprint, on_conflict)
+
+
+def test_a_key_holder_is_reused_or_refused_per_strategy() -> None:
+    live = KeyHolder("run-1", RunStatus.RUNNING, "same")
+    done = KeyHolder("run-1", RunStatus.SUCCEEDED, "same")
+    assert reuses(_claim(OnConflict.RETURN_EXISTING), live)
+    with pytest.raises(IdempotencyKeyReused):  # same key, another request
+        reuses(_claim(OnConflict.RETURN_EXISTING, "other"), live)
+    with pytest.raises(IdempotencyConflict):
+        reuses(_claim(OnConflict.FAIL), done)
+    with pytest.raises(IdempotencyConflict):
+        reuses(_claim(OnConflict.FAIL_ON_RUNNING), live)
+    assert not reuses(_claim(OnConflict.FAIL_ON_RUNNING), done)  # a new run takes the key
+
+
+def test_inputs_that_name_a_node_become_its_param_overrides() -> None:
+    definition = WorkflowDefinition.model_validate({
+        "name": "x", "inputs": {"text": {"type": "string"}, "t.fixed": {"type": "string"}},
+        "nodes": [{"id": "t", "type": "template", "template": "{{ inputs.text }}"}]})
+    plain, overrides = split_dotted_inputs(definition, {
+        "text": "a", "t.template": "b", "t": {"title": "c"}, "t.fixed": "d", "u.x": "e"})
+    assert plain == {"text": "a", "t.fixed": "d", "u.x": "e"}  # declared, or no such node
+    assert overrides == {"t": {"template": "b", "title": "c"}}
+
+
+async def test_run_sync_counts_its_budget_from_the_request(open_service: OpenService) -> None:
+    async with open_service(run_sync_max_timeout_s=30) as service:
+        assert service.sync_timeout(None) == service.settings.run_sync_default_timeout_s
+        assert service.sync_timeout(300) == 30  # capped
+        done = await service.run_sync(ANN, RunRequest("quick"), 5)
+        assert done.finished and done.submission.created and done.timeout_s == 5
+        began = time.monotonic() - 0.3  # the request arrived 0.3 s ago
+        late = await service.run_sync(ANN, RunRequest("slow"), 0.5, started=began)
+        assert not late.finished and late.run.status is RunStatus.RUNNING
+        assert 0.45 <= late.elapsed_s < 1.5  # the 0.3 s before the call counted
+        await service.stop(ANN, late.run.id)
