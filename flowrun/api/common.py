@@ -29,6 +29,7 @@ from flowrun.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from flowrun.events import Event
 from flowrun.records import OnConflict, RunRecord
 from flowrun.service import RunService
 from flowrun.vault import Vault
@@ -288,6 +289,14 @@ def last_event_id(request: Request) -> int:
         raise BadRequest(f"{field} must be a non-negative event sequence number",
                          errors=[{"field": field, "message": "must be an integer >= 0"}])
     return value
+
+
+async def encoded(events: AsyncGenerator[Event, None], encode: Callable[[Event], ServerSentEvent]
+                  ) -> AsyncGenerator[ServerSentEvent, None]:
+    """A run's events as a dialect's SSE frames; closing this closes ``events``."""
+    async with aclosing(events):
+        async for event in events:
+            yield encode(event)
 
 
 async def _paced(frames: AsyncGenerator[ServerSentEvent, None]

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +26,7 @@ from starlette.routing import Route
 
 from flowrun.api.common import (
     JSONResponse,
+    encoded,
     error_handlers,
     id_number,
     idempotency_of,
@@ -123,13 +122,8 @@ def encode_event(event: Event, run: RunRecord) -> ServerSentEvent:
 def event_stream(request: Request, service: RunService, principal: Principal, run: RunRecord,
                  after: int = 0) -> EventSourceResponse:
     events = service.follow(principal, run.id, after)
-
-    async def frames() -> AsyncGenerator[ServerSentEvent, None]:
-        async with aclosing(events):
-            async for event in events:
-                yield encode_event(event, run)
-
-    return sse_response(request, frames(), ping_event=True)
+    return sse_response(request, encoded(events, lambda event: encode_event(event, run)),
+                        ping_event=True)
 
 
 def _trace_id(request: Request, body: DifyRunBody) -> str | None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +27,7 @@ from starlette.routing import Route
 from flowrun.api.common import (
     MAX_NUMBER,
     JSONResponse,
+    encoded,
     error_handlers,
     parse_model,
     principal_of,
@@ -160,14 +159,8 @@ def encode_event(event: Event) -> ServerSentEvent:
 
 def event_stream(request: Request, service: RunService, principal: Principal, run_id: str,
                  after: int) -> Response:
-    events = service.follow(principal, run_id, after)
-
-    async def frames() -> AsyncGenerator[ServerSentEvent, None]:
-        async with aclosing(events):
-            async for event in events:
-                yield encode_event(event)
-
-    return sse_response(request, frames())
+    return sse_response(request, encoded(service.follow(principal, run_id, after),
+                                         encode_event))
 
 
 async def run_workflow(request: Request) -> Response:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +18,7 @@ from starlette.routing import Route
 
 from flowrun.api.common import (
     JSONResponse,
+    encoded,
     error_handlers,
     idempotency_of,
     keys_of,
@@ -157,12 +157,7 @@ def encode_event(event: Event) -> ServerSentEvent:
 
 def event_stream(request: Request, events: AsyncGenerator[Event, None],
                  headers: dict[str, str] | None = None) -> EventSourceResponse:
-    async def frames() -> AsyncGenerator[ServerSentEvent, None]:
-        async with aclosing(events):
-            async for event in events:
-                yield encode_event(event)
-
-    return sse_response(request, frames(), headers=headers)
+    return sse_response(request, encoded(events, encode_event), headers=headers)
 
 
 async def run_events(request: Request) -> Response:
