@@ -97,6 +97,14 @@ class NodeRecord:
         return data or None
 
     @property
+    def tokens(self) -> int:
+        """Tokens the node reported using (an llm node's ``usage.total_tokens``), else 0."""
+        usage = self.outputs.get("usage") if isinstance(self.outputs, dict) else None
+        if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+            return int(usage["total_tokens"])
+        return 0
+
+    @property
     def elapsed_s(self) -> float | None:
         if self.started_at is None or self.finished_at is None:
             return None
@@ -141,6 +149,14 @@ class RunRecord:
     depth: int = 0  # 0 for a run started through the API, parent's + 1 for a child
     root_run_id: str | None = None  # the depth-0 run of a child's tree
     nodes: list[NodeRecord] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the node reported using (an llm node's ``usage.total_tokens``), else 0."""
+        usage = self.outputs.get("usage") if isinstance(self.outputs, dict) else None
+        if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+            return int(usage["total_tokens"])
+        return 0
 
     @property
     def elapsed_s(self) -> float | None:

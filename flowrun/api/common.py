@@ -20,7 +20,6 @@ from starlette.responses import Response
 
 from flowrun import ids
 from flowrun.auth import KeyRing, Principal, key_from_headers
-from flowrun.engine.executor import node_tokens
 from flowrun.errors import (
     BadRequest,
     FlowrunError,
@@ -270,7 +269,7 @@ def unix(ts: float | None) -> int | None:
 
 def run_tokens(run: RunRecord) -> int:
     """Tokens the run's nodes reported (an llm node's usage)."""
-    return sum(node_tokens(n) for n in run.nodes)
+    return sum(n.tokens for n in run.nodes)
 
 
 def last_event_id(request: Request) -> int:

@@ -79,7 +79,7 @@ class RunOutcome:
     @property
     def total_tokens(self) -> int:
         """Tokens reported by nodes (an llm node's ``usage``), summed over the run."""
-        return sum(node_tokens(n) for n in self.nodes)
+        return sum(n.tokens for n in self.nodes)
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,6 @@ class GraphRun:
 
     outcome: RunOutcome
     context: Mapping[str, Any]
-
-
-def node_tokens(node: NodeRecord) -> int:
-    usage = node.outputs.get("usage") if isinstance(node.outputs, dict) else None
-    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
-        return int(usage["total_tokens"])
-    return 0
 
 
 def storable(value: Any, what: str) -> Any:
