@@ -134,7 +134,7 @@ class Runner:
         elif (run.workflow, run.version) in self._definitions:
             definition = self._definitions[(run.workflow, run.version)]
         else:
-            found = await self.store.get_workflow(run.workflow, run.version)
+            found = await self.store.get_workflow(run.workflow, run.version, deleted=True)
             if found is None:
                 raise DefinitionError(f"workflow {run.workflow!r} version {run.version} is gone")
             definition = parse_definition(found[1], source=run.workflow, registry=self.registry)

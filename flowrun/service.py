@@ -234,15 +234,16 @@ class RunService:
             raise RunNotFound(f"run number {number} not found")
         return await self.get_run(principal, run_id)
 
-    async def list_runs(self, principal: auth.Principal, workflow: str, *,
+    async def list_runs(self, principal: auth.Principal, workflow: str | None, *,
                         status: str | None = None, correlation_id: str | None = None,
                         limit: int = 20, cursor: str | None = None
                         ) -> tuple[list[RunRecord], str | None]:
-        """Runs of a workflow made by this key (any key's for an admin), newest first, and
-        the next page's cursor."""
-        auth.require_workflow(principal, workflow)
-        if not await self.store.workflow_exists(workflow):
-            raise WorkflowNotFound(f"workflow {workflow!r} is not registered")
+        """Runs of a workflow (of every workflow, with None) made by this key (any key's
+        for an admin), newest first, and the next page's cursor."""
+        if workflow is not None:
+            auth.require_workflow(principal, workflow)
+            if not await self.store.workflow_exists(workflow):
+                raise WorkflowNotFound(f"workflow {workflow!r} is not registered")
         before = None
         if cursor:
             try:
@@ -258,6 +259,17 @@ class RunService:
                                           before_num=before)
         next_cursor = str(runs[-1].num) if len(runs) == limit else None
         return runs, next_cursor
+
+    async def delete_run(self, principal: auth.Principal, run_id: str) -> None:
+        """Delete a finished run with its nodes and events (admin only); Conflict while it
+        is live."""
+        auth.require_admin(principal, "deleting runs")
+        status = await self.store.delete_run(run_id)
+        if status is None:
+            raise RunNotFound(f"run {run_id!r} not found")
+        if status not in RUN_TERMINAL:
+            raise Conflict(f"run {run_id} is {status.value}; stop it before deleting it")
+        logger.info("run %s: deleted", run_id)
 
     async def wait(self, principal: auth.Principal, run_id: str,
                    within_s: float) -> RunRecord:

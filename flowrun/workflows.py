@@ -20,7 +20,7 @@ from flowrun import definitions, ids
 from flowrun.auth import Principal, require_admin, require_workflow
 from flowrun.definitions import WorkflowDefinition
 from flowrun.engine.nodes import Registry
-from flowrun.errors import DefinitionError, VersionNotFound, WorkflowNotFound
+from flowrun.errors import Conflict, DefinitionError, VersionNotFound, WorkflowNotFound
 from flowrun.store import Store
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,33 @@ class WorkflowCatalog:
     async def number(self, name: str) -> int | None:
         """A workflow's number (its id in the jobs API), None when it is not registered."""
         return await self.store.workflow_number(name)
+
+    async def versions(self, principal: Principal, name: str) -> list[tuple[int, float]]:
+        """(version, created_at) of each live version, oldest first."""
+        require_workflow(principal, name)
+        found = await self.store.workflow_versions(name)
+        if not found:
+            raise WorkflowNotFound(f"workflow {name!r} is not registered")
+        return found
+
+    async def delete(self, principal: Principal, name: str, version: int | None = None
+                     ) -> int:
+        """Delete a version, or every version (admin only); Conflict while runs of it are
+        queued, running or paused. Its finished runs stay, and can still be retried."""
+        require_admin(principal, "deleting workflows")
+        await self.get(name, version)  # WorkflowNotFound / VersionNotFound
+        deleted, live = await self.store.delete_workflow(name, version)
+        if live:
+            what = f"version {version} of {name!r}" if version is not None else repr(name)
+            raise Conflict(f"{live} runs of workflow {what} are still live; stop them or "
+                           f"wait for them to finish",
+                           errors=[{"field": "name", "message": "has live runs"}])
+        self._latest.pop(name, None)  # recomputed from the store on the next read
+        for key in [k for k in self._versions if k[0] == name]:
+            del self._versions[key]
+        logger.info("workflow %s: deleted %s", name,
+                    f"version {version}" if version is not None else "every version")
+        return deleted
 
     async def list(self, principal: Principal) -> list[tuple[str, int, WorkflowDefinition]]:
         """The workflows a caller may use, each at its latest version."""

@@ -27,6 +27,7 @@ from flowrun.api.common import (
     principal_of,
     query_int,
     read_json,
+    read_json_or_yaml,
     service_of,
     sse_response,
     vault_of,
@@ -117,11 +118,26 @@ async def get_workflow(request: Request) -> Response:
 async def put_workflow(request: Request) -> Response:
     principal = await principal_of(request)
     require_admin(principal, "registering workflows")  # before reading the body
-    data = await read_json(request, _max_body(request))
+    data = await read_json_or_yaml(request, _max_body(request))
     version, created = await workflows_of(request).register(principal, data,
                                                              name=request.path_params["name"])
     return JSONResponse({"name": request.path_params["name"], "version": version,
                          "created": created}, status_code=201 if created else 200)
+
+
+async def workflow_versions(request: Request) -> Response:
+    principal = await principal_of(request)
+    name = request.path_params["name"]
+    found = await workflows_of(request).versions(principal, name)
+    return JSONResponse({"name": name, "versions": [
+        {"version": version, "created_at": int(created)} for version, created in found]})
+
+
+async def delete_workflow(request: Request) -> Response:
+    principal = await principal_of(request)
+    version = query_int(request, "version", None, minimum=1, maximum=2**31)
+    await workflows_of(request).delete(principal, request.path_params["name"], version)
+    return Response(status_code=204)
 
 
 # --- runs --------------------------------------------------------------------------
@@ -202,14 +218,17 @@ async def run_sync(request: Request) -> Response:
 
 
 async def list_runs(request: Request) -> Response:
+    """Runs of the workflow in the path, or (``GET /runs``) of every workflow or of
+    ``?workflow=``."""
     principal = await principal_of(request)
     status = request.query_params.get("status")
     if status is not None and status not in {s.value for s in RunStatus}:
         raise BadRequest(f"status must be one of {', '.join(s.value for s in RunStatus)}",
                          errors=[{"field": "status", "message": "unknown status"}])
     limit = query_int(request, "limit", 20, minimum=1, maximum=1000) or 20
+    workflow = request.path_params.get("name") or request.query_params.get("workflow") or None
     runs, cursor = await service_of(request).list_runs(
-        principal, request.path_params["name"], status=status,
+        principal, workflow, status=status,
         correlation_id=request.query_params.get("correlation_id"), limit=limit,
         cursor=request.query_params.get("cursor"))
     return JSONResponse({"runs": [r.to_json(with_nodes=False) for r in runs],
@@ -236,6 +255,40 @@ async def stop_run(request: Request) -> Response:
     principal = await principal_of(request)
     run = await service_of(request).stop(principal, request.path_params["run_id"])
     return JSONResponse(run.to_json())
+
+
+async def delete_run(request: Request) -> Response:
+    principal = await principal_of(request)
+    await service_of(request).delete_run(principal, request.path_params["run_id"])
+    return Response(status_code=204)
+
+
+async def pause_run(request: Request) -> Response:
+    principal = await principal_of(request)
+    run = await service_of(request).pause(principal, request.path_params["run_id"])
+    return JSONResponse(run.to_json())
+
+
+async def resume_run(request: Request) -> Response:
+    principal = await principal_of(request)
+    run = await service_of(request).resume(principal, request.path_params["run_id"])
+    return JSONResponse(run.to_json())
+
+
+async def retry_run(request: Request) -> Response:
+    """Run a failed (or stopped, timed out) run again from its failed nodes."""
+    principal = await principal_of(request)
+    run = await service_of(request).rerun(principal, request.path_params["run_id"],
+                                          from_failure=True)
+    return JSONResponse(run.to_json(), status_code=202)
+
+
+async def restart_run(request: Request) -> Response:
+    """Run a finished run again from scratch, under the same id."""
+    principal = await principal_of(request)
+    run = await service_of(request).rerun(principal, request.path_params["run_id"],
+                                          from_failure=False)
+    return JSONResponse(run.to_json(), status_code=202)
 
 
 # --- keys (admin) ------------------------------------------------------------------
@@ -332,12 +385,20 @@ routes = [
     Route("/workflows", list_workflows, methods=["GET"]),
     Route("/workflows/{name}", get_workflow, methods=["GET"]),
     Route("/workflows/{name}", put_workflow, methods=["PUT"]),
+    Route("/workflows/{name}", delete_workflow, methods=["DELETE"]),
+    Route("/workflows/{name}/versions", workflow_versions, methods=["GET"]),
     Route("/workflows/{name}/run", run_async, methods=["POST"]),
     Route("/workflows/{name}/run-sync", run_sync, methods=["POST"]),
     Route("/workflows/{name}/runs", list_runs, methods=["GET"]),
     Route("/workflows/{name}/runs/latest", latest_run, methods=["GET"]),
+    Route("/runs", list_runs, methods=["GET"]),
     Route("/runs/{run_id}", get_run, methods=["GET"]),
+    Route("/runs/{run_id}", delete_run, methods=["DELETE"]),
     Route("/runs/{run_id}/stop", stop_run, methods=["POST"]),
+    Route("/runs/{run_id}/pause", pause_run, methods=["POST"]),
+    Route("/runs/{run_id}/resume", resume_run, methods=["POST"]),
+    Route("/runs/{run_id}/retry", retry_run, methods=["POST"]),
+    Route("/runs/{run_id}/restart", restart_run, methods=["POST"]),
     Route("/runs/{run_id}/events", run_events, methods=["GET"]),
     Route("/keys", list_keys, methods=["GET"]),
     Route("/keys", create_key, methods=["POST"]),

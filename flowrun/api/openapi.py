@@ -58,7 +58,7 @@ class _Spec:
     def op(self, path: str, method: str, summary: str, *, error: str, ok: str = "200",
            body: type[BaseModel] | dict[str, Any] | None = None,
            query: tuple[str, ...] = (), stream: bool = False, public: bool = False,
-           also: tuple[str, ...] = ()) -> None:
+           also: tuple[str, ...] = (), yaml: bool = False) -> None:
         media = _MEDIA.get(error, "application/json")
         problem = {"description": f"{error}: the error shape of this API",
                    "content": {media: {"schema": {"$ref": f"#/components/schemas/{error}"}}}}
@@ -83,6 +83,8 @@ class _Spec:
             schema = {"$ref": self.model(body)} if isinstance(body, type) else body
             operation["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": schema}}}
+            if yaml:  # the same document, written as YAML
+                operation["requestBody"]["content"]["application/yaml"] = {"schema": schema}
         self.paths.setdefault(path, {})[method] = operation
 
 
@@ -104,8 +106,11 @@ def build_spec(native_models: dict[str, type[BaseModel]]) -> dict[str, Any]:
     spec.op("/metrics", "get", "Prometheus metrics", error=p)
     spec.op("/workflows", "get", "Workflows this key may use", error=p)
     spec.op("/workflows/{name}", "get", "A definition", error=p, query=("version",))
-    spec.op("/workflows/{name}", "put", "Register a new version (admin)", error=p, ok="201",
-            body=_OBJECT, also=("200",))
+    spec.op("/workflows/{name}", "put", "Register a new version (admin); JSON or YAML",
+            error=p, ok="201", body=_OBJECT, also=("200",), yaml=True)
+    spec.op("/workflows/{name}", "delete", "Delete a version, or every version (admin); "
+            "409 while runs of it are live", error=p, ok="204", query=("version",))
+    spec.op("/workflows/{name}/versions", "get", "A workflow's versions", error=p)
     spec.op("/workflows/{name}/run", "post", "Accept a run (202, Location: /runs/{id})",
             error=p, ok="202", body=run_body, also=("200",))
     spec.op("/workflows/{name}/run-sync", "post", "Run and wait; 408 when `timeout` passes",
@@ -113,8 +118,18 @@ def build_spec(native_models: dict[str, type[BaseModel]]) -> dict[str, Any]:
     spec.op("/workflows/{name}/runs", "get", "Runs of a workflow, newest first", error=p,
             query=("status", "correlation_id", "limit", "cursor"))
     spec.op("/workflows/{name}/runs/latest", "get", "The newest run", error=p)
+    spec.op("/runs", "get", "Runs of every workflow, newest first", error=p,
+            query=("workflow", "status", "correlation_id", "limit", "cursor"))
     spec.op("/runs/{run_id}", "get", "A run with its nodes", error=p)
+    spec.op("/runs/{run_id}", "delete", "Delete a finished run (admin)", error=p, ok="204")
     spec.op("/runs/{run_id}/stop", "post", "Stop a queued or running run", error=p)
+    spec.op("/runs/{run_id}/pause", "post", "Hold a live run before its next node",
+            error=p)
+    spec.op("/runs/{run_id}/resume", "post", "Let a paused run go on", error=p)
+    spec.op("/runs/{run_id}/retry", "post", "Run a finished run again from its failed "
+            "nodes, keeping the others' outputs", error=p, ok="202")
+    spec.op("/runs/{run_id}/restart", "post", "Run a finished run again from scratch",
+            error=p, ok="202")
     spec.op("/runs/{run_id}/events", "get", "The run's events: replay after Last-Event-ID "
             "(or `after`), then live", error=p, query=("after",), stream=True)
     spec.op("/keys", "get", "API keys, never their secrets (admin)", error=p)

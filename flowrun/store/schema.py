@@ -105,6 +105,11 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE runs ADD COLUMN depth INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE runs ADD COLUMN root_run_id TEXT",
     ],
+    [
+        # Deleted workflow versions stay as rows (a version number is never reused, and
+        # the runs made from it can still be retried); reads for new runs skip them.
+        "ALTER TABLE workflows ADD COLUMN deleted_at REAL",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

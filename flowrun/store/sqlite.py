@@ -291,25 +291,32 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> tuple[int, bool]:
             row = conn.execute("SELECT version, definition FROM workflows WHERE name = ? "
-                               "ORDER BY version DESC LIMIT 1", (name,)).fetchone()
+                               "AND deleted_at IS NULL ORDER BY version DESC LIMIT 1",
+                               (name,)).fetchone()
             if row is not None and row["definition"] == text:
                 return int(row["version"]), False
-            version = int(row["version"]) + 1 if row is not None else 1
+            highest = conn.execute("SELECT MAX(version) FROM workflows WHERE name = ?",
+                                   (name,)).fetchone()[0]
+            version = int(highest) + 1 if highest is not None else 1  # never reused
             conn.execute("INSERT INTO workflows (name, version, definition, created_at) "
                                "VALUES (?, ?, ?, ?)", (name, version, text, time.time()))
             return version, True
 
         return await self._writer.write(op)
 
-    async def get_workflow(self, name: str,
-                           version: int | None = None) -> tuple[int, dict[str, Any]] | None:
-        """(version, definition) of a workflow, the latest when no version is given."""
+    async def get_workflow(self, name: str, version: int | None = None, *,
+                           deleted: bool = False) -> tuple[int, dict[str, Any]] | None:
+        """(version, definition) of a workflow, the latest when no version is given.
+
+        A deleted version is found only with ``deleted`` (the runs made from it).
+        """
+        live = "" if deleted else " AND deleted_at IS NULL"
         if version is None:
-            row = await self._fetchone("SELECT version, definition FROM workflows WHERE name = ? "
-                                       "ORDER BY version DESC LIMIT 1", (name,))
+            row = await self._fetchone("SELECT version, definition FROM workflows WHERE name = ?"
+                                       f"{live} ORDER BY version DESC LIMIT 1", (name,))
         else:
             row = await self._fetchone("SELECT version, definition FROM workflows "
-                                       "WHERE name = ? AND version = ?", (name, version))
+                                       f"WHERE name = ? AND version = ?{live}", (name, version))
         return None if row is None else (int(row["version"]), json.loads(row["definition"]))
 
     async def workflow_number(self, name: str) -> int | None:
@@ -320,7 +327,8 @@ class Store:
 
     async def workflow_by_number(self, number: int) -> str | None:
         row = await self._fetchone("SELECT name FROM workflows WHERE rowid = ?", (number,))
-        if row is None or await self.workflow_number(row["name"]) != number:
+        if row is None or await self.workflow_number(row["name"]) != number or \
+                not await self.workflow_exists(row["name"]):
             return None
         return str(row["name"])
 
@@ -330,14 +338,40 @@ class Store:
         return None if row is None else str(row["id"])
 
     async def workflow_exists(self, name: str) -> bool:
-        return await self._fetchone("SELECT 1 FROM workflows WHERE name = ? LIMIT 1",
-                                    (name,)) is not None
+        return await self._fetchone("SELECT 1 FROM workflows WHERE name = ? "
+                                    "AND deleted_at IS NULL LIMIT 1", (name,)) is not None
+
+    async def workflow_versions(self, name: str) -> list[tuple[int, float]]:
+        """(version, created_at) of a workflow's live versions, oldest first."""
+        rows = await self._fetchall("SELECT version, created_at FROM workflows WHERE name = ? "
+                                    "AND deleted_at IS NULL ORDER BY version", (name,))
+        return [(int(r["version"]), float(r["created_at"])) for r in rows]
+
+    async def delete_workflow(self, name: str, version: int | None) -> tuple[int, int]:
+        """Delete one version of a workflow, or all, unless runs of it are still live:
+        (versions deleted, live runs that kept it)."""
+        live = tuple(s.value for s in RunStatus if s not in RUN_TERMINAL)
+        which, params = ("", (name,)) if version is None else (" AND version = ?",
+                                                                (name, version))
+
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            active = conn.execute(
+                f"SELECT COUNT(*) FROM runs WHERE workflow = ?{which} AND status IN "
+                f"({', '.join('?' * len(live))})", (*params, *live)).fetchone()[0]
+            if active:
+                return 0, int(active)
+            deleted = conn.execute(f"UPDATE workflows SET deleted_at = ? WHERE name = ?{which} "
+                                   "AND deleted_at IS NULL", (time.time(), *params)).rowcount
+            return int(deleted), 0
+
+        return await self._writer.write(op)
 
     async def list_workflows(self) -> list[tuple[str, int, dict[str, Any]]]:
         """(name, latest version, definition) of every workflow, by name."""
         rows = await self._fetchall(
             "SELECT w.name, w.version, w.definition FROM workflows w JOIN "
-            "(SELECT name, MAX(version) AS v FROM workflows GROUP BY name) m "
+            "(SELECT name, MAX(version) AS v FROM workflows WHERE deleted_at IS NULL "
+            "GROUP BY name) m "
             "ON w.name = m.name AND w.version = m.v ORDER BY w.name")
         return [(r["name"], int(r["version"]), json.loads(r["definition"])) for r in rows]
 
@@ -444,12 +478,14 @@ class Store:
             run.nodes = await self.node_records(run_id)
         return run
 
-    async def list_runs(self, workflow: str, *, api_key_id: str | None, any_key: bool = False,
-                        status: str | None = None, correlation_id: str | None = None,
-                        limit: int = 20, before_num: int | None = None) -> list[RunRecord]:
-        """Runs of a workflow made by one key (or by any, with ``any_key``), newest first."""
-        clauses = ["workflow = ?"]
-        params: list[Any] = [workflow]
+    async def list_runs(self, workflow: str | None, *, api_key_id: str | None,
+                        any_key: bool = False, status: str | None = None,
+                        correlation_id: str | None = None, limit: int = 20,
+                        before_num: int | None = None) -> list[RunRecord]:
+        """Runs of a workflow (of all, with None) made by one key (or by any, with
+        ``any_key``), newest first."""
+        clauses = ["1 = 1"] if workflow is None else ["workflow = ?"]
+        params: list[Any] = [] if workflow is None else [workflow]
         if not any_key:
             clauses.append("api_key_id IS ?")
             params.append(api_key_id)
@@ -516,6 +552,23 @@ class Store:
                 "idempotency_keys WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?)",
                 (now, batch))
             return cur.rowcount
+
+        return await self._writer.write(op)
+
+    async def delete_run(self, run_id: str) -> RunStatus | None:
+        """Delete a finished run with its nodes, events and idempotency keys: the run's
+        status (a live run is left as it is), or None when there is no such run."""
+
+        def op(conn: sqlite3.Connection) -> RunStatus | None:
+            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            status = RunStatus(row["status"])
+            if status in RUN_TERMINAL:
+                for table, column in (("node_executions", "run_id"), ("events", "run_id"),
+                                      ("idempotency_keys", "run_id"), ("runs", "id")):
+                    conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (run_id,))
+            return status
 
         return await self._writer.write(op)
 
