@@ -85,21 +85,38 @@ def hash_key(secret: str) -> str:
 
 
 def key_from_headers(headers: Mapping[str, str]) -> str | None:
-    """The API key of a request: ``Authorization: Bearer``, ``x-api-key`` or ``X-Authorization``."""
-    get = headers.get
-    auth = get("authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return str(token.strip())
+    """The API key of a request: ``Authorization: Bearer``, ``x-api-key`` or
+    ``X-Authorization``; None when there is none.
+
+    Unauthorized when a header is there but unusable (another scheme, an empty key)
+    or when two headers carry different keys, so the caller learns why instead of
+    reading "missing API key".
+    """
+    found: dict[str, str] = {}
+    other_scheme = None  # an Authorization header of another scheme (a proxy's, maybe)
+    auth = headers.get("authorization")
+    if auth is not None:
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            found["Authorization"] = token.strip()
+        else:
+            other_scheme = scheme
     for name in ("x-api-key", "x-authorization"):
-        value = get(name)
-        if value:
+        value = headers.get(name)
+        if value is not None:
             value = value.strip()
             if value.lower().startswith("bearer "):
                 value = value[7:].strip()
-            return str(value)
-    return None
+            found[name] = value
+    for name, value in found.items():
+        if not value:
+            raise Unauthorized(f"the {name} header holds no API key")
+    if len(set(found.values())) > 1:
+        raise Unauthorized(f"{' and '.join(found)} carry different API keys; send one")
+    if not found and other_scheme is not None:
+        raise Unauthorized(f"the Authorization scheme {other_scheme[:20]!r} is not "
+                           f"supported; send Authorization: Bearer <key>")
+    return next(iter(found.values()), None)
 
 
 def require_admin(principal: Principal, action: str) -> None:

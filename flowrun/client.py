@@ -2,6 +2,7 @@
 
     ClientError            any 4xx/5xx answer; carries status, code, detail, body
     └── RunSyncTimeout     run-sync answered 408: the run goes on (``run_id``)
+    WaitTimeout            ``wait`` ran out of time: the run goes on (``run``)
 
 ``events(run_id)`` yields typed ``RunEvent``s and reconnects by itself with the
 last seen sequence number as ``Last-Event-ID``, so a dropped connection loses
@@ -39,9 +40,41 @@ class ClientError(Exception):
 class RunSyncTimeout(ClientError):
     """run-sync returned 408 before the run finished; the run keeps going."""
 
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(status, body)
+        if isinstance(body, dict) and "run_id" in body:
+            self.code = "timeout"
+            self.detail = (f"run {body['run_id']} is still {body.get('status')} after "
+                           f"{body.get('timeout')}s; it goes on (wait for it with wait())")
+            self.args = (f"{status} {self.code}: {self.detail}",)
+
     @property
     def run_id(self) -> str:
         return str(self.body["run_id"])
+
+
+class WaitTimeout(TimeoutError):
+    """``wait`` gave up before the run finished; the run keeps going."""
+
+    def __init__(self, run: dict[str, Any], timeout: float) -> None:
+        self.run = run
+        super().__init__(f"run {run.get('id')} is still {run.get('status')} after {timeout:g}s")
+
+
+TERMINAL = frozenset({"succeeded", "failed", "stopped", "timed_out"})
+
+
+def _poll_delays(timeout: float | None) -> Iterator[float]:
+    """Pauses between polls of ``wait``: 50 ms doubling to 1 s, cut short by ``timeout``;
+    ends when the time is up."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        yield delay if left is None else min(delay, left)
+        delay = min(delay * 2, 1.0)
 
 
 @dataclass(frozen=True)
@@ -168,11 +201,24 @@ class Client:
     def get(self, run_id: str) -> dict[str, Any]:
         return dict(_check(self._http.get(f"/runs/{run_id}")))
 
-    def list(self, workflow: str, **filters: Any) -> dict[str, Any]:
-        """``{"runs": [...], "next_cursor": ...}``; filters: status, correlation_id, limit,
-        cursor."""
+    def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The run once it has finished; WaitTimeout when ``timeout`` seconds pass first."""
+        run = self.get(run_id)
+        for delay in _poll_delays(timeout):
+            if run["status"] in TERMINAL:
+                return run
+            time.sleep(delay)
+            run = self.get(run_id)
+        if run["status"] in TERMINAL:
+            return run
+        raise WaitTimeout(run, timeout or 0)
+
+    def list(self, workflow: str | None = None, **filters: Any) -> dict[str, Any]:
+        """``{"runs": [...], "next_cursor": ...}`` of one workflow, or of all; filters:
+        status, correlation_id, limit, cursor."""
         params = {k: v for k, v in filters.items() if v is not None}
-        return dict(_check(self._http.get(f"/workflows/{workflow}/runs", params=params)))
+        path = "/runs" if workflow is None else f"/workflows/{workflow}/runs"
+        return dict(_check(self._http.get(path, params=params)))
 
     def stop(self, run_id: str) -> dict[str, Any]:
         return dict(_check(self._http.post(f"/runs/{run_id}/stop")))
@@ -241,9 +287,23 @@ class AsyncClient:
     async def get(self, run_id: str) -> dict[str, Any]:
         return dict(_check(await self._http.get(f"/runs/{run_id}")))
 
-    async def list(self, workflow: str, **filters: Any) -> dict[str, Any]:
+    async def wait(self, run_id: str,
+                   timeout: float | None = None,  # noqa: ASYNC109 - a polling budget
+                   ) -> dict[str, Any]:
+        run = await self.get(run_id)
+        for delay in _poll_delays(timeout):
+            if run["status"] in TERMINAL:
+                return run
+            await anyio.sleep(delay)
+            run = await self.get(run_id)
+        if run["status"] in TERMINAL:
+            return run
+        raise WaitTimeout(run, timeout or 0)
+
+    async def list(self, workflow: str | None = None, **filters: Any) -> dict[str, Any]:
         params = {k: v for k, v in filters.items() if v is not None}
-        return dict(_check(await self._http.get(f"/workflows/{workflow}/runs", params=params)))
+        path = "/runs" if workflow is None else f"/workflows/{workflow}/runs"
+        return dict(_check(await self._http.get(path, params=params)))
 
     async def stop(self, run_id: str) -> dict[str, Any]:
         return dict(_check(await self._http.post(f"/runs/{run_id}/stop")))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -56,8 +57,9 @@ def _started(request: Request, part: str) -> Any:
     """A part of the running instance (set by the lifespan); 503 outside it."""
     found = getattr(request.app.state, part, None)
     if found is None:
-        raise Unavailable("flowrun is not started (outside its lifespan, or shutting down)",
-                          headers={"Retry-After": "1"})
+        raise Unavailable("flowrun is not started: serve it with its lifespan (mounted in "
+                          "another app, enter flowrun_lifespan(app) from the host's "
+                          "lifespan), or it is shutting down", headers={"Retry-After": "1"})
     return found
 
 
@@ -87,7 +89,10 @@ def keys_of(request: Request) -> KeyRing:
 
 async def principal_of(request: Request) -> Principal:
     """Authenticate the request's API key (401 when missing or invalid)."""
-    return await keys_of(request).authenticate(key_from_headers(request.headers))
+    keys = keys_of(request)
+    if not keys.enabled:
+        return await keys.authenticate(None)
+    return await keys.authenticate(key_from_headers(request.headers))
 
 
 def _is_json(content_type: str) -> bool:
@@ -194,12 +199,19 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def pydantic_errors(exc: pydantic.ValidationError, prefix: str = "") -> list[dict[str, Any]]:
-    """Per-field errors of a pydantic failure, each naming its field."""
+def pydantic_errors(exc: pydantic.ValidationError, prefix: str = "",
+                    known: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Per-field errors of a pydantic failure, each naming its field; an unknown field
+    close to one of ``known`` says which was meant."""
     errors = []
     for err in exc.errors():
         field = prefix + ".".join(str(p) for p in err["loc"])
-        errors.append({"field": field or "body", "message": f"{field or 'body'}: {err['msg']}"})
+        message = f"{field or 'body'}: {err['msg']}"
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            close = difflib.get_close_matches(str(err["loc"][0]), known, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {prefix + close[0]!r}?)"
+        errors.append({"field": field or "body", "message": message})
     return errors
 
 
@@ -211,7 +223,7 @@ def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
-        errors = pydantic_errors(exc, prefix)
+        errors = pydantic_errors(exc, prefix, known=list(model.model_fields))
         raise BadRequest("; ".join(e["message"] for e in errors), errors=errors) from None
 
 
@@ -224,15 +236,26 @@ id_number = ids.number_of
 
 def idempotency_of(request: Request, max_length: int = MAX_IDEMPOTENCY_KEY
                    ) -> tuple[str | None, OnConflict]:
-    """``Idempotency-Key`` (or ``X-Idempotency-key``) and ``X-On-Conflict`` of a request."""
-    key = request.headers.get("idempotency-key") or request.headers.get("x-idempotency-key")
-    header = "Idempotency-Key" if request.headers.get("idempotency-key") else "X-Idempotency-key"
-    if key is not None:
-        key = key.strip()
+    """``Idempotency-Key`` (or ``X-Idempotency-key``) and ``X-On-Conflict`` of a request.
+
+    A header that is sent is used or refused, never ignored: an empty key, two
+    different keys, or a strategy without a key is a 400.
+    """
+    given = {header: request.headers[header.lower()].strip()
+             for header in ("Idempotency-Key", "X-Idempotency-key")
+             if header.lower() in request.headers}
+    if len(set(given.values())) > 1:
+        raise BadRequest("Idempotency-Key and X-Idempotency-key differ; send one of them",
+                         errors=[{"field": "Idempotency-Key", "message": "sent twice"}])
+    key = None
+    for header, key in given.items():
         if not key or len(key) > max_length or not key.isprintable():
             raise BadRequest(f"{header} must be 1-{max_length} printable characters",
                              errors=[{"field": header, "message": "invalid"}])
     strategy = on_conflict_of(request.headers.get("x-on-conflict"), "X-On-Conflict")
+    if strategy is not None and key is None:
+        raise BadRequest("X-On-Conflict applies to a request with an Idempotency-Key",
+                         errors=[{"field": "X-On-Conflict", "message": "needs a key"}])
     return key, strategy or OnConflict.RETURN_EXISTING
 
 

@@ -145,12 +145,17 @@ async def delete_workflow(request: Request) -> Response:
 async def run_async(request: Request) -> Response:
     principal = await principal_of(request)
     run_request, body = await _run_request(request)
+    if body.timeout is not None:
+        raise BadRequest("timeout applies to POST /workflows/{name}/run-sync; a run accepted "
+                         "here has no caller waiting for it (a workflow's own deadline is "
+                         "its definition's timeout)",
+                         errors=[{"field": "timeout", "message": "not valid on /run"}])
     service = service_of(request)
     if body.stream:
         service.ensure_stream_room(principal)
     submission = await service.submit(principal, run_request)
     run = submission.run
-    headers = _run_headers(submission)
+    headers = _run_headers(request, submission)
     if body.stream:
         # The run belongs to the app's task group: the client leaving ends only the stream.
         return event_stream(request, service.follow(principal, run.id), headers=headers)
@@ -158,8 +163,10 @@ async def run_async(request: Request) -> Response:
                         headers=headers)
 
 
-def _run_headers(submission: Submission) -> dict[str, str]:
-    headers = {"Location": f"/runs/{submission.run.id}", "X-Run-Id": submission.run.id}
+def _run_headers(request: Request, submission: Submission) -> dict[str, str]:
+    """Where the run is (under the prefix the app is mounted at), and whether it is new."""
+    location = f"{request.scope.get('root_path', '')}/runs/{submission.run.id}"
+    headers = {"Location": location, "X-Run-Id": submission.run.id}
     if not submission.created:
         headers["Idempotent-Replayed"] = "true"
     return headers
@@ -193,7 +200,8 @@ def _timeout_param(request: Request, body: RunBody) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
+        raise BadRequest(f"timeout must be a number of seconds, not {raw[:40]!r}",
+                         errors=[{"field": "timeout", "message": "not a number"}]) from None
     if not 0 < value <= limit:
         raise BadRequest(f"timeout must be a number of seconds in (0, {limit:g}]",
                          errors=[{"field": "timeout", "message": "out of range"}])
@@ -209,7 +217,7 @@ async def run_sync(request: Request) -> Response:
                          errors=[{"field": "stream", "message": "not valid on run-sync"}])
     outcome = await service_of(request).run_sync(principal, run_request,
                                                  _timeout_param(request, body), started=started)
-    headers = _run_headers(outcome.submission)
+    headers = _run_headers(request, outcome.submission)
     if outcome.finished:
         return JSONResponse(outcome.run.to_json(), headers=headers)
     return JSONResponse({"run_id": outcome.run.id, "status": outcome.run.status.value,
