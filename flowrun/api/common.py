@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -239,6 +239,7 @@ def query_int(request: Request, name: str, default: int | None, *, minimum: int,
 
 
 ErrorRenderer = Callable[[FlowrunError, Request], Response]
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 def http_error(exc: HTTPException) -> FlowrunError:
@@ -250,7 +251,7 @@ def http_error(exc: HTTPException) -> FlowrunError:
     return err
 
 
-def error_handlers(render: ErrorRenderer) -> dict[Any, Any]:
+def error_handlers(render: ErrorRenderer) -> dict[type[Exception], ErrorHandler]:
     """Exception handlers rendering FlowrunError (and Starlette's 404/405) with ``render``,
     a dialect's error envelope."""
 
