@@ -18,9 +18,9 @@ from flowrun.store import Store
 from flowrun.store.schema import SCHEMA_VERSION
 
 
-def make_run(run_id: str, **kw: object) -> RunRecord:
+def make_run(run_id: str, **kw: Any) -> RunRecord:
     return RunRecord(id=run_id, workflow="wf", version=1, status=RunStatus.QUEUED,
-                     inputs={"a": 1}, created_at=time.time(), **kw)  # type: ignore[arg-type]
+                     inputs={"a": 1}, created_at=time.time(), **kw)
 
 
 async def test_new_database_is_migrated_in_wal_mode(tmp_path: Path) -> None:
