@@ -17,10 +17,10 @@ import inspect
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Mount
 
 from flowrun.adapters import ServiceChildRuns, ServiceWorkflows
 from flowrun.api import conductor, dify, jobs, langflow, native
+from flowrun.api.common import ErrorHandler
 from flowrun.auth import KeyRing
 from flowrun.engine.egress import egress_proxy
 from flowrun.engine.node_services import HttpPolicy, LlmDefaults, NodeServices
@@ -198,7 +199,17 @@ async def housekeeping(store: Store, settings: Settings) -> None:
             logger.warning("housekeeping skipped: %s", exc.message)
 
 
-DIALECTS: dict[str, tuple[str, Any]] = {
+class Dialect(Protocol):
+    """What the app takes from a dialect module: its routes and its error envelope."""
+
+    @property
+    def routes(self) -> Sequence[BaseRoute]: ...
+
+    @property
+    def exception_handlers(self) -> Mapping[type[Exception], ErrorHandler]: ...
+
+
+DIALECTS: dict[str, tuple[str, Dialect]] = {
     "dify": ("/dify/v1", dify),
     "conductor": ("/conductor/api", conductor),
     "langflow": ("/langflow", langflow),
@@ -206,14 +217,14 @@ DIALECTS: dict[str, tuple[str, Any]] = {
 }
 
 
-def _dialect_app(module: Any, state: State) -> Starlette:
+def _dialect_app(module: Dialect, state: State) -> Starlette:
     """A dialect as a sub-app: its own routes and error envelope, the main app's state."""
     sub = Starlette(routes=module.routes, exception_handlers=module.exception_handlers)
     sub.state = state
     return sub
 
 
-def _errors_by_prefix(root_module: Any) -> Any:
+def _errors_by_prefix(root_module: Dialect | None) -> ErrorHandler:
     """The root app's error handler: a path under a dialect's prefix that no route
     matched (Starlette's mounts do not match every byte, e.g. a newline) still gets
     that dialect's error shape."""

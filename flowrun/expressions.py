@@ -31,7 +31,8 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError, safe_range
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from jinja2.visitor import NodeTransformer
 
 from flowrun.errors import ExpressionError
@@ -450,7 +451,7 @@ def _compiled_template(text: str) -> jinja2.Template:
     template = _env.from_string(text)
     # Each render copies the globals into a new context: from a plain dict that is half
     # the cost of from jinja's ChainMap (the environment's globals are fixed by now).
-    template.globals = dict(template.globals)  # type: ignore[assignment]
+    template.globals = dict(template.globals)
     return template
 
 

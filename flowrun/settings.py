@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
@@ -108,10 +109,10 @@ class Settings:
             raise SettingsError(f"auth can be off only on a loopback host, not {self.host}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``FLOWRUN_*`` variables, then apply explicit overrides."""
         env = os.environ if env is None else env
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # each parsed to its field's type
         for f in dataclasses.fields(cls):
             raw = env.get(f"FLOWRUN_{f.name.upper()}")
             if raw is None or f.name == "extra":
@@ -120,10 +121,10 @@ class Settings:
         if "llm_api_key" not in values and env.get("OPENAI_API_KEY"):
             values["llm_api_key"] = env["OPENAI_API_KEY"]
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
-    def replace(self, **changes: object) -> Settings:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)

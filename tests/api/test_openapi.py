@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from starlette.routing import Mount, Route
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.testclient import TestClient
 
 from flowrun import Settings, __version__, create_app
 
 
-def served_routes(app: object) -> set[tuple[str, str]]:
+def served_routes(app: Starlette) -> set[tuple[str, str]]:
     found = set()
 
-    def walk(routes: list[object], prefix: str) -> None:
+    def walk(routes: Sequence[BaseRoute], prefix: str) -> None:
         for route in routes:
             if isinstance(route, Mount):
-                walk(list(route.routes), prefix + route.path)
+                walk(route.routes, prefix + route.path)
             elif isinstance(route, Route):
                 for method in route.methods or ():
                     if method != "HEAD":
                         found.add((prefix + route.path, method.lower()))
 
-    walk(list(app.router.routes), "")  # type: ignore[attr-defined]
+    walk(app.router.routes, "")
     return found
 
 

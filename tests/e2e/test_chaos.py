@@ -42,14 +42,14 @@ class Record:
 
 def request_for(rng: random.Random, tmp: Path, i: int) -> tuple[str, dict[str, Any]]:
     kind = rng.choice(["parent", "parent", "mapped", "hello", "slow", "wide"])
-    inputs: dict[str, Any] = {
+    by_kind: dict[str, dict[str, Any]] = {
         "parent": {"file": str(tmp / f"p{i}.log"), "seconds": rng.uniform(0.05, 0.4)},
         "mapped": {"words": [f"w{j}" for j in range(rng.randint(1, 12))]},
         "hello": {"name": f"n{i}"},
         "slow": {"seconds": rng.uniform(0.05, 0.6)},
         "wide": {"gate": 0.05},
-    }[kind]
-    return kind, {"inputs": inputs}
+    }
+    return kind, {"inputs": by_kind[kind]}
 
 
 def submitter(server: Server, key: str, record: Record, n: int, tmp: Path,

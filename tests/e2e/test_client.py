@@ -32,19 +32,21 @@ class CuttingTransport(httpx.BaseTransport):
         if self.streams > 1:
             return response
         budget = self.cut_after
-        original = response.stream
+        stream = response.stream
+        assert isinstance(stream, httpx.SyncByteStream)  # the sync transport's
+        original = stream  # narrowed, so the class below sees a SyncByteStream
 
         class Cut(httpx.SyncByteStream):
             def __iter__(self) -> Iterator[bytes]:
                 nonlocal budget
-                for chunk in original:  # type: ignore[union-attr]
+                for chunk in original:
                     if budget <= 0:
                         raise httpx.RemoteProtocolError("connection cut by the test")
                     budget -= 1
                     yield chunk
 
             def close(self) -> None:
-                original.close()  # type: ignore[union-attr]
+                original.close()
 
         return httpx.Response(response.status_code, headers=response.headers, stream=Cut(),
                               request=request)

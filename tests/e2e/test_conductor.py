@@ -36,7 +36,7 @@ def until(client: httpx.Client, run_id: str, check: Callable[[dict[str, Any]], b
           timeout: float = 15) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        workflow = client.get(f"/workflow/{run_id}").json()
+        workflow: dict[str, Any] = client.get(f"/workflow/{run_id}").json()
         if check(workflow):
             return workflow
         assert time.monotonic() < deadline, workflow

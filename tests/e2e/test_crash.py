@@ -25,15 +25,15 @@ def requests_to_make(log: Path) -> list[tuple[str, str, dict[str, Any]]]:
     made = []
     for i in range(RUNS):
         kind = rng.choice(["hello", "fanout", "counted", "ticker", "wide", "branching"])
-        inputs: dict[str, Any] = {
+        by_kind: dict[str, dict[str, Any]] = {
             "hello": {"name": f"n{i}"},
             "fanout": {"topic": f"t{i}"},
             "counted": {"file": str(log), "label": f"c{i}", "seconds": 0.3},
             "ticker": {"tick": 0.03},
             "wide": {"gate": 0.1},
             "branching": {"n": i, "mode": "careful"},
-        }[kind]
-        made.append((f"req-{i}", kind, {"inputs": inputs}))
+        }
+        made.append((f"req-{i}", kind, {"inputs": by_kind[kind]}))
     return made
 
 

@@ -53,8 +53,9 @@ def child_of(client: httpx.Client, parent_id: str) -> dict[str, Any]:
     """The one child run of a parent, once it exists (polled with a deadline)."""
     deadline = time.monotonic() + 15
     while True:
-        children = [r for r in client.get("/workflows/counted/runs").json()["runs"]
-                    if r["parent_run_id"] == parent_id]
+        children: list[dict[str, Any]] = [
+            r for r in client.get("/workflows/counted/runs").json()["runs"]
+            if r["parent_run_id"] == parent_id]
         if children:
             assert len(children) == 1, children
             return children[0]

@@ -410,7 +410,8 @@ def test_hostile_expressions_fail_their_node_while_the_server_stays_fast(keys: K
         assert run["error"]["code"] == "expression_error", run["error"]
         assert len(json.dumps(run)) < 100_000  # nothing huge was stored
     assert slowest < 1.0, f"/healthz took {slowest:.2f}s while expressions ran"
-    rss_kb = int(Path(f"/proc/{keys.server.proc.pid}/status").read_text()  # type: ignore
+    assert keys.server.proc is not None
+    rss_kb = int(Path(f"/proc/{keys.server.proc.pid}/status").read_text()
                  .split("VmRSS:")[1].split()[0])
     assert rss_kb < 600_000, f"the server grew to {rss_kb // 1024} MiB"
 

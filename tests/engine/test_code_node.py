@@ -73,7 +73,8 @@ async def test_infinite_loop_is_killed_at_the_wall_clock_limit() -> None:
     async with code_services() as services:
         started = time.perf_counter()
         out = await run_code(services, "def main():\n    while True:\n        pass")
-        assert out.status is RunStatus.FAILED and out.error["code"] == "code_timeout"
+        assert out.status is RunStatus.FAILED and out.error is not None
+        assert out.error["code"] == "code_timeout"
         assert time.perf_counter() - started < 5
 
 
@@ -81,13 +82,14 @@ async def test_node_timeout_option_kills_sooner() -> None:
     async with code_services() as services:
         started = time.perf_counter()
         out = await run_code(services, "import time\ndef main():\n    time.sleep(60)", timeout=0.5)
+        assert out.error is not None
         assert out.error["code"] == "node_timeout" and time.perf_counter() - started < 2
 
 
 async def test_huge_allocation_hits_the_memory_limit() -> None:
     async with code_services() as services:
         out = await run_code(services, "def main():\n    x = bytearray(2 * 1024**3)\n    return {}")
-        assert out.status is RunStatus.FAILED
+        assert out.status is RunStatus.FAILED and out.error is not None
         assert out.error["code"] == "code_error" and "MemoryError" in out.error["message"]
 
 
@@ -113,7 +115,7 @@ async def test_the_environment_holds_no_secret() -> None:
                                            "    return {'env': dict(os.environ), 'parent': parent}")
         finally:
             del os.environ["FLOWRUN_TEST_SECRET"]
-        assert out.status is RunStatus.SUCCEEDED
+        assert out.status is RunStatus.SUCCEEDED and out.outputs is not None
         seen = out.outputs["py"]
         assert "hunter2" not in str(seen)
         assert set(seen["env"]) <= {"PATH", "LANG", "PYTHONIOENCODING", "LC_CTYPE", "PWD"}
@@ -134,7 +136,7 @@ async def test_bad_code_fails_only_the_node(code: str, code_name: str,
                                             text: str) -> None:
     async with code_services() as services:
         out = await run_code(services, code)
-        assert out.status is RunStatus.FAILED
+        assert out.status is RunStatus.FAILED and out.error is not None
         assert out.error["code"] == code_name and text in out.error["message"], out.error
 
 
@@ -178,7 +180,7 @@ def main():
 async def test_bwrap_worker_sees_only_itself() -> None:
     async with code_services() as services:
         out = await run_code(services, SPY)
-        assert out.status is RunStatus.SUCCEEDED, out.error
+        assert out.status is RunStatus.SUCCEEDED and out.outputs is not None, out.error
         seen = out.outputs["py"]
         assert seen["uid"] == jails.SANDBOX_UID
         assert seen["pids"] == ["1", "2"]  # bubblewrap's init and the worker: no one else
@@ -203,7 +205,7 @@ async def test_no_working_sandbox_turns_code_nodes_off(monkeypatch: pytest.Monke
     assert jail is None and "does not work" in reason
     async with CodeRunner.open(2, CodeLimits(), unavailable=reason) as runner:
         out = await run_code(NodeServices(code=runner), "def main():\n    return {}")
-    assert out.status is RunStatus.FAILED
+    assert out.status is RunStatus.FAILED and out.error is not None
     assert out.error["code"] == "code_sandbox_unavailable"
     assert "FLOWRUN_CODE_SANDBOX=process" in out.error["message"]
     monkeypatch.setattr("flowrun.engine.sandbox.find_bwrap", lambda: None)
@@ -237,7 +239,7 @@ async def test_memory_is_capped_for_the_whole_job_not_per_process() -> None:
     assert jail is not None and "256 MiB and 34 processes per sandbox (cgroup)" in description
     async with CodeRunner.open(1, limits, jail=jail) as runner:
         out = await run_code(NodeServices(code=runner), HOG, {"children": 6, "megabytes": 150})
-    assert out.status is RunStatus.SUCCEEDED, out.error
+    assert out.status is RunStatus.SUCCEEDED and out.outputs is not None, out.error
     assert out.outputs["py"]["killed"] >= 3  # 900 MB asked, 256 MiB allowed in all
 
 
@@ -251,6 +253,7 @@ async def test_code_cannot_make_namespaces_or_mounts_but_has_a_private_tmp() -> 
             " 'mount': mount.returncode, 'fds': sorted(os.listdir('/proc/self/fd'))}")
     async with code_services() as services:
         out = await run_code(services, code)
+    assert out.outputs is not None, out.error
     seen = out.outputs["py"]
     assert seen["tmp"] == "ok" and seen["nested"] != 0 and seen["mount"] != 0
     assert len(seen["fds"]) <= 5  # stdin, stdout, stderr, the result pipe, listdir's own

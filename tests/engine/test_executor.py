@@ -134,7 +134,7 @@ async def test_branch_not_taken_skips_downstream_but_join_runs() -> None:
 
 
 async def test_switch_takes_matching_case_or_default() -> None:
-    nodes = [{"id": "sw", "type": "switch", "value": "{{ inputs.v }}",
+    nodes: list[dict[str, Any]] = [{"id": "sw", "type": "switch", "value": "{{ inputs.v }}",
               "cases": {"a": "x", "b": "y"}},
              {"id": "A", "type": "template", "template": "A"},
              {"id": "B", "type": "template", "template": "B"},
@@ -299,4 +299,5 @@ async def test_non_json_outputs_fail_the_node(bad_output: dict[str, Any]) -> Non
     reg.register("weird", weird)
     defn = parse_definition({"name": "t", "nodes": [{"id": "w", "type": "weird"}]}, registry=reg)
     out = await Executor(defn, run_id="r", inputs={}, registry=reg).execute()
-    assert out.status is RunStatus.FAILED and out.error["code"] == "invalid_outputs"
+    assert out.status is RunStatus.FAILED and out.error is not None
+    assert out.error["code"] == "invalid_outputs"

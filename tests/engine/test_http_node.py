@@ -76,7 +76,7 @@ OPEN = HttpPolicy(allow_private_hosts=True, max_response_bytes=1_000_000)
 async def test_request_and_response(base_url: str) -> None:
     out = await call(OPEN, url=f"{base_url}/echo", method="POST", query={"q": "1"},
                      headers={"x-test": "yes"}, json={"a": 1})
-    assert out.status is RunStatus.SUCCEEDED
+    assert out.status is RunStatus.SUCCEEDED and out.outputs is not None
     result = out.outputs["h"]
     assert result["status"] == 200 and result["headers"]["content-type"] == "application/json"
     assert result["body"] == {"method": "POST", "query": {"q": "1"}, "header": "yes",
@@ -85,27 +85,31 @@ async def test_request_and_response(base_url: str) -> None:
 
 async def test_error_status_fails_unless_expected(base_url: str) -> None:
     failed = await call(OPEN, url=f"{base_url}/status/503")
+    assert failed.error is not None
     assert failed.error["code"] == "http_status" and "503" in failed.error["message"]
     expected = await call(OPEN, url=f"{base_url}/status/404", expect_status=[404])
+    assert expected.outputs is not None
     assert expected.outputs["h"]["status"] == 404 and expected.outputs["h"]["body"] == "custom"
     unexpected = await call(OPEN, url=f"{base_url}/status/201", expect_status=200)
-    assert unexpected.error["code"] == "http_status"
+    assert unexpected.error is not None and unexpected.error["code"] == "http_status"
 
 
 async def test_response_size_cap(base_url: str) -> None:
     out = await call(OPEN, url=f"{base_url}/big")
-    assert out.error["code"] == "http_too_large"
+    assert out.error is not None and out.error["code"] == "http_too_large"
 
 
 async def test_loopback_is_refused_by_default(base_url: str) -> None:
     out = await call(HttpPolicy(), url=f"{base_url}/echo")
-    assert out.status is RunStatus.FAILED and out.error["code"] == "http_blocked"
+    assert out.status is RunStatus.FAILED and out.error is not None
+    assert out.error["code"] == "http_blocked"
     assert "127.0.0.1" in out.error["message"]
 
 
 async def test_a_name_resolving_to_a_private_address_is_refused() -> None:
     resolver = FakeResolver({"internal.example": ["10.0.0.1"]})
     out = await call(HttpPolicy(), resolve=resolver, url="http://internal.example/admin")
+    assert out.error is not None
     assert out.error["code"] == "http_blocked" and "10.0.0.1" in out.error["message"]
     assert resolver.asked == ["internal.example"]
 
@@ -113,6 +117,7 @@ async def test_a_name_resolving_to_a_private_address_is_refused() -> None:
 async def test_any_private_answer_refuses_the_name() -> None:
     resolver = FakeResolver({"mixed.example": ["93.184.216.34", "169.254.169.254"]})
     out = await call(HttpPolicy(), resolve=resolver, url="http://mixed.example/")
+    assert out.error is not None
     assert out.error["code"] == "http_blocked" and "169.254.169.254" in out.error["message"]
 
 
@@ -123,14 +128,15 @@ async def test_a_redirect_to_a_private_address_is_refused(base_url: str) -> None
     assert ok.status is RunStatus.SUCCEEDED
     port = base_url.rsplit(":", 1)[1]
     out = await call(policy, url=f"{base_url}/redirect?to=http://127.0.0.2:{port}/echo")
+    assert out.error is not None
     assert out.error["code"] == "http_blocked" and "127.0.0.2" in out.error["message"]
     metadata = await call(policy, url=f"{base_url}/redirect?to=http://169.254.169.254/")
-    assert metadata.error["code"] == "http_blocked"
+    assert metadata.error is not None and metadata.error["code"] == "http_blocked"
 
 
 async def test_bad_urls() -> None:
     out = await call(HttpPolicy(), url="file:///etc/passwd")
-    assert out.error["code"] == "http_bad_url"
+    assert out.error is not None and out.error["code"] == "http_bad_url"
 
 
 @pytest.mark.parametrize(("address", "allowed"), [

@@ -116,6 +116,7 @@ async def test_streamed_chunks_arrive_before_the_node_finishes(llm_url: str) -> 
 
 async def test_error_status_fails_the_node(llm_url: str) -> None:
     out = await ask(llm_url, prompt="x", model="broken")
+    assert out.error is not None
     assert out.error["code"] == "llm_error" and "500" in out.error["message"]
     assert "model exploded" in out.error["message"]
 
@@ -123,14 +124,15 @@ async def test_error_status_fails_the_node(llm_url: str) -> None:
 async def test_hung_connection_hits_the_node_timeout(llm_url: str) -> None:
     started = time.monotonic()
     out = await ask(llm_url, prompt="x", model="hang", timeout=0.5)
+    assert out.error is not None
     assert out.error["code"] == "node_timeout" and time.monotonic() - started < 3
 
 
 async def test_needs_a_prompt_or_messages(llm_url: str) -> None:
     out = await ask(llm_url)
-    assert out.error["code"] == "llm_bad_request"
+    assert out.error is not None and out.error["code"] == "llm_bad_request"
 
 
 async def test_a_per_node_base_url_goes_through_the_ssrf_guard(llm_url: str) -> None:
     out = await ask("https://api.example.invalid/v1", prompt="x", base_url=llm_url)
-    assert out.error["code"] == "http_blocked"
+    assert out.error is not None and out.error["code"] == "http_blocked"

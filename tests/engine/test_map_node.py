@@ -83,13 +83,13 @@ async def test_thousand_items_keep_order_and_never_exceed_concurrency() -> None:
 async def test_a_failing_item_follows_on_error(on_error: str, expected: Any) -> None:
     definition = mapping([1, "bad", 3], on_error=on_error, default={"doubled": 0})
     out = await run(definition, {})
-    assert out.status is RunStatus.SUCCEEDED
+    assert out.status is RunStatus.SUCCEEDED and out.outputs is not None
     assert out.outputs["each"]["results"] == [2, expected, 6]
 
 
 async def test_a_failing_item_fails_the_map_by_default() -> None:
     out = await run(mapping([1, "bad", 3]), {})
-    assert out.status is RunStatus.FAILED
+    assert out.status is RunStatus.FAILED and out.error is not None
     assert out.error["code"] == "map_item_failed" and "item 1 failed" in out.error["message"]
 
 
@@ -119,6 +119,7 @@ async def test_map_over_a_registered_workflow() -> None:
     missing = parse_definition({"name": "p", "nodes": [
         {"id": "each", "type": "map", "items": [1], "workflow": "nope"}]}, registry=REG)
     failed = await run(missing, {}, services=services)
+    assert failed.error is not None
     assert failed.error["code"] == "map_error" and "nope" in failed.error["message"]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from flowrun import Settings, create_app
@@ -45,7 +46,9 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 
 
 def trips(client: TestClient) -> dict[str, int]:
-    return dict(client.app.state.service.store.round_trips())  # type: ignore[attr-defined]
+    app = client.app
+    assert isinstance(app, Starlette)
+    return dict(app.state.service.store.round_trips())
 
 
 def per_run(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import anyio
@@ -16,9 +18,9 @@ from flowrun.store import Store
 from flowrun.store.schema import SCHEMA_VERSION
 
 
-def make_run(run_id: str, **kw: object) -> RunRecord:
+def make_run(run_id: str, **kw: Any) -> RunRecord:
     return RunRecord(id=run_id, workflow="wf", version=1, status=RunStatus.QUEUED,
-                     inputs={"a": 1}, created_at=time.time(), **kw)  # type: ignore[arg-type]
+                     inputs={"a": 1}, created_at=time.time(), **kw)
 
 
 async def test_new_database_is_migrated_in_wal_mode(tmp_path: Path) -> None:
@@ -45,10 +47,13 @@ async def test_workflow_versions(tmp_path: Path) -> None:
 
 async def test_concurrent_writes_are_group_committed(tmp_path: Path) -> None:
     async with Store.open(tmp_path / "f.db") as store:
+        def insert(run_id: str) -> Coroutine[Any, Any, None]:
+            return store.insert_run(make_run(run_id)).wait()  # submitted by start_soon
+
         before = store.round_trips()["write"]
         async with anyio.create_task_group() as tg:
             for i in range(300):
-                tg.start_soon(lambda i=i: store.insert_run(make_run(f"r{i}")).wait())
+                tg.start_soon(insert, f"r{i}")
         batches = store.round_trips()["write"] - before
         rows = await store.list_runs("wf", api_key_id=None, limit=1000)
         # every write is stored, once...

@@ -150,10 +150,14 @@ async def test_writes_commit_and_report_in_the_order_they_were_submitted(
         conn: sqlite3.Connection, db: Path) -> None:
     writer = Writer(conn, max_batch=4)
     reported: list[int] = []
+
+    def report(i: int) -> Callable[[BaseException | None], None]:
+        return lambda error: reported.append(i)
+
     async with running(writer):
         results = [writer.submit(insert(f"v{i}")) for i in range(10)]
         for i, result in enumerate(results):
-            result.add_done_callback(lambda error, i=i: reported.append(i))
+            result.add_done_callback(report(i))
         for result in results:
             await result.wait()
     assert writer.round_trips == 3  # across several batches...
