@@ -69,6 +69,17 @@ def test_mounted_in_a_host_app(tmp_path: Path) -> None:
         assert client.get("/").text == "host"
         resp = client.post("/flows/workflows/hello/run-sync", json={"inputs": {"name": "h"}})
         assert resp.status_code == 200 and resp.json()["outputs"] == {"greeting": "Hello, h!"}
+        accepted = client.post("/flows/workflows/hello/run", json={"inputs": {"name": "l"}})
+        location = accepted.headers["location"]
+        assert location == f"/flows/runs/{accepted.json()['id']}"  # under the mount
+        assert client.get(location).status_code == 200
+
+
+async def test_run_workflow_of_a_file_calls_its_folders_workflows() -> None:
+    outcome = await flowrun.run_workflow(EXAMPLES / "report-pipeline.yaml",
+                                         {"text": "one two three"})
+    assert outcome.status is flowrun.RunStatus.SUCCEEDED, outcome.error
+    assert outcome.outputs is not None and "short" in str(outcome.outputs)
 
 
 async def test_run_workflow_in_process() -> None:
