@@ -37,6 +37,11 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
                              **extra)
 
 
+def _plugins(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--plugin`` modules, else ``FLOWRUN_PLUGINS`` (as for ``serve``)."""
+    return _settings(args, plugins=tuple(args.plugin) or None).plugins
+
+
 # --- serve -------------------------------------------------------------------------
 
 async def _ensure_key(settings: Settings) -> str | None:
@@ -73,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # aiosqlite logs every statement with its parameters at debug level: secret values
     # and run inputs must not reach the log, whatever the level asked for.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    load_plugins(settings.plugins)  # PluginError: one line, before anything else happens
     if settings.auth_enabled:
         secret = anyio.run(_ensure_key, settings)
         if secret:
@@ -113,7 +119,7 @@ def _coerce(definition: definitions.WorkflowDefinition, inputs: dict[str, Any]) 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    load_plugins(tuple(args.plugin))
+    load_plugins(_plugins(args))
     try:
         definition = definitions.load_file(Path(args.file), registry=registry)
         inputs = _coerce(definition, dict(_parse_input(p) for p in args.input))
@@ -165,7 +171,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 # --- validate ----------------------------------------------------------------------
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    load_plugins(tuple(args.plugin))
+    load_plugins(_plugins(args))
     bad = 0
     for target in args.files:
         for path in definitions.workflow_files(Path(target)):
@@ -323,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     secrets.set_defaults(func=cmd_secrets)
 
     for p in (serve, run, validate):
-        p.add_argument("--plugin", action="append", default=[],
-                       help="import a module that registers custom node types")
+        p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                       help="a module name (found in the current folder first) or .py file "
+                            "that registers custom node types; repeat for more "
+                            "(default: $FLOWRUN_PLUGINS, comma-separated)")
     return parser
 
 

@@ -4,18 +4,80 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
+
+from tests.local_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
-def flowrun(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "flowrun", *args], capture_output=True,
-                          text=True, timeout=60, env=env, check=False)
+def _command(*args: str) -> list[str]:
+    # -P: the current folder is not on sys.path, as with the installed ``flowrun`` script
+    # (``python -m`` would put it there and hide what users of the script see).
+    return [sys.executable, "-P", "-m", "flowrun", *args]
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWRUN_")}
+    return {**env, "PYTHONPATH": str(ROOT), **(extra or {})}
+
+
+def flowrun(*args: str, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the flowrun command in ``cwd`` with extra environment ``env``."""
+    return subprocess.run(_command(*args), capture_output=True, text=True, timeout=60,
+                          env=_env(env), cwd=cwd, check=False)
+
+
+@dataclass
+class Served:
+    url: str
+    stdout: str = ""
+    stderr: str = ""
+
+
+@contextmanager
+def serving(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """``flowrun serve ARGS`` on a free port while the block lasts (up once /healthz
+    answers); its output is in the Served after the block."""
+    port = free_port()
+    proc = subprocess.Popen(_command("serve", "--port", str(port), *args), cwd=cwd,
+                            env=_env({"FLOWRUN_CODE_POOL_SIZE": "0", **(env or {})}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    served = Served(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(f"serve exited {proc.returncode}: {out}{err}")
+            try:
+                if httpx.get(f"{served.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.05)
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            served.stdout, served.stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
 
 
 def test_version() -> None:
