@@ -8,6 +8,7 @@ import getpass
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -67,6 +68,53 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def _workflow_problems(folder: Path) -> list[str]:
+    """Why ``serve --workflows folder`` could not load it: one line per bad file."""
+    if not folder.exists():
+        return [f"error: workflows folder {folder} does not exist"]
+    try:
+        files = definitions.workflow_files(folder)
+    except OSError as exc:
+        return [f"error: cannot read workflows folder {folder}: {exc.strerror or exc}"]
+    bad = []
+    for path in files:
+        try:
+            definitions.load_file(path, registry=registry)
+        except FlowrunError as exc:
+            bad.append(f"  {exc.message}")
+    if not bad:
+        return []
+    many = len(bad) > 1
+    return [f"error: {len(bad)} workflow file{'s' if many else ''} in {folder} "
+            f"{'are' if many else 'is'} invalid:", *bad]
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now (uvicorn listens on it once the app has started),
+    so that a port in use stops ``serve`` before anything else happens."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                         socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Server(DrainingServer):
+    """uvicorn on a socket bound beforehand, announcing where it serves as it does."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:
+            host, port = sockets[0].getsockname()[:2]
+            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C "
+                                                    "to quit)", url)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port,
                          workflows_dir=Path(args.workflows) if args.workflows else None,
@@ -78,21 +126,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # aiosqlite logs every statement with its parameters at debug level: secret values
     # and run inputs must not reach the log, whatever the level asked for.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
-    load_plugins(settings.plugins)  # PluginError: one line, before anything else happens
-    if settings.auth_enabled:
-        secret = anyio.run(_ensure_key, settings)
-        if secret:
-            print(f"Created an admin API key for this new database (shown once):\n"
-                  f"  {secret}\nSend it as 'Authorization: Bearer <key>'. Keys for "
-                  f"clients: flowrun keys create --scope run [--workflow NAME].", flush=True)
-    _not_dumpable()
-    app = create_app(settings)
-    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown so the process dies by
-    # the signal; a clean shutdown should exit 0, so the re-raised signal lands here.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_cleanly)
-    tune_gc()
-    DrainingServer(server_config(app, settings, args.log_level), app).run()
+    # Whatever can stop the start (a plugin, a workflow file, the port) is checked before
+    # a new database gets its admin key: that key is printed once, and a start that
+    # fails after printing it would lose it. PluginError reaches main() as one line.
+    load_plugins(settings.plugins)
+    if settings.workflows_dir is not None:
+        problems = _workflow_problems(settings.workflows_dir)
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
+            return 2
+    try:
+        sock = _listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    with sock:
+        if settings.auth_enabled:
+            secret = anyio.run(_ensure_key, settings)
+            if secret:
+                print(f"Created an admin API key for this new database (shown once):\n"
+                      f"  {secret}\nSend it as 'Authorization: Bearer <key>'. Keys for "
+                      f"clients: flowrun keys create --scope run [--workflow NAME].",
+                      flush=True)
+        _not_dumpable()
+        app = create_app(settings)
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown so the process dies
+        # by the signal; a clean shutdown should exit 0, so the re-raised signal lands here.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_cleanly)
+        tune_gc()
+        _Server(server_config(app, settings, args.log_level), app).run(sockets=[sock])
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -147,3 +148,49 @@ def test_run_calls_sibling_workflow_files(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("name: [oops\n")
     failed = flowrun("run", str(lonely))
     assert failed.returncode == 1 and "'missing' is not a file" in failed.stdout
+
+
+def test_serve_checks_the_workflows_folder_before_starting(tmp_path: Path) -> None:
+    missing = flowrun("serve", "--workflows", "nowhere", "--db", "x.db", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr == "error: workflows folder nowhere does not exist\n"
+    folder = tmp_path / "wf"
+    folder.mkdir()
+    (folder / "good.yaml").write_text((EXAMPLES / "hello.yaml").read_text())
+    (folder / "a.yaml").write_text("name: a\nnodes:\n  - {id: x, type: nope}\n")
+    (folder / "b.json").write_text("{not json")
+    (folder / "c.yml").write_text("name: c\nnodes:\n  - {id: s, type: sleep}\n")
+    out = flowrun("serve", "--workflows", "wf", "--db", "x.db", cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    lines = out.stderr.splitlines()
+    assert lines[0] == "error: 3 workflow files in wf are invalid:"
+    assert lines[1].startswith("  wf/a.yaml: ") and "unknown node type 'nope'" in lines[1]
+    assert lines[2].startswith("  wf/b.json: cannot read")
+    assert lines[3].startswith("  wf/c.yml: ") and "missing required param 'seconds'" in lines[3]
+    assert len(lines) == 4 and "Traceback" not in out.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_initial_admin_key_is_printed_by_the_first_start_that_serves(tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text("1 / 0\n")
+    failed = flowrun("serve", "--plugin", "bad", cwd=tmp_path)
+    assert failed.returncode == 2 and failed.stdout == "", failed.stdout
+    failed = flowrun("serve", "--workflows", "nowhere", cwd=tmp_path)
+    assert failed.returncode == 2 and failed.stdout == "", failed.stdout
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        failed = flowrun("serve", "--port", str(port), cwd=tmp_path)
+    assert failed.returncode == 2 and failed.stdout == "", failed.stdout
+    assert failed.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: "), failed.stderr
+    assert failed.stderr.count("\n") == 1
+    assert not (tmp_path / "flowrun.db").exists()
+    with serving(cwd=tmp_path) as served:
+        pass
+    assert "Created an admin API key" in served.stdout, served.stdout + served.stderr
+    key = next(w for w in served.stdout.split() if w.startswith("fr_"))
+    with serving(cwd=tmp_path) as again:
+        assert httpx.get(f"{again.url}/workflows", timeout=10,
+                         headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert "fr_" not in again.stdout
