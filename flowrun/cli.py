@@ -191,7 +191,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (FlowrunError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    printer = ProgressPrinter(sys.stdout)
+    # Progress is for the person watching; stdout carries only the outputs (| jq).
+    printer = ProgressPrinter(sys.stderr, result=sys.stdout)
     run_id = uuid.uuid4().hex
     printer.show("workflow_started", {"id": run_id, "workflow_id": definition.name})
     started = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import signal
 import socket
@@ -108,13 +109,13 @@ def test_run_prints_progress_and_exit_code_follows_status(tmp_path: Path) -> Non
     out = flowrun("run", str(EXAMPLES / "branching.yaml"), "--input", "n=42",
                   "--input", "mode=careful")
     assert out.returncode == 0, out.stderr
-    assert "✓ check succeeded" in out.stdout and "- small skipped" in out.stdout
+    assert "✓ check succeeded" in out.stderr and "- small skipped" in out.stderr
     assert '"size": "42 is big"' in out.stdout
     failing = tmp_path / "fail.yaml"
     failing.write_text("name: fail\nnodes:\n  - {id: t, type: template, "
                        "template: '{{ inputs.nope }}'}\n")
     out = flowrun("run", str(failing))
-    assert out.returncode == 1 and "✗ t failed" in out.stdout
+    assert out.returncode == 1 and "✗ t failed" in out.stderr
     missing = flowrun("run", str(EXAMPLES / "hello.yaml"))
     assert missing.returncode == 2 and "inputs.name: required" in missing.stderr
 
@@ -147,7 +148,7 @@ def test_run_calls_sibling_workflow_files(tmp_path: Path) -> None:
     lonely.write_text("name: lonely\nnodes:\n  - {id: w, type: workflow, workflow: missing}\n")
     (tmp_path / "broken.yaml").write_text("name: [oops\n")
     failed = flowrun("run", str(lonely))
-    assert failed.returncode == 1 and "'missing' is not a file" in failed.stdout
+    assert failed.returncode == 1 and "'missing' is not a file" in failed.stderr
 
 
 def test_serve_checks_the_workflows_folder_before_starting(tmp_path: Path) -> None:
@@ -194,3 +195,16 @@ def test_initial_admin_key_is_printed_by_the_first_start_that_serves(tmp_path: P
         assert httpx.get(f"{again.url}/workflows", timeout=10,
                          headers={"Authorization": f"Bearer {key}"}).status_code == 200
     assert "fr_" not in again.stdout
+
+
+def test_run_prints_only_the_outputs_on_stdout(tmp_path: Path) -> None:
+    out = flowrun("run", str(EXAMPLES / "hello.yaml"), "-i", "name=Ada")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"greeting": "Hello, Ada!"}
+    assert "▶ greet (template)" in out.stderr and "succeeded in" in out.stderr
+    failing = tmp_path / "fail.yaml"
+    failing.write_text("name: fail\nnodes:\n  - {id: t, type: template, "
+                       "template: '{{ inputs.nope }}'}\n")
+    out = flowrun("run", str(failing))
+    assert out.returncode == 1 and out.stdout == ""
+    assert "✗ t failed" in out.stderr and "error:" in out.stderr
