@@ -162,32 +162,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # --- run ---------------------------------------------------------------------------
 
-def _parse_input(pair: str) -> tuple[str, Any]:
-    key, sep, raw = pair.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--input expects key=value, got {pair!r}")
+# What ``-i key=value`` must hold for each declared input type other than string.
+_WANTED = {"number": "a number", "integer": "an integer", "boolean": "true or false",
+           "object": "a JSON object", "array": "a JSON array", "file": "a JSON file object"}
+
+
+def _typed(kind: str, raw: str) -> tuple[bool, Any]:
+    """(whether ``raw`` is JSON of type ``kind``, its value)."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(name)  # NaN and Infinity are not JSON
+
     try:
-        return key, json.loads(raw)
+        value = json.loads(raw, parse_constant=refuse)
     except ValueError:
-        return key, raw
+        return False, None
+    if kind == "boolean":
+        return isinstance(value, bool), value
+    if isinstance(value, bool):
+        return False, value
+    if kind == "integer":
+        return isinstance(value, int), value
+    if kind == "number":
+        return isinstance(value, int | float), value
+    return isinstance(value, list if kind == "array" else dict), value
 
 
-def _coerce(definition: definitions.WorkflowDefinition, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Command-line values are text: turn them into the declared type where possible."""
-    out = dict(inputs)
-    for name, value in inputs.items():
-        spec = definition.inputs.get(name)
-        if spec is not None and spec.type == "string" and not isinstance(value, str):
-            out[name] = json.dumps(value) if isinstance(value, dict | list) else str(value)
-    return out
+def _parse_inputs(definition: definitions.WorkflowDefinition,
+                  pairs: list[str]) -> dict[str, Any]:
+    """``-i key=value`` pairs by each input's declared type: a string input takes the
+    text as it is, any other type its JSON (``-i n=3``, ``-i tags='["a"]'``)."""
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--input expects key=value, got {pair!r}")
+        spec = definition.inputs.get(key)
+        if spec is None or spec.type == "string":
+            inputs[key] = raw  # an undeclared name is reported by check_inputs
+            continue
+        ok, value = _typed(spec.type, raw)
+        if not ok:
+            raise ValueError(f"--input {key}: expected {_WANTED[spec.type]}, got {raw!r}")
+        inputs[key] = value
+    return inputs
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     load_plugins(_plugins(args))
     try:
         definition = definitions.load_file(Path(args.file), registry=registry)
-        inputs = _coerce(definition, dict(_parse_input(p) for p in args.input))
-        checked = definitions.check_inputs(definition, inputs)
+        checked = definitions.check_inputs(definition, _parse_inputs(definition, args.input))
     except (FlowrunError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

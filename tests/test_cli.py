@@ -197,6 +197,53 @@ def test_initial_admin_key_is_printed_by_the_first_start_that_serves(tmp_path: P
     assert "fr_" not in again.stdout
 
 
+TYPED = """
+name: typed
+inputs:
+  s: {type: string}
+  n: {type: number}
+  i: {type: integer}
+  b: {type: boolean}
+  o: {type: object}
+  a: {type: array}
+nodes:
+  - {id: t, type: template, template: "ok"}
+outputs:
+  s: "{{ inputs.s }}"
+  n: "{{ inputs.n }}"
+  i: "{{ inputs.i }}"
+  b: "{{ inputs.b }}"
+  o: "{{ inputs.o }}"
+  a: "{{ inputs.a }}"
+"""
+
+
+def test_run_inputs_follow_their_declared_type(tmp_path: Path) -> None:
+    hello = str(EXAMPLES / "hello.yaml")
+    for text in ("true", "null", "1e3", '{"a": 1}', "", "a=b"):
+        out = flowrun("run", hello, "-i", f"name={text}")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"greeting": f"Hello, {text}!"}
+    (tmp_path / "typed.yaml").write_text(TYPED)
+    out = flowrun("run", "typed.yaml", "-i", "s=1", "-i", "n=1e3", "-i", "i=7", "-i", "b=false",
+                  "-i", 'o={"k": [1]}', "-i", "a=[1, \"x\"]", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"s": "1", "n": 1000.0, "i": 7, "b": False,
+                                      "o": {"k": [1]}, "a": [1, "x"]}
+    for pair, wanted in [("n=abc", "a number"), ("n=true", "a number"), ("n=NaN", "a number"),
+                         ("i=1e3", "an integer"), ("i=1.5", "an integer"),
+                         ("i=true", "an integer"), ("b=yes", "true or false"),
+                         ("b=1", "true or false"), ("b=null", "true or false"),
+                         ("o=[1]", "a JSON object"), ("o=x", "a JSON object"),
+                         ("a={}", "a JSON array")]:
+        out = flowrun("run", "typed.yaml", "-i", pair, cwd=tmp_path)
+        name, _, raw = pair.partition("=")
+        assert out.returncode == 2, (pair, out.stdout)
+        assert out.stderr == f"error: --input {name}: expected {wanted}, got {raw!r}\n"
+    out = flowrun("run", "typed.yaml", "-i", "nope=1", cwd=tmp_path)
+    assert out.returncode == 2 and "inputs.nope: unknown input" in out.stderr
+
+
 def test_run_prints_only_the_outputs_on_stdout(tmp_path: Path) -> None:
     out = flowrun("run", str(EXAMPLES / "hello.yaml"), "-i", "name=Ada")
     assert out.returncode == 0, out.stderr
