@@ -348,31 +348,47 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 def _db_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     """``--db`` on a command and on each of its subcommands, so either order works."""
     parser.add_argument("--db", default=None if top else argparse.SUPPRESS,
-                        help="SQLite file (default flowrun.db or $FLOWRUN_DB_PATH)")
+                        help="SQLite file (default: $FLOWRUN_DB_PATH or flowrun.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowrun", description="flowrun: a self-hosted workflow run server.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print flowrun's version and exit")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
+                                help="what to do (each has its own --help)")
 
     serve = sub.add_parser("serve", help="serve the HTTP API")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--db", default=None, help="SQLite file (default flowrun.db)")
-    serve.add_argument("--workflows", default=None, help="folder of workflow files to register")
-    serve.add_argument("--no-auth", action="store_true", help="no API keys (loopback only)")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--host", default=None,
+                       help="address to listen on (default: $FLOWRUN_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None,
+                       help="port to listen on (default: $FLOWRUN_PORT or 8000)")
+    serve.add_argument("--db", default=None,
+                       help="SQLite file (default: $FLOWRUN_DB_PATH or flowrun.db; created "
+                            "if missing)")
+    serve.add_argument("--workflows", default=None, metavar="FOLDER",
+                       help="register every workflow file in FOLDER at start (default: "
+                            "$FLOWRUN_WORKFLOWS_DIR)")
+    serve.add_argument("--no-auth", action="store_true",
+                       help="serve without API keys (only on a loopback host)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug", "trace"],
+                       help="how much to log (default: info)")
     serve.set_defaults(func=cmd_serve)
 
-    run = sub.add_parser("run", help="run a workflow file in-process and print its progress")
-    run.add_argument("file")
-    run.add_argument("--input", "-i", action="append", default=[], metavar="KEY=VALUE")
+    run = sub.add_parser("run", help="run a workflow file in-process: its progress on stderr, "
+                              "its outputs (JSON) on stdout")
+    run.add_argument("file", help="workflow file (.yaml, .yml or .json); the workflows it "
+                                  "calls are looked for beside it")
+    run.add_argument("-i", "--input", action="append", default=[], metavar="KEY=VALUE",
+                     help="an input of the workflow (repeat for more): a string input takes "
+                          "VALUE as it is; number, integer, boolean, object and array inputs "
+                          "take JSON (-i n=3 -i tags='[\"a\"]')")
     run.set_defaults(func=cmd_run)
 
     events = sub.add_parser("events", help="follow a run's live events on a server")
-    events.add_argument("run_id")
+    events.add_argument("run_id", help="the run's id")
     client_defaults = ClientSettings.from_env()
     events.add_argument("--url", default=client_defaults.url,
                         help="server URL (default: $FLOWRUN_URL or http://127.0.0.1:8000)")
@@ -382,14 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     events.set_defaults(func=cmd_events)
 
     validate = sub.add_parser("validate", help="check workflow files")
-    validate.add_argument("files", nargs="+")
+    validate.add_argument("files", nargs="+", metavar="PATH",
+                          help="a workflow file, or a folder of them")
     validate.set_defaults(func=cmd_validate)
 
     keys = sub.add_parser("keys", help="manage API keys")
     _db_option(keys, top=True)
-    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION",
+                                   help="create, list or revoke")
     create = keys_sub.add_parser("create", help="create a key and print it (once)")
-    create.add_argument("--name", default=None)
+    create.add_argument("--name", default=None, help="a label for the key in 'keys list'")
     create.add_argument("--scope", choices=[s.value for s in auth.Scope],
                         default=auth.Scope.RUN.value,
                         help="run (default): start and follow its own runs; admin: also "
@@ -398,22 +416,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bind a run key to this workflow (repeat for more)")
     listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("key", help="key id or prefix")
+    revoke.add_argument("key", help="the key's id, its prefix as 'keys list' shows it, or "
+                                    "the whole key")
     for p in (create, listing, revoke):
         _db_option(p)
     keys.set_defaults(func=cmd_keys)
 
     secrets = sub.add_parser("secrets", help="manage secrets that node requests may send")
     _db_option(secrets, top=True)
-    secrets_sub = secrets.add_subparsers(dest="secrets_cmd", required=True)
+    secrets_sub = secrets.add_subparsers(dest="secrets_cmd", required=True, metavar="ACTION",
+                                         help="set, list or delete")
     put = secrets_sub.add_parser(
         "set", help="store a secret, its value read from stdin (or a prompt)")
-    put.add_argument("name")
+    put.add_argument("name", help="the secret's name, used as {{ secrets.NAME }}")
     put.add_argument("--allow", action="append", default=[], required=True, metavar="URL",
                      help="a URL prefix the secret may be sent to (repeat for more)")
     listing = secrets_sub.add_parser("list", help="list secrets (never their values)")
     delete = secrets_sub.add_parser("delete", help="delete a secret")
-    delete.add_argument("name")
+    delete.add_argument("name", help="the secret's name")
     for p in (put, listing, delete):
         _db_option(p)
     secrets.set_defaults(func=cmd_secrets)

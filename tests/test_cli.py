@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from flowrun.cli import build_parser
 from tests.local_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,9 +86,29 @@ def serving(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterato
 
 
 def test_version() -> None:
-    out = flowrun("--version")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == f"flowrun {importlib.metadata.version('flowrun')}\n"
+    for flag in ("--version", "-V"):
+        out = flowrun(flag)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == f"flowrun {importlib.metadata.version('flowrun')}\n"
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_option_has_help() -> None:
+    serve = flowrun("serve", "--help").stdout
+    assert re.search(r"--host HOST +address to listen on", serve), serve
+    assert re.search(r"--port PORT +port to listen on", serve), serve
+    run = flowrun("run", "--help").stdout
+    assert re.search(r"-i KEY=VALUE, --input KEY=VALUE\s+an input of the workflow", run), run
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            assert action.help, f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
 
 
 def test_validate_ok_and_errors(tmp_path: Path) -> None:
