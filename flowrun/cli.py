@@ -277,41 +277,95 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-# --- keys --------------------------------------------------------------------------
+# --- keys and secrets ---------------------------------------------------------------
+# Commands that read or remove need an existing database: run in the wrong folder they
+# must say so, not answer from a new, empty one. Commands that store (keys create,
+# secrets set) may create it, to provision a server before its first start, and say so.
+
+def _database(settings: Settings, *, may_create: bool) -> bool:
+    """Whether the command may go on with ``settings.db_path``; says why not."""
+    path = settings.db_path
+    if path.exists():
+        return True
+    if may_create:
+        print(f"created a new database {path}", file=sys.stderr)
+        return True
+    print(f"error: no database {path} here; give its path with --db (or $FLOWRUN_DB_PATH), "
+          f"or start 'flowrun serve' to create it", file=sys.stderr)
+    return False
+
+
+async def _create_key(store: Store, args: argparse.Namespace, db: Path) -> int:
+    if args.workflow and args.scope == auth.Scope.RUN.value and not args.allow_unknown_workflow:
+        registered = {name for name, _, _ in await store.list_workflows()}
+        unknown = [name for name in args.workflow if name not in registered]
+        if unknown and registered:
+            names = ", ".join(repr(name) for name in unknown)
+            print(f"error: no workflow {names} is registered in {db} (registered: "
+                  f"{', '.join(sorted(registered))}); --allow-unknown-workflow binds the key "
+                  f"anyway", file=sys.stderr)
+            return 2
+        if unknown:
+            print(f"note: no workflow is registered in {db} yet; the key is bound to "
+                  f"{', '.join(args.workflow)} unchecked", file=sys.stderr)
+    try:
+        record, secret = await create_api_key(
+            store, name=args.name, scope=auth.Scope(args.scope), workflows=args.workflow or None)
+    except FlowrunError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(secret)
+    print(f"id {record.id}", file=sys.stderr)
+    return 0
+
+
+async def _revoke_key(store: Store, given: str) -> int:
+    """Revoke the live key ``given`` names: its id, its display prefix, or the key."""
+    live = [key for key in await store.list_api_keys() if key.revoked_at is None]
+    matches = [key for key in live if given in (key.id, key.prefix)]
+    if not matches and given.startswith(auth.KEY_PREFIX):
+        found = await store.find_api_key(auth.hash_key(given))
+        matches = [found] if found is not None else []
+    # Never echo a whole key back: its display prefix says which one was meant.
+    shown = given if len(given) <= 10 else given[:10] + "…"
+    if not matches:
+        print(f"error: no active key matches {shown!r} (give a key id or prefix from "
+              f"'keys list', or the key itself)", file=sys.stderr)
+        return 1
+    if len(matches) > 1:
+        print(f"error: {shown!r} matches {len(matches)} keys "
+              f"({', '.join(key.id for key in matches)}); give the key id", file=sys.stderr)
+        return 1
+    key = matches[0]
+    await store.revoke_api_key(key.id)
+    print(f"revoked key {key.id} ({key.prefix}…, {key.scope}, {key.name or 'no name'})")
+    return 0
+
 
 def cmd_keys(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if not _database(settings, may_create=args.keys_cmd == "create"):
+        return 2
 
     async def main() -> int:
         async with Store.open(settings.db_path) as store:
             if args.keys_cmd == "create":
-                try:
-                    record, secret = await create_api_key(
-                        store, name=args.name, scope=auth.Scope(args.scope),
-                        workflows=args.workflow or None)
-                except FlowrunError as exc:
-                    print(f"error: {exc.message}", file=sys.stderr)
-                    return 2
-                print(secret)
-                print(f"id {record.id}", file=sys.stderr)
-                return 0
+                return await _create_key(store, args, settings.db_path)
             if args.keys_cmd == "list":
                 for key in await store.list_api_keys():
                     state = "revoked" if key.revoked_at else "active"
                     print(f"{key.id}  {key.prefix}…  {state:7}  {key.scope:5}  "
                           f"{key.name or '-'}  {','.join(key.workflows or ['*'])}")
                 return 0
-            count = await store.revoke_api_key(args.key)
-            print(f"revoked {count} key(s)")
-            return 0 if count else 1
+            return await _revoke_key(store, args.key)
 
     return anyio.run(main)
 
 
-# --- secrets -----------------------------------------------------------------------
-
 def cmd_secrets(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if not _database(settings, may_create=args.secrets_cmd == "set"):
+        return 2
     value = None
     if args.secrets_cmd == "set":
         if sys.stdin.isatty():
@@ -413,7 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run (default): start and follow its own runs; admin: also "
                              "register workflows, manage keys and secrets, see every run")
     create.add_argument("--workflow", action="append", default=[], metavar="NAME",
-                        help="bind a run key to this workflow (repeat for more)")
+                        help="bind a run key to this workflow (repeat for more); it must be "
+                             "registered in the database, once any workflow is")
+    create.add_argument("--allow-unknown-workflow", action="store_true",
+                        help="bind to --workflow names that are not registered (yet)")
     listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key", help="the key's id, its prefix as 'keys list' shows it, or "

@@ -156,6 +156,66 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert flowrun("keys", "--db", db, "revoke", prefix).returncode == 1
 
 
+def test_keys_revoke_takes_an_id_a_prefix_or_the_key(tmp_path: Path) -> None:
+    made = []
+    for name in ("by-key", "by-id", "by-prefix"):
+        out = flowrun("keys", "create", "--name", name, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        made.append((out.stderr.split()[-1], out.stdout.strip()))
+    (id1, key1), (id2, _), (id3, key3) = made
+    for given, key_id, name in ((key1, id1, "by-key"), (id2, id2, "by-id"),
+                                (key3[:10], id3, "by-prefix")):
+        out = flowrun("keys", "revoke", given, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"revoked key {key_id} ") and name in out.stdout
+        again = flowrun("keys", "revoke", given, cwd=tmp_path)
+        assert again.returncode == 1 and again.stdout == ""
+    listed = flowrun("keys", "list", cwd=tmp_path).stdout
+    assert listed.count("revoked") == 3 and "active" not in listed
+    nothing = flowrun("keys", "revoke", "fr_nosuchkeyatall", cwd=tmp_path)
+    assert nothing.returncode == 1
+    assert nothing.stderr.startswith("error: no active key matches 'fr_nosuchk…'")
+
+
+def test_key_and_secret_commands_never_create_a_database(tmp_path: Path) -> None:
+    for args in (("keys", "list"), ("keys", "revoke", "abc"), ("secrets", "list"),
+                 ("secrets", "delete", "X"), ("keys", "list", "--db", "other.db"),
+                 ("keys", "--db", "other.db", "list"), ("secrets", "list", "--db", "o.db")):
+        out = flowrun(*args, cwd=tmp_path)
+        assert out.returncode == 2 and out.stdout == "", (args, out.stdout)
+        assert out.stderr.startswith("error: no database "), (args, out.stderr)
+        assert out.stderr.count("\n") == 1
+    out = flowrun("keys", "list", cwd=tmp_path, env={"FLOWRUN_DB_PATH": "env.db"})
+    assert out.returncode == 2 and "env.db" in out.stderr
+    assert list(tmp_path.iterdir()) == []
+    # Creating a key before the first start (to provision a server) makes the database,
+    # and says so; --db goes before or after the subcommand.
+    created = flowrun("keys", "create", "--db", "k.db", cwd=tmp_path)
+    assert created.returncode == 0 and "created a new database k.db" in created.stderr
+    for args in (("keys", "list", "--db", "k.db"), ("keys", "--db", "k.db", "list")):
+        assert flowrun(*args, cwd=tmp_path).stdout.count("active") == 1
+
+
+def test_keys_create_refuses_a_workflow_that_is_not_registered(tmp_path: Path) -> None:
+    with serving("--workflows", str(EXAMPLES), "--db", "w.db", cwd=tmp_path):
+        pass
+    refused = flowrun("keys", "create", "--workflow", "hello", "--workflow", "nosuchwf",
+                      "--db", "w.db", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("error: no workflow 'nosuchwf' is registered in w.db")
+    assert "--allow-unknown-workflow" in refused.stderr
+    assert flowrun("keys", "list", "--db", "w.db", cwd=tmp_path).stdout.count("active") == 1
+    bound = flowrun("keys", "create", "--workflow", "hello", "--db", "w.db", cwd=tmp_path)
+    assert bound.returncode == 0 and bound.stdout.startswith("fr_"), bound.stderr
+    forced = flowrun("keys", "create", "--workflow", "nosuchwf", "--allow-unknown-workflow",
+                     "--db", "w.db", cwd=tmp_path)
+    assert forced.returncode == 0 and forced.stdout.startswith("fr_"), forced.stderr
+    # A database with no workflow yet (keys made before the first serve) cannot check.
+    early = flowrun("keys", "create", "--workflow", "hello", "--db", "new.db", cwd=tmp_path)
+    assert early.returncode == 0 and early.stdout.startswith("fr_"), early.stderr
+    assert "no workflow is registered in new.db yet" in early.stderr
+
+
 def test_no_auth_refused_off_loopback(tmp_path: Path) -> None:
     out = flowrun("serve", "--no-auth", "--host", "0.0.0.0", "--db", str(tmp_path / "x.db"))
     assert out.returncode == 2 and "loopback" in out.stderr
