@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import ipaddress
 import logging
+import os
+import sys
 import time
+import traceback
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -47,7 +51,7 @@ from flowrun.metrics import Metrics
 from flowrun.runner import Runner
 from flowrun.scheduler import Scheduler
 from flowrun.service import RunService
-from flowrun.settings import Settings
+from flowrun.settings import Settings, SettingsError
 from flowrun.store import Store
 from flowrun.vault import StoreSecrets, Vault
 from flowrun.workflows import WorkflowCatalog
@@ -55,11 +59,18 @@ from flowrun.workflows import WorkflowCatalog
 logger = logging.getLogger(__name__)
 
 
+class PluginError(SettingsError):
+    """Raised by ``load_plugins`` when a plugin cannot be loaded; names it and says why."""
+
+
 def load_plugins(modules: tuple[str, ...], registry: Registry = default_registry) -> None:
     """Load custom node types: the ``flowrun.nodes`` entry points, then ``modules``.
 
     An entry point may name an async function (registered under the entry point's
     name) or a module whose import registers its nodes with ``@flowrun.node``.
+    Each of ``modules`` is a module name, found as ``python -m`` would (the current
+    folder first, then the usual path), or the path of a ``.py`` file. One that
+    cannot be loaded raises PluginError; loading one again does nothing.
     """
     for entry_point in importlib.metadata.entry_points(group="flowrun.nodes"):
         try:
@@ -69,8 +80,62 @@ def load_plugins(modules: tuple[str, ...], registry: Registry = default_registry
             continue
         if inspect.iscoroutinefunction(loaded):
             registry.register(entry_point.name, loaded)
-    for name in modules:
-        importlib.import_module(name)
+    for plugin in modules:
+        try:
+            if plugin.endswith(".py") or "/" in plugin or os.sep in plugin:
+                _import_file(plugin)
+            else:
+                _import_module(plugin)
+        except PluginError:
+            raise
+        except Exception as exc:  # whatever the plugin's own code raised while importing
+            raise PluginError(f"cannot load plugin {plugin!r}: {_why(exc)}") from exc
+
+
+def _import_module(name: str) -> None:
+    # A console script's sys.path starts at its own folder, not the current one:
+    # put the current folder first, as ``python -m`` does.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    importlib.import_module(name)
+
+
+def _import_file(plugin: str) -> None:
+    path = Path(plugin).resolve()
+    if not path.is_file():
+        raise PluginError(f"cannot load plugin {plugin!r}: no such file")
+    name = path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        where = getattr(loaded, "__file__", None)
+        if where is not None and Path(where).resolve() == path:
+            return
+        raise PluginError(f"cannot load plugin {plugin!r}: a module named {name!r} is "
+                          f"already loaded from elsewhere; rename the file")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"cannot load plugin {plugin!r}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    # As for ``python path/to/file.py``: the file's folder goes on the path, so the
+    # plugin can import the modules beside it.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
+def _why(exc: Exception) -> str:
+    """One line: the exception, and where in the plugin's code it was raised."""
+    if isinstance(exc, ModuleNotFoundError | SyntaxError):
+        return str(exc)  # "No module named 'x'"; a SyntaxError names its file and line
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def node_services(settings: Settings, registry: Registry, code: CodeRunner) -> NodeServices:

@@ -8,6 +8,7 @@ import getpass
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -37,6 +38,11 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
                              **extra)
 
 
+def _plugins(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--plugin`` modules, else ``FLOWRUN_PLUGINS`` (as for ``serve``)."""
+    return _settings(args, plugins=tuple(args.plugin) or None).plugins
+
+
 # --- serve -------------------------------------------------------------------------
 
 async def _ensure_key(settings: Settings) -> str | None:
@@ -62,6 +68,53 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def _workflow_problems(folder: Path) -> list[str]:
+    """Why ``serve --workflows folder`` could not load it: one line per bad file."""
+    if not folder.exists():
+        return [f"error: workflows folder {folder} does not exist"]
+    try:
+        files = definitions.workflow_files(folder)
+    except OSError as exc:
+        return [f"error: cannot read workflows folder {folder}: {exc.strerror or exc}"]
+    bad = []
+    for path in files:
+        try:
+            definitions.load_file(path, registry=registry)
+        except FlowrunError as exc:
+            bad.append(f"  {exc.message}")
+    if not bad:
+        return []
+    many = len(bad) > 1
+    return [f"error: {len(bad)} workflow file{'s' if many else ''} in {folder} "
+            f"{'are' if many else 'is'} invalid:", *bad]
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now (uvicorn listens on it once the app has started),
+    so that a port in use stops ``serve`` before anything else happens."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                         socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Server(DrainingServer):
+    """uvicorn on a socket bound beforehand, announcing where it serves as it does."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and sockets:
+            host, port = sockets[0].getsockname()[:2]
+            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C "
+                                                    "to quit)", url)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port,
                          workflows_dir=Path(args.workflows) if args.workflows else None,
@@ -73,55 +126,98 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # aiosqlite logs every statement with its parameters at debug level: secret values
     # and run inputs must not reach the log, whatever the level asked for.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
-    if settings.auth_enabled:
-        secret = anyio.run(_ensure_key, settings)
-        if secret:
-            print(f"Created an admin API key for this new database (shown once):\n"
-                  f"  {secret}\nSend it as 'Authorization: Bearer <key>'. Keys for "
-                  f"clients: flowrun keys create --scope run [--workflow NAME].", flush=True)
-    _not_dumpable()
-    app = create_app(settings)
-    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown so the process dies by
-    # the signal; a clean shutdown should exit 0, so the re-raised signal lands here.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_cleanly)
-    tune_gc()
-    DrainingServer(server_config(app, settings, args.log_level), app).run()
+    # Whatever can stop the start (a plugin, a workflow file, the port) is checked before
+    # a new database gets its admin key: that key is printed once, and a start that
+    # fails after printing it would lose it. PluginError reaches main() as one line.
+    load_plugins(settings.plugins)
+    if settings.workflows_dir is not None:
+        problems = _workflow_problems(settings.workflows_dir)
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
+            return 2
+    try:
+        sock = _listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    with sock:
+        if settings.auth_enabled:
+            secret = anyio.run(_ensure_key, settings)
+            if secret:
+                print(f"Created an admin API key for this new database (shown once):\n"
+                      f"  {secret}\nSend it as 'Authorization: Bearer <key>'. Keys for "
+                      f"clients: flowrun keys create --scope run [--workflow NAME].",
+                      flush=True)
+        _not_dumpable()
+        app = create_app(settings)
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown so the process dies
+        # by the signal; a clean shutdown should exit 0, so the re-raised signal lands here.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_cleanly)
+        tune_gc()
+        _Server(server_config(app, settings, args.log_level), app).run(sockets=[sock])
     return 0
 
 
 # --- run ---------------------------------------------------------------------------
 
-def _parse_input(pair: str) -> tuple[str, Any]:
-    key, sep, raw = pair.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--input expects key=value, got {pair!r}")
+# What ``-i key=value`` must hold for each declared input type other than string.
+_WANTED = {"number": "a number", "integer": "an integer", "boolean": "true or false",
+           "object": "a JSON object", "array": "a JSON array", "file": "a JSON file object"}
+
+
+def _typed(kind: str, raw: str) -> tuple[bool, Any]:
+    """(whether ``raw`` is JSON of type ``kind``, its value)."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(name)  # NaN and Infinity are not JSON
+
     try:
-        return key, json.loads(raw)
+        value = json.loads(raw, parse_constant=refuse)
     except ValueError:
-        return key, raw
+        return False, None
+    if kind == "boolean":
+        return isinstance(value, bool), value
+    if isinstance(value, bool):
+        return False, value
+    if kind == "integer":
+        return isinstance(value, int), value
+    if kind == "number":
+        return isinstance(value, int | float), value
+    return isinstance(value, list if kind == "array" else dict), value
 
 
-def _coerce(definition: definitions.WorkflowDefinition, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Command-line values are text: turn them into the declared type where possible."""
-    out = dict(inputs)
-    for name, value in inputs.items():
-        spec = definition.inputs.get(name)
-        if spec is not None and spec.type == "string" and not isinstance(value, str):
-            out[name] = json.dumps(value) if isinstance(value, dict | list) else str(value)
-    return out
+def _parse_inputs(definition: definitions.WorkflowDefinition,
+                  pairs: list[str]) -> dict[str, Any]:
+    """``-i key=value`` pairs by each input's declared type: a string input takes the
+    text as it is, any other type its JSON (``-i n=3``, ``-i tags='["a"]'``)."""
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--input expects key=value, got {pair!r}")
+        spec = definition.inputs.get(key)
+        if spec is None or spec.type == "string":
+            inputs[key] = raw  # an undeclared name is reported by check_inputs
+            continue
+        ok, value = _typed(spec.type, raw)
+        if not ok:
+            raise ValueError(f"--input {key}: expected {_WANTED[spec.type]}, got {raw!r}")
+        inputs[key] = value
+    return inputs
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    load_plugins(tuple(args.plugin))
+    load_plugins(_plugins(args))
     try:
         definition = definitions.load_file(Path(args.file), registry=registry)
-        inputs = _coerce(definition, dict(_parse_input(p) for p in args.input))
-        checked = definitions.check_inputs(definition, inputs)
+        checked = definitions.check_inputs(definition, _parse_inputs(definition, args.input))
     except (FlowrunError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    printer = ProgressPrinter(sys.stdout)
+    # Progress is for the person watching; stdout carries only the outputs (| jq).
+    printer = ProgressPrinter(sys.stderr, result=sys.stdout)
     run_id = uuid.uuid4().hex
     printer.show("workflow_started", {"id": run_id, "workflow_id": definition.name})
     started = time.monotonic()
@@ -165,7 +261,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 # --- validate ----------------------------------------------------------------------
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    load_plugins(tuple(args.plugin))
+    load_plugins(_plugins(args))
     bad = 0
     for target in args.files:
         for path in definitions.workflow_files(Path(target)):
@@ -181,41 +277,95 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-# --- keys --------------------------------------------------------------------------
+# --- keys and secrets ---------------------------------------------------------------
+# Commands that read or remove need an existing database: run in the wrong folder they
+# must say so, not answer from a new, empty one. Commands that store (keys create,
+# secrets set) may create it, to provision a server before its first start, and say so.
+
+def _database(settings: Settings, *, may_create: bool) -> bool:
+    """Whether the command may go on with ``settings.db_path``; says why not."""
+    path = settings.db_path
+    if path.exists():
+        return True
+    if may_create:
+        print(f"created a new database {path}", file=sys.stderr)
+        return True
+    print(f"error: no database {path} here; give its path with --db (or $FLOWRUN_DB_PATH), "
+          f"or start 'flowrun serve' to create it", file=sys.stderr)
+    return False
+
+
+async def _create_key(store: Store, args: argparse.Namespace, db: Path) -> int:
+    if args.workflow and args.scope == auth.Scope.RUN.value and not args.allow_unknown_workflow:
+        registered = {name for name, _, _ in await store.list_workflows()}
+        unknown = [name for name in args.workflow if name not in registered]
+        if unknown and registered:
+            names = ", ".join(repr(name) for name in unknown)
+            print(f"error: no workflow {names} is registered in {db} (registered: "
+                  f"{', '.join(sorted(registered))}); --allow-unknown-workflow binds the key "
+                  f"anyway", file=sys.stderr)
+            return 2
+        if unknown:
+            print(f"note: no workflow is registered in {db} yet; the key is bound to "
+                  f"{', '.join(args.workflow)} unchecked", file=sys.stderr)
+    try:
+        record, secret = await create_api_key(
+            store, name=args.name, scope=auth.Scope(args.scope), workflows=args.workflow or None)
+    except FlowrunError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(secret)
+    print(f"id {record.id}", file=sys.stderr)
+    return 0
+
+
+async def _revoke_key(store: Store, given: str) -> int:
+    """Revoke the live key ``given`` names: its id, its display prefix, or the key."""
+    live = [key for key in await store.list_api_keys() if key.revoked_at is None]
+    matches = [key for key in live if given in (key.id, key.prefix)]
+    if not matches and given.startswith(auth.KEY_PREFIX):
+        found = await store.find_api_key(auth.hash_key(given))
+        matches = [found] if found is not None else []
+    # Never echo a whole key back: its display prefix says which one was meant.
+    shown = given if len(given) <= 10 else given[:10] + "…"
+    if not matches:
+        print(f"error: no active key matches {shown!r} (give a key id or prefix from "
+              f"'keys list', or the key itself)", file=sys.stderr)
+        return 1
+    if len(matches) > 1:
+        print(f"error: {shown!r} matches {len(matches)} keys "
+              f"({', '.join(key.id for key in matches)}); give the key id", file=sys.stderr)
+        return 1
+    key = matches[0]
+    await store.revoke_api_key(key.id)
+    print(f"revoked key {key.id} ({key.prefix}…, {key.scope}, {key.name or 'no name'})")
+    return 0
+
 
 def cmd_keys(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if not _database(settings, may_create=args.keys_cmd == "create"):
+        return 2
 
     async def main() -> int:
         async with Store.open(settings.db_path) as store:
             if args.keys_cmd == "create":
-                try:
-                    record, secret = await create_api_key(
-                        store, name=args.name, scope=auth.Scope(args.scope),
-                        workflows=args.workflow or None)
-                except FlowrunError as exc:
-                    print(f"error: {exc.message}", file=sys.stderr)
-                    return 2
-                print(secret)
-                print(f"id {record.id}", file=sys.stderr)
-                return 0
+                return await _create_key(store, args, settings.db_path)
             if args.keys_cmd == "list":
                 for key in await store.list_api_keys():
                     state = "revoked" if key.revoked_at else "active"
                     print(f"{key.id}  {key.prefix}…  {state:7}  {key.scope:5}  "
                           f"{key.name or '-'}  {','.join(key.workflows or ['*'])}")
                 return 0
-            count = await store.revoke_api_key(args.key)
-            print(f"revoked {count} key(s)")
-            return 0 if count else 1
+            return await _revoke_key(store, args.key)
 
     return anyio.run(main)
 
 
-# --- secrets -----------------------------------------------------------------------
-
 def cmd_secrets(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if not _database(settings, may_create=args.secrets_cmd == "set"):
+        return 2
     value = None
     if args.secrets_cmd == "set":
         if sys.stdin.isatty():
@@ -252,31 +402,47 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 def _db_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     """``--db`` on a command and on each of its subcommands, so either order works."""
     parser.add_argument("--db", default=None if top else argparse.SUPPRESS,
-                        help="SQLite file (default flowrun.db or $FLOWRUN_DB_PATH)")
+                        help="SQLite file (default: $FLOWRUN_DB_PATH or flowrun.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowrun", description="flowrun: a self-hosted workflow run server.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print flowrun's version and exit")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
+                                help="what to do (each has its own --help)")
 
     serve = sub.add_parser("serve", help="serve the HTTP API")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--db", default=None, help="SQLite file (default flowrun.db)")
-    serve.add_argument("--workflows", default=None, help="folder of workflow files to register")
-    serve.add_argument("--no-auth", action="store_true", help="no API keys (loopback only)")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--host", default=None,
+                       help="address to listen on (default: $FLOWRUN_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None,
+                       help="port to listen on (default: $FLOWRUN_PORT or 8000)")
+    serve.add_argument("--db", default=None,
+                       help="SQLite file (default: $FLOWRUN_DB_PATH or flowrun.db; created "
+                            "if missing)")
+    serve.add_argument("--workflows", default=None, metavar="FOLDER",
+                       help="register every workflow file in FOLDER at start (default: "
+                            "$FLOWRUN_WORKFLOWS_DIR)")
+    serve.add_argument("--no-auth", action="store_true",
+                       help="serve without API keys (only on a loopback host)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug", "trace"],
+                       help="how much to log (default: info)")
     serve.set_defaults(func=cmd_serve)
 
-    run = sub.add_parser("run", help="run a workflow file in-process and print its progress")
-    run.add_argument("file")
-    run.add_argument("--input", "-i", action="append", default=[], metavar="KEY=VALUE")
+    run = sub.add_parser("run", help="run a workflow file in-process: its progress on stderr, "
+                              "its outputs (JSON) on stdout")
+    run.add_argument("file", help="workflow file (.yaml, .yml or .json); the workflows it "
+                                  "calls are looked for beside it")
+    run.add_argument("-i", "--input", action="append", default=[], metavar="KEY=VALUE",
+                     help="an input of the workflow (repeat for more): a string input takes "
+                          "VALUE as it is; number, integer, boolean, object and array inputs "
+                          "take JSON (-i n=3 -i tags='[\"a\"]')")
     run.set_defaults(func=cmd_run)
 
     events = sub.add_parser("events", help="follow a run's live events on a server")
-    events.add_argument("run_id")
+    events.add_argument("run_id", help="the run's id")
     client_defaults = ClientSettings.from_env()
     events.add_argument("--url", default=client_defaults.url,
                         help="server URL (default: $FLOWRUN_URL or http://127.0.0.1:8000)")
@@ -286,45 +452,54 @@ def build_parser() -> argparse.ArgumentParser:
     events.set_defaults(func=cmd_events)
 
     validate = sub.add_parser("validate", help="check workflow files")
-    validate.add_argument("files", nargs="+")
+    validate.add_argument("files", nargs="+", metavar="PATH",
+                          help="a workflow file, or a folder of them")
     validate.set_defaults(func=cmd_validate)
 
     keys = sub.add_parser("keys", help="manage API keys")
     _db_option(keys, top=True)
-    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION",
+                                   help="create, list or revoke")
     create = keys_sub.add_parser("create", help="create a key and print it (once)")
-    create.add_argument("--name", default=None)
+    create.add_argument("--name", default=None, help="a label for the key in 'keys list'")
     create.add_argument("--scope", choices=[s.value for s in auth.Scope],
                         default=auth.Scope.RUN.value,
                         help="run (default): start and follow its own runs; admin: also "
                              "register workflows, manage keys and secrets, see every run")
     create.add_argument("--workflow", action="append", default=[], metavar="NAME",
-                        help="bind a run key to this workflow (repeat for more)")
+                        help="bind a run key to this workflow (repeat for more); it must be "
+                             "registered in the database, once any workflow is")
+    create.add_argument("--allow-unknown-workflow", action="store_true",
+                        help="bind to --workflow names that are not registered (yet)")
     listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("key", help="key id or prefix")
+    revoke.add_argument("key", help="the key's id, its prefix as 'keys list' shows it, or "
+                                    "the whole key")
     for p in (create, listing, revoke):
         _db_option(p)
     keys.set_defaults(func=cmd_keys)
 
     secrets = sub.add_parser("secrets", help="manage secrets that node requests may send")
     _db_option(secrets, top=True)
-    secrets_sub = secrets.add_subparsers(dest="secrets_cmd", required=True)
+    secrets_sub = secrets.add_subparsers(dest="secrets_cmd", required=True, metavar="ACTION",
+                                         help="set, list or delete")
     put = secrets_sub.add_parser(
         "set", help="store a secret, its value read from stdin (or a prompt)")
-    put.add_argument("name")
+    put.add_argument("name", help="the secret's name, used as {{ secrets.NAME }}")
     put.add_argument("--allow", action="append", default=[], required=True, metavar="URL",
                      help="a URL prefix the secret may be sent to (repeat for more)")
     listing = secrets_sub.add_parser("list", help="list secrets (never their values)")
     delete = secrets_sub.add_parser("delete", help="delete a secret")
-    delete.add_argument("name")
+    delete.add_argument("name", help="the secret's name")
     for p in (put, listing, delete):
         _db_option(p)
     secrets.set_defaults(func=cmd_secrets)
 
     for p in (serve, run, validate):
-        p.add_argument("--plugin", action="append", default=[],
-                       help="import a module that registers custom node types")
+        p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                       help="a module name (found in the current folder first) or .py file "
+                            "that registers custom node types; repeat for more "
+                            "(default: $FLOWRUN_PLUGINS, comma-separated)")
     return parser
 
 

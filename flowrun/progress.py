@@ -2,7 +2,9 @@
 
 One line per node as it starts and finishes (status and time), text chunks
 inline as they arrive, and the outcome at the end. Used by ``flowrun run``
-(in-process) and ``flowrun events`` (following a server's stream).
+(in-process) and ``flowrun events`` (following a server's stream). The run's
+outputs, as JSON, may go to a stream of their own: ``flowrun run`` shows its
+progress on stderr and writes only the outputs to stdout, for ``| jq``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ def _short(value: Any, limit: int = 120) -> str:
 
 
 class ProgressPrinter:
-    """Prints events as lines; keeps text chunks on their own running line."""
+    """Prints events as lines to ``out``, and the outputs of the finished run to
+    ``result`` (default: ``out``); keeps text chunks on their own running line."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, *, result: TextIO | None = None) -> None:
         self.out = out
+        self.result = out if result is None else result
         self._in_text = False
 
     def _line(self, text: str) -> None:
@@ -57,10 +61,11 @@ class ProgressPrinter:
             self._line(f"  - {data['node_id']} skipped")
         elif name == "workflow_finished":
             self._line(f"{data['status']} in {data.get('elapsed_time') or 0:.3f}s")
-            if data.get("outputs") is not None:
-                self._line(json.dumps(data["outputs"], indent=2, ensure_ascii=False))
             if data.get("error"):
                 self._line(f"error: {data['error']}")
+            if data.get("outputs") is not None:
+                print(json.dumps(data["outputs"], indent=2, ensure_ascii=False),
+                      file=self.result, flush=True)
         elif name == "error":
             self._line(f"error: {data.get('message', data)}")
 
