@@ -121,7 +121,7 @@ class NodeType:
 
 def _params_model(name: str, func: NodeFunc) -> tuple[type[pydantic.BaseModel], bool]:
     sig = inspect.signature(func)
-    hints = get_type_hints(func)
+    hints = get_type_hints(func, include_extras=True)  # keep Annotated constraints
     fields: dict[str, Any] = {}
     accepts_extra = False
     params = list(sig.parameters.values())[1:]  # the first parameter is the context
