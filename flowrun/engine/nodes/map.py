@@ -155,4 +155,4 @@ def _check(params: Mapping[str, Any], node_types: NodeTypes) -> list[str]:
 
 
 registry.register("map", map_items, raw_params=frozenset({"nodes", "edges", "inputs", "output"}),
-                  check=_check)
+                  check=_check, outputs={"results"})

@@ -3,7 +3,9 @@
 A node type is an async function ``fn(ctx, **params) -> dict``. Its keyword
 parameters are the node's params: the registry derives a pydantic model from
 the signature, so a definition can be checked for missing or unknown params on
-load and the evaluated params are type-checked before every call.
+load and the evaluated params are type-checked before every call. A type may
+declare the output fields it returns, so that ``nodes.<id>.<field>`` in a
+definition can be checked against them.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class NodeType:
     raw_params: frozenset[str] = frozenset()
     # Extra definition-time checks of a node's raw params: messages of what is wrong.
     check: NodeCheck | None = None
+    # The output fields a node of this type returns; None: free-form (not checked).
+    outputs: frozenset[str] | None = None
 
     @property
     def required_params(self) -> list[str]:
@@ -152,12 +156,15 @@ class Registry:
                  branches: Callable[[Mapping[str, Any]], set[str]] | None = None,
                  select_branch: Callable[[Mapping[str, Any]], str] | None = None,
                  raw_params: frozenset[str] = frozenset(),
-                 check: NodeCheck | None = None) -> NodeType:
+                 check: NodeCheck | None = None,
+                 outputs: Iterable[str] | None = None) -> NodeType:
+        """Add (or replace) the node type ``name``; ``outputs``: the fields its nodes
+        return, for definitions to be checked against (None: free-form)."""
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"node type {name!r}: {func!r} must be an async function")
         model, extra = _params_model(name, func)
         node_type = NodeType(name, func, model, extra, branches, select_branch, raw_params,
-                             check)
+                             check, None if outputs is None else frozenset(outputs))
         self._types[name] = node_type
         return node_type
 
@@ -180,14 +187,16 @@ class Registry:
 registry = Registry()
 
 
-def node(name: str) -> Callable[[NodeFunc], NodeFunc]:
+def node(name: str, *, outputs: Iterable[str] | None = None
+         ) -> Callable[[NodeFunc], NodeFunc]:
     """Register an async function as the node type ``name``.
 
-    ``async def fn(ctx: NodeContext, *, param: T = default, ...) -> dict``
+    ``async def fn(ctx: NodeContext, *, param: T = default, ...) -> dict``; ``outputs``
+    names the keys of that dict, so that definitions reading another key are refused.
     """
 
     def decorate(func: NodeFunc) -> NodeFunc:
-        registry.register(name, func)
+        registry.register(name, func, outputs=outputs)
         return func
 
     return decorate
