@@ -1,9 +1,11 @@
 """Workflow definitions: the YAML/JSON format as pydantic models, and its checks.
 
 ``parse_definition`` turns a mapping into a ``WorkflowDefinition`` and checks the
-graph; every problem is reported in one ``DefinitionError`` whose ``errors``
-name the node or edge at fault. ``check_inputs`` validates run inputs against
-the declared inputs, naming each bad field.
+graph and each node's params (plain values against the node type's declared
+types; ``{{ }}`` values are checked when evaluated); every problem is reported
+in one ``DefinitionError`` whose ``errors`` name the node or edge, and the
+field, at fault. ``check_inputs`` validates run inputs against the declared
+inputs, naming each bad field.
 
 This module never imports the engine: checks that need node types take the
 registry to check against (``NodeTypes``, which ``flowrun.engine.nodes.Registry``
@@ -42,9 +44,12 @@ class NodeTypeInfo(Protocol):
     # Branch names a node of this type can take, given its raw params; None: no branches.
     @property
     def branches(self) -> Callable[[Mapping[str, Any]], set[str]] | None: ...
-    # Extra checks of a node's raw params: messages of what is wrong.
+    # Extra checks of a node's raw params: (param or None, message) of what is wrong.
     @property
-    def check(self) -> Callable[[Mapping[str, Any], NodeTypes], list[str]] | None: ...
+    def check(self) -> Callable[[Mapping[str, Any], NodeTypes],
+                                list[tuple[str | None, str]]] | None: ...
+    # (param, message) for each plain (non-expression) param value its type refuses.
+    def param_problems(self, params: Mapping[str, Any]) -> list[tuple[str, str]]: ...
 
 
 class NodeTypes(Protocol):
@@ -203,7 +208,7 @@ def _check_node(n: NodeSpec, registry: NodeTypes) -> list[dict[str, Any]]:
         known = ", ".join(registry.names())
         return [{"node": n.id, "message": f"node {n.id!r}: unknown node type {n.type!r} "
                                           f"(known: {known})"}]
-    errors = []
+    errors: list[dict[str, Any]] = []
     params = n.params
     for name in node_type.required_params:
         if name not in params:
@@ -219,9 +224,16 @@ def _check_node(n: NodeSpec, registry: NodeTypes) -> list[dict[str, Any]]:
         if problem:
             errors.append({"node": n.id, "field": name,
                            "message": f"node {n.id!r}: param {name!r}: {problem}"})
+    for name, problem in node_type.param_problems(params):
+        errors.append({"node": n.id, "field": name,
+                       "message": f"node {n.id!r}: param {name!r}: {problem}"})
     if node_type.check is not None:
-        for message in node_type.check(params, registry):
-            errors.append({"node": n.id, "message": f"node {n.id!r}: {message}"})
+        for field, message in node_type.check(params, registry):
+            if field:
+                errors.append({"node": n.id, "field": field,
+                               "message": f"node {n.id!r}: param {field!r}: {message}"})
+            else:
+                errors.append({"node": n.id, "message": f"node {n.id!r}: {message}"})
     if n.on_error == "default" and n.default is None:
         errors.append({"node": n.id, "field": "default",
                        "message": f"node {n.id!r}: on_error 'default' needs a 'default' mapping"})
@@ -230,7 +242,7 @@ def _check_node(n: NodeSpec, registry: NodeTypes) -> list[dict[str, Any]]:
 
 def _check_edge(e: EdgeSpec, ids: Mapping[str, NodeSpec],
                 registry: NodeTypes) -> list[dict[str, Any]]:
-    errors = []
+    errors: list[dict[str, Any]] = []
     for end in ("source", "target"):
         node_id = getattr(e, end)
         if node_id not in ids:

@@ -153,3 +153,42 @@ def test_definitions_import_without_the_engine_or_the_server() -> None:
     loaded = modules_after("import flowrun.definitions")
     assert not {m for m in loaded if m.startswith("flowrun.engine")}
     assert not loaded & {"flowrun.app", "flowrun.service", "flowrun.store", *SERVER_STACK}
+
+
+# --- plain param values and code ------------------------------------------------------
+
+def test_plain_param_values_are_checked_against_the_type() -> None:
+    assert errors_of({"nodes": [{"id": "s", "type": "sleep", "seconds": "abc"}]}) == [
+        "node 's': param 'seconds': Input should be a valid number, unable to parse string "
+        "as a number (got 'abc')"]
+    assert errors_of({"nodes": [{"id": "s", "type": "sleep", "seconds": -5}]}) == [
+        "node 's': param 'seconds': Input should be greater than or equal to 0 (got -5)"]
+    msgs = errors_of({"nodes": [{"id": "h", "type": "http", "url": "https://x", "method": "get",
+                                 "headers": {"n": 1}},
+                                {"id": "m", "type": "map", "items": [], "concurrency": 0,
+                                 "nodes": [{"id": "t", "type": "template", "template": "t"}]}]})
+    assert msgs == [
+        "node 'h': param 'method': Input should be 'GET', 'POST', 'PUT', 'PATCH', 'DELETE', "
+        "'HEAD' or 'OPTIONS' (got 'get')",
+        "node 'h': param 'headers': n: Input should be a valid string (got 1)",
+        "node 'm': param 'concurrency': Input should be greater than 0 (got 0)"]
+
+
+def test_expression_values_are_checked_when_they_run() -> None:
+    parse_definition({"name": "wf", "nodes": [
+        {"id": "s", "type": "sleep", "seconds": "{{ inputs.s }}"},
+        {"id": "h", "type": "http", "url": "https://x", "headers": {"n": 1, "a": "{{ 1 }}"}}]},
+        registry=registry)
+
+
+def test_code_is_compiled_not_run() -> None:
+    assert errors_of({"nodes": [{"id": "py", "type": "code",
+                                 "code": "x = 1\ndef mian(:\n    pass\n"}]}) == [
+        "node 'py': param 'code': syntax error at line 2: invalid syntax"]
+    assert errors_of({"nodes": [{"id": "py", "type": "code", "code": "return 1"}]}) == [
+        "node 'py': param 'code': syntax error at line 1: 'return' outside function"]
+    parse_definition({"name": "wf", "nodes": [
+        {"id": "ok", "type": "code", "code": "raise SystemExit('never run')\ndef main():\n"
+                                             "    return {}"},
+        {"id": "rendered", "type": "code", "code": "def main({{ '' }}:\n    pass"}]},
+        registry=registry)

@@ -139,10 +139,10 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
     return {"results": results}
 
 
-def _check(params: Mapping[str, Any], node_types: NodeTypes) -> list[str]:
+def _check(params: Mapping[str, Any], node_types: NodeTypes) -> list[tuple[str | None, str]]:
     has_graph = params.get("nodes") is not None
     if has_graph == (params.get("workflow") is not None):
-        return ["map needs either workflow or nodes (not both)"]
+        return [(None, "map needs either workflow or nodes (not both)")]
     if not has_graph:
         return []
     try:
@@ -150,7 +150,7 @@ def _check(params: Mapping[str, Any], node_types: NodeTypes) -> list[str]:
                           "edges": params.get("edges") or []}, source="map",
                          registry=node_types)
     except DefinitionError as exc:
-        return [f"inline graph: {e['message']}" for e in exc.errors]
+        return [("nodes", f"inline graph: {e['message']}") for e in exc.errors]
     return []
 
 
