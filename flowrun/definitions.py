@@ -6,8 +6,10 @@ values against the node type's declared types; ``{{ }}`` values are checked
 when evaluated), and every ``nodes.<id>.<field>`` an expression reads (the node
 exists, runs before the reader, and has that output when its type declares its
 outputs). Every problem is reported in one ``DefinitionError`` whose ``errors``
-name the node or edge, and the field, at fault. ``check_inputs`` validates run
-inputs against the declared inputs, naming each bad field.
+name the node or edge, and the field, at fault. ``check_child_workflows`` checks
+the workflows that nodes call by name against a known set (the CLI's folder).
+``check_inputs`` validates run inputs against the declared inputs, naming each
+bad field.
 
 This module never imports the engine: checks that need node types take the
 registry to check against (``NodeTypes``, which ``flowrun.engine.nodes.Registry``
@@ -419,6 +421,52 @@ def _output_fields(spec: NodeSpec, registry: NodeTypes) -> set[str] | None:
     return fields
 
 
+def check_child_workflows(definition: WorkflowDefinition,
+                          known: Mapping[str, WorkflowDefinition], *, where: str,
+                          registry: NodeTypes) -> None:
+    """Check the workflows that ``workflow`` and ``map`` nodes name as plain text against
+    ``known`` (by name; ``where`` says where they were looked for), the inputs such a
+    node gives by name against the child's, and what a map's ``output`` reads of the
+    child's nodes; DefinitionError names each fault."""
+    errors: list[dict[str, Any]] = []
+    for n in definition.nodes:
+        params = n.params
+        name = params.get("workflow")
+        if n.type not in {"workflow", "map"} or not isinstance(name, str) or \
+                expressions.is_expression(name):
+            continue
+        child = known.get(name)
+        if child is None:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            errors.append({"node": n.id, "field": "workflow",
+                           "message": f"node {n.id!r}: param 'workflow': no workflow {name!r} "
+                                      f"in {where}{hint}"})
+            continue
+        if n.type == "map" and params.get("output") is not None:
+            for problem in output_problems(params["output"], child, registry):
+                errors.append({"node": n.id, "field": "output",
+                               "message": f"node {n.id!r}: param 'output': {problem}"})
+        given = params.get("inputs")
+        where_given = "param 'inputs'"
+        if given is None and n.type == "map":
+            given = {"item": None}  # what a map hands each item's run by default
+            where_given = "param 'inputs' (default: {item: '{{ item }}'})"
+        if not isinstance(given, Mapping | None):
+            continue  # an expression: its keys are known only when it runs
+        for key in sorted(set(given or {}) - set(child.inputs)):
+            errors.append({"node": n.id, "field": f"inputs.{key}",
+                           "message": f"node {n.id!r}: {where_given}: workflow {name!r} has "
+                                      f"no input {key!r}"})
+        for key, spec in child.inputs.items():
+            if spec.required and key not in (given or {}):
+                errors.append({"node": n.id, "field": f"inputs.{key}",
+                               "message": f"node {n.id!r}: {where_given}: workflow {name!r} "
+                                          f"needs input {key!r}"})
+    if errors:
+        raise DefinitionError("; ".join(e["message"] for e in errors), errors=errors)
+
+
 def find_cycle(node_ids: Iterable[str], edges: Iterable[EdgeSpec]) -> list[str] | None:
     """A cycle as a closed path of node ids, or None (iterative DFS)."""
     succ: dict[str, list[str]] = {n: [] for n in node_ids}
@@ -498,6 +546,19 @@ def workflow_files(path: Path) -> list[Path]:
 def load_path(path: Path, *, registry: NodeTypes) -> list[WorkflowDefinition]:
     """Load a file, or every workflow file in a folder."""
     return [load_file(p, registry=registry) for p in workflow_files(path)]
+
+
+def load_folder(folder: Path, *, registry: NodeTypes) -> dict[str, WorkflowDefinition]:
+    """The valid workflows among a folder's files, by name: what a ``workflow`` node of
+    a file there can call when run locally (``flowrun.local.FolderWorkflows``)."""
+    found = {}
+    for path in workflow_files(folder):
+        try:
+            definition = load_file(path, registry=registry)
+        except DefinitionError:
+            continue  # reported when that file itself is validated
+        found[definition.name] = definition
+    return found
 
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from flowrun.definitions import check_inputs, load_path, parse_definition, with_graph
+from flowrun.definitions import (
+    check_child_workflows,
+    check_inputs,
+    load_path,
+    parse_definition,
+    with_graph,
+)
 from flowrun.engine.nodes import registry
 from flowrun.errors import DefinitionError, InputError
 from tests.imports import SERVER_STACK, modules_after
@@ -336,3 +342,48 @@ def test_code_is_compiled_not_run() -> None:
                                              "    return {}"},
         {"id": "rendered", "type": "code", "code": "def main({{ '' }}:\n    pass"}]},
         registry=registry)
+
+
+# --- the workflows nodes call by name -------------------------------------------------
+
+CHILD = parse_definition({"name": "child", "inputs": {"who": {"type": "string",
+                                                              "required": True},
+                                                      "item": {"type": "integer"}},
+                          "nodes": [{"id": "t", "type": "template", "template": "x"}]},
+                         registry=registry)
+
+
+def child_errors(*nodes: dict[str, Any]) -> list[tuple[str, str, str]]:
+    definition = parse_definition({"name": "p", "nodes": list(nodes)}, registry=registry)
+    try:
+        check_child_workflows(definition, {"child": CHILD}, where="here", registry=registry)
+    except DefinitionError as exc:
+        return [(e["node"], e["field"], e["message"]) for e in exc.errors]
+    return []
+
+
+def test_called_workflows_must_be_known() -> None:
+    assert child_errors({"id": "w", "type": "workflow", "workflow": "chlid"}) == [
+        ("w", "workflow", "node 'w': param 'workflow': no workflow 'chlid' in here "
+                          "(did you mean 'child'?)")]
+    assert child_errors({"id": "w", "type": "workflow", "workflow": "{{ inputs.wf }}"},
+                        {"id": "t", "type": "template", "template": "x"}) == []
+
+
+def test_inputs_given_by_name_must_fit_the_child() -> None:
+    assert child_errors({"id": "w", "type": "workflow", "workflow": "child",
+                         "inputs": {"who": "{{ inputs.x }}", "typo": 1}}) == [
+        ("w", "inputs.typo", "node 'w': param 'inputs': workflow 'child' has no input 'typo'")]
+    assert child_errors({"id": "w", "type": "workflow", "workflow": "child"}) == [
+        ("w", "inputs.who", "node 'w': param 'inputs': workflow 'child' needs input 'who'")]
+    assert child_errors({"id": "w", "type": "workflow", "workflow": "child",
+                         "inputs": "{{ inputs.all }}"}) == []
+
+
+def test_a_map_over_a_workflow_is_checked_too() -> None:
+    assert child_errors({"id": "m", "type": "map", "items": [1], "workflow": "child",
+                         "inputs": {"who": "{{ item }}"}, "output": "{{ nodes.t.txt }}"}) == [
+        ("m", "output", "node 'm': param 'output': nodes.t.txt: node 't' of type 'template' "
+                        "has no output 'txt' (it has text)")]
+    assert [e[1] for e in child_errors({"id": "m", "type": "map", "items": [1],
+                                        "workflow": "child"})] == ["inputs.who"]
