@@ -263,10 +263,18 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     load_plugins(_plugins(args))
     bad = 0
+    folders: dict[Path, dict[str, definitions.WorkflowDefinition]] = {}
     for target in args.files:
         for path in definitions.workflow_files(Path(target)):
             try:
                 definition = definitions.load_file(path, registry=registry)
+                # The workflows its nodes call are its sibling files, as in `flowrun run`.
+                folder = path.parent
+                if folder not in folders:
+                    folders[folder] = definitions.load_folder(folder, registry=registry)
+                definitions.check_child_workflows(
+                    definition, folders[folder],
+                    where=f"the workflow files of {folder.resolve()}", registry=registry)
             except FlowrunError as exc:
                 bad += 1
                 print(f"{path}: invalid")

@@ -441,6 +441,81 @@ def check_syntax(text: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class NodeReference:
+    """One ``nodes.<node>[.<field>]`` an expression reads (also ``nodes['<node>']...``).
+
+    ``guarded``: the expression also tests the bare ``nodes.<node>`` with ``is defined``,
+    ``is undefined`` or ``| default``, so it copes with a node that has not run.
+    """
+
+    node: str
+    field: str | None
+    guarded: bool
+
+
+_GUARD_TESTS = frozenset({"defined", "undefined"})
+_GUARD_FILTERS = frozenset({"default", "d"})
+
+
+def node_references(text: str) -> list[NodeReference]:
+    """The node outputs ``text`` reads by name, found in its template tree.
+
+    Empty when ``text`` is no expression, does not parse (``check_syntax`` says why), or
+    binds ``nodes`` itself (``{% set %}``, a loop or macro variable). A computed name
+    (``nodes[key]``) or ``nodes`` as a whole is not a reference.
+    """
+    if not is_expression(text):
+        return []
+    return list(_node_references(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _node_references(text: str) -> tuple[NodeReference, ...]:
+    try:
+        tree = _env.parse(text)
+    except (jinja2.TemplateSyntaxError, RecursionError):
+        return ()
+    parents: dict[int, nodes.Node] = {}
+    names: list[nodes.Name] = []
+    stack: list[nodes.Node] = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, nodes.Name) and item.name == "nodes":
+            if item.ctx != "load":
+                return ()  # a local variable named nodes: not the run's nodes
+            names.append(item)
+        for child in item.iter_child_nodes():
+            parents[id(child)] = item
+            stack.append(child)
+    found: list[tuple[str, str | None]] = []
+    guarded: set[str] = set()
+    for name in names:
+        ref = parents[id(name)]  # a Name always has a parent (at least the template)
+        node_id = _static_key(ref, name)
+        if node_id is None:
+            continue
+        outer = parents.get(id(ref))
+        if (isinstance(outer, nodes.Test) and outer.node is ref and
+                outer.name in _GUARD_TESTS) or \
+                (isinstance(outer, nodes.Filter) and outer.node is ref and
+                 outer.name in _GUARD_FILTERS):
+            guarded.add(node_id)
+        found.append((node_id, _static_key(outer, ref)))
+    return tuple(NodeReference(node_id, field, node_id in guarded)
+                 for node_id, field in sorted(set(found), key=lambda f: (f[0], f[1] or "")))
+
+
+def _static_key(node: nodes.Node | None, operand: nodes.Node) -> str | None:
+    """The name ``node`` looks up in ``operand`` (``operand.key`` or ``operand['key']``)."""
+    if isinstance(node, nodes.Getattr) and node.node is operand:
+        return node.attr
+    if isinstance(node, nodes.Getitem) and node.node is operand and \
+            isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        return node.arg.value
+    return None
+
+
 @functools.lru_cache(maxsize=4096)
 def _compiled_expression(expr: str) -> Any:
     return _env.compile_expression(expr, undefined_to_none=False)

@@ -124,7 +124,8 @@ async def test_the_environment_holds_no_secret() -> None:
 @pytest.mark.parametrize(("code", "code_name", "text"), [
     ("def main():\n    return {'s': {1, 2}}", "code_error", "not JSON serializable"),
     ("def main():\n    return 5", "code_error", "main must return a dict"),
-    ("def main(:\n    pass", "code_error", "SyntaxError"),
+    # Plain code is compiled when the definition loads; rendered code only when it runs.
+    ("def main({{ '' }}:\n    pass", "code_error", "SyntaxError"),
     ("x = 1", "code_error", "must define a function main"),
     ("def main():\n    raise ValueError('nope')", "code_error", "ValueError: nope"),
     ("import os\ndef main():\n    os._exit(3)", "code_crashed", "exited with status 3"),

@@ -270,6 +270,15 @@ async def test_wrong_param_type_after_evaluation_fails_the_node() -> None:
     assert out.error["code"] == "invalid_params" and "seconds" in out.error["message"]
 
 
+async def test_constrained_param_types_hold_after_evaluation() -> None:
+    # sleep's seconds is NonNegativeFloat: the constraint is kept, not only the float.
+    defn = definition([{"id": "s", "type": "sleep", "seconds": "{{ inputs.s }}"}])
+    out = await run(defn, {"s": -5})
+    assert out.status is RunStatus.FAILED
+    assert out.error["code"] == "invalid_params" and "greater than or equal to 0" in \
+        out.error["message"]
+
+
 async def test_prior_succeeded_nodes_are_not_run_again() -> None:
     CALLS.pop("resume", None)
     defn = definition([{"id": "once", "type": "flaky", "key": "resume", "failures": 0},

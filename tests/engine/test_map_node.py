@@ -127,7 +127,8 @@ def test_definition_checks_of_a_map() -> None:
     with pytest.raises(DefinitionError, match="map needs either workflow or nodes"):
         parse_definition({"name": "p", "nodes": [{"id": "m", "type": "map", "items": []}]},
                          registry=registry)
-    with pytest.raises(DefinitionError, match="node 'm': inline graph: node 'x': unknown"):
+    with pytest.raises(DefinitionError,
+                       match="node 'm': param 'nodes': inline graph: node 'x': unknown"):
         parse_definition({"name": "p", "nodes": [{"id": "m", "type": "map", "items": [],
                                                   "nodes": [{"id": "x", "type": "nope"}]}]},
                          registry=registry)

@@ -1,11 +1,21 @@
-"""``code``: run user Python ``main(**inputs) -> dict`` in a sandboxed worker process."""
+"""``code``: run user Python ``main(**inputs) -> dict`` in a sandboxed worker process.
+
+A definition's code is compiled (never run) when it is loaded, so a syntax error
+is reported then rather than by the first run.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+from flowrun import expressions
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
+
+if TYPE_CHECKING:
+    from flowrun.definitions import NodeTypes
 
 
 async def code(ctx: NodeContext, *, code: str,
@@ -17,4 +27,25 @@ async def code(ctx: NodeContext, *, code: str,
     return result.outputs
 
 
-registry.register("code", code)
+def _check(params: Mapping[str, Any], node_types: NodeTypes) -> list[tuple[str | None, str]]:
+    source = params.get("code")
+    if not isinstance(source, str) or expressions.is_expression(source):
+        return []  # not text (the param check says so), or rendered first: checked at run time
+    problem = _compile_problem(source)
+    return [("code", problem)] if problem else []
+
+
+@functools.lru_cache(maxsize=256)  # a run's graph or overrides are checked on every run
+def _compile_problem(source: str) -> str | None:
+    try:
+        # As the worker compiles it (same interpreter, same flags); nothing is executed.
+        compile(source, "<code>", "exec")
+    except SyntaxError as exc:
+        where = f"line {exc.lineno}" if exc.lineno else "the code"
+        return f"syntax error at {where}: {exc.msg}"
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, deep nesting
+        return f"cannot compile: {type(exc).__name__}: {exc}"
+    return None
+
+
+registry.register("code", code, check=_check)

@@ -110,4 +110,4 @@ def _decode(raw: bytes, content_type: str) -> Any:
     return text
 
 
-registry.register("http", http)
+registry.register("http", http, outputs={"status", "headers", "body", "url"})

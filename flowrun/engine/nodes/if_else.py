@@ -26,4 +26,4 @@ def _select(outputs: Mapping[str, Any]) -> str:
 
 
 registry.register("if_else", if_else, branches=lambda _params: {"true", "false"},
-                  select_branch=_select)
+                  select_branch=_select, outputs={"result"})

@@ -137,4 +137,4 @@ def _usage(raw: dict[str, Any]) -> dict[str, int]:
             "total_tokens": int(raw.get("total_tokens") or prompt + completion)}
 
 
-registry.register("llm", llm)
+registry.register("llm", llm, outputs={"text", "usage", "model", "finish_reason"})

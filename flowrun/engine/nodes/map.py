@@ -19,7 +19,7 @@ import anyio
 import pydantic
 
 from flowrun import expressions
-from flowrun.definitions import NodeTypes, check_inputs, parse_definition
+from flowrun.definitions import NodeTypes, check_inputs, output_problems, parse_definition
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.errors import DefinitionError, FlowrunError, NodeFailure
@@ -139,20 +139,23 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
     return {"results": results}
 
 
-def _check(params: Mapping[str, Any], node_types: NodeTypes) -> list[str]:
+def _check(params: Mapping[str, Any], node_types: NodeTypes) -> list[tuple[str | None, str]]:
     has_graph = params.get("nodes") is not None
     if has_graph == (params.get("workflow") is not None):
-        return ["map needs either workflow or nodes (not both)"]
+        return [(None, "map needs either workflow or nodes (not both)")]
     if not has_graph:
         return []
     try:
-        parse_definition({"name": "map", "nodes": params["nodes"],
-                          "edges": params.get("edges") or []}, source="map",
-                         registry=node_types)
+        graph = parse_definition({"name": "map", "nodes": params["nodes"],
+                                  "edges": params.get("edges") or []}, source="map",
+                                 registry=node_types)
     except DefinitionError as exc:
-        return [f"inline graph: {e['message']}" for e in exc.errors]
-    return []
+        return [("nodes", f"inline graph: {e['message']}") for e in exc.errors]
+    if params.get("output") is None:
+        return []
+    return [("output", problem) for problem in output_problems(params["output"], graph,
+                                                                node_types)]
 
 
 registry.register("map", map_items, raw_params=frozenset({"nodes", "edges", "inputs", "output"}),
-                  check=_check)
+                  check=_check, outputs={"results"})

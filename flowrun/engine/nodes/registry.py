@@ -3,7 +3,10 @@
 A node type is an async function ``fn(ctx, **params) -> dict``. Its keyword
 parameters are the node's params: the registry derives a pydantic model from
 the signature, so a definition can be checked for missing or unknown params on
-load and the evaluated params are type-checked before every call.
+load and the evaluated params are type-checked before every call. The same
+model checks the params a definition writes as plain values (no ``{{ }}``)
+when it is loaded. A type may declare the output fields it returns, so that
+``nodes.<id>.<field>`` in a definition can be checked against them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, get_type_hints
 
 import pydantic
 
+from flowrun import expressions
 from flowrun.errors import NodeFailure
 
 if TYPE_CHECKING:
@@ -26,7 +30,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NodeFunc = Callable[..., Awaitable[Mapping[str, Any] | None]]
-NodeCheck = Callable[[Mapping[str, Any], "NodeTypes"], list[str]]
+# (param, message) for each problem; param None when no single param is at fault.
+NodeCheck = Callable[[Mapping[str, Any], "NodeTypes"], list[tuple[str | None, str]]]
 
 
 class GraphRunner(Protocol):
@@ -102,8 +107,10 @@ class NodeType:
     select_branch: Callable[[Mapping[str, Any]], str] | None = None
     # Params handed over as written, not evaluated first (e.g. a map's inline graph).
     raw_params: frozenset[str] = frozenset()
-    # Extra definition-time checks of a node's raw params: messages of what is wrong.
+    # Extra definition-time checks of a node's raw params: (param, message) of what is wrong.
     check: NodeCheck | None = None
+    # The output fields a node of this type returns; None: free-form (not checked).
+    outputs: frozenset[str] | None = None
 
     @property
     def required_params(self) -> list[str]:
@@ -114,14 +121,56 @@ class NodeType:
     def param_names(self) -> set[str]:
         return {f.alias or n for n, f in self.params_model.model_fields.items()}
 
+    def param_problems(self, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(param, message) for each param written as a plain value that its declared type
+        refuses. A value holding an expression is checked only once evaluated, when the
+        node runs; missing and unknown params are the definition check's to report."""
+        known = self.param_names
+        plain = {name: value for name, value in params.items()
+                 if (name in known or self.accepts_extra) and
+                 (name in self.raw_params or not _holds_expression(value))}
+        try:
+            self.params_model.model_validate(plain)
+        except pydantic.ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                loc = err["loc"]
+                if not loc or loc[0] not in plain or (
+                        len(loc) == 1 and err["type"] in {"missing", "extra_forbidden"}):
+                    continue
+                where = ".".join(map(str, loc[1:]))
+                problems.append((str(loc[0]), f"{where + ': ' if where else ''}{err['msg']} "
+                                              f"(got {_excerpt(err.get('input'))})"))
+            return problems
+        return []
+
     def call_kwargs(self, validated: pydantic.BaseModel) -> dict[str, Any]:
         """Validated params as keyword arguments, under their declared names."""
         return {**validated.model_dump(by_alias=True), **(validated.model_extra or {})}
 
 
+def _holds_expression(value: Any) -> bool:
+    stack = [value]  # not recursive: a param may nest deeper than the recursion limit
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if expressions.is_expression(item):
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _excerpt(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "…"
+
+
 def _params_model(name: str, func: NodeFunc) -> tuple[type[pydantic.BaseModel], bool]:
     sig = inspect.signature(func)
-    hints = get_type_hints(func)
+    hints = get_type_hints(func, include_extras=True)  # keep Annotated constraints
     fields: dict[str, Any] = {}
     accepts_extra = False
     params = list(sig.parameters.values())[1:]  # the first parameter is the context
@@ -152,12 +201,15 @@ class Registry:
                  branches: Callable[[Mapping[str, Any]], set[str]] | None = None,
                  select_branch: Callable[[Mapping[str, Any]], str] | None = None,
                  raw_params: frozenset[str] = frozenset(),
-                 check: NodeCheck | None = None) -> NodeType:
+                 check: NodeCheck | None = None,
+                 outputs: Iterable[str] | None = None) -> NodeType:
+        """Add (or replace) the node type ``name``; ``outputs``: the fields its nodes
+        return, for definitions to be checked against (None: free-form)."""
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"node type {name!r}: {func!r} must be an async function")
         model, extra = _params_model(name, func)
         node_type = NodeType(name, func, model, extra, branches, select_branch, raw_params,
-                             check)
+                             check, None if outputs is None else frozenset(outputs))
         self._types[name] = node_type
         return node_type
 
@@ -180,14 +232,16 @@ class Registry:
 registry = Registry()
 
 
-def node(name: str) -> Callable[[NodeFunc], NodeFunc]:
+def node(name: str, *, outputs: Iterable[str] | None = None
+         ) -> Callable[[NodeFunc], NodeFunc]:
     """Register an async function as the node type ``name``.
 
-    ``async def fn(ctx: NodeContext, *, param: T = default, ...) -> dict``
+    ``async def fn(ctx: NodeContext, *, param: T = default, ...) -> dict``; ``outputs``
+    names the keys of that dict, so that definitions reading another key are refused.
     """
 
     def decorate(func: NodeFunc) -> NodeFunc:
-        registry.register(name, func)
+        registry.register(name, func, outputs=outputs)
         return func
 
     return decorate

@@ -14,4 +14,4 @@ async def sleep(ctx: NodeContext, *,
     return {"slept": seconds}
 
 
-registry.register("sleep", sleep)
+registry.register("sleep", sleep, outputs={"slept"})

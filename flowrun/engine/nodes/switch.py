@@ -22,4 +22,5 @@ def _branches(params: Mapping[str, Any]) -> set[str]:
 
 
 registry.register("switch", switch, branches=_branches,
-                  select_branch=lambda outputs: str(outputs.get("branch", "default")))
+                  select_branch=lambda outputs: str(outputs.get("branch", "default")),
+                  outputs={"branch"})

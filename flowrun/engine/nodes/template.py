@@ -11,4 +11,4 @@ async def template(ctx: NodeContext, *, template: Any) -> dict[str, Any]:
     return {"text": template if isinstance(template, str) else str(template)}
 
 
-registry.register("template", template)
+registry.register("template", template, outputs={"text"})
