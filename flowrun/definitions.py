@@ -150,9 +150,14 @@ class WorkflowDefinition(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def parse_definition(data: Any, *, source: str = "definition",
-                     registry: NodeTypes) -> WorkflowDefinition:
-    """Validate a mapping as a workflow definition; raise DefinitionError naming each fault."""
+def parse_definition(data: Any, *, source: str = "definition", registry: NodeTypes,
+                     check_outputs: bool = True) -> WorkflowDefinition:
+    """Validate a mapping as a workflow definition; raise DefinitionError naming each fault.
+
+    Without ``check_outputs`` the nodes the ``outputs`` read are not checked: a graph
+    or params sent for one run keep the stored outputs, which may name nodes the run
+    left out or changed; such a run fails at its end, with ``output_error``.
+    """
     if not isinstance(data, Mapping):
         raise DefinitionError(f"{source}: a workflow definition must be a mapping",
                               errors=[{"field": "", "message": "must be a mapping"}])
@@ -162,7 +167,7 @@ def parse_definition(data: Any, *, source: str = "definition",
         errors = [_describe_pydantic_error(err, data) for err in exc.errors()]
         raise DefinitionError(f"{source}: " + "; ".join(e["message"] for e in errors),
                               errors=errors) from None
-    errors = check_graph(definition, registry)
+    errors = check_graph(definition, registry, check_outputs=check_outputs)
     if errors:
         raise DefinitionError(f"{source}: " + "; ".join(e["message"] for e in errors),
                               errors=errors)
@@ -189,7 +194,8 @@ def _describe_pydantic_error(err: Mapping[str, Any], data: Mapping[str, Any]) ->
     return {"field": field, "message": f"{field or 'definition'}: {msg}"}
 
 
-def check_graph(definition: WorkflowDefinition, registry: NodeTypes) -> list[dict[str, Any]]:
+def check_graph(definition: WorkflowDefinition, registry: NodeTypes, *,
+                check_outputs: bool = True) -> list[dict[str, Any]]:
     """Every graph problem of a parsed definition, each naming its node or edge."""
     errors: list[dict[str, Any]] = []
     ids: dict[str, NodeSpec] = {}
@@ -210,7 +216,7 @@ def check_graph(definition: WorkflowDefinition, registry: NodeTypes) -> list[dic
         problem = _syntax_problems(value)
         if problem:
             errors.append({"field": f"outputs.{key}", "message": f"outputs.{key}: {problem}"})
-    errors.extend(_check_references(definition, ids, registry))
+    errors.extend(_check_references(definition, ids, registry, check_outputs=check_outputs))
     return errors
 
 
@@ -293,7 +299,8 @@ def _syntax_problems(value: Any) -> str | None:
 
 
 def _check_references(definition: WorkflowDefinition, ids: Mapping[str, NodeSpec],
-                      registry: NodeTypes) -> list[dict[str, Any]]:
+                      registry: NodeTypes, *, check_outputs: bool = True
+                      ) -> list[dict[str, Any]]:
     """Every ``nodes.<id>[.<field>]`` a node's params or ``default``, or the outputs, read.
 
     A node's expressions are evaluated when it starts (its ``default`` when it has
@@ -315,7 +322,7 @@ def _check_references(definition: WorkflowDefinition, ids: Mapping[str, NodeSpec
             for problem in _reference_problems(value, ids, registry, n.id, upstream):
                 errors.append({"node": n.id, "field": field,
                                "message": f"node {n.id!r}: {where}: {problem}"})
-    for key, value in (definition.outputs or {}).items():
+    for key, value in (definition.outputs or {}).items() if check_outputs else ():
         for problem in _reference_problems(value, ids, registry, None, upstream):
             errors.append({"field": f"outputs.{key}", "message": f"outputs.{key}: {problem}"})
     return errors
@@ -522,7 +529,7 @@ def with_graph(definition: WorkflowDefinition, *, nodes: list[Any] | None = None
                 by_id[node_id].update(params)
         if errors:
             raise DefinitionError("; ".join(e["message"] for e in errors), errors=errors)
-    return parse_definition(data, source="graph", registry=registry)
+    return parse_definition(data, source="graph", registry=registry, check_outputs=False)
 
 
 def load_file(path: Path, *, registry: NodeTypes) -> WorkflowDefinition:

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from flowrun import ids
-from flowrun.definitions import WorkflowDefinition, parse_definition, with_graph
+from flowrun.definitions import WorkflowDefinition, with_graph
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import Registry
@@ -127,17 +127,20 @@ class Runner:
         self._definitions: dict[tuple[str, int], WorkflowDefinition] = {}
 
     async def definition_for(self, run: RunRecord) -> WorkflowDefinition:
-        """The graph this run executes: its own override, or the stored version."""
+        """The graph this run executes: its own override, or the stored version.
+
+        Both were checked when they were stored; they are not checked again, so a run
+        made before a newer flowrun added a check still runs after an upgrade.
+        """
         if run.graph is not None:
-            definition = parse_definition(run.graph, source=f"run {run.id}",
-                                          registry=self.registry)
+            definition = WorkflowDefinition.model_validate(run.graph)
         elif (run.workflow, run.version) in self._definitions:
             definition = self._definitions[(run.workflow, run.version)]
         else:
             found = await self.store.get_workflow(run.workflow, run.version, deleted=True)
             if found is None:
                 raise DefinitionError(f"workflow {run.workflow!r} version {run.version} is gone")
-            definition = parse_definition(found[1], source=run.workflow, registry=self.registry)
+            definition = WorkflowDefinition.model_validate(found[1])
             if len(self._definitions) > 1024:
                 self._definitions.clear()
             self._definitions[(run.workflow, run.version)] = definition

@@ -194,11 +194,16 @@ def test_errors_carry_the_node_and_the_field() -> None:
 def test_what_each_built_in_type_outputs() -> None:
     reads = {"template": "text", "sleep": "slept", "if_else": "result", "switch": "branch",
              "http": "status", "llm": "usage", "map": "results"}
+    def outputs(name: str) -> frozenset[str] | None:
+        found = registry.get(name)
+        assert found is not None, name
+        return found.outputs
+
     for node_type, field in reads.items():
-        assert registry.get(node_type).outputs and field in registry.get(node_type).outputs
-    assert registry.get("llm").outputs == {"text", "usage", "model", "finish_reason"}
-    assert registry.get("http").outputs == {"status", "headers", "body", "url"}
-    assert registry.get("code").outputs is None and registry.get("workflow").outputs is None
+        assert field in (outputs(node_type) or ()), node_type
+    assert outputs("llm") == frozenset({"text", "usage", "model", "finish_reason"})
+    assert outputs("http") == frozenset({"status", "headers", "body", "url"})
+    assert outputs("code") is None and outputs("workflow") is None
 
 
 def test_free_form_outputs_are_not_checked() -> None:
@@ -217,7 +222,7 @@ def test_a_custom_type_declares_its_outputs() -> None:
     custom = registry.copy()
     custom.register("shout", shout, outputs={"loud"})
     custom.register("vague", shout)
-    data = {"name": "wf", "nodes": [{"id": "s", "type": "shout", "text": "x"},
+    data: dict[str, Any] = {"name": "wf", "nodes": [{"id": "s", "type": "shout", "text": "x"},
                                     {"id": "v", "type": "vague", "text": "x"},
                                     {"id": "t", "type": "template",
                                      "template": "{{ nodes.s.loud }} {{ nodes.v.whatever }}"}],
@@ -289,7 +294,7 @@ def test_a_local_variable_named_nodes_is_not_the_runs_nodes() -> None:
 
 
 def test_a_map_reads_its_own_graph() -> None:
-    inline = {"id": "m", "type": "map", "items": [1, 2],
+    inline: dict[str, Any] = {"id": "m", "type": "map", "items": [1, 2],
               "nodes": [{"id": "t", "type": "template", "template": "{{ item }}"},
                         {"id": "u", "type": "template", "template": "{{ nodes.t.text }}"}],
               "edges": [{"source": "t", "target": "u"}], "output": "{{ nodes.u.text }}"}
