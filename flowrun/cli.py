@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import getpass
 import json
 import logging
@@ -17,14 +18,13 @@ from typing import Any
 
 import anyio
 
-from flowrun import __version__, auth, definitions
+from flowrun import __version__, auth, checks, definitions
 from flowrun.app import create_app, load_plugins
 from flowrun.auth import create_api_key
 from flowrun.client import Client, ClientError
-from flowrun.engine.executor import Executor
 from flowrun.engine.nodes import registry
 from flowrun.errors import FlowrunError
-from flowrun.local import folder_services
+from flowrun.local import run_workflow
 from flowrun.progress import PrintingObserver, ProgressPrinter
 from flowrun.records import RunStatus
 from flowrun.serving import DrainingServer, server_config, tune_gc
@@ -221,15 +221,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = uuid.uuid4().hex
     printer.show("workflow_started", {"id": run_id, "workflow_id": definition.name})
     started = time.monotonic()
-    executor = Executor(definition, run_id=run_id, inputs=checked,
-                        observer=PrintingObserver(printer),
-                        services=folder_services(Path(args.file).parent, registry))
-
-    async def main() -> Any:
-        return await executor.execute()
-
+    run = functools.partial(run_workflow, definition, checked,
+                            observer=PrintingObserver(printer), registry=registry,
+                            folder=Path(args.file).parent, run_id=run_id)
     try:
-        outcome = anyio.run(main)
+        outcome = anyio.run(run)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -272,7 +268,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 folder = path.parent
                 if folder not in folders:
                     folders[folder] = definitions.load_folder(folder, registry=registry)
-                definitions.check_child_workflows(
+                checks.check_child_workflows(
                     definition, folders[folder],
                     where=f"the workflow files of {folder.resolve()}", registry=registry)
             except FlowrunError as exc:

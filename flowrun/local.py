@@ -94,20 +94,22 @@ def folder_services(folder: Path, registry: Registry) -> NodeServices:
 async def run_workflow(definition: WorkflowDefinition | Mapping[str, Any] | str | Path,
                        inputs: Mapping[str, Any] | None = None, *,
                        observer: RunObserver | None = None,
-                       registry: Registry = default_registry) -> RunOutcome:
+                       registry: Registry = default_registry,
+                       folder: Path | None = None, run_id: str | None = None) -> RunOutcome:
     """Validate inputs and run a workflow to completion in this process; nothing is stored.
 
-    A definition given as a file may call the workflows in its folder by name, as
-    with ``flowrun run``.
+    The workflows that ``workflow`` and ``map`` nodes call by name are the files of
+    ``folder``: by default the definition's own folder when it is given as a file
+    (as with ``flowrun run``, which runs through here too).
     """
-    services = None
     if isinstance(definition, str | Path):
         path = Path(definition)
         definition = load_file(path, registry=registry)
-        services = folder_services(path.parent, registry)
+        folder = path.parent if folder is None else folder
     elif not isinstance(definition, WorkflowDefinition):
         definition = parse_definition(definition, registry=registry)
     checked = check_inputs(definition, inputs or {})
-    executor = Executor(definition, run_id=str(uuid.uuid4()), inputs=checked,
+    services = folder_services(folder, registry) if folder is not None else None
+    executor = Executor(definition, run_id=run_id or str(uuid.uuid4()), inputs=checked,
                         observer=observer, registry=registry, services=services)
     return await executor.execute()

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from flowrun.checks import check_child_workflows
 from flowrun.definitions import (
-    check_child_workflows,
     check_inputs,
     load_path,
     parse_definition,

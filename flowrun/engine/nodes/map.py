@@ -19,7 +19,8 @@ import anyio
 import pydantic
 
 from flowrun import expressions
-from flowrun.definitions import NodeTypes, check_inputs, output_problems, parse_definition
+from flowrun.checks import output_problems
+from flowrun.definitions import NodeTypes, check_inputs, parse_definition
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.errors import DefinitionError, FlowrunError, NodeFailure
