@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import functools
-import getpass
 import json
 import logging
 import signal
@@ -18,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from flowrun import __version__, auth, checks, definitions
+from flowrun import __version__, auth, checks, cli_admin, definitions
 from flowrun.app import create_app, load_plugins
 from flowrun.auth import create_api_key
 from flowrun.client import Client, ClientError
@@ -30,7 +29,6 @@ from flowrun.records import RunStatus
 from flowrun.serving import DrainingServer, server_config, tune_gc
 from flowrun.settings import ClientSettings, Settings, SettingsError
 from flowrun.store import Store
-from flowrun.vault import check_secret
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -281,126 +279,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-# --- keys and secrets ---------------------------------------------------------------
-# Commands that read or remove need an existing database: run in the wrong folder they
-# must say so, not answer from a new, empty one. Commands that store (keys create,
-# secrets set) may create it, to provision a server before its first start, and say so.
-
-def _database(settings: Settings, *, may_create: bool) -> bool:
-    """Whether the command may go on with ``settings.db_path``; says why not."""
-    path = settings.db_path
-    if path.exists():
-        return True
-    if may_create:
-        print(f"created a new database {path}", file=sys.stderr)
-        return True
-    print(f"error: no database {path} here; give its path with --db (or $FLOWRUN_DB_PATH), "
-          f"or start 'flowrun serve' to create it", file=sys.stderr)
-    return False
-
-
-async def _create_key(store: Store, args: argparse.Namespace, db: Path) -> int:
-    if args.workflow and args.scope == auth.Scope.RUN.value and not args.allow_unknown_workflow:
-        registered = {name for name, _, _ in await store.list_workflows()}
-        unknown = [name for name in args.workflow if name not in registered]
-        if unknown and registered:
-            names = ", ".join(repr(name) for name in unknown)
-            print(f"error: no workflow {names} is registered in {db} (registered: "
-                  f"{', '.join(sorted(registered))}); --allow-unknown-workflow binds the key "
-                  f"anyway", file=sys.stderr)
-            return 2
-        if unknown:
-            print(f"note: no workflow is registered in {db} yet; the key is bound to "
-                  f"{', '.join(args.workflow)} unchecked", file=sys.stderr)
-    try:
-        record, secret = await create_api_key(
-            store, name=args.name, scope=auth.Scope(args.scope), workflows=args.workflow or None)
-    except FlowrunError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    print(secret)
-    print(f"id {record.id}", file=sys.stderr)
-    return 0
-
-
-async def _revoke_key(store: Store, given: str) -> int:
-    """Revoke the live key ``given`` names: its id, its display prefix, or the key."""
-    live = [key for key in await store.list_api_keys() if key.revoked_at is None]
-    matches = [key for key in live if given in (key.id, key.prefix)]
-    if not matches and given.startswith(auth.KEY_PREFIX):
-        found = await store.find_api_key(auth.hash_key(given))
-        matches = [found] if found is not None else []
-    # Never echo a whole key back: its display prefix says which one was meant.
-    shown = given if len(given) <= 10 else given[:10] + "…"
-    if not matches:
-        print(f"error: no active key matches {shown!r} (give a key id or prefix from "
-              f"'keys list', or the key itself)", file=sys.stderr)
-        return 1
-    if len(matches) > 1:
-        print(f"error: {shown!r} matches {len(matches)} keys "
-              f"({', '.join(key.id for key in matches)}); give the key id", file=sys.stderr)
-        return 1
-    key = matches[0]
-    await store.revoke_api_key(key.id)
-    print(f"revoked key {key.id} ({key.prefix}…, {key.scope}, {key.name or 'no name'})")
-    return 0
-
+# --- keys and secrets (flowrun/cli_admin.py) ---------------------------------------
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if not _database(settings, may_create=args.keys_cmd == "create"):
-        return 2
-
-    async def main() -> int:
-        async with Store.open(settings.db_path) as store:
-            if args.keys_cmd == "create":
-                return await _create_key(store, args, settings.db_path)
-            if args.keys_cmd == "list":
-                for key in await store.list_api_keys():
-                    state = "revoked" if key.revoked_at else "active"
-                    print(f"{key.id}  {key.prefix}…  {state:7}  {key.scope:5}  "
-                          f"{key.name or '-'}  {','.join(key.workflows or ['*'])}")
-                return 0
-            return await _revoke_key(store, args.key)
-
-    return anyio.run(main)
+    return cli_admin.cmd_keys(args, _settings(args))
 
 
 def cmd_secrets(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if not _database(settings, may_create=args.secrets_cmd == "set"):
-        return 2
-    value = None
-    if args.secrets_cmd == "set":
-        if sys.stdin.isatty():
-            value = getpass.getpass(f"value of {args.name}: ")
-        else:
-            value = sys.stdin.read().rstrip("\n")
-        try:
-            check_secret(args.name, value, args.allow)
-        except FlowrunError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
-            return 2
-
-    async def main() -> int:
-        async with Store.open(settings.db_path) as store:
-            if args.secrets_cmd == "set":
-                assert value is not None
-                created = await store.put_secret(args.name, value, args.allow)
-                print(f"{'created' if created else 'replaced'} secret {args.name}; use it as "
-                      f"{{{{ secrets.{args.name} }}}} in requests to {', '.join(args.allow)}")
-                return 0
-            if args.secrets_cmd == "list":
-                for record in await store.list_secrets():
-                    print(f"{record.name}  {', '.join(record.allowed_urls)}")
-                return 0
-            if await store.delete_secret(args.name):
-                print(f"deleted secret {args.name}")
-                return 0
-            print(f"error: no secret {args.name!r}", file=sys.stderr)
-            return 1
-
-    return anyio.run(main)
+    return cli_admin.cmd_secrets(args, _settings(args))
 
 
 def _db_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
