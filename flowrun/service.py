@@ -324,17 +324,27 @@ class RunService:
             handle.resume()
         return await self.get_run(principal, run_id)
 
-    async def rerun(self, principal: auth.Principal, run_id: str, *, from_failure: bool
-                    ) -> RunRecord:
-        """Run a finished run again under the same id: from scratch (restart), or from
-        its failed nodes keeping the succeeded ones' outputs (retry)."""
+    async def rerun(self, principal: auth.Principal, run_id: str, *, from_failure: bool,
+                    from_node: str | None = None) -> RunRecord:
+        """Run a finished run again under the same id: from scratch (restart), from its
+        failed nodes keeping the succeeded ones' outputs (retry), or from ``from_node``
+        keeping the outputs of every node that does not come after it."""
         run = await self.get_run(principal, run_id)
         if run.status not in RUN_TERMINAL:
             raise Conflict(f"run {run_id} is still {run.status.value}")
-        if from_failure and run.status is RunStatus.SUCCEEDED:
+        rerun: set[str] = set()
+        if from_node is not None:
+            definition = await self.definition_of(run)
+            if from_node not in {n.id for n in definition.nodes}:
+                raise BadRequest(f"run {run_id} has no node {from_node!r}",
+                                 errors=[{"field": "from_node", "message": "no such node"}])
+            rerun = downstream(definition, from_node)
+        elif from_failure and run.status is RunStatus.SUCCEEDED:
             raise Conflict(f"run {run_id} succeeded; there is nothing to retry")
         self.lifecycle.refuse_new_work()
-        await self.store.reset_run(run_id, keep_succeeded=from_failure)
+        if not await self.store.reset_run(run_id, keep_succeeded=from_failure or bool(rerun),
+                                          rerun=rerun):
+            raise Conflict(f"run {run_id} was queued again by another request")
         fresh = await self.store.get_run(run_id, with_nodes=False)
         assert fresh is not None
         self.scheduler.enqueue(self.scheduler.prepare(fresh))
@@ -434,6 +444,20 @@ def split_dotted_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any
         else:
             plain[key] = value
     return plain, dotted
+
+
+def downstream(definition: WorkflowDefinition, node_id: str) -> set[str]:
+    """``node_id`` and every node that comes after it along the edges."""
+    after: dict[str, list[str]] = {}
+    for edge in definition.edges:
+        after.setdefault(edge.source, []).append(edge.target)
+    found, pending = {node_id}, [node_id]
+    while pending:
+        for target in after.get(pending.pop(), ()):
+            if target not in found:
+                found.add(target)
+                pending.append(target)
+    return found
 
 
 def reuses(claim: IdempotencyClaim, holder: KeyHolder) -> bool:

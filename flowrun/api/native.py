@@ -283,11 +283,19 @@ async def resume_run(request: Request) -> Response:
     return JSONResponse(run.to_json())
 
 
+class RetryBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    from_node: str | None = Field(default=None, min_length=1, max_length=200)
+
+
 async def retry_run(request: Request) -> Response:
-    """Run a failed (or stopped, timed out) run again from its failed nodes."""
+    """Run a finished run again from its failed nodes, or from ``from_node`` (keeping the
+    outputs of the nodes before it)."""
     principal = await principal_of(request)
+    body = parse_model(RetryBody, await read_json(request, _max_body(request), empty={}))
     run = await service_of(request).rerun(principal, request.path_params["run_id"],
-                                          from_failure=True)
+                                          from_failure=True, from_node=body.from_node)
     return JSONResponse(run.to_json(), status_code=202)
 
 
@@ -379,7 +387,7 @@ async def metrics(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     return JSONResponse(build_spec({"RunBody": RunBody, "KeyBody": KeyBody,
-                                    "SecretBody": SecretBody}))
+                                    "SecretBody": SecretBody, "RetryBody": RetryBody}))
 
 
 ops_routes = [

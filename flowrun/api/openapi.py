@@ -127,7 +127,8 @@ def build_spec(native_models: dict[str, type[BaseModel]]) -> dict[str, Any]:
             error=p)
     spec.op("/runs/{run_id}/resume", "post", "Let a paused run go on", error=p)
     spec.op("/runs/{run_id}/retry", "post", "Run a finished run again from its failed "
-            "nodes, keeping the others' outputs", error=p, ok="202")
+            "nodes, or from `from_node`, keeping the outputs of the nodes before",
+            error=p, ok="202", body=native_models["RetryBody"])
     spec.op("/runs/{run_id}/restart", "post", "Run a finished run again from scratch",
             error=p, ok="202")
     spec.op("/runs/{run_id}/events", "get", "The run's events: replay after Last-Event-ID "

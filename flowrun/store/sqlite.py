@@ -12,7 +12,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -452,22 +452,34 @@ class Store:
 
         return await self._writer.write(op, durable=True)
 
-    async def reset_run(self, run_id: str, *, keep_succeeded: bool) -> None:
-        """Queue a finished run again: restart (all nodes) or retry (keep succeeded ones)."""
+    async def reset_run(self, run_id: str, *, keep_succeeded: bool,
+                        rerun: Collection[str] = ()) -> bool:
+        """Queue a finished run again: restart (no node kept) or retry (succeeded nodes
+        kept, except those in ``rerun``). False, and nothing changed, when the run is
+        not finished (another request queued it again first)."""
+        terminal = tuple(s.value for s in RUN_TERMINAL)
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> bool:
+            queued = conn.execute(
+                "UPDATE runs SET status = ?, outputs = NULL, error = NULL, finished_at = NULL, "
+                f"started_at = NULL, steps = 0 WHERE id = ? AND status IN "
+                f"({', '.join('?' * len(terminal))})",
+                (RunStatus.QUEUED.value, run_id, *terminal)).rowcount
+            if not queued:
+                return False
             if keep_succeeded:
-                conn.execute("DELETE FROM node_executions WHERE run_id = ? AND status != ?",
-                                   (run_id, NodeStatus.SUCCEEDED.value))
+                again = list(rerun)
+                conn.execute(
+                    "DELETE FROM node_executions WHERE run_id = ? AND (status != ? OR node_id "
+                    f"IN ({', '.join('?' * len(again))}))",
+                    (run_id, NodeStatus.SUCCEEDED.value, *again))
             else:
                 conn.execute("DELETE FROM node_executions WHERE run_id = ?", (run_id,))
-            conn.execute("UPDATE runs SET status = ?, outputs = NULL, error = NULL, "
-                               "finished_at = NULL, started_at = NULL, steps = 0 WHERE id = ?",
-                               (RunStatus.QUEUED.value, run_id))
             conn.execute("UPDATE idempotency_keys SET expires_at = NULL WHERE run_id = ?",
-                               (run_id,))
+                         (run_id,))
+            return True
 
-        await self._writer.write(op)
+        return await self._writer.write(op)
 
     async def get_run(self, run_id: str, *, with_nodes: bool = True) -> RunRecord | None:
         row = await self._fetchone(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))

@@ -4,6 +4,7 @@ and workflow versions, YAML definitions, pause/resume/retry/restart."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,20 @@ def test_pause_resume_retry_and_restart(start_server: Callable[..., Started],
     assert client.post(f"/runs/{flaky}/restart").status_code == 202
     assert finished(client, flaky)["status"] == "succeeded"
     assert log.read_text().split() == ["first", "last", "first", "last"]
+
+    # From a chosen node: the nodes before it keep their outputs and do not run again.
+    again = client.post(f"/runs/{flaky}/retry", json={"from_node": "gate"})
+    assert again.status_code == 202
+    assert finished(client, flaky)["status"] == "succeeded"
+    assert log.read_text().split() == ["first", "last", "first", "last", "last"]
+    unknown = client.post(f"/runs/{flaky}/retry", json={"from_node": "nope"})
+    assert unknown.status_code == 400 and unknown.json()["errors"][0]["field"] == "from_node"
+
+    # Two retries at once queue the run once: the other is told so.
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(
+            lambda _: client.post(f"/runs/{flaky}/retry", json={"from_node": "last"}),
+            range(2)))
+    assert sorted(a.status_code for a in answers) == [202, 409]
+    assert finished(client, flaky)["status"] == "succeeded"
+    assert log.read_text().split() == ["first", "last", "first", "last", "last", "last"]
