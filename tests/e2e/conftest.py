@@ -37,15 +37,16 @@ def start_server(server_factory: Callable[..., Server],
                  dialect: Dialect) -> Callable[..., Started]:
     """Start a server with a new key and give a client of ``dialect`` (closed at the end).
 
-    ``env``: extra FLOWRUN_* environment; ``workflow``: bind the key to this workflow
-    instead of the dialect's.
+    ``env``: extra FLOWRUN_* environment; ``serve_args``: extra ``flowrun serve``
+    arguments; ``workflow``: bind the key to this workflow instead of the dialect's.
     """
 
-    def start(env: dict[str, str] | None = None, *, workflow: str | None = None) -> Started:
+    def start(env: dict[str, str] | None = None, *serve_args: str,
+              workflow: str | None = None) -> Started:
         server = server_factory(env)
         bound = workflow or dialect.workflow
         key = server.create_key(*(("--workflow", bound) if bound else ()))
-        server.start()
+        server.start(*serve_args)
         client = httpx.Client(base_url=f"{server.url}{dialect.prefix}", timeout=dialect.timeout,
                               headers={dialect.auth_header: f"{dialect.auth_scheme}{key}"})
         server.clients.append(client)  # closed with the server

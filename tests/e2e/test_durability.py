@@ -17,15 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.server import Server, finished, node_status, wait_for
-
-
-def start(server_factory: Callable[..., Server], env: dict[str, str] | None = None,
-          *extra: str) -> tuple[Server, httpx.Client, str]:
-    server = server_factory(env)
-    key = server.create_key()
-    server.start(*extra)
-    return server, server.client(key), key
+from tests.e2e.server import Server, Started, finished, node_status, wait_for
 
 
 def db_status(db: Path, run_id: str) -> str:
@@ -41,8 +33,8 @@ def wait_log(server: Server, text: str, timeout: float = 10) -> None:
 
 
 def test_sigterm_drains_then_exits_0_and_the_rest_resumes(
-        server_factory: Callable[..., Server], tmp_path: Path) -> None:
-    server, client, key = start(server_factory, {"FLOWRUN_SHUTDOWN_GRACE_S": "2",
+        start_server: Callable[..., Started], tmp_path: Path) -> None:
+    server, key, client = start_server({"FLOWRUN_SHUTDOWN_GRACE_S": "2",
                                                  "FLOWRUN_MAX_CONCURRENT_RUNS": "2"},
                                 "--log-level", "info")
     log = tmp_path / "short.log"
@@ -101,8 +93,8 @@ def test_sigterm_drains_then_exits_0_and_the_rest_resumes(
     assert log.read_text().split() == ["short-first", "short-last"]
 
 
-def test_retention_deletes_old_finished_runs(server_factory: Callable[..., Server]) -> None:
-    server, client, _ = start(server_factory, {"FLOWRUN_RUN_RETENTION_S": "1",
+def test_retention_deletes_old_finished_runs(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server({"FLOWRUN_RUN_RETENTION_S": "1",
                                                "FLOWRUN_SWEEP_INTERVAL_S": "0.2"})
     old = client.post("/workflows/hello/run-sync", json={"inputs": {"name": "old"}},
                       headers={"Idempotency-Key": "old"}).json()
@@ -119,9 +111,9 @@ def test_retention_deletes_old_finished_runs(server_factory: Callable[..., Serve
     assert client.post(f"/runs/{running['id']}/stop").status_code == 200
 
 
-def test_a_locked_database_is_503_then_recovers(server_factory: Callable[..., Server],
+def test_a_locked_database_is_503_then_recovers(start_server: Callable[..., Started],
                                                 tmp_path: Path) -> None:
-    server, client, _ = start(server_factory, {"FLOWRUN_SQLITE_BUSY_TIMEOUT_MS": "300"},
+    server, _, client = start_server({"FLOWRUN_SQLITE_BUSY_TIMEOUT_MS": "300"},
                               "--log-level", "info")
     log = tmp_path / "locked.log"
     during = client.post("/workflows/counted/run", json={

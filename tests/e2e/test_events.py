@@ -12,15 +12,7 @@ import anyio
 import httpx
 from httpx_sse import aconnect_sse
 
-from tests.e2e.server import Server, finished, wait_for
-
-
-def start(server_factory: Callable[..., Server],
-          env: dict[str, str] | None = None) -> tuple[Server, str]:
-    server = server_factory(env)
-    key = server.create_key()
-    server.start()
-    return server, key
+from tests.e2e.server import Server, Started, finished, wait_for
 
 
 def aclient(server: Server, key: str) -> httpx.AsyncClient:
@@ -60,8 +52,8 @@ def assert_complete(events: list[dict[str, Any]], first: int = 1) -> None:
     assert all(e["event"] != "workflow_finished" for e in events[:-1])
 
 
-async def test_order_and_completeness(server_factory: Callable[..., Server]) -> None:
-    server, key = start(server_factory)
+async def test_order_and_completeness(start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server()
     async with aclient(server, key) as client:
         run_id = await submit(client, "wide")
         events = await collect(client, run_id)
@@ -82,8 +74,8 @@ async def test_order_and_completeness(server_factory: Callable[..., Server]) -> 
     assert finished_event["run_id"] == run_id == finished_event["workflow_run_id"]
 
 
-async def test_finished_run_replays_and_closes(server_factory: Callable[..., Server]) -> None:
-    server, key = start(server_factory)
+async def test_finished_run_replays_and_closes(start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server()
     async with aclient(server, key) as client:
         run_id = await submit(client, "hello", name="x")
         finished(server.client(key), run_id)
@@ -103,8 +95,8 @@ async def test_finished_run_replays_and_closes(server_factory: Callable[..., Ser
 
 
 async def test_resume_with_last_event_id_while_running(
-        server_factory: Callable[..., Server]) -> None:
-    server, key = start(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server()
     async with aclient(server, key) as client:
         run_id = await submit(client, "ticker", tick=0.1)
         head = await collect(client, run_id, limit=5)
@@ -117,8 +109,8 @@ async def test_resume_with_last_event_id_while_running(
 
 
 async def test_subscribers_at_random_moments_of_50_runs(
-        server_factory: Callable[..., Server]) -> None:
-    server, key = start(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server()
     rng = random.Random(7)
     results: list[list[dict[str, Any]]] = []
     async with aclient(server, key) as client:
@@ -137,9 +129,9 @@ async def test_subscribers_at_random_moments_of_50_runs(
         assert len(events) == 22
 
 
-async def test_500_subscribers_on_one_run(server_factory: Callable[..., Server]) -> None:
+async def test_500_subscribers_on_one_run(start_server: Callable[..., Started]) -> None:
     # one key holding 500 streams: the operator raised the per-key limit for it
-    server, key = start(server_factory, {"FLOWRUN_MAX_STREAMS_PER_KEY": "600"})
+    server, key, _ = start_server({"FLOWRUN_MAX_STREAMS_PER_KEY": "600"})
     results: list[list[dict[str, Any]]] = []
     async with aclient(server, key) as client:
         run_id = await submit(client, "wide", gate=4)
@@ -156,8 +148,8 @@ async def test_500_subscribers_on_one_run(server_factory: Callable[..., Server])
     assert all(events == reference for events in results)
 
 
-async def test_stop_mid_stream_delivers_stopped(server_factory: Callable[..., Server]) -> None:
-    server, key = start(server_factory)
+async def test_stop_mid_stream_delivers_stopped(start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server()
     async with aclient(server, key) as client:
         run_id = await submit(client, "slow", seconds=60)
         seen: list[dict[str, Any]] = []
@@ -176,8 +168,8 @@ async def test_stop_mid_stream_delivers_stopped(server_factory: Callable[..., Se
 
 
 async def test_streaming_post_sends_events_before_the_run_ends(
-        server_factory: Callable[..., Server]) -> None:
-    server, key = start(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server()
     arrivals: list[tuple[float, dict[str, Any]]] = []
     async with aclient(server, key) as client:
         with anyio.fail_after(30):
@@ -197,8 +189,8 @@ async def test_streaming_post_sends_events_before_the_run_ends(
 
 
 async def test_streaming_client_leaving_does_not_stop_the_run(
-        server_factory: Callable[..., Server]) -> None:
-    server, key = start(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server()
     async with aclient(server, key) as client:
         with anyio.fail_after(30):
             async with aconnect_sse(client, "POST", "/workflows/streamed/run",
@@ -211,8 +203,8 @@ async def test_streaming_client_leaving_does_not_stop_the_run(
 
 
 async def test_vanishing_clients_leave_nothing_behind(
-        server_factory: Callable[..., Server]) -> None:
-    server, key = start(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server()
     sync = server.client(key)
     baseline = sync.get("/healthz").json()
     async with aclient(server, key) as client:
@@ -234,8 +226,8 @@ async def test_vanishing_clients_leave_nothing_behind(
     wait_for(sync, run_id, lambda r: r["status"] == "stopped")
 
 
-async def test_ping_keeps_idle_streams_alive(server_factory: Callable[..., Server]) -> None:
-    server, key = start(server_factory, {"FLOWRUN_SSE_PING_S": "0.2"})
+async def test_ping_keeps_idle_streams_alive(start_server: Callable[..., Started]) -> None:
+    server, key, _ = start_server({"FLOWRUN_SSE_PING_S": "0.2"})
     async with aclient(server, key) as client:
         run_id = await submit(client, "slow", seconds=60)
         pings = 0

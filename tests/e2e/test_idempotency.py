@@ -11,17 +11,9 @@ import anyio
 import httpx
 from httpx_sse import aconnect_sse
 
-from tests.e2e.server import Server, finished, wait_for
+from tests.e2e.server import Started, finished, wait_for
 
 HELLO = {"inputs": {"name": "idem"}}
-
-
-def start(server_factory: Callable[..., Server],
-          env: dict[str, str] | None = None) -> tuple[Server, httpx.Client, str]:
-    server = server_factory(env)
-    key = server.create_key()
-    server.start()
-    return server, server.client(key), key
 
 
 def keyed(key: str, on_conflict: str | None = None, header: str = "Idempotency-Key"
@@ -32,8 +24,8 @@ def keyed(key: str, on_conflict: str | None = None, header: str = "Idempotency-K
     return headers
 
 
-def test_return_existing_replays_the_run(server_factory: Callable[..., Server]) -> None:
-    server, client, _ = start(server_factory)
+def test_return_existing_replays_the_run(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     first = client.post("/workflows/hello/run", json=HELLO, headers=keyed("k1"))
     assert first.status_code == 202 and "idempotent-replayed" not in first.headers
     again = client.post("/workflows/hello/run", json=HELLO,
@@ -45,8 +37,8 @@ def test_return_existing_replays_the_run(server_factory: Callable[..., Server]) 
     assert len(client.get("/workflows/hello/runs").json()["runs"]) == 1
 
 
-def test_same_key_different_body_is_422(server_factory: Callable[..., Server]) -> None:
-    server, client, _ = start(server_factory)
+def test_same_key_different_body_is_422(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     run_id = client.post("/workflows/hello/run", json=HELLO, headers=keyed("k")).json()["id"]
     other = client.post("/workflows/hello/run", json={"inputs": {"name": "else"}},
                         headers=keyed("k"))
@@ -60,8 +52,8 @@ def test_same_key_different_body_is_422(server_factory: Callable[..., Server]) -
     assert len(client.get("/workflows/hello/runs").json()["runs"]) == 1
 
 
-def test_scope_is_per_api_key_and_workflow(server_factory: Callable[..., Server]) -> None:
-    server, client, _ = start(server_factory)
+def test_scope_is_per_api_key_and_workflow(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     other_key = server.client(server.create_key())
     a = client.post("/workflows/hello/run", json=HELLO, headers=keyed("shared")).json()
     b = other_key.post("/workflows/hello/run", json=HELLO, headers=keyed("shared"))
@@ -71,8 +63,8 @@ def test_scope_is_per_api_key_and_workflow(server_factory: Callable[..., Server]
 
 
 def test_fail_strategy_conflicts_with_any_existing_run(
-        server_factory: Callable[..., Server]) -> None:
-    server, client, _ = start(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     run = client.post("/workflows/hello/run-sync", json=HELLO, headers=keyed("f", "FAIL")).json()
     assert run["status"] == "succeeded"
     again = client.post("/workflows/hello/run", json=HELLO, headers=keyed("f", "FAIL"))
@@ -80,8 +72,8 @@ def test_fail_strategy_conflicts_with_any_existing_run(
     assert again.json()["code"] == "idempotency_conflict" and again.json()["run_id"] == run["id"]
 
 
-def test_fail_on_running(server_factory: Callable[..., Server]) -> None:
-    server, client, _ = start(server_factory)
+def test_fail_on_running(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     body = {"inputs": {"seconds": 0.5}}
     first = client.post("/workflows/slow/run", json=body, headers=keyed("r", "FAIL_ON_RUNNING"))
     assert first.status_code == 202
@@ -95,8 +87,8 @@ def test_fail_on_running(server_factory: Callable[..., Server]) -> None:
     assert now.status_code == 200 and now.json()["id"] == second.json()["id"]
 
 
-def test_run_sync_with_a_key(server_factory: Callable[..., Server]) -> None:
-    server, client, _ = start(server_factory)
+def test_run_sync_with_a_key(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     body = {"inputs": {"seconds": 1}}
     started = client.post("/workflows/slow/run", json=body, headers=keyed("s")).json()
     began = time.monotonic()
@@ -115,8 +107,8 @@ def test_run_sync_with_a_key(server_factory: Callable[..., Server]) -> None:
 
 
 async def test_hundred_concurrent_duplicates_make_one_run(
-        server_factory: Callable[..., Server]) -> None:
-    server, client, key = start(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    server, key, client = start_server()
     answers: list[httpx.Response] = []
     async with httpx.AsyncClient(base_url=server.url, timeout=30,
                                  headers={"Authorization": f"Bearer {key}"},
@@ -135,8 +127,8 @@ async def test_hundred_concurrent_duplicates_make_one_run(
     assert len(client.get("/workflows/hello/runs").json()["runs"]) == 1
 
 
-async def test_streaming_with_a_replayed_key(server_factory: Callable[..., Server]) -> None:
-    server, client, key = start(server_factory)
+async def test_streaming_with_a_replayed_key(start_server: Callable[..., Started]) -> None:
+    server, key, client = start_server()
     run = client.post("/workflows/hello/run-sync", json=HELLO, headers=keyed("st")).json()
     async with httpx.AsyncClient(base_url=server.url, timeout=30,
                                  headers={"Authorization": f"Bearer {key}"}) as aclient:
@@ -148,8 +140,8 @@ async def test_streaming_with_a_replayed_key(server_factory: Callable[..., Serve
     assert events[-1]["event"] == "workflow_finished"
 
 
-def test_keys_expire_after_the_ttl(server_factory: Callable[..., Server]) -> None:
-    server, client, _ = start(server_factory, {"FLOWRUN_IDEMPOTENCY_TTL_S": "1",
+def test_keys_expire_after_the_ttl(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server({"FLOWRUN_IDEMPOTENCY_TTL_S": "1",
                                                "FLOWRUN_SWEEP_INTERVAL_S": "0.2"})
     first = client.post("/workflows/hello/run-sync", json=HELLO, headers=keyed("ttl")).json()
     assert client.post("/workflows/hello/run", json=HELLO,
@@ -168,8 +160,8 @@ def test_keys_expire_after_the_ttl(server_factory: Callable[..., Server]) -> Non
     wait_for(client, fresh.json()["id"], lambda r: r["status"] == "succeeded")
 
 
-def test_bad_idempotency_headers(server_factory: Callable[..., Server]) -> None:
-    server, client, _ = start(server_factory)
+def test_bad_idempotency_headers(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     bogus = client.post("/workflows/hello/run", json=HELLO, headers=keyed("k", "MAYBE"))
     assert bogus.status_code == 400 and bogus.json()["errors"][0]["field"] == "X-On-Conflict"
     too_long = client.post("/workflows/hello/run", json=HELLO, headers=keyed("x" * 300))

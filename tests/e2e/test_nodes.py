@@ -16,17 +16,9 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.e2e.server import ROOT, Server, finished, node_status, wait_for
+from tests.e2e.server import ROOT, Started, finished, node_status, wait_for
 from tests.engine.test_llm_node import APP as FAKE_LLM
 from tests.local_server import serve
-
-
-def start(server_factory: Callable[..., Server], env: dict[str, str] | None = None
-          ) -> tuple[Server, httpx.Client]:
-    server = server_factory(env)
-    key = server.create_key()
-    server.start()
-    return server, server.client(key)
 
 
 def events_of(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
@@ -34,9 +26,9 @@ def events_of(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
         return [json.loads(sse.data) for sse in source.iter_sse()]
 
 
-def test_workflow_node_runs_a_visible_child(server_factory: Callable[..., Server],
+def test_workflow_node_runs_a_visible_child(start_server: Callable[..., Started],
                                             tmp_path: Path) -> None:
-    server, client = start(server_factory, {"FLOWRUN_MAX_CONCURRENT_RUNS": "1"})
+    server, _, client = start_server({"FLOWRUN_MAX_CONCURRENT_RUNS": "1"})
     log = tmp_path / "child.log"
     run = client.post("/workflows/parent/run-sync",
                       json={"inputs": {"file": str(log)}}).json()
@@ -63,9 +55,9 @@ def child_of(client: httpx.Client, parent_id: str) -> dict[str, Any]:
         time.sleep(0.02)
 
 
-def test_stopping_the_parent_stops_the_child(server_factory: Callable[..., Server],
+def test_stopping_the_parent_stops_the_child(start_server: Callable[..., Started],
                                              tmp_path: Path) -> None:
-    server, client = start(server_factory)
+    server, _, client = start_server()
     run = client.post("/workflows/parent/run", json={
         "inputs": {"file": str(tmp_path / "c.log"), "seconds": 60}}).json()
     child = child_of(client, run["id"])
@@ -74,9 +66,9 @@ def test_stopping_the_parent_stops_the_child(server_factory: Callable[..., Serve
     assert finished(client, child["id"])["status"] == "stopped"
 
 
-def test_a_resumed_parent_reattaches_to_its_child(server_factory: Callable[..., Server],
+def test_a_resumed_parent_reattaches_to_its_child(start_server: Callable[..., Started],
                                                   tmp_path: Path) -> None:
-    server, client = start(server_factory)
+    server, _, client = start_server()
     log = tmp_path / "c.log"
     run = client.post("/workflows/parent/run", json={
         "inputs": {"file": str(log), "seconds": 1.5}}).json()
@@ -89,8 +81,8 @@ def test_a_resumed_parent_reattaches_to_its_child(server_factory: Callable[..., 
     assert log.read_text().split() == ["child-first", "child-last"]
 
 
-def test_code_cannot_read_the_servers_secrets(server_factory: Callable[..., Server]) -> None:
-    server, client = start(server_factory, {"FLOWRUN_TEST_SECRET": "hunter2"})
+def test_code_cannot_read_the_servers_secrets(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server({"FLOWRUN_TEST_SECRET": "hunter2"})
     run = client.post("/workflows/peek/run-sync", json={}).json()
     assert run["status"] == "succeeded", run
     seen = run["outputs"]["py"]
@@ -99,8 +91,8 @@ def test_code_cannot_read_the_servers_secrets(server_factory: Callable[..., Serv
     assert set(seen["env"]) <= {"PATH", "LANG", "PYTHONIOENCODING", "LC_CTYPE", "PWD"}
 
 
-def test_map_iterations_report_their_index(server_factory: Callable[..., Server]) -> None:
-    server, client = start(server_factory)
+def test_map_iterations_report_their_index(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     run = client.post("/workflows/mapped/run-sync",
                       json={"inputs": {"words": ["a", "b", "c", "d"]}}).json()
     assert run["outputs"] == {"each": {"results": ["0:A", "1:B", "2:C", "3:D"]}}
@@ -112,8 +104,8 @@ def test_map_iterations_report_their_index(server_factory: Callable[..., Server]
 
 
 def test_dot_keys_and_overrides_change_params_for_one_run(
-        server_factory: Callable[..., Server]) -> None:
-    server, client = start(server_factory)
+        start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     dotted = client.post("/workflows/hello/run-sync", json={
         "inputs": {"name": "Ann", "greet.template": "Hey {{ inputs.name }}"}}).json()
     assert dotted["outputs"] == {"greeting": "Hey Ann"}
@@ -131,9 +123,9 @@ def fake_llm() -> Iterator[str]:
         yield f"{url}/v1"
 
 
-def test_llm_tokens_add_up_in_the_run(server_factory: Callable[..., Server],
+def test_llm_tokens_add_up_in_the_run(start_server: Callable[..., Started],
                                       fake_llm: str) -> None:
-    server, client = start(server_factory, {"FLOWRUN_LLM_BASE_URL": fake_llm,
+    server, _, client = start_server({"FLOWRUN_LLM_BASE_URL": fake_llm,
                                             "FLOWRUN_LLM_API_KEY": "sk-local"})
     definition = {"nodes": [{"id": "ask", "type": "llm", "prompt": "hi"},
                             {"id": "more", "type": "llm", "prompt": "again", "model": "plain"}],
@@ -169,8 +161,8 @@ def test_custom_nodes_from_an_entry_point(tmp_path: Path) -> None:
     assert "HEY" in out.stdout and '"node": "s"' in out.stdout
 
 
-def test_example_pipeline_end_to_end(server_factory: Callable[..., Server]) -> None:
-    server, client = start(server_factory)
+def test_example_pipeline_end_to_end(start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
     text = "one two three four five six seven eight nine ten " * 3
     run = client.post("/workflows/report-pipeline/run-sync", json={"inputs": {"text": text}})
     body = run.json()
