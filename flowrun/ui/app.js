@@ -21,7 +21,12 @@ function h(spec, attrs, ...children) {
     else if (k === "dataset") Object.assign(e.dataset, v);
     else e.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  return fill(e, ...children);
+}
+/** Replace e's children: nodes, text, or (nested) arrays of them; null and false are left out. */
+function fill(e, ...children) {
+  e.replaceChildren();
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -412,7 +417,7 @@ async function runPage(id, current) {
   });
 
   function render() {
-    head.replaceChildren(h("div.row", {},
+    fill(head, h("div.row", {},
       h("span", {}, "Status ", badge(run.status)),
       h("span", {}, "Workflow ", link("#/workflows/" + encodeURIComponent(run.workflow), run.workflow),
         " v" + run.version),
@@ -453,7 +458,7 @@ async function runPage(id, current) {
     if (!n) return detail.replaceChildren(h("p.muted", {}, "Select a node in the graph."));
     const child = n.process_data && n.process_data.child_run_id;
     const text = stream.texts.get(n.id);
-    detail.replaceChildren(h("div.row", {}, h("strong.mono", {}, n.id), badge(n.status),
+    fill(detail, h("div.row", {}, h("strong.mono", {}, n.id), badge(n.status),
       n.type ? h("span.muted", {}, n.type) : null,
       n.attempts > 1 ? h("span.muted", {}, n.attempts + " attempts") : null,
       n.elapsed_s != null ? h("span.muted", {}, n.elapsed_s + " s") : null),
