@@ -60,3 +60,12 @@ def test_the_ui_is_served_but_not_described(tmp_path: Path) -> None:
         assert "default-src 'self'" in page.headers["content-security-policy"]
         assert client.get("/ui/app.js").status_code == 200
         assert client.get("/ui/vendor/dagre.min.js").status_code == 200
+
+
+def test_the_ui_finds_the_native_api_under_a_root_dialect(tmp_path: Path) -> None:
+    app = create_app(Settings(db_path=tmp_path / "t.db", auth_enabled=False,
+                              root_dialect="dify"))
+    with TestClient(app) as client:
+        page = client.get("/ui")
+        assert page.status_code == 200
+        assert '<meta name="flowrun-api" content="/native">' in page.text

@@ -239,3 +239,16 @@ def test_outputs_are_shown_as_text_never_markup(ui: UI) -> None:
     node(page, "greet").click()
     expect(page.locator("#node-detail")).to_contain_text("Hello, <img src=x id=pwned")
     expect(page.locator("#pwned")).to_have_count(0)
+
+
+def test_the_run_page_follows_a_run_across_a_server_restart(ui: UI) -> None:
+    run_id = start(ui, "slow", {"seconds": 2})
+    page = ui.page
+    sign_in(ui, f"#/runs/{run_id}")
+    expect(node(page, "wait")).to_have_class(re.compile(r"\brunning\b"))
+    ui.server.kill()  # the stream drops; the page reconnects with Last-Event-ID
+    expect(page.locator("#live")).to_have_text(re.compile("reconnecting"))
+    ui.server.start()
+    expect(page.locator("#live")).to_have_text("finished")
+    expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
+    expect(node(page, "end")).to_have_class(re.compile(r"\bsucceeded\b"))
