@@ -26,7 +26,17 @@ $(CLIENTS_STAMP): tests/clients.txt $(STAMP)
 	done
 	touch $(CLIENTS_STAMP)
 
-test: $(STAMP) $(CLIENTS_STAMP)
+# The web UI's browser tests drive Debian's chromium (never Playwright's own browsers).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	if command -v apt-get >/dev/null; then \
+		apt-get install -y chromium || (apt-get update && apt-get install -y chromium); \
+	else \
+		echo "$(CHROMIUM) is missing and apt-get is not here: install chromium yourself"; \
+	fi
+
+test: $(STAMP) $(CLIENTS_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

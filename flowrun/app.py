@@ -36,7 +36,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
 from flowrun.adapters import ServiceChildRuns, ServiceWorkflows
-from flowrun.api import conductor, dify, jobs, langflow, native
+from flowrun.api import conductor, dify, jobs, langflow, native, ui
 from flowrun.api.common import ErrorHandler
 from flowrun.auth import KeyRing
 from flowrun.engine.egress import egress_proxy
@@ -317,7 +317,7 @@ def create_app(settings: Settings | None = None, *,
     The native API is at the root; each dialect is mounted under its prefix (a
     client sets its base URL there). With ``root_dialect`` that dialect takes the
     root instead, and the native API moves to ``/native`` (health, metrics and the
-    spec stay at the root).
+    spec stay at the root). The web UI is at ``/ui`` either way.
     """
     settings = settings or Settings.from_env()
     root = settings.root_dialect
@@ -329,9 +329,9 @@ def create_app(settings: Settings | None = None, *,
     routes: list[BaseRoute] = [Mount(prefix, app=_dialect_app(module, app.state))
                                for prefix, module in DIALECTS.values()]
     if root is None:
-        routes += native.routes
+        routes += [*native.routes, *ui.routes("")]
     else:
-        routes = [*native.ops_routes, *routes,
+        routes = [*native.ops_routes, *ui.routes("/native"), *routes,
                   Mount("/native", app=_dialect_app(native, app.state)),
                   Mount("", app=_dialect_app(DIALECTS[root][1], app.state))]
     app.router.routes.extend(routes)

@@ -13,13 +13,16 @@ from flowrun import Settings, __version__, create_app
 
 
 def served_routes(app: Starlette) -> set[tuple[str, str]]:
+    """Every (path, method) of an API route. The spec documents the APIs; the web UI's
+    page and files are not API and say so with ``include_in_schema=False`` (its files
+    are a StaticFiles mount, which has no routes to walk)."""
     found = set()
 
     def walk(routes: Sequence[BaseRoute], prefix: str) -> None:
         for route in routes:
             if isinstance(route, Mount):
                 walk(route.routes, prefix + route.path)
-            elif isinstance(route, Route):
+            elif isinstance(route, Route) and route.include_in_schema:
                 for method in route.methods or ():
                     if method != "HEAD":
                         found.add((prefix + route.path, method.lower()))
@@ -35,6 +38,7 @@ def test_every_route_is_described(tmp_path: Path) -> None:
     assert spec["info"]["version"] == __version__
     described = {(path, method) for path, ops in spec["paths"].items() for method in ops}
     assert described == served_routes(app)
+    assert not any(path.startswith("/ui") for path in spec["paths"])
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
             error = op["responses"]["404"]["content"]
@@ -43,3 +47,25 @@ def test_every_route_is_described(tmp_path: Path) -> None:
     assert {"Problem", "DifyError", "ConductorError", "LangflowError", "JobsError",
             "RunBody", "DifyRunBody", "StartWorkflowRequest", "WorkflowsRequest",
             "JobBody"} <= set(schemas)
+
+
+def test_the_ui_is_served_but_not_described(tmp_path: Path) -> None:
+    app = create_app(Settings(db_path=tmp_path / "t.db", auth_enabled=False))
+    hidden = [r for r in app.router.routes if isinstance(r, Route) and not r.include_in_schema]
+    assert {r.path for r in hidden} == {"/ui", "/ui/"}  # nothing else hides from the spec
+    with TestClient(app) as client:
+        page = client.get("/ui")
+        assert page.status_code == 200
+        assert '<meta name="flowrun-api" content="">' in page.text  # the API at the root
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert client.get("/ui/app.js").status_code == 200
+        assert client.get("/ui/vendor/dagre.min.js").status_code == 200
+
+
+def test_the_ui_finds_the_native_api_under_a_root_dialect(tmp_path: Path) -> None:
+    app = create_app(Settings(db_path=tmp_path / "t.db", auth_enabled=False,
+                              root_dialect="dify"))
+    with TestClient(app) as client:
+        page = client.get("/ui")
+        assert page.status_code == 200
+        assert '<meta name="flowrun-api" content="/native">' in page.text

@@ -1,0 +1,46 @@
+"""The web UI: one page and its static assets under ``/ui``, served by the main app.
+
+The UI is plain HTML, CSS and JavaScript from ``flowrun/ui`` (no build step); it
+talks to the native API like any other client, with the key in a header. It is
+not an API, so its routes are left out of /openapi.json (``include_in_schema``).
+The page is told where the native API lives (the root, or ``/native`` when a
+dialect takes the root) through a meta tag filled in here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+ASSETS = Path(__file__).resolve().parent.parent / "ui"
+
+# Only our own scripts and styles run on the page: whatever a node's outputs hold,
+# rendered by mistake as markup, could not execute.
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def routes(api_base: str) -> list[BaseRoute]:
+    """``/ui`` (the page) and ``/ui/...`` (its assets); ``api_base``: the native API's prefix."""
+    page = (ASSETS / "index.html").read_text(encoding="utf-8").replace("__API_BASE__", api_base)
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page, headers=_HEADERS)
+
+    async def to_page(request: Request) -> Response:
+        return RedirectResponse("/ui", status_code=307)
+
+    return [
+        Route("/ui", index, methods=["GET"], include_in_schema=False),
+        Route("/ui/", to_page, methods=["GET"], include_in_schema=False),
+        Mount("/ui", app=StaticFiles(directory=ASSETS), name="ui"),
+    ]

@@ -1,0 +1,254 @@
+"""The web UI at /ui in a real browser: Debian's headless chromium driven by Playwright.
+
+Each test starts a real ``flowrun serve`` and signs in with a run key. Screenshots go
+to a temporary folder, or to ``FLOWRUN_UI_SCREENSHOTS`` when set (``docs/ui`` to
+refresh the committed ones).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.e2e.server import Server, finished, wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+# This machine's network is closed: without these, chromium waits on its own traffic.
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WAIT = 15_000  # ms, for any page condition
+expect.set_options(timeout=WAIT)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)",
+                    pytrace=False)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Callable[[Page, str], None]:
+    folder = Path(os.environ.get("FLOWRUN_UI_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def shot(page: Page, name: str) -> None:
+        page.screenshot(path=str(folder / f"{name}.png"))
+
+    return shot
+
+
+class UI(NamedTuple):
+    server: Server
+    key: str
+    api: httpx.Client  # the same key, for setting up runs
+    page: Page
+
+
+@pytest.fixture
+def ui(server_factory: Callable[..., Server], browser: Browser) -> Iterator[UI]:
+    """A server, a run key, and a browser page (not yet signed in)."""
+    server = server_factory()
+    key = server.create_key()
+    server.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 820})
+    context.set_default_timeout(WAIT)
+    page = context.new_page()
+    yield UI(server, key, server.client(key), page)
+    context.close()
+
+
+def sign_in(ui: UI, hash: str = "") -> None:
+    ui.page.goto(f"{ui.server.url}/ui{hash}")
+    expect(ui.page.locator("#signin")).to_be_visible()
+    ui.page.fill("#signin-key", ui.key)
+    ui.page.click("#signin button[type=submit]")
+    expect(ui.page.locator("#signin")).to_be_hidden()
+
+
+def start(ui: UI, workflow: str, inputs: dict[str, Any]) -> str:
+    response = ui.api.post(f"/workflows/{workflow}/run", json={"inputs": inputs})
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def node(page: Page, node_id: str) -> Any:
+    return page.locator(f'#graph g.node[data-node-id="{node_id}"]')
+
+
+def test_sign_in_then_workflows_and_a_drawn_graph(ui: UI, shots: Callable[[Page, str], None]) \
+        -> None:
+    page = ui.page
+    page.goto(f"{ui.server.url}/ui")
+    page.fill("#signin-key", "not-a-key")
+    page.click("#signin button[type=submit]")
+    expect(page.locator("#signin-error")).to_contain_text("refused")
+    shots(page, "signin")
+    sign_in(ui)
+    assert page.evaluate("sessionStorage.getItem('flowrun.key')") == ui.key
+    assert ui.key not in page.url
+    expect(page.locator('#workflows tr[data-workflow="branching"]')).to_be_visible()
+    shots(page, "workflows")
+    page.click('#workflows a:text-is("branching")')
+    expect(page.locator("#graph g.node")).to_have_count(8)
+    expect(page.locator("#graph g.edge")).to_have_count(7)
+    labels = page.locator("#graph .edge-label text")
+    expect(labels).to_have_count(5)
+    expect(labels.filter(has_text=re.compile("^true$"))).to_have_count(1)
+    expect(labels.filter(has_text=re.compile("^default$"))).to_have_count(1)
+    expect(page.locator("#version option")).to_have_count(1)
+    expect(page.locator("#inputs-schema tbody tr")).to_have_count(2)
+    shots(page, "workflow")
+
+
+def test_no_auth_opens_directly(server_factory: Callable[..., Server], browser: Browser) -> None:
+    server = server_factory()
+    server.start("--no-auth")
+    page = browser.new_page()
+    try:
+        page.goto(f"{server.url}/ui")
+        expect(page.locator('#workflows tr[data-workflow="hello"]')).to_be_visible(timeout=WAIT)
+        expect(page.locator("#signin")).to_be_hidden()
+    finally:
+        page.close()
+
+
+def test_form_errors_then_a_run_turns_green_and_the_runs_table(
+        ui: UI, shots: Callable[[Page, str], None]) -> None:
+    page = ui.page
+    sign_in(ui, "#/workflows/branching")
+    page.fill("#input-n", "1.5")
+    page.click("#run-form button[type=submit]")
+    expect(page.locator('[data-error-for="n"]')).to_contain_text("expected integer")
+    shots(page, "form-error")
+    page.fill("#input-n", "42")
+    page.select_option("#input-mode", label="careful")
+    page.click("#run-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"#/runs/[0-9a-f-]+$"))
+    run_id = page.url.rsplit("/", 1)[1]
+    for green in ("check", "big", "route", "careful", "done"):
+        expect(node(page, green)).to_have_class(re.compile(r"\bsucceeded\b"))
+    expect(node(page, "small")).to_have_class(re.compile(r"\bskipped\b"))
+    expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
+    expect(page.locator("#timeline .bar-row")).to_have_count(5)
+    node(page, "big").click()
+    expect(page.locator("#node-detail")).to_contain_text("42 is big")
+    shots(page, "run")
+
+    failed = start(ui, "hello", {"name": "x" * 10})  # another workflow, also succeeded
+    page.goto(f"{ui.server.url}/ui#/runs")
+    expect(page.locator(f'#runs tr[data-run-id="{run_id}"]')).to_be_visible()
+    expect(page.locator(f'#runs tr[data-run-id="{failed}"]')).to_be_visible()
+    page.select_option("#filter-workflow", "branching")
+    expect(page.locator(f'#runs tr[data-run-id="{failed}"]')).to_have_count(0)
+    page.select_option("#filter-status", "failed")
+    expect(page.locator(f'#runs tr[data-run-id="{run_id}"]')).to_have_count(0)
+    page.select_option("#filter-status", "succeeded")
+    expect(page.locator(f'#runs tr[data-run-id="{run_id}"]')).to_be_visible()
+    assert "status=succeeded" in page.url
+    # a run started elsewhere appears without a reload
+    page.select_option("#filter-status", "")
+    fresh = start(ui, "branching", {"n": 1})
+    expect(page.locator(f'#runs tr[data-run-id="{fresh}"]')).to_be_visible()
+    shots(page, "runs")
+
+
+def test_runs_table_pages_with_the_cursor(ui: UI) -> None:
+    ids = [start(ui, "hello", {"name": str(i)}) for i in range(23)]
+    page = ui.page
+    sign_in(ui, "#/runs")
+    expect(page.locator("#runs tbody tr")).to_have_count(20)
+    expect(page.locator(f'#runs tr[data-run-id="{ids[-1]}"]')).to_be_visible()
+    page.click("#runs-next")
+    expect(page.locator("#runs tbody tr")).to_have_count(3)
+    expect(page.locator(f'#runs tr[data-run-id="{ids[0]}"]')).to_be_visible()
+    expect(page.locator("#runs-next")).to_be_disabled()
+    page.click("#runs-prev")
+    expect(page.locator(f'#runs tr[data-run-id="{ids[-1]}"]')).to_be_visible()
+
+
+def test_a_slow_run_is_live_then_stopped(ui: UI, shots: Callable[[Page, str], None]) -> None:
+    run_id = start(ui, "slow", {"seconds": 60})
+    page = ui.page
+    sign_in(ui, f"#/runs/{run_id}")
+    expect(node(page, "begin")).to_have_class(re.compile(r"\bsucceeded\b"))
+    expect(node(page, "wait")).to_have_class(re.compile(r"\brunning\b"))
+    expect(page.locator("#run-head [data-status]")).to_have_text("running")
+    shots(page, "run-running")
+    page.click("#stop")
+    expect(page.locator("#run-head [data-status]")).to_have_text("stopped")
+    expect(node(page, "end")).not_to_have_class(re.compile(r"\bsucceeded\b"))
+    assert finished(ui.api, run_id)["status"] == "stopped"
+
+
+def test_rerun_from_a_node_and_with_the_same_inputs(ui: UI,
+                                                     shots: Callable[[Page, str], None]) -> None:
+    run_id = start(ui, "slow", {"seconds": 0.05})
+    before = {n["id"]: n for n in finished(ui.api, run_id)["nodes"]}
+    page = ui.page
+    sign_in(ui, f"#/runs/{run_id}")
+    expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
+    node(page, "wait").click()
+    expect(node(page, "wait")).to_have_class(re.compile(r"\bselected\b"))
+    page.click("#rerun-from")
+    after = wait_for(ui.api, run_id, lambda r: r["status"] == "succeeded" and any(
+        n["id"] == "wait" and n["finished_at"] != before["wait"]["finished_at"]
+        for n in r["nodes"]))
+    nodes = {n["id"]: n for n in after["nodes"]}
+    assert nodes["begin"]["finished_at"] == before["begin"]["finished_at"]  # kept
+    assert nodes["end"]["finished_at"] != before["end"]["finished_at"]  # ran again
+    expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
+    expect(node(page, "end")).to_have_class(re.compile(r"\bsucceeded\b"))
+    page.click("#rerun")
+    expect(page).not_to_have_url(re.compile(re.escape(run_id)))
+    expect(page).to_have_url(re.compile(r"#/runs/[0-9a-f-]+$"))
+    other = page.url.rsplit("/", 1)[1]
+    assert finished(ui.api, other)["inputs"] == {"seconds": 0.05}
+    expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
+
+
+def test_child_runs_are_linked_both_ways(ui: UI, tmp_path: Path) -> None:
+    run_id = start(ui, "parent", {"file": str(tmp_path / "count.txt")})
+    child_id = finished(ui.api, run_id)["nodes"][0]["process_data"]["child_run_id"]
+    page = ui.page
+    sign_in(ui, f"#/runs/{run_id}")
+    node(page, "child").click()
+    page.click("#child-run a")
+    expect(page).to_have_url(re.compile(re.escape(child_id)))
+    page.click("#parent a")
+    expect(page).to_have_url(re.compile(re.escape(run_id) + "$"))
+
+
+def test_outputs_are_shown_as_text_never_markup(ui: UI) -> None:
+    evil = '<img src=x id=pwned onerror="document.title=1">'
+    run_id = start(ui, "hello", {"name": evil})
+    finished(ui.api, run_id)
+    page = ui.page
+    sign_in(ui, f"#/runs/{run_id}")
+    node(page, "greet").click()
+    expect(page.locator("#node-detail")).to_contain_text("Hello, <img src=x id=pwned")
+    expect(page.locator("#pwned")).to_have_count(0)
+
+
+def test_the_run_page_follows_a_run_across_a_server_restart(ui: UI) -> None:
+    run_id = start(ui, "slow", {"seconds": 2})
+    page = ui.page
+    sign_in(ui, f"#/runs/{run_id}")
+    expect(node(page, "wait")).to_have_class(re.compile(r"\brunning\b"))
+    ui.server.kill()  # the stream drops; the page reconnects with Last-Event-ID
+    expect(page.locator("#live")).to_have_text(re.compile("reconnecting"))
+    ui.server.start()
+    expect(page.locator("#live")).to_have_text("finished")
+    expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
+    expect(node(page, "end")).to_have_class(re.compile(r"\bsucceeded\b"))
