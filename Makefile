@@ -31,7 +31,7 @@ CHROMIUM := /usr/bin/chromium
 
 $(CHROMIUM):
 	if command -v apt-get >/dev/null; then \
-		apt-get install -y chromium || (apt-get update && apt-get install -y chromium); \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium); \
 	else \
 		echo "$(CHROMIUM) is missing and apt-get is not here: install chromium yourself"; \
 	fi
