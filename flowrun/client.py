@@ -213,6 +213,14 @@ class Client:
             return run
         raise WaitTimeout(run, timeout or 0)
 
+    def rerun(self, run_id: str, from_node: str,
+              inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A new run of a finished run from ``from_node``, reusing the nodes before it."""
+        body: dict[str, Any] = {"from_node": from_node}
+        if inputs is not None:
+            body["inputs"] = inputs
+        return dict(_check(self._http.post(f"/runs/{run_id}/rerun", json=body)))
+
     def list(self, workflow: str | None = None, **filters: Any) -> dict[str, Any]:
         """``{"runs": [...], "next_cursor": ...}`` of one workflow, or of all; filters:
         status, correlation_id, limit, cursor."""
@@ -299,6 +307,13 @@ class AsyncClient:
         if run["status"] in TERMINAL:
             return run
         raise WaitTimeout(run, timeout or 0)
+
+    async def rerun(self, run_id: str, from_node: str,
+                    inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"from_node": from_node}
+        if inputs is not None:
+            body["inputs"] = inputs
+        return dict(_check(await self._http.post(f"/runs/{run_id}/rerun", json=body)))
 
     async def list(self, workflow: str | None = None, **filters: Any) -> dict[str, Any]:
         params = {k: v for k, v in filters.items() if v is not None}

@@ -148,6 +148,7 @@ class RunRecord:
     parent_run_id: str | None = None
     depth: int = 0  # 0 for a run started through the API, parent's + 1 for a child
     root_run_id: str | None = None  # the depth-0 run of a child's tree
+    rerun_of: str | None = None  # the run this one re-ran from a node
     nodes: list[NodeRecord] = field(default_factory=list)
 
     @property
@@ -176,6 +177,7 @@ class RunRecord:
             "created_at": rfc3339(self.created_at), "started_at": rfc3339(self.started_at),
             "finished_at": rfc3339(self.finished_at), "elapsed_s": self.elapsed_s,
             "steps": self.steps, "parent_run_id": self.parent_run_id,
+            "rerun_of": self.rerun_of,
         }
         if with_nodes:
             body["nodes"] = [n.to_json() for n in self.nodes]

@@ -11,6 +11,7 @@ secrets (``vault.Vault``) and the drain (``lifecycle.Lifecycle``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from typing import Any
 import anyio
 
 from flowrun import auth, definitions, ids
-from flowrun.definitions import WorkflowDefinition
+from flowrun.definitions import NodeSpec, WorkflowDefinition
 from flowrun.errors import (
     BadRequest,
     Conflict,
@@ -41,6 +42,7 @@ from flowrun.records import (
     RUN_TERMINAL,
     IdempotencyClaim,
     KeyHolder,
+    NodeStatus,
     OnConflict,
     RunRecord,
     RunStatus,
@@ -351,6 +353,58 @@ class RunService:
         logger.info("run %s: %s", run_id, "retried" if from_failure else "restarted")
         return await self.get_run(principal, run_id)
 
+    async def rerun_from(self, principal: auth.Principal, run_id: str, from_node: str, *,
+                         inputs: dict[str, Any] | None = None) -> Submission:
+        """A new run of a finished run's graph and version (``rerun_of`` names the
+        original) that starts with the outputs of every node that does not come after
+        ``from_node``, and runs ``from_node`` and all after it.
+
+        New ``inputs`` are refused (400) when a reused node read the inputs: its stored
+        outputs were made from the old ones.
+        """
+        self.lifecycle.refuse_new_work()
+        original = await self.get_run(principal, run_id)
+        if original.status not in RUN_TERMINAL:
+            raise Conflict(f"run {run_id} is still {original.status.value}")
+        definition = await self.definition_of(original)
+        specs = {n.id: n for n in definition.nodes}
+        if from_node not in specs:
+            raise BadRequest(f"run {run_id} has no node {from_node!r}",
+                             errors=[{"field": "from_node", "message": "no such node"}])
+        rerun = downstream(definition, from_node)
+        kept = [n for n in original.nodes
+                if n.status is NodeStatus.SUCCEEDED and n.node_id not in rerun]
+        checked = original.inputs if inputs is None else \
+            definitions.check_inputs(definition, inputs)
+        if checked != original.inputs:
+            stale = sorted(n.node_id for n in kept if n.node_id in specs and
+                           _reads_inputs(specs[n.node_id]))
+            if stale:
+                raise BadRequest(
+                    f"nodes {', '.join(stale)} read the inputs: their stored outputs were "
+                    f"made from the old ones; re-run from one of them (or earlier) instead",
+                    errors=[{"field": "inputs", "message": f"read by reused node {node}"}
+                            for node in stale])
+        run = RunRecord(
+            id=ids.new_id(), workflow=original.workflow, version=original.version,
+            status=RunStatus.QUEUED, inputs=checked, created_at=time.time(),
+            priority=original.priority, correlation_id=original.correlation_id,
+            user=original.user, trace_id=ids.new_hex(), api_key_id=principal.key_id,
+            overrides=original.overrides, graph=original.graph, rerun_of=original.id)
+        reused = [dataclasses.replace(n, run_id=run.id,
+                                      process_data={**n.process_data, "reused_from": run_id})
+                  for n in kept]
+        handle = self.scheduler.prepare(run)
+        try:
+            with anyio.CancelScope(shield=True):  # committed, so it must reach the queue
+                await self.store.accept_run(run, None, self._admission(None), nodes=reused)
+        except BaseException:
+            self.scheduler.discard(handle)
+            raise
+        self.scheduler.enqueue(handle)  # not fresh: the runner reads the reused nodes
+        logger.info("run %s: re-runs %s from node %s", run.id, run_id, from_node)
+        return Submission(run, created=True)
+
     async def resume_unfinished(self) -> int:
         """Re-queue queued runs and resume running (and paused) ones after a restart."""
         runs = await self.store.unfinished_runs()
@@ -444,6 +498,13 @@ def split_dotted_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any
         else:
             plain[key] = value
     return plain, dotted
+
+
+def _reads_inputs(spec: NodeSpec) -> bool:
+    """Whether a node's params or default may read the run's inputs (an expression
+    naming ``inputs``; erring on the side of yes)."""
+    text = json.dumps([spec.params, spec.default], default=str)
+    return "inputs" in text and "{{" in text
 
 
 def downstream(definition: WorkflowDefinition, node_id: str) -> set[str]:

@@ -299,6 +299,24 @@ async def retry_run(request: Request) -> Response:
     return JSONResponse(run.to_json(), status_code=202)
 
 
+class RerunBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    from_node: str = Field(min_length=1, max_length=200)
+    inputs: dict[str, Any] | None = None
+
+
+async def rerun_run(request: Request) -> Response:
+    """A new run that re-runs this one from ``from_node``, reusing the outputs of the
+    nodes before it (``rerun_of`` names this run)."""
+    principal = await principal_of(request)
+    body = parse_model(RerunBody, await read_json(request, _max_body(request)))
+    submission = await service_of(request).rerun_from(
+        principal, request.path_params["run_id"], body.from_node, inputs=body.inputs)
+    return JSONResponse(submission.run.to_json(), status_code=202,
+                        headers=_run_headers(request, submission))
+
+
 async def restart_run(request: Request) -> Response:
     """Run a finished run again from scratch, under the same id."""
     principal = await principal_of(request)
@@ -387,7 +405,8 @@ async def metrics(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     return JSONResponse(build_spec({"RunBody": RunBody, "KeyBody": KeyBody,
-                                    "SecretBody": SecretBody, "RetryBody": RetryBody}))
+                                    "SecretBody": SecretBody, "RetryBody": RetryBody,
+                                    "RerunBody": RerunBody}))
 
 
 ops_routes = [
@@ -415,6 +434,7 @@ routes = [
     Route("/runs/{run_id}/resume", resume_run, methods=["POST"]),
     Route("/runs/{run_id}/retry", retry_run, methods=["POST"]),
     Route("/runs/{run_id}/restart", restart_run, methods=["POST"]),
+    Route("/runs/{run_id}/rerun", rerun_run, methods=["POST"]),
     Route("/runs/{run_id}/events", run_events, methods=["GET"]),
     Route("/keys", list_keys, methods=["GET"]),
     Route("/keys", create_key, methods=["POST"]),

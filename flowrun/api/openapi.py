@@ -131,6 +131,9 @@ def build_spec(native_models: dict[str, type[BaseModel]]) -> dict[str, Any]:
             error=p, ok="202", body=native_models["RetryBody"])
     spec.op("/runs/{run_id}/restart", "post", "Run a finished run again from scratch",
             error=p, ok="202")
+    spec.op("/runs/{run_id}/rerun", "post", "A new run (`rerun_of` this one) from "
+            "`from_node`, reusing the outputs of the nodes before it", error=p, ok="202",
+            body=native_models["RerunBody"])
     spec.op("/runs/{run_id}/events", "get", "The run's events: replay after Last-Event-ID "
             "(or `after`), then live", error=p, query=("after",), stream=True)
     spec.op("/keys", "get", "API keys, never their secrets (admin)", error=p)

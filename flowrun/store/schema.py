@@ -109,6 +109,8 @@ MIGRATIONS: list[list[str]] = [
         # Deleted workflow versions stay as rows (a version number is never reused, and
         # the runs made from it can still be retried); reads for new runs skip them.
         "ALTER TABLE workflows ADD COLUMN deleted_at REAL",
+        # A run made by re-running another from a node, and the run it re-ran.
+        "ALTER TABLE runs ADD COLUMN rerun_of TEXT",
     ],
 ]
 

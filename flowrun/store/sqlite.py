@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 _RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, priority, "
                 "correlation_id, idempotency_key, user, trace_id, api_key_id, overrides, graph, "
-                "steps, created_at, started_at, finished_at, parent_run_id, depth, root_run_id")
+                "steps, created_at, started_at, finished_at, parent_run_id, depth, root_run_id, "
+                "rerun_of")
 
 
 def _dumps(value: Any) -> str | None:
@@ -126,7 +127,7 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
         outputs=_loads(row["outputs"]), error=_loads(row["error"]),
         started_at=row["started_at"], finished_at=row["finished_at"], steps=row["steps"],
         num=row["num"], parent_run_id=row["parent_run_id"], depth=row["depth"],
-        root_run_id=row["root_run_id"],
+        root_run_id=row["root_run_id"], rerun_of=row["rerun_of"],
     )
 
 
@@ -152,12 +153,12 @@ def _insert_run(conn: sqlite3.Connection, run: RunRecord) -> None:
     conn.execute(
         "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
         "idempotency_key, user, trace_id, api_key_id, overrides, graph, created_at, "
-        "parent_run_id, depth, root_run_id) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "parent_run_id, depth, root_run_id, rerun_of) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (run.id, run.workflow, run.version, run.status.value, _dumps(run.inputs),
          run.priority, run.correlation_id, run.idempotency_key, run.user, run.trace_id,
          run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at,
-         run.parent_run_id, run.depth, run.root_run_id))
+         run.parent_run_id, run.depth, run.root_run_id, run.rerun_of))
 
 
 def _key_holder(conn: sqlite3.Connection, claim: IdempotencyClaim) -> KeyHolder | None:
@@ -386,8 +387,10 @@ class Store:
         return self._writer.submit(op)
 
     async def accept_run(self, run: RunRecord, claim: IdempotencyClaim | None,
-                         admit: Callable[[KeyHolder | None], str | None]) -> tuple[str, bool]:
+                         admit: Callable[[KeyHolder | None], str | None], *,
+                         nodes: Sequence[NodeRecord] = ()) -> tuple[str, bool]:
         """Insert a run and its idempotency key in one transaction: (run id, created).
+        ``nodes``: node results the run starts with (it does not run those nodes).
 
         ``admit`` is the caller's rule, called inside the transaction with the run the
         key names now (None without a key or holder): it returns the id of a run to
@@ -400,6 +403,8 @@ class Store:
             if existing is not None:
                 return existing, False
             _insert_run(conn, run)
+            if nodes:
+                _NODE_ROWS.write(conn, [_node_row(n) for n in nodes])
             if claim is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO idempotency_keys (api_key_id, workflow, key, "

@@ -424,7 +424,8 @@ async function runPage(id, current) {
       h("span", {}, "Created ", when(run.created_at)),
       h("span", {}, "Duration ", duration(run)),
       run.correlation_id ? h("span", {}, "Correlation id ", h("span.mono", {}, run.correlation_id)) : null,
-      run.parent_run_id ? h("span", { id: "parent" }, "Parent run ", runLink(run.parent_run_id)) : null),
+      run.parent_run_id ? h("span", { id: "parent" }, "Parent run ", runLink(run.parent_run_id)) : null,
+      run.rerun_of ? h("span", { id: "rerun-of" }, "Re-run of ", runLink(run.rerun_of)) : null),
     run.error ? h("p.error", {}, `${run.error.code}: ${run.error.message}`
       + (run.error.node_id ? ` (node ${run.error.node_id})` : "")) : null,
     h("details", {}, h("summary", {}, "Inputs and outputs"),
@@ -432,14 +433,19 @@ async function runPage(id, current) {
     stop.disabled = TERMINAL.has(run.status);
     rerunFrom.disabled = !selected || !TERMINAL.has(run.status);
     const nodes = new Map(run.nodes.map((n) => [n.id, n]));
-    for (const n of def.nodes || []) graph.setStatus(n.id, (nodes.get(n.id) || {}).status || "pending");
+    for (const n of def.nodes || []) {
+      const record = nodes.get(n.id) || {};
+      graph.setStatus(n.id, record.status || "pending");
+      graph.setReused(n.id, Boolean(record.process_data && record.process_data.reused_from));
+    }
     graph.select(selected);
     renderGantt(run.nodes);
     renderDetail(selected ? nodes.get(selected) || { id: selected, status: "pending" } : null);
   }
 
   function renderGantt(nodes) {
-    const started = nodes.filter((n) => n.started_at);
+    // Reused nodes ran in an earlier run: they are not part of this run's timeline.
+    const started = nodes.filter((n) => n.started_at && !(n.process_data && n.process_data.reused_from));
     if (!started.length) return gantt.replaceChildren(h("p.muted", {}, "No node has started."));
     const t0 = Math.min(...started.map((n) => Date.parse(n.started_at)));
     const end = (n) => n.finished_at ? Date.parse(n.finished_at) : Date.now();
@@ -458,11 +464,14 @@ async function runPage(id, current) {
     if (!n) return detail.replaceChildren(h("p.muted", {}, "Select a node in the graph."));
     const child = n.process_data && n.process_data.child_run_id;
     const text = stream.texts.get(n.id);
+    const reused = n.process_data && n.process_data.reused_from;
     fill(detail, h("div.row", {}, h("strong.mono", {}, n.id), badge(n.status),
+      reused ? h("span.badge.reused", { id: "reused" }, "reused") : null,
       n.type ? h("span.muted", {}, n.type) : null,
       n.attempts > 1 ? h("span.muted", {}, n.attempts + " attempts") : null,
       n.elapsed_s != null ? h("span.muted", {}, n.elapsed_s + " s") : null),
     child ? h("p", { id: "child-run" }, "Child run ", runLink(child)) : null,
+    reused ? h("p", {}, "Not run again: its outputs come from run ", runLink(reused)) : null,
     text ? [h("div", {}, "streamed text"), h("pre.stream", { id: "stream-text" }, text)] : null,
     n.error ? [h("div", {}, "error"), json(n.error)] : null,
     h("div", {}, "inputs"), json(n.inputs ?? null),
@@ -529,9 +538,9 @@ async function runPage(id, current) {
   rerunFrom.addEventListener("click", async () => {
     message.textContent = "";
     try {
-      run = await api(`/runs/${q}/retry`, { method: "POST", body: { from_node: selected } });
-      render();
-      follow(); // the same run goes on: new events follow the last one seen
+      // A new run (rerun_of this one) that keeps the outputs of the nodes before it.
+      const fresh = await api(`/runs/${q}/rerun`, { method: "POST", body: { from_node: selected } });
+      location.hash = "#/runs/" + encodeURIComponent(fresh.id);
     } catch (err) { message.textContent = err.message; }
   });
 

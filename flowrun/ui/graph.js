@@ -18,7 +18,7 @@ window.FlowGraph = (function () {
   }
 
   /** nodes: [{id, type, title?}], edges: [{source, target, branch?}].
-   *  Returns {setStatus(id, status), select(id), svg}. */
+   *  Returns {setStatus(id, status), setReused(id, reused), select(id), svg}. */
   function draw(container, nodes, edges, onSelect) {
     container.replaceChildren();
     const g = new dagre.graphlib.Graph({ multigraph: true });
@@ -84,6 +84,10 @@ window.FlowGraph = (function () {
         group.classList.remove(...STATUSES);
         group.classList.add(STATUSES.includes(status) ? status : "pending");
         group.dataset.status = status;
+      },
+      setReused(id, reused) {
+        const group = byId.get(id);
+        if (group) group.classList.toggle("reused", reused);
       },
       select(id) {
         for (const [key, group] of byId) group.classList.toggle("selected", key === id);

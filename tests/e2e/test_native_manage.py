@@ -142,11 +142,52 @@ def test_pause_resume_retry_and_restart(start_server: Callable[..., Started],
     unknown = client.post(f"/runs/{flaky}/retry", json={"from_node": "nope"})
     assert unknown.status_code == 400 and unknown.json()["errors"][0]["field"] == "from_node"
 
-    # Two retries at once queue the run once: the other is told so.
+    # Two retries at once queue the run once: the other is told so (the run takes two
+    # ticks, far longer than the two requests).
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(
-            lambda _: client.post(f"/runs/{flaky}/retry", json={"from_node": "last"}),
-            range(2)))
+            lambda _: client.post(f"/runs/{run}/retry", json={"from_node": "t9"}), range(2)))
     assert sorted(a.status_code for a in answers) == [202, 409]
-    assert finished(client, flaky)["status"] == "succeeded"
-    assert log.read_text().split() == ["first", "last", "first", "last", "last", "last"]
+    again_done = finished(client, run)
+    assert again_done["status"] == "succeeded"
+    assert [n["attempts"] for n in again_done["nodes"] if n["id"] == "t10"] == [1]
+
+
+def test_rerun_from_a_node_makes_a_new_run_that_reuses_the_nodes_before_it(
+        start_server: Callable[..., Started], tmp_path: Path) -> None:
+    server, key, client = start_server()
+    log, marker = tmp_path / "count.log", tmp_path / "marker"
+    inputs = {"file": str(log), "marker": str(marker)}
+    original = client.post("/workflows/fail-once/run", json={"inputs": inputs}).json()["id"]
+    assert finished(client, original)["status"] == "failed"
+    marker.write_text("ok")
+    server.stop()  # the original is read back from the store after a restart
+    server.start()
+
+    resp = client.post(f"/runs/{original}/rerun", json={"from_node": "gate"})
+    assert resp.status_code == 202, resp.text
+    rerun = resp.json()
+    assert rerun["rerun_of"] == original and rerun["id"] != original
+    assert resp.headers["location"] == f"/runs/{rerun['id']}"
+    done = finished(client, rerun["id"])
+    assert done["status"] == "succeeded"
+    nodes = {n["id"]: n for n in done["nodes"]}
+    assert nodes["first"]["process_data"]["reused_from"] == original  # kept, not run
+    assert "reused_from" not in (nodes["gate"]["process_data"] or {})
+    assert log.read_text().split() == ["first", "last"]  # first ran once, in the original
+    assert client.get(f"/runs/{original}").json()["status"] == "failed"  # left as it was
+
+    other = {**inputs, "file": str(tmp_path / "other.log")}
+    stale = client.post(f"/runs/{original}/rerun", json={"from_node": "gate", "inputs": other})
+    assert stale.status_code == 400 and "first" in stale.json()["detail"]
+    fresh = client.post(f"/runs/{original}/rerun", json={"from_node": "first", "inputs": other})
+    assert fresh.status_code == 202
+    assert finished(client, fresh.json()["id"])["status"] == "succeeded"
+    assert (tmp_path / "other.log").read_text().split() == ["first", "last"]
+
+    assert client.post(f"/runs/{original}/rerun",
+                       json={"from_node": "nope"}).status_code == 400
+    slow = client.post("/workflows/slow/run", json={"inputs": {"seconds": 60}}).json()["id"]
+    wait_for(client, slow, lambda r: r["status"] == "running")
+    assert client.post(f"/runs/{slow}/rerun", json={"from_node": "wait"}).status_code == 409
+    client.post(f"/runs/{slow}/stop")

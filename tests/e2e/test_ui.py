@@ -1,8 +1,8 @@
 """The web UI at /ui in a real browser: Debian's headless chromium driven by Playwright.
 
 Each test starts a real ``flowrun serve`` and signs in with a run key. Screenshots go
-to a temporary folder, or to ``FLOWRUN_UI_SCREENSHOTS`` when set (``docs/ui`` to
-refresh the committed ones).
+to ``tests/artifacts/`` (ignored by git) for a reviewer to open, or to
+``FLOWRUN_UI_SCREENSHOTS`` when set (``docs/ui`` to refresh the committed ones).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.e2e.server import Server, finished, wait_for
+from tests.e2e.server import Server, finished
 
 CHROMIUM = Path("/usr/bin/chromium")
 # This machine's network is closed: without these, chromium waits on its own traffic.
@@ -38,9 +38,12 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
 @pytest.fixture
-def shots(tmp_path: Path) -> Callable[[Page, str], None]:
-    folder = Path(os.environ.get("FLOWRUN_UI_SCREENSHOTS") or tmp_path / "screenshots")
+def shots() -> Callable[[Page, str], None]:
+    folder = Path(os.environ.get("FLOWRUN_UI_SCREENSHOTS") or ARTIFACTS)
     folder.mkdir(parents=True, exist_ok=True)
 
     def shot(page: Page, name: str) -> None:
@@ -202,14 +205,25 @@ def test_rerun_from_a_node_and_with_the_same_inputs(ui: UI,
     node(page, "wait").click()
     expect(node(page, "wait")).to_have_class(re.compile(r"\bselected\b"))
     page.click("#rerun-from")
-    after = wait_for(ui.api, run_id, lambda r: r["status"] == "succeeded" and any(
-        n["id"] == "wait" and n["finished_at"] != before["wait"]["finished_at"]
-        for n in r["nodes"]))
+    # A new run, linked to this one, that keeps what came before the chosen node.
+    expect(page).not_to_have_url(re.compile(re.escape(run_id)))
+    expect(page.locator("#rerun-of")).to_contain_text(run_id)
+    rerun_id = page.url.rsplit("/", 1)[1]
+    after = finished(ui.api, rerun_id)
+    assert after["status"] == "succeeded" and after["rerun_of"] == run_id
     nodes = {n["id"]: n for n in after["nodes"]}
-    assert nodes["begin"]["finished_at"] == before["begin"]["finished_at"]  # kept
+    assert nodes["begin"]["finished_at"] == before["begin"]["finished_at"]  # reused
+    assert nodes["begin"]["process_data"]["reused_from"] == run_id
     assert nodes["end"]["finished_at"] != before["end"]["finished_at"]  # ran again
     expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
-    expect(node(page, "end")).to_have_class(re.compile(r"\bsucceeded\b"))
+    expect(node(page, "begin")).to_have_class(re.compile(r"\breused\b"))
+    expect(node(page, "end")).not_to_have_class(re.compile(r"\breused\b"))
+    node(page, "begin").click()
+    expect(page.locator("#reused")).to_have_text("reused")
+    shots(page, "rerun")
+    assert finished(ui.api, run_id)["status"] == "succeeded"  # the original is untouched
+    page.goto(page.url.rsplit("#", 1)[0] + f"#/runs/{run_id}")
+    expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
     page.click("#rerun")
     expect(page).not_to_have_url(re.compile(re.escape(run_id)))
     expect(page).to_have_url(re.compile(r"#/runs/[0-9a-f-]+$"))
@@ -252,3 +266,18 @@ def test_the_run_page_follows_a_run_across_a_server_restart(ui: UI) -> None:
     expect(page.locator("#live")).to_have_text("finished")
     expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
     expect(node(page, "end")).to_have_class(re.compile(r"\bsucceeded\b"))
+
+
+def test_a_failed_node_shows_its_error(ui: UI, tmp_path: Path,
+                                       shots: Callable[[Page, str], None]) -> None:
+    run_id = start(ui, "fail-once", {"file": str(tmp_path / "count.log"),
+                                     "marker": str(tmp_path / "missing")})
+    assert finished(ui.api, run_id)["status"] == "failed"
+    page = ui.page
+    sign_in(ui, f"#/runs/{run_id}")
+    expect(node(page, "gate")).to_have_class(re.compile(r"\bfailed\b"))
+    expect(node(page, "last")).not_to_have_class(re.compile(r"\bsucceeded\b"))
+    node(page, "gate").click()
+    expect(page.locator("#node-detail")).to_contain_text("marker missing")
+    expect(page.locator("#run-head")).to_contain_text("node gate")
+    shots(page, "failed-node")
