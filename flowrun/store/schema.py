@@ -111,6 +111,10 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE workflows ADD COLUMN deleted_at REAL",
         # A run made by re-running another from a node, and the run it re-ran.
         "ALTER TABLE runs ADD COLUMN rerun_of TEXT",
+        # GET /runs over every workflow, for one key (the web UI's runs page).
+        "CREATE INDEX runs_by_key ON runs (api_key_id, num)",
+        "CREATE INDEX runs_by_correlation ON runs (correlation_id, num) "
+        "WHERE correlation_id IS NOT NULL",
     ],
 ]
 
