@@ -181,6 +181,9 @@ class RunRecord:
         }
         if with_nodes:
             body["nodes"] = [n.to_json() for n in self.nodes]
+            if self.graph is not None:  # sent with the run's request, for this run only
+                body["graph"] = {"nodes": self.graph.get("nodes", []),
+                                 "edges": self.graph.get("edges", [])}
         return body
 
 

@@ -391,9 +391,10 @@ async function runPage(id, current) {
   const q = encodeURIComponent(id);
   let run = await api(`/runs/${q}`);
   if (page !== current) return;
-  const wf = await api(`/workflows/${encodeURIComponent(run.workflow)}?version=${run.version}`);
+  // A run may carry its own graph (sent with its request); else its workflow version's.
+  const def = run.graph || (await api(
+    `/workflows/${encodeURIComponent(run.workflow)}?version=${run.version}`)).definition;
   if (page !== current) return;
-  const def = wf.definition;
   const stream = { controller: null, lastSeq: 0, texts: new Map() };
   let selected = null;
 

@@ -281,3 +281,21 @@ def test_a_failed_node_shows_its_error(ui: UI, tmp_path: Path,
     expect(page.locator("#node-detail")).to_contain_text("marker missing")
     expect(page.locator("#run-head")).to_contain_text("node gate")
     shots(page, "failed-node")
+
+
+def test_the_run_page_keeps_up_with_a_busy_run(ui: UI) -> None:
+    """A map of 300 short naps, four at a time: some 400 events a second for the page."""
+    busy = {"inputs": {"seconds": 0}, "edges": [], "nodes": [
+        {"id": "each", "type": "map", "items": list(range(300)), "concurrency": 4,
+         "nodes": [{"id": "nap", "type": "sleep", "seconds": 0.02}],
+         "output": "{{ nodes.nap.slept }}"}]}
+    response = ui.api.post("/workflows/slow/run", json=busy)
+    assert response.status_code == 202, response.text
+    run_id = response.json()["id"]
+    page = ui.page
+    sign_in(ui, f"#/runs/{run_id}")
+    expect(node(page, "each")).to_have_class(re.compile(r"\b(running|succeeded)\b"))
+    expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
+    expect(node(page, "each")).to_have_class(re.compile(r"\bsucceeded\b"))
+    events = ui.api.get(f"/runs/{run_id}/events", headers={"Accept": "text/event-stream"})
+    assert events.text.count("event: ") > 300  # the stream the page followed was busy
