@@ -14,11 +14,11 @@ Node types come in as an argument (``NodeTypes``), so this never imports the eng
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from flowrun import expressions
-from flowrun.errors import DefinitionError
+from flowrun import expressions, schedules
+from flowrun.errors import DefinitionError, InputError
 
 if TYPE_CHECKING:
     from flowrun.definitions import EdgeSpec, NodeSpec, NodeTypes, WorkflowDefinition
@@ -47,6 +47,44 @@ def check_graph(definition: WorkflowDefinition, registry: NodeTypes, *,
         if problem:
             errors.append({"field": f"outputs.{key}", "message": f"outputs.{key}: {problem}"})
     errors.extend(_check_references(definition, ids, registry, check_outputs=check_outputs))
+    return errors
+
+
+def check_schedules(definition: WorkflowDefinition,
+                    check_inputs: Callable[[WorkflowDefinition, Mapping[str, Any]], Any]
+                    ) -> list[dict[str, Any]]:
+    """Every problem of the ``schedules:`` block, each naming its schedule: duplicate
+    ids, cron expressions and time zones, and inputs (checked with ``check_inputs``
+    against the workflow's declared inputs, as a run's would be)."""
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for s in definition.schedules or ():
+        if s.id in seen:
+            errors.append({"schedule": s.id, "field": "id",
+                           "message": f"schedule {s.id!r}: duplicate id"})
+        seen.add(s.id)
+        errors.extend(schedule_problems(definition, s.id, s.cron, s.timezone, s.inputs,
+                                        check_inputs))
+    return errors
+
+
+def schedule_problems(definition: WorkflowDefinition, schedule_id: str, cron: str,
+                      timezone: str, inputs: Mapping[str, Any],
+                      check_inputs: Callable[[WorkflowDefinition, Mapping[str, Any]], Any]
+                      ) -> list[dict[str, Any]]:
+    """What is wrong with one schedule of ``definition`` (cron, time zone, inputs)."""
+    errors: list[dict[str, Any]] = []
+    for field, problem in (("cron", schedules.cron_problem(cron)),
+                           ("timezone", schedules.timezone_problem(timezone))):
+        if problem:
+            errors.append({"schedule": schedule_id, "field": field,
+                           "message": f"schedule {schedule_id!r}: {problem}"})
+    try:
+        check_inputs(definition, inputs)
+    except InputError as exc:
+        for e in exc.errors:
+            errors.append({"schedule": schedule_id, "field": e["field"],
+                           "message": f"schedule {schedule_id!r}: {e['message']}"})
     return errors
 
 

@@ -123,6 +123,20 @@ class EdgeSpec(BaseModel):
         return f"{self.source}->{self.target}"
 
 
+class ScheduleSpec(BaseModel):
+    """An entry of a definition's ``schedules:`` block (also the body that creates one
+    through the API): run the workflow at each slot of ``cron`` in ``timezone``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=NODE_ID_PATTERN, max_length=128)
+    cron: str = Field(max_length=256)
+    timezone: str = Field(default="UTC", max_length=128)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    catch_up: Literal["skip", "latest", "all"] = "latest"
+    paused: bool = False
+
+
 class WorkflowDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -133,6 +147,8 @@ class WorkflowDefinition(BaseModel):
     nodes: list[NodeSpec] = Field(min_length=1)
     edges: list[EdgeSpec] = Field(default_factory=list)
     outputs: dict[str, Any] | None = None
+    # None rather than []: a definition without schedules serialises as it always did
+    schedules: list[ScheduleSpec] | None = None
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
@@ -162,6 +178,7 @@ def parse_definition(data: Any, *, source: str = "definition", registry: NodeTyp
         raise DefinitionError(f"{source}: " + "; ".join(e["message"] for e in errors),
                               errors=errors) from None
     errors = checks.check_graph(definition, registry, check_outputs=check_outputs)
+    errors.extend(checks.check_schedules(definition, check_inputs))
     if errors:
         raise DefinitionError(f"{source}: " + "; ".join(e["message"] for e in errors),
                               errors=errors)
@@ -171,6 +188,14 @@ def parse_definition(data: Any, *, source: str = "definition", registry: NodeTyp
 def _describe_pydantic_error(err: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
     loc = list(err.get("loc", ()))
     msg = err.get("msg", "invalid")
+    if len(loc) >= 2 and loc[0] == "schedules" and isinstance(loc[1], int):
+        items = data.get("schedules") or []
+        item = items[loc[1]] if loc[1] < len(items) else {}
+        schedule_id = item.get("id") if isinstance(item, Mapping) else None
+        name = f"schedule {schedule_id!r}" if schedule_id else f"schedule #{loc[1]}"
+        rest = ".".join(str(p) for p in loc[2:])
+        return {"schedule": schedule_id, "field": rest,
+                "message": f"{name}: {rest + ': ' if rest else ''}{msg}"}
     if len(loc) >= 2 and loc[0] in {"nodes", "edges"} and isinstance(loc[1], int):
         items = data.get(loc[0]) or []
         item = items[loc[1]] if loc[1] < len(items) else {}
