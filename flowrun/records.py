@@ -149,6 +149,8 @@ class RunRecord:
     depth: int = 0  # 0 for a run started through the API, parent's + 1 for a child
     root_run_id: str | None = None  # the depth-0 run of a child's tree
     rerun_of: str | None = None  # the run this one re-ran from a node
+    schedule_id: str | None = None  # the schedule that started it, at schedule_slot
+    schedule_slot: float | None = None
     nodes: list[NodeRecord] = field(default_factory=list)
 
     @property
@@ -179,12 +181,37 @@ class RunRecord:
             "steps": self.steps, "parent_run_id": self.parent_run_id,
             "rerun_of": self.rerun_of,
         }
+        if self.schedule_id is not None:
+            body["schedule"] = {"id": self.schedule_id, "slot": rfc3339(self.schedule_slot)}
         if with_nodes:
             body["nodes"] = [n.to_json() for n in self.nodes]
             if self.graph is not None:  # sent with the run's request, for this run only
                 body["graph"] = {"nodes": self.graph.get("nodes", []),
                                  "edges": self.graph.get("edges", [])}
         return body
+
+
+@dataclass(frozen=True)
+class ScheduleRecord:
+    """A schedule as stored: when a workflow runs by itself, and the last slot it fired."""
+
+    workflow: str
+    id: str
+    cron: str
+    timezone: str
+    inputs: dict[str, Any]
+    catch_up: str  # skip | latest | all
+    paused: bool
+    source: str  # definition | api
+    created_at: float
+    last_slot: float | None = None
+    spec: dict[str, Any] | None = None  # the definition's entry, for source definition
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "workflow": self.workflow, "cron": self.cron,
+                "timezone": self.timezone, "inputs": self.inputs, "catch_up": self.catch_up,
+                "paused": self.paused, "source": self.source,
+                "last_slot": rfc3339(self.last_slot), "created_at": rfc3339(self.created_at)}
 
 
 @dataclass(frozen=True)

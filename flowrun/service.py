@@ -76,6 +76,8 @@ class RunRequest:
     parent_run_id: str | None = None
     depth: int = 0
     root_run_id: str | None = None
+    schedule_id: str | None = None  # the schedule that asks, and for which slot
+    schedule_slot: float | None = None
 
     def fingerprint(self) -> str:
         """Canonical JSON digest of what the run would do (not of how the answer is sent)."""
@@ -165,7 +167,8 @@ class RunService:
             user=request.user, trace_id=request.trace_id or ids.new_hex(),
             api_key_id=principal.key_id, overrides=overrides, graph=graph,
             parent_run_id=request.parent_run_id, depth=request.depth,
-            root_run_id=request.root_run_id)
+            root_run_id=request.root_run_id, schedule_id=request.schedule_id,
+            schedule_slot=request.schedule_slot)
         handle = self.scheduler.prepare(run)
         try:
             # Shielded: the write commits whether or not the caller is cancelled meanwhile

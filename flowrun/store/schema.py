@@ -116,6 +116,29 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX runs_by_correlation ON runs (correlation_id, num) "
         "WHERE correlation_id IS NOT NULL",
     ],
+    [
+        # Schedules: from a definition's schedules block (source 'definition', replaced
+        # when a new version is registered) or made through the API (source 'api').
+        # ``spec`` is the block's entry as written, to tell a changed entry from one
+        # paused or resumed through the API since. ``last_slot``: the last slot fired.
+        """CREATE TABLE schedules (
+            workflow TEXT NOT NULL,
+            id TEXT NOT NULL,
+            cron TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            inputs TEXT NOT NULL,
+            catch_up TEXT NOT NULL,
+            paused INTEGER NOT NULL DEFAULT 0,
+            source TEXT NOT NULL,
+            spec TEXT,
+            last_slot REAL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (workflow, id)
+        )""",
+        # The schedule and slot that started a run.
+        "ALTER TABLE runs ADD COLUMN schedule_id TEXT",
+        "ALTER TABLE runs ADD COLUMN schedule_slot REAL",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -32,6 +32,7 @@ from flowrun.records import (
     NodeStatus,
     RunRecord,
     RunStatus,
+    ScheduleRecord,
     SecretRecord,
 )
 from flowrun.store.schema import MIGRATIONS, SCHEMA_VERSION
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 _RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, priority, "
                 "correlation_id, idempotency_key, user, trace_id, api_key_id, overrides, graph, "
                 "steps, created_at, started_at, finished_at, parent_run_id, depth, root_run_id, "
-                "rerun_of")
+                "rerun_of, schedule_id, schedule_slot")
 
 
 def _dumps(value: Any) -> str | None:
@@ -128,6 +129,7 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
         started_at=row["started_at"], finished_at=row["finished_at"], steps=row["steps"],
         num=row["num"], parent_run_id=row["parent_run_id"], depth=row["depth"],
         root_run_id=row["root_run_id"], rerun_of=row["rerun_of"],
+        schedule_id=row["schedule_id"], schedule_slot=row["schedule_slot"],
     )
 
 
@@ -153,12 +155,13 @@ def _insert_run(conn: sqlite3.Connection, run: RunRecord) -> None:
     conn.execute(
         "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
         "idempotency_key, user, trace_id, api_key_id, overrides, graph, created_at, "
-        "parent_run_id, depth, root_run_id, rerun_of) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "parent_run_id, depth, root_run_id, rerun_of, schedule_id, schedule_slot) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (run.id, run.workflow, run.version, run.status.value, _dumps(run.inputs),
          run.priority, run.correlation_id, run.idempotency_key, run.user, run.trace_id,
          run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at,
-         run.parent_run_id, run.depth, run.root_run_id, run.rerun_of))
+         run.parent_run_id, run.depth, run.root_run_id, run.rerun_of, run.schedule_id,
+         run.schedule_slot))
 
 
 def _key_holder(conn: sqlite3.Connection, claim: IdempotencyClaim) -> KeyHolder | None:
@@ -608,6 +611,97 @@ class Store:
 
         return await self._writer.write(op)
 
+    # --- schedules ------------------------------------------------------------------
+
+    async def sync_definition_schedules(self, workflow: str,
+                                        entries: Sequence[dict[str, Any]]) -> None:
+        """Make the workflow's definition schedules those of ``entries`` (its block): add
+        new ones, replace changed ones (keeping ``last_slot``), leave unchanged ones as
+        they are (paused or resumed since), delete the rest. API schedules stay."""
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> None:
+            stored = {r["id"]: r for r in conn.execute(
+                "SELECT id, source, spec FROM schedules WHERE workflow = ?", (workflow,))}
+            wanted = {e["id"] for e in entries}
+            for schedule_id, row in stored.items():
+                if row["source"] == "definition" and schedule_id not in wanted:
+                    conn.execute("DELETE FROM schedules WHERE workflow = ? AND id = ?",
+                                 (workflow, schedule_id))
+            for e in entries:
+                row = stored.get(e["id"])
+                spec = _dumps(e)
+                if row is not None and row["source"] == "definition" and row["spec"] == spec:
+                    continue
+                conn.execute(
+                    "INSERT INTO schedules (workflow, id, cron, timezone, inputs, catch_up, "
+                    "paused, source, spec, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'definition', ?, ?) "
+                    "ON CONFLICT (workflow, id) DO UPDATE SET cron = excluded.cron, "
+                    "timezone = excluded.timezone, inputs = excluded.inputs, "
+                    "catch_up = excluded.catch_up, paused = excluded.paused, "
+                    "source = excluded.source, spec = excluded.spec",
+                    (workflow, e["id"], e["cron"], e["timezone"], _dumps(e["inputs"]),
+                     e["catch_up"], int(e["paused"]), spec, now))
+
+        await self._writer.write(op)
+
+    async def add_schedule(self, schedule: ScheduleRecord) -> bool:
+        """Insert a schedule; False (nothing written) when its id is taken."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO schedules (workflow, id, cron, timezone, inputs, "
+                "catch_up, paused, source, spec, last_slot, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (schedule.workflow, schedule.id, schedule.cron, schedule.timezone,
+                 _dumps(schedule.inputs), schedule.catch_up, int(schedule.paused),
+                 schedule.source, _dumps(schedule.spec), schedule.last_slot,
+                 schedule.created_at))
+            return bool(cur.rowcount)
+
+        return await self._writer.write(op)
+
+    async def list_schedules(self, workflow: str | None = None) -> list[ScheduleRecord]:
+        """Schedules of one workflow, or of all, by workflow and id."""
+        where, params = ("WHERE workflow = ?", (workflow,)) if workflow else ("", ())
+        rows = await self._fetchall(f"SELECT * FROM schedules {where} ORDER BY workflow, id",
+                                    params)
+        return [_schedule_from_row(r) for r in rows]
+
+    async def get_schedule(self, workflow: str, schedule_id: str) -> ScheduleRecord | None:
+        row = await self._fetchone("SELECT * FROM schedules WHERE workflow = ? AND id = ?",
+                                   (workflow, schedule_id))
+        return None if row is None else _schedule_from_row(row)
+
+    async def set_schedule_paused(self, workflow: str, schedule_id: str, paused: bool,
+                                  last_slot: float | None = None) -> bool:
+        """Pause or resume (resuming from ``last_slot``: slots before it are not owed);
+        False when there is no such schedule."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE schedules SET paused = ?, last_slot = COALESCE(?, last_slot) "
+                "WHERE workflow = ? AND id = ?", (int(paused), last_slot, workflow,
+                                                  schedule_id))
+            return bool(cur.rowcount)
+
+        return await self._writer.write(op)
+
+    async def set_schedule_slot(self, workflow: str, schedule_id: str, slot: float) -> None:
+        """Record the last slot fired (never moving it back)."""
+        await self.execute("UPDATE schedules SET last_slot = ? WHERE workflow = ? AND id = ? "
+                           "AND (last_slot IS NULL OR last_slot < ?)",
+                           (slot, workflow, schedule_id, slot))
+
+    async def delete_schedule(self, workflow: str, schedule_id: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM schedules WHERE workflow = ? AND id = ?",
+                               (workflow, schedule_id))
+            return bool(cur.rowcount)
+
+        return await self._writer.write(op)
+
     # --- API keys -------------------------------------------------------------------
 
     async def add_api_key(self, key_id: str, prefix: str, key_hash: str, *,
@@ -682,6 +776,14 @@ class Store:
             return bool(cur.rowcount)
 
         return await self._writer.write(op)
+
+
+def _schedule_from_row(row: sqlite3.Row) -> ScheduleRecord:
+    return ScheduleRecord(
+        workflow=row["workflow"], id=row["id"], cron=row["cron"], timezone=row["timezone"],
+        inputs=_loads(row["inputs"]) or {}, catch_up=row["catch_up"],
+        paused=bool(row["paused"]), source=row["source"], created_at=row["created_at"],
+        last_slot=row["last_slot"], spec=_loads(row["spec"]))
 
 
 def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
