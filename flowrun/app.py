@@ -49,6 +49,7 @@ from flowrun.events import EventBus
 from flowrun.lifecycle import Lifecycle
 from flowrun.metrics import Metrics
 from flowrun.runner import Runner
+from flowrun.schedule_loop import ScheduleBook
 from flowrun.scheduler import Scheduler
 from flowrun.service import RunService
 from flowrun.settings import Settings, SettingsError
@@ -211,6 +212,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
         workflows = WorkflowCatalog(store, registry)
         lifecycle = Lifecycle(scheduler)
         service = RunService(settings, store, scheduler, bus, workflows, lifecycle)
+        schedule_book = ScheduleBook(store, workflows, service, lifecycle)
         # The engine reaches the served instance through these adapters.
         services.child_runs = ServiceChildRuns(service)
         services.workflows = ServiceWorkflows(service, workflows)
@@ -224,11 +226,13 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             tg.start_soon(housekeeping, store, settings)
             tg.start_soon(lifecycle.end_waits_after_grace, settings.shutdown_grace_s)
             await service.resume_unfinished()
+            tg.start_soon(schedule_book.run)  # after resuming: catch-up runs queue behind
             app.state.keys = KeyRing(store, enabled=settings.auth_enabled)
             app.state.workflows = workflows
             app.state.vault = Vault(store)
             app.state.lifecycle = lifecycle
             app.state.service = service
+            app.state.schedules = schedule_book
             try:
                 yield
             finally:
@@ -240,7 +244,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                     logger.info("shutdown: %d runs left to resume on next start",
                                 scheduler.running)
                 app.state.service = app.state.keys = app.state.workflows = None
-                app.state.vault = app.state.lifecycle = None
+                app.state.vault = app.state.lifecycle = app.state.schedules = None
                 tg.cancel_scope.cancel()
     logger.info("flowrun stopped")
 

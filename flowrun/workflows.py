@@ -53,6 +53,7 @@ class WorkflowCatalog:
                                                   registry=self.registry)
         version, created = await self.store.put_workflow(definition.name, definition.to_json())
         self._remember(definition.name, version, None)
+        await self._sync_schedules(definition)
         if created:
             logger.info("workflow %s: registered version %d", definition.name, version)
         return version, created
@@ -65,8 +66,15 @@ class WorkflowCatalog:
         for definition in found:
             version, _ = await self.store.put_workflow(definition.name, definition.to_json())
             self._remember(definition.name, version, None)
+            await self._sync_schedules(definition)
             loaded.append((definition.name, version))
         return loaded
+
+    async def _sync_schedules(self, definition: WorkflowDefinition) -> None:
+        """The registered version's ``schedules:`` block becomes the workflow's definition
+        schedules (API-made ones stay)."""
+        await self.store.sync_definition_schedules(
+            definition.name, [s.model_dump(mode="json") for s in definition.schedules or ()])
 
     async def get(self, name: str, version: int | None = None
                   ) -> tuple[int, WorkflowDefinition]:

@@ -32,6 +32,7 @@ from flowrun.errors import (
 )
 from flowrun.events import Event
 from flowrun.records import OnConflict, RunRecord
+from flowrun.schedule_loop import ScheduleBook
 from flowrun.service import RunService
 from flowrun.vault import Vault
 from flowrun.workflows import WorkflowCatalog
@@ -73,6 +74,12 @@ def workflows_of(request: Request) -> WorkflowCatalog:
     """The instance's workflow definitions."""
     workflows: WorkflowCatalog = _started(request, "workflows")
     return workflows
+
+
+def schedules_of(request: Request) -> ScheduleBook:
+    """The instance's schedules."""
+    book: ScheduleBook = _started(request, "schedules")
+    return book
 
 
 def vault_of(request: Request) -> Vault:

@@ -28,6 +28,7 @@ from flowrun.api.common import (
     query_int,
     read_json,
     read_json_or_yaml,
+    schedules_of,
     service_of,
     sse_response,
     vault_of,
@@ -35,7 +36,7 @@ from flowrun.api.common import (
 )
 from flowrun.api.openapi import build_spec
 from flowrun.auth import Scope, require_admin
-from flowrun.definitions import NAME_PATTERN
+from flowrun.definitions import NAME_PATTERN, ScheduleSpec
 from flowrun.errors import BadRequest, FlowrunError, NotFound
 from flowrun.events import Event
 from flowrun.metrics import CONTENT_TYPE_LATEST
@@ -137,6 +138,44 @@ async def delete_workflow(request: Request) -> Response:
     principal = await principal_of(request)
     version = query_int(request, "version", None, minimum=1, maximum=2**31)
     await workflows_of(request).delete(principal, request.path_params["name"], version)
+    return Response(status_code=204)
+
+
+# --- schedules ---------------------------------------------------------------------
+
+async def list_schedules(request: Request) -> Response:
+    principal = await principal_of(request)
+    found = await schedules_of(request).list(principal, request.path_params["name"])
+    return JSONResponse({"schedules": [s.to_json() for s in found]})
+
+
+async def create_schedule(request: Request) -> Response:
+    """Add a schedule (admin); the body is an entry of a definition's schedules block."""
+    principal = await principal_of(request)
+    require_admin(principal, "creating schedules")  # before reading the body
+    data = await read_json(request, _max_body(request))
+    record = await schedules_of(request).create(principal, request.path_params["name"], data)
+    return JSONResponse(record.to_json(), status_code=201)
+
+
+async def pause_schedule(request: Request) -> Response:
+    principal = await principal_of(request)
+    record = await schedules_of(request).set_paused(
+        principal, request.path_params["name"], request.path_params["schedule_id"], True)
+    return JSONResponse(record.to_json())
+
+
+async def resume_schedule(request: Request) -> Response:
+    principal = await principal_of(request)
+    record = await schedules_of(request).set_paused(
+        principal, request.path_params["name"], request.path_params["schedule_id"], False)
+    return JSONResponse(record.to_json())
+
+
+async def delete_schedule(request: Request) -> Response:
+    principal = await principal_of(request)
+    await schedules_of(request).delete(principal, request.path_params["name"],
+                                       request.path_params["schedule_id"])
     return Response(status_code=204)
 
 
@@ -405,6 +444,7 @@ async def metrics(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     return JSONResponse(build_spec({"RunBody": RunBody, "KeyBody": KeyBody,
+                                    "ScheduleSpec": ScheduleSpec,
                                     "SecretBody": SecretBody, "RetryBody": RetryBody,
                                     "RerunBody": RerunBody}))
 
@@ -422,6 +462,12 @@ routes = [
     Route("/workflows/{name}", put_workflow, methods=["PUT"]),
     Route("/workflows/{name}", delete_workflow, methods=["DELETE"]),
     Route("/workflows/{name}/versions", workflow_versions, methods=["GET"]),
+    Route("/workflows/{name}/schedules", list_schedules, methods=["GET"]),
+    Route("/workflows/{name}/schedules", create_schedule, methods=["POST"]),
+    Route("/workflows/{name}/schedules/{schedule_id}", delete_schedule, methods=["DELETE"]),
+    Route("/workflows/{name}/schedules/{schedule_id}/pause", pause_schedule, methods=["POST"]),
+    Route("/workflows/{name}/schedules/{schedule_id}/resume", resume_schedule,
+          methods=["POST"]),
     Route("/workflows/{name}/run", run_async, methods=["POST"]),
     Route("/workflows/{name}/run-sync", run_sync, methods=["POST"]),
     Route("/workflows/{name}/runs", list_runs, methods=["GET"]),

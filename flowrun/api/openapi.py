@@ -111,6 +111,17 @@ def build_spec(native_models: dict[str, type[BaseModel]]) -> dict[str, Any]:
     spec.op("/workflows/{name}", "delete", "Delete a version, or every version (admin); "
             "409 while runs of it are live", error=p, ok="204", query=("version",))
     spec.op("/workflows/{name}/versions", "get", "A workflow's versions", error=p)
+    spec.op("/workflows/{name}/schedules", "get", "A workflow's schedules", error=p)
+    spec.op("/workflows/{name}/schedules", "post", "Add a schedule (admin): id, cron (5 "
+            "fields, or 6 with seconds first), timezone, inputs, catch_up, paused; 400 naming "
+            "it when invalid, 409 when its id is taken", error=p, ok="201",
+            body=native_models["ScheduleSpec"])
+    spec.op("/workflows/{name}/schedules/{schedule_id}", "delete", "Delete a schedule (admin)",
+            error=p, ok="204")
+    spec.op("/workflows/{name}/schedules/{schedule_id}/pause", "post", "Pause a schedule",
+            error=p)
+    spec.op("/workflows/{name}/schedules/{schedule_id}/resume", "post", "Resume a schedule "
+            "from now (slots that went by while paused do not fire)", error=p)
     spec.op("/workflows/{name}/run", "post", "Accept a run (202, Location: /runs/{id})",
             error=p, ok="202", body=run_body, also=("200",))
     spec.op("/workflows/{name}/run-sync", "post", "Run and wait; 408 when `timeout` passes",
