@@ -29,7 +29,14 @@ import pydantic
 from flowrun import auth, definitions, schedules
 from flowrun.checks import schedule_problems
 from flowrun.definitions import ScheduleSpec
-from flowrun.errors import BadRequest, Conflict, FlowrunError, IdempotencyKeyReused, NotFound
+from flowrun.errors import (
+    BadRequest,
+    Conflict,
+    FlowrunError,
+    IdempotencyKeyReused,
+    NotFound,
+    Unavailable,
+)
 from flowrun.lifecycle import Lifecycle
 from flowrun.records import ScheduleRecord
 from flowrun.service import RunRequest, RunService
@@ -137,8 +144,8 @@ class ScheduleBook:
             try:
                 await self._fire(schedule, now)
                 wake = min(wake, schedules.next_slot(schedule.cron, schedule.timezone, now))
-            except FlowrunError as exc:  # e.g. its workflow was deleted, or the queue is full
-                logger.warning("schedule %s/%s: not fired: %s", schedule.workflow,
+            except FlowrunError as exc:  # draining, or the database refuses writes
+                logger.warning("schedule %s/%s: not fired now: %s", schedule.workflow,
                                schedule.id, exc.message)
             except Exception:  # a bad row must not stop the others, nor crash the group
                 logger.exception("schedule %s/%s: not fired", schedule.workflow, schedule.id)
@@ -161,10 +168,18 @@ class ScheduleBook:
             try:
                 submission = await self.service.submit(SCHEDULER, request)
             except IdempotencyKeyReused:  # fired already, before its inputs changed
-                continue
-            if submission.created:
-                logger.info("schedule %s/%s: slot %s started run %s", schedule.workflow,
-                            schedule.id, request.idempotency_key, submission.run.id)
+                pass
+            except Unavailable:
+                raise  # draining, or the database refuses writes: the next tick retries
+            except FlowrunError as exc:
+                # Refused for good (its workflow was deleted, its inputs no longer fit,
+                # the queue is full): this slot is lost, said once, not every tick.
+                logger.warning("schedule %s/%s: slot %s not fired: %s", schedule.workflow,
+                               schedule.id, request.idempotency_key, exc.message)
+            else:
+                if submission.created:
+                    logger.info("schedule %s/%s: slot %s started run %s", schedule.workflow,
+                                schedule.id, request.idempotency_key, submission.run.id)
             await self.store.set_schedule_slot(schedule.workflow, schedule.id, slot)
         if plan.last_slot is not None and plan.last_slot != schedule.last_slot:
             await self.store.set_schedule_slot(schedule.workflow, schedule.id, plan.last_slot)

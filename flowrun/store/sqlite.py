@@ -614,10 +614,12 @@ class Store:
     # --- schedules ------------------------------------------------------------------
 
     async def sync_definition_schedules(self, workflow: str,
-                                        entries: Sequence[dict[str, Any]]) -> None:
+                                        entries: Sequence[dict[str, Any]], *,
+                                        keep_api: bool = True) -> None:
         """Make the workflow's definition schedules those of ``entries`` (its block): add
         new ones, replace changed ones (keeping ``last_slot``), leave unchanged ones as
-        they are (paused or resumed since), delete the rest. API schedules stay."""
+        they are (paused or resumed since), delete the rest. API schedules stay, unless
+        not ``keep_api``."""
         now = time.time()
 
         def op(conn: sqlite3.Connection) -> None:
@@ -625,7 +627,8 @@ class Store:
                 "SELECT id, source, spec FROM schedules WHERE workflow = ?", (workflow,))}
             wanted = {e["id"] for e in entries}
             for schedule_id, row in stored.items():
-                if row["source"] == "definition" and schedule_id not in wanted:
+                if (row["source"] == "definition" or not keep_api) and \
+                        schedule_id not in wanted:
                     conn.execute("DELETE FROM schedules WHERE workflow = ? AND id = ?",
                                  (workflow, schedule_id))
             for e in entries:

@@ -118,6 +118,11 @@ def test_schedules_fire_pause_resume_and_delete(start_server: Callable[..., Star
     listed = admin.get("/workflows/tick/schedules").json()["schedules"]
     assert [(s["id"], s["source"]) for s in listed] == [("kept", "api")]
 
+    # deleting the workflow deletes its schedules
+    until(lambda: admin.delete("/workflows/tick").status_code == 204, what="tick deleted")
+    assert admin.put("/workflows/tick", json=workflow()).status_code == 201
+    assert admin.get("/workflows/tick/schedules").json()["schedules"] == []
+
 
 def test_bad_schedules_are_400s_naming_them(start_server: Callable[..., Started]) -> None:
     started = start_server()
