@@ -189,3 +189,22 @@ def test_restart_fires_no_slot_twice_and_catches_up(start_server: Callable[..., 
     # catch_up latest: the slots of the downtime are not all fired
     down = [s for s in latest if killed_at < s < restarted_at - 1]
     assert len(down) <= 1
+
+
+def test_a_draining_server_fires_nothing(start_server: Callable[..., Started]) -> None:
+    started = start_server()
+    server = started.server
+    admin = server.client(server.admin_key())
+    slow = workflow({"id": "drain", "cron": EVERY_SECOND, "catch_up": "skip"})
+    slow["nodes"] = [{"id": "nap", "type": "sleep", "seconds": 3}]
+    assert admin.put("/workflows/nap", json=slow).status_code == 201
+    fired_after(admin, "nap", "drain", 0, count=2)
+    term_at = time.time()
+    server.stop()  # SIGTERM: the drain waits for the sleeping runs
+    stopped_at = time.time()
+    assert stopped_at - term_at > 1.5, "the drain had running runs to wait for"
+    server.start()
+    fired_after(admin, "nap", "drain", time.time())
+    during = [s for s in slots(scheduled(admin, "nap", "drain"))
+              if term_at + 1 < s < stopped_at - 1]
+    assert during == []
