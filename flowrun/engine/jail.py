@@ -112,6 +112,40 @@ def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
+def sweep_orphans(bwrap: str, worker: Path = WORKER) -> int:
+    """Kill the sandboxes a killed server left behind; how many were killed.
+
+    A server killed while bubblewrap set a sandbox up can leave bwrap's inner
+    process blocked for good: it waits for a word from its parent that never
+    comes, and ``--die-with-parent`` is armed too late to help (a known bubblewrap
+    race, containers/bubblewrap#633). Such a process is orphaned (parent pid 1), is
+    PID 1 of its own namespace (so it ignores SIGTERM) and binds this worker: those
+    are the ones killed, before this server starts sandboxes of its own. A sandbox
+    of another live server has that server, or its bwrap, as parent.
+    """
+    killed = 0
+    uid = str(os.getuid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if argv[0] != os.fsencode(bwrap) or os.fsencode(str(worker)) not in argv or \
+                fields.get("PPid", "").strip() != "1" or \
+                fields.get("Uid", "").split()[:1] != [uid]:
+            continue
+        try:
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed += 1
+        except OSError:
+            pass
+    return killed
+
+
 def _system_mounts() -> list[str]:
     """Bind /usr read-only and mirror the top-level library and binary links into it."""
     args = ["--ro-bind", "/usr", "/usr"]

@@ -27,7 +27,14 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from flowrun.engine.cgroups import detect as cgroups_detect
-from flowrun.engine.jail import BwrapJail, Jail, ProcessJail, find_bwrap, kill_group
+from flowrun.engine.jail import (
+    BwrapJail,
+    Jail,
+    ProcessJail,
+    find_bwrap,
+    kill_group,
+    sweep_orphans,
+)
 from flowrun.errors import NodeFailure
 
 logger = logging.getLogger(__name__)
@@ -69,6 +76,10 @@ async def choose_jail(mode: str, tmp_mb: int = 64, egress: Path | None = None,
     bwrap = find_bwrap()
     if bwrap is None:
         return None, "no bubblewrap binary (install the bubblewrap package)"
+    orphans = await anyio.to_thread.run_sync(sweep_orphans, bwrap)
+    if orphans:
+        logger.warning("code sandbox: killed %d sandboxes left by a server that was killed "
+                       "while starting them", orphans)
     limits = limits or CodeLimits()
     # the worker itself and bubblewrap's init count too
     cgroups = await anyio.to_thread.run_sync(cgroups_detect, limits.memory_bytes,

@@ -1,0 +1,78 @@
+"""The sweep of sandboxes a killed server left behind (a bubblewrap setup race)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowrun.engine.jail import WORKER, sweep_orphans
+
+NAP = "import time; time.sleep(60)"
+
+
+def state(pid: int) -> str | None:
+    """A process's state letter (Z: dead, not yet reaped), None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line.split()[1]
+    except OSError:
+        return None
+    return None
+
+
+def parent(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(pid)
+
+
+def orphan(name: str, *args: str, pidfile: Path) -> int:
+    """A process named ``name`` whose parent has exited (so its parent is now pid 1)."""
+    command = f"exec -a {shlex.quote(name)} {shlex.quote(sys.executable)} -c " \
+              f"{shlex.quote(NAP)} {' '.join(shlex.quote(a) for a in args)}"
+    subprocess.run(["bash", "-c", f"( {command} ) & echo $! > {shlex.quote(str(pidfile))}"],
+                   check=True, start_new_session=True, timeout=10)
+    return int(pidfile.read_text())
+
+
+@pytest.fixture
+def pids() -> Iterator[list[int]]:
+    started: list[int] = []
+    yield started
+    for pid in started:
+        subprocess.run(["kill", "-9", str(pid)], check=False, capture_output=True)
+
+
+def test_only_orphaned_sandboxes_of_this_worker_are_killed(tmp_path: Path,
+                                                          pids: list[int]) -> None:
+    bwrap = str(tmp_path / "bwrap")  # the name the processes run under
+    stale = orphan(bwrap, "--ro-bind", str(WORKER), "/flowrun/code_worker.py",
+                   pidfile=tmp_path / "stale")
+    other = orphan(bwrap, "--ro-bind", "/elsewhere/worker.py", "/w", pidfile=tmp_path / "o")
+    pids.extend([stale, other])
+    live = subprocess.Popen(["bash", "-c", f"exec -a {shlex.quote(bwrap)} "
+                             f"{shlex.quote(sys.executable)} -c {shlex.quote(NAP)} "
+                             f"--ro-bind {shlex.quote(str(WORKER))} /w"])
+    pids.append(live.pid)
+    deadline = time.monotonic() + 10
+    while parent(stale) != 1 or parent(other) != 1:
+        if time.monotonic() > deadline:
+            pytest.skip("orphans here go to a subreaper, not to pid 1")
+        time.sleep(0.01)
+    assert sweep_orphans(bwrap) == 1
+    deadline = time.monotonic() + 10
+    while state(stale) not in (None, "Z"):
+        assert time.monotonic() < deadline, "the stale sandbox was not killed"
+        time.sleep(0.01)
+    assert state(other) not in (None, "Z")  # not this worker's
+    assert live.poll() is None  # a live server's sandbox has that server as parent
+    live.kill()
+    live.wait()
