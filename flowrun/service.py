@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
@@ -38,6 +39,7 @@ from flowrun.errors import (
 )
 from flowrun.events import Event, EventBus, follow
 from flowrun.lifecycle import Lifecycle
+from flowrun.ratelimit import RateLimiter
 from flowrun.records import (
     RUN_TERMINAL,
     IdempotencyClaim,
@@ -124,6 +126,7 @@ class RunService:
         self.lifecycle = lifecycle
         self.registry = workflows.registry
         self._streams: dict[str, int] = {}  # open event streams per API key id
+        self.run_rate = RateLimiter(settings.run_rate_per_key, settings.run_burst_per_key)
 
     # --- runs -----------------------------------------------------------------------
 
@@ -159,6 +162,9 @@ class RunService:
         elif not self.scheduler.has_room():
             raise QueueFull(f"{self.scheduler.queued} runs are queued; retry later",
                             headers={"Retry-After": "1"})
+        if request.parent_run_id is None:
+            # (a child run was paid for by its root run; a scheduled run has no key)
+            self.limit_rate(principal)
         run = RunRecord(
             id=ids.new_id(), workflow=definition.name, version=version,
             status=RunStatus.QUEUED, inputs=inputs, created_at=time.time(),
@@ -190,6 +196,19 @@ class RunService:
         logger.info("run %s: queued %s v%d (priority %d)", run.id, run.workflow, version,
                     run.priority)
         return Submission(run, created=True)
+
+    def limit_rate(self, principal: auth.Principal) -> None:
+        """Take one run start from the key's token bucket, or raise TooManyRequests
+        (429, ``Retry-After`` in whole seconds) when it is empty. Without a key (auth
+        off, the schedule loop) there is nothing to count."""
+        if principal.key_id is None:
+            return
+        wait_s = self.run_rate.take(principal.key_id)
+        if wait_s > 0:
+            raise TooManyRequests(
+                f"this key starts runs faster than {self.settings.run_rate_per_key:g}/s "
+                f"(burst {self.settings.run_burst_per_key}); retry later",
+                headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
 
     def sync_timeout(self, requested_s: float | None) -> float:
         """How long a run-sync waits: what the caller asked (capped), else the default."""
@@ -347,6 +366,7 @@ class RunService:
         elif from_failure and run.status is RunStatus.SUCCEEDED:
             raise Conflict(f"run {run_id} succeeded; there is nothing to retry")
         self.lifecycle.refuse_new_work()
+        self.limit_rate(principal)
         if not await self.store.reset_run(run_id, keep_succeeded=from_failure or bool(rerun),
                                           rerun=rerun):
             raise Conflict(f"run {run_id} was queued again by another request")
@@ -394,6 +414,7 @@ class RunService:
             priority=original.priority, correlation_id=original.correlation_id,
             user=original.user, trace_id=ids.new_hex(), api_key_id=principal.key_id,
             overrides=original.overrides, graph=original.graph, rerun_of=original.id)
+        self.limit_rate(principal)
         reused = [dataclasses.replace(n, run_id=run.id,
                                       process_data={**n.process_data, "reused_from": run_id})
                   for n in kept]

@@ -25,6 +25,7 @@ from flowrun.errors import (
     IdempotencyKeyReused,
     QueueFull,
     RunNotFound,
+    TooManyRequests,
     Unavailable,
 )
 from flowrun.records import (
@@ -151,6 +152,25 @@ async def test_a_full_queue_refuses_runs_and_writes_nothing(open_service: OpenSe
         assert {r.id for r in runs} == {running.id, queued.id}
         await service.stop(ANN, queued.id)
         await service.stop(ANN, running.id)
+
+
+async def test_a_key_past_its_run_rate_is_refused_and_nothing_is_written(
+        open_service: OpenService) -> None:
+    async with open_service(run_rate_per_key=0.5, run_burst_per_key=2) as service:
+        first = (await service.submit(ANN, RunRequest("quick"))).run
+        await service.submit(ANN, RunRequest("quick"))
+        with pytest.raises(TooManyRequests) as refused:
+            await service.submit(ANN, RunRequest("quick", idempotency_key="k"))
+        assert refused.value.headers["Retry-After"] == "2"  # 1 token / 0.5 per s
+        assert len((await service.list_runs(ANN, "quick"))[0]) == 2
+        await service.submit(BOB, RunRequest("quick"))  # another key has its own bucket
+        keyless = Principal(None, Scope.ADMIN)  # auth off, or the schedule loop
+        for _ in range(3):
+            await service.submit(keyless, RunRequest("quick"))
+        # a child run is part of its root run, which was counted when it started
+        child = await service.submit(ANN, RunRequest("quick", parent_run_id=first.id,
+                                                     depth=1, root_run_id=first.id))
+        assert child.created
 
 
 async def test_a_draining_service_accepts_and_starts_nothing(open_service: OpenService) -> None:
