@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from flowrun import auth, definitions, ids
+from flowrun import auth, definitions, expressions, ids
 from flowrun.definitions import NodeSpec, WorkflowDefinition
 from flowrun.errors import (
     BadRequest,
@@ -162,8 +162,10 @@ class RunService:
         elif not self.scheduler.has_room():
             raise QueueFull(f"{self.scheduler.queued} runs are queued; retry later",
                             headers={"Retry-After": "1"})
-        if request.parent_run_id is None:
-            # (a child run was paid for by its root run; a scheduled run has no key)
+        # a child run runs in its parent's slot, and was paid for by its root run
+        concurrency = None if request.parent_run_id is not None else \
+            concurrency_of(definition, inputs)
+        if request.parent_run_id is None:  # (a scheduled run has no key to count)
             self.limit_rate(principal)
         run = RunRecord(
             id=ids.new_id(), workflow=definition.name, version=version,
@@ -176,6 +178,7 @@ class RunService:
             root_run_id=request.root_run_id, schedule_id=request.schedule_id,
             schedule_slot=request.schedule_slot)
         handle = self.scheduler.prepare(run)
+        handle.concurrency = concurrency
         try:
             # Shielded: the write commits whether or not the caller is cancelled meanwhile
             # (a parent stopped while it starts a child), so the run must reach the queue.
@@ -372,7 +375,9 @@ class RunService:
             raise Conflict(f"run {run_id} was queued again by another request")
         fresh = await self.store.get_run(run_id, with_nodes=False)
         assert fresh is not None
-        self.scheduler.enqueue(self.scheduler.prepare(fresh))
+        handle = self.scheduler.prepare(fresh)
+        handle.concurrency = await self._concurrency(fresh)
+        self.scheduler.enqueue(handle)
         logger.info("run %s: %s", run_id, "retried" if from_failure else "restarted")
         return await self.get_run(principal, run_id)
 
@@ -419,6 +424,7 @@ class RunService:
                                       process_data={**n.process_data, "reused_from": run_id})
                   for n in kept]
         handle = self.scheduler.prepare(run)
+        handle.concurrency = await self._concurrency(run)
         try:
             with anyio.CancelScope(shield=True):  # committed, so it must reach the queue
                 await self.store.accept_run(run, None, self._admission(None), nodes=reused)
@@ -442,10 +448,22 @@ class RunService:
                 # finished parent.
                 handle.stop_requested = True
                 handle.stop_reason = f"its parent run {run.parent_run_id} has ended"
+            handle.concurrency = await self._concurrency(run)
             self.scheduler.enqueue(handle)
         if runs:
             logger.info("resuming %d unfinished runs", len(runs))
         return len(runs)
+
+    async def _concurrency(self, run: RunRecord) -> tuple[str, int] | None:
+        """The concurrency key and limit of a run its workflow's definition gives."""
+        if run.parent_run_id is not None:
+            return None
+        try:
+            return concurrency_of(await self.definition_of(run), run.inputs)
+        except Exception:  # its workflow is gone, or its key no longer evaluates
+            logger.warning("run %s: no concurrency key: its definition cannot give one",
+                           run.id, exc_info=True)
+            return None
 
     async def definition_of(self, run: RunRecord) -> WorkflowDefinition:
         """The graph a run executes (its override, or its stored version)."""
@@ -497,6 +515,24 @@ class RunService:
                 "running": self.scheduler.running,
                 "subscribers": self.bus.subscriber_count(),
                 "tasks": len(asyncio.all_tasks())}
+
+
+def concurrency_of(definition: WorkflowDefinition, inputs: Mapping[str, Any]
+                   ) -> tuple[str, int] | None:
+    """(key, limit) for a run of ``definition`` with ``inputs``, scoped to the workflow;
+    None when the workflow sets no limit. BadRequest when the key does not evaluate."""
+    if definition.concurrency_key is None and definition.concurrency_limit is None:
+        return None
+    value: Any = ""
+    if definition.concurrency_key is not None:
+        try:
+            value = expressions.evaluate(definition.concurrency_key, {"inputs": dict(inputs)})
+        except Exception as exc:
+            raise BadRequest(f"concurrency_key does not evaluate for these inputs: {exc}",
+                             errors=[{"field": "concurrency_key", "message": str(exc)}]
+                             ) from None
+    key = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return f"{definition.name}\x00{key}", definition.concurrency_limit or 1
 
 
 def split_dotted_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any]

@@ -36,7 +36,13 @@ from flowrun.records import (
     RunRecord,
     RunStatus,
 )
-from flowrun.service import RunRequest, RunService, reuses, split_dotted_inputs
+from flowrun.service import (
+    RunRequest,
+    RunService,
+    concurrency_of,
+    reuses,
+    split_dotted_inputs,
+)
 
 ADMIN = Principal("admin", Scope.ADMIN)
 ANN = Principal("key-ann")
@@ -259,3 +265,19 @@ async def test_run_sync_counts_its_budget_from_the_request(open_service: OpenSer
         assert not late.finished and late.run.status is RunStatus.RUNNING
         assert 0.45 <= late.elapsed_s < 1.5  # the 0.3 s before the call counted
         await service.stop(ANN, late.run.id)
+
+
+def test_a_concurrency_key_is_scoped_to_its_workflow_and_defaults_to_a_limit_of_one() -> None:
+    def definition(**flow: Any) -> WorkflowDefinition:
+        return WorkflowDefinition.model_validate({**QUICK, **flow})
+
+    assert concurrency_of(definition(), {"name": "x"}) is None
+    keyed = definition(concurrency_key="{{ inputs.name }}")
+    assert concurrency_of(keyed, {"name": "x"}) == ("quick\x00x", 1)
+    assert concurrency_of(definition(concurrency_limit=3), {}) == ("quick\x00", 3)
+    keyed = definition(concurrency_key="{{ inputs.name }}", concurrency_limit=2)
+    assert concurrency_of(keyed, {"name": [1, 2]}) == ("quick\x00[1, 2]", 2)
+    with pytest.raises(ValueError, match="syntax"):
+        definition(concurrency_key="{{ inputs.name")
+    with pytest.raises(ValueError):
+        definition(concurrency_limit=0)
