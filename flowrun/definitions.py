@@ -22,7 +22,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from flowrun import checks
+from flowrun import checks, expressions
 from flowrun.errors import DefinitionError, InputError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -149,6 +149,18 @@ class WorkflowDefinition(BaseModel):
     outputs: dict[str, Any] | None = None
     # None rather than []: a definition without schedules serialises as it always did
     schedules: list[ScheduleSpec] | None = None
+    # runs whose concurrency_key (an expression over inputs; a constant: the whole
+    # workflow) evaluates the same run at most concurrency_limit (default 1) at once
+    concurrency_key: str | None = Field(default=None, min_length=1, max_length=1000)
+    concurrency_limit: int | None = Field(default=None, ge=1)
+
+    @pydantic.field_validator("concurrency_key")
+    @classmethod
+    def _key_parses(cls, value: str | None) -> str | None:
+        fault = None if value is None else expressions.check_syntax(value)
+        if fault is not None:
+            raise ValueError(fault)
+        return value
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:

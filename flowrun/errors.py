@@ -174,7 +174,8 @@ class UnsupportedMediaType(FlowrunError):
 
 
 class TooManyRequests(FlowrunError):
-    """Raised when a key is over one of its limits (e.g. open event streams)."""
+    """Raised when a key is over one of its limits (open event streams, runs started
+    per second)."""
 
     status_code = 429
     code = "too_many_requests"

@@ -1,7 +1,10 @@
 """The scheduler: a priority queue of accepted runs and the tasks that run them.
 
 Higher priority first (0-99), first-in first-out within one priority, at most
-``max_concurrent_runs`` at once, at most ``max_queued`` waiting. Every run task
+``max_concurrent_runs`` at once, at most ``max_queued`` waiting. A run with a
+concurrency key (``RunHandle.concurrency``) also waits while its key's limit of
+runs is running: dispatch sets it aside, in order, and starts the others; when
+a run of that key ends, the first one set aside goes back into the queue. Every run task
 is a child of the task group passed to ``run`` (the app's), so shutdown
 cancels them all; a run's own failure never escapes its task.
 """
@@ -48,6 +51,9 @@ class RunHandle:
     # How the run ended, as this process knows it: the truth even while the store is
     # failing and the final write has not committed yet (a waiting parent reads it).
     outcome: RunOutcome | None = None
+    # (key, limit): at most ``limit`` runs with this key run at once; None: no such limit
+    concurrency: tuple[str, int] | None = None
+    holds_key: bool = False  # started, and counted in its key's running runs
 
     def attach(self, executor: Executor) -> None:
         self.executor = executor
@@ -67,6 +73,9 @@ class RunHandle:
             self.executor.resume()
 
 
+_Entry = tuple[int, int, "RunHandle"]  # (-priority, arrival order, handle): a heap entry
+
+
 class Scheduler:
     """Owns the run queue and every run task."""
 
@@ -74,7 +83,11 @@ class Scheduler:
         self.runner = runner
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
-        self._heap: list[tuple[int, int, RunHandle]] = []
+        self._heap: list[_Entry] = []
+        # per concurrency key: how many of its runs are running, and those set aside
+        # (in queue order) because that many are at its limit
+        self._key_running: dict[str, int] = {}
+        self._key_waiting: dict[str, list[_Entry]] = {}  # each a heap
         self._order = itertools.count()
         self._handles: dict[str, RunHandle] = {}
         self._queued = 0
@@ -173,9 +186,19 @@ class Scheduler:
         task_status.started()
         while True:
             while self._heap and self._running < self.max_concurrent and not self._paused:
-                _, _, handle = heapq.heappop(self._heap)
-                if handle.state is HandleState.QUEUED:
-                    self._start(handle, tg)
+                entry = heapq.heappop(self._heap)
+                handle = entry[2]
+                if handle.state is not HandleState.QUEUED:
+                    continue
+                if handle.concurrency is not None:
+                    key, limit = handle.concurrency
+                    if self._key_running.get(key, 0) >= limit:
+                        # skipped, not waited for: runs of other keys go on
+                        heapq.heappush(self._key_waiting.setdefault(key, []), entry)
+                        continue
+                    self._key_running[key] = self._key_running.get(key, 0) + 1
+                    handle.holds_key = True
+                self._start(handle, tg)
             self._wakeup = anyio.Event()
             await self._wakeup.wait()
 
@@ -203,6 +226,9 @@ class Scheduler:
             self._release(handle)
 
     def _release(self, handle: RunHandle) -> None:
+        if handle.holds_key and handle.concurrency is not None:
+            handle.holds_key = False
+            self._free_key(handle.concurrency[0])
         if self._running == 0:
             self._idle.set()
         handle.state = HandleState.DONE
@@ -210,3 +236,20 @@ class Scheduler:
             del self._handles[handle.run.id]
         handle.done.set()
         self._wakeup.set()
+
+    def _free_key(self, key: str) -> None:
+        """One run of ``key`` ended: its first run set aside goes back into the queue
+        (with its place in the order), skipping those stopped meanwhile."""
+        left = self._key_running[key] - 1
+        if left:
+            self._key_running[key] = left
+        else:
+            del self._key_running[key]
+        waiting = self._key_waiting.get(key)
+        while waiting:
+            entry = heapq.heappop(waiting)
+            if entry[2].state is HandleState.QUEUED:
+                heapq.heappush(self._heap, entry)
+                break
+        if waiting is not None and not waiting:
+            del self._key_waiting[key]

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
@@ -23,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from flowrun import auth, definitions, ids
+from flowrun import auth, definitions, expressions, ids
 from flowrun.definitions import NodeSpec, WorkflowDefinition
 from flowrun.errors import (
     BadRequest,
@@ -38,6 +39,7 @@ from flowrun.errors import (
 )
 from flowrun.events import Event, EventBus, follow
 from flowrun.lifecycle import Lifecycle
+from flowrun.ratelimit import RateLimiter
 from flowrun.records import (
     RUN_TERMINAL,
     IdempotencyClaim,
@@ -124,6 +126,7 @@ class RunService:
         self.lifecycle = lifecycle
         self.registry = workflows.registry
         self._streams: dict[str, int] = {}  # open event streams per API key id
+        self.run_rate = RateLimiter(settings.run_rate_per_key, settings.run_burst_per_key)
 
     # --- runs -----------------------------------------------------------------------
 
@@ -159,6 +162,11 @@ class RunService:
         elif not self.scheduler.has_room():
             raise QueueFull(f"{self.scheduler.queued} runs are queued; retry later",
                             headers={"Retry-After": "1"})
+        # a child run runs in its parent's slot, and was paid for by its root run
+        concurrency = None if request.parent_run_id is not None else \
+            concurrency_of(definition, inputs)
+        if request.parent_run_id is None:  # (a scheduled run has no key to count)
+            self.limit_rate(principal)
         run = RunRecord(
             id=ids.new_id(), workflow=definition.name, version=version,
             status=RunStatus.QUEUED, inputs=inputs, created_at=time.time(),
@@ -170,6 +178,7 @@ class RunService:
             root_run_id=request.root_run_id, schedule_id=request.schedule_id,
             schedule_slot=request.schedule_slot)
         handle = self.scheduler.prepare(run)
+        handle.concurrency = concurrency
         try:
             # Shielded: the write commits whether or not the caller is cancelled meanwhile
             # (a parent stopped while it starts a child), so the run must reach the queue.
@@ -190,6 +199,19 @@ class RunService:
         logger.info("run %s: queued %s v%d (priority %d)", run.id, run.workflow, version,
                     run.priority)
         return Submission(run, created=True)
+
+    def limit_rate(self, principal: auth.Principal) -> None:
+        """Take one run start from the key's token bucket, or raise TooManyRequests
+        (429, ``Retry-After`` in whole seconds) when it is empty. Without a key (auth
+        off, the schedule loop) there is nothing to count."""
+        if principal.key_id is None:
+            return
+        wait_s = self.run_rate.take(principal.key_id)
+        if wait_s > 0:
+            raise TooManyRequests(
+                f"this key starts runs faster than {self.settings.run_rate_per_key:g}/s "
+                f"(burst {self.settings.run_burst_per_key}); retry later",
+                headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
 
     def sync_timeout(self, requested_s: float | None) -> float:
         """How long a run-sync waits: what the caller asked (capped), else the default."""
@@ -347,12 +369,15 @@ class RunService:
         elif from_failure and run.status is RunStatus.SUCCEEDED:
             raise Conflict(f"run {run_id} succeeded; there is nothing to retry")
         self.lifecycle.refuse_new_work()
+        self.limit_rate(principal)
         if not await self.store.reset_run(run_id, keep_succeeded=from_failure or bool(rerun),
                                           rerun=rerun):
             raise Conflict(f"run {run_id} was queued again by another request")
         fresh = await self.store.get_run(run_id, with_nodes=False)
         assert fresh is not None
-        self.scheduler.enqueue(self.scheduler.prepare(fresh))
+        handle = self.scheduler.prepare(fresh)
+        handle.concurrency = await self._concurrency(fresh)
+        self.scheduler.enqueue(handle)
         logger.info("run %s: %s", run_id, "retried" if from_failure else "restarted")
         return await self.get_run(principal, run_id)
 
@@ -394,10 +419,12 @@ class RunService:
             priority=original.priority, correlation_id=original.correlation_id,
             user=original.user, trace_id=ids.new_hex(), api_key_id=principal.key_id,
             overrides=original.overrides, graph=original.graph, rerun_of=original.id)
+        self.limit_rate(principal)
         reused = [dataclasses.replace(n, run_id=run.id,
                                       process_data={**n.process_data, "reused_from": run_id})
                   for n in kept]
         handle = self.scheduler.prepare(run)
+        handle.concurrency = await self._concurrency(run)
         try:
             with anyio.CancelScope(shield=True):  # committed, so it must reach the queue
                 await self.store.accept_run(run, None, self._admission(None), nodes=reused)
@@ -421,10 +448,22 @@ class RunService:
                 # finished parent.
                 handle.stop_requested = True
                 handle.stop_reason = f"its parent run {run.parent_run_id} has ended"
+            handle.concurrency = await self._concurrency(run)
             self.scheduler.enqueue(handle)
         if runs:
             logger.info("resuming %d unfinished runs", len(runs))
         return len(runs)
+
+    async def _concurrency(self, run: RunRecord) -> tuple[str, int] | None:
+        """The concurrency key and limit of a run its workflow's definition gives."""
+        if run.parent_run_id is not None:
+            return None
+        try:
+            return concurrency_of(await self.definition_of(run), run.inputs)
+        except Exception:  # its workflow is gone, or its key no longer evaluates
+            logger.warning("run %s: no concurrency key: its definition cannot give one",
+                           run.id, exc_info=True)
+            return None
 
     async def definition_of(self, run: RunRecord) -> WorkflowDefinition:
         """The graph a run executes (its override, or its stored version)."""
@@ -476,6 +515,24 @@ class RunService:
                 "running": self.scheduler.running,
                 "subscribers": self.bus.subscriber_count(),
                 "tasks": len(asyncio.all_tasks())}
+
+
+def concurrency_of(definition: WorkflowDefinition, inputs: Mapping[str, Any]
+                   ) -> tuple[str, int] | None:
+    """(key, limit) for a run of ``definition`` with ``inputs``, scoped to the workflow;
+    None when the workflow sets no limit. BadRequest when the key does not evaluate."""
+    if definition.concurrency_key is None and definition.concurrency_limit is None:
+        return None
+    value: Any = ""
+    if definition.concurrency_key is not None:
+        try:
+            value = expressions.evaluate(definition.concurrency_key, {"inputs": dict(inputs)})
+        except Exception as exc:
+            raise BadRequest(f"concurrency_key does not evaluate for these inputs: {exc}",
+                             errors=[{"field": "concurrency_key", "message": str(exc)}]
+                             ) from None
+    key = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return f"{definition.name}\x00{key}", definition.concurrency_limit or 1
 
 
 def split_dotted_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any]

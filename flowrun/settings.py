@@ -55,6 +55,10 @@ class Settings:
     sse_send_timeout_s: float = 30.0
     sse_buffer: int = 1024
     max_streams_per_key: int = 100  # event streams one API key may hold open at once
+    # runs one API key may start: a token bucket refilled at run_rate_per_key a second
+    # holding up to run_burst_per_key (child runs and scheduled runs are not counted)
+    run_rate_per_key: float = 50.0
+    run_burst_per_key: int = 100
     # connections: past max_connections new requests get 503; a connection must send its
     # request headers within header_timeout_s; idle keep-alive connections close after
     # keep_alive_s
@@ -107,6 +111,8 @@ class Settings:
         # However auth is turned off (a flag, FLOWRUN_AUTH_ENABLED), never beyond loopback.
         if not self.auth_enabled and not is_loopback_host(self.host):
             raise SettingsError(f"auth can be off only on a loopback host, not {self.host}")
+        if self.run_rate_per_key <= 0 or self.run_burst_per_key < 1:
+            raise SettingsError("run_rate_per_key must be > 0 and run_burst_per_key >= 1")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -275,3 +275,40 @@ async def test_idle_waits_for_every_running_run() -> None:
         with anyio.fail_after(5):
             await idle.wait()
         assert scheduler.running == 0
+
+
+async def test_a_saturated_concurrency_key_is_skipped_and_its_runs_start_in_order() -> None:
+    scheduler, runner = make_scheduler(max_concurrent=3)
+
+    def keyed(run_id: str, key: str, priority: int = 0) -> RunHandle:
+        handle = scheduler.prepare(make_run(run_id, priority=priority))
+        handle.concurrency = (key, 1)
+        scheduler.enqueue(handle)
+        return handle
+
+    a = [keyed("a0", "a"), keyed("a1", "a"), keyed("a2", "a")]
+    others = [keyed("b0", "b"), enqueue(scheduler, "free")]
+    async with dispatching(scheduler):
+        await anyio.wait_all_tasks_blocked()
+        a.append(keyed("a3", "a", priority=5))  # later, but ahead of a1 and a2 in the queue
+        await anyio.wait_all_tasks_blocked()
+        # a's queued runs do not hold up b0 or an unkeyed run, nor take global slots
+        assert runner.started == ["a0", "b0", "free"]
+        assert (scheduler.running, scheduler.queued) == (3, 3)
+        runner.release("b0")
+        runner.release("free")
+        await anyio.wait_all_tasks_blocked()
+        assert runner.started == ["a0", "b0", "free"]  # slots are free; key a is not
+        scheduler.stop(a[1], "not needed")  # set aside, then stopped: never started
+        for i, expected in ((0, "a3"), (3, "a2")):
+            runner.release(f"a{i}")
+            await anyio.wait_all_tasks_blocked()
+            assert runner.started[-1] == expected
+            assert scheduler.running == 1
+        runner.release_all()
+        with anyio.fail_after(5):
+            for handle in a + others:
+                await handle.done.wait()
+    assert runner.started == ["a0", "b0", "free", "a3", "a2"]
+    assert [u[0] for u in runner.unstarted] == ["a1"]
+    assert runner.peak == 3 and scheduler._key_running == {}

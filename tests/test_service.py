@@ -25,6 +25,7 @@ from flowrun.errors import (
     IdempotencyKeyReused,
     QueueFull,
     RunNotFound,
+    TooManyRequests,
     Unavailable,
 )
 from flowrun.records import (
@@ -35,7 +36,13 @@ from flowrun.records import (
     RunRecord,
     RunStatus,
 )
-from flowrun.service import RunRequest, RunService, reuses, split_dotted_inputs
+from flowrun.service import (
+    RunRequest,
+    RunService,
+    concurrency_of,
+    reuses,
+    split_dotted_inputs,
+)
 
 ADMIN = Principal("admin", Scope.ADMIN)
 ANN = Principal("key-ann")
@@ -153,6 +160,25 @@ async def test_a_full_queue_refuses_runs_and_writes_nothing(open_service: OpenSe
         await service.stop(ANN, running.id)
 
 
+async def test_a_key_past_its_run_rate_is_refused_and_nothing_is_written(
+        open_service: OpenService) -> None:
+    async with open_service(run_rate_per_key=0.5, run_burst_per_key=2) as service:
+        first = (await service.submit(ANN, RunRequest("quick"))).run
+        await service.submit(ANN, RunRequest("quick"))
+        with pytest.raises(TooManyRequests) as refused:
+            await service.submit(ANN, RunRequest("quick", idempotency_key="k"))
+        assert refused.value.headers["Retry-After"] == "2"  # 1 token / 0.5 per s
+        assert len((await service.list_runs(ANN, "quick"))[0]) == 2
+        await service.submit(BOB, RunRequest("quick"))  # another key has its own bucket
+        keyless = Principal(None, Scope.ADMIN)  # auth off, or the schedule loop
+        for _ in range(3):
+            await service.submit(keyless, RunRequest("quick"))
+        # a child run is part of its root run, which was counted when it started
+        child = await service.submit(ANN, RunRequest("quick", parent_run_id=first.id,
+                                                     depth=1, root_run_id=first.id))
+        assert child.created
+
+
 async def test_a_draining_service_accepts_and_starts_nothing(open_service: OpenService) -> None:
     async with open_service(max_concurrent_runs=1) as service:
         running = (await service.submit(ANN, RunRequest("slow"))).run
@@ -239,3 +265,19 @@ async def test_run_sync_counts_its_budget_from_the_request(open_service: OpenSer
         assert not late.finished and late.run.status is RunStatus.RUNNING
         assert 0.45 <= late.elapsed_s < 1.5  # the 0.3 s before the call counted
         await service.stop(ANN, late.run.id)
+
+
+def test_a_concurrency_key_is_scoped_to_its_workflow_and_defaults_to_a_limit_of_one() -> None:
+    def definition(**flow: Any) -> WorkflowDefinition:
+        return WorkflowDefinition.model_validate({**QUICK, **flow})
+
+    assert concurrency_of(definition(), {"name": "x"}) is None
+    keyed = definition(concurrency_key="{{ inputs.name }}")
+    assert concurrency_of(keyed, {"name": "x"}) == ("quick\x00x", 1)
+    assert concurrency_of(definition(concurrency_limit=3), {}) == ("quick\x00", 3)
+    keyed = definition(concurrency_key="{{ inputs.name }}", concurrency_limit=2)
+    assert concurrency_of(keyed, {"name": [1, 2]}) == ("quick\x00[1, 2]", 2)
+    with pytest.raises(ValueError, match="syntax"):
+        definition(concurrency_key="{{ inputs.name")
+    with pytest.raises(ValueError):
+        definition(concurrency_limit=0)
