@@ -154,14 +154,6 @@ class RunRecord:
     nodes: list[NodeRecord] = field(default_factory=list)
 
     @property
-    def tokens(self) -> int:
-        """Tokens the node reported using (an llm node's ``usage.total_tokens``), else 0."""
-        usage = self.outputs.get("usage") if isinstance(self.outputs, dict) else None
-        if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
-            return int(usage["total_tokens"])
-        return 0
-
-    @property
     def elapsed_s(self) -> float | None:
         if self.started_at is None:
             return None
