@@ -98,8 +98,9 @@ class ScheduleBook:
 
     async def set_paused(self, principal: auth.Principal, workflow: str, schedule_id: str,
                          paused: bool) -> ScheduleRecord:
-        """Pause, or resume from now (the slots that went by while paused are not owed)."""
-        auth.require_workflow(principal, workflow)
+        """Pause, or resume from now (the slots that went by while paused are not owed).
+        Admin only: a schedule runs for every user of the workflow, not for one key."""
+        auth.require_admin(principal, "pausing or resuming schedules")
         await self._get(workflow, schedule_id)
         await self.store.set_schedule_paused(workflow, schedule_id, paused,
                                              None if paused else self.clock())

@@ -148,6 +148,11 @@ def test_bad_schedules_are_400s_naming_them(start_server: Callable[..., Started]
     # a run-scope key may not make one
     assert started.client.post("/workflows/tock/schedules",
                                json={"id": "y", "cron": EVERY_SECOND}).status_code == 403
+    # nor pause or resume one: a schedule runs for every user of the workflow
+    assert admin.post("/workflows/tock/schedules",
+                      json={"id": "z", "cron": "0 3 * * *"}).status_code == 201
+    for action in ("pause", "resume"):
+        assert started.client.post(f"/workflows/tock/schedules/z/{action}").status_code == 403
     assert admin.post("/workflows/nope/schedules",
                       json={"id": "y", "cron": EVERY_SECOND}).status_code == 404
 
