@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import orjson
 import pydantic
 import yaml
@@ -164,13 +165,24 @@ async def read_json_or_yaml(request: Request, max_bytes: int) -> Any:
     if media not in YAML_TYPES:
         return await read_json(request, max_bytes)
     body = await read_body(request, max_bytes)
+    # pure-Python parsing of up to max_bytes: off the event loop
+    return await anyio.to_thread.run_sync(_parse_yaml, body)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing anchors and aliases as it meets them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML is untyped
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise BadRequest("YAML anchors and aliases are not accepted in a request body",
+                             errors=[{"field": "body", "message": "uses an alias"}])
+        return super().compose_node(parent, index)
+
+
+def _parse_yaml(body: bytes) -> Any:
     try:
-        text = body.decode("utf-8")
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                raise BadRequest("YAML anchors and aliases are not accepted in a request body",
-                                 errors=[{"field": "body", "message": "uses an alias"}])
-        data = yaml.safe_load(text)
+        data = yaml.load(body.decode("utf-8"), Loader=_NoAliasLoader)  # a safe loader
     except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise BadRequest(f"malformed YAML body: {exc}",
                          errors=[{"field": "body", "message": "malformed YAML"}]) from None
