@@ -61,6 +61,9 @@ def error_shape(path: str, response: Any) -> None:
         assert body["status"] == response.status_code
 
 
+# About 50 s here when the machine is quiet: the suite-wide 60 s limit would fire
+# inside a Hypothesis draw on a busy CI host and surface as a confusing flaky error.
+@pytest.mark.timeout(600)
 def test_no_server_errors_and_every_error_in_shape(fuzz_server: tuple[Server, str]) -> None:
     server, key = fuzz_server
     api = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
