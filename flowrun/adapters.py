@@ -69,12 +69,10 @@ class ServiceChildRuns:
     async def wait(self, run_id: str) -> tuple[str, dict[str, Any] | None,
                                                dict[str, Any] | None]:
         try:
-            handle = self.service.scheduler.get(run_id)
-            if handle is not None:
-                await handle.done.wait()
-                if handle.outcome is not None:  # not the store: its write may be pending
-                    outcome = handle.outcome
-                    return outcome.status.value, outcome.outputs, outcome.error
+            # through the child's waits for signals, if it has wait nodes
+            outcome = await self.service.settled(run_id)
+            if outcome is not None:  # not the store: its write may be pending
+                return outcome.status.value, outcome.outputs, outcome.error
             run = await self.service.store.get_run(run_id, with_nodes=False)
         finally:
             root = self._root_of.pop(run_id, None)

@@ -55,6 +55,7 @@ from flowrun.service import RunService
 from flowrun.settings import Settings, SettingsError
 from flowrun.store import Store
 from flowrun.vault import StoreSecrets, Vault
+from flowrun.waits import WaitBook
 from flowrun.workflows import WorkflowCatalog
 
 logger = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
         lifecycle = Lifecycle(scheduler)
         service = RunService(settings, store, scheduler, bus, workflows, lifecycle)
         schedule_book = ScheduleBook(store, workflows, service, lifecycle)
+        wait_book = WaitBook(store, service)
         # The engine reaches the served instance through these adapters.
         services.child_runs = ServiceChildRuns(service)
         services.workflows = ServiceWorkflows(service, workflows)
@@ -227,12 +229,14 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             tg.start_soon(lifecycle.end_waits_after_grace, settings.shutdown_grace_s)
             await service.resume_unfinished()
             tg.start_soon(schedule_book.run)  # after resuming: catch-up runs queue behind
+            tg.start_soon(wait_book.run)  # waits that timed out while the server was down
             app.state.keys = KeyRing(store, enabled=settings.auth_enabled)
             app.state.workflows = workflows
             app.state.vault = Vault(store)
             app.state.lifecycle = lifecycle
             app.state.service = service
             app.state.schedules = schedule_book
+            app.state.waits = wait_book
             try:
                 yield
             finally:
@@ -245,6 +249,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                                 scheduler.running)
                 app.state.service = app.state.keys = app.state.workflows = None
                 app.state.vault = app.state.lifecycle = app.state.schedules = None
+                app.state.waits = None
                 tg.cancel_scope.cancel()
     logger.info("flowrun stopped")
 

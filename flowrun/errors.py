@@ -215,3 +215,17 @@ class ExpressionError(NodeFailure):
     """Raised when an expression names something undefined or fails to evaluate."""
 
     code = "expression_error"
+
+
+class WaitForSignal(Exception):
+    """Raised by a ``wait`` node whose signal has not come: the executor records the node
+    as waiting and the run parks (no task, no slot) until the signal or its timeout.
+
+    Control flow, not a failure: a node's own errors never look like this.
+    """
+
+    def __init__(self, signal: str, *, expires_at: float | None, token: str) -> None:
+        super().__init__(f"waiting for signal {signal!r}")
+        self.signal = signal
+        self.expires_at = expires_at
+        self.token = token  # the one-time secret of the signal URL for this wait

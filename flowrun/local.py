@@ -71,7 +71,7 @@ class InlineChildRuns:
         outcome = await Executor(definition, run_id=run_id,
                                  inputs=check_inputs(definition, inputs),
                                  registry=self.services.registry,
-                                 services=self.services).execute()
+                                 services=self.services, suspendable=False).execute()
         self._outcomes[run_id] = (outcome.status.value, outcome.outputs, outcome.error)
         return run_id
 
@@ -110,6 +110,8 @@ async def run_workflow(definition: WorkflowDefinition | Mapping[str, Any] | str 
         definition = parse_definition(definition, registry=registry)
     checked = check_inputs(definition, inputs or {})
     services = folder_services(folder, registry) if folder is not None else None
+    # Nothing is stored, so nothing could wake a parked run: a wait node fails here.
     executor = Executor(definition, run_id=run_id or str(uuid.uuid4()), inputs=checked,
-                        observer=observer, registry=registry, services=services)
+                        observer=observer, registry=registry, services=services,
+                        suspendable=False)
     return await executor.execute()

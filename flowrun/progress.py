@@ -93,5 +93,8 @@ class PrintingObserver:
     async def node_skipped(self, node: NodeRecord) -> None:
         self.printer.show("node_skipped", {"node_id": node.node_id})
 
+    async def node_waiting(self, node: NodeRecord) -> None:
+        self.printer.show("node_waiting", {"node_id": node.node_id, **node.process_data})
+
     async def text_chunk(self, node_id: str, text: str) -> None:
         self.printer.show("text_chunk", {"text": text})

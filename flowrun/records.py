@@ -12,6 +12,7 @@ class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     PAUSED = "paused"  # held before its next node starts (Conductor's pause)
+    WAITING = "waiting"  # parked on a wait node's signal: no task, no slot, until woken
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     STOPPED = "stopped"
@@ -58,6 +59,7 @@ class NodeStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     STOPPED = "stopped"
+    WAITING = "waiting"  # a wait node whose signal has not come yet
 
 
 def rfc3339(ts: float | None) -> str | None:

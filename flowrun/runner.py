@@ -10,6 +10,7 @@ the run stays ``running`` and resumes on the next start.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,11 @@ from flowrun.events import Event, EventBus, node_finished_payload, node_payload
 from flowrun.metrics import Metrics
 from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store import Store, WriteResult
+
+
+def signal_token_hash(token: str) -> str:
+    """How a signal URL's token is stored: hashed, as API keys are."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +98,13 @@ class RunRecorder:
 
     async def node_skipped(self, node: NodeRecord) -> None:
         self.store.record(node=node)
+
+    async def node_waiting(self, node: NodeRecord) -> None:
+        data = node_payload(node, self._exec_id(node), self._predecessors.get(node.node_id))
+        data.update(status=node.status.value, signal=node.process_data.get("signal"),
+                    expires_at=node.process_data.get("expires_at"),
+                    signal_url=node.process_data.get("signal_url"))
+        self.emit("node_waiting", data, node)
 
     async def text_chunk(self, node_id: str, text: str) -> None:
         self.emit("text_chunk", {"text": text, "from_variable_selector": [node_id, "text"]})
@@ -165,9 +178,15 @@ class Runner:
                                  {"code": exc.code, "message": exc.message, "node_id": None}, [])
             await self.finish(run, recorder, outcome)
             return outcome
-        # Succeeded nodes keep their outputs: after a crash (resume) or a retry.
-        prior = {} if fresh else {n.node_id: n for n in await self.store.node_records(run.id)
-                                  if n.status is NodeStatus.SUCCEEDED}
+        # Succeeded nodes keep their outputs: after a crash (resume) or a retry. Waiting
+        # nodes keep when they began to wait (their timeout counts from then).
+        stored = [] if fresh else await self.store.node_records(run.id)
+        prior = {n.node_id: n for n in stored if n.status is NodeStatus.SUCCEEDED}
+        waiting_since = {n.node_id: float(n.process_data["waiting_since"]) for n in stored
+                         if n.status is NodeStatus.WAITING and
+                         isinstance(n.process_data.get("waiting_since"), int | float)}
+        signals = {} if fresh else await self.store.signals(run.id)
+        resumed = resumed or run.started_at is not None  # woken from a wait
         started_at = run.started_at or time.time()
         run.started_at = started_at
         held = run.status is RunStatus.PAUSED
@@ -186,7 +205,8 @@ class Runner:
                                                        status=run.status), first)
         executor = Executor(definition, run_id=run.id, inputs=run.inputs, version=run.version,
                             observer=recorder, registry=self.registry, prior_nodes=prior,
-                            deadline_s=deadline, services=self.services)
+                            deadline_s=deadline, services=self.services, signals=signals,
+                            waiting_since=waiting_since)
         if executor_ready is not None:
             executor_ready(executor)
         try:
@@ -202,11 +222,51 @@ class Runner:
                 "message": f"the run failed inside flowrun ({type(exc).__name__})"},
                 list(executor.records.values()))
         with anyio.CancelScope(shield=True):
-            await self.finish(run, recorder, outcome)
+            if outcome.status is RunStatus.WAITING:
+                await self.park(run, recorder, outcome, executor, definition.timeout)
+            else:
+                await self.finish(run, recorder, outcome, had_waits=bool(waiting_since))
         return outcome
 
-    async def finish(self, run: RunRecord, recorder: RunRecorder, outcome: RunOutcome) -> None:
-        """Write the terminal event and status together, and wait for the commit."""
+    async def park(self, run: RunRecord, recorder: RunRecorder, outcome: RunOutcome,
+                   executor: Executor, run_timeout: float | None) -> None:
+        """Record a run as waiting for its wait nodes' signals, with when to wake it
+        (the first wait timeout, or the run's deadline), and the one-time signal URLs.
+
+        A signal that came while the run was still going is in the store by now, or
+        comes after this commit: in the first case this wakes the run at once
+        (``outcome.requeue``), in the second the signal does. The store's
+        waiting -> queued switch lets only one of the two queue it.
+        """
+        waits = executor.waiting
+        wake_at = min((w.expires_at for w in waits.values() if w.expires_at is not None),
+                      default=None)
+        if run_timeout is not None and run.started_at is not None:
+            deadline = run.started_at + run_timeout
+            wake_at = deadline if wake_at is None else min(wake_at, deadline)
+        event = recorder.event("workflow_waiting", {
+            "id": run.id, "workflow_id": run.workflow, "status": RunStatus.WAITING.value,
+            "waiting": [{"node_id": node_id, "signal": w.signal, "expires_at": w.expires_at,
+                         "signal_url": f"/signals/{w.token}"} for node_id, w in waits.items()],
+            "wake_at": wake_at, "created_at": int(run.created_at)})
+        tokens = [(signal_token_hash(w.token), node_id, w.signal)
+                  for node_id, w in waits.items()]
+        written = self.store.park_run(run.id, wake_at=wake_at, event=event, tokens=tokens)
+        recorder.publish_after(written, event)
+        with anyio.move_on_after(self.final_write_timeout_s, shield=True):
+            await written.wait()
+        logger.info("run %s: waiting for %s", run.id,
+                    ", ".join(sorted({w.signal for w in waits.values()})))
+        came = await self.store.signals(run.id)
+        if any(w.signal in came for w in waits.values()) and await self.store.wake_run(run.id):
+            outcome.requeue = True
+
+    async def finish(self, run: RunRecord, recorder: RunRecorder, outcome: RunOutcome, *,
+                     had_waits: bool = False) -> None:
+        """Write the terminal event and status together, and wait for the commit.
+
+        ``had_waits``: the run had waiting wait nodes; those still waiting end stopped.
+        """
         finished_at = time.time()
         started_at = run.started_at or finished_at
         steps = outcome.steps
@@ -222,7 +282,8 @@ class Runner:
                                         error=outcome.error, steps=steps,
                                         finished_at=finished_at, event=event,
                                         key_ttl_s=self.idempotency_ttl_s,
-                                        has_key=run.idempotency_key is not None)
+                                        has_key=run.idempotency_key is not None,
+                                        had_waits=had_waits)
         recorder.publish_after(written, event)
         # Retried by the writer through database faults; bounded so shutdown never hangs.
         with anyio.move_on_after(self.final_write_timeout_s, shield=True) as waited:
@@ -245,7 +306,8 @@ class Runner:
         error = {"code": "stopped", "message": reason, "node_id": None} if reason else None
         outcome = RunOutcome(status, None, error, [])
         with anyio.CancelScope(shield=True):
-            await self.finish(run, recorder, outcome)
+            # (a run stopped while it waited for a signal: its wait nodes end stopped)
+            await self.finish(run, recorder, outcome, had_waits=run.started_at is not None)
         return outcome
 
 

@@ -97,6 +97,9 @@ class Scheduler:
         self._idle.set()
         self._paused = False
         self._tg: anyio.abc.TaskGroup | None = None
+        # Run ids someone waits on while the run is parked (waiting for a signal): set
+        # when the run is queued again.
+        self._unparked: dict[str, anyio.Event] = {}
 
     @property
     def queued(self) -> int:
@@ -121,6 +124,14 @@ class Scheduler:
     def get(self, run_id: str) -> RunHandle | None:
         return self._handles.get(run_id)
 
+    def unparked(self, run_id: str) -> anyio.Event:
+        """An event set when the run (parked, waiting for a signal) is queued again.
+        Take it before reading the run's status, so a wake in between is not missed."""
+        event = self._unparked.get(run_id)
+        if event is None:
+            event = self._unparked[run_id] = anyio.Event()
+        return event
+
     def prepare(self, run: RunRecord) -> RunHandle:
         """Register a run before its insert commits, so waiters can find it at once."""
         handle = RunHandle(run)
@@ -144,6 +155,9 @@ class Scheduler:
         self._handles[handle.run.id] = handle
         handle.state = HandleState.QUEUED
         self._queued += 1
+        unparked = self._unparked.pop(handle.run.id, None)
+        if unparked is not None:
+            unparked.set()
         if handle.run.parent_run_id is not None and self._tg is not None:
             self._start(handle, self._tg)  # during a drain too: its parent waits for it
             return
@@ -214,6 +228,12 @@ class Scheduler:
         finally:
             self._running -= 1
             self._release(handle)
+        if handle.outcome is not None and handle.outcome.requeue:
+            # It parked, but its signal had come meanwhile: queue it again at once.
+            handle.run.status = RunStatus.QUEUED
+            again = self.prepare(handle.run)
+            again.concurrency = handle.concurrency
+            self.enqueue(again)
 
     async def _finish_unstarted(self, handle: RunHandle) -> None:
         try:

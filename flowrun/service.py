@@ -26,6 +26,7 @@ import anyio
 
 from flowrun import auth, definitions, expressions, ids
 from flowrun.definitions import NodeSpec, WorkflowDefinition
+from flowrun.engine.executor import RunOutcome
 from flowrun.errors import (
     BadRequest,
     Conflict,
@@ -300,16 +301,38 @@ class RunService:
 
     async def wait(self, principal: auth.Principal, run_id: str,
                    within_s: float) -> RunRecord:
-        """The run once it is terminal, or as it is when ``within_s`` seconds pass."""
-        handle = self.scheduler.get(run_id)
-        if handle is not None:
-            with self.lifecycle.wait_scope(within_s):
-                await handle.done.wait()
+        """The run once it is terminal, or as it is when ``within_s`` seconds pass.
+
+        A run that parks on a wait node is waited for through the wait: its signal
+        may come within the time (a waiting run is not finished).
+        """
+        with self.lifecycle.wait_scope(within_s):
+            await self.settled(run_id)
         run = await self.get_run(principal, run_id)
         if run.status not in RUN_TERMINAL and self.lifecycle.shutting_down:
             raise Unavailable(f"flowrun is shutting down; run {run_id} resumes when it is back",
                               headers={"Retry-After": "5"})
         return run
+
+    async def settled(self, run_id: str) -> RunOutcome | None:
+        """Wait until the run is neither live in this process nor parked on a wait node;
+        how it ended, as this process knows it (None: read the store)."""
+        while True:
+            handle = self.scheduler.get(run_id)
+            if handle is not None:
+                await handle.done.wait()
+                outcome = handle.outcome
+                if outcome is None or outcome.status is not RunStatus.WAITING:
+                    return outcome
+                if outcome.requeue:
+                    continue  # queued again at once (its signal came while it parked)
+            unparked = self.scheduler.unparked(run_id)  # before the read: no missed wake
+            run = await self.store.get_run(run_id, with_nodes=False)
+            if run is None or run.status is not RunStatus.WAITING:
+                if self.scheduler.get(run_id) is None:
+                    return None
+                continue  # queued again meanwhile
+            await unparked.wait()
 
     async def stop(self, principal: auth.Principal, run_id: str,
                    reason: str | None = None) -> RunRecord:
@@ -318,6 +341,12 @@ class RunService:
         if run.status in RUN_TERMINAL:
             return run
         handle = self.scheduler.get(run_id)
+        if handle is None and run.status is RunStatus.WAITING and \
+                await self.store.wake_run(run_id):
+            # A parked run has no task to stop: queue it, then stop it there.
+            run.status = RunStatus.QUEUED
+            handle = self.scheduler.prepare(run)
+            self.scheduler.enqueue(handle)
         if handle is None:
             return run
         self.scheduler.stop(handle, reason)
@@ -330,6 +359,8 @@ class RunService:
         run = await self.get_run(principal, run_id)
         if run.status in RUN_TERMINAL:
             raise Conflict(f"run {run_id} is {run.status.value}; only a live run can pause")
+        if run.status is RunStatus.WAITING:
+            raise Conflict(f"run {run_id} is waiting for a signal: it holds nothing to pause")
         handle = self.scheduler.get(run_id)
         if run.status is not RunStatus.PAUSED and handle is not None:
             handle.pause()
@@ -434,6 +465,12 @@ class RunService:
         self.scheduler.enqueue(handle)  # not fresh: the runner reads the reused nodes
         logger.info("run %s: re-runs %s from node %s", run.id, run_id, from_node)
         return Submission(run, created=True)
+
+    async def requeue(self, run: RunRecord) -> None:
+        """Queue again a run the store has just switched from waiting to queued."""
+        handle = self.scheduler.prepare(run)
+        handle.concurrency = await self._concurrency(run)
+        self.scheduler.enqueue(handle)
 
     async def resume_unfinished(self) -> int:
         """Re-queue queued runs and resume running (and paused) ones after a restart."""

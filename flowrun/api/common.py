@@ -36,6 +36,7 @@ from flowrun.records import OnConflict, RunRecord
 from flowrun.schedule_loop import ScheduleBook
 from flowrun.service import RunService
 from flowrun.vault import Vault
+from flowrun.waits import WaitBook
 from flowrun.workflows import WorkflowCatalog
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -80,6 +81,12 @@ def workflows_of(request: Request) -> WorkflowCatalog:
 def schedules_of(request: Request) -> ScheduleBook:
     """The instance's schedules."""
     book: ScheduleBook = _started(request, "schedules")
+    return book
+
+
+def waits_of(request: Request) -> WaitBook:
+    """The instance's waiting runs: where signals go."""
+    book: WaitBook = _started(request, "waits")
     return book
 
 

@@ -3,10 +3,11 @@
 Mounted at ``/conductor/api``. A run is a Conductor workflow execution and each
 node execution a task. Starts answer the bare run id as ``text/plain``.
 
-Status vocabulary: queued/running → RUNNING, paused → PAUSED, succeeded →
+Status vocabulary: queued/running/waiting → RUNNING, paused → PAUSED, succeeded →
 COMPLETED, failed → FAILED, timed_out → TIMED_OUT, stopped → TERMINATED. Task
 status: pending → SCHEDULED, running → IN_PROGRESS, succeeded → COMPLETED,
-failed → FAILED, skipped → SKIPPED, stopped → CANCELED. Priority orders runs
+failed → FAILED, skipped → SKIPPED, stopped → CANCELED, waiting → IN_PROGRESS
+(as Conductor's WAIT task). Priority orders runs
 higher-first, FIFO within one priority, as Conductor's own queues do (its
 Postgres queue reads ``ORDER BY priority DESC, deliver_on, created_on``).
 """
@@ -41,11 +42,14 @@ from flowrun.service import RunRequest
 
 _STATUS = {RunStatus.QUEUED: "RUNNING", RunStatus.RUNNING: "RUNNING",
            RunStatus.PAUSED: "PAUSED", RunStatus.SUCCEEDED: "COMPLETED",
+           # a WAIT task keeps its workflow RUNNING, the task IN_PROGRESS
+           RunStatus.WAITING: "RUNNING",
            RunStatus.FAILED: "FAILED", RunStatus.TIMED_OUT: "TIMED_OUT",
            RunStatus.STOPPED: "TERMINATED"}
 _TASK_STATUS = {NodeStatus.PENDING: "SCHEDULED", NodeStatus.RUNNING: "IN_PROGRESS",
                 NodeStatus.SUCCEEDED: "COMPLETED", NodeStatus.FAILED: "FAILED",
-                NodeStatus.SKIPPED: "SKIPPED", NodeStatus.STOPPED: "CANCELED"}
+                NodeStatus.SKIPPED: "SKIPPED", NodeStatus.STOPPED: "CANCELED",
+                NodeStatus.WAITING: "IN_PROGRESS"}
 _CODES = {400: "INVALID_INPUT", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
           409: "CONFLICT", 413: "INVALID_INPUT", 415: "INVALID_INPUT", 422: "CONFLICT",
           429: "TOO_MANY_REQUESTS", 503: "BACKEND_ERROR"}

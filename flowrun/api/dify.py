@@ -8,7 +8,9 @@ names the workflow for ``POST /workflows/run``; ``{workflow_id}`` is
 proposed 202 mode) is supported with ``Idempotency-Key``.
 
 Status vocabulary: queued → ``scheduled``, running, succeeded, failed, stopped;
-timed_out → ``failed`` (with the deadline in ``error``).
+timed_out → ``failed`` (with the deadline in ``error``); paused and waiting (a
+wait node's signal) → ``paused``. A run that parks on a wait node sends Dify's
+``workflow_paused`` and, as in Dify, that ends the stream.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,6 +51,7 @@ from flowrun.service import RunRequest, RunService
 
 _TRACE = re.compile(r"^[A-Za-z0-9\-_]{1,128}$")
 _STATUS = {RunStatus.QUEUED: "scheduled", RunStatus.RUNNING: "running",
+           RunStatus.PAUSED: "paused", RunStatus.WAITING: "paused",
            RunStatus.SUCCEEDED: "succeeded", RunStatus.FAILED: "failed",
            RunStatus.STOPPED: "stopped", RunStatus.TIMED_OUT: "failed"}
 _CODES = {"invalid_definition": "invalid_param", "workflow_not_found": "not_found",
@@ -112,6 +117,13 @@ def encode_event(event: Event, run: RunRecord) -> ServerSentEvent:
         name = "workflow_started"
     if name in {"workflow_started", "workflow_finished"}:
         data["workflow_id"] = workflow_id(run)
+    if name == "workflow_waiting":  # Dify's pause for human input
+        name = "workflow_paused"
+        waiting = data.get("waiting") or []
+        data = {"workflow_run_id": run.id, "workflow_id": workflow_id(run),
+                "paused_nodes": [w.get("node_id") for w in waiting],
+                "reasons": [{"type": "signal", **w} for w in waiting], "outputs": {},
+                "status": "paused", "created_at": data.get("created_at")}
     if name == "workflow_finished":
         data.pop("error_detail", None)
         data["status"] = "failed" if data.get("status") == "timed_out" else data.get("status")
@@ -121,9 +133,23 @@ def encode_event(event: Event, run: RunRecord) -> ServerSentEvent:
 
 def event_stream(request: Request, service: RunService, principal: Principal, run: RunRecord,
                  after: int = 0) -> EventSourceResponse:
-    events = service.follow(principal, run.id, after)
+    events = _until_paused(service, principal, run.id,
+                           service.follow(principal, run.id, after))
     return sse_response(request, encoded(events, lambda event: encode_event(event, run)),
                         ping_event=True)
+
+
+async def _until_paused(service: RunService, principal: Principal, run_id: str,
+                        events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+    """The run's events, ending (as Dify's stream does) at ``workflow_paused`` when the
+    run is waiting now; a replayed pause the run has since left does not end it."""
+    async with aclosing(events):
+        async for event in events:
+            yield event
+            if event.name == "workflow_waiting":
+                now = await service.get_run(principal, run_id)
+                if now.status is RunStatus.WAITING:
+                    return
 
 
 def _trace_id(request: Request, body: DifyRunBody) -> str | None:

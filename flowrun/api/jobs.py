@@ -6,7 +6,7 @@ its name or its numeric id (``workflowId``). ``nodes``/``edges`` in a body repla
 the graph for that run, in flowrun's node format. Inputs go in ``input`` (or
 ``inputs``).
 
-Status vocabulary: queued → pending, running/paused → running, succeeded →
+Status vocabulary: queued → pending, running/paused/waiting → running, succeeded →
 completed, failed/timed_out → failed, stopped → cancelled.
 """
 
@@ -45,7 +45,8 @@ from flowrun.service import RunRequest, RunService
 
 TIMEOUT_MESSAGE = "Job execution timeout: the job is still running but exceeded the wait time."
 _STATUS = {RunStatus.QUEUED: "pending", RunStatus.RUNNING: "running",
-           RunStatus.PAUSED: "running", RunStatus.SUCCEEDED: "completed",
+           RunStatus.PAUSED: "running", RunStatus.WAITING: "running",
+           RunStatus.SUCCEEDED: "completed",
            RunStatus.FAILED: "failed", RunStatus.TIMED_OUT: "failed",
            RunStatus.STOPPED: "cancelled"}
 

@@ -6,7 +6,7 @@ the v2 beta one (``background``/``stream``, ``inputs`` with ``"ComponentId.param
 keys that become node param overrides) and the newer one (``mode``, ``tweaks``,
 ``input_value``, ``data`` with nodes/edges, ``idempotency_key``).
 
-Status vocabulary: queued → queued, running/paused → in_progress, succeeded →
+Status vocabulary: queued → queued, running/paused/waiting → in_progress, succeeded →
 completed, failed → failed, stopped → cancelled, timed_out → timed_out.
 Streams use Langflow's frame ``{"event", "data"}`` and 0-based ``id:`` values
 (event N of the run is id N-1); ``Last-Event-ID`` resumes after it.
@@ -43,7 +43,8 @@ from flowrun.records import RUN_TERMINAL, NodeStatus, OnConflict, RunRecord, Run
 from flowrun.service import RunRequest, RunService
 
 _STATUS = {RunStatus.QUEUED: "queued", RunStatus.RUNNING: "in_progress",
-           RunStatus.PAUSED: "in_progress", RunStatus.SUCCEEDED: "completed",
+           RunStatus.PAUSED: "in_progress", RunStatus.WAITING: "in_progress",
+           RunStatus.SUCCEEDED: "completed",
            RunStatus.FAILED: "failed", RunStatus.STOPPED: "cancelled",
            RunStatus.TIMED_OUT: "timed_out"}
 _CODES = {"workflow_not_found": "FLOW_NOT_FOUND", "version_not_found": "FLOW_NOT_FOUND",

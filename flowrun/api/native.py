@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from flowrun.api.common import (
@@ -32,11 +32,14 @@ from flowrun.api.common import (
     service_of,
     sse_response,
     vault_of,
+    waits_of,
     workflows_of,
 )
 from flowrun.api.openapi import build_spec
+from flowrun.api.signal_page import signal_page
 from flowrun.auth import Scope, require_admin
 from flowrun.definitions import NAME_PATTERN, ScheduleSpec
+from flowrun.engine.nodes.wait import SIGNAL_PATTERN
 from flowrun.errors import BadRequest, FlowrunError, NotFound
 from flowrun.events import Event
 from flowrun.metrics import CONTENT_TYPE_LATEST
@@ -304,6 +307,48 @@ async def stop_run(request: Request) -> Response:
     return JSONResponse(run.to_json())
 
 
+class SignalBody(BaseModel):
+    """A signal for a run's wait node; ``data`` becomes the node's outputs."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=SIGNAL_PATTERN)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class SignalUrlBody(BaseModel):
+    """What a one-time signal URL takes: the data only (the URL names the signal)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+async def signal_run(request: Request) -> Response:
+    """Deliver a signal to a run's wait node: ``{"name": ..., "data": {...}}``."""
+    principal = await principal_of(request)
+    body = parse_model(SignalBody, await read_json(request, _max_body(request)))
+    run = await waits_of(request).signal(principal, request.path_params["run_id"],
+                                         body.name, body.data)
+    return JSONResponse(run.to_json())
+
+
+async def describe_signal_url(request: Request) -> Response:
+    """What a one-time signal URL is for (no API key: the URL is the credential); a
+    browser gets a small form that sends the signal."""
+    found = await waits_of(request).describe_token(request.path_params["token"])
+    if "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(signal_page(found))
+    return JSONResponse(found)
+
+
+async def send_signal_url(request: Request) -> Response:
+    """Send the signal a one-time signal URL stands for: ``{"data": {...}}`` (or nothing)."""
+    body = parse_model(SignalUrlBody, await read_json(request, _max_body(request), empty={}))
+    run = await waits_of(request).signal_by_token(request.path_params["token"], body.data)
+    return JSONResponse({"run_id": run.id, "status": run.status.value, "received": True})
+
+
 async def delete_run(request: Request) -> Response:
     principal = await principal_of(request)
     await service_of(request).delete_run(principal, request.path_params["run_id"])
@@ -446,7 +491,8 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(build_spec({"RunBody": RunBody, "KeyBody": KeyBody,
                                     "ScheduleSpec": ScheduleSpec,
                                     "SecretBody": SecretBody, "RetryBody": RetryBody,
-                                    "RerunBody": RerunBody}))
+                                    "RerunBody": RerunBody, "SignalBody": SignalBody,
+                                    "SignalUrlBody": SignalUrlBody}))
 
 
 ops_routes = [
@@ -481,6 +527,9 @@ routes = [
     Route("/runs/{run_id}/retry", retry_run, methods=["POST"]),
     Route("/runs/{run_id}/restart", restart_run, methods=["POST"]),
     Route("/runs/{run_id}/rerun", rerun_run, methods=["POST"]),
+    Route("/runs/{run_id}/signal", signal_run, methods=["POST"]),
+    Route("/signals/{token}", describe_signal_url, methods=["GET"]),
+    Route("/signals/{token}", send_signal_url, methods=["POST"]),
     Route("/runs/{run_id}/events", run_events, methods=["GET"]),
     Route("/keys", list_keys, methods=["GET"]),
     Route("/keys", create_key, methods=["POST"]),

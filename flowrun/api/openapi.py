@@ -145,6 +145,13 @@ def build_spec(native_models: dict[str, type[BaseModel]]) -> dict[str, Any]:
     spec.op("/runs/{run_id}/rerun", "post", "A new run (`rerun_of` this one) from "
             "`from_node`, reusing the outputs of the nodes before it", error=p, ok="202",
             body=native_models["RerunBody"])
+    spec.op("/runs/{run_id}/signal", "post", "Send a signal to the run's wait node of that "
+            "name (`data` becomes its outputs); a parked run goes on", error=p,
+            body=native_models["SignalBody"])
+    spec.op("/signals/{token}", "get", "What a one-time signal URL is for (no key: the URL "
+            "is the credential); HTML for a browser", error=p, public=True)
+    spec.op("/signals/{token}", "post", "Send the signal of a one-time signal URL (no key)",
+            error=p, public=True, body=native_models["SignalUrlBody"])
     spec.op("/runs/{run_id}/events", "get", "The run's events: replay after Last-Event-ID "
             "(or `after`), then live", error=p, query=("after",), stream=True)
     spec.op("/keys", "get", "API keys, never their secrets (admin)", error=p)

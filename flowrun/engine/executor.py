@@ -30,7 +30,7 @@ from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import NodeContext, Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.secrets import SecretRefs
-from flowrun.errors import ExpressionError, NodeFailure
+from flowrun.errors import ExpressionError, NodeFailure, WaitForSignal
 from flowrun.records import NodeRecord, NodeStatus, RunStatus
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class RunObserver(Protocol):
     async def node_retry(self, node: NodeRecord, error: dict[str, Any]) -> None: ...
     async def node_finished(self, node: NodeRecord) -> None: ...
     async def node_skipped(self, node: NodeRecord) -> None: ...
+    async def node_waiting(self, node: NodeRecord) -> None: ...
     async def text_chunk(self, node_id: str, text: str) -> None: ...
 
 
@@ -61,6 +62,9 @@ class NullObserver:
     async def node_skipped(self, node: NodeRecord) -> None:
         return None
 
+    async def node_waiting(self, node: NodeRecord) -> None:
+        return None
+
     async def text_chunk(self, node_id: str, text: str) -> None:
         return None
 
@@ -71,6 +75,9 @@ class RunOutcome:
     outputs: dict[str, Any] | None
     error: dict[str, Any] | None
     nodes: list[NodeRecord]
+    # A run that parked waiting and must be queued again at once (its signal came
+    # while it was parking).
+    requeue: bool = False
 
     @property
     def steps(self) -> int:
@@ -146,7 +153,10 @@ class Executor:
                  registry: Registry = default_registry,
                  prior_nodes: Mapping[str, NodeRecord] | None = None,
                  deadline_s: float | None = None, services: NodeServices | None = None,
-                 extra_context: Mapping[str, Any] | None = None) -> None:
+                 extra_context: Mapping[str, Any] | None = None,
+                 signals: Mapping[str, Any] | None = None,
+                 waiting_since: Mapping[str, float] | None = None,
+                 suspendable: bool = True) -> None:
         self.definition = definition
         self.run_id = run_id
         self.observer: RunObserver = observer or NullObserver()
@@ -164,6 +174,12 @@ class Executor:
         self.records: dict[str, NodeRecord] = {}
         self._index = max((n.index for n in (prior_nodes or {}).values()), default=0)
         self.services = services
+        # Wait nodes: signals received so far, when each waiting node began to wait, and
+        # those waiting now. A sub-graph (``suspendable`` False) cannot park its run.
+        self._signals = dict(signals or {})
+        self._waiting_since = dict(waiting_since or {})
+        self.suspendable = suspendable
+        self.waiting: dict[str, WaitForSignal] = {}
         self._context: dict[str, Any] = {
             **(extra_context or {}),
             "inputs": dict(inputs),
@@ -228,6 +244,8 @@ class Executor:
         if deadline_hit:
             error = _error("run_timeout", f"run exceeded its deadline of {self.deadline_s:g}s")
             return RunOutcome(RunStatus.TIMED_OUT, None, error, nodes)
+        if self.waiting:  # every other branch has gone as far as it can: park
+            return RunOutcome(RunStatus.WAITING, None, None, nodes)
         try:
             outputs = self._final_outputs()
         except ExpressionError as exc:
@@ -318,6 +336,16 @@ class Executor:
             if isinstance(params, ExpressionError):
                 raise params
             outputs, branch = await self._attempts(spec, rec, params)
+        except WaitForSignal as wait:
+            # Its successors stay unresolved; the run parks once nothing else can run.
+            rec.status = NodeStatus.WAITING
+            since = self._waiting_since.get(spec.id, rec.started_at or time.time())
+            rec.process_data.update(signal=wait.signal, waiting_since=since,
+                                    expires_at=wait.expires_at,
+                                    signal_url=f"/signals/{wait.token}")
+            self.waiting[spec.id] = wait
+            await self.observer.node_waiting(rec)
+            return None
         except anyio.get_cancelled_exc_class():
             if self._ending():
                 rec.status = NodeStatus.STOPPED
@@ -379,7 +407,7 @@ class Executor:
         registry = services.registry if services is not None else self.registry
         child = Executor(definition, run_id=self.run_id, inputs=inputs, observer=observer,
                          registry=registry, services=services, extra_context=scope,
-                         deadline_s=None)
+                         deadline_s=None, suspendable=False)
         outcome = await child.execute()
         return GraphRun(outcome, child.context)
 
@@ -408,9 +436,16 @@ class Executor:
                               services=self.services, ending=self._ending,
                               on_error=spec.on_error, default=spec.default,
                               observer=self.observer, expression_context=self._context,
-                              run_graph_cb=self._run_graph)
+                              run_graph_cb=self._run_graph, signals=self._signals,
+                              waiting_since=self._waiting_since.get(spec.id))
             try:
                 outputs = await self._call(node_type.func, ctx, kwargs, spec)
+            except WaitForSignal:
+                if not self.suspendable:
+                    raise NodeFailure("a wait node cannot park here: only a run on a server "
+                                      "can wait (not a map's graph, nor a run in-process)",
+                                      code="wait_unsupported") from None
+                raise
             except NodeFailure as exc:
                 rec.logs.extend(ctx.logs)
                 rec.process_data.update(_informational(ctx.process_data))
@@ -439,7 +474,7 @@ class Executor:
         except TimeoutError:
             raise NodeFailure(f"node timed out after {spec.timeout:g}s",
                               code="node_timeout") from None
-        except NodeFailure:
+        except (NodeFailure, WaitForSignal):
             raise
         except Exception as exc:  # a node's own bug fails only that node
             raise NodeFailure(f"{type(exc).__name__}: {exc}", code="node_error") from None

@@ -139,6 +139,30 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE runs ADD COLUMN schedule_id TEXT",
         "ALTER TABLE runs ADD COLUMN schedule_slot REAL",
     ],
+    [
+        # Wait nodes. A waiting run has no task; ``wake_at`` is when it must be queued
+        # again without a signal (its first wait timeout, or its run deadline).
+        "ALTER TABLE runs ADD COLUMN wake_at REAL",
+        "CREATE INDEX runs_waking ON runs (wake_at) WHERE status = 'waiting'",
+        # Signals a run received, by name (one each): the data a wait node returns.
+        """CREATE TABLE signals (
+            run_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            data TEXT NOT NULL,
+            via TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            PRIMARY KEY (run_id, name)
+        )""",
+        # One-time signal URLs (for a person without a key): the token's hash.
+        """CREATE TABLE signal_tokens (
+            token_hash TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            signal TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX signal_tokens_by_run ON signal_tokens (run_id)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -429,11 +429,13 @@ class Store:
 
     def finish_run(self, run_id: str, status: RunStatus, *, outputs: Any, error: Any,
                    steps: int, finished_at: float, event: Event,
-                   key_ttl_s: float, has_key: bool = True) -> WriteResult[None]:
+                   key_ttl_s: float, has_key: bool = True,
+                   had_waits: bool = False) -> WriteResult[None]:
         """Record a terminal status with its terminal event in one transaction.
 
         ``has_key``: the run was accepted with an idempotency key, whose expiry starts
         now (keys are found by their own columns, not by run: without a key, no scan).
+        ``had_waits``: the run may have wait nodes still waiting, which end as stopped.
         """
         run_row = (status.value, _dumps(outputs), _dumps(error), steps, finished_at,
                    finished_at, run_id)
@@ -444,8 +446,76 @@ class Store:
             if has_key:
                 conn.execute("UPDATE idempotency_keys SET expires_at = ? WHERE run_id = ?",
                              (finished_at + key_ttl_s, run_id))
+            if had_waits:
+                conn.execute("UPDATE node_executions SET status = ?, finished_at = ? "
+                             "WHERE run_id = ? AND status = ?",
+                             (NodeStatus.STOPPED.value, finished_at, run_id,
+                              NodeStatus.WAITING.value))
 
         return self._writer.submit(op, durable=True, rows=((_EVENT_ROWS, _event_row(event)),))
+
+    # --- waiting runs and their signals ----------------------------------------------
+
+    def park_run(self, run_id: str, *, wake_at: float | None, event: Event,
+                 tokens: Sequence[tuple[str, str, str]]) -> WriteResult[None]:
+        """Record a run as waiting (with when to wake it and its signal URL tokens:
+        (hash, node id, signal) each) together with its ``workflow_waiting`` event."""
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE runs SET status = ?, wake_at = ? WHERE id = ?",
+                         (RunStatus.WAITING.value, wake_at, run_id))
+            conn.executemany(
+                "INSERT OR IGNORE INTO signal_tokens (token_hash, run_id, node_id, signal, "
+                "created_at) VALUES (?, ?, ?, ?, ?)",
+                [(token, run_id, node_id, signal, now) for token, node_id, signal in tokens])
+
+        return self._writer.submit(op, durable=True, rows=((_EVENT_ROWS, _event_row(event)),))
+
+    async def wake_run(self, run_id: str) -> bool:
+        """Queue a waiting run again; False when it was not waiting (someone else woke it)."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("UPDATE runs SET status = ?, wake_at = NULL WHERE id = ? AND "
+                               "status = ?", (RunStatus.QUEUED.value, run_id,
+                                              RunStatus.WAITING.value))
+            return cur.rowcount == 1
+
+        return await self._writer.write(op, durable=True)
+
+    async def due_waiting_runs(self, now: float, limit: int = 100) -> list[str]:
+        """Waiting runs whose wake time has come, earliest first."""
+        rows = await self._fetchall("SELECT id FROM runs WHERE status = 'waiting' AND "
+                                    "wake_at <= ? ORDER BY wake_at LIMIT ?", (now, limit))
+        return [row[0] for row in rows]
+
+    async def next_wake_at(self) -> float | None:
+        row = await self._fetchone("SELECT MIN(wake_at) FROM runs WHERE status = 'waiting'")
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def add_signal(self, run_id: str, name: str, data: dict[str, Any], *,
+                         via: str) -> bool:
+        """Keep a signal for a run; False when one of that name came already."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("INSERT OR IGNORE INTO signals (run_id, name, data, via, "
+                               "received_at) VALUES (?, ?, ?, ?, ?)",
+                               (run_id, name, _dumps(data), via, time.time()))
+            return cur.rowcount == 1
+
+        return await self._writer.write(op, durable=True)
+
+    async def signals(self, run_id: str) -> dict[str, Any]:
+        """The signals a run has received: name -> data."""
+        rows = await self._fetchall("SELECT name, data FROM signals WHERE run_id = ?",
+                                    (run_id,))
+        return {row["name"]: json.loads(row["data"]) for row in rows}
+
+    async def signal_token(self, token_hash: str) -> tuple[str, str, str] | None:
+        """(run id, node id, signal) a signal URL's token stands for."""
+        row = await self._fetchone("SELECT run_id, node_id, signal FROM signal_tokens "
+                                   "WHERE token_hash = ?", (token_hash,))
+        return None if row is None else (row[0], row[1], row[2])
 
     async def set_status(self, run_id: str, status: RunStatus, *,
                          only_from: tuple[RunStatus, ...]) -> bool:
@@ -586,7 +656,8 @@ class Store:
             status = RunStatus(row["status"])
             if status in RUN_TERMINAL:
                 for table, column in (("node_executions", "run_id"), ("events", "run_id"),
-                                      ("idempotency_keys", "run_id"), ("runs", "id")):
+                                      ("idempotency_keys", "run_id"), ("signals", "run_id"),
+                                  ("signal_tokens", "run_id"), ("runs", "id")):
                     conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (run_id,))
             return status
 
@@ -605,7 +676,8 @@ class Store:
                 return 0
             marks = ", ".join("?" * len(ids))
             for table, column in (("node_executions", "run_id"), ("events", "run_id"),
-                                  ("idempotency_keys", "run_id"), ("runs", "id")):
+                                  ("idempotency_keys", "run_id"), ("signals", "run_id"),
+                                  ("signal_tokens", "run_id"), ("runs", "id")):
                 conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
             return len(ids)
 

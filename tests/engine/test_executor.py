@@ -63,6 +63,9 @@ class Recorder:
     async def node_skipped(self, node: NodeRecord) -> None:
         self.log.append(("skipped", node.node_id))
 
+    async def node_waiting(self, node: NodeRecord) -> None:
+        self.log.append(("waiting", node.node_id))
+
     async def text_chunk(self, node_id: str, text: str) -> None:
         self.chunks.append(text)
 
@@ -310,3 +313,51 @@ async def test_non_json_outputs_fail_the_node(bad_output: dict[str, Any]) -> Non
     out = await Executor(defn, run_id="r", inputs={}, registry=reg).execute()
     assert out.status is RunStatus.FAILED and out.error is not None
     assert out.error["code"] == "invalid_outputs"
+
+
+WAITS: list[dict[str, Any]] = [
+    {"id": "a", "type": "template", "template": "a"},
+    {"id": "w", "type": "wait", "signal": "go", "timeout_s": 60},
+    {"id": "b", "type": "template", "template": "b {{ nodes.w.word }}"},
+    {"id": "side", "type": "template", "template": "side"},
+]
+
+
+async def test_a_wait_parks_the_run_once_every_other_branch_is_done() -> None:
+    rec = Recorder()
+    ex = Executor(definition(WAITS, chain("a", "w", "b")), run_id="r1", inputs={},
+                  registry=REG, observer=rec)
+    out = await ex.execute()
+    assert out.status is RunStatus.WAITING and out.outputs is None
+    assert ("waiting", "w") in rec.log and ("succeeded", "side") in rec.log
+    assert "b" not in {n for _, n in rec.log}
+    waited = {n.node_id: n for n in out.nodes}["w"]
+    assert waited.status is NodeStatus.WAITING
+    assert waited.process_data["signal"] == "go"
+    assert waited.process_data["expires_at"] == pytest.approx(time.time() + 60, abs=5)
+    assert waited.process_data["signal_url"].startswith("/signals/")
+    assert set(ex.waiting) == {"w"}
+
+
+async def test_a_received_signal_is_the_wait_nodes_outputs() -> None:
+    out = await run(definition(WAITS, chain("a", "w", "b")), signals={"go": {"word": "now"}})
+    assert out.status is RunStatus.SUCCEEDED
+    assert out.outputs == {"b": {"text": "b now"}, "side": {"text": "side"}}
+
+
+async def test_a_wait_past_its_timeout_fails_or_takes_the_nodes_default() -> None:
+    long_ago = {"w": time.time() - 61}
+    out = await run(definition(WAITS, chain("a", "w", "b")), waiting_since=long_ago)
+    assert out.status is RunStatus.FAILED and out.error is not None
+    assert out.error["code"] == "wait_timeout"
+    defaulted = [WAITS[0], {**WAITS[1], "on_error": "default", "default": {"word": "late"}},
+                 *WAITS[2:]]
+    out = await run(definition(defaulted, chain("a", "w", "b")), waiting_since=long_ago)
+    assert out.status is RunStatus.SUCCEEDED and out.outputs is not None
+    assert out.outputs["b"] == {"text": "b late"}
+
+
+async def test_a_sub_graph_cannot_park_its_run() -> None:
+    out = await run(definition(WAITS[1:2]), suspendable=False)
+    assert out.status is RunStatus.FAILED and out.error is not None
+    assert out.error["code"] == "wait_unsupported"

@@ -9,6 +9,7 @@ from flowrun.engine.nodes import (  # noqa: F401 - importing registers them
     sleep,
     switch,
     template,
+    wait,
     workflow,
 )
 from flowrun.engine.nodes.registry import NodeContext, NodeType, Registry, node, registry

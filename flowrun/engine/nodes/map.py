@@ -64,6 +64,9 @@ class IterationObserver:
     async def node_skipped(self, node: NodeRecord) -> None:
         return None
 
+    async def node_waiting(self, node: NodeRecord) -> None:
+        return None  # a sub-graph never parks: its executor refuses wait nodes
+
     async def text_chunk(self, node_id: str, text: str) -> None:
         if self.parent is not None:
             await self.parent.text_chunk(node_id, text)

@@ -68,6 +68,10 @@ class NodeContext:
     process_data: dict[str, Any] = field(default_factory=dict)
     expression_context: Mapping[str, Any] = field(default_factory=dict)
     run_graph_cb: GraphRunner | None = None
+    # For ``wait`` nodes: the signals this run has received (name -> data), and when
+    # this node first started waiting (None: it has not waited yet).
+    signals: Mapping[str, Any] = field(default_factory=dict)
+    waiting_since: float | None = None
 
     async def emit_text(self, text: str) -> None:
         """Stream a piece of text from this node (a ``text_chunk`` event)."""
