@@ -231,6 +231,12 @@ class Client:
     def stop(self, run_id: str) -> dict[str, Any]:
         return dict(_check(self._http.post(f"/runs/{run_id}/stop")))
 
+    def signal(self, run_id: str, name: str,
+               data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send signal ``name`` to the run's wait node; ``data`` becomes its outputs."""
+        body = {"name": name, "data": data or {}}
+        return dict(_check(self._http.post(f"/runs/{run_id}/signal", json=body)))
+
     def events(self, run_id: str, after: int | None = None) -> Iterator[RunEvent]:
         """The run's events after ``after``, reconnecting as needed, until it finishes."""
         resume = _Resume(after, self.max_reconnects)
@@ -322,6 +328,12 @@ class AsyncClient:
 
     async def stop(self, run_id: str) -> dict[str, Any]:
         return dict(_check(await self._http.post(f"/runs/{run_id}/stop")))
+
+    async def signal(self, run_id: str, name: str,
+                     data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send signal ``name`` to the run's wait node; ``data`` becomes its outputs."""
+        body = {"name": name, "data": data or {}}
+        return dict(_check(await self._http.post(f"/runs/{run_id}/signal", json=body)))
 
     async def events(self, run_id: str, after: int | None = None) -> AsyncIterator[RunEvent]:
         resume = _Resume(after, self.max_reconnects)

@@ -5,7 +5,8 @@
 const API = document.querySelector('meta[name="flowrun-api"]').content;
 const KEY = "flowrun.key";
 const TERMINAL = new Set(["succeeded", "failed", "stopped", "timed_out"]);
-const STATUSES = ["queued", "running", "paused", "succeeded", "failed", "stopped", "timed_out"];
+const STATUSES = ["queued", "running", "paused", "waiting", "succeeded", "failed", "stopped",
+  "timed_out"];
 const main = document.getElementById("main");
 let page = null; // {cleanups: []} of the page on screen
 
@@ -405,11 +406,19 @@ async function runPage(id, current) {
     "Re-run from the selected node");
   const message = h("p.error", { id: "run-message" });
   const live = h("span.live", { id: "live" });
+  // Shown while a wait node waits; built once, so a refresh keeps what is being typed.
+  const signalName = h("input", { id: "signal-name", size: 16, "aria-label": "signal name" });
+  const signalData = h("textarea", { id: "signal-data", rows: 3, cols: 40,
+    "aria-label": "signal data (a JSON object)" }, "{}");
+  const signalForm = h("form.card", { id: "signal-form", hidden: true },
+    h("div", {}, "Waiting for a signal. Its data (a JSON object) becomes the wait node's outputs."),
+    h("div.row", {}, signalName, signalData, h("button", { type: "submit", id: "send-signal" },
+      "Send signal")));
   const graphBox = h("div.graph", { id: "graph" });
   const gantt = h("div.gantt.card", { id: "timeline" });
   const detail = h("div.card", { id: "node-detail" }, h("p.muted", {}, "Select a node."));
   main.append(h("h1", {}, "Run ", h("span.mono", {}, id)), head,
-    h("div.actions", {}, stop, rerun, rerunFrom, live), message,
+    h("div.actions", {}, stop, rerun, rerunFrom, live), message, signalForm,
     h("div.cols", {}, h("div", {}, graphBox, h("h2", {}, "Timeline"), gantt),
       h("div", {}, h("h2", {}, "Node"), detail)));
   const graph = FlowGraph.draw(graphBox, def.nodes || [], def.edges || [], (node) => {
@@ -433,6 +442,9 @@ async function runPage(id, current) {
       h("div", {}, "inputs"), json(run.inputs), h("div", {}, "outputs"), json(run.outputs)));
     stop.disabled = TERMINAL.has(run.status);
     rerunFrom.disabled = !selected || !TERMINAL.has(run.status);
+    const waits = run.nodes.filter((n) => n.status === "waiting");
+    signalForm.hidden = !waits.length;
+    if (waits.length && !signalName.value) signalName.value = waits[0].process_data.signal || "";
     const nodes = new Map(run.nodes.map((n) => [n.id, n]));
     for (const n of def.nodes || []) {
       const record = nodes.get(n.id) || {};
@@ -526,6 +538,17 @@ async function runPage(id, current) {
     stop.disabled = true;
     try { run = await api(`/runs/${q}/stop`, { method: "POST" }); render(); }
     catch (err) { message.textContent = err.message; stop.disabled = false; }
+  });
+  signalForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    message.textContent = "";
+    let data;
+    try { data = JSON.parse(signalData.value || "{}"); }
+    catch (err) { message.textContent = "The signal's data is not JSON: " + err.message; return; }
+    try {
+      run = await api(`/runs/${q}/signal`, { method: "POST", body: { name: signalName.value, data } });
+      render();
+    } catch (err) { message.textContent = err.message; }
   });
   rerun.addEventListener("click", async () => {
     message.textContent = "";

@@ -75,7 +75,8 @@ window.FlowGraph = (function () {
         group.addEventListener("keydown", (ev) => { if (ev.key === "Enter") onSelect(n.id); });
       }
     }
-    const STATUSES = ["pending", "running", "succeeded", "failed", "skipped", "stopped"];
+    const STATUSES = ["pending", "running", "waiting", "succeeded", "failed", "skipped",
+      "stopped"];
     return {
       svg,
       setStatus(id, status) {

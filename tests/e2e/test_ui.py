@@ -299,3 +299,23 @@ def test_the_run_page_keeps_up_with_a_busy_run(ui: UI) -> None:
     expect(node(page, "each")).to_have_class(re.compile(r"\bsucceeded\b"))
     events = ui.api.get(f"/runs/{run_id}/events", headers={"Accept": "text/event-stream"})
     assert events.text.count("event: ") > 300  # the stream the page followed was busy
+
+
+def test_a_waiting_run_is_shown_and_signalled_from_the_page(
+        ui: UI, shots: Callable[[Page, str], None]) -> None:
+    run_id = start(ui, "approval", {"item": "the budget"})
+    page = ui.page
+    sign_in(ui, f"#/runs/{run_id}")
+    expect(page.locator("#run-head [data-status]")).to_have_text("waiting")
+    expect(node(page, "decision")).to_have_class(re.compile(r"\bwaiting\b"))
+    expect(page.locator("#signal-form")).to_be_visible()
+    expect(page.locator("#signal-name")).to_have_value("decision")
+    page.fill("#signal-data", "{not json")
+    page.click("#send-signal")
+    expect(page.locator("#run-message")).to_contain_text("not JSON")
+    page.fill("#signal-data", '{"approved": true, "note": "fine"}')
+    shots(page, "run-waiting")
+    page.click("#send-signal")
+    expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
+    expect(page.locator("#signal-form")).to_be_hidden()
+    assert finished(ui.api, run_id)["outputs"]["approved"] is True
