@@ -79,6 +79,7 @@ def verify(secret: str, header: str | None, body: bytes, *,
                              "away from now")
     expected = signature(secret, timestamp, body)
     for candidate in candidates:
-        if hmac.compare_digest(candidate, expected):
+        # as bytes: compare_digest refuses str with non-ASCII characters (a TypeError)
+        if hmac.compare_digest(candidate.encode(), expected.encode()):
             return candidate
     raise SignatureError("no signature matches the body")

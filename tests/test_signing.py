@@ -30,6 +30,7 @@ def test_any_matching_v1_is_enough_while_a_secret_rotates() -> None:
     (signing.sign(SECRET, BODY, timestamp=1_000), BODY, 699, "away from now"),
     (signing.sign(SECRET, BODY, timestamp=1_000), BODY + b" ", 1_000, "no signature matches"),
     (signing.sign("whsec_other", BODY, timestamp=1_000), BODY, 1_000, "no signature matches"),
+    ("t=1000,v1=\u00e9t\u00e9", BODY, 1_000, "no signature matches"),  # non-ASCII
 ])
 def test_refusals_say_why(header: str | None, body: bytes, now: float, says: str) -> None:
     with pytest.raises(signing.SignatureError, match=says):

@@ -217,15 +217,15 @@ def test_dify_shows_paused_and_its_stream_ends_at_workflow_paused(
 def test_a_parent_waits_through_its_child_runs_wait(
         start_server: Callable[..., Started]) -> None:
     _, _, client = start_server()
-    parent = client.post("/workflows/asks/run", json={"inputs": {"item": "d"}}).json()["id"]
+    parent = client.post("/workflows/asks/run", json={}).json()["id"]
     deadline = time.monotonic() + 15
     children: list[dict[str, Any]] = []
     while not children and time.monotonic() < deadline:
-        children = [r for r in client.get("/workflows/approval/runs").json()["runs"]
+        children = [r for r in client.get("/workflows/gate/runs").json()["runs"]
                     if r["parent_run_id"] == parent and r["status"] == "waiting"]
     assert children, "the child run never parked"
     assert client.get(f"/runs/{parent}").json()["status"] == "running"  # in its child node
     assert client.post(f"/runs/{children[0]['id']}/signal",
-                       json={"name": "decision", "data": {"approved": True}}).status_code == 200
+                       json={"name": "go", "data": {"word": "yes"}}).status_code == 200
     done = finished(client, parent)
-    assert done["status"] == "succeeded" and done["outputs"] == {"approved": True}
+    assert done["status"] == "succeeded" and done["outputs"] == {"said": "after yes"}
