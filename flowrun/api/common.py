@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from flowrun import ids
 from flowrun.auth import KeyRing, Principal, key_from_headers
+from flowrun.callback_loop import CallbackBook
 from flowrun.errors import (
     BadRequest,
     FlowrunError,
@@ -80,6 +81,12 @@ def workflows_of(request: Request) -> WorkflowCatalog:
 def schedules_of(request: Request) -> ScheduleBook:
     """The instance's schedules."""
     book: ScheduleBook = _started(request, "schedules")
+    return book
+
+
+def callbacks_of(request: Request) -> CallbackBook:
+    """The instance's completion callbacks."""
+    book: CallbackBook = _started(request, "callbacks")
     return book
 
 
