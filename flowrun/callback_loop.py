@@ -8,8 +8,9 @@ is due (``Store.due_callbacks``, a partial index over pending rows), sends up to
 slow receiver holds back no other, and records each attempt together with the state
 it leaves (``callbacks.after_attempt``). It wakes when a run with a callback ends
 (``run_finished``, told once that run's terminal write has committed), when an
-attempt ends, and every ``TICK_S`` whatever happens, so nothing hangs on the poke;
-after a restart its first tick finds whatever was left pending.
+attempt ends, when a retry it scheduled falls due, and every ``TICK_S`` whatever
+happens, so nothing hangs on the poke; after a restart its first tick finds whatever
+was left pending.
 
 Attempts go through the http node's SSRF guard (``netguard.guarded_client`` with the
 server's ``HttpPolicy``): a callback to a private or loopback address is a failed
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -70,6 +72,7 @@ class CallbackBook:
         self.clock = clock
         self.jitter = jitter
         self._in_flight: set[str] = set()  # run ids being sent now
+        self._soonest = math.inf  # the earliest retry this process scheduled
         self._wake = anyio.Event()
         self._secret: tuple[str, str | None, float | None] | None = None
         self._http: httpx.AsyncClient | None = None
@@ -137,16 +140,19 @@ class CallbackBook:
                     if scope.cancelled_caught:
                         logger.warning("callbacks: a look-up took over %gs; retrying",
                                        TICK_TIMEOUT_S)
-                with anyio.move_on_after(TICK_S):
+                with anyio.move_on_after(min(TICK_S, self._soonest - self.clock())):
                     await self._wake.wait()
 
     async def tick(self, tg: anyio.abc.TaskGroup) -> int:
         """Start sending every due callback there is room for; how many were started."""
+        now = self.clock()
+        if self._soonest <= now:
+            self._soonest = math.inf  # due now: this look-up finds it
         room = self.max_in_flight - len(self._in_flight)
         if room <= 0:
             return 0
         try:
-            due = await self.store.due_callbacks(self.clock(), room, self._in_flight)
+            due = await self.store.due_callbacks(now, room, self._in_flight)
         except FlowrunError as exc:
             logger.warning("callbacks: cannot look for due callbacks: %s", exc.message)
             return 0
@@ -188,6 +194,8 @@ class CallbackBook:
         with anyio.move_on_after(RECORD_TIMEOUT_S, shield=True):
             await self.store.record_callback_attempt(item.run_id, record, decision.state,
                                                      decision.next_attempt_at)
+        if decision.next_attempt_at is not None:
+            self._soonest = min(self._soonest, decision.next_attempt_at)
         logger.info("callbacks: run %s: attempt %d: %s -> %s", item.run_id, number,
                     status_code if status_code is not None else error, decision.state.value)
         return record
