@@ -5,8 +5,9 @@ a fixed clock."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -179,6 +180,29 @@ async def test_attempts_move_a_callback_from_pending_to_failed(tmp_path: Path) -
         # deleting a run deletes its callback
         await store.delete_run("r1")
         assert await store.get_callback("r1") is None
+
+
+async def test_finding_due_callbacks_reads_pending_rows_only(tmp_path: Path) -> None:
+    """The loop's look-up walks the partial index of pending callbacks, then each run by
+    id: never every ended run, however many there are."""
+    db = tmp_path / "f.db"
+    async with Store.open(db):
+        pass
+    with sqlite3.connect(db) as conn:
+        plan: list[str] = []
+        original = Store._fetchall
+
+        async def explain(self: Store, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+            plan.extend(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            return await original(self, sql, params)
+
+        async with Store.open(db) as store:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(Store, "_fetchall", explain)
+                await store.due_callbacks(1.0, 8)
+    assert plan[0] == "SCAN c USING INDEX callbacks_pending", plan
+    assert plan[1].startswith("SEARCH r USING INDEX sqlite_autoindex_runs_1"), plan
+    assert len(plan) == 2, plan  # and no sort: the index gives the order
 
 
 async def test_the_signing_secret_is_made_once_and_rotated(tmp_path: Path) -> None:

@@ -727,11 +727,15 @@ class Store:
         terminal = tuple(s.value for s in RUN_TERMINAL)
         rows = await self._fetchall(
             "SELECT c.run_id, c.delivery_id, c.attempts, r.callback_url, r.finished_at "
-            "FROM callbacks c JOIN runs r ON r.id = c.run_id "
-            "WHERE c.state = ? AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= ?) "
+            # CROSS JOIN keeps callbacks the outer loop: SQLite would otherwise walk every
+            # ended run by status. The state is written out: a bound value would not
+            # match the partial index.
+            "FROM callbacks c CROSS JOIN runs r ON r.id = c.run_id "
+            f"WHERE c.state = '{CallbackState.PENDING.value}' "
+            "AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= ?) "
             f"AND r.status IN ({', '.join('?' * len(terminal))}) "
             "AND r.callback_url IS NOT NULL ORDER BY c.next_attempt_at LIMIT ?",
-            (CallbackState.PENDING.value, now, *terminal, limit + len(skip)))
+            (now, *terminal, limit + len(skip)))
         found = [DueCallback(r["run_id"], r["callback_url"], r["delivery_id"],
                              int(r["attempts"]), float(r["finished_at"] or now))
                  for r in rows if r["run_id"] not in skip]
