@@ -174,15 +174,16 @@ class CallbackBook:
     async def attempt(self, item: DueCallback) -> CallbackAttempt | None:
         """POST the run once and record the attempt with the state it leaves; None when
         the run is gone (deleted meanwhile, its callback with it)."""
-        run = await self.store.get_run(item.run_id)
+        with anyio.fail_after(TICK_TIMEOUT_S):  # a stuck database: tried again later
+            run = await self.store.get_run(item.run_id)
+            secrets = await self.signing_secrets()
         if run is None:
             return None
         number = item.attempts + 1
         body = _dumps(run.to_json())
         at = self.clock()
-        headers = callbacks.request_headers(await self.signing_secrets(), body,
-                                            delivery_id=item.delivery_id, attempt=number,
-                                            timestamp=int(at))
+        headers = callbacks.request_headers(secrets, body, delivery_id=item.delivery_id,
+                                            attempt=number, timestamp=int(at))
         started = time.monotonic()
         status_code, error = await self._post(item.url, body, headers)
         record = CallbackAttempt(number, at, status_code, error,
