@@ -39,6 +39,8 @@ from flowrun.adapters import ServiceChildRuns, ServiceWorkflows
 from flowrun.api import conductor, dify, jobs, langflow, native, ui
 from flowrun.api.common import ErrorHandler
 from flowrun.auth import KeyRing
+from flowrun.callback_loop import CallbackBook
+from flowrun.callbacks import RetryPolicy
 from flowrun.engine.egress import egress_proxy
 from flowrun.engine.node_services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.engine.nodes import Registry
@@ -215,6 +217,14 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
         service = RunService(settings, store, scheduler, bus, workflows, lifecycle)
         schedule_book = ScheduleBook(store, workflows, service, lifecycle)
         wait_book = WaitBook(store, service)
+        callback_book = CallbackBook(
+            store, service, lifecycle, services.http,
+            RetryPolicy(base_s=settings.callback_backoff_s,
+                        cap_s=settings.callback_max_backoff_s,
+                        max_age_s=settings.callback_max_age_s),
+            timeout_s=settings.callback_timeout_s,
+            max_in_flight=settings.callback_max_in_flight, resolve=services.resolve)
+        runner.on_finished = callback_book.run_finished
         # The engine reaches the served instance through these adapters.
         services.child_runs = ServiceChildRuns(service)
         services.workflows = ServiceWorkflows(service, workflows)
@@ -230,6 +240,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             await service.resume_unfinished()
             tg.start_soon(schedule_book.run)  # after resuming: catch-up runs queue behind
             tg.start_soon(wait_book.run)  # waits that timed out while the server was down
+            tg.start_soon(callback_book.run)
             app.state.keys = KeyRing(store, enabled=settings.auth_enabled)
             app.state.workflows = workflows
             app.state.vault = Vault(store)
@@ -237,6 +248,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             app.state.service = service
             app.state.schedules = schedule_book
             app.state.waits = wait_book
+            app.state.callbacks = callback_book
             try:
                 yield
             finally:
@@ -250,6 +262,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                 app.state.service = app.state.keys = app.state.workflows = None
                 app.state.vault = app.state.lifecycle = app.state.schedules = None
                 app.state.waits = None
+                app.state.callbacks = None
                 tg.cancel_scope.cancel()
     logger.info("flowrun stopped")
 
@@ -348,5 +361,6 @@ def create_app(settings: Settings | None = None, *,
     app.state.registry = registry
     app.state.service = None  # set, with its parts below, while the lifespan runs
     app.state.keys = app.state.workflows = app.state.vault = app.state.lifecycle = None
+    app.state.schedules = app.state.callbacks = None
     app.state.metrics = Metrics()
     return app

@@ -104,8 +104,12 @@ def _check(resp: httpx.Response) -> Any:
     raise ClientError(resp.status_code, body)
 
 
-def _run_body(inputs: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
-    return {"inputs": inputs or {}, **{k: v for k, v in options.items() if v is not None}}
+def _run_body(inputs: dict[str, Any] | None, options: dict[str, Any],
+              callback_url: str | None = None) -> dict[str, Any]:
+    body = {"inputs": inputs or {}, **{k: v for k, v in options.items() if v is not None}}
+    if callback_url is not None:
+        body["callback_url"] = callback_url
+    return body
 
 
 def _key_headers(idempotency_key: str | None, on_conflict: str | None) -> dict[str, str]:
@@ -180,26 +184,34 @@ class Client:
 
     def submit(self, workflow: str, inputs: dict[str, Any] | None = None, *,
                idempotency_key: str | None = None, on_conflict: str | None = None,
-               **options: Any) -> dict[str, Any]:
-        """Start a run (202; 200 when an idempotency key replays an existing run)."""
+               callback_url: str | None = None, **options: Any) -> dict[str, Any]:
+        """Start a run (202; 200 when an idempotency key replays an existing run).
+        ``callback_url``: POST the finished run there (see ``callbacks``)."""
         return dict(_check(self._http.post(f"/workflows/{workflow}/run",
-                                           json=_run_body(inputs, options),
+                                           json=_run_body(inputs, options, callback_url),
                                            headers=_key_headers(idempotency_key,
                                                                 on_conflict))))
 
     def run_sync(self, workflow: str, inputs: dict[str, Any] | None = None, *,
                  timeout: float | None = None, idempotency_key: str | None = None,
-                 on_conflict: str | None = None, **options: Any) -> dict[str, Any]:
+                 on_conflict: str | None = None, callback_url: str | None = None,
+                 **options: Any) -> dict[str, Any]:
         """Run and wait for the finished run; RunSyncTimeout when ``timeout`` passes first."""
         params = {"timeout": timeout} if timeout is not None else {}
         wait = (timeout or 300) + 30
         return dict(_check(self._http.post(f"/workflows/{workflow}/run-sync", params=params,
-                                           json=_run_body(inputs, options), timeout=wait,
+                                           json=_run_body(inputs, options, callback_url),
+                                           timeout=wait,
                                            headers=_key_headers(idempotency_key,
                                                                 on_conflict))))
 
     def get(self, run_id: str) -> dict[str, Any]:
         return dict(_check(self._http.get(f"/runs/{run_id}")))
+
+    def callbacks(self, run_id: str) -> dict[str, Any]:
+        """The run's completion callback: url, state (pending, delivered, failed),
+        next_attempt_at and every attempt; ClientError 404 when it has none."""
+        return dict(_check(self._http.get(f"/runs/{run_id}/callbacks")))
 
     def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The run once it has finished; WaitTimeout when ``timeout`` seconds pass first."""
@@ -280,26 +292,30 @@ class AsyncClient:
 
     async def submit(self, workflow: str, inputs: dict[str, Any] | None = None, *,
                      idempotency_key: str | None = None, on_conflict: str | None = None,
-                     **options: Any) -> dict[str, Any]:
+                     callback_url: str | None = None, **options: Any) -> dict[str, Any]:
         return dict(_check(await self._http.post(f"/workflows/{workflow}/run",
-                                                 json=_run_body(inputs, options),
+                                                 json=_run_body(inputs, options, callback_url),
                                                  headers=_key_headers(idempotency_key,
                                                                       on_conflict))))
 
     async def run_sync(self, workflow: str, inputs: dict[str, Any] | None = None, *,
                        timeout: float | None = None,  # noqa: ASYNC109 - the server's wait
                        idempotency_key: str | None = None, on_conflict: str | None = None,
-                       **options: Any) -> dict[str, Any]:
+                       callback_url: str | None = None, **options: Any) -> dict[str, Any]:
         params = {"timeout": timeout} if timeout is not None else {}
         wait = (timeout or 300) + 30
         return dict(_check(await self._http.post(f"/workflows/{workflow}/run-sync",
-                                                 params=params, json=_run_body(inputs, options),
+                                                 params=params,
+                                                 json=_run_body(inputs, options, callback_url),
                                                  timeout=wait,
                                                  headers=_key_headers(idempotency_key,
                                                                       on_conflict))))
 
     async def get(self, run_id: str) -> dict[str, Any]:
         return dict(_check(await self._http.get(f"/runs/{run_id}")))
+
+    async def callbacks(self, run_id: str) -> dict[str, Any]:
+        return dict(_check(await self._http.get(f"/runs/{run_id}/callbacks")))
 
     async def wait(self, run_id: str,
                    timeout: float | None = None,  # noqa: ASYNC109 - a polling budget

@@ -22,7 +22,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from flowrun import checks, expressions
+from flowrun import callbacks, checks, expressions
 from flowrun.errors import DefinitionError, InputError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -153,6 +153,13 @@ class WorkflowDefinition(BaseModel):
     # workflow) evaluates the same run at most concurrency_limit (default 1) at once
     concurrency_key: str | None = Field(default=None, min_length=1, max_length=1000)
     concurrency_limit: int | None = Field(default=None, ge=1)
+    # where every run's end is POSTed unless its request names another (callbacks.py)
+    callback_url: str | None = Field(default=None, max_length=callbacks.MAX_URL_LENGTH)
+
+    @pydantic.field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        return None if value is None else callbacks.check_url(value)
 
     @pydantic.field_validator("concurrency_key")
     @classmethod

@@ -153,6 +153,7 @@ class RunRecord:
     rerun_of: str | None = None  # the run this one re-ran from a node
     schedule_id: str | None = None  # the schedule that started it, at schedule_slot
     schedule_slot: float | None = None
+    callback_url: str | None = None  # where its end is POSTed (see callbacks.py)
     nodes: list[NodeRecord] = field(default_factory=list)
 
     @property
@@ -206,6 +207,59 @@ class ScheduleRecord:
                 "timezone": self.timezone, "inputs": self.inputs, "catch_up": self.catch_up,
                 "paused": self.paused, "source": self.source,
                 "last_slot": rfc3339(self.last_slot), "created_at": rfc3339(self.created_at)}
+
+
+class CallbackState(StrEnum):
+    """Where a run's completion callback is: waiting (for the run's end or the next
+    attempt), answered with a 2xx, or given up on."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class CallbackAttempt:
+    """One POST of a run's callback: the receiver's status, or why there was none."""
+
+    attempt: int  # 1-based, as sent in Flowrun-Attempt
+    at: float
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"attempt": self.attempt, "at": rfc3339(self.at),
+                "status_code": self.status_code, "error": self.error,
+                "duration_ms": round(self.duration_ms, 3)}
+
+
+@dataclass(frozen=True)
+class CallbackRecord:
+    """A run's callback as stored: its URL, delivery state and every attempt so far."""
+
+    run_id: str
+    url: str
+    delivery_id: str  # sent as Flowrun-Delivery, the same on every attempt
+    state: CallbackState
+    next_attempt_at: float | None
+    attempts: list[CallbackAttempt] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "delivery_id": self.delivery_id, "state": self.state.value,
+                "next_attempt_at": rfc3339(self.next_attempt_at),
+                "attempts": [a.to_json() for a in self.attempts]}
+
+
+@dataclass(frozen=True)
+class DueCallback:
+    """A callback whose run has ended and whose next attempt is due."""
+
+    run_id: str
+    url: str
+    delivery_id: str
+    attempts: int  # made so far
+    finished_at: float
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,8 @@ class Runner:
         self.idempotency_ttl_s = idempotency_ttl_s
         self.final_write_timeout_s = final_write_timeout_s
         self.services = services
+        # Told of each run whose terminal write has committed (the callback loop's poke).
+        self.on_finished: Callable[[RunRecord], None] | None = None
         # A stored version never changes: parse each one once.
         self._definitions: dict[tuple[str, int], WorkflowDefinition] = {}
 
@@ -285,6 +287,9 @@ class Runner:
                                         has_key=run.idempotency_key is not None,
                                         had_waits=had_waits)
         recorder.publish_after(written, event)
+        if self.on_finished is not None:
+            told = self.on_finished
+            written.add_done_callback(lambda error: None if error else told(run))
         # Retried by the writer through database faults; bounded so shutdown never hangs.
         with anyio.move_on_after(self.final_write_timeout_s, shield=True) as waited:
             await written.wait()

@@ -81,9 +81,11 @@ class RunRequest:
     root_run_id: str | None = None
     schedule_id: str | None = None  # the schedule that asks, and for which slot
     schedule_slot: float | None = None
+    callback_url: str | None = None  # checked by the router; else the workflow's default
 
     def fingerprint(self) -> str:
-        """Canonical JSON digest of what the run would do (not of how the answer is sent)."""
+        """Canonical JSON digest of what the run would do (not of how the answer is sent:
+        a stream, a wait, a callback)."""
         material = {"workflow": self.workflow, "version": self.version, "inputs": self.inputs,
                     "priority": self.priority, "correlation_id": self.correlation_id,
                     "user": self.user, "overrides": self.overrides, "nodes": self.nodes,
@@ -177,7 +179,8 @@ class RunService:
             api_key_id=principal.key_id, overrides=overrides, graph=graph,
             parent_run_id=request.parent_run_id, depth=request.depth,
             root_run_id=request.root_run_id, schedule_id=request.schedule_id,
-            schedule_slot=request.schedule_slot)
+            schedule_slot=request.schedule_slot,
+            callback_url=request.callback_url or definition.callback_url)
         handle = self.scheduler.prepare(run)
         handle.concurrency = concurrency
         try:

@@ -105,6 +105,15 @@ class Settings:
     llm_model: str = "gpt-4o-mini"
     llm_timeout_s: float = 120.0
     llm_max_response_bytes: int = 10 * 1024 * 1024
+    # completion callbacks (through the http node's SSRF policy): a failed attempt is
+    # retried after callback_backoff_s doubling up to callback_max_backoff_s, for up to
+    # callback_max_age_s after the run ended; each attempt may take callback_timeout_s,
+    # and up to callback_max_in_flight are sent at once
+    callback_backoff_s: float = 10.0
+    callback_max_backoff_s: float = 3600.0
+    callback_max_age_s: float = 86_400.0
+    callback_timeout_s: float = 10.0
+    callback_max_in_flight: int = 8
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -113,6 +122,10 @@ class Settings:
             raise SettingsError(f"auth can be off only on a loopback host, not {self.host}")
         if self.run_rate_per_key <= 0 or self.run_burst_per_key < 1:
             raise SettingsError("run_rate_per_key must be > 0 and run_burst_per_key >= 1")
+        if self.callback_backoff_s <= 0 or self.callback_timeout_s <= 0 or \
+                self.callback_max_in_flight < 1:
+            raise SettingsError("callback_backoff_s and callback_timeout_s must be > 0 and "
+                                "callback_max_in_flight >= 1")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from flowrun import ids
 from flowrun.auth import KeyRing, Principal, key_from_headers
+from flowrun.callback_loop import CallbackBook
 from flowrun.errors import (
     BadRequest,
     FlowrunError,
@@ -87,6 +88,12 @@ def schedules_of(request: Request) -> ScheduleBook:
 def waits_of(request: Request) -> WaitBook:
     """The instance's waiting runs: where signals go."""
     book: WaitBook = _started(request, "waits")
+    return book
+
+
+def callbacks_of(request: Request) -> CallbackBook:
+    """The instance's completion callbacks."""
+    book: CallbackBook = _started(request, "callbacks")
     return book
 
 

@@ -10,14 +10,16 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from flowrun import callbacks
 from flowrun.api.common import (
     JSONResponse,
+    callbacks_of,
     encoded,
     error_handlers,
     idempotency_of,
@@ -65,6 +67,12 @@ class RunBody(BaseModel):
     edges: list[Any] | None = None
     stream: bool = False
     timeout: float | None = Field(default=None, gt=0, le=600)
+    callback_url: str | None = Field(default=None, max_length=callbacks.MAX_URL_LENGTH)
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        return None if value is None else callbacks.check_url(value)
 
 
 def problem(exc: FlowrunError, instance: str | None = None) -> JSONResponse:
@@ -96,7 +104,8 @@ async def _run_request(request: Request) -> tuple[RunRequest, RunBody]:
         workflow=request.path_params["name"], inputs=body.inputs, version=body.version,
         priority=body.priority, correlation_id=body.correlation_id, user=body.user,
         trace_id=header_trace or body.trace_id, overrides=body.overrides, nodes=body.nodes,
-        edges=body.edges, idempotency_key=key, on_conflict=on_conflict)
+        edges=body.edges, idempotency_key=key, on_conflict=on_conflict,
+        callback_url=body.callback_url)
     return run_request, body
 
 
@@ -409,6 +418,25 @@ async def restart_run(request: Request) -> Response:
     return JSONResponse(run.to_json(), status_code=202)
 
 
+async def run_callbacks(request: Request) -> Response:
+    """The run's completion callback: its URL, state and every delivery attempt."""
+    principal = await principal_of(request)
+    found = await callbacks_of(request).get(principal, request.path_params["run_id"])
+    return JSONResponse(found.to_json())
+
+
+# --- callback signing secret (admin) -----------------------------------------------
+
+async def callback_secret(request: Request) -> Response:
+    principal = await principal_of(request)
+    return JSONResponse(await callbacks_of(request).secret(principal))
+
+
+async def rotate_callback_secret(request: Request) -> Response:
+    principal = await principal_of(request)
+    return JSONResponse(await callbacks_of(request).rotate(principal))
+
+
 # --- keys (admin) ------------------------------------------------------------------
 
 class KeyBody(BaseModel):
@@ -531,6 +559,9 @@ routes = [
     Route("/signals/{token}", describe_signal_url, methods=["GET"]),
     Route("/signals/{token}", send_signal_url, methods=["POST"]),
     Route("/runs/{run_id}/events", run_events, methods=["GET"]),
+    Route("/runs/{run_id}/callbacks", run_callbacks, methods=["GET"]),
+    Route("/callbacks/secret", callback_secret, methods=["GET"]),
+    Route("/callbacks/secret/rotate", rotate_callback_secret, methods=["POST"]),
     Route("/keys", list_keys, methods=["GET"]),
     Route("/keys", create_key, methods=["POST"]),
     Route("/keys/{key_id}", revoke_key, methods=["DELETE"]),

@@ -154,6 +154,13 @@ def build_spec(native_models: dict[str, type[BaseModel]]) -> dict[str, Any]:
             error=p, public=True, body=native_models["SignalUrlBody"])
     spec.op("/runs/{run_id}/events", "get", "The run's events: replay after Last-Event-ID "
             "(or `after`), then live", error=p, query=("after",), stream=True)
+    spec.op("/runs/{run_id}/callbacks", "get", "The run's completion callback: url, state "
+            "(pending, delivered, failed), next_attempt_at and every attempt; 404 when the "
+            "run has none", error=p)
+    spec.op("/callbacks/secret", "get", "The secret callbacks are signed with (admin)",
+            error=p)
+    spec.op("/callbacks/secret/rotate", "post", "A new callback signing secret; the old one "
+            "signs alongside it for a day (admin)", error=p)
     spec.op("/keys", "get", "API keys, never their secrets (admin)", error=p)
     spec.op("/keys", "post", "Create an API key; its secret is shown once (admin)", error=p,
             ok="201", body=native_models["KeyBody"])

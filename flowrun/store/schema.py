@@ -163,6 +163,42 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX signal_tokens_by_run ON signal_tokens (run_id)",
     ],
+    [
+        # Completion callbacks: the URL a run's end is POSTed to, set when it is accepted.
+        "ALTER TABLE runs ADD COLUMN callback_url TEXT",
+        # One row per run with a callback, written with the run: its delivery state
+        # (pending, delivered, failed) and when to try next (NULL: as soon as the run
+        # ends). The partial index keeps the delivery loop's look-up to pending rows.
+        """CREATE TABLE callbacks (
+            run_id TEXT PRIMARY KEY,
+            delivery_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX callbacks_pending ON callbacks (next_attempt_at) "
+        "WHERE state = 'pending'",
+        # Every delivery attempt: when, the receiver's status or why it failed, how long.
+        """CREATE TABLE callback_attempts (
+            run_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            at REAL NOT NULL,
+            status_code INTEGER,
+            error TEXT,
+            duration_ms REAL NOT NULL,
+            PRIMARY KEY (run_id, attempt)
+        )""",
+        # Keys the server itself holds (the callback signing secret), with the one a
+        # rotation replaced, still signed with until previous_until.
+        """CREATE TABLE server_secrets (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            previous TEXT,
+            previous_until REAL,
+            updated_at REAL NOT NULL
+        )""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

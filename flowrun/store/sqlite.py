@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +27,10 @@ from flowrun.events import Event
 from flowrun.records import (
     RUN_TERMINAL,
     ApiKeyRecord,
+    CallbackAttempt,
+    CallbackRecord,
+    CallbackState,
+    DueCallback,
     IdempotencyClaim,
     KeyHolder,
     NodeRecord,
@@ -43,7 +48,7 @@ logger = logging.getLogger(__name__)
 _RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, priority, "
                 "correlation_id, idempotency_key, user, trace_id, api_key_id, overrides, graph, "
                 "steps, created_at, started_at, finished_at, parent_run_id, depth, root_run_id, "
-                "rerun_of, schedule_id, schedule_slot")
+                "rerun_of, schedule_id, schedule_slot, callback_url")
 
 
 def _dumps(value: Any) -> str | None:
@@ -130,6 +135,7 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
         num=row["num"], parent_run_id=row["parent_run_id"], depth=row["depth"],
         root_run_id=row["root_run_id"], rerun_of=row["rerun_of"],
         schedule_id=row["schedule_id"], schedule_slot=row["schedule_slot"],
+        callback_url=row["callback_url"],
     )
 
 
@@ -155,13 +161,17 @@ def _insert_run(conn: sqlite3.Connection, run: RunRecord) -> None:
     conn.execute(
         "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
         "idempotency_key, user, trace_id, api_key_id, overrides, graph, created_at, "
-        "parent_run_id, depth, root_run_id, rerun_of, schedule_id, schedule_slot) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "parent_run_id, depth, root_run_id, rerun_of, schedule_id, schedule_slot, "
+        "callback_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (run.id, run.workflow, run.version, run.status.value, _dumps(run.inputs),
          run.priority, run.correlation_id, run.idempotency_key, run.user, run.trace_id,
          run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at,
          run.parent_run_id, run.depth, run.root_run_id, run.rerun_of, run.schedule_id,
-         run.schedule_slot))
+         run.schedule_slot, run.callback_url))
+    if run.callback_url is not None:  # its delivery state, committed with the run
+        conn.execute("INSERT INTO callbacks (run_id, delivery_id, state, updated_at) "
+                     "VALUES (?, ?, ?, ?)", (run.id, "dlv_" + uuid.uuid4().hex,
+                                             CallbackState.PENDING.value, run.created_at))
 
 
 def _key_holder(conn: sqlite3.Connection, claim: IdempotencyClaim) -> KeyHolder | None:
@@ -177,6 +187,12 @@ def _key_holder(conn: sqlite3.Connection, claim: IdempotencyClaim) -> KeyHolder 
         return None
     return KeyHolder(str(row["run_id"]), RunStatus(row["status"]), str(row["fingerprint"]))
 
+
+# What a deleted run takes with it.
+_RUN_TABLES = (("node_executions", "run_id"), ("events", "run_id"),
+               ("idempotency_keys", "run_id"), ("callbacks", "run_id"),
+               ("callback_attempts", "run_id"), ("signals", "run_id"),
+               ("signal_tokens", "run_id"), ("runs", "id"))
 
 # A run's progress: rows merged per batch by the writer (see RowTable).
 _NODE_ROWS = RowTable(
@@ -655,9 +671,7 @@ class Store:
                 return None
             status = RunStatus(row["status"])
             if status in RUN_TERMINAL:
-                for table, column in (("node_executions", "run_id"), ("events", "run_id"),
-                                      ("idempotency_keys", "run_id"), ("signals", "run_id"),
-                                  ("signal_tokens", "run_id"), ("runs", "id")):
+                for table, column in _RUN_TABLES:
                     conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (run_id,))
             return status
 
@@ -675,9 +689,7 @@ class Store:
             if not ids:
                 return 0
             marks = ", ".join("?" * len(ids))
-            for table, column in (("node_executions", "run_id"), ("events", "run_id"),
-                                  ("idempotency_keys", "run_id"), ("signals", "run_id"),
-                                  ("signal_tokens", "run_id"), ("runs", "id")):
+            for table, column in _RUN_TABLES:
                 conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
             return len(ids)
 
@@ -776,6 +788,93 @@ class Store:
             return bool(cur.rowcount)
 
         return await self._writer.write(op)
+
+    # --- completion callbacks -------------------------------------------------------
+
+    async def due_callbacks(self, now: float, limit: int,
+                            skip: Collection[str] = ()) -> list[DueCallback]:
+        """Pending callbacks of ended runs whose next attempt is due, soonest first
+        (``skip``: those in flight). Reads only pending rows (a partial index)."""
+        terminal = tuple(s.value for s in RUN_TERMINAL)
+        rows = await self._fetchall(
+            "SELECT c.run_id, c.delivery_id, c.attempts, r.callback_url, r.finished_at "
+            # CROSS JOIN keeps callbacks the outer loop: SQLite would otherwise walk every
+            # ended run by status. The state is written out: a bound value would not
+            # match the partial index.
+            "FROM callbacks c CROSS JOIN runs r ON r.id = c.run_id "
+            f"WHERE c.state = '{CallbackState.PENDING.value}' "
+            "AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= ?) "
+            f"AND r.status IN ({', '.join('?' * len(terminal))}) "
+            "AND r.callback_url IS NOT NULL ORDER BY c.next_attempt_at LIMIT ?",
+            (now, *terminal, limit + len(skip)))
+        found = [DueCallback(r["run_id"], r["callback_url"], r["delivery_id"],
+                             int(r["attempts"]), float(r["finished_at"] or now))
+                 for r in rows if r["run_id"] not in skip]
+        return found[:limit]
+
+    async def record_callback_attempt(self, run_id: str, attempt: CallbackAttempt,
+                                      state: CallbackState,
+                                      next_attempt_at: float | None) -> None:
+        """Save an attempt with the state it leaves the callback in, together."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO callback_attempts (run_id, attempt, at, status_code, "
+                "error, duration_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, attempt.attempt, attempt.at, attempt.status_code, attempt.error,
+                 attempt.duration_ms))
+            conn.execute(
+                "UPDATE callbacks SET state = ?, attempts = MAX(attempts, ?), "
+                "next_attempt_at = ?, updated_at = ? WHERE run_id = ?",
+                (state.value, attempt.attempt, next_attempt_at, attempt.at, run_id))
+
+        await self._writer.write(op)
+
+    async def get_callback(self, run_id: str) -> CallbackRecord | None:
+        """A run's callback with every attempt, oldest first; None without one."""
+        row = await self._fetchone(
+            "SELECT c.delivery_id, c.state, c.next_attempt_at, r.callback_url FROM callbacks c "
+            "JOIN runs r ON r.id = c.run_id WHERE c.run_id = ?", (run_id,))
+        if row is None or row["callback_url"] is None:
+            return None
+        attempts = await self._fetchall(
+            "SELECT attempt, at, status_code, error, duration_ms FROM callback_attempts "
+            "WHERE run_id = ? ORDER BY attempt", (run_id,))
+        return CallbackRecord(
+            run_id=run_id, url=row["callback_url"], delivery_id=row["delivery_id"],
+            state=CallbackState(row["state"]), next_attempt_at=row["next_attempt_at"],
+            attempts=[CallbackAttempt(a["attempt"], a["at"], a["status_code"], a["error"],
+                                      a["duration_ms"]) for a in attempts])
+
+    async def server_secret(self, name: str, fresh: str) -> tuple[str, str | None,
+                                                                  float | None]:
+        """(value, previous, previous_until) of a secret the server holds, stored as
+        ``fresh`` if it has none yet (first need; concurrent callers get the same one)."""
+
+        def op(conn: sqlite3.Connection) -> tuple[str, str | None, float | None]:
+            conn.execute("INSERT OR IGNORE INTO server_secrets (name, value, updated_at) "
+                         "VALUES (?, ?, ?)", (name, fresh, time.time()))
+            row = conn.execute("SELECT value, previous, previous_until FROM server_secrets "
+                               "WHERE name = ?", (name,)).fetchone()
+            return str(row["value"]), row["previous"], row["previous_until"]
+
+        return await self._writer.write(op)
+
+    async def rotate_server_secret(self, name: str, fresh: str,
+                                   previous_until: float) -> None:
+        """Replace a server secret with ``fresh``, keeping the one it replaces (if any)
+        as ``previous`` until ``previous_until``."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            cur = conn.execute(
+                "UPDATE server_secrets SET previous = value, previous_until = ?, value = ?, "
+                "updated_at = ? WHERE name = ?", (previous_until, fresh, now, name))
+            if not cur.rowcount:
+                conn.execute("INSERT INTO server_secrets (name, value, updated_at) "
+                             "VALUES (?, ?, ?)", (name, fresh, now))
+
+        await self._writer.write(op)
 
     # --- API keys -------------------------------------------------------------------
 

@@ -1,0 +1,228 @@
+"""Completion callbacks served: the API over them, and the loop that delivers them.
+
+``CallbackBook`` is what the routers call: a run's callback with every attempt, and
+the signing secret (read and rotated by an admin). ``CallbackBook.run`` is a task in
+the app's task group. It takes the pending callbacks of ended runs whose next attempt
+is due (``Store.due_callbacks``, a partial index over pending rows), sends up to
+``max_in_flight`` at once, each in its own task and bounded by ``timeout_s``, so one
+slow receiver holds back no other, and records each attempt together with the state
+it leaves (``callbacks.after_attempt``). It wakes when a run with a callback ends
+(``run_finished``, told once that run's terminal write has committed), when an
+attempt ends, when a retry it scheduled falls due, and every ``TICK_S`` whatever
+happens, so nothing hangs on the poke; after a restart its first tick finds whatever
+was left pending.
+
+Attempts go through the http node's SSRF guard (``netguard.guarded_client`` with the
+server's ``HttpPolicy``): a callback to a private or loopback address is a failed
+attempt whose error starts with ``blocked``, unless the operator allows private hosts.
+A POST the receiver got but whose record a crash lost is sent again: delivery is at
+least once, and ``Flowrun-Delivery`` lets a receiver drop the repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import orjson
+
+from flowrun import auth, callbacks, signing
+from flowrun.callbacks import RetryPolicy
+from flowrun.engine.netguard import BLOCKED, Resolver, guarded_client
+from flowrun.engine.node_services import HttpPolicy
+from flowrun.errors import FlowrunError, NotFound
+from flowrun.lifecycle import Lifecycle
+from flowrun.records import CallbackAttempt, CallbackRecord, DueCallback, RunRecord, rfc3339
+from flowrun.service import RunService
+from flowrun.store import Store
+
+logger = logging.getLogger(__name__)
+
+SECRET_NAME = "callback_signing"
+ROTATION_OVERLAP_S = 86_400.0  # a rotated-out secret still signs (as a second v1) this long
+TICK_S = 1.0  # the longest the loop sleeps: a due retry waits at most this
+TICK_TIMEOUT_S = 30.0  # a look-up that takes longer (a stuck database) is abandoned
+RECORD_TIMEOUT_S = 10.0  # the wait for an attempt's record, shielded from shutdown
+
+
+class CallbackBook:
+    """Show a run's callback, manage the signing secret; deliver callbacks while running."""
+
+    def __init__(self, store: Store, service: RunService, lifecycle: Lifecycle,
+                 policy: HttpPolicy, retry: RetryPolicy, *, timeout_s: float = 10.0,
+                 max_in_flight: int = 8, resolve: Resolver | None = None,
+                 clock: Callable[[], float] = time.time,
+                 jitter: Callable[[], float] = random.random) -> None:
+        self.store = store
+        self.service = service
+        self.lifecycle = lifecycle
+        self.policy = policy
+        self.retry = retry
+        self.timeout_s = timeout_s
+        self.max_in_flight = max_in_flight
+        self.resolve = resolve
+        self.clock = clock
+        self.jitter = jitter
+        self._in_flight: set[str] = set()  # run ids being sent now
+        self._soonest = math.inf  # the earliest retry this process scheduled
+        self._wake = anyio.Event()
+        self._secret: tuple[str, str | None, float | None] | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    # --- the API -------------------------------------------------------------------
+
+    async def get(self, principal: auth.Principal, run_id: str) -> CallbackRecord:
+        """A run's callback with its attempts: RunNotFound as reading the run would
+        (another key's run), NotFound when the run has no callback."""
+        await self.service.get_run(principal, run_id)
+        found = await self.store.get_callback(run_id)
+        if found is None:
+            raise NotFound(f"run {run_id!r} has no callback",
+                           errors=[{"field": "run_id", "message": "no callback_url"}])
+        return found
+
+    async def secret(self, principal: auth.Principal) -> dict[str, Any]:
+        """The signing secret (made on first need), and until when the one a rotation
+        replaced still signs too (admin)."""
+        auth.require_admin(principal, "reading the callback signing secret")
+        value, previous, until = await self._secrets()
+        still = previous is not None and until is not None and until > self.clock()
+        return {"secret": value, "previous_valid_until": rfc3339(until) if still else None}
+
+    async def rotate(self, principal: auth.Principal) -> dict[str, Any]:
+        """A new signing secret (admin). The old one signs alongside it (a second ``v1``)
+        for ``ROTATION_OVERLAP_S``, while receivers move to the new one."""
+        auth.require_admin(principal, "rotating the callback signing secret")
+        await self.store.rotate_server_secret(SECRET_NAME, signing.new_secret(),
+                                              self.clock() + ROTATION_OVERLAP_S)
+        self._secret = None
+        logger.info("callbacks: signing secret rotated")
+        return await self.secret(principal)
+
+    async def _secrets(self) -> tuple[str, str | None, float | None]:
+        if self._secret is None:  # (this process is the only one that rotates it)
+            self._secret = await self.store.server_secret(SECRET_NAME, signing.new_secret())
+        return self._secret
+
+    async def signing_secrets(self) -> list[str]:
+        """The secrets an attempt is signed with now: the current one first."""
+        value, previous, until = await self._secrets()
+        if previous is not None and until is not None and until > self.clock():
+            return [value, previous]
+        return [value]
+
+    # --- the loop ------------------------------------------------------------------
+
+    def run_finished(self, run: RunRecord) -> None:
+        """A run's terminal write has committed: send its callback now, not at the tick."""
+        if run.callback_url is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver due callbacks until cancelled (a task in the app's task group)."""
+        async with guarded_client(self.policy, resolve=self.resolve,
+                                  timeout=self.timeout_s) as http, \
+                anyio.create_task_group() as tg:
+            self._http = http
+            while True:
+                self._wake = anyio.Event()  # before the look-up: a poke during it counts
+                if not self.lifecycle.shutting_down:  # a drain starts nothing new
+                    with anyio.move_on_after(TICK_TIMEOUT_S) as scope:
+                        await self.tick(tg)
+                    if scope.cancelled_caught:
+                        logger.warning("callbacks: a look-up took over %gs; retrying",
+                                       TICK_TIMEOUT_S)
+                with anyio.move_on_after(min(TICK_S, self._soonest - self.clock())):
+                    await self._wake.wait()
+
+    async def tick(self, tg: anyio.abc.TaskGroup) -> int:
+        """Start sending every due callback there is room for; how many were started."""
+        now = self.clock()
+        if self._soonest <= now:
+            self._soonest = math.inf  # due now: this look-up finds it
+        room = self.max_in_flight - len(self._in_flight)
+        if room <= 0:
+            return 0
+        try:
+            due = await self.store.due_callbacks(now, room, self._in_flight)
+        except FlowrunError as exc:
+            logger.warning("callbacks: cannot look for due callbacks: %s", exc.message)
+            return 0
+        for item in due:
+            self._in_flight.add(item.run_id)
+            tg.start_soon(self._deliver, item)
+        return len(due)
+
+    async def _deliver(self, item: DueCallback) -> None:
+        try:
+            await self.attempt(item)
+        except Exception:  # a bad row or a store fault must not crash the task group
+            logger.exception("callbacks: run %s: attempt not made", item.run_id)
+            await anyio.sleep(TICK_S)  # held in flight a moment: no tight retry loop
+        finally:
+            self._in_flight.discard(item.run_id)
+            self._wake.set()  # a slot is free
+
+    async def attempt(self, item: DueCallback) -> CallbackAttempt | None:
+        """POST the run once and record the attempt with the state it leaves; None when
+        the run is gone (deleted meanwhile, its callback with it)."""
+        with anyio.fail_after(TICK_TIMEOUT_S):  # a stuck database: tried again later
+            run = await self.store.get_run(item.run_id)
+            secrets = await self.signing_secrets()
+        if run is None:
+            return None
+        number = item.attempts + 1
+        body = _dumps(run.to_json())
+        at = self.clock()
+        headers = callbacks.request_headers(secrets, body, delivery_id=item.delivery_id,
+                                            attempt=number, timestamp=int(at))
+        started = time.monotonic()
+        status_code, error = await self._post(item.url, body, headers)
+        record = CallbackAttempt(number, at, status_code, error,
+                                 (time.monotonic() - started) * 1000)
+        decision = callbacks.after_attempt(number, callbacks.delivered(status_code),
+                                           now=self.clock(), finished_at=item.finished_at,
+                                           policy=self.retry, jitter=self.jitter())
+        # Shielded: an attempt the receiver saw is recorded even during a shutdown.
+        with anyio.move_on_after(RECORD_TIMEOUT_S, shield=True):
+            await self.store.record_callback_attempt(item.run_id, record, decision.state,
+                                                     decision.next_attempt_at)
+        if decision.next_attempt_at is not None:
+            self._soonest = min(self._soonest, decision.next_attempt_at)
+        logger.info("callbacks: run %s: attempt %d: %s -> %s", item.run_id, number,
+                    status_code if status_code is not None else error, decision.state.value)
+        return record
+
+    async def _post(self, url: str, body: bytes,
+                    headers: dict[str, str]) -> tuple[int | None, str | None]:
+        """(status, None) when the receiver answered, else (None, why not). The answer's
+        body is never read: a receiver cannot make the server read much."""
+        assert self._http is not None, "run() opens the client"
+        try:
+            with anyio.fail_after(self.timeout_s):
+                async with self._http.stream("POST", url, content=body, headers=headers,
+                                             follow_redirects=False) as resp:
+                    return resp.status_code, None
+        except (TimeoutError, httpx.TimeoutException):
+            return None, f"timeout: no answer within {self.timeout_s:g}s"
+        except httpx.ConnectError as exc:
+            text = str(exc)
+            return None, text if text.startswith(BLOCKED) else f"connect error: {text}"
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
+
+def _dumps(value: Any) -> bytes:
+    """The body as ``GET /runs/{id}`` renders it."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:  # an integer past 64 bits
+        return json.dumps(value, separators=(",", ":")).encode()

@@ -1,0 +1,112 @@
+"""Completion callbacks, the rules: which URLs, what is sent, when to try again.
+
+A run accepted with a ``callback_url`` (from the request, else from its workflow's
+definition) is POSTed to that URL once it ends: the run's JSON, as ``GET /runs/{id}``
+shows it, signed with ``flowrun.signing``. A 2xx answer delivers it. Anything else
+(another status, a timeout, a refused connection, an address the SSRF guard blocks)
+is a failed attempt, tried again after ``backoff`` until ``max_age_s`` after the run
+ended; then the callback is ``failed``. ``after_attempt`` decides which.
+
+Delivery is at least once: a receiver dedupes on ``Flowrun-Delivery`` (the same on
+every attempt of one run's callback). This module is pure; the loop that sends is
+``callback_loop.py``.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flowrun import signing
+from flowrun.records import CallbackState
+
+MAX_URL_LENGTH = 2048
+DELIVERY_HEADER = "Flowrun-Delivery"
+ATTEMPT_HEADER = "Flowrun-Attempt"
+
+
+def check_url(url: str) -> str:
+    """``url`` if it may be a callback's: http or https with a host, no user info, no
+    spaces or control characters, at most 2048 characters; ValueError saying why."""
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"callback_url is longer than {MAX_URL_LENGTH} characters")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("callback_url must not hold spaces or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("callback_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("callback_url must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("callback_url has no host")
+    if "@" in parts.netloc:
+        raise ValueError("callback_url must not carry user info (user:password@)")
+    return url
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed attempts are spaced: ``base_s`` doubling up to ``cap_s``, for up to
+    ``max_age_s`` after the run ended."""
+
+    base_s: float = 10.0
+    cap_s: float = 3600.0
+    max_age_s: float = 86_400.0
+
+
+def backoff(attempt: int, policy: RetryPolicy, jitter: float) -> float:
+    """The wait after failed attempt ``attempt`` (1-based): ``base_s * 2**(attempt-1)``
+    capped at ``cap_s``, scaled by ``0.5 + jitter/2`` for a ``jitter`` in [0, 1).
+    ("Equal jitter": receivers that fail together are not retried together, and no
+    wait is under half its step.)"""
+    step = min(policy.cap_s, policy.base_s * 2.0 ** min(max(attempt - 1, 0), 60))
+    return step * (0.5 + min(max(jitter, 0.0), 1.0) / 2)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A callback's state after an attempt, and when to try next (pending only)."""
+
+    state: CallbackState
+    next_attempt_at: float | None
+
+
+def after_attempt(attempt: int, delivered: bool, *, now: float, finished_at: float,
+                  policy: RetryPolicy, jitter: float) -> Decision:
+    """What follows attempt ``attempt``: delivered, tried again after ``backoff`` (the
+    last try falls exactly at the deadline, ``max_age_s`` after the run ended), or
+    failed once an attempt at or past the deadline fails too."""
+    if delivered:
+        return Decision(CallbackState.DELIVERED, None)
+    deadline = finished_at + policy.max_age_s
+    if now >= deadline:
+        return Decision(CallbackState.FAILED, None)
+    return Decision(CallbackState.PENDING,
+                    min(now + backoff(attempt, policy, jitter), deadline))
+
+
+def delivered(status_code: int | None) -> bool:
+    """Whether an answer delivers the callback: any 2xx (redirects are not followed)."""
+    return status_code is not None and 200 <= status_code < 300
+
+
+def signature_header(secrets: Sequence[str], body: bytes, timestamp: int) -> str:
+    """``Flowrun-Signature`` for ``body``: one ``v1`` per secret (the current one first,
+    then one a rotation replaced and still honours), so a receiver that knows either
+    verifies it."""
+    header = signing.sign(secrets[0], body, timestamp=timestamp)
+    for older in secrets[1:]:
+        header += f",{signing.SCHEME}={signing.signature(older, timestamp, body)}"
+    return header
+
+
+def request_headers(secrets: Sequence[str], body: bytes, *, delivery_id: str, attempt: int,
+                    timestamp: int) -> dict[str, str]:
+    """Every header of one attempt."""
+    return {"Content-Type": "application/json",
+            signing.HEADER: signature_header(secrets, body, timestamp),
+            DELIVERY_HEADER: delivery_id, ATTEMPT_HEADER: str(attempt),
+            "User-Agent": "flowrun-callbacks"}

@@ -1,0 +1,255 @@
+"""Completion callbacks through a real server and a real receiver: signed delivery of the
+run's JSON, retries until a 2xx, a workflow's default URL, refused URLs, the SSRF guard,
+and a restart in the middle (the callback is delivered once, after it)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from flowrun import signing
+from flowrun.client import Client, ClientError
+from tests.e2e.server import Started, finished
+from tests.local_server import serve
+
+FAST = {"FLOWRUN_ALLOW_PRIVATE_HOSTS": "true", "FLOWRUN_CALLBACK_BACKOFF_S": "0.1",
+        "FLOWRUN_CALLBACK_MAX_BACKOFF_S": "0.3"}
+WORKFLOW: dict[str, Any] = {
+    "inputs": {"name": {"type": "string", "default": "you"}},
+    "nodes": [{"id": "greet", "type": "template", "template": "Hello, {{ inputs.name }}!"}]}
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    answered: int
+
+
+class Receiver:
+    """A callback receiver under uvicorn in a thread: records every request and answers
+    ``status`` (or the next of ``script``, while it lasts)."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.script: list[int] = []
+        self.requests: list[Received] = []
+        self.lock = threading.Lock()
+        self.url = ""
+
+    async def hook(self, request: Request) -> Response:
+        body = await request.body()
+        with self.lock:
+            status = self.script.pop(0) if self.script else self.status
+            self.requests.append(Received(request.url.path, dict(request.headers), body,
+                                          status))
+        return Response(status_code=status)
+
+    def got(self, count: int = 1, answered: int | None = None) -> list[Received]:
+        """Wait (up to 15 s) for ``count`` requests (answered ``answered``, if given)."""
+        def found() -> list[Received]:
+            with self.lock:
+                hits = [r for r in self.requests if answered in (None, r.answered)]
+            return hits if len(hits) >= count else []
+        hits: list[Received] = until(found, what=f"{count} callback requests")
+        return hits
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+    app = Starlette(routes=[Route("/{path:path}", found.hook, methods=["POST"])])
+    with ExitStack() as stack:
+        found.url = stack.enter_context(serve(app))
+        yield found
+
+
+def until(check: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"{what} never held within {timeout}s")
+
+
+def callback_state(client: httpx.Client, run_id: str, state: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(f"/runs/{run_id}/callbacks").json()
+        return body if body.get("state") == state else None
+    found: dict[str, Any] = until(check, what=f"callback of {run_id} {state}")
+    return found
+
+
+def setup(start_server: Callable[..., Started], env: dict[str, str] | None = None,
+          definition: dict[str, Any] | None = None) -> tuple[Started, httpx.Client]:
+    started = start_server(FAST if env is None else env)
+    admin = started.server.client(started.server.admin_key())
+    registered = admin.put("/workflows/greet", json=definition or WORKFLOW)
+    assert registered.status_code == 201, registered.text
+    return started, admin
+
+
+def test_a_finished_run_is_posted_signed(start_server: Callable[..., Started],
+                                         receiver: Receiver) -> None:
+    started, admin = setup(start_server)
+    client = started.client
+    accepted = client.post("/workflows/greet/run", json={
+        "inputs": {"name": "Ada"}, "callback_url": f"{receiver.url}/hook?x=1"})
+    assert accepted.status_code == 202, accepted.text
+    run_id = accepted.json()["id"]
+
+    [hit] = receiver.got()
+    secret = admin.get("/callbacks/secret").json()["secret"]
+    assert secret.startswith("whsec_")
+    signing.verify(secret, hit.headers["flowrun-signature"], hit.body)
+    assert hit.path == "/hook"
+    assert hit.headers["content-type"] == "application/json"
+    assert hit.headers["flowrun-attempt"] == "1"
+    assert json.loads(hit.body) == client.get(f"/runs/{run_id}").json()
+    assert json.loads(hit.body)["outputs"] == {"greet": {"text": "Hello, Ada!"}}
+
+    shown = callback_state(client, run_id, "delivered")
+    assert shown["url"] == f"{receiver.url}/hook?x=1"
+    assert shown["delivery_id"] == hit.headers["flowrun-delivery"]
+    assert shown["next_attempt_at"] is None
+    [attempt] = shown["attempts"]
+    assert attempt["attempt"] == 1 and attempt["status_code"] == 200
+    assert attempt["error"] is None and attempt["duration_ms"] >= 0
+
+    # run-sync takes one too; another run key sees neither the run nor its callback
+    synced = client.post("/workflows/greet/run-sync",
+                         json={"callback_url": f"{receiver.url}/sync"})
+    assert synced.status_code == 200
+    assert receiver.got(2)[1].path == "/sync"
+    other = started.server.client(started.server.create_key())
+    assert other.get(f"/runs/{run_id}/callbacks").status_code == 404
+    plain = client.post("/workflows/greet/run", json={}).json()["id"]
+    missing = client.get(f"/runs/{plain}/callbacks")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+
+    # the secret is the admin's; rotating it signs with both for a while
+    assert client.get("/callbacks/secret").status_code == 403
+    assert client.post("/callbacks/secret/rotate").status_code == 403
+    rotated = admin.post("/callbacks/secret/rotate").json()
+    assert rotated["secret"] != secret and rotated["previous_valid_until"]
+    client.post("/workflows/greet/run", json={"callback_url": f"{receiver.url}/rotated"})
+    hit = receiver.got(3)[2]
+    for key in (secret, rotated["secret"]):
+        signing.verify(key, hit.headers["flowrun-signature"], hit.body)
+
+    # the Python client
+    with Client(started.server.url, started.key) as sdk:
+        run = sdk.submit("greet", {"name": "Sdk"}, callback_url=f"{receiver.url}/sdk")
+        receiver.got(4)
+        assert until(lambda: sdk.callbacks(run["id"])["state"] == "delivered")
+        with pytest.raises(ClientError) as missing_callback:
+            sdk.callbacks(plain)
+        assert missing_callback.value.status == 404
+
+
+def test_failed_attempts_are_retried_until_one_succeeds(
+        start_server: Callable[..., Started], receiver: Receiver) -> None:
+    started, _ = setup(start_server)
+    receiver.script = [500, 503]
+    run_id = started.client.post("/workflows/greet/run",
+                                 json={"callback_url": f"{receiver.url}/hook"}).json()["id"]
+    hits = receiver.got(3)
+    assert [h.answered for h in hits] == [500, 503, 200]
+    assert [h.headers["flowrun-attempt"] for h in hits] == ["1", "2", "3"]
+    assert len({h.headers["flowrun-delivery"] for h in hits}) == 1
+    assert len({h.body for h in hits}) == 1
+    shown = callback_state(started.client, run_id, "delivered")
+    assert [(a["attempt"], a["status_code"]) for a in shown["attempts"]] == \
+        [(1, 500), (2, 503), (3, 200)]
+    assert all(a["error"] is None for a in shown["attempts"])
+
+
+def test_a_workflow_names_a_default_callback(start_server: Callable[..., Started],
+                                             receiver: Receiver) -> None:
+    started, admin = setup(start_server, definition={
+        **WORKFLOW, "callback_url": f"{receiver.url}/default"})
+    assert admin.get("/workflows/greet").json()["definition"]["callback_url"] == \
+        f"{receiver.url}/default"
+    started.client.post("/workflows/greet/run", json={})
+    assert receiver.got()[0].path == "/default"
+    started.client.post("/workflows/greet/run", json={"callback_url": f"{receiver.url}/mine"})
+    assert receiver.got(2)[1].path == "/mine"  # the request's URL wins
+
+
+BAD_URLS = ["ftp://example.com/hook", "http://user:secret@example.com/hook",
+            "example.com/hook", "http:///hook", "http://example.com/a b",
+            "http://example.com:port/", "https://example.com/" + "a" * 2048, 42]
+
+
+def test_a_bad_callback_url_is_refused(start_server: Callable[..., Started]) -> None:
+    started, admin = setup(start_server, env={})
+    for url in BAD_URLS:
+        refused = started.client.post("/workflows/greet/run", json={"callback_url": url})
+        assert refused.status_code == 400, (url, refused.text)
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert [e["field"] for e in refused.json()["errors"]] == ["callback_url"], url
+        bad = admin.put("/workflows/other", json={**WORKFLOW, "callback_url": url})
+        assert bad.status_code == 400, (url, bad.text)
+        assert "callback_url" in bad.json()["detail"]
+
+
+def test_a_private_receiver_is_blocked_by_default(start_server: Callable[..., Started],
+                                                  receiver: Receiver) -> None:
+    started, _ = setup(start_server, env={"FLOWRUN_CALLBACK_BACKOFF_S": "0.1",
+                                          "FLOWRUN_CALLBACK_MAX_AGE_S": "0.5"})
+    run_id = started.client.post("/workflows/greet/run",
+                                 json={"callback_url": f"{receiver.url}/hook"}).json()["id"]
+    shown = callback_state(started.client, run_id, "failed")
+    assert shown["attempts"] and shown["next_attempt_at"] is None
+    for attempt in shown["attempts"]:
+        assert attempt["status_code"] is None
+        assert attempt["error"].startswith("blocked"), attempt
+    assert not receiver.requests
+
+
+def test_a_pending_callback_survives_a_restart(start_server: Callable[..., Started],
+                                               receiver: Receiver) -> None:
+    """The receiver fails while the run ends; the server is killed with the callback
+    pending and started again; the receiver is fixed: one delivery, by the new process.
+    (Fixed only once the new server is up, so a POST the killed process had on the
+    wire cannot be the one answered 200.)"""
+    started, _ = setup(start_server)
+    server, client = started.server, started.client
+    receiver.status = 500
+    run_id = client.post("/workflows/greet/run",
+                         json={"callback_url": f"{receiver.url}/hook"}).json()["id"]
+    finished(client, run_id)
+    receiver.got(2, answered=500)
+    server.kill()
+    with receiver.lock:
+        before = len(receiver.requests)
+    server.start()  # on the same port: the same client reaches it
+    receiver.got(before + 1)  # the new process tries it, and fails too
+    with receiver.lock:
+        receiver.status = 200
+
+    shown = callback_state(client, run_id, "delivered")
+    with receiver.lock:
+        answered = [h.answered for h in receiver.requests]
+    assert answered.count(200) == 1 and answered[-1] == 200  # delivered exactly once
+    numbers = [a["attempt"] for a in shown["attempts"]]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert [a["status_code"] for a in shown["attempts"]][-1] == 200
+    assert receiver.requests[-1].headers["flowrun-attempt"] == str(numbers[-1])

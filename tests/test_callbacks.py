@@ -1,0 +1,223 @@
+"""Completion callbacks without a server: URL rules, backoff arithmetic, the state after
+each attempt, signatures, and the store's due list through ``CallbackBook.attempt`` with
+a fixed clock."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from flowrun import auth, signing
+from flowrun.callback_loop import CallbackBook
+from flowrun.callbacks import (
+    RetryPolicy,
+    after_attempt,
+    backoff,
+    check_url,
+    delivered,
+    request_headers,
+)
+from flowrun.engine.node_services import HttpPolicy
+from flowrun.errors import Forbidden
+from flowrun.events import Event
+from flowrun.lifecycle import Lifecycle
+from flowrun.records import CallbackState, RunRecord, RunStatus
+from flowrun.service import RunService
+from flowrun.store import Store
+
+POLICY = RetryPolicy(base_s=10, cap_s=3600, max_age_s=86_400)
+
+
+@pytest.mark.parametrize("url", ["http://example.com", "https://example.com:8443/a/b?c=d",
+                                 "http://127.0.0.1:9/hook", "https://[::1]/x"])
+def test_urls_a_callback_may_use(url: str) -> None:
+    assert check_url(url) == url
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("ftp://example.com/", "http"), ("example.com", "http"), ("http:///x", "no host"),
+    ("http://u:p@example.com/", "user info"), ("http://@example.com/", "user info"),
+    ("http://example.com/a b", "spaces"), ("http://example.com/\x00", "spaces"),
+    ("http://example.com:99999999/", "not a valid URL"),
+    ("http://example.com/" + "a" * 2030, "longer than 2048")])
+def test_urls_a_callback_may_not_use(url: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        check_url(url)
+
+
+def test_backoff_doubles_from_the_base_up_to_the_cap_within_its_jitter() -> None:
+    assert [backoff(n, POLICY, 1.0) for n in (1, 2, 3, 4)] == [10, 20, 40, 80]
+    assert [backoff(n, POLICY, 0.0) for n in (1, 2, 3, 4)] == [5, 10, 20, 40]
+    assert backoff(3, POLICY, 0.5) == 30
+    assert backoff(9, POLICY, 1.0) == 2560
+    assert backoff(10, POLICY, 1.0) == 3600  # capped: 5120 is past an hour
+    assert backoff(10_000, POLICY, 1.0) == 3600  # no overflow, however many attempts
+    assert backoff(0, POLICY, 1.0) == 10  # (never asked, but not below the base)
+
+
+def test_the_state_after_an_attempt() -> None:
+    ended = 1_000.0
+    ok = after_attempt(1, True, now=ended + 1, finished_at=ended, policy=POLICY, jitter=0.3)
+    assert (ok.state, ok.next_attempt_at) == (CallbackState.DELIVERED, None)
+
+    retry = after_attempt(2, False, now=ended + 50, finished_at=ended, policy=POLICY,
+                          jitter=1.0)
+    assert (retry.state, retry.next_attempt_at) == (CallbackState.PENDING, ended + 70)
+
+    # the last retry falls at the deadline, 24 h after the run ended, not past it
+    late = after_attempt(20, False, now=ended + 86_000, finished_at=ended, policy=POLICY,
+                         jitter=1.0)
+    assert (late.state, late.next_attempt_at) == (CallbackState.PENDING, ended + 86_400)
+    # an attempt at (or past) the deadline that fails gives up
+    for now in (ended + 86_400, ended + 200_000):
+        gone = after_attempt(21, False, now=now, finished_at=ended, policy=POLICY,
+                             jitter=0.0)
+        assert (gone.state, gone.next_attempt_at) == (CallbackState.FAILED, None)
+        # ...but one that succeeds there still delivers
+        assert after_attempt(21, True, now=now, finished_at=ended, policy=POLICY,
+                             jitter=0.0).state is CallbackState.DELIVERED
+
+
+def test_only_a_2xx_delivers() -> None:
+    assert [delivered(s) for s in (200, 204, 299)] == [True] * 3
+    assert [delivered(s) for s in (None, 100, 301, 304, 400, 410, 500)] == [False] * 7
+
+
+def test_headers_are_signed_with_every_secret_given() -> None:
+    body = b'{"id":"r1"}'
+    headers = request_headers(["whsec_new", "whsec_old"], body, delivery_id="dlv_1",
+                              attempt=3, timestamp=1_700_000_000)
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Flowrun-Delivery"] == "dlv_1" and headers["Flowrun-Attempt"] == "3"
+    for secret in ("whsec_new", "whsec_old"):
+        signing.verify(secret, headers[signing.HEADER], body, now=1_700_000_010)
+    with pytest.raises(signing.SignatureError):
+        signing.verify("whsec_other", headers[signing.HEADER], body, now=1_700_000_010)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def finished_run(store: Store, run_id: str, finished_at: float, *,
+                       callback_url: str | None = "https://example.com/hook") -> None:
+    run = RunRecord(id=run_id, workflow="wf", version=1, status=RunStatus.QUEUED, inputs={},
+                    created_at=finished_at - 1, callback_url=callback_url)
+    await store.insert_run(run).wait()
+    await store.finish_run(run_id, RunStatus.SUCCEEDED, outputs={"x": 1}, error=None,
+                           steps=1, finished_at=finished_at,
+                           event=Event(run_id, 1, "workflow_finished", {}, finished_at),
+                           key_ttl_s=60, has_key=False).wait()
+
+
+async def test_attempts_move_a_callback_from_pending_to_failed(tmp_path: Path) -> None:
+    answers = [500, 200]
+    seen: list[httpx.Request] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(answers.pop(0))
+
+    clock = Clock(10_000.0)
+    policy = RetryPolicy(base_s=10, cap_s=3600, max_age_s=100)
+    async with Store.open(tmp_path / "f.db") as store, \
+            httpx.AsyncClient(transport=httpx.MockTransport(receive)) as http:
+        book = CallbackBook(store, cast(RunService, None), cast(Lifecycle, None),
+                            HttpPolicy(), policy, clock=clock, jitter=lambda: 1.0)
+        book._http = http  # (run() opens the guarded client; here a mock receives)
+        await finished_run(store, "r1", 10_000.0)
+        await finished_run(store, "r2", 9_000.0)  # ended long ago: one try, then failed
+        await finished_run(store, "r3", 10_000.0, callback_url=None)
+        running = RunRecord(id="r4", workflow="wf", version=1, status=RunStatus.RUNNING,
+                            inputs={}, created_at=1, callback_url="https://example.com/")
+        await store.insert_run(running).wait()  # not ended: not due
+
+        due = await store.due_callbacks(clock(), 10)
+        assert sorted(d.run_id for d in due) == ["r1", "r2"]
+        assert [d.run_id for d in await store.due_callbacks(clock(), 10, skip={"r1"})] == \
+            ["r2"]
+        first = next(d for d in due if d.run_id == "r1")
+        attempt = await book.attempt(first)
+        assert attempt is not None and attempt.status_code == 500
+        body = json.loads(seen[0].content)
+        assert body["id"] == "r1" and body["outputs"] == {"x": 1}
+        secret = (await store.server_secret("callback_signing", "unused"))[0]
+        signing.verify(secret, seen[0].headers[signing.HEADER], seen[0].content,
+                       now=clock())
+        shown = await store.get_callback("r1")
+        assert shown is not None and shown.state is CallbackState.PENDING
+        assert shown.next_attempt_at == 10_010.0  # base 10 s, full jitter
+        assert [d.run_id for d in await store.due_callbacks(clock(), 10)] == ["r2"]
+
+        clock.now = 10_010.0
+        [again] = [d for d in await store.due_callbacks(clock(), 10) if d.run_id == "r1"]
+        assert again.attempts == 1 and again.delivery_id == shown.delivery_id
+        await book.attempt(again)
+        assert seen[1].headers["Flowrun-Attempt"] == "2"
+        shown = await store.get_callback("r1")
+        assert shown is not None and shown.state is CallbackState.DELIVERED
+        assert [(a.attempt, a.status_code) for a in shown.attempts] == [(1, 500), (2, 200)]
+
+        # r2 ended 1,010 s ago with a 100 s limit: its only attempt fails it for good
+        answers.append(503)
+        [old] = await store.due_callbacks(clock(), 10)
+        await book.attempt(old)
+        gone = await store.get_callback("r2")
+        assert gone is not None and gone.state is CallbackState.FAILED
+        assert gone.next_attempt_at is None
+        assert await store.due_callbacks(clock() + 10**6, 10) == []
+        assert await store.get_callback("r3") is None
+
+        # deleting a run deletes its callback
+        await store.delete_run("r1")
+        assert await store.get_callback("r1") is None
+
+
+async def test_finding_due_callbacks_reads_pending_rows_only(tmp_path: Path) -> None:
+    """The loop's look-up walks the partial index of pending callbacks, then each run by
+    id: never every ended run, however many there are."""
+    db = tmp_path / "f.db"
+    async with Store.open(db):
+        pass
+    with sqlite3.connect(db) as conn:
+        plan: list[str] = []
+        original = Store._fetchall
+
+        async def explain(self: Store, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+            plan.extend(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            return await original(self, sql, params)
+
+        async with Store.open(db) as store:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(Store, "_fetchall", explain)
+                await store.due_callbacks(1.0, 8)
+    assert plan[0] == "SCAN c USING INDEX callbacks_pending", plan
+    assert plan[1].startswith("SEARCH r USING INDEX sqlite_autoindex_runs_1"), plan
+    assert len(plan) == 2, plan  # and no sort: the index gives the order
+
+
+async def test_the_signing_secret_is_made_once_and_rotated(tmp_path: Path) -> None:
+    clock = Clock(50_000.0)
+    async with Store.open(tmp_path / "f.db") as store:
+        book = CallbackBook(store, cast(RunService, None), cast(Lifecycle, None),
+                            HttpPolicy(), POLICY, clock=clock)
+        admin = auth.Principal(key_id="k1", scope=auth.Scope.ADMIN)
+        first = await book.secret(admin)
+        assert first["secret"].startswith("whsec_") and first["previous_valid_until"] is None
+        assert await book.signing_secrets() == [first["secret"]]
+        with pytest.raises(Forbidden):
+            await book.rotate(auth.Principal(key_id="k2", scope=auth.Scope.RUN))
+        rotated = await book.rotate(admin)
+        assert rotated["secret"] != first["secret"]
+        assert await book.signing_secrets() == [rotated["secret"], first["secret"]]
+        clock.now += 86_401  # the old one stops signing after a day
+        assert await book.signing_secrets() == [rotated["secret"]]
