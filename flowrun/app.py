@@ -46,6 +46,7 @@ from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
 from flowrun.errors import FlowrunError
 from flowrun.events import EventBus
+from flowrun.hooks import HookBook
 from flowrun.lifecycle import Lifecycle
 from flowrun.metrics import Metrics
 from flowrun.runner import Runner
@@ -213,6 +214,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
         lifecycle = Lifecycle(scheduler)
         service = RunService(settings, store, scheduler, bus, workflows, lifecycle)
         schedule_book = ScheduleBook(store, workflows, service, lifecycle)
+        hook_book = HookBook(store, workflows, service, tolerance_s=settings.hook_tolerance_s)
         # The engine reaches the served instance through these adapters.
         services.child_runs = ServiceChildRuns(service)
         services.workflows = ServiceWorkflows(service, workflows)
@@ -223,7 +225,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                             settings.workflows_dir)
         async with anyio.create_task_group() as tg:
             await tg.start(scheduler.run, tg)
-            tg.start_soon(housekeeping, store, settings)
+            tg.start_soon(housekeeping, store, settings, hook_book)
             tg.start_soon(lifecycle.end_waits_after_grace, settings.shutdown_grace_s)
             await service.resume_unfinished()
             tg.start_soon(schedule_book.run)  # after resuming: catch-up runs queue behind
@@ -233,6 +235,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             app.state.lifecycle = lifecycle
             app.state.service = service
             app.state.schedules = schedule_book
+            app.state.hooks = hook_book
             try:
                 yield
             finally:
@@ -245,18 +248,23 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                                 scheduler.running)
                 app.state.service = app.state.keys = app.state.workflows = None
                 app.state.vault = app.state.lifecycle = app.state.schedules = None
+                app.state.hooks = None
                 tg.cancel_scope.cancel()
     logger.info("flowrun stopped")
 
 
-async def housekeeping(store: Store, settings: Settings) -> None:
-    """Periodically forget expired idempotency keys and, if set, runs past retention."""
+async def housekeeping(store: Store, settings: Settings, hooks: HookBook | None = None
+                       ) -> None:
+    """Periodically forget expired idempotency keys, hook deliveries too old to be
+    replayed and, if set, runs past retention."""
     while True:
         await anyio.sleep(settings.sweep_interval_s)
         try:
             now = time.time()
             while await store.delete_expired_keys(now):
                 await anyio.lowlevel.checkpoint()
+            if hooks is not None:
+                await hooks.forget_stale(now)
             if settings.run_retention_s is not None:
                 removed = 0
                 while count := await store.delete_finished_runs(now - settings.run_retention_s):
@@ -343,5 +351,6 @@ def create_app(settings: Settings | None = None, *,
     app.state.registry = registry
     app.state.service = None  # set, with its parts below, while the lifespan runs
     app.state.keys = app.state.workflows = app.state.vault = app.state.lifecycle = None
+    app.state.hooks = None
     app.state.metrics = Metrics()
     return app

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from flowrun.api import hooks
 from flowrun.api.common import (
     JSONResponse,
     encoded,
@@ -446,7 +447,7 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(build_spec({"RunBody": RunBody, "KeyBody": KeyBody,
                                     "ScheduleSpec": ScheduleSpec,
                                     "SecretBody": SecretBody, "RetryBody": RetryBody,
-                                    "RerunBody": RerunBody}))
+                                    "RerunBody": RerunBody, "HookBody": hooks.HookBody}))
 
 
 ops_routes = [
@@ -488,6 +489,7 @@ routes = [
     Route("/secrets", list_secrets, methods=["GET"]),
     Route("/secrets/{name}", put_secret, methods=["PUT"]),
     Route("/secrets/{name}", delete_secret, methods=["DELETE"]),
+    *hooks.routes,
 ]
 
 exception_handlers = error_handlers(render_error)
