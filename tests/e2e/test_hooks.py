@@ -9,9 +9,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import anyio
 import httpx
+import pytest
 
 from flowrun import signing
+from flowrun.client import AsyncClient, Client, ClientError
 from tests.e2e.server import Started, finished
 
 PROBLEM = "application/problem+json"
@@ -202,3 +205,32 @@ def test_a_replay_is_refused_after_a_restart_and_the_secret_still_works(
     assert after.status_code == 202, after.text
     assert finished(admin, after.json()["run_id"])["outputs"] == {"greeting": "Hello, after!"}
     assert len(hook_runs(admin, "hello")) == 2
+
+
+def test_the_python_client_manages_hooks(start_server: Callable[..., Started]) -> None:
+    started = start_server()
+    server = started.server
+    sender = server.client(None)
+    with Client(server.url, server.admin_key()) as client:
+        secret = client.put_hook("hello")["secret"]
+        assert client.put_hook("hello", {"name": "{{ body.who }}"})["inputs"] == \
+            {"name": "{{ body.who }}"}
+        assert send(sender, "hello", secret, {"who": "Ada"}).status_code == 202
+        assert client.get_hook("hello")["last_delivery"]["run_id"]
+        new_secret = client.rotate_hook_secret("hello")["secret"]
+        assert send(sender, "hello", new_secret, {"who": "Bo"}).status_code == 202
+        client.delete_hook("hello")
+        with pytest.raises(ClientError) as caught:
+            client.get_hook("hello")
+        assert caught.value.status == 404
+
+    async def managed() -> None:
+        async with AsyncClient(server.url, server.admin_key()) as client:
+            assert "secret" in await client.put_hook("hello")
+            assert (await client.get_hook("hello"))["inputs"] is None
+            assert "secret" in await client.rotate_hook_secret("hello")
+            await client.delete_hook("hello")
+            with pytest.raises(ClientError):
+                await client.delete_hook("hello")
+
+    anyio.run(managed)
