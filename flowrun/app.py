@@ -48,6 +48,7 @@ from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
 from flowrun.errors import FlowrunError
 from flowrun.events import EventBus
+from flowrun.hooks import HookBook
 from flowrun.lifecycle import Lifecycle
 from flowrun.metrics import Metrics
 from flowrun.runner import Runner
@@ -225,6 +226,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             timeout_s=settings.callback_timeout_s,
             max_in_flight=settings.callback_max_in_flight, resolve=services.resolve)
         runner.on_finished = callback_book.run_finished
+        hook_book = HookBook(store, workflows, service, tolerance_s=settings.hook_tolerance_s)
         # The engine reaches the served instance through these adapters.
         services.child_runs = ServiceChildRuns(service)
         services.workflows = ServiceWorkflows(service, workflows)
@@ -235,7 +237,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                             settings.workflows_dir)
         async with anyio.create_task_group() as tg:
             await tg.start(scheduler.run, tg)
-            tg.start_soon(housekeeping, store, settings)
+            tg.start_soon(housekeeping, store, settings, hook_book)
             tg.start_soon(lifecycle.end_waits_after_grace, settings.shutdown_grace_s)
             await service.resume_unfinished()
             tg.start_soon(schedule_book.run)  # after resuming: catch-up runs queue behind
@@ -249,6 +251,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             app.state.schedules = schedule_book
             app.state.waits = wait_book
             app.state.callbacks = callback_book
+            app.state.hooks = hook_book
             try:
                 yield
             finally:
@@ -263,18 +266,23 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                 app.state.vault = app.state.lifecycle = app.state.schedules = None
                 app.state.waits = None
                 app.state.callbacks = None
+                app.state.hooks = None
                 tg.cancel_scope.cancel()
     logger.info("flowrun stopped")
 
 
-async def housekeeping(store: Store, settings: Settings) -> None:
-    """Periodically forget expired idempotency keys and, if set, runs past retention."""
+async def housekeeping(store: Store, settings: Settings, hooks: HookBook | None = None
+                       ) -> None:
+    """Periodically forget expired idempotency keys, hook deliveries too old to be
+    replayed and, if set, runs past retention."""
     while True:
         await anyio.sleep(settings.sweep_interval_s)
         try:
             now = time.time()
             while await store.delete_expired_keys(now):
                 await anyio.lowlevel.checkpoint()
+            if hooks is not None:
+                await hooks.forget_stale(now)
             if settings.run_retention_s is not None:
                 removed = 0
                 while count := await store.delete_finished_runs(now - settings.run_retention_s):
@@ -362,5 +370,6 @@ def create_app(settings: Settings | None = None, *,
     app.state.service = None  # set, with its parts below, while the lifespan runs
     app.state.keys = app.state.workflows = app.state.vault = app.state.lifecycle = None
     app.state.schedules = app.state.callbacks = None
+    app.state.hooks = None
     app.state.metrics = Metrics()
     return app

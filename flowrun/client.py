@@ -112,6 +112,12 @@ def _run_body(inputs: dict[str, Any] | None, options: dict[str, Any],
     return body
 
 
+def _check_empty(resp: httpx.Response) -> None:
+    """An answer with no body (204): only its errors matter."""
+    if resp.status_code >= 400:
+        _check(resp)
+
+
 def _key_headers(idempotency_key: str | None, on_conflict: str | None) -> dict[str, str]:
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     if on_conflict:
@@ -248,6 +254,24 @@ class Client:
         """Send signal ``name`` to the run's wait node; ``data`` becomes its outputs."""
         body = {"name": name, "data": data or {}}
         return dict(_check(self._http.post(f"/runs/{run_id}/signal", json=body)))
+    # --- inbound webhooks (admin key) -------------------------------------------------
+
+    def put_hook(self, workflow: str, inputs: Any = None) -> dict[str, Any]:
+        """Create the workflow's hook (its ``secret`` is in the answer, this once) or
+        change its ``inputs`` mapping (None: a delivery's body is the inputs)."""
+        return dict(_check(self._http.put(f"/workflows/{workflow}/hook",
+                                          json={"inputs": inputs})))
+
+    def get_hook(self, workflow: str) -> dict[str, Any]:
+        """The hook without its secret: path, mapping, created_at, last_delivery."""
+        return dict(_check(self._http.get(f"/workflows/{workflow}/hook")))
+
+    def rotate_hook_secret(self, workflow: str) -> dict[str, Any]:
+        """A new ``secret`` for the hook; the old one stops working at once."""
+        return dict(_check(self._http.post(f"/workflows/{workflow}/hook/rotate")))
+
+    def delete_hook(self, workflow: str) -> None:
+        _check_empty(self._http.delete(f"/workflows/{workflow}/hook"))
 
     def events(self, run_id: str, after: int | None = None) -> Iterator[RunEvent]:
         """The run's events after ``after``, reconnecting as needed, until it finishes."""
@@ -350,6 +374,18 @@ class AsyncClient:
         """Send signal ``name`` to the run's wait node; ``data`` becomes its outputs."""
         body = {"name": name, "data": data or {}}
         return dict(_check(await self._http.post(f"/runs/{run_id}/signal", json=body)))
+    async def put_hook(self, workflow: str, inputs: Any = None) -> dict[str, Any]:
+        return dict(_check(await self._http.put(f"/workflows/{workflow}/hook",
+                                                json={"inputs": inputs})))
+
+    async def get_hook(self, workflow: str) -> dict[str, Any]:
+        return dict(_check(await self._http.get(f"/workflows/{workflow}/hook")))
+
+    async def rotate_hook_secret(self, workflow: str) -> dict[str, Any]:
+        return dict(_check(await self._http.post(f"/workflows/{workflow}/hook/rotate")))
+
+    async def delete_hook(self, workflow: str) -> None:
+        _check_empty(await self._http.delete(f"/workflows/{workflow}/hook"))
 
     async def events(self, run_id: str, after: int | None = None) -> AsyncIterator[RunEvent]:
         resume = _Resume(after, self.max_reconnects)

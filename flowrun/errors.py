@@ -5,14 +5,17 @@
     │   ├── DefinitionError           400 invalid_definition (names node or edge)
     │   └── InputError                400 invalid_param (names each input)
     ├── Unauthorized                  401 unauthorized
+    │   └── SignatureRefused          401 invalid_signature (a hook delivery's signature)
     ├── Forbidden                     403 forbidden (the key's scope or binding)
     ├── NotFound                      404
     │   ├── WorkflowNotFound          404 workflow_not_found
     │   ├── VersionNotFound           404 version_not_found
     │   └── RunNotFound               404 run_not_found
     ├── Conflict                      409 conflict (the run's state does not allow it)
+    │   └── DeliveryReplayed          409 delivery_replayed (names the run it started)
     ├── IdempotencyConflict           409 idempotency_conflict
     ├── IdempotencyKeyReused          422 idempotency_key_reused
+    ├── Unprocessable                 422 unprocessable (a hook body that gives no inputs)
     ├── PayloadTooLarge               413 payload_too_large
     ├── UnsupportedMediaType          415 unsupported_media_type
     ├── TooManyRequests               429 too_many_requests (a per-key limit)
@@ -79,6 +82,13 @@ class Unauthorized(FlowrunError):
     title = "Unauthorized"
 
 
+class SignatureRefused(Unauthorized):
+    """Raised when a hook delivery's signature is missing, malformed, stale or wrong."""
+
+    code = "invalid_signature"
+    title = "Invalid signature"
+
+
 class Forbidden(FlowrunError):
     """Raised when a valid key lacks the scope (admin) or binding (workflow) for an action."""
 
@@ -124,6 +134,21 @@ class Conflict(FlowrunError):
     title = "Conflict"
 
 
+class DeliveryReplayed(Conflict):
+    """Raised when a hook delivery's signature was accepted before (a replay)."""
+
+    code = "delivery_replayed"
+    title = "Delivery already accepted"
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
+
 class IdempotencyConflict(FlowrunError):
     """Raised when a key's run exists (FAIL) or is still queued/running (FAIL_ON_RUNNING)."""
 
@@ -155,6 +180,15 @@ class IdempotencyKeyReused(FlowrunError):
     @property
     def extra(self) -> dict[str, Any]:
         return {"run_id": self.run_id}
+
+
+class Unprocessable(FlowrunError):
+    """Raised when a well-formed hook delivery gives no valid inputs (its mapping fails or
+    yields no object, or the inputs do not fit the workflow)."""
+
+    status_code = 422
+    code = "unprocessable"
+    title = "Unprocessable body"
 
 
 class PayloadTooLarge(FlowrunError):

@@ -154,6 +154,7 @@ class RunRecord:
     schedule_id: str | None = None  # the schedule that started it, at schedule_slot
     schedule_slot: float | None = None
     callback_url: str | None = None  # where its end is POSTed (see callbacks.py)
+    source: str | None = None  # "hook": started by a signed delivery to its workflow's hook
     nodes: list[NodeRecord] = field(default_factory=list)
 
     @property
@@ -178,6 +179,8 @@ class RunRecord:
         }
         if self.schedule_id is not None:
             body["schedule"] = {"id": self.schedule_id, "slot": rfc3339(self.schedule_slot)}
+        if self.source is not None:
+            body["source"] = self.source
         if with_nodes:
             body["nodes"] = [n.to_json() for n in self.nodes]
             if self.graph is not None:  # sent with the run's request, for this run only
@@ -260,6 +263,28 @@ class DueCallback:
     delivery_id: str
     attempts: int  # made so far
     finished_at: float
+
+
+@dataclass(frozen=True)
+class HookRecord:
+    """A workflow's inbound webhook: its signing secret, the mapping of a delivery's body
+    to inputs (None: the body is the inputs), and its last accepted delivery."""
+
+    workflow: str
+    secret: str
+    inputs: Any
+    created_at: float
+    rotated_at: float | None = None
+    last_delivery_at: float | None = None
+    last_run_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """What the API shows: never the secret."""
+        last = None if self.last_delivery_at is None else \
+            {"at": rfc3339(self.last_delivery_at), "run_id": self.last_run_id}
+        return {"workflow": self.workflow, "path": f"/hooks/{self.workflow}",
+                "inputs": self.inputs, "created_at": rfc3339(self.created_at),
+                "rotated_at": rfc3339(self.rotated_at), "last_delivery": last}
 
 
 @dataclass(frozen=True)

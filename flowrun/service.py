@@ -82,6 +82,10 @@ class RunRequest:
     schedule_id: str | None = None  # the schedule that asks, and for which slot
     schedule_slot: float | None = None
     callback_url: str | None = None  # checked by the router; else the workflow's default
+    source: str | None = None  # "hook": a signed delivery to the workflow's hook
+    # Inputs are inputs only: no key names a node to override its params (Langflow's
+    # tweaks). For bodies written outside flowrun, e.g. a hook's delivery.
+    inputs_only: bool = False
 
     def fingerprint(self) -> str:
         """Canonical JSON digest of what the run would do (not of how the answer is sent:
@@ -149,7 +153,8 @@ class RunService:
             definition = definitions.with_graph(definition, nodes=request.nodes,
                                                 edges=request.edges, registry=self.registry)
             graph = definition.to_json()
-        inputs, dotted = split_dotted_inputs(definition, request.inputs)
+        inputs, dotted = (dict(request.inputs), {}) if request.inputs_only else \
+            split_dotted_inputs(definition, request.inputs)
         overrides = merge_overrides(request.overrides, dotted)
         if overrides:
             definitions.with_graph(definition, overrides=overrides, registry=self.registry)
@@ -179,7 +184,7 @@ class RunService:
             api_key_id=principal.key_id, overrides=overrides, graph=graph,
             parent_run_id=request.parent_run_id, depth=request.depth,
             root_run_id=request.root_run_id, schedule_id=request.schedule_id,
-            schedule_slot=request.schedule_slot,
+            schedule_slot=request.schedule_slot, source=request.source,
             callback_url=request.callback_url or definition.callback_url)
         handle = self.scheduler.prepare(run)
         handle.concurrency = concurrency

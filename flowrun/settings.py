@@ -70,6 +70,9 @@ class Settings:
     max_child_depth: int = 10
     max_child_runs_per_root: int = 32
     max_map_concurrency: int = 32
+    # inbound webhooks: a delivery signed further than this from now is refused, and an
+    # accepted one is remembered (refused as a replay) for as long
+    hook_tolerance_s: float = 300.0
     run_retention_s: float | None = None
     sweep_interval_s: float = 60.0
     group_commit_max: int = 512
@@ -126,6 +129,8 @@ class Settings:
                 self.callback_max_in_flight < 1:
             raise SettingsError("callback_backoff_s and callback_timeout_s must be > 0 and "
                                 "callback_max_in_flight >= 1")
+        if self.hook_tolerance_s <= 0:
+            raise SettingsError("hook_tolerance_s must be > 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

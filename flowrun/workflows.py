@@ -146,8 +146,9 @@ class WorkflowCatalog:
             raise Conflict(f"{live} runs of workflow {what} are still live; stop them or "
                            f"wait for them to finish",
                            errors=[{"field": "name", "message": "has live runs"}])
-        if version is None:  # the workflow is gone, and so are its schedules
+        if version is None:  # the workflow is gone, and so are its schedules and hook
             await self.store.sync_definition_schedules(name, [], keep_api=False)
+            await self.store.delete_hook(name)
         self._latest.pop(name, None)  # recomputed from the store on the next read
         for key in [k for k in self._versions if k[0] == name]:
             del self._versions[key]

@@ -33,6 +33,7 @@ from flowrun.errors import (
     UnsupportedMediaType,
 )
 from flowrun.events import Event
+from flowrun.hooks import HookBook
 from flowrun.records import OnConflict, RunRecord
 from flowrun.schedule_loop import ScheduleBook
 from flowrun.service import RunService
@@ -77,6 +78,12 @@ def workflows_of(request: Request) -> WorkflowCatalog:
     """The instance's workflow definitions."""
     workflows: WorkflowCatalog = _started(request, "workflows")
     return workflows
+
+
+def hooks_of(request: Request) -> HookBook:
+    """The instance's inbound webhooks."""
+    book: HookBook = _started(request, "hooks")
+    return book
 
 
 def schedules_of(request: Request) -> ScheduleBook:
@@ -151,6 +158,11 @@ async def read_json(request: Request, max_bytes: int, *, empty: Any = None) -> A
     if not _is_json(content_type):
         raise UnsupportedMediaType(f"send the body as application/json "
                                    f"(got {content_type or 'no content type'!r})")
+    return parse_json(body)
+
+
+def parse_json(body: bytes) -> Any:
+    """A body parsed as JSON; 400 when it is not JSON or nests too deeply."""
     try:
         data = json.loads(body, parse_constant=_not_json, parse_float=_finite)
     except RecursionError:

@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from flowrun import callbacks
+from flowrun.api import hooks
 from flowrun.api.common import (
     JSONResponse,
     callbacks_of,
@@ -520,7 +521,8 @@ async def openapi(request: Request) -> Response:
                                     "ScheduleSpec": ScheduleSpec,
                                     "SecretBody": SecretBody, "RetryBody": RetryBody,
                                     "RerunBody": RerunBody, "SignalBody": SignalBody,
-                                    "SignalUrlBody": SignalUrlBody}))
+                                    "SignalUrlBody": SignalUrlBody,
+                                    "HookBody": hooks.HookBody}))
 
 
 ops_routes = [
@@ -568,6 +570,7 @@ routes = [
     Route("/secrets", list_secrets, methods=["GET"]),
     Route("/secrets/{name}", put_secret, methods=["PUT"]),
     Route("/secrets/{name}", delete_secret, methods=["DELETE"]),
+    *hooks.routes,
 ]
 
 exception_handlers = error_handlers(render_error)

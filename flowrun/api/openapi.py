@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from flowrun import __version__
+from flowrun import __version__, signing
 from flowrun.api import conductor, dify, jobs, langflow
 
 _ERRORS: dict[str, dict[str, Any]] = {
@@ -58,7 +58,8 @@ class _Spec:
     def op(self, path: str, method: str, summary: str, *, error: str, ok: str = "200",
            body: type[BaseModel] | dict[str, Any] | None = None,
            query: tuple[str, ...] = (), stream: bool = False, public: bool = False,
-           also: tuple[str, ...] = (), yaml: bool = False) -> None:
+           also: tuple[str, ...] = (), yaml: bool = False,
+           headers: tuple[str, ...] = ()) -> None:
         media = _MEDIA.get(error, "application/json")
         problem = {"description": f"{error}: the error shape of this API",
                    "content": {media: {"schema": {"$ref": f"#/components/schemas/{error}"}}}}
@@ -77,6 +78,8 @@ class _Spec:
                   for name in _path_params(path)]
         params += [{"name": name, "in": "query", "required": False,
                     "schema": {"type": "string"}} for name in query]
+        params += [{"name": name, "in": "header", "required": False,
+                    "schema": {"type": "string"}} for name in headers]
         if params:
             operation["parameters"] = params
         if body is not None:
@@ -169,6 +172,20 @@ def build_spec(native_models: dict[str, type[BaseModel]]) -> dict[str, Any]:
     spec.op("/secrets/{name}", "put", "Store a secret and where it may be sent (admin)",
             error=p, ok="201", body=native_models["SecretBody"], also=("200",))
     spec.op("/secrets/{name}", "delete", "Delete a secret (admin)", error=p, ok="204")
+    spec.op("/workflows/{name}/hook", "get", "The workflow's inbound webhook, never its "
+            "secret (admin)", error=p)
+    spec.op("/workflows/{name}/hook", "put", "Create the workflow's webhook (201, its secret "
+            "shown once) or change how a delivery's body maps to inputs (200) (admin)",
+            error=p, ok="201", body=native_models["HookBody"], also=("200",))
+    spec.op("/workflows/{name}/hook", "delete", "Delete the workflow's webhook (admin)",
+            error=p, ok="204")
+    spec.op("/workflows/{name}/hook/rotate", "post", "A new webhook secret, shown once; the "
+            "old one stops working (admin)", error=p)
+    spec.op("/hooks/{workflow}", "post", "A signed delivery (`Flowrun-Signature: t=<unix "
+            "seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">`; no API key): starts a run "
+            "with the body as inputs (202, Location: /runs/{id}); 401 when the signature is "
+            "missing, malformed, stale or wrong, 409 for a replay", error=p, ok="202",
+            body={}, public=True, headers=(signing.HEADER,))
 
     d, base = "DifyError", "/dify/v1"
     spec.op(f"{base}/workflows/run", "post", "Dify: run the key's workflow app", error=d,

@@ -199,6 +199,32 @@ MIGRATIONS: list[list[str]] = [
             updated_at REAL NOT NULL
         )""",
     ],
+    [
+        # Inbound webhooks: one per workflow, its signing secret (kept as it is: the HMAC
+        # needs it) and the optional expression mapping a delivery's body to inputs.
+        """CREATE TABLE hooks (
+            workflow TEXT PRIMARY KEY,
+            secret TEXT NOT NULL,
+            inputs TEXT,
+            created_at REAL NOT NULL,
+            rotated_at REAL,
+            last_delivery_at REAL,
+            last_run_id TEXT
+        )""",
+        # Signatures of accepted deliveries, kept while their timestamp is within the
+        # tolerance, so a replay is refused across restarts too.
+        """CREATE TABLE hook_deliveries (
+            workflow TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            signed_at REAL NOT NULL,
+            run_id TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            PRIMARY KEY (workflow, signature)
+        )""",
+        "CREATE INDEX hook_deliveries_by_time ON hook_deliveries (signed_at)",
+        # Where a run came from when not from an API call (``hook``).
+        "ALTER TABLE runs ADD COLUMN source TEXT",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -31,6 +31,7 @@ from flowrun.records import (
     CallbackRecord,
     CallbackState,
     DueCallback,
+    HookRecord,
     IdempotencyClaim,
     KeyHolder,
     NodeRecord,
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 _RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, priority, "
                 "correlation_id, idempotency_key, user, trace_id, api_key_id, overrides, graph, "
                 "steps, created_at, started_at, finished_at, parent_run_id, depth, root_run_id, "
-                "rerun_of, schedule_id, schedule_slot, callback_url")
+                "rerun_of, schedule_id, schedule_slot, callback_url, source")
 
 
 def _dumps(value: Any) -> str | None:
@@ -136,6 +137,7 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
         root_run_id=row["root_run_id"], rerun_of=row["rerun_of"],
         schedule_id=row["schedule_id"], schedule_slot=row["schedule_slot"],
         callback_url=row["callback_url"],
+        source=row["source"],
     )
 
 
@@ -162,12 +164,13 @@ def _insert_run(conn: sqlite3.Connection, run: RunRecord) -> None:
         "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
         "idempotency_key, user, trace_id, api_key_id, overrides, graph, created_at, "
         "parent_run_id, depth, root_run_id, rerun_of, schedule_id, schedule_slot, "
-        "callback_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "callback_url, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?, ?)",
         (run.id, run.workflow, run.version, run.status.value, _dumps(run.inputs),
          run.priority, run.correlation_id, run.idempotency_key, run.user, run.trace_id,
          run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at,
          run.parent_run_id, run.depth, run.root_run_id, run.rerun_of, run.schedule_id,
-         run.schedule_slot, run.callback_url))
+         run.schedule_slot, run.callback_url, run.source))
     if run.callback_url is not None:  # its delivery state, committed with the run
         conn.execute("INSERT INTO callbacks (run_id, delivery_id, state, updated_at) "
                      "VALUES (?, ?, ?, ?)", (run.id, "dlv_" + uuid.uuid4().hex,
@@ -876,6 +879,83 @@ class Store:
 
         await self._writer.write(op)
 
+    # --- hooks ----------------------------------------------------------------------
+
+    async def put_hook(self, workflow: str, secret: str, inputs: Any
+                       ) -> tuple[HookRecord, bool]:
+        """Create a workflow's hook with ``secret``, or set the ``inputs`` mapping of the
+        one it has (keeping its secret): (the hook, created)."""
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("INSERT OR IGNORE INTO hooks (workflow, secret, inputs, "
+                               "created_at) VALUES (?, ?, ?, ?)",
+                               (workflow, secret, _dumps(inputs), now))
+            if cur.rowcount:
+                return True
+            conn.execute("UPDATE hooks SET inputs = ? WHERE workflow = ?",
+                         (_dumps(inputs), workflow))
+            return False
+
+        created = await self._writer.write(op)
+        found = await self.get_hook(workflow)
+        assert found is not None  # just written
+        return found, created
+
+    async def get_hook(self, workflow: str) -> HookRecord | None:
+        row = await self._fetchone("SELECT * FROM hooks WHERE workflow = ?", (workflow,))
+        return None if row is None else _hook_from_row(row)
+
+    async def rotate_hook_secret(self, workflow: str, secret: str) -> bool:
+        """Replace a hook's secret (the old one stops working); False without a hook."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("UPDATE hooks SET secret = ?, rotated_at = ? WHERE workflow = ?",
+                               (secret, time.time(), workflow))
+            return bool(cur.rowcount)
+
+        return await self._writer.write(op)
+
+    async def delete_hook(self, workflow: str) -> bool:
+        """Delete a workflow's hook and the deliveries it remembers."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM hook_deliveries WHERE workflow = ?", (workflow,))
+            return bool(conn.execute("DELETE FROM hooks WHERE workflow = ?",
+                                     (workflow,)).rowcount)
+
+        return await self._writer.write(op)
+
+    async def hook_delivery(self, workflow: str, signature: str) -> str | None:
+        """The run a delivery with this signature started, if one was accepted."""
+        row = await self._fetchone("SELECT run_id FROM hook_deliveries WHERE workflow = ? "
+                                   "AND signature = ?", (workflow, signature))
+        return None if row is None else str(row["run_id"])
+
+    async def add_hook_delivery(self, workflow: str, signature: str, signed_at: float,
+                                run_id: str) -> None:
+        """Remember an accepted delivery (and show it as the hook's last)."""
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR IGNORE INTO hook_deliveries (workflow, signature, "
+                         "signed_at, run_id, received_at) VALUES (?, ?, ?, ?, ?)",
+                         (workflow, signature, signed_at, run_id, now))
+            conn.execute("UPDATE hooks SET last_delivery_at = ?, last_run_id = ? "
+                         "WHERE workflow = ?", (now, run_id, workflow))
+
+        await self._writer.write(op)
+
+    async def delete_old_hook_deliveries(self, signed_before: float, batch: int = 1000) -> int:
+        """Forget deliveries signed before ``signed_before`` (too old to be replayed)."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM hook_deliveries WHERE rowid IN (SELECT rowid FROM "
+                "hook_deliveries WHERE signed_at < ? LIMIT ?)", (signed_before, batch)).rowcount
+
+        return await self._writer.write(op)
+
     # --- API keys -------------------------------------------------------------------
 
     async def add_api_key(self, key_id: str, prefix: str, key_hash: str, *,
@@ -958,6 +1038,13 @@ def _schedule_from_row(row: sqlite3.Row) -> ScheduleRecord:
         inputs=_loads(row["inputs"]) or {}, catch_up=row["catch_up"],
         paused=bool(row["paused"]), source=row["source"], created_at=row["created_at"],
         last_slot=row["last_slot"], spec=_loads(row["spec"]))
+
+
+def _hook_from_row(row: sqlite3.Row) -> HookRecord:
+    return HookRecord(workflow=row["workflow"], secret=row["secret"],
+                      inputs=_loads(row["inputs"]), created_at=row["created_at"],
+                      rotated_at=row["rotated_at"], last_delivery_at=row["last_delivery_at"],
+                      last_run_id=row["last_run_id"])
 
 
 def _key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
