@@ -200,10 +200,10 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     registry: Registry = app.state.registry
     load_plugins(settings.plugins, registry)
-    async with Store.open(settings.db_path, max_batch=settings.group_commit_max,
+    async with Store.open(settings.database, max_batch=settings.group_commit_max,
                           busy_timeout_ms=settings.sqlite_busy_timeout_ms,
                           synchronous=settings.sqlite_synchronous,
-                          linger_s=settings.write_linger_s) as store, \
+                          linger_s=settings.write_linger_s, exclusive=True) as store, \
             code_runner(settings, http_policy(settings)) as code:
         bus = EventBus(buffer_size=settings.sse_buffer)
         services = node_services(settings, registry, code)

@@ -22,7 +22,7 @@ from flowrun.app import create_app, load_plugins
 from flowrun.auth import create_api_key
 from flowrun.client import Client, ClientError
 from flowrun.engine.nodes import registry
-from flowrun.errors import FlowrunError
+from flowrun.errors import FlowrunError, Unavailable
 from flowrun.local import run_workflow
 from flowrun.progress import PrintingObserver, ProgressPrinter
 from flowrun.records import RunStatus
@@ -32,8 +32,7 @@ from flowrun.store import Store
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    return Settings.from_env(db_path=Path(args.db) if getattr(args, "db", None) else None,
-                             **extra)
+    return Settings.from_env(db=getattr(args, "db", None), **extra)
 
 
 def _plugins(args: argparse.Namespace) -> tuple[str, ...]:
@@ -44,9 +43,12 @@ def _plugins(args: argparse.Namespace) -> tuple[str, ...]:
 # --- serve -------------------------------------------------------------------------
 
 async def _ensure_key(settings: Settings) -> str | None:
-    """An admin key for a database that has none (its secret, shown once), else None."""
-    async with Store.open(settings.db_path) as store:
-        if await store.count_api_keys():
+    """An admin key for a database that has none (its secret, shown once), else None.
+
+    Opened as the server will open it (``exclusive``): a PostgreSQL database another
+    process serves is refused here, before anything is printed."""
+    async with Store.open(settings.database, exclusive=True) as store:
+        if not settings.auth_enabled or await store.count_api_keys():
             return None
         _, secret = await create_api_key(store, name="initial", scope=auth.Scope.ADMIN,
                                          workflows=None)
@@ -140,13 +142,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"{exc.strerror or exc}", file=sys.stderr)
         return 2
     with sock:
-        if settings.auth_enabled:
-            secret = anyio.run(_ensure_key, settings)
-            if secret:
-                print(f"Created an admin API key for this new database (shown once):\n"
-                      f"  {secret}\nSend it as 'Authorization: Bearer <key>'. Keys for "
-                      f"clients: flowrun keys create --scope run [--workflow NAME].",
-                      flush=True)
+        secret = anyio.run(_ensure_key, settings)  # Unavailable reaches main() as one line
+        if secret:
+            print(f"Created an admin API key for this new database (shown once):\n"
+                  f"  {secret}\nSend it as 'Authorization: Bearer <key>'. Keys for "
+                  f"clients: flowrun keys create --scope run [--workflow NAME].",
+                  flush=True)
         _not_dumpable()
         app = create_app(settings)
         # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown so the process dies
@@ -292,7 +293,9 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 def _db_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     """``--db`` on a command and on each of its subcommands, so either order works."""
     parser.add_argument("--db", default=None if top else argparse.SUPPRESS,
-                        help="SQLite file (default: $FLOWRUN_DB_PATH or flowrun.db)")
+                        help="database: a SQLite file, sqlite:///path or postgresql://user@"
+                             "host:port/db (default: $FLOWRUN_DB, $FLOWRUN_DB_PATH or "
+                             "flowrun.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None,
                        help="port to listen on (default: $FLOWRUN_PORT or 8000)")
     serve.add_argument("--db", default=None,
-                       help="SQLite file (default: $FLOWRUN_DB_PATH or flowrun.db; created "
-                            "if missing)")
+                       help="database: a SQLite file (created if missing), sqlite:///path "
+                            "or postgresql://user@host:port/db (default: $FLOWRUN_DB, "
+                            "$FLOWRUN_DB_PATH or flowrun.db)")
     serve.add_argument("--workflows", default=None, metavar="FOLDER",
                        help="register every workflow file in FOLDER at start (default: "
                             "$FLOWRUN_WORKFLOWS_DIR)")
@@ -399,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Unavailable as exc:  # the database cannot be opened, or another server has it
+        print(f"error: {exc.message}", file=sys.stderr)
         return 2
 
 

@@ -18,15 +18,16 @@ import anyio
 from flowrun import auth
 from flowrun.auth import create_api_key
 from flowrun.errors import FlowrunError
-from flowrun.settings import Settings
+from flowrun.settings import Settings, safe_url
 from flowrun.store import Store
 from flowrun.vault import check_secret
 
 
 def _database(settings: Settings, *, may_create: bool) -> bool:
-    """Whether the command may go on with ``settings.db_path``; says why not."""
-    path = settings.db_path
-    if path.exists():
+    """Whether the command may go on with ``settings.database``; says why not. (A
+    PostgreSQL database is the operator's to create: connecting says if it is not there.)"""
+    path = settings.database
+    if isinstance(path, str) or path.exists():
         return True
     if may_create:
         print(f"created a new database {path}", file=sys.stderr)
@@ -36,7 +37,12 @@ def _database(settings: Settings, *, may_create: bool) -> bool:
     return False
 
 
-async def _create_key(store: Store, args: argparse.Namespace, db: Path) -> int:
+def _shown(database: Path | str) -> str:
+    """The database as messages name it (a URL without its password)."""
+    return str(database) if isinstance(database, Path) else safe_url(database)
+
+
+async def _create_key(store: Store, args: argparse.Namespace, db: str) -> int:
     if args.workflow and args.scope == auth.Scope.RUN.value and not args.allow_unknown_workflow:
         registered = {name for name, _, _ in await store.list_workflows()}
         unknown = [name for name in args.workflow if name not in registered]
@@ -88,9 +94,9 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
     async def main() -> int:
-        async with Store.open(settings.db_path) as store:
+        async with Store.open(settings.database) as store:
             if args.keys_cmd == "create":
-                return await _create_key(store, args, settings.db_path)
+                return await _create_key(store, args, _shown(settings.database))
             if args.keys_cmd == "list":
                 for key in await store.list_api_keys():
                     state = "revoked" if key.revoked_at else "active"
@@ -118,7 +124,7 @@ def cmd_secrets(args: argparse.Namespace, settings: Settings) -> int:
             return 2
 
     async def main() -> int:
-        async with Store.open(settings.db_path) as store:
+        async with Store.open(settings.database) as store:
             if args.secrets_cmd == "set":
                 assert value is not None
                 created = await store.put_secret(args.name, value, args.allow)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,43 @@ class SettingsError(ValueError):
     """Raised when settings contradict each other or a safety rule."""
 
 
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def safe_url(url: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+def parse_database(target: str | Path) -> Path | str:
+    """Where the store lives: a SQLite file (a ``Path``) or a PostgreSQL URL (a ``str``).
+
+    A bare path and ``sqlite:///path`` (``sqlite:////abs/path`` for an absolute one, as
+    SQLAlchemy writes it) are SQLite; ``postgresql://`` and ``postgres://`` URLs are
+    PostgreSQL (libpq's URL form, kept as written). Any other ``scheme://`` raises
+    SettingsError.
+    """
+    if isinstance(target, Path):
+        return target
+    if target.startswith("sqlite:///"):
+        return Path(target.removeprefix("sqlite:///"))
+    if target.startswith(_POSTGRES_SCHEMES):
+        return target
+    if "://" in target:
+        scheme = target.split("://", 1)[0]
+        raise SettingsError(f"unknown database URL scheme {scheme!r}: give a SQLite file "
+                            f"path, sqlite:///path or postgresql://user@host:port/db")
+    return Path(target)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable about one flowrun server or embedded instance."""
 
     db_path: Path = Path("flowrun.db")
+    # a database URL (FLOWRUN_DB, flowrun --db): a SQLite path, sqlite:///path or
+    # postgresql://…; when set it wins over db_path (see ``database``)
+    db: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     workflows_dir: Path | None = None
@@ -131,6 +164,13 @@ class Settings:
                                 "callback_max_in_flight >= 1")
         if self.hook_tolerance_s <= 0:
             raise SettingsError("hook_tolerance_s must be > 0")
+        if self.db is not None:
+            parse_database(self.db)  # an unknown scheme fails here, at the edge
+
+    @property
+    def database(self) -> Path | str:
+        """The store's target: a SQLite file (``Path``) or a PostgreSQL URL (``str``)."""
+        return parse_database(self.db) if self.db is not None else self.db_path
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -1,6 +1,7 @@
-"""Durable state in one SQLite file: schema, migrations, the writer and the Store on top."""
+"""Durable state in SQLite or PostgreSQL: the Store (every query), its backends, the
+schemas and their migrations, and the group-commit writer."""
 
-from flowrun.store.sqlite import Store
+from flowrun.store.repository import Store
 from flowrun.store.writer import WriteResult
 
 __all__ = ("Store", "WriteResult")

@@ -20,6 +20,11 @@ full, I/O error) the whole batch is rolled back. Writes a client is waiting on
 progress (``durable=True``: node results, events, final status) go back to the
 head of the queue in order and are retried with backoff until the fault
 clears, so a run never ends up half-written.
+
+The writer is the same for SQLite and PostgreSQL: an op is a plain function of a
+``Connection`` (``sqlite3.Connection``, or ``postgres.SyncConnection`` which looks
+the same), and the little that differs (how a write transaction begins, which
+errors are faults of the database rather than of one op) is a ``WriterDialect``.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import collections
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -41,9 +46,63 @@ from flowrun.errors import Unavailable
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-WriteOp = Callable[[sqlite3.Connection], T]
 _MAX_BACKOFF_S = 2.0
 _MAX_ROWS_PER_STATEMENT = 256
+_PG_MAX_PARAMETERS = 65_535  # PostgreSQL's limit of bind parameters per statement
+
+
+class Cursor(Protocol):
+    """What an op reads back from a statement (``sqlite3.Cursor`` has it all)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """The write connection as ops and the writer use it (``sqlite3.Connection``'s
+    shape; rows are read by column name or by position)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+    def set_trace_callback(self, trace_callback: Callable[[str], object] | None, /
+                           ) -> None: ...
+
+
+C = TypeVar("C", bound=Connection)
+
+
+@dataclass(frozen=True)
+class WriterDialect:
+    """What the writer must know of its database: the statement that starts a write
+    transaction, the errors of the database (``error``), and among them the faults
+    that fail a whole batch (``fault``: locked, full, gone) rather than one op."""
+
+    begin: str
+    error: tuple[type[Exception], ...]
+    fault: tuple[type[Exception], ...]
+
+
+# SQLite: take the write lock at BEGIN (a deferred transaction could fail to upgrade).
+SQLITE = WriterDialect("BEGIN IMMEDIATE", (sqlite3.Error,), (sqlite3.OperationalError,))
+
+
+def _variable_limit(conn: Connection) -> int:
+    """Bind parameters one statement may hold: read from SQLite (32,766 in 3.32 and
+    later, 999 before), PostgreSQL's fixed limit otherwise."""
+    if isinstance(conn, sqlite3.Connection):
+        return conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return _PG_MAX_PARAMETERS
 
 
 class RowTable:
@@ -72,11 +131,9 @@ class RowTable:
             text = self._sql[count] = self.head + ", ".join([self._row] * count) + self.tail
         return text
 
-    def write(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-        """Insert ``rows`` in as few statements as the variable limit allows (32,766 in
-        SQLite 3.32 and later, 999 before: read from the connection, not assumed)."""
-        most = min(_MAX_ROWS_PER_STATEMENT, max(
-            1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // self.width))
+    def write(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` in as few statements as the variable limit allows."""
+        most = min(_MAX_ROWS_PER_STATEMENT, max(1, _variable_limit(conn) // self.width))
         start = 0
         while start < len(rows):
             count = min(most, 1 << ((len(rows) - start).bit_length() - 1))
@@ -144,7 +201,7 @@ class WriteResult(Generic[T]):
 
 @dataclass
 class _Pending:
-    op: WriteOp[Any] | None
+    op: Callable[[Any], Any] | None
     result: WriteResult[Any]
     durable: bool
     rows: Rows = ()  # written after the ops of the batch, merged per table
@@ -167,12 +224,13 @@ class _Broken(Exception):
         self.error = error
 
 
-class Writer:
+class Writer(Generic[C]):
     """Owns the write connection; started in a task group with ``run``."""
 
-    def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 512,
-                 linger_s: float = 0.003) -> None:
+    def __init__(self, conn: C, *, max_batch: int = 512, linger_s: float = 0.003,
+                 dialect: WriterDialect = SQLITE) -> None:
         self._conn = conn
+        self._dialect = dialect
         self._linger_s = linger_s
         self._urgent = False  # a queued write is awaited: commit without lingering
         self._hurried = anyio.Event()
@@ -194,7 +252,7 @@ class Writer:
         """False while the database is refusing writes."""
         return self._failing_since == 0
 
-    def submit(self, op: WriteOp[T] | None, *, durable: bool = False,
+    def submit(self, op: Callable[[C], T] | None, *, durable: bool = False,
                rows: Rows = ()) -> WriteResult[T]:
         """Queue a write without waiting; the result resolves once it is committed.
 
@@ -219,7 +277,7 @@ class Writer:
         self._urgent = True
         self._hurried.set()
 
-    async def write(self, op: WriteOp[T], *, durable: bool = False) -> T:
+    async def write(self, op: Callable[[C], T], *, durable: bool = False) -> T:
         """Queue a write and wait until it is committed."""
         return await self.submit(op, durable=durable).wait()
 
@@ -264,7 +322,7 @@ class Writer:
                 self.round_trips += 1  # again, op by op, to find the row that fails
                 results = await anyio.to_thread.run_sync(
                     functools.partial(self._apply, batch, merge=False), limiter=self._thread)
-        except sqlite3.Error as exc:
+        except self._dialect.error as exc:
             await self._fail_batch(batch, exc, final=final)
             return
         except _Broken as broken:
@@ -292,12 +350,12 @@ class Writer:
         Rows are merged per table and inserted last (``merge``), or, to find which one
         a constraint refuses, with their op.
         """
-        conn = self._conn
+        conn, dialect = self._conn, self._dialect
         results: list[tuple[Any, BaseException | None]] = []
         several = len(batch) > 1  # a lone write needs no savepoint: ROLLBACK undoes it
         merged: dict[RowTable, dict[Any, tuple[Any, ...]]] = {}
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(dialect.begin)
             for i, pending in enumerate(batch):
                 if merge:
                     for table, row in pending.rows:
@@ -317,7 +375,7 @@ class Writer:
                     if not merge:
                         for table, row in pending.rows:
                             table.write(conn, [row])
-                except sqlite3.OperationalError:
+                except dialect.fault:
                     raise  # a database fault: the whole batch fails
                 except Exception as exc:  # reported to that op's caller
                     if several and not isolate:  # nothing to undo it alone with
@@ -335,22 +393,22 @@ class Writer:
                 try:
                     for table, rows in merged.items():
                         table.write(conn, list(rows.values()))
-                except sqlite3.OperationalError:
+                except dialect.fault:
                     raise
-                except sqlite3.Error:
+                except dialect.error:
                     conn.execute("ROLLBACK")
                     raise _Unmerge() from None
                 conn.execute("COMMIT")
-        except sqlite3.Error:
+        except dialect.error:
             try:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-            except sqlite3.Error:
+            except dialect.error:
                 logger.exception("rollback failed")
             raise
         return results
 
-    async def _fail_batch(self, batch: list[_Pending], exc: sqlite3.Error, *,
+    async def _fail_batch(self, batch: list[_Pending], exc: Exception, *,
                           final: bool) -> None:
         self._failing_since += 1
         retry = [p for p in batch if p.durable and not final]

@@ -16,6 +16,7 @@ from flowrun.events import Event
 from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store import Store
 from flowrun.store.schema import SCHEMA_VERSION
+from flowrun.store.writer import Connection
 
 
 def make_run(run_id: str, **kw: Any) -> RunRecord:
@@ -142,7 +143,7 @@ async def test_a_broken_durable_op_fails_alone_and_leaves_nothing_half_written(
         await store.insert_run(make_run("r")).wait()
         writer = store._writer
 
-        def broken(conn: sqlite3.Connection) -> None:
+        def broken(conn: Connection) -> None:
             conn.execute("UPDATE runs SET status = 'failed' WHERE id = 'r'")
             raise ValueError("a bug, not a database fault")
 

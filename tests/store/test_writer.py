@@ -51,7 +51,8 @@ def insert(value: str) -> Callable[[sqlite3.Connection], int]:
 
 
 @asynccontextmanager
-async def running(writer: Writer) -> AsyncIterator[Writer]:
+async def running(writer: Writer[sqlite3.Connection]
+                  ) -> AsyncIterator[Writer[sqlite3.Connection]]:
     async with anyio.create_task_group() as tg:
         await tg.start(writer.run)
         try:

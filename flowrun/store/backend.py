@@ -1,0 +1,28 @@
+"""What a database gives the Store: a way to read, and a connection for the writer.
+
+The Store (``repository.py``) holds every query, written once; ``sqlite.py`` and
+``postgres.py`` each open a ``Backend`` (connect, migrate) and close it after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flowrun.store.writer import Connection, WriterDialect
+
+# One query, its rows (read by column name or by position); raises Unavailable when
+# the database cannot be read.
+Reader = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An open database: its reader, the writer's connection and dialect."""
+
+    read: Reader
+    write_conn: Connection
+    dialect: WriterDialect
+    path: Path | None = None  # the SQLite file; None for a server database

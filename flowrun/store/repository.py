@@ -1,0 +1,1010 @@
+"""The Store: every query flowrun makes, written once for SQLite and PostgreSQL.
+
+``Store.open`` is an async context manager that opens the database the target
+names (a SQLite file, or a ``postgresql://`` URL: see ``backend.py``), and runs
+the group-commit writer in its own task group for as long as the store is open.
+
+The SQL here is the common ground of both dialects: ``?`` placeholders,
+``ON CONFLICT`` upserts, ``"user"`` quoted (a keyword in PostgreSQL), ``rowid``
+(a column of that name in PostgreSQL's tables that need one). What PostgreSQL
+spells differently is rewritten in one place, ``postgres.translate``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from flowrun.events import Event
+from flowrun.records import (
+    RUN_TERMINAL,
+    ApiKeyRecord,
+    CallbackAttempt,
+    CallbackRecord,
+    CallbackState,
+    DueCallback,
+    HookRecord,
+    IdempotencyClaim,
+    KeyHolder,
+    NodeRecord,
+    NodeStatus,
+    RunRecord,
+    RunStatus,
+    ScheduleRecord,
+    SecretRecord,
+)
+from flowrun.settings import parse_database
+from flowrun.store.backend import Backend, Reader
+from flowrun.store.writer import Connection, RowTable, Writer, WriteResult
+
+logger = logging.getLogger(__name__)
+
+_RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, priority, "
+                'correlation_id, idempotency_key, "user", trace_id, api_key_id, overrides, '
+                "graph, steps, created_at, started_at, finished_at, parent_run_id, depth, "
+                "root_run_id, rerun_of, schedule_id, schedule_slot, callback_url, source")
+
+
+def _dumps(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # an integer past 64 bits: json writes any size
+        return json.dumps(value, separators=(",", ":"))
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def _run_from_row(row: Any) -> RunRecord:
+    return RunRecord(
+        id=row["id"], workflow=row["workflow"], version=row["version"],
+        status=RunStatus(row["status"]), inputs=_loads(row["inputs"]) or {},
+        created_at=row["created_at"], priority=row["priority"],
+        correlation_id=row["correlation_id"], idempotency_key=row["idempotency_key"],
+        user=row["user"], trace_id=row["trace_id"], api_key_id=row["api_key_id"],
+        overrides=_loads(row["overrides"]) or {}, graph=_loads(row["graph"]),
+        outputs=_loads(row["outputs"]), error=_loads(row["error"]),
+        started_at=row["started_at"], finished_at=row["finished_at"], steps=row["steps"],
+        num=row["num"], parent_run_id=row["parent_run_id"], depth=row["depth"],
+        root_run_id=row["root_run_id"], rerun_of=row["rerun_of"],
+        schedule_id=row["schedule_id"], schedule_slot=row["schedule_slot"],
+        callback_url=row["callback_url"],
+        source=row["source"],
+    )
+
+
+def _node_from_row(row: Any) -> NodeRecord:
+    return NodeRecord(
+        run_id=row["run_id"], node_id=row["node_id"], type=row["type"], title=row["title"],
+        index=row["idx"], status=NodeStatus(row["status"]), inputs=_loads(row["inputs"]) or {},
+        outputs=_loads(row["outputs"]) or {}, error=_loads(row["error"]),
+        attempts=row["attempts"], branch=row["branch"], started_at=row["started_at"],
+        finished_at=row["finished_at"], **_process_fields(_loads(row["logs"])),
+    )
+
+
+def _process_fields(process: Any) -> dict[str, Any]:
+    """Split the stored process column back into log lines and other process data."""
+    if isinstance(process, list):  # early rows stored the log lines alone
+        return {"logs": process, "process_data": {}}
+    process = dict(process or {})
+    return {"logs": list(process.pop("logs", [])), "process_data": process}
+
+
+def _insert_run(conn: Connection, run: RunRecord) -> None:
+    conn.execute(
+        "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
+        "idempotency_key, \"user\", trace_id, api_key_id, overrides, graph, created_at, "
+        "parent_run_id, depth, root_run_id, rerun_of, schedule_id, schedule_slot, "
+        "callback_url, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?, ?)",
+        (run.id, run.workflow, run.version, run.status.value, _dumps(run.inputs),
+         run.priority, run.correlation_id, run.idempotency_key, run.user, run.trace_id,
+         run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at,
+         run.parent_run_id, run.depth, run.root_run_id, run.rerun_of, run.schedule_id,
+         run.schedule_slot, run.callback_url, run.source))
+    if run.callback_url is not None:  # its delivery state, committed with the run
+        conn.execute("INSERT INTO callbacks (run_id, delivery_id, state, updated_at) "
+                     "VALUES (?, ?, ?, ?)", (run.id, "dlv_" + uuid.uuid4().hex,
+                                             CallbackState.PENDING.value, run.created_at))
+
+
+def _key_holder(conn: Connection, claim: IdempotencyClaim) -> KeyHolder | None:
+    """The run a live (unexpired) key names, or None."""
+    row = conn.execute(
+        "SELECT k.fingerprint, k.run_id, k.expires_at, r.status FROM idempotency_keys k "
+        "LEFT JOIN runs r ON r.id = k.run_id "
+        "WHERE k.api_key_id = ? AND k.workflow = ? AND k.key = ?",
+        (claim.scope, claim.workflow, claim.key)).fetchone()
+    if row is None or row["status"] is None:
+        return None
+    if row["expires_at"] is not None and row["expires_at"] < time.time():
+        return None
+    return KeyHolder(str(row["run_id"]), RunStatus(row["status"]), str(row["fingerprint"]))
+
+
+# What a deleted run takes with it.
+_RUN_TABLES = (("node_executions", "run_id"), ("events", "run_id"),
+               ("idempotency_keys", "run_id"), ("callbacks", "run_id"),
+               ("callback_attempts", "run_id"), ("signals", "run_id"),
+               ("signal_tokens", "run_id"), ("runs", "id"))
+
+# A run's progress: rows merged per batch by the writer (see RowTable).
+_NODE_ROWS = RowTable(
+    "INSERT INTO node_executions (run_id, node_id, type, title, idx, status, inputs, "
+    "outputs, error, attempts, branch, logs, started_at, finished_at) VALUES ", 14,
+    tail=" ON CONFLICT (run_id, node_id) DO UPDATE SET type = excluded.type, "
+    "title = excluded.title, idx = excluded.idx, status = excluded.status, "
+    "inputs = excluded.inputs, outputs = excluded.outputs, error = excluded.error, "
+    "attempts = excluded.attempts, branch = excluded.branch, logs = excluded.logs, "
+    "started_at = excluded.started_at, finished_at = excluded.finished_at",
+    key=2)  # (run_id, node_id): a node's later state in a batch replaces its earlier one
+_EVENT_ROWS = RowTable("INSERT INTO events (run_id, seq, name, data, created_at) VALUES ", 5)
+
+
+def _node_row(node: NodeRecord) -> tuple[Any, ...]:
+    """A node's row, serialised now: the record may change before the batch commits, and
+    a value that cannot be stored fails here, in its caller, not inside a batch."""
+    return (node.run_id, node.node_id, node.type, node.title, node.index, node.status.value,
+            _dumps(node.inputs), _dumps(node.outputs), _dumps(node.error), node.attempts,
+            node.branch, _dumps(node.process), node.started_at, node.finished_at)
+
+
+def _event_row(event: Event) -> tuple[Any, ...]:
+    return (event.run_id, event.seq, event.name, _dumps(event.data), event.created_at)
+
+
+class Store:
+    """Durable state of workflows, runs, nodes, events and keys."""
+
+    def __init__(self, read: Reader, writer: Writer[Connection], *,
+                 path: Path | None = None) -> None:
+        self.path = path  # the SQLite file (None on PostgreSQL)
+        self._read = read
+        self._writer = writer
+        self._reads = 0
+
+    def hurry(self) -> None:
+        """Commit queued writes now: someone follows them live."""
+        self._writer.hurry()
+
+    def round_trips(self) -> dict[str, int]:
+        """Calls into the database threads so far (each read, each write batch) and the
+        statements the write batches ran.
+
+        The cost that bounds throughput here is these hand-offs, not SQL; tests hold
+        them to a budget per run.
+        """
+        return {"read": self._reads, "write": self._writer.round_trips,
+                "statement": self._writer.statements}
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, target: Path | str, *, max_batch: int = 512,
+                   busy_timeout_ms: int = 5000, synchronous: str = "FULL",
+                   linger_s: float = 0.003, exclusive: bool = False) -> AsyncIterator[Store]:
+        """Open (creating and migrating) the database for the duration of the block.
+
+        ``target``: a SQLite file, ``sqlite:///path``, or a ``postgresql://`` URL
+        (``settings.parse_database``). ``busy_timeout_ms`` and ``synchronous`` are
+        SQLite's. ``exclusive`` (PostgreSQL): this process runs the database's runs,
+        so it refuses to open a database another process already serves.
+        """
+        database = parse_database(target)
+        backend: AbstractAsyncContextManager[Backend]
+        if isinstance(database, Path):
+            from flowrun.store.sqlite import open_sqlite
+            backend = open_sqlite(database, busy_timeout_ms=busy_timeout_ms,
+                                  synchronous=synchronous)
+        else:
+            from flowrun.store.postgres import open_postgres
+            backend = open_postgres(database, exclusive=exclusive)
+        async with backend as opened:
+            # The writer's connection is synchronous: it runs a whole batch in one call on
+            # its own thread (see writer.py), not one thread hop per statement.
+            writer = Writer[Connection](opened.write_conn, max_batch=max_batch,
+                                        linger_s=linger_s, dialect=opened.dialect)
+            async with anyio.create_task_group() as tg:
+                await tg.start(writer.run)
+                try:
+                    yield cls(opened.read, writer, path=opened.path)
+                finally:
+                    tg.cancel_scope.cancel()
+
+    # --- plumbing -------------------------------------------------------------------
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        self._reads += 1
+        return await self._read(sql, params)
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    @property
+    def writable(self) -> bool:
+        """False while the database refuses writes (locked, read-only, full)."""
+        return self._writer.healthy
+
+    def write_sql(self, sql: str, params: Sequence[Any] = (), *,
+                  durable: bool = False) -> WriteResult[None]:
+        """Queue one statement for the next group commit without waiting."""
+
+        def op(conn: Connection) -> None:
+            conn.execute(sql, params)
+
+        return self._writer.submit(op, durable=durable)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement and wait for its commit."""
+        await self.write_sql(sql, params).wait()
+
+    # --- workflows ------------------------------------------------------------------
+
+    async def put_workflow(self, name: str, definition: dict[str, Any]) -> tuple[int, bool]:
+        """Store a definition as the next version, unless it equals the latest: (version, new)."""
+        text = json.dumps(definition, sort_keys=True, separators=(",", ":"))
+
+        def op(conn: Connection) -> tuple[int, bool]:
+            row = conn.execute("SELECT version, definition FROM workflows WHERE name = ? "
+                               "AND deleted_at IS NULL ORDER BY version DESC LIMIT 1",
+                               (name,)).fetchone()
+            if row is not None and row["definition"] == text:
+                return int(row["version"]), False
+            highest = conn.execute("SELECT MAX(version) FROM workflows WHERE name = ?",
+                                   (name,)).fetchone()[0]
+            version = int(highest) + 1 if highest is not None else 1  # never reused
+            conn.execute("INSERT INTO workflows (name, version, definition, created_at) "
+                               "VALUES (?, ?, ?, ?)", (name, version, text, time.time()))
+            return version, True
+
+        return await self._writer.write(op)
+
+    async def get_workflow(self, name: str, version: int | None = None, *,
+                           deleted: bool = False) -> tuple[int, dict[str, Any]] | None:
+        """(version, definition) of a workflow, the latest when no version is given.
+
+        A deleted version is found only with ``deleted`` (the runs made from it).
+        """
+        live = "" if deleted else " AND deleted_at IS NULL"
+        if version is None:
+            row = await self._fetchone("SELECT version, definition FROM workflows WHERE name = ?"
+                                       f"{live} ORDER BY version DESC LIMIT 1", (name,))
+        else:
+            row = await self._fetchone("SELECT version, definition FROM workflows "
+                                       f"WHERE name = ? AND version = ?{live}", (name, version))
+        return None if row is None else (int(row["version"]), json.loads(row["definition"]))
+
+    async def workflow_number(self, name: str) -> int | None:
+        """A stable numeric id of a workflow (the row of its first version)."""
+        row = await self._fetchone("SELECT MIN(rowid) AS n FROM workflows WHERE name = ?",
+                                   (name,))
+        return int(row["n"]) if row is not None and row["n"] is not None else None
+
+    async def workflow_by_number(self, number: int) -> str | None:
+        row = await self._fetchone("SELECT name FROM workflows WHERE rowid = ?", (number,))
+        if row is None or await self.workflow_number(row["name"]) != number or \
+                not await self.workflow_exists(row["name"]):
+            return None
+        return str(row["name"])
+
+    async def run_id_by_number(self, num: int) -> str | None:
+        """The id of the run stored as row ``num`` (the jobs API's numeric job id)."""
+        row = await self._fetchone("SELECT id FROM runs WHERE num = ?", (num,))
+        return None if row is None else str(row["id"])
+
+    async def workflow_exists(self, name: str) -> bool:
+        return await self._fetchone("SELECT 1 FROM workflows WHERE name = ? "
+                                    "AND deleted_at IS NULL LIMIT 1", (name,)) is not None
+
+    async def workflow_versions(self, name: str) -> list[tuple[int, float]]:
+        """(version, created_at) of a workflow's live versions, oldest first."""
+        rows = await self._fetchall("SELECT version, created_at FROM workflows WHERE name = ? "
+                                    "AND deleted_at IS NULL ORDER BY version", (name,))
+        return [(int(r["version"]), float(r["created_at"])) for r in rows]
+
+    async def delete_workflow(self, name: str, version: int | None) -> tuple[int, int]:
+        """Delete one version of a workflow, or all, unless runs of it are still live:
+        (versions deleted, live runs that kept it)."""
+        live = tuple(s.value for s in RunStatus if s not in RUN_TERMINAL)
+        which, params = ("", (name,)) if version is None else (" AND version = ?",
+                                                                (name, version))
+
+        def op(conn: Connection) -> tuple[int, int]:
+            active = conn.execute(
+                f"SELECT COUNT(*) FROM runs WHERE workflow = ?{which} AND status IN "
+                f"({', '.join('?' * len(live))})", (*params, *live)).fetchone()[0]
+            if active:
+                return 0, int(active)
+            deleted = conn.execute(f"UPDATE workflows SET deleted_at = ? WHERE name = ?{which} "
+                                   "AND deleted_at IS NULL", (time.time(), *params)).rowcount
+            return int(deleted), 0
+
+        return await self._writer.write(op)
+
+    async def list_workflows(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """(name, latest version, definition) of every workflow, by name."""
+        rows = await self._fetchall(
+            "SELECT w.name, w.version, w.definition FROM workflows w JOIN "
+            "(SELECT name, MAX(version) AS v FROM workflows WHERE deleted_at IS NULL "
+            "GROUP BY name) m "
+            "ON w.name = m.name AND w.version = m.v ORDER BY w.name")
+        return [(r["name"], int(r["version"]), json.loads(r["definition"])) for r in rows]
+
+    # --- runs -----------------------------------------------------------------------
+
+    def insert_run(self, run: RunRecord) -> WriteResult[None]:
+        """Queue the insert of a new run (no idempotency key)."""
+
+        def op(conn: Connection) -> None:
+            _insert_run(conn, run)
+
+        return self._writer.submit(op)
+
+    async def accept_run(self, run: RunRecord, claim: IdempotencyClaim | None,
+                         admit: Callable[[KeyHolder | None], str | None], *,
+                         nodes: Sequence[NodeRecord] = ()) -> tuple[str, bool]:
+        """Insert a run and its idempotency key in one transaction: (run id, created).
+        ``nodes``: node results the run starts with (it does not run those nodes).
+
+        ``admit`` is the caller's rule, called inside the transaction with the run the
+        key names now (None without a key or holder): it returns the id of a run to
+        answer with instead (nothing is inserted), None to insert, or raises to refuse.
+        Concurrent duplicates are serialised by the writer, so they see each other.
+        """
+
+        def op(conn: Connection) -> tuple[str, bool]:
+            existing = admit(_key_holder(conn, claim) if claim is not None else None)
+            if existing is not None:
+                return existing, False
+            _insert_run(conn, run)
+            if nodes:
+                _NODE_ROWS.write(conn, [_node_row(n) for n in nodes])
+            if claim is not None:
+                conn.execute(
+                    "INSERT INTO idempotency_keys (api_key_id, workflow, key, fingerprint, "
+                    "run_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, NULL) "
+                    "ON CONFLICT (api_key_id, workflow, key) DO UPDATE SET "
+                    "fingerprint = excluded.fingerprint, run_id = excluded.run_id, "
+                    "created_at = excluded.created_at, expires_at = NULL",
+                    (claim.scope, claim.workflow, claim.key, claim.fingerprint, run.id,
+                     time.time()))
+            return run.id, True
+
+        return await self._writer.write(op)
+
+    def mark_running(self, run_id: str, started_at: float, event: Event, *,
+                     status: RunStatus = RunStatus.RUNNING) -> WriteResult[None]:
+        """Record the start (or resume) of a run together with its first event."""
+        def op(conn: Connection) -> None:
+            conn.execute("UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?) "
+                         "WHERE id = ?", (status.value, started_at, run_id))
+
+        return self._writer.submit(op, durable=True, rows=((_EVENT_ROWS, _event_row(event)),))
+
+    def finish_run(self, run_id: str, status: RunStatus, *, outputs: Any, error: Any,
+                   steps: int, finished_at: float, event: Event,
+                   key_ttl_s: float, has_key: bool = True,
+                   had_waits: bool = False) -> WriteResult[None]:
+        """Record a terminal status with its terminal event in one transaction.
+
+        ``has_key``: the run was accepted with an idempotency key, whose expiry starts
+        now (keys are found by their own columns, not by run: without a key, no scan).
+        ``had_waits``: the run may have wait nodes still waiting, which end as stopped.
+        """
+        run_row = (status.value, _dumps(outputs), _dumps(error), steps, finished_at,
+                   finished_at, run_id)
+        def op(conn: Connection) -> None:
+            conn.execute(
+                "UPDATE runs SET status = ?, outputs = ?, error = ?, steps = ?, "
+                "finished_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?", run_row)
+            if has_key:
+                conn.execute("UPDATE idempotency_keys SET expires_at = ? WHERE run_id = ?",
+                             (finished_at + key_ttl_s, run_id))
+            if had_waits:
+                conn.execute("UPDATE node_executions SET status = ?, finished_at = ? "
+                             "WHERE run_id = ? AND status = ?",
+                             (NodeStatus.STOPPED.value, finished_at, run_id,
+                              NodeStatus.WAITING.value))
+
+        return self._writer.submit(op, durable=True, rows=((_EVENT_ROWS, _event_row(event)),))
+
+    # --- waiting runs and their signals ----------------------------------------------
+
+    def park_run(self, run_id: str, *, wake_at: float | None, event: Event,
+                 tokens: Sequence[tuple[str, str, str]]) -> WriteResult[None]:
+        """Record a run as waiting (with when to wake it and its signal URL tokens:
+        (hash, node id, signal) each) together with its ``workflow_waiting`` event."""
+        now = time.time()
+
+        def op(conn: Connection) -> None:
+            conn.execute("UPDATE runs SET status = ?, wake_at = ? WHERE id = ?",
+                         (RunStatus.WAITING.value, wake_at, run_id))
+            conn.executemany(
+                "INSERT INTO signal_tokens (token_hash, run_id, node_id, signal, "
+                "created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(token, run_id, node_id, signal, now) for token, node_id, signal in tokens])
+
+        return self._writer.submit(op, durable=True, rows=((_EVENT_ROWS, _event_row(event)),))
+
+    async def wake_run(self, run_id: str) -> bool:
+        """Queue a waiting run again; False when it was not waiting (someone else woke it)."""
+
+        def op(conn: Connection) -> bool:
+            cur = conn.execute("UPDATE runs SET status = ?, wake_at = NULL WHERE id = ? AND "
+                               "status = ?", (RunStatus.QUEUED.value, run_id,
+                                              RunStatus.WAITING.value))
+            return cur.rowcount == 1
+
+        return await self._writer.write(op, durable=True)
+
+    async def due_waiting_runs(self, now: float, limit: int = 100) -> list[str]:
+        """Waiting runs whose wake time has come, earliest first."""
+        rows = await self._fetchall("SELECT id FROM runs WHERE status = 'waiting' AND "
+                                    "wake_at <= ? ORDER BY wake_at LIMIT ?", (now, limit))
+        return [row[0] for row in rows]
+
+    async def next_wake_at(self) -> float | None:
+        row = await self._fetchone("SELECT MIN(wake_at) FROM runs WHERE status = 'waiting'")
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def add_signal(self, run_id: str, name: str, data: dict[str, Any], *,
+                         via: str) -> bool:
+        """Keep a signal for a run; False when one of that name came already."""
+
+        def op(conn: Connection) -> bool:
+            cur = conn.execute("INSERT INTO signals (run_id, name, data, via, "
+                               "received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                               (run_id, name, _dumps(data), via, time.time()))
+            return cur.rowcount == 1
+
+        return await self._writer.write(op, durable=True)
+
+    async def signals(self, run_id: str) -> dict[str, Any]:
+        """The signals a run has received: name -> data."""
+        rows = await self._fetchall("SELECT name, data FROM signals WHERE run_id = ?",
+                                    (run_id,))
+        return {row["name"]: json.loads(row["data"]) for row in rows}
+
+    async def signal_token(self, token_hash: str) -> tuple[str, str, str] | None:
+        """(run id, node id, signal) a signal URL's token stands for."""
+        row = await self._fetchone("SELECT run_id, node_id, signal FROM signal_tokens "
+                                   "WHERE token_hash = ?", (token_hash,))
+        return None if row is None else (row[0], row[1], row[2])
+
+    async def set_status(self, run_id: str, status: RunStatus, *,
+                         only_from: tuple[RunStatus, ...]) -> bool:
+        """Change a live run's status (pause/resume); False if it was not in ``only_from``."""
+
+        def op(conn: Connection) -> bool:
+            marks = ", ".join("?" * len(only_from))
+            cur = conn.execute(f"UPDATE runs SET status = ? WHERE id = ? AND status IN "
+                                     f"({marks})", (status.value, run_id,
+                                                    *(s.value for s in only_from)))
+            return cur.rowcount == 1
+
+        return await self._writer.write(op, durable=True)
+
+    async def reset_run(self, run_id: str, *, keep_succeeded: bool,
+                        rerun: Collection[str] = ()) -> bool:
+        """Queue a finished run again: restart (no node kept) or retry (succeeded nodes
+        kept, except those in ``rerun``). False, and nothing changed, when the run is
+        not finished (another request queued it again first)."""
+        terminal = tuple(s.value for s in RUN_TERMINAL)
+
+        def op(conn: Connection) -> bool:
+            queued = conn.execute(
+                "UPDATE runs SET status = ?, outputs = NULL, error = NULL, finished_at = NULL, "
+                f"started_at = NULL, steps = 0 WHERE id = ? AND status IN "
+                f"({', '.join('?' * len(terminal))})",
+                (RunStatus.QUEUED.value, run_id, *terminal)).rowcount
+            if not queued:
+                return False
+            if keep_succeeded:
+                again = list(rerun)
+                conn.execute(
+                    "DELETE FROM node_executions WHERE run_id = ? AND (status != ? OR node_id "
+                    f"IN ({', '.join('?' * len(again))}))",
+                    (run_id, NodeStatus.SUCCEEDED.value, *again))
+            else:
+                conn.execute("DELETE FROM node_executions WHERE run_id = ?", (run_id,))
+            conn.execute("UPDATE idempotency_keys SET expires_at = NULL WHERE run_id = ?",
+                         (run_id,))
+            return True
+
+        return await self._writer.write(op)
+
+    async def get_run(self, run_id: str, *, with_nodes: bool = True) -> RunRecord | None:
+        row = await self._fetchone(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        if row is None:
+            return None
+        run = _run_from_row(row)
+        if with_nodes:
+            run.nodes = await self.node_records(run_id)
+        return run
+
+    async def list_runs(self, workflow: str | None, *, api_key_id: str | None,
+                        any_key: bool = False, status: str | None = None,
+                        correlation_id: str | None = None, limit: int = 20,
+                        before_num: int | None = None) -> list[RunRecord]:
+        """Runs of a workflow (of all, with None) made by one key (or by any, with
+        ``any_key``), newest first."""
+        clauses = ["1 = 1"] if workflow is None else ["workflow = ?"]
+        params: list[Any] = [] if workflow is None else [workflow]
+        if not any_key:
+            clauses.append("api_key_id IS ?")
+            params.append(api_key_id)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if correlation_id is not None:
+            clauses.append("correlation_id = ?")
+            params.append(correlation_id)
+        if before_num is not None:
+            clauses.append("num < ?")
+            params.append(before_num)
+        params.append(limit)
+        rows = await self._fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE "
+                                    f"{' AND '.join(clauses)} ORDER BY num DESC LIMIT ?", params)
+        return [_run_from_row(r) for r in rows]
+
+    async def unfinished_runs(self) -> list[RunRecord]:
+        """Queued and running runs, oldest first (what a restart must pick up)."""
+        rows = await self._fetchall(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN (?, ?, ?) "
+                                    "ORDER BY num", (RunStatus.QUEUED.value,
+                                                     RunStatus.RUNNING.value,
+                                                     RunStatus.PAUSED.value))
+        return [_run_from_row(r) for r in rows]
+
+    # --- nodes and events -----------------------------------------------------------
+
+    def record(self, *, node: NodeRecord | None = None,
+               event: Event | None = None) -> WriteResult[None]:
+        """Durably save a node execution and/or an event, together."""
+        rows: list[tuple[RowTable, tuple[Any, ...]]] = []
+        if node is not None:
+            rows.append((_NODE_ROWS, _node_row(node)))
+        if event is not None:
+            rows.append((_EVENT_ROWS, _event_row(event)))
+        return self._writer.submit(None, durable=True, rows=tuple(rows))
+
+    async def node_records(self, run_id: str) -> list[NodeRecord]:
+        rows = await self._fetchall("SELECT * FROM node_executions WHERE run_id = ? "
+                                    "ORDER BY idx = 0, idx", (run_id,))
+        return [_node_from_row(r) for r in rows]
+
+    async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        """A page of a run's event log after sequence number ``after``."""
+        rows = await self._fetchall("SELECT seq, name, data, created_at FROM events "
+                                    "WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                                    (run_id, after, limit))
+        return [Event(run_id, r["seq"], r["name"], json.loads(r["data"]), r["created_at"])
+                for r in rows]
+
+    async def last_event_seq(self, run_id: str) -> int:
+        row = await self._fetchone("SELECT MAX(seq) AS s FROM events WHERE run_id = ?",
+                                   (run_id,))
+        return int(row["s"]) if row is not None and row["s"] is not None else 0
+
+    # --- housekeeping ---------------------------------------------------------------
+
+    async def delete_expired_keys(self, now: float, batch: int = 1000) -> int:
+        """Forget idempotency keys whose run ended more than the TTL ago."""
+
+        def op(conn: Connection) -> int:
+            cur = conn.execute(
+                "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM "
+                "idempotency_keys WHERE expires_at IS NOT NULL AND expires_at < ? LIMIT ?)",
+                (now, batch))
+            return cur.rowcount
+
+        return await self._writer.write(op)
+
+    async def delete_run(self, run_id: str) -> RunStatus | None:
+        """Delete a finished run with its nodes, events and idempotency keys: the run's
+        status (a live run is left as it is), or None when there is no such run."""
+
+        def op(conn: Connection) -> RunStatus | None:
+            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            status = RunStatus(row["status"])
+            if status in RUN_TERMINAL:
+                for table, column in _RUN_TABLES:
+                    conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (run_id,))
+            return status
+
+        return await self._writer.write(op)
+
+    async def delete_finished_runs(self, before: float, batch: int = 200) -> int:
+        """Delete up to ``batch`` runs that ended before ``before``, with nodes, events, keys."""
+        terminal = tuple(s.value for s in RUN_TERMINAL)
+
+        def op(conn: Connection) -> int:
+            ids = [row[0] for row in conn.execute(
+                f"SELECT id FROM runs WHERE finished_at < ? AND status IN "
+                f"({', '.join('?' * len(terminal))}) LIMIT ?",
+                (before, *terminal, batch)).fetchall()]
+            if not ids:
+                return 0
+            marks = ", ".join("?" * len(ids))
+            for table, column in _RUN_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
+            return len(ids)
+
+        return await self._writer.write(op)
+
+    # --- schedules ------------------------------------------------------------------
+
+    async def sync_definition_schedules(self, workflow: str,
+                                        entries: Sequence[dict[str, Any]], *,
+                                        keep_api: bool = True) -> None:
+        """Make the workflow's definition schedules those of ``entries`` (its block): add
+        new ones, replace changed ones (keeping ``last_slot``), leave unchanged ones as
+        they are (paused or resumed since), delete the rest. API schedules stay, unless
+        not ``keep_api``."""
+        now = time.time()
+
+        def op(conn: Connection) -> None:
+            stored = {r["id"]: r for r in conn.execute(
+                "SELECT id, source, spec FROM schedules WHERE workflow = ?", (workflow,))}
+            wanted = {e["id"] for e in entries}
+            for schedule_id, row in stored.items():
+                if (row["source"] == "definition" or not keep_api) and \
+                        schedule_id not in wanted:
+                    conn.execute("DELETE FROM schedules WHERE workflow = ? AND id = ?",
+                                 (workflow, schedule_id))
+            for e in entries:
+                row = stored.get(e["id"])
+                spec = _dumps(e)
+                if row is not None and row["source"] == "definition" and row["spec"] == spec:
+                    continue
+                conn.execute(
+                    "INSERT INTO schedules (workflow, id, cron, timezone, inputs, catch_up, "
+                    "paused, source, spec, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'definition', ?, ?) "
+                    "ON CONFLICT (workflow, id) DO UPDATE SET cron = excluded.cron, "
+                    "timezone = excluded.timezone, inputs = excluded.inputs, "
+                    "catch_up = excluded.catch_up, paused = excluded.paused, "
+                    "source = excluded.source, spec = excluded.spec",
+                    (workflow, e["id"], e["cron"], e["timezone"], _dumps(e["inputs"]),
+                     e["catch_up"], int(e["paused"]), spec, now))
+
+        await self._writer.write(op)
+
+    async def add_schedule(self, schedule: ScheduleRecord) -> bool:
+        """Insert a schedule; False (nothing written) when its id is taken."""
+
+        def op(conn: Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO schedules (workflow, id, cron, timezone, inputs, "
+                "catch_up, paused, source, spec, last_slot, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (schedule.workflow, schedule.id, schedule.cron, schedule.timezone,
+                 _dumps(schedule.inputs), schedule.catch_up, int(schedule.paused),
+                 schedule.source, _dumps(schedule.spec), schedule.last_slot,
+                 schedule.created_at))
+            return bool(cur.rowcount)
+
+        return await self._writer.write(op)
+
+    async def list_schedules(self, workflow: str | None = None) -> list[ScheduleRecord]:
+        """Schedules of one workflow, or of all, by workflow and id."""
+        where, params = ("WHERE workflow = ?", (workflow,)) if workflow else ("", ())
+        rows = await self._fetchall(f"SELECT * FROM schedules {where} ORDER BY workflow, id",
+                                    params)
+        return [_schedule_from_row(r) for r in rows]
+
+    async def get_schedule(self, workflow: str, schedule_id: str) -> ScheduleRecord | None:
+        row = await self._fetchone("SELECT * FROM schedules WHERE workflow = ? AND id = ?",
+                                   (workflow, schedule_id))
+        return None if row is None else _schedule_from_row(row)
+
+    async def set_schedule_paused(self, workflow: str, schedule_id: str, paused: bool,
+                                  last_slot: float | None = None) -> bool:
+        """Pause or resume (resuming from ``last_slot``: slots before it are not owed);
+        False when there is no such schedule."""
+
+        def op(conn: Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE schedules SET paused = ?, last_slot = COALESCE(?, last_slot) "
+                "WHERE workflow = ? AND id = ?", (int(paused), last_slot, workflow,
+                                                  schedule_id))
+            return bool(cur.rowcount)
+
+        return await self._writer.write(op)
+
+    async def set_schedule_slot(self, workflow: str, schedule_id: str, slot: float) -> None:
+        """Record the last slot fired (never moving it back)."""
+        await self.execute("UPDATE schedules SET last_slot = ? WHERE workflow = ? AND id = ? "
+                           "AND (last_slot IS NULL OR last_slot < ?)",
+                           (slot, workflow, schedule_id, slot))
+
+    async def delete_schedule(self, workflow: str, schedule_id: str) -> bool:
+        def op(conn: Connection) -> bool:
+            cur = conn.execute("DELETE FROM schedules WHERE workflow = ? AND id = ?",
+                               (workflow, schedule_id))
+            return bool(cur.rowcount)
+
+        return await self._writer.write(op)
+
+    # --- completion callbacks -------------------------------------------------------
+
+    async def due_callbacks(self, now: float, limit: int,
+                            skip: Collection[str] = ()) -> list[DueCallback]:
+        """Pending callbacks of ended runs whose next attempt is due, soonest first
+        (``skip``: those in flight). Reads only pending rows (a partial index)."""
+        terminal = tuple(s.value for s in RUN_TERMINAL)
+        rows = await self._fetchall(
+            "SELECT c.run_id, c.delivery_id, c.attempts, r.callback_url, r.finished_at "
+            # CROSS JOIN keeps callbacks the outer loop: SQLite would otherwise walk every
+            # ended run by status (PostgreSQL reads it as a plain JOIN). The state is
+            # written out: a bound value would not match the partial index. NULLS FIRST
+            # (a run that just ended) is SQLite's order anyway, not PostgreSQL's.
+            "FROM callbacks c CROSS JOIN runs r ON r.id = c.run_id "
+            f"WHERE c.state = '{CallbackState.PENDING.value}' "
+            "AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= ?) "
+            f"AND r.status IN ({', '.join('?' * len(terminal))}) "
+            "AND r.callback_url IS NOT NULL ORDER BY c.next_attempt_at NULLS FIRST LIMIT ?",
+            (now, *terminal, limit + len(skip)))
+        found = [DueCallback(r["run_id"], r["callback_url"], r["delivery_id"],
+                             int(r["attempts"]), float(r["finished_at"] or now))
+                 for r in rows if r["run_id"] not in skip]
+        return found[:limit]
+
+    async def record_callback_attempt(self, run_id: str, attempt: CallbackAttempt,
+                                      state: CallbackState,
+                                      next_attempt_at: float | None) -> None:
+        """Save an attempt with the state it leaves the callback in, together."""
+
+        def op(conn: Connection) -> None:
+            conn.execute(
+                "INSERT INTO callback_attempts (run_id, attempt, at, status_code, error, "
+                "duration_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, attempt) DO "
+                "UPDATE SET at = excluded.at, status_code = excluded.status_code, "
+                "error = excluded.error, duration_ms = excluded.duration_ms",
+                (run_id, attempt.attempt, attempt.at, attempt.status_code, attempt.error,
+                 attempt.duration_ms))
+            conn.execute(
+                "UPDATE callbacks SET state = ?, "
+                "attempts = CASE WHEN attempts > ? THEN attempts ELSE ? END, "
+                "next_attempt_at = ?, updated_at = ? WHERE run_id = ?",
+                (state.value, attempt.attempt, attempt.attempt, next_attempt_at, attempt.at,
+                 run_id))
+
+        await self._writer.write(op)
+
+    async def get_callback(self, run_id: str) -> CallbackRecord | None:
+        """A run's callback with every attempt, oldest first; None without one."""
+        row = await self._fetchone(
+            "SELECT c.delivery_id, c.state, c.next_attempt_at, r.callback_url FROM callbacks c "
+            "JOIN runs r ON r.id = c.run_id WHERE c.run_id = ?", (run_id,))
+        if row is None or row["callback_url"] is None:
+            return None
+        attempts = await self._fetchall(
+            "SELECT attempt, at, status_code, error, duration_ms FROM callback_attempts "
+            "WHERE run_id = ? ORDER BY attempt", (run_id,))
+        return CallbackRecord(
+            run_id=run_id, url=row["callback_url"], delivery_id=row["delivery_id"],
+            state=CallbackState(row["state"]), next_attempt_at=row["next_attempt_at"],
+            attempts=[CallbackAttempt(a["attempt"], a["at"], a["status_code"], a["error"],
+                                      a["duration_ms"]) for a in attempts])
+
+    async def server_secret(self, name: str, fresh: str) -> tuple[str, str | None,
+                                                                  float | None]:
+        """(value, previous, previous_until) of a secret the server holds, stored as
+        ``fresh`` if it has none yet (first need; concurrent callers get the same one)."""
+
+        def op(conn: Connection) -> tuple[str, str | None, float | None]:
+            conn.execute("INSERT INTO server_secrets (name, value, updated_at) "
+                         "VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (name, fresh, time.time()))
+            row = conn.execute("SELECT value, previous, previous_until FROM server_secrets "
+                               "WHERE name = ?", (name,)).fetchone()
+            return str(row["value"]), row["previous"], row["previous_until"]
+
+        return await self._writer.write(op)
+
+    async def rotate_server_secret(self, name: str, fresh: str,
+                                   previous_until: float) -> None:
+        """Replace a server secret with ``fresh``, keeping the one it replaces (if any)
+        as ``previous`` until ``previous_until``."""
+
+        def op(conn: Connection) -> None:
+            now = time.time()
+            cur = conn.execute(
+                "UPDATE server_secrets SET previous = value, previous_until = ?, value = ?, "
+                "updated_at = ? WHERE name = ?", (previous_until, fresh, now, name))
+            if not cur.rowcount:
+                conn.execute("INSERT INTO server_secrets (name, value, updated_at) "
+                             "VALUES (?, ?, ?)", (name, fresh, now))
+
+        await self._writer.write(op)
+
+    # --- hooks ----------------------------------------------------------------------
+
+    async def put_hook(self, workflow: str, secret: str, inputs: Any
+                       ) -> tuple[HookRecord, bool]:
+        """Create a workflow's hook with ``secret``, or set the ``inputs`` mapping of the
+        one it has (keeping its secret): (the hook, created)."""
+        now = time.time()
+
+        def op(conn: Connection) -> bool:
+            cur = conn.execute("INSERT INTO hooks (workflow, secret, inputs, "
+                               "created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                               (workflow, secret, _dumps(inputs), now))
+            if cur.rowcount:
+                return True
+            conn.execute("UPDATE hooks SET inputs = ? WHERE workflow = ?",
+                         (_dumps(inputs), workflow))
+            return False
+
+        created = await self._writer.write(op)
+        found = await self.get_hook(workflow)
+        assert found is not None  # just written
+        return found, created
+
+    async def get_hook(self, workflow: str) -> HookRecord | None:
+        row = await self._fetchone("SELECT * FROM hooks WHERE workflow = ?", (workflow,))
+        return None if row is None else _hook_from_row(row)
+
+    async def rotate_hook_secret(self, workflow: str, secret: str) -> bool:
+        """Replace a hook's secret (the old one stops working); False without a hook."""
+
+        def op(conn: Connection) -> bool:
+            cur = conn.execute("UPDATE hooks SET secret = ?, rotated_at = ? WHERE workflow = ?",
+                               (secret, time.time(), workflow))
+            return bool(cur.rowcount)
+
+        return await self._writer.write(op)
+
+    async def delete_hook(self, workflow: str) -> bool:
+        """Delete a workflow's hook and the deliveries it remembers."""
+
+        def op(conn: Connection) -> bool:
+            conn.execute("DELETE FROM hook_deliveries WHERE workflow = ?", (workflow,))
+            return bool(conn.execute("DELETE FROM hooks WHERE workflow = ?",
+                                     (workflow,)).rowcount)
+
+        return await self._writer.write(op)
+
+    async def hook_delivery(self, workflow: str, signature: str) -> str | None:
+        """The run a delivery with this signature started, if one was accepted."""
+        row = await self._fetchone("SELECT run_id FROM hook_deliveries WHERE workflow = ? "
+                                   "AND signature = ?", (workflow, signature))
+        return None if row is None else str(row["run_id"])
+
+    async def add_hook_delivery(self, workflow: str, signature: str, signed_at: float,
+                                run_id: str) -> None:
+        """Remember an accepted delivery (and show it as the hook's last)."""
+        now = time.time()
+
+        def op(conn: Connection) -> None:
+            conn.execute("INSERT INTO hook_deliveries (workflow, signature, signed_at, "
+                         "run_id, received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                         (workflow, signature, signed_at, run_id, now))
+            conn.execute("UPDATE hooks SET last_delivery_at = ?, last_run_id = ? "
+                         "WHERE workflow = ?", (now, run_id, workflow))
+
+        await self._writer.write(op)
+
+    async def delete_old_hook_deliveries(self, signed_before: float, batch: int = 1000) -> int:
+        """Forget deliveries signed before ``signed_before`` (too old to be replayed)."""
+
+        def op(conn: Connection) -> int:
+            return conn.execute(
+                "DELETE FROM hook_deliveries WHERE rowid IN (SELECT rowid FROM "
+                "hook_deliveries WHERE signed_at < ? LIMIT ?)", (signed_before, batch)).rowcount
+
+        return await self._writer.write(op)
+
+    # --- API keys -------------------------------------------------------------------
+
+    async def add_api_key(self, key_id: str, prefix: str, key_hash: str, *,
+                          name: str | None, scope: str = "run",
+                          workflows: Sequence[str] | None = None) -> ApiKeyRecord:
+        now = time.time()
+        bound = sorted(set(workflows)) if workflows else None
+        await self.execute("INSERT INTO api_keys (id, prefix, hash, name, scope, workflows, "
+                           "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (key_id, prefix, key_hash, name, scope, _dumps(bound), now))
+        return ApiKeyRecord(key_id, prefix, name, scope, bound, now)
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        """The live (not revoked) key with this digest."""
+        row = await self._fetchone("SELECT * FROM api_keys WHERE hash = ? AND revoked_at IS NULL",
+                                   (key_hash,))
+        return None if row is None else _key_from_row(row)
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = await self._fetchone("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+        return None if row is None else _key_from_row(row)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        return [_key_from_row(r) for r in
+                await self._fetchall("SELECT * FROM api_keys ORDER BY created_at")]
+
+    async def revoke_api_key(self, key_id_or_prefix: str) -> int:
+        """Revoke keys by id or prefix; the number revoked."""
+
+        def op(conn: Connection) -> int:
+            cur = conn.execute("UPDATE api_keys SET revoked_at = ? WHERE "
+                                     "(id = ? OR prefix = ?) AND revoked_at IS NULL",
+                                     (time.time(), key_id_or_prefix, key_id_or_prefix))
+            return cur.rowcount
+
+        return await self._writer.write(op)
+
+    async def count_api_keys(self) -> int:
+        row = await self._fetchone("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+        return int(row["n"]) if row else 0
+
+    # --- secrets --------------------------------------------------------------------
+
+    async def put_secret(self, name: str, value: str, allowed_urls: Sequence[str]) -> bool:
+        """Create or replace a secret; True when it is new."""
+
+        def op(conn: Connection) -> bool:
+            now = time.time()
+            cur = conn.execute(
+                "UPDATE secrets SET value = ?, allowed_urls = ?, updated_at = ? WHERE name = ?",
+                (value, _dumps(list(allowed_urls)), now, name))
+            if cur.rowcount:
+                return False
+            conn.execute("INSERT INTO secrets (name, value, allowed_urls, created_at, "
+                               "updated_at) VALUES (?, ?, ?, ?, ?)",
+                               (name, value, _dumps(list(allowed_urls)), now, now))
+            return True
+
+        return await self._writer.write(op)
+
+    async def get_secret(self, name: str) -> SecretRecord | None:
+        row = await self._fetchone("SELECT * FROM secrets WHERE name = ?", (name,))
+        return None if row is None else _secret_from_row(row)
+
+    async def list_secrets(self) -> list[SecretRecord]:
+        return [_secret_from_row(r) for r in
+                await self._fetchall("SELECT * FROM secrets ORDER BY name")]
+
+    async def delete_secret(self, name: str) -> bool:
+        def op(conn: Connection) -> bool:
+            cur = conn.execute("DELETE FROM secrets WHERE name = ?", (name,))
+            return bool(cur.rowcount)
+
+        return await self._writer.write(op)
+
+
+def _schedule_from_row(row: Any) -> ScheduleRecord:
+    return ScheduleRecord(
+        workflow=row["workflow"], id=row["id"], cron=row["cron"], timezone=row["timezone"],
+        inputs=_loads(row["inputs"]) or {}, catch_up=row["catch_up"],
+        paused=bool(row["paused"]), source=row["source"], created_at=row["created_at"],
+        last_slot=row["last_slot"], spec=_loads(row["spec"]))
+
+
+def _hook_from_row(row: Any) -> HookRecord:
+    return HookRecord(workflow=row["workflow"], secret=row["secret"],
+                      inputs=_loads(row["inputs"]), created_at=row["created_at"],
+                      rotated_at=row["rotated_at"], last_delivery_at=row["last_delivery_at"],
+                      last_run_id=row["last_run_id"])
+
+
+def _key_from_row(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(row["id"], row["prefix"], row["name"], row["scope"],
+                        _loads(row["workflows"]), row["created_at"], row["revoked_at"])
+
+
+def _secret_from_row(row: Any) -> SecretRecord:
+    return SecretRecord(row["name"], row["value"], _loads(row["allowed_urls"]),
+                        row["created_at"], row["updated_at"])
