@@ -20,8 +20,8 @@ def hello(template: str = "hi") -> dict[str, object]:
     return {"name": "hello", "nodes": [{"id": "t", "type": "template", "template": template}]}
 
 
-async def test_a_changed_definition_is_a_new_version(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "wf.db") as store:
+async def test_a_changed_definition_is_a_new_version(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         catalog = WorkflowCatalog(store, registry)
         assert await catalog.register(ADMIN, hello()) == (1, True)
         assert await catalog.register(ADMIN, hello()) == (1, False)  # unchanged: same version
@@ -35,8 +35,8 @@ async def test_a_changed_definition_is_a_new_version(tmp_path: Path) -> None:
             await catalog.get("nope")
 
 
-async def test_registering_checks_the_caller_and_the_name(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "wf.db") as store:
+async def test_registering_checks_the_caller_and_the_name(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         catalog = WorkflowCatalog(store, registry)
         with pytest.raises(Forbidden):
             await catalog.register(BOUND, hello())
@@ -46,8 +46,8 @@ async def test_registering_checks_the_caller_and_the_name(tmp_path: Path) -> Non
             await catalog.get("hello")  # nothing was stored
 
 
-async def test_resolve_takes_a_name_or_a_number(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "wf.db") as store:
+async def test_resolve_takes_a_name_or_a_number(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         catalog = WorkflowCatalog(store, registry)
         await catalog.register(ADMIN, hello())
         await catalog.register(ADMIN, {**hello(), "name": "other"})

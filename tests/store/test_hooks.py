@@ -9,8 +9,8 @@ from flowrun.records import RunRecord, RunStatus
 from flowrun.store import Store
 
 
-async def test_a_hook_is_created_once_then_its_mapping_changes(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db") as store:
+async def test_a_hook_is_created_once_then_its_mapping_changes(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         assert await store.get_hook("wf") is None
         hook, created = await store.put_hook("wf", "whsec_a", None)
         assert created and hook.secret == "whsec_a" and hook.inputs is None
@@ -27,9 +27,9 @@ async def test_a_hook_is_created_once_then_its_mapping_changes(tmp_path: Path) -
 
 
 async def test_deliveries_are_remembered_until_stale_and_go_with_the_hook(
-        tmp_path: Path) -> None:
+        db_target: Path | str) -> None:
     now = time.time()
-    async with Store.open(tmp_path / "f.db") as store:
+    async with Store.open(db_target) as store:
         await store.put_hook("wf", "whsec_a", None)
         await store.add_hook_delivery("wf", "old", now - 600, "run-old")
         await store.add_hook_delivery("wf", "new", now, "run-new")
@@ -46,8 +46,8 @@ async def test_deliveries_are_remembered_until_stale_and_go_with_the_hook(
         assert not await store.delete_hook("wf")
 
 
-async def test_a_run_keeps_its_source(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db") as store:
+async def test_a_run_keeps_its_source(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         run = RunRecord(id="r1", workflow="wf", version=1, status=RunStatus.QUEUED,
                         inputs={}, created_at=time.time(), source="hook")
         await store.insert_run(run).wait()

@@ -1,4 +1,5 @@
-"""Store: migrations, workflow versions, group commit, run and node round trips."""
+"""Store: migrations, workflow versions, group commit, run and node round trips (the
+interface tests on SQLite and on PostgreSQL: ``db_target``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import aiosqlite
 import anyio
+import psycopg
 import pytest
 
 from flowrun.events import Event
@@ -17,6 +19,9 @@ from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store import Store
 from flowrun.store.schema import SCHEMA_VERSION
 from flowrun.store.writer import Connection
+
+# A constraint a write breaks, as each database's driver raises it.
+INTEGRITY = (sqlite3.IntegrityError, psycopg.IntegrityError)
 
 
 def make_run(run_id: str, **kw: Any) -> RunRecord:
@@ -35,8 +40,8 @@ async def test_new_database_is_migrated_in_wal_mode(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_workflow_versions(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db") as store:
+async def test_workflow_versions(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         assert await store.put_workflow("wf", {"v": 1}) == (1, True)
         assert await store.put_workflow("wf", {"v": 1}) == (1, False)
         assert await store.put_workflow("wf", {"v": 2}) == (2, True)
@@ -46,8 +51,8 @@ async def test_workflow_versions(tmp_path: Path) -> None:
         assert [(n, v) for n, v, _ in await store.list_workflows()] == [("wf", 2)]
 
 
-async def test_concurrent_writes_are_group_committed(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db") as store:
+async def test_concurrent_writes_are_group_committed(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         def insert(run_id: str) -> Coroutine[Any, Any, None]:
             return store.insert_run(make_run(run_id)).wait()  # submitted by start_soon
 
@@ -64,19 +69,19 @@ async def test_concurrent_writes_are_group_committed(tmp_path: Path) -> None:
         assert batches <= 3, f"300 concurrent writes took {batches} commits"
 
 
-async def test_a_failing_write_does_not_undo_its_batch(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db") as store:
+async def test_a_failing_write_does_not_undo_its_batch(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         await store.insert_run(make_run("dup")).wait()
         ok = store.insert_run(make_run("fine"))
         bad = store.insert_run(make_run("dup"))
         await ok.wait()
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(INTEGRITY):
             await bad.wait()
         assert await store.get_run("fine") is not None
 
 
-async def test_run_and_nodes_round_trip(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db") as store:
+async def test_run_and_nodes_round_trip(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         await store.insert_run(make_run("r", priority=7, correlation_id="c")).wait()
         store.mark_running("r", 10.0, Event("r", 1, "workflow_started", {}, 10.0))
         node = NodeRecord("r", "n", "template", "N", 1, NodeStatus.SUCCEEDED, {"i": 1},
@@ -93,16 +98,16 @@ async def test_run_and_nodes_round_trip(tmp_path: Path) -> None:
         assert await store.unfinished_runs() == []
 
 
-async def test_writes_after_reopen_survive(tmp_path: Path) -> None:
-    db = tmp_path / "f.db"
+async def test_writes_after_reopen_survive(db_target: Path | str) -> None:
+    db = db_target
     async with Store.open(db) as store:
         store.insert_run(make_run("queued-only"))  # not awaited: flushed on close
     async with Store.open(db) as store:
         assert [r.id for r in await store.unfinished_runs()] == ["queued-only"]
 
 
-async def test_events_are_ordered_by_seq(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db") as store:
+async def test_events_are_ordered_by_seq(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         for seq in (1, 2, 3):
             store.record(event=Event("r", seq, "e", {"n": seq}, time.time()))
         await store.execute("SELECT 1")
@@ -128,18 +133,18 @@ async def test_a_locked_database_becomes_unavailable_then_recovers(tmp_path: Pat
 
 
 async def test_a_lone_failing_write_is_rolled_back_and_the_next_one_works(
-        tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db") as store:
+        db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         await store.insert_run(make_run("once")).wait()
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(INTEGRITY):
             await store.insert_run(make_run("once")).wait()
         await store.insert_run(make_run("twice")).wait()
         assert [r.id for r in await store.unfinished_runs()] == ["once", "twice"]
 
 
 async def test_a_broken_durable_op_fails_alone_and_leaves_nothing_half_written(
-        tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db") as store:
+        db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         await store.insert_run(make_run("r")).wait()
         writer = store._writer
 
@@ -159,8 +164,8 @@ async def test_a_broken_durable_op_fails_alone_and_leaves_nothing_half_written(
         assert run is not None and run.status is RunStatus.QUEUED  # its update was undone
 
 
-async def test_a_row_a_merged_insert_refuses_fails_alone(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db") as store:
+async def test_a_row_a_merged_insert_refuses_fails_alone(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         await store.record(event=Event("r", 1, "e", {}, time.time())).wait()
         # one batch: the merged INSERT of events breaks on the duplicate, so the batch
         # is applied write by write and only the duplicate fails
@@ -168,15 +173,15 @@ async def test_a_row_a_merged_insert_refuses_fails_alone(tmp_path: Path) -> None
         duplicate = store.record(event=Event("r", 1, "e", {"again": True}, time.time()))
         after = store.record(event=Event("r", 3, "e", {}, time.time()))
         await before.wait()
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(INTEGRITY):
             await duplicate.wait()
         await after.wait()
         events = await store.events("r")
         assert [(e.seq, e.data) for e in events] == [(1, {}), (2, {}), (3, {})]
 
 
-async def test_a_nodes_later_state_in_a_batch_is_the_one_stored(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db") as store:
+async def test_a_nodes_later_state_in_a_batch_is_the_one_stored(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
         await store.insert_run(make_run("r")).wait()
         node = NodeRecord("r", "a", "template", "a", 1, NodeStatus.RUNNING,
                           started_at=time.time())
@@ -193,8 +198,8 @@ async def test_a_nodes_later_state_in_a_batch_is_the_one_stored(tmp_path: Path) 
 
 
 async def test_a_batch_past_one_statements_variable_limit_is_stored_whole(
-        tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "f.db", max_batch=2000) as store:
+        db_target: Path | str) -> None:
+    async with Store.open(db_target, max_batch=2000) as store:
         results = [store.record(event=Event("r", seq, "e", {"n": seq}, time.time()))
                    for seq in range(1, 1501)]  # 1,500 rows of 5 values: several INSERTs
         for result in results:

@@ -1,0 +1,218 @@
+"""The PostgreSQL backend (psycopg 3): a writer connection, a read pool, migrations.
+
+Why this shape: the writer (``writer.py``) runs each batch as plain functions of a
+connection on its own thread, so its group commit, savepoints and retry through
+faults are the same code for both databases. Here that connection is a synchronous
+psycopg connection wrapped to look like ``sqlite3``'s (``SyncConnection``): one
+thread hop per batch, as with SQLite. Reads need no thread: an async pool
+(psycopg_pool) serves them on the event loop, several at once.
+
+The store's SQL is shared with SQLite; ``translate`` rewrites the little PostgreSQL
+spells differently, once per statement text (cached).
+
+``exclusive``: one process serves a database's runs for now (dispatch across
+processes is a later step), so the server holds a session advisory lock for as long
+as the store is open and refuses to start when another process holds it. The admin
+commands (``flowrun keys``, ``flowrun secrets``) open the store without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+import psycopg
+import psycopg.pq
+from psycopg.rows import RowMaker
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from flowrun.errors import StoreBusy, Unavailable
+from flowrun.settings import safe_url
+from flowrun.store.backend import Backend
+from flowrun.store.schema_pg import PG_MIGRATIONS, PG_SCHEMA_VERSION
+from flowrun.store.writer import WriterDialect
+
+logger = logging.getLogger(__name__)
+
+# BEGIN in PostgreSQL takes no lock up front: rows lock as they are written, and the
+# one writer per process serialises what SQLite's IMMEDIATE did.
+POSTGRES = WriterDialect("BEGIN", (psycopg.Error,),
+                         # a connection lost or closed, the server shutting down, out of
+                         # disk or memory: not the op's fault (the class psycopg maps
+                         # SQLSTATE classes 08, 53, 57, 58 to), so the batch is retried
+                         (psycopg.OperationalError, psycopg.InterfaceError))
+
+# The advisory lock a serving process holds (one per database): "flowrun" in ASCII.
+_SERVE_LOCK = 0x666C6F7772756E
+
+_PLACEHOLDER = re.compile(r"\?")
+_REWRITES = (
+    # ``IS ?`` (NULL-safe equality in SQLite) is spelt in full.
+    (re.compile(r"\bIS \?"), "IS NOT DISTINCT FROM ?"),
+    # SQLite's CROSS JOIN ... ON is a planner hint (keep this table outer); PostgreSQL
+    # allows no ON with CROSS JOIN and plans the join itself.
+    (re.compile(r"\bCROSS JOIN\b"), "JOIN"),
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def translate(sql: str) -> str:
+    """The store's SQL (qmark style, SQLite spellings) as PostgreSQL takes it."""
+    for pattern, replacement in _REWRITES:
+        sql = pattern.sub(replacement, sql)
+    # psycopg's placeholder is %s, so a literal % is doubled first.
+    return _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
+
+
+class Row:
+    """A row read by column name or by position, as ``sqlite3.Row`` is."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: dict[str, int], values: Sequence[Any]) -> None:
+        self._names = names
+        self._values = values
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self._values[self._names[key] if isinstance(key, str) else key]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def _rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> RowMaker[Row]:
+    names = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return functools.partial(Row, names)
+
+
+class SyncConnection:
+    """The writer's connection: a psycopg connection shaped like ``sqlite3``'s (qmark
+    SQL, ``in_transaction``, a trace callback). It reconnects, at the start of the
+    next statement, after the server closed it, so writes resume once the database
+    is back (the writer retries durable writes until then)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._trace: Callable[[str], object] | None = None
+        self._conn = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Row]:
+        # autocommit: the writer sends BEGIN and COMMIT itself, as with SQLite.
+        return psycopg.connect(self._url, autocommit=True, row_factory=_rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        status = self._conn.info.transaction_status
+        return status in (psycopg.pq.TransactionStatus.INTRANS,
+                          psycopg.pq.TransactionStatus.INERROR)
+
+    def set_trace_callback(self, trace_callback: Callable[[str], object] | None, /) -> None:
+        self._trace = trace_callback
+
+    def _ready(self, sql: str) -> psycopg.Connection[Row]:
+        if self._conn.closed:
+            logger.warning("reconnecting the store's writer to PostgreSQL")
+            self._conn = self._connect()
+        if self._trace is not None:
+            self._trace(sql)
+        return self._conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Row]:
+        conn = self._ready(sql)
+        if not parameters:  # no placeholders to fill: send the text as it is
+            return conn.execute(translate(sql).replace("%%", "%"))
+        return conn.execute(translate(sql), parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /
+                    ) -> psycopg.Cursor[Row]:
+        cursor = self._ready(sql).cursor()
+        params = list(parameters)
+        if params:
+            cursor.executemany(translate(sql), params)
+        return cursor
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+async def _migrate(url: str) -> None:
+    """Bring the schema up to date; concurrent starts wait on a transaction lock."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SERVE_LOCK + 1,))
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
+                               "(version bigint NOT NULL)")
+            cur = await conn.execute("SELECT MAX(version) FROM schema_version")
+            row = await cur.fetchone()
+            current = int(row[0]) if row and row[0] is not None else 0
+            if current > PG_SCHEMA_VERSION:
+                raise RuntimeError(f"database schema {current} is newer than this flowrun "
+                                   f"({PG_SCHEMA_VERSION})")
+            for step in range(current, PG_SCHEMA_VERSION):
+                for statement in PG_MIGRATIONS[step]:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version (version) VALUES (%s)",
+                                   (step + 1,))
+                logger.info("database migrated to schema %d", step + 1)
+
+
+@asynccontextmanager
+async def _serving_lock(url: str) -> AsyncIterator[None]:
+    """Hold the database's serving lock for the block, or raise StoreBusy."""
+    conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    try:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_SERVE_LOCK,))
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            raise StoreBusy("another flowrun process already serves this PostgreSQL "
+                            "database; several processes on one database are not "
+                            "supported yet (stop the other one, or give this one its "
+                            "own database)")
+        yield  # the lock lives as long as this session
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def open_postgres(url: str, *, exclusive: bool = False,
+                        max_readers: int = 8) -> AsyncIterator[Backend]:
+    """Connect (migrating the schema) for the duration of the block."""
+    try:
+        await _migrate(url)
+    except psycopg.OperationalError as exc:
+        raise Unavailable(f"cannot open the PostgreSQL database {safe_url(url)}: "
+                          f"{str(exc).strip()}") from exc
+    async with _serving_lock(url) if exclusive else _nothing():
+        pool = AsyncConnectionPool(url, min_size=1, max_size=max_readers, open=False,
+                                   kwargs={"autocommit": True, "row_factory": _rows},
+                                   name="flowrun-readers")
+        await pool.open(wait=True)
+        try:
+            async def read(sql: str, params: Sequence[Any]) -> list[Any]:
+                try:
+                    async with pool.connection() as conn:
+                        cur = await conn.execute(translate(sql), params or None)
+                        return await cur.fetchall()
+                except (psycopg.OperationalError, PoolTimeout) as exc:
+                    raise Unavailable(f"the database cannot be read: {exc}") from exc
+
+            write_conn = await anyio.to_thread.run_sync(SyncConnection, url)
+            try:
+                yield Backend(read, write_conn, POSTGRES)
+            finally:
+                await anyio.to_thread.run_sync(write_conn.close)
+        finally:
+            await pool.close()
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield

@@ -1,0 +1,3 @@
+"""Fixtures for every test folder: the PostgreSQL server (tests/pg.py)."""
+
+pytest_plugins = ["tests.pg"]
