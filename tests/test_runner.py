@@ -43,7 +43,7 @@ class Stack:
 
 
 @asynccontextmanager
-async def runner_stack(tmp_path: Path) -> AsyncIterator[Stack]:
+async def runner_stack(db_target: Path | str) -> AsyncIterator[Stack]:
     """A Runner as app.py builds it, on a new database holding TWO_STEPS and FAILING."""
     executed: list[str] = []
 
@@ -57,7 +57,7 @@ async def runner_stack(tmp_path: Path) -> AsyncIterator[Stack]:
     registry: Registry = default_registry.copy()
     registry.register("mark", mark)
     registry.register("refuse", refuse)
-    async with Store.open(tmp_path / "runner.db") as store:
+    async with Store.open(db_target) as store:
         for definition in (TWO_STEPS, FAILING):
             await store.put_workflow(str(definition["name"]), definition)
         bus = EventBus()
@@ -74,8 +74,8 @@ async def accept(store: Store, run: RunRecord) -> RunRecord:
     return run
 
 
-async def test_a_resumed_run_keeps_its_succeeded_nodes(tmp_path: Path) -> None:
-    async with runner_stack(tmp_path) as s:
+async def test_a_resumed_run_keeps_its_succeeded_nodes(db_target: Path | str) -> None:
+    async with runner_stack(db_target) as s:
         # left by a crash: "a" succeeded, "b" was running (its row says failed here)
         run = await accept(s.store, make_run(status=RunStatus.RUNNING))
         now = time.time()
@@ -101,9 +101,10 @@ async def test_a_resumed_run_keeps_its_succeeded_nodes(tmp_path: Path) -> None:
         assert [e.name for e in events].count("workflow_finished") == 1
 
 
-async def test_finish_writes_the_final_status_with_the_terminal_event(tmp_path: Path) -> None:
+async def test_finish_writes_the_final_status_with_the_terminal_event(
+        db_target: Path | str) -> None:
     published: list[tuple[int, str, bool]] = []  # seq, name, committed when published
-    async with runner_stack(tmp_path) as s:
+    async with runner_stack(db_target) as s:
         run = await accept(s.store, make_run("bad"))
 
         async def follow(live: Any) -> None:
@@ -131,8 +132,8 @@ async def test_finish_writes_the_final_status_with_the_terminal_event(tmp_path: 
     assert all(committed for _, _, committed in published)  # never ahead of the store
 
 
-async def test_a_run_stopped_in_the_queue_is_finished_as_stopped(tmp_path: Path) -> None:
-    async with runner_stack(tmp_path) as s:
+async def test_a_run_stopped_in_the_queue_is_finished_as_stopped(db_target: Path | str) -> None:
+    async with runner_stack(db_target) as s:
         run = await accept(s.store, make_run())
         outcome = await s.runner.finish_unstarted(run, RunStatus.STOPPED, "not needed",
                                                   fresh=True)
@@ -146,12 +147,12 @@ async def test_a_run_stopped_in_the_queue_is_finished_as_stopped(tmp_path: Path)
 
 
 async def test_a_bug_escaping_the_executor_fails_the_run_as_internal_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        db_target: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
     async def broken(self: Executor) -> RunOutcome:
         raise RuntimeError("a bug in the engine")
 
     monkeypatch.setattr(Executor, "execute", broken)
-    async with runner_stack(tmp_path) as s:
+    async with runner_stack(db_target) as s:
         run = await accept(s.store, make_run())
         outcome = await s.runner.execute(run, fresh=True)  # does not raise
         assert outcome is not None and outcome.status is RunStatus.FAILED
@@ -166,12 +167,12 @@ async def test_a_bug_escaping_the_executor_fails_the_run_as_internal_error(
 
 
 async def test_a_store_fault_escaping_the_executor_leaves_the_run_to_resume(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        db_target: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
     async def unavailable(self: Executor) -> RunOutcome:
         raise Unavailable("the database cannot accept writes")
 
     monkeypatch.setattr(Executor, "execute", unavailable)
-    async with runner_stack(tmp_path) as s:
+    async with runner_stack(db_target) as s:
         run = await accept(s.store, make_run())
         with pytest.raises(Unavailable):
             await s.runner.execute(run, fresh=True)

@@ -56,13 +56,14 @@ OpenService = Callable[..., AbstractAsyncContextManager[RunService]]
 
 
 @pytest.fixture
-def open_service(tmp_path: Path) -> OpenService:
-    """Start flowrun in-process as the app does, with QUICK and SLOW registered; settings
-    as keyword arguments. Runs still going at the end are cancelled after a short grace."""
+def open_service(db_target: Path | str) -> OpenService:
+    """Start flowrun in-process as the app does (on SQLite, then on PostgreSQL), with
+    QUICK and SLOW registered; settings as keyword arguments. Runs still going at the
+    end are cancelled after a short grace."""
 
     @asynccontextmanager
     async def open_(**settings: Any) -> AsyncIterator[RunService]:
-        app = create_app(Settings(db_path=tmp_path / "service.db", shutdown_grace_s=0.1,
+        app = create_app(Settings(db=str(db_target), shutdown_grace_s=0.1,
                                   code_pool_size=0, **settings))
         async with flowrun_lifespan(app):
             service: RunService = app.state.service
