@@ -7,17 +7,31 @@ import httpx
 import pytest
 
 from tests.e2e.server import Dialect, Server, Started
+from tests.pg import PostgresServer
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start servers (killed at the end) with extra FLOWRUN_* environment."""
+def store_kind() -> str:
+    """The database servers use: SQLite; a test parametrizes it to run on PostgreSQL too
+    (``@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])``)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, store_kind: str,
+                   request: pytest.FixtureRequest) -> Iterator[Callable[..., Server]]:
+    """Start servers (killed at the end) with extra FLOWRUN_* environment, on the
+    database ``store_kind`` names (each server its own)."""
     servers: list[Server] = []
 
     def make(env: dict[str, str] | None = None, name: str = "s") -> Server:
         folder = tmp_path / name
         folder.mkdir(exist_ok=True)
-        server = Server(folder, env)
+        database = None
+        if store_kind == "postgres":
+            postgres: PostgresServer = request.getfixturevalue("postgres_server")
+            database = postgres.database()  # dropped with the server at the session end
+        server = Server(folder, env, database)
         servers.append(server)
         return server
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
+import psycopg
 
 from tests.local_server import free_port
 
@@ -25,9 +27,12 @@ TERMINAL = {"succeeded", "failed", "stopped", "timed_out"}
 class Server:
     """Start, kill and restart one flowrun server process bound to one database."""
 
-    def __init__(self, tmp: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None,
+                 database: str | None = None) -> None:
         self.tmp = tmp
         self.db = tmp / "flowrun.db"
+        # a postgresql:// URL, or None: the SQLite file ``db``
+        self.database = database
         self.workflows = tmp / "workflows"
         if not self.workflows.exists():
             shutil.copytree(EXAMPLES, self.workflows)
@@ -53,14 +58,28 @@ class Server:
 
     def create_key_with_id(self, *options: str) -> tuple[str, str]:
         """(key id, secret) of a new API key."""
-        done = self.cli("keys", "--db", str(self.db), "create", *options)
+        done = self.cli("keys", "--db", self.target, "create", *options)
         assert done.returncode == 0, done.stderr
         return done.stderr.split()[-1], done.stdout.strip()
 
     def command(self, host: str = "127.0.0.1") -> list[str]:
         return [sys.executable, "-m", "flowrun", "serve", "--host", host,
-                "--port", str(self.port), "--db", str(self.db), "--workflows",
+                "--port", str(self.port), "--db", self.target, "--workflows",
                 str(self.workflows), "--plugin", "tests.e2e.plugin", "--log-level", "warning"]
+
+    @property
+    def target(self) -> str:
+        """What ``--db`` gets: the PostgreSQL URL, else the SQLite file."""
+        return self.database or str(self.db)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the server's database, whichever it is
+        (``?`` placeholders)."""
+        if self.database is not None:
+            with psycopg.connect(self.database) as pg:
+                return list(pg.execute(sql.replace("?", "%s"), params).fetchall())
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as conn:
+            return list(conn.execute(sql, params).fetchall())
 
     def start(self, *extra: str) -> None:
         with self.log.open("ab") as log:
