@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ def requests_to_make(log: Path) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 def test_sigkill_under_load_loses_and_repeats_nothing(
         server_factory: Callable[..., Server], tmp_path: Path) -> None:
     server = server_factory({"FLOWRUN_MAX_CONCURRENT_RUNS": "16"})
@@ -95,26 +95,27 @@ def test_sigkill_under_load_loses_and_repeats_nothing(
                 pending.discard(run_id)
         time.sleep(0.1)
 
-    with sqlite3.connect(f"file:{server.db}?mode=ro", uri=True) as conn:
-        statuses = dict(conn.execute("SELECT id, status FROM runs").fetchall())
-        assert len(statuses) == RUNS  # no lost run, no duplicate
-        assert set(statuses) == set(accepted.values())
-        assert set(statuses.values()) == {"succeeded"}
-        resumed = 0
-        for run_id in statuses:
-            events = conn.execute("SELECT seq, name, data FROM events WHERE run_id = ? "
-                                  "ORDER BY seq", (run_id,)).fetchall()
-            assert [e[0] for e in events] == list(range(1, len(events) + 1)), run_id
-            names = [e[1] for e in events]
-            assert names[-1] == "workflow_finished" and names.count("workflow_finished") == 1
-            resumed += names.count("workflow_resumed")
-            succeeded: set[str] = set()
-            for _, name, data in events:
-                node = json.loads(data).get("node_id")
-                if name == "node_started":
-                    assert node not in succeeded, f"{run_id}: {node} ran again after succeeding"
-                elif name == "node_finished" and '"status":"succeeded"' in data:
-                    succeeded.add(node)
+    statuses = dict(server.query("SELECT id, status FROM runs"))
+    assert len(statuses) == RUNS  # no lost run, no duplicate
+    assert set(statuses) == set(accepted.values())
+    assert set(statuses.values()) == {"succeeded"}
+    by_run: dict[str, list[tuple[Any, ...]]] = {run_id: [] for run_id in statuses}
+    for row in server.query("SELECT run_id, seq, name, data FROM events "
+                            "ORDER BY run_id, seq"):
+        by_run[row[0]].append(row[1:])
+    resumed = 0
+    for run_id, events in by_run.items():
+        assert [e[0] for e in events] == list(range(1, len(events) + 1)), run_id
+        names = [e[1] for e in events]
+        assert names[-1] == "workflow_finished" and names.count("workflow_finished") == 1
+        resumed += names.count("workflow_resumed")
+        succeeded: set[str] = set()
+        for _, name, data in events:
+            node = json.loads(data).get("node_id")
+            if name == "node_started":
+                assert node not in succeeded, f"{run_id}: {node} ran again after succeeding"
+            elif name == "node_finished" and '"status":"succeeded"' in data:
+                succeeded.add(node)
     assert resumed > 0  # the kills did interrupt running runs
     lines = log.read_text().split()
     for _, workflow, body in todo:
