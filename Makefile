@@ -36,7 +36,21 @@ $(CHROMIUM):
 		echo "$(CHROMIUM) is missing and apt-get is not here: install chromium yourself"; \
 	fi
 
-test: $(STAMP) $(CLIENTS_STAMP) $(CHROMIUM)
+# The PostgreSQL tests start a server from Debian's binaries (tests/pg.py), whichever
+# version /usr/lib/postgresql holds; the postgresql package brings them.
+PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+
+.PHONY: postgres
+postgres:
+	@if [ -z "$(PG_INITDB)" ]; then \
+		if command -v apt-get >/dev/null; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql); \
+		else \
+			echo "PostgreSQL (initdb) is missing and apt-get is not here: install postgresql yourself"; \
+		fi; \
+	fi
+
+test: $(STAMP) $(CLIENTS_STAMP) $(CHROMIUM) postgres
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

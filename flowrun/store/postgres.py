@@ -21,10 +21,12 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import psycopg
 import psycopg.pq
@@ -165,12 +167,20 @@ async def _migrate(url: str) -> None:
 
 
 @asynccontextmanager
-async def _serving_lock(url: str) -> AsyncIterator[None]:
-    """Hold the database's serving lock for the block, or raise StoreBusy."""
+async def _serving_lock(url: str, wait_s: float) -> AsyncIterator[None]:
+    """Hold the database's serving lock for the block, or raise StoreBusy.
+
+    It waits up to ``wait_s`` for the lock: a process killed a moment ago holds it until
+    the server notices its connection is gone (a restart right after a crash)."""
     conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
     try:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_SERVE_LOCK,))
-        row = await cur.fetchone()
+        deadline = time.monotonic() + wait_s
+        while True:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_SERVE_LOCK,))
+            row = await cur.fetchone()
+            if (row and row[0]) or time.monotonic() >= deadline:
+                break
+            await anyio.sleep(0.1)
         if not (row and row[0]):
             raise StoreBusy("another flowrun process already serves this PostgreSQL "
                             "database; several processes on one database are not "
@@ -182,15 +192,15 @@ async def _serving_lock(url: str) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def open_postgres(url: str, *, exclusive: bool = False,
-                        max_readers: int = 8) -> AsyncIterator[Backend]:
+async def open_postgres(url: str, *, exclusive: bool = False, max_readers: int = 8,
+                        lock_wait_s: float = 3.0) -> AsyncIterator[Backend]:
     """Connect (migrating the schema) for the duration of the block."""
     try:
         await _migrate(url)
     except psycopg.OperationalError as exc:
         raise Unavailable(f"cannot open the PostgreSQL database {safe_url(url)}: "
                           f"{str(exc).strip()}") from exc
-    async with _serving_lock(url) if exclusive else _nothing():
+    async with _serving_lock(url, lock_wait_s) if exclusive else _nothing():
         pool = AsyncConnectionPool(url, min_size=1, max_size=max_readers, open=False,
                                    kwargs={"autocommit": True, "row_factory": _rows},
                                    name="flowrun-readers")
