@@ -125,7 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiosqlite logs every statement with its parameters at debug level: secret values
     # and run inputs must not reach the log, whatever the level asked for.
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    for name in ("aiosqlite", "psycopg"):  # (psycopg: connection strings)
+        logging.getLogger(name).setLevel(logging.INFO)
     # Whatever can stop the start (a plugin, a workflow file, the port) is checked before
     # a new database gets its admin key: that key is printed once, and a start that
     # fails after printing it would lose it. PluginError reaches main() as one line.

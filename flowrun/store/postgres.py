@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import psycopg
+import psycopg.errors
 import psycopg.pq
 from psycopg.rows import RowMaker
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -45,9 +46,12 @@ logger = logging.getLogger(__name__)
 # one writer per process serialises what SQLite's IMMEDIATE did.
 POSTGRES = WriterDialect("BEGIN", (psycopg.Error,),
                          # a connection lost or closed, the server shutting down, out of
-                         # disk or memory: not the op's fault (the class psycopg maps
-                         # SQLSTATE classes 08, 53, 57, 58 to), so the batch is retried
-                         (psycopg.OperationalError, psycopg.InterfaceError))
+                         # disk or memory, a lock or deadlock (what psycopg maps SQLSTATE
+                         # classes 08, 40, 53, 55, 57, 58 to), or a server that only reads
+                         # (a standby after a failover): not the op's fault, so the batch
+                         # is retried (durable writes) or refused with a 503
+                         (psycopg.OperationalError, psycopg.InterfaceError,
+                          psycopg.errors.ReadOnlySqlTransaction))
 
 # The advisory lock a serving process holds (one per database): "flowrun" in ASCII.
 _SERVE_LOCK = 0x666C6F7772756E
@@ -129,9 +133,15 @@ class SyncConnection:
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Row]:
         conn = self._ready(sql)
-        if not parameters:  # no placeholders to fill: send the text as it is
-            return conn.execute(translate(sql).replace("%%", "%"))
-        return conn.execute(translate(sql), parameters)
+        try:
+            return conn.execute(translate(sql), tuple(parameters))
+        except psycopg.OperationalError:
+            # A connection the server dropped while idle (a restart, a failover) is
+            # found out by the first statement of the next batch: when that is the
+            # BEGIN, nothing was done yet, so connect again and go on.
+            if sql != POSTGRES.begin or not self._conn.broken:
+                raise
+        return self._ready(sql).execute(translate(sql), tuple(parameters))
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /
                     ) -> psycopg.Cursor[Row]:
@@ -191,6 +201,21 @@ async def _serving_lock(url: str, wait_s: float) -> AsyncIterator[None]:
         await conn.close()
 
 
+async def _fetch(pool: AsyncConnectionPool[Any], sql: str, params: Sequence[Any]
+                 ) -> list[Any] | None:
+    """A read's rows, or None when its pooled connection turned out to be one the server
+    had dropped (the pool discards it when it comes back)."""
+    async with pool.connection() as conn:
+        try:
+            cur = await conn.execute(translate(sql), tuple(params))
+            rows: list[Any] = await cur.fetchall()
+            return rows
+        except psycopg.OperationalError:
+            if conn.broken:
+                return None
+            raise
+
+
 @asynccontextmanager
 async def open_postgres(url: str, *, exclusive: bool = False, max_readers: int = 8,
                         lock_wait_s: float = 3.0) -> AsyncIterator[Backend]:
@@ -208,11 +233,14 @@ async def open_postgres(url: str, *, exclusive: bool = False, max_readers: int =
         try:
             async def read(sql: str, params: Sequence[Any]) -> list[Any]:
                 try:
-                    async with pool.connection() as conn:
-                        cur = await conn.execute(translate(sql), params or None)
-                        return await cur.fetchall()
+                    rows = await _fetch(pool, sql, params)
+                    if rows is None:  # a pooled connection the server dropped: once more
+                        rows = await _fetch(pool, sql, params)
                 except (psycopg.OperationalError, PoolTimeout) as exc:
                     raise Unavailable(f"the database cannot be read: {exc}") from exc
+                if rows is None:
+                    raise Unavailable("the database cannot be read: connection lost")
+                return rows
 
             write_conn = await anyio.to_thread.run_sync(SyncConnection, url)
             try:

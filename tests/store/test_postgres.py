@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
+import anyio
 import psycopg
 import pytest
 
-from flowrun.errors import StoreBusy
+from flowrun.errors import StoreBusy, Unavailable
+from flowrun.events import Event
 from flowrun.store import Store
 from flowrun.store.postgres import translate
 from flowrun.store.schema_pg import PG_SCHEMA_VERSION
+from tests.store.test_sqlite import make_run
 
 
 def test_translate_rewrites_only_what_postgres_spells_differently() -> None:
@@ -37,3 +42,66 @@ async def test_a_second_serving_process_is_refused(postgres_url: str) -> None:
             assert await admin.count_api_keys() == 0
     async with Store.open(postgres_url, exclusive=True):  # released with the first
         pass
+
+
+def drop_connections(url: str) -> int:
+    """End every other session on the database (as a restart or a failover would)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                            ).fetchall()
+    return len(rows)
+
+
+async def test_reads_and_writes_go_on_after_the_server_drops_the_connections(
+        postgres_url: str) -> None:
+    async with Store.open(postgres_url) as store:
+        await store.insert_run(make_run("before")).wait()
+        assert await store.get_run("before") is not None
+        assert drop_connections(postgres_url) >= 2  # the writer's and a reader's
+        # an accept after the drop is not refused: the writer connects again at BEGIN
+        await store.insert_run(make_run("after")).wait()
+        assert [r.id for r in await store.unfinished_runs()] == ["before", "after"]
+
+
+async def test_durable_writes_survive_dropped_connections_in_order(postgres_url: str) -> None:
+    async with Store.open(postgres_url) as store:
+        results = []
+        for seq in range(1, 201):
+            results.append(store.record(event=Event("r", seq, "e", {"n": seq}, time.time())))
+            if seq % 50 == 0:
+                drop_connections(postgres_url)
+                await anyio.sleep(0.01)
+        with anyio.fail_after(20):
+            for result in results:
+                await result.wait()
+        assert [e.seq for e in await store.events("r", limit=500)] == list(range(1, 201))
+
+
+async def test_a_read_only_database_refuses_accepts_and_holds_progress_until_it_recovers(
+        postgres_url: str) -> None:
+    name = postgres_url.rsplit("/", 1)[1]
+
+    def read_only(on: bool) -> None:
+        # (from another database: this one's new sessions may only read)
+        with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres",
+                             autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on"
+                          if on else f"ALTER DATABASE {name} RESET default_transaction_read_only")
+        drop_connections(postgres_url)
+
+    async with Store.open(postgres_url) as store:
+        await store.insert_run(make_run("r")).wait()
+        read_only(True)  # a standby after a failover: every new session only reads
+        with anyio.fail_after(10), pytest.raises(Unavailable):
+            await store.insert_run(make_run("refused")).wait()
+        progress = [store.record(event=Event("r", seq, "e", {}, time.time()))
+                    for seq in (1, 2, 3)]
+        await anyio.sleep(0.3)  # a few failed attempts
+        assert not store.writable
+        read_only(False)
+        with anyio.fail_after(10):
+            for result in progress:
+                await result.wait()
+        assert [e.seq for e in await store.events("r")] == [1, 2, 3]
+        assert store.writable and await store.get_run("refused") is None
