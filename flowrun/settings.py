@@ -37,7 +37,7 @@ _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 def safe_url(url: str) -> str:
     """A database URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    return re.sub(r"(://[^:/@]*):[^/]*@", r"\1:***@", url)
 
 
 def parse_database(target: str | Path) -> Path | str:

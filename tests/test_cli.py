@@ -143,8 +143,8 @@ def test_run_prints_progress_and_exit_code_follows_status(tmp_path: Path) -> Non
     assert missing.returncode == 2 and "inputs.name: required" in missing.stderr
 
 
-def test_keys_create_list_revoke(tmp_path: Path) -> None:
-    db = str(tmp_path / "k.db")
+def test_keys_create_list_revoke(db_target: Path | str) -> None:
+    db = str(db_target)  # a SQLite file, then a postgresql:// URL
     created = flowrun("keys", "--db", db, "create", "--name", "ci")
     assert created.returncode == 0 and created.stdout.startswith("fr_")
     listed = flowrun("keys", "--db", db, "list")
@@ -154,6 +154,31 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert flowrun("keys", "--db", db, "revoke", prefix).returncode == 0
     assert "revoked" in flowrun("keys", "--db", db, "list").stdout
     assert flowrun("keys", "--db", db, "revoke", prefix).returncode == 1
+
+
+def test_secrets_on_either_database(db_target: Path | str) -> None:
+    db = str(db_target)
+    put = subprocess.run(_command("secrets", "--db", db, "set", "API", "--allow",
+                                  "https://api.example.com/"), input="s3cret\n",
+                         capture_output=True, text=True, timeout=60, env=_env(None),
+                         check=False)
+    assert put.returncode == 0, put.stderr
+    listed = flowrun("secrets", "list", "--db", db)
+    assert listed.stdout.split() == ["API", "https://api.example.com/"]
+    assert "s3cret" not in listed.stdout
+
+
+def test_a_database_url_of_an_unknown_scheme_or_an_unreachable_server_is_one_line(
+        tmp_path: Path) -> None:
+    unknown = flowrun("keys", "--db", "mysql://u@h/db", "list", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("error: unknown database URL scheme 'mysql'")
+    port = free_port()  # nothing listens there
+    gone = flowrun("keys", "list", "--db", f"postgresql://u:pw@127.0.0.1:{port}/db")
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr
+    assert gone.stderr.startswith("error: cannot open the PostgreSQL database "
+                                  f"postgresql://u:***@127.0.0.1:{port}/db")
+    assert list(tmp_path.iterdir()) == []  # no SQLite file was made of either
 
 
 def test_keys_revoke_takes_an_id_a_prefix_or_the_key(tmp_path: Path) -> None:
