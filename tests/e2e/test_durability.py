@@ -20,9 +20,8 @@ import pytest
 from tests.e2e.server import Server, Started, finished, node_status, wait_for
 
 
-def db_status(db: Path, run_id: str) -> str:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        return str(conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()[0])
+def db_status(server: Server, run_id: str) -> str:
+    return str(server.query("SELECT status FROM runs WHERE id = ?", (run_id,))[0][0])
 
 
 def wait_log(server: Server, text: str, timeout: float = 10) -> None:
@@ -32,6 +31,7 @@ def wait_log(server: Server, text: str, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 def test_sigterm_drains_then_exits_0_and_the_rest_resumes(
         start_server: Callable[..., Started], tmp_path: Path) -> None:
     server, key, client = start_server({"FLOWRUN_SHUTDOWN_GRACE_S": "2",
@@ -81,9 +81,9 @@ def test_sigterm_drains_then_exits_0_and_the_rest_resumes(
     thread.join(timeout=15)
     assert waiter["status"] == 503 and waiter["retry"] == "5"
     assert 1.5 < waiter["elapsed"] < 6
-    assert db_status(server.db, short["id"]) == "succeeded"
-    assert db_status(server.db, long["id"]) == "running"
-    assert db_status(server.db, queued["id"]) == "queued"
+    assert db_status(server, short["id"]) == "succeeded"
+    assert db_status(server, long["id"]) == "running"
+    assert db_status(server, queued["id"]) == "queued"
 
     server.start()
     assert finished(client, queued["id"])["status"] == "succeeded"
@@ -93,6 +93,7 @@ def test_sigterm_drains_then_exits_0_and_the_rest_resumes(
     assert log.read_text().split() == ["short-first", "short-last"]
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 def test_retention_deletes_old_finished_runs(start_server: Callable[..., Started]) -> None:
     server, _, client = start_server({"FLOWRUN_RUN_RETENTION_S": "1",
                                                "FLOWRUN_SWEEP_INTERVAL_S": "0.2"})
@@ -103,10 +104,9 @@ def test_retention_deletes_old_finished_runs(start_server: Callable[..., Started
     while client.get(f"/runs/{old['id']}").status_code != 404:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    with sqlite3.connect(f"file:{server.db}?mode=ro", uri=True) as conn:
-        for table in ("events", "node_executions", "idempotency_keys"):
-            assert conn.execute(f"SELECT COUNT(*) FROM {table} WHERE run_id = ?",
-                                (old["id"],)).fetchone()[0] == 0
+    for table in ("events", "node_executions", "idempotency_keys"):
+        assert server.query(f"SELECT COUNT(*) FROM {table} WHERE run_id = ?",
+                            (old["id"],))[0][0] == 0
     assert client.get(f"/runs/{running['id']}").json()["status"] == "running"
     assert client.post(f"/runs/{running['id']}/stop").status_code == 200
 

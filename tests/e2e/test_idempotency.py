@@ -1,17 +1,20 @@
-"""Idempotency keys over a real server: strategies, fingerprints, scope, races, TTL."""
+"""Idempotency keys over a real server: strategies, fingerprints, scope, races, TTL
+(each on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 
 import anyio
 import httpx
+import pytest
 from httpx_sse import aconnect_sse
 
 from tests.e2e.server import Started, finished, wait_for
+
+pytestmark = pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 
 HELLO = {"inputs": {"name": "idem"}}
 
@@ -148,8 +151,7 @@ def test_keys_expire_after_the_ttl(start_server: Callable[..., Started]) -> None
                        headers=keyed("ttl")).status_code == 200
 
     def keys_left() -> int:
-        with sqlite3.connect(f"file:{server.db}?mode=ro", uri=True) as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM idempotency_keys").fetchone()[0])
+        return int(server.query("SELECT COUNT(*) FROM idempotency_keys")[0][0])
 
     deadline = time.monotonic() + 10
     while keys_left():

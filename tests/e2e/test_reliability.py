@@ -158,7 +158,7 @@ def test_a_drain_answers_503_on_new_connections_and_lets_late_children_run(
         assert fresh.get(f"/runs/{run['id']}").status_code == 200  # reads still work
     assert server.proc.wait(timeout=20) == 0
     assert time.monotonic() - began < 10, "the drain waited out its grace"
-    assert db_status(server.db, run["id"]) == "succeeded"
+    assert db_status(server, run["id"]) == "succeeded"
 
 
 def test_clients_that_vanish_mid_stream_leave_no_log_noise(
