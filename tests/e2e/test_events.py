@@ -10,9 +10,13 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 from httpx_sse import aconnect_sse
 
 from tests.e2e.server import Server, Started, finished, wait_for
+
+# (each test on SQLite and on PostgreSQL)
+pytestmark = pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 
 
 def aclient(server: Server, key: str) -> httpx.AsyncClient:
