@@ -514,9 +514,10 @@ class Store:
                 return False
             if keep_succeeded:
                 again = list(rerun)
+                # (no empty IN (): SQLite takes it, PostgreSQL does not)
+                also = f" OR node_id IN ({', '.join('?' * len(again))})" if again else ""
                 conn.execute(
-                    "DELETE FROM node_executions WHERE run_id = ? AND (status != ? OR node_id "
-                    f"IN ({', '.join('?' * len(again))}))",
+                    f"DELETE FROM node_executions WHERE run_id = ? AND (status != ?{also})",
                     (run_id, NodeStatus.SUCCEEDED.value, *again))
             else:
                 conn.execute("DELETE FROM node_executions WHERE run_id = ?", (run_id,))

@@ -14,6 +14,9 @@ from httpx_sse import connect_sse
 
 from tests.e2e.server import Dialect, Started
 
+# (each test on SQLite and on PostgreSQL)
+pytestmark = pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+
 
 @pytest.fixture
 def dialect() -> Dialect:

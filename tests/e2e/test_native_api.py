@@ -7,8 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.e2e.server import Server, Started, finished, node_status, wait_for
+
+# (the tests that read runs by key and resume them also run on PostgreSQL)
+ON_BOTH = pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 
 
 def test_async_run_then_poll(start_server: Callable[..., Started]) -> None:
@@ -113,6 +117,7 @@ def test_full_queue_is_429_and_writes_nothing(start_server: Callable[..., Starte
     assert len(client.get("/workflows/slow/runs").json()["runs"]) == 3
 
 
+@ON_BOTH
 def test_auth_and_run_ownership(server_factory: Callable[..., Server]) -> None:
     server = server_factory()
     key_a, key_b = server.create_key(), server.create_key()
@@ -133,7 +138,7 @@ def test_auth_and_run_ownership(server_factory: Callable[..., Server]) -> None:
     assert b.post(f"/runs/{run['id']}/stop").status_code == 404
     assert b.get("/workflows/hello/runs").json()["runs"] == []
     assert len(a.get("/workflows/hello/runs").json()["runs"]) == 2
-    revoked = server.cli("keys", "--db", str(server.db), "revoke", key_b[:10])
+    revoked = server.cli("keys", "--db", server.target, "revoke", key_b[:10])
     assert revoked.returncode == 0
     deadline = time.monotonic() + 10
     while b.get("/workflows").status_code != 401:  # the server caches a key for 5 s
@@ -141,6 +146,7 @@ def test_auth_and_run_ownership(server_factory: Callable[..., Server]) -> None:
         time.sleep(0.1)
 
 
+@ON_BOTH
 def test_restart_mid_run_resumes_without_rerunning_nodes(
         start_server: Callable[..., Started], tmp_path: Path) -> None:
     server, _, client = start_server()

@@ -9,8 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e.server import Started, finished, node_status, wait_for
+
+# (each test on SQLite and on PostgreSQL)
+pytestmark = pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 
 YAML = {"content-type": "application/yaml"}
 NAPPER = """\

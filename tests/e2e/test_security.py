@@ -140,7 +140,7 @@ def test_keys_are_managed_by_admins_only(keys: Keys) -> None:
 
 def test_keys_command_takes_db_before_or_after_the_subcommand(tmp_path: Path) -> None:
     server = Server(tmp_path)
-    db = str(server.db)
+    db = server.target
     for args in (("keys", "--db", db, "create"), ("keys", "create", "--db", db),
                  ("keys", "create", "--scope", "admin", "--db", db)):
         done = server.cli(*args)
