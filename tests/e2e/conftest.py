@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,9 +13,10 @@ from tests.pg import PostgresServer
 
 @pytest.fixture
 def store_kind() -> str:
-    """The database servers use: SQLite; a test parametrizes it to run on PostgreSQL too
+    """The database servers use: SQLite, unless $FLOWRUN_TEST_STORE says ``postgres``
+    (to run every e2e test on PostgreSQL); a test parametrizes it to run on both
     (``@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])``)."""
-    return "sqlite"
+    return os.environ.get("FLOWRUN_TEST_STORE", "sqlite")
 
 
 @pytest.fixture
