@@ -34,7 +34,7 @@ import psycopg.pq
 from psycopg.rows import RowMaker
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from flowrun.errors import StoreBusy, Unavailable
+from flowrun.errors import BadRequest, StoreBusy, Unavailable
 from flowrun.settings import safe_url
 from flowrun.store.backend import Backend
 from flowrun.store.schema_pg import PG_MIGRATIONS, PG_SCHEMA_VERSION
@@ -73,6 +73,16 @@ def translate(sql: str) -> str:
         sql = pattern.sub(replacement, sql)
     # psycopg's placeholder is %s, so a literal % is doubled first.
     return _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
+
+
+def _holds_nul(parameters: Sequence[Any]) -> bool:
+    """Whether a text value holds NUL, which PostgreSQL's text cannot (SQLite's can)."""
+    return any(isinstance(value, str) and "\x00" in value for value in parameters)
+
+
+def _refuse_nul() -> BadRequest:
+    return BadRequest("a text value holds a NUL character, which the database "
+                      "(PostgreSQL) cannot store")
 
 
 class Row:
@@ -132,6 +142,8 @@ class SyncConnection:
         return self._conn
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Row]:
+        if _holds_nul(parameters):  # the op's own error: a 400 for an accept
+            raise _refuse_nul()
         conn = self._ready(sql)
         try:
             return conn.execute(translate(sql), tuple(parameters))
@@ -147,6 +159,8 @@ class SyncConnection:
                     ) -> psycopg.Cursor[Row]:
         cursor = self._ready(sql).cursor()
         params = list(parameters)
+        if any(_holds_nul(row) for row in params):
+            raise _refuse_nul()
         if params:
             cursor.executemany(translate(sql), params)
         return cursor
@@ -205,6 +219,8 @@ async def _fetch(pool: AsyncConnectionPool[Any], sql: str, params: Sequence[Any]
                  ) -> list[Any] | None:
     """A read's rows, or None when its pooled connection turned out to be one the server
     had dropped (the pool discards it when it comes back)."""
+    if _holds_nul(params):  # the store's reads look values up: no stored row holds NUL
+        return []
     async with pool.connection() as conn:
         try:
             cur = await conn.execute(translate(sql), tuple(params))

@@ -395,7 +395,7 @@ class Writer(Generic[C]):
                         table.write(conn, list(rows.values()))
                 except dialect.fault:
                     raise
-                except dialect.error:
+                except Exception:  # a row's own error (a constraint, a value refused)
                     conn.execute("ROLLBACK")
                     raise _Unmerge() from None
                 conn.execute("COMMIT")

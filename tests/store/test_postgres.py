@@ -8,8 +8,9 @@ import anyio
 import psycopg
 import pytest
 
-from flowrun.errors import StoreBusy, Unavailable
+from flowrun.errors import BadRequest, StoreBusy, Unavailable
 from flowrun.events import Event
+from flowrun.records import NodeRecord, NodeStatus
 from flowrun.store import Store
 from flowrun.store.postgres import translate
 from flowrun.store.schema_pg import PG_SCHEMA_VERSION
@@ -105,3 +106,20 @@ async def test_a_read_only_database_refuses_accepts_and_holds_progress_until_it_
                 await result.wait()
         assert [e.seq for e in await store.events("r")] == [1, 2, 3]
         assert store.writable and await store.get_run("refused") is None
+
+
+async def test_text_with_nul_is_refused_as_a_bad_request_and_found_nowhere(
+        postgres_url: str) -> None:
+    async with Store.open(postgres_url) as store:
+        with pytest.raises(BadRequest, match="NUL"):  # PostgreSQL's text cannot hold it
+            await store.insert_run(make_run("r", correlation_id="a\x00b")).wait()
+        assert await store.get_run("r\x00") is None  # a look-up finds nothing (SQLite too)
+        # a run's progress with such a value fails alone; the rest of its batch is kept
+        good = store.record(event=Event("r", 1, "e", {}, time.time()))
+        bad = store.record(node=NodeRecord("r", "n", "t", "ti\x00tle", 1, NodeStatus.RUNNING))
+        last = store.record(event=Event("r", 2, "e", {"text": "a\x00b"}, time.time()))
+        await good.wait()
+        with pytest.raises(BadRequest):
+            await bad.wait()
+        await last.wait()  # (JSON escapes NUL: event data is fine)
+        assert [e.data for e in await store.events("r")] == [{}, {"text": "a\x00b"}]
