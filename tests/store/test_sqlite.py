@@ -205,3 +205,22 @@ async def test_a_batch_past_one_statements_variable_limit_is_stored_whole(
         for result in results:
             await result.wait()
         assert [e.seq for e in await store.events("r", limit=2000)] == list(range(1, 1501))
+
+
+async def test_a_retry_keeps_succeeded_nodes_unless_asked_to_rerun_them(
+        db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
+        await store.insert_run(make_run("r")).wait()
+        for node_id, status in (("a", NodeStatus.SUCCEEDED), ("b", NodeStatus.SUCCEEDED),
+                                ("c", NodeStatus.FAILED)):
+            store.record(node=NodeRecord("r", node_id, "template", node_id, 1, status))
+        await store.finish_run("r", RunStatus.FAILED, outputs=None, error={"code": "x"},
+                               steps=3, finished_at=time.time(), key_ttl_s=60,
+                               event=Event("r", 1, "workflow_finished", {}, time.time())
+                               ).wait()
+        assert await store.reset_run("r", keep_succeeded=True)  # nothing named to rerun
+        assert [n.node_id for n in await store.node_records("r")] == ["a", "b"]
+        assert not await store.reset_run("r", keep_succeeded=True)  # queued already
+        await store.set_status("r", RunStatus.FAILED, only_from=(RunStatus.QUEUED,))
+        assert await store.reset_run("r", keep_succeeded=True, rerun=["b"])
+        assert [n.node_id for n in await store.node_records("r")] == ["a"]
