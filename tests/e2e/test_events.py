@@ -15,8 +15,8 @@ from httpx_sse import aconnect_sse
 
 from tests.e2e.server import Server, Started, finished, wait_for
 
-# (each test on SQLite and on PostgreSQL)
-pytestmark = pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+# (the tests that replay from the store also run on PostgreSQL)
+ON_BOTH = pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 
 
 def aclient(server: Server, key: str) -> httpx.AsyncClient:
@@ -56,6 +56,7 @@ def assert_complete(events: list[dict[str, Any]], first: int = 1) -> None:
     assert all(e["event"] != "workflow_finished" for e in events[:-1])
 
 
+@ON_BOTH
 async def test_order_and_completeness(start_server: Callable[..., Started]) -> None:
     server, key, _ = start_server()
     async with aclient(server, key) as client:
@@ -98,6 +99,7 @@ async def test_finished_run_replays_and_closes(start_server: Callable[..., Start
         assert other.get(f"/runs/{run_id}/events").status_code == 404
 
 
+@ON_BOTH
 async def test_resume_with_last_event_id_while_running(
         start_server: Callable[..., Started]) -> None:
     server, key, _ = start_server()
@@ -112,6 +114,7 @@ async def test_resume_with_last_event_id_while_running(
     assert rest[0]["seq"] == 6 and len(head + rest) == 22
 
 
+@ON_BOTH
 async def test_subscribers_at_random_moments_of_50_runs(
         start_server: Callable[..., Started]) -> None:
     server, key, _ = start_server()
@@ -152,6 +155,7 @@ async def test_500_subscribers_on_one_run(start_server: Callable[..., Started]) 
     assert all(events == reference for events in results)
 
 
+@ON_BOTH
 async def test_stop_mid_stream_delivers_stopped(start_server: Callable[..., Started]) -> None:
     server, key, _ = start_server()
     async with aclient(server, key) as client:

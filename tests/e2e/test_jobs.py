@@ -14,8 +14,8 @@ from httpx_sse import connect_sse
 
 from tests.e2e.server import Dialect, Started
 
-# (each test on SQLite and on PostgreSQL)
-pytestmark = pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+# (numeric job ids are run numbers: also on PostgreSQL)
+ON_BOTH = pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 
 
 @pytest.fixture
@@ -24,6 +24,7 @@ def dialect() -> Dialect:
     return Dialect("/jobs")
 
 
+@ON_BOTH
 def test_run_answers_a_pending_job(start_server: Callable[..., Started]) -> None:
     client = start_server().client
     resp = client.post("/workflows/slow/run", json={})
@@ -42,6 +43,7 @@ def test_run_answers_a_pending_job(start_server: Callable[..., Started]) -> None
     assert [j["id"] for j in listed] == [by_number.json()["data"]["id"], job["id"]]
 
 
+@ON_BOTH
 def test_run_sync_returns_the_completed_job(start_server: Callable[..., Started]) -> None:
     client = start_server().client
     resp = client.post("/workflows/branching/run-sync",
