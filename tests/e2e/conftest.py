@@ -25,21 +25,22 @@ def server_factory(tmp_path: Path, store_kind: str,
     """Start servers (killed at the end) with extra FLOWRUN_* environment, on the
     database ``store_kind`` names (each server its own)."""
     servers: list[Server] = []
+    postgres: PostgresServer | None = None
+    if store_kind == "postgres":
+        postgres = request.getfixturevalue("postgres_server")
 
     def make(env: dict[str, str] | None = None, name: str = "s") -> Server:
         folder = tmp_path / name
         folder.mkdir(exist_ok=True)
-        database = None
-        if store_kind == "postgres":
-            postgres: PostgresServer = request.getfixturevalue("postgres_server")
-            database = postgres.database()  # dropped with the server at the session end
-        server = Server(folder, env, database)
+        server = Server(folder, env, postgres.database() if postgres else None)
         servers.append(server)
         return server
 
     yield make
     for server in servers:
         server.close()
+        if postgres is not None and server.database is not None:
+            postgres.drop(server.database)
 
 
 @pytest.fixture
