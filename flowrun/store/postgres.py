@@ -12,8 +12,10 @@ spells differently, once per statement text (cached).
 
 ``exclusive``: one process serves a database's runs for now (dispatch across
 processes is a later step), so the server holds a session advisory lock for as long
-as the store is open and refuses to start when another process holds it. The admin
-commands (``flowrun keys``, ``flowrun secrets``) open the store without it.
+as the store is open and refuses to start when another process holds it. A server
+restart ends the lock's session: it is checked every few seconds and taken again (and
+if another process took it meanwhile, that is logged as critical). The admin commands
+(``flowrun keys``, ``flowrun secrets``) open the store without it.
 """
 
 from __future__ import annotations
@@ -190,9 +192,8 @@ async def _migrate(url: str) -> None:
                 logger.info("database migrated to schema %d", step + 1)
 
 
-@asynccontextmanager
-async def _serving_lock(url: str, wait_s: float) -> AsyncIterator[None]:
-    """Hold the database's serving lock for the block, or raise StoreBusy.
+async def _take_lock(url: str, wait_s: float) -> psycopg.AsyncConnection[Any]:
+    """A session holding the database's serving lock, or StoreBusy.
 
     It waits up to ``wait_s`` for the lock: a process killed a moment ago holds it until
     the server notices its connection is gone (a restart right after a crash)."""
@@ -210,9 +211,53 @@ async def _serving_lock(url: str, wait_s: float) -> AsyncIterator[None]:
                             "database; several processes on one database are not "
                             "supported yet (stop the other one, or give this one its "
                             "own database)")
-        yield  # the lock lives as long as this session
-    finally:
+    except BaseException:
         await conn.close()
+        raise
+    return conn
+
+
+async def _keep_lock(url: str, holder: list[psycopg.AsyncConnection[Any]],
+                     check_s: float) -> None:
+    """Check the lock's session now and then, and take the lock again when it ended (a
+    server restart ends every session, and the lock with it); say loudly if another
+    process took it meanwhile."""
+    while True:
+        await anyio.sleep(check_s)
+        try:
+            await holder[0].execute("SELECT 1")
+            continue
+        except psycopg.Error:
+            pass
+        try:
+            conn = await _take_lock(url, 0)
+        except StoreBusy:
+            logger.critical("another flowrun process took this PostgreSQL database's serving "
+                            "lock while this one's connection was down: two processes may "
+                            "now run the same runs; stop one of them")
+            continue
+        except psycopg.Error as exc:
+            logger.error("the serving lock's connection to PostgreSQL dropped, and it "
+                         "cannot be taken again yet: %s", exc)
+            continue
+        await holder[0].close()
+        holder[0] = conn
+        logger.warning("the serving lock's connection to PostgreSQL dropped; lock taken again")
+
+
+@asynccontextmanager
+async def _serving_lock(url: str, wait_s: float, check_s: float) -> AsyncIterator[None]:
+    """Hold the database's serving lock for the block (StoreBusy if another has it)."""
+    holder = [await _take_lock(url, wait_s)]  # the lock lives as long as this session
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_keep_lock, url, holder, check_s)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        await holder[0].close()
 
 
 async def _fetch(pool: AsyncConnectionPool[Any], sql: str, params: Sequence[Any]
@@ -234,14 +279,15 @@ async def _fetch(pool: AsyncConnectionPool[Any], sql: str, params: Sequence[Any]
 
 @asynccontextmanager
 async def open_postgres(url: str, *, exclusive: bool = False, max_readers: int = 8,
-                        lock_wait_s: float = 3.0) -> AsyncIterator[Backend]:
+                        lock_wait_s: float = 3.0, lock_check_s: float = 5.0
+                        ) -> AsyncIterator[Backend]:
     """Connect (migrating the schema) for the duration of the block."""
     try:
         await _migrate(url)
     except psycopg.OperationalError as exc:
         raise Unavailable(f"cannot open the PostgreSQL database {safe_url(url)}: "
                           f"{str(exc).strip()}") from exc
-    async with _serving_lock(url, lock_wait_s) if exclusive else _nothing():
+    async with _serving_lock(url, lock_wait_s, lock_check_s) if exclusive else _nothing():
         pool = AsyncConnectionPool(url, min_size=1, max_size=max_readers, open=False,
                                    kwargs={"autocommit": True, "row_factory": _rows},
                                    name="flowrun-readers")

@@ -12,7 +12,7 @@ from flowrun.errors import BadRequest, StoreBusy, Unavailable
 from flowrun.events import Event
 from flowrun.records import NodeRecord, NodeStatus
 from flowrun.store import Store
-from flowrun.store.postgres import translate
+from flowrun.store.postgres import open_postgres, translate
 from flowrun.store.schema_pg import PG_SCHEMA_VERSION
 from tests.store.test_sqlite import make_run
 
@@ -123,3 +123,18 @@ async def test_text_with_nul_is_refused_as_a_bad_request_and_found_nowhere(
             await bad.wait()
         await last.wait()  # (JSON escapes NUL: event data is fine)
         assert [e.data for e in await store.events("r")] == [{}, {"text": "a\x00b"}]
+
+
+async def test_the_serving_lock_is_taken_again_after_its_connection_dropped(
+        postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with open_postgres(postgres_url, exclusive=True, lock_check_s=0.05):
+        drop_connections(postgres_url)  # a server restart ends every session's locks
+        for _ in range(250):  # (5 s at most)
+            if "lock taken again" in caplog.text:
+                break
+            await anyio.sleep(0.02)
+        else:
+            pytest.fail("the serving lock was never taken again")
+        with pytest.raises(StoreBusy):
+            async with open_postgres(postgres_url, exclusive=True, lock_wait_s=0):
+                pass
