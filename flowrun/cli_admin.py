@@ -1,5 +1,6 @@
 """``flowrun keys`` and ``flowrun secrets``: an instance's API keys and secrets, managed
-on the server's machine through its database file (no server needed).
+through its database, a file or a PostgreSQL URL (no server needed; beside a running
+one too).
 
 Commands that read or remove need an existing database: run in the wrong folder they
 must say so, not answer from a new, empty one. Commands that store (keys create,
