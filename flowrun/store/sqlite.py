@@ -519,6 +519,12 @@ class Store:
                                     "wake_at <= ? ORDER BY wake_at LIMIT ?", (now, limit))
         return [row[0] for row in rows]
 
+    async def signalled_waiting_runs(self) -> list[str]:
+        """Waiting runs that hold signals (one may be what they wait for)."""
+        rows = await self._fetchall("SELECT DISTINCT r.id FROM runs r JOIN signals s ON "
+                                    "s.run_id = r.id WHERE r.status = 'waiting'")
+        return [row[0] for row in rows]
+
     async def next_wake_at(self) -> float | None:
         row = await self._fetchone("SELECT MIN(wake_at) FROM runs WHERE status = 'waiting'")
         return None if row is None or row[0] is None else float(row[0])
