@@ -66,6 +66,7 @@ class ScheduleBook:
         self.service = service
         self.lifecycle = lifecycle
         self.clock = clock
+        self._looked_at: float | None = None  # when this loop's previous tick began
 
     # --- the API -------------------------------------------------------------------
 
@@ -139,11 +140,12 @@ class ScheduleBook:
         """Fire every due slot now; the time of the next slot of any schedule."""
         now = self.clock()
         wake = now + TICK_S
+        looked_at, self._looked_at = self._looked_at, now
         for schedule in await self.store.list_schedules():
             if schedule.paused:
                 continue
             try:
-                await self._fire(schedule, now)
+                await self._fire(schedule, now, looked_at)
                 wake = min(wake, schedules.next_slot(schedule.cron, schedule.timezone, now))
             except FlowrunError as exc:  # draining, or the database refuses writes
                 logger.warning("schedule %s/%s: not fired now: %s", schedule.workflow,
@@ -152,10 +154,11 @@ class ScheduleBook:
                 logger.exception("schedule %s/%s: not fired", schedule.workflow, schedule.id)
         return wake
 
-    async def _fire(self, schedule: ScheduleRecord, now: float) -> None:
+    async def _fire(self, schedule: ScheduleRecord, now: float,
+                    looked_at: float | None) -> None:
         plan = schedules.plan(schedule.cron, schedule.timezone,
                               _catch_up(schedule.catch_up), schedule.last_slot,
-                              schedule.created_at, now)
+                              schedule.created_at, now, looked_at=looked_at)
         if plan.missed:
             logger.info("schedule %s/%s: %s missed slots, catch_up %s fires %d%s",
                         schedule.workflow, schedule.id,

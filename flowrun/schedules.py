@@ -4,7 +4,9 @@ A *slot* is a moment a cron expression names (a unix timestamp). A schedule
 fires each slot once; slots that went by while the server was down (or busy)
 are *missed*, and the schedule's ``catch_up`` policy says which of them fire:
 
-- ``skip``: none; only a slot that is on time (due less than ``ON_TIME_S`` ago);
+- ``skip``: none; only a slot that is on time (due less than ``ON_TIME_S`` ago, or
+  due since the loop's previous look while it was running: a slow look is not a
+  downtime);
 - ``latest`` (the default): the most recent one;
 - ``all``: each of them, at most ``MAX_CATCH_UP`` (the most recent ones).
 
@@ -103,27 +105,30 @@ class Firing:
 
 
 def plan(cron: str, timezone: str, catch_up: CatchUp, last_slot: float | None,
-         created_at: float, now: float) -> Firing:
+         created_at: float, now: float, *, looked_at: float | None = None) -> Firing:
     """Which due slots fire at ``now``, under ``catch_up``.
 
     A schedule that never fired counts from its creation. ``last_slot`` moves to the
     most recent due slot whichever slots fire, so a slot is never owed twice.
+    ``looked_at``: when the running loop last looked (None just after a start); a
+    slot due since then is on time, however slow this look is.
     """
     after = created_at if last_slot is None else last_slot
     limit = MAX_CATCH_UP if catch_up == "all" else 2  # enough to tell "missed some"
     due, more = due_slots(cron, timezone, after, now, limit)
-    return choose(due, more, catch_up, now, last_slot)
+    return choose(due, more, catch_up, now, last_slot, looked_at=looked_at)
 
 
 def choose(due: Sequence[float], more: bool, catch_up: CatchUp, now: float,
-           last_slot: float | None) -> Firing:
+           last_slot: float | None, *, looked_at: float | None = None) -> Firing:
     """The catch-up policy over ``due`` (oldest first; ``more``: older ones were left out)."""
     if not due:
         return Firing([], last_slot, 0)
     latest = due[-1]
+    on_time = now - latest < ON_TIME_S or (looked_at is not None and latest > looked_at)
     if catch_up == "all":
         fire = list(due)
-    elif catch_up == "latest" or now - latest < ON_TIME_S:
+    elif catch_up == "latest" or on_time:
         fire = [latest]
     else:  # skip, and even the latest slot is late
         fire = []

@@ -174,7 +174,13 @@ class RunService:
         concurrency = None if request.parent_run_id is not None else \
             concurrency_of(definition, inputs)
         if request.parent_run_id is None:  # (a scheduled run has no key to count)
-            self.limit_rate(principal)
+            try:
+                self.limit_rate(principal)
+            except TooManyRequests:
+                # A retry of a request already accepted (same key, same body) answers with
+                # its run and starts nothing: it costs nothing, even past the limit.
+                if claim is None or not await self._replays(claim):
+                    raise
         run = RunRecord(
             id=ids.new_id(), workflow=definition.name, version=version,
             status=RunStatus.QUEUED, inputs=inputs, created_at=time.time(),
@@ -208,6 +214,12 @@ class RunService:
         logger.info("run %s: queued %s v%d (priority %d)", run.id, run.workflow, version,
                     run.priority)
         return Submission(run, created=True)
+
+    async def _replays(self, claim: IdempotencyClaim) -> bool:
+        """Whether ``claim`` would be answered with the run its key already names (the
+        key's strategy may raise its conflict instead, as the accept would)."""
+        holder = await self.store.key_holder(claim)
+        return holder is not None and reuses(claim, holder)
 
     def limit_rate(self, principal: auth.Principal) -> None:
         """Take one run start from the key's token bucket, or raise TooManyRequests

@@ -26,7 +26,7 @@ import anyio
 from flowrun import auth
 from flowrun.engine.nodes.wait import SIGNAL_PATTERN
 from flowrun.errors import BadRequest, Conflict, FlowrunError, NotFound
-from flowrun.records import RUN_TERMINAL, RunRecord
+from flowrun.records import RUN_TERMINAL, NodeStatus, RunRecord
 from flowrun.runner import signal_token_hash
 from flowrun.service import RunService
 from flowrun.store import Store
@@ -116,6 +116,8 @@ class WaitBook:
         Also after a restart: a run whose timeout passed while the server was down is
         woken at the first tick, and its wait node takes its default (or fails).
         """
+        with anyio.move_on_after(TICK_TIMEOUT_S):
+            await self.recover()
         while True:
             wake = self.clock() + TICK_S
             if not self.service.lifecycle.shutting_down:
@@ -124,6 +126,23 @@ class WaitBook:
                 if scope.cancelled_caught:
                     logger.warning("waits: a tick took over %gs; retrying", TICK_TIMEOUT_S)
             await anyio.sleep(max(0.0, min(wake - self.clock(), TICK_S)))
+
+    async def recover(self) -> int:
+        """Wake the parked runs whose signal is already stored: a crash between a run's
+        park and its look for signals that came while it ran leaves them so."""
+        woken = 0
+        try:
+            for run_id in await self.store.signalled_waiting_runs():
+                came = await self.store.signals(run_id)
+                waits = {n.process_data.get("signal") for n in
+                         await self.store.node_records(run_id)
+                         if n.status is NodeStatus.WAITING}
+                if waits & set(came) and await self.wake(run_id):
+                    logger.info("run %s: woken at start: its signal had come", run_id)
+                    woken += 1
+        except FlowrunError as exc:
+            logger.warning("waits: could not check parked runs at start: %s", exc.message)
+        return woken
 
     async def tick(self) -> float:
         """Wake every run due now; when the next one is due."""

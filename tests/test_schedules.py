@@ -58,6 +58,14 @@ def test_on_time_slot_fires_under_every_policy() -> None:
         assert fired.fire == [T0 + 1] and fired.missed == 0
 
 
+def test_skip_fires_a_slot_that_came_during_a_slow_look_but_not_one_from_a_downtime() -> None:
+    # the loop looked at T0 + 9.5, and its next look came 3 s late: T0 + 10 is on time
+    fired = plan("*/10 * * * * *", "UTC", "skip", T0, T0 - 10, T0 + 13, looked_at=T0 + 9.5)
+    assert fired.fire == [T0 + 10] and fired.missed == 0
+    # just after a start (no look before), the same slot was missed while down
+    assert plan("*/10 * * * * *", "UTC", "skip", T0, T0 - 10, T0 + 13).fire == []
+
+
 def test_all_is_capped_to_the_most_recent_slots() -> None:
     fired = plan("* * * * * *", "UTC", "all", T0, T0, T0 + 10_000)
     assert len(fired.fire) == schedules.MAX_CATCH_UP and fired.capped

@@ -121,13 +121,19 @@ def _insert_run(conn: Connection, run: RunRecord) -> None:
                                              CallbackState.PENDING.value, run.created_at))
 
 
+_KEY_HOLDER_SQL = (
+    "SELECT k.fingerprint, k.run_id, k.expires_at, r.status FROM idempotency_keys k "
+    "LEFT JOIN runs r ON r.id = k.run_id "
+    "WHERE k.api_key_id = ? AND k.workflow = ? AND k.key = ?")
+
+
 def _key_holder(conn: Connection, claim: IdempotencyClaim) -> KeyHolder | None:
     """The run a live (unexpired) key names, or None."""
-    row = conn.execute(
-        "SELECT k.fingerprint, k.run_id, k.expires_at, r.status FROM idempotency_keys k "
-        "LEFT JOIN runs r ON r.id = k.run_id "
-        "WHERE k.api_key_id = ? AND k.workflow = ? AND k.key = ?",
-        (claim.scope, claim.workflow, claim.key)).fetchone()
+    row = conn.execute(_KEY_HOLDER_SQL, (claim.scope, claim.workflow, claim.key)).fetchone()
+    return _holder_from_row(row)
+
+
+def _holder_from_row(row: Any) -> KeyHolder | None:
     if row is None or row["status"] is None:
         return None
     if row["expires_at"] is not None and row["expires_at"] < time.time():
@@ -232,6 +238,11 @@ class Store:
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = await self._fetchall(sql, params)
         return rows[0] if rows else None
+
+    async def key_holder(self, claim: IdempotencyClaim) -> KeyHolder | None:
+        """The run an idempotency key names now (live, unexpired), read outside a write."""
+        return _holder_from_row(await self._fetchone(
+            _KEY_HOLDER_SQL, (claim.scope, claim.workflow, claim.key)))
 
     @property
     def writable(self) -> bool:
@@ -454,6 +465,12 @@ class Store:
         """Waiting runs whose wake time has come, earliest first."""
         rows = await self._fetchall("SELECT id FROM runs WHERE status = 'waiting' AND "
                                     "wake_at <= ? ORDER BY wake_at LIMIT ?", (now, limit))
+        return [row[0] for row in rows]
+
+    async def signalled_waiting_runs(self) -> list[str]:
+        """Waiting runs that hold signals (one may be what they wait for)."""
+        rows = await self._fetchall("SELECT DISTINCT r.id FROM runs r JOIN signals s ON "
+                                    "s.run_id = r.id WHERE r.status = 'waiting'")
         return [row[0] for row in rows]
 
     async def next_wake_at(self) -> float | None:

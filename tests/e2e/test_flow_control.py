@@ -33,6 +33,25 @@ def test_a_burst_past_the_limit_gets_429_and_creates_nothing(
     assert len(client.get("/workflows/hello/runs").json()["runs"]) == 3
 
 
+def test_a_retry_with_its_idempotency_key_is_answered_even_past_the_limit(
+        start_server: Callable[..., Started]) -> None:
+    _, _, client = start_server(LIMITED)
+    first = [client.post("/workflows/hello/run", json=HELLO,
+                         headers={"Idempotency-Key": f"k{i}"}) for i in range(3)]
+    assert [a.status_code for a in first] == [202, 202, 202]
+    # the bucket is empty: a retry of an accepted request gets its run, a new one 429
+    again = client.post("/workflows/hello/run", json=HELLO, headers={"Idempotency-Key": "k0"})
+    assert again.status_code == 200 and again.json()["id"] == first[0].json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    fresh = client.post("/workflows/hello/run", json=HELLO, headers={"Idempotency-Key": "k9"})
+    assert fresh.status_code == 429
+    # the same key with another body is still that key's conflict, not a new run
+    other = client.post("/workflows/hello/run", json={"inputs": {"name": "else"}},
+                        headers={"Idempotency-Key": "k1"})
+    assert other.status_code in {409, 422} and other.json()["code"] != "too_many_requests"
+    assert len(client.get("/workflows/hello/runs").json()["runs"]) == 3
+
+
 def keyed(file: Path, group: str, label: str, seconds: float = 0.3) -> dict[str, Any]:
     return {"inputs": {"file": str(file), "group": group, "label": label,
                        "seconds": seconds}}

@@ -133,6 +133,10 @@ def test_definition_checks_of_a_map() -> None:
         parse_definition({"name": "p", "nodes": [{"id": "m", "type": "map", "items": [],
                                                   "nodes": [{"id": "x", "type": "nope"}]}]},
                          registry=registry)
+    with pytest.raises(DefinitionError, match="node 'w': a wait node cannot run inside a map"):
+        parse_definition({"name": "p", "nodes": [{"id": "m", "type": "map", "items": [],
+                                                  "nodes": [{"id": "w", "type": "wait"}]}]},
+                         registry=registry)
 
 
 def test_node_types_load_without_the_executor() -> None:

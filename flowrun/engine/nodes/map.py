@@ -155,6 +155,10 @@ def _check(params: Mapping[str, Any], node_types: NodeTypes) -> list[tuple[str |
                                  registry=node_types)
     except DefinitionError as exc:
         return [("nodes", f"inline graph: {e['message']}") for e in exc.errors]
+    waits = [n.id for n in graph.nodes if n.type == "wait"]
+    if waits:  # an item's run is part of this node: nothing could wake it once parked
+        return [("nodes", f"inline graph: node {node!r}: a wait node cannot run inside a "
+                          "map (only a whole run can wait)") for node in waits]
     if params.get("output") is None:
         return []
     return [("output", problem) for problem in output_problems(params["output"], graph,
