@@ -203,7 +203,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     async with Store.open(settings.database, max_batch=settings.group_commit_max,
                           busy_timeout_ms=settings.sqlite_busy_timeout_ms,
                           synchronous=settings.sqlite_synchronous,
-                          linger_s=settings.write_linger_s, exclusive=True) as store, \
+                          linger_s=settings.write_linger_s) as store, \
             code_runner(settings, http_policy(settings)) as code:
         bus = EventBus(buffer_size=settings.sse_buffer)
         services = node_services(settings, registry, code)
@@ -235,11 +235,23 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             for name, version in await workflows.load_folder(settings.workflows_dir):
                 logger.info("workflow %s: version %d from %s", name, version,
                             settings.workflows_dir)
+        cluster = None
+        if store.postgres:  # other processes may share the database: runs are claimed
+            from flowrun.cluster import Cluster
+            cluster = Cluster(store, scheduler, bus, lease_s=settings.lease_s,
+                              heartbeat_s=settings.heartbeat_s,
+                              max_queued=settings.max_queued)
+            cluster.adopt = service.adopt
+            scheduler.on_slot_free = cluster.wake_claims
+            service.cluster = cluster
         async with anyio.create_task_group() as tg:
             await tg.start(scheduler.run, tg)
             tg.start_soon(housekeeping, store, settings, hook_book)
             tg.start_soon(lifecycle.end_waits_after_grace, settings.shutdown_grace_s)
-            await service.resume_unfinished()
+            if cluster is None:
+                await service.resume_unfinished()
+            else:  # unfinished runs are claimed: those of dead processes, and unowned ones
+                await tg.start(cluster.run)
             tg.start_soon(schedule_book.run)  # after resuming: catch-up runs queue behind
             tg.start_soon(wait_book.run)  # waits that timed out while the server was down
             tg.start_soon(callback_book.run)
@@ -262,6 +274,10 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                 if not finished:
                     logger.info("shutdown: %d runs left to resume on next start",
                                 scheduler.running)
+                if cluster is not None:
+                    tg.cancel_scope.cancel()  # the runs left stop here, then go back
+                    await _settle(scheduler)
+                    await cluster.leave()
                 app.state.service = app.state.keys = app.state.workflows = None
                 app.state.vault = app.state.lifecycle = app.state.schedules = None
                 app.state.waits = None
@@ -269,6 +285,12 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                 app.state.hooks = None
                 tg.cancel_scope.cancel()
     logger.info("flowrun stopped")
+
+
+async def _settle(scheduler: Scheduler) -> None:
+    """Wait (shielded, briefly) for cancelled run tasks to end."""
+    with anyio.move_on_after(5, shield=True):
+        await scheduler.idle()
 
 
 async def housekeeping(store: Store, settings: Settings, hooks: HookBook | None = None
@@ -283,6 +305,8 @@ async def housekeeping(store: Store, settings: Settings, hooks: HookBook | None 
                 await anyio.lowlevel.checkpoint()
             if hooks is not None:
                 await hooks.forget_stale(now)
+            if store.postgres:  # processes gone for a day (their runs went long ago)
+                await store.forget_workers(86_400.0)
             if settings.run_retention_s is not None:
                 removed = 0
                 while count := await store.delete_finished_runs(now - settings.run_retention_s):

@@ -43,11 +43,8 @@ def _plugins(args: argparse.Namespace) -> tuple[str, ...]:
 # --- serve -------------------------------------------------------------------------
 
 async def _ensure_key(settings: Settings) -> str | None:
-    """An admin key for a database that has none (its secret, shown once), else None.
-
-    Opened as the server will open it (``exclusive``): a PostgreSQL database another
-    process serves is refused here, before anything is printed."""
-    async with Store.open(settings.database, exclusive=True) as store:
+    """An admin key for a database that has none (its secret, shown once), else None."""
+    async with Store.open(settings.database) as store:
         if not settings.auth_enabled or await store.count_api_keys():
             return None
         _, secret = await create_api_key(store, name="initial", scope=auth.Scope.ADMIN,

@@ -31,6 +31,8 @@ from flowrun.records import NodeRecord
 logger = logging.getLogger(__name__)
 
 TERMINAL_EVENT = "workflow_finished"
+# The sequence number of a nudge (``EventBus.nudge``): not an event, a "read the store".
+NUDGE_SEQ = -1
 REPLAY_PAGE = 500
 
 
@@ -139,6 +141,14 @@ class EventBus:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 sub.dropped = True
 
+    def nudge(self, run_id: str) -> None:
+        """Tell the run's subscribers that the store has events they have not been sent
+        (written by another process): they read them from the store."""
+        self.publish(Event(run_id, NUDGE_SEQ, "", {}, 0.0))
+
+    def subscribed_runs(self) -> list[str]:
+        return list(self._subscribers)
+
     def subscriber_count(self, run_id: str | None = None) -> int:
         if run_id is not None:
             return len(self._subscribers.get(run_id, ()))
@@ -174,6 +184,8 @@ async def follow(bus: EventBus, replay: ReplayFn, run_id: str, after: int,
             if done:
                 return
             async for event in live:
+                if event.seq == NUDGE_SEQ:
+                    break  # written elsewhere: read the store after `last`
                 if event.seq <= last:
                     continue
                 if event.seq != last + 1:
@@ -182,4 +194,5 @@ async def follow(bus: EventBus, replay: ReplayFn, run_id: str, after: int,
                 last = event.seq
                 if event.terminal:
                     return
-        # The live stream ended (we fell behind) or had a gap: replay from `last`.
+        # The live stream ended (we fell behind), had a gap or was nudged: replay from
+        # `last`.

@@ -155,6 +155,9 @@ class RunRecord:
     schedule_slot: float | None = None
     callback_url: str | None = None  # where its end is POSTed (see callbacks.py)
     source: str | None = None  # "hook": started by a signed delivery to its workflow's hook
+    # the process (cluster.py's worker id) that runs it; None: any process may claim it
+    # (and always with SQLite, where one process runs every run)
+    owner: str | None = None
     nodes: list[NodeRecord] = field(default_factory=list)
 
     @property

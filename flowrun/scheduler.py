@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -54,6 +55,9 @@ class RunHandle:
     # (key, limit): at most ``limit`` runs with this key run at once; None: no such limit
     concurrency: tuple[str, int] | None = None
     holds_key: bool = False  # started, and counted in its key's running runs
+    # Its task's scope: cancelled when this process gives the run up (cluster.py's fence)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    abandoned: bool = False
 
     def attach(self, executor: Executor) -> None:
         self.executor = executor
@@ -100,6 +104,8 @@ class Scheduler:
         # Run ids someone waits on while the run is parked (waiting for a signal): set
         # when the run is queued again.
         self._unparked: dict[str, anyio.Event] = {}
+        # Called when a run ends and frees a slot (cluster.py claims more then).
+        self.on_slot_free: Callable[[], None] | None = None
 
     @property
     def queued(self) -> int:
@@ -108,6 +114,31 @@ class Scheduler:
     @property
     def running(self) -> int:
         return self._running
+
+    @property
+    def dispatching(self) -> bool:
+        """False during a drain: queued runs are not started."""
+        return not self._paused
+
+    def abandon_all(self) -> int:
+        """Give up every run of this process without recording anything (another
+        process resumes them from the store): queued ones leave the queue, running
+        ones are cancelled. How many were given up."""
+        count = 0
+        for handle in list(self._handles.values()):
+            if handle.state is HandleState.QUEUED:
+                handle.abandoned = True
+                self._queued -= 1
+                handle.state = HandleState.DONE
+                del self._handles[handle.run.id]
+                handle.done.set()
+                count += 1
+            elif handle.state is HandleState.RUNNING:
+                handle.abandoned = True
+                handle.scope.cancel()
+                count += 1
+        self._wakeup.set()
+        return count
 
     def pause_dispatch(self) -> None:
         """Start no more queued runs (a drain); they stay queued in the store."""
@@ -218,8 +249,9 @@ class Scheduler:
 
     async def _run_one(self, handle: RunHandle) -> None:
         try:
-            handle.outcome = await self.runner.execute(handle.run, fresh=handle.fresh,
-                                                       executor_ready=handle.attach)
+            with handle.scope:
+                handle.outcome = await self.runner.execute(handle.run, fresh=handle.fresh,
+                                                           executor_ready=handle.attach)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception:
@@ -228,7 +260,7 @@ class Scheduler:
         finally:
             self._running -= 1
             self._release(handle)
-        if handle.outcome is not None and handle.outcome.requeue:
+        if handle.outcome is not None and handle.outcome.requeue and not handle.abandoned:
             # It parked, but its signal had come meanwhile: queue it again at once.
             handle.run.status = RunStatus.QUEUED
             again = self.prepare(handle.run)
@@ -237,8 +269,9 @@ class Scheduler:
 
     async def _finish_unstarted(self, handle: RunHandle) -> None:
         try:
-            handle.outcome = await self.runner.finish_unstarted(
-                handle.run, RunStatus.STOPPED, handle.stop_reason, fresh=handle.fresh)
+            with handle.scope:
+                handle.outcome = await self.runner.finish_unstarted(
+                    handle.run, RunStatus.STOPPED, handle.stop_reason, fresh=handle.fresh)
         except Exception:
             logger.exception("run %s: could not record its stop", handle.run.id)
         finally:
@@ -256,6 +289,8 @@ class Scheduler:
             del self._handles[handle.run.id]
         handle.done.set()
         self._wakeup.set()
+        if self.on_slot_free is not None:
+            self.on_slot_free()
 
     def _free_key(self, key: str) -> None:
         """One run of ``key`` ended: its first run set aside goes back into the queue

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -50,10 +50,13 @@ from flowrun.records import (
     RunRecord,
     RunStatus,
 )
-from flowrun.scheduler import Scheduler
+from flowrun.scheduler import RunHandle, Scheduler
 from flowrun.settings import Settings
 from flowrun.store import Store
 from flowrun.workflows import WorkflowCatalog
+
+if TYPE_CHECKING:
+    from flowrun.cluster import Cluster
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +137,8 @@ class RunService:
         self.registry = workflows.registry
         self._streams: dict[str, int] = {}  # open event streams per API key id
         self.run_rate = RateLimiter(settings.run_rate_per_key, settings.run_burst_per_key)
+        # Set when other processes share the database (PostgreSQL): see cluster.py.
+        self.cluster: Cluster | None = None
 
     # --- runs -----------------------------------------------------------------------
 
@@ -167,8 +172,8 @@ class RunService:
             claim = IdempotencyClaim(principal.key_id or "", definition.name,
                                      request.idempotency_key, request.fingerprint(),
                                      request.on_conflict)
-        elif not self.scheduler.has_room():
-            raise QueueFull(f"{self.scheduler.queued} runs are queued; retry later",
+        elif not self._has_room():
+            raise QueueFull("the run queue is full; retry later",
                             headers={"Retry-After": "1"})
         # a child run runs in its parent's slot, and was paid for by its root run
         concurrency = None if request.parent_run_id is not None else \
@@ -192,6 +197,8 @@ class RunService:
             root_run_id=request.root_run_id, schedule_id=request.schedule_id,
             schedule_slot=request.schedule_slot, source=request.source,
             callback_url=request.callback_url or definition.callback_url)
+        if self.cluster is not None:
+            run.owner = self.cluster.owner_for(run)
         handle = self.scheduler.prepare(run)
         handle.concurrency = concurrency
         try:
@@ -208,12 +215,25 @@ class RunService:
             existing = await self.store.get_run(run_id)
             assert existing is not None  # committed before the key pointed to it
             return Submission(existing, created=False)
+        self.scheduler.runner.metrics.runs_accepted.labels(run.workflow).inc()
+        if self.cluster is not None and run.owner is None:
+            # Queued for the cluster: the first process with room claims it.
+            self.scheduler.discard(handle)
+            await self.cluster.announce_queued()
+            logger.info("run %s: queued %s v%d for any process (priority %d)", run.id,
+                        run.workflow, version, run.priority)
+            return Submission(run, created=True)
         handle.fresh = True
         self.scheduler.enqueue(handle)
-        self.scheduler.runner.metrics.runs_accepted.labels(run.workflow).inc()
         logger.info("run %s: queued %s v%d (priority %d)", run.id, run.workflow, version,
                     run.priority)
         return Submission(run, created=True)
+
+    def _has_room(self) -> bool:
+        """False when the queue (this process's, or the cluster's) is full."""
+        if self.cluster is not None:
+            return self.cluster.has_room()
+        return self.scheduler.has_room()
 
     async def _replays(self, claim: IdempotencyClaim) -> bool:
         """Whether ``claim`` would be answered with the run its key already names (the
@@ -261,7 +281,7 @@ class RunService:
         def admit(holder: KeyHolder | None) -> str | None:
             if claim is not None and holder is not None and reuses(claim, holder):
                 return holder.run_id
-            if not self.scheduler.has_room():
+            if not self._has_room():
                 raise QueueFull("the run queue is full; retry later",
                                 headers={"Retry-After": "1"})
             return None
@@ -335,17 +355,24 @@ class RunService:
         return run
 
     async def settled(self, run_id: str) -> RunOutcome | None:
-        """Wait until the run is neither live in this process nor parked on a wait node;
-        how it ended, as this process knows it (None: read the store)."""
+        """Wait until the run is neither live in this process nor parked on a wait node
+        (nor, in a cluster, live in another process); how it ended, as this process
+        knows it (None: read the store)."""
         while True:
             handle = self.scheduler.get(run_id)
             if handle is not None:
                 await handle.done.wait()
                 outcome = handle.outcome
+                if handle.abandoned:
+                    continue  # another process takes it over
                 if outcome is None or outcome.status is not RunStatus.WAITING:
                     return outcome
                 if outcome.requeue:
                     continue  # queued again at once (its signal came while it parked)
+            if self.cluster is not None:
+                if await self._settled_elsewhere(run_id):
+                    return None
+                continue
             unparked = self.scheduler.unparked(run_id)  # before the read: no missed wake
             run = await self.store.get_run(run_id, with_nodes=False)
             if run is None or run.status is not RunStatus.WAITING:
@@ -353,6 +380,24 @@ class RunService:
                     return None
                 continue  # queued again meanwhile
             await unparked.wait()
+
+    async def _settled_elsewhere(self, run_id: str) -> bool:
+        """In a cluster: True once the run is finished (or gone); False when it became
+        live in this process. Meanwhile it runs, or waits, anywhere: each event written
+        for it (a nudge from another process, or this one's own) is a cue to look."""
+        assert self.cluster is not None
+        while True:
+            with self.bus.subscribe(run_id, 16) as cues:  # before the read: no missed cue
+                run = await self.store.get_run(run_id, with_nodes=False)
+                if run is None or run.status in RUN_TERMINAL:
+                    return True
+                if self.scheduler.get(run_id) is not None:
+                    return False
+                with anyio.move_on_after(self.cluster.heartbeat_s):
+                    try:
+                        await cues.receive()
+                    except anyio.EndOfStream:
+                        pass
 
     async def stop(self, principal: auth.Principal, run_id: str,
                    reason: str | None = None) -> RunRecord:
@@ -367,12 +412,32 @@ class RunService:
             run.status = RunStatus.QUEUED
             handle = self.scheduler.prepare(run)
             self.scheduler.enqueue(handle)
+        if handle is None and self.cluster is not None:
+            handle = await self._claim_to_stop(run_id, reason)
+            if handle is None:  # another process runs it: it stops it
+                await self.cluster.send_control("stop", run_id, reason)
+                with anyio.move_on_after(self.settings.stop_wait_s):
+                    await self._settled_elsewhere(run_id)
+                return await self.get_run(principal, run_id)
         if handle is None:
             return run
         self.scheduler.stop(handle, reason)
         with anyio.move_on_after(self.settings.stop_wait_s):
             await handle.done.wait()
         return await self.get_run(principal, run_id)
+
+    async def _claim_to_stop(self, run_id: str, reason: str | None) -> RunHandle | None:
+        """In a cluster: take a run nobody runs (queued for anyone, or left by a process
+        that died) so as to stop it here; None when a live process runs it."""
+        assert self.cluster is not None
+        claimed = await self.store.claim_runs(self.cluster.worker_id, 1,
+                                              self.cluster.lease_s, run_id=run_id)
+        if not claimed:
+            return None
+        run, _ = claimed[0]
+        handle = self.scheduler.prepare(run)
+        self.scheduler.enqueue(handle)  # (the caller stops it at once)
+        return handle
 
     async def pause(self, principal: auth.Principal, run_id: str) -> RunRecord:
         """Hold a live run before its next node starts; ``Conflict`` for a finished run."""
@@ -387,6 +452,12 @@ class RunService:
             handle.run.status = RunStatus.PAUSED
             await self.store.set_status(run_id, RunStatus.PAUSED,
                                         only_from=(RunStatus.QUEUED, RunStatus.RUNNING))
+        elif run.status is not RunStatus.PAUSED and self.cluster is not None:
+            # run (or queued) by another process, or by none yet: the status holds it for
+            # a claim; the process that runs it is told
+            if await self.store.set_status(run_id, RunStatus.PAUSED,
+                                           only_from=(RunStatus.QUEUED, RunStatus.RUNNING)):
+                await self.cluster.send_control("pause", run_id)
         return await self.get_run(principal, run_id)
 
     async def resume(self, principal: auth.Principal, run_id: str) -> RunRecord:
@@ -400,6 +471,8 @@ class RunService:
         if handle is not None:
             handle.run.status = status
             handle.resume()
+        elif self.cluster is not None:
+            await self.cluster.send_control("resume", run_id)
         return await self.get_run(principal, run_id)
 
     async def rerun(self, principal: auth.Principal, run_id: str, *, from_failure: bool,
@@ -469,7 +542,8 @@ class RunService:
             status=RunStatus.QUEUED, inputs=checked, created_at=time.time(),
             priority=original.priority, correlation_id=original.correlation_id,
             user=original.user, trace_id=ids.new_hex(), api_key_id=principal.key_id,
-            overrides=original.overrides, graph=original.graph, rerun_of=original.id)
+            overrides=original.overrides, graph=original.graph, rerun_of=original.id,
+            owner=self.store.owner)
         self.limit_rate(principal)
         reused = [dataclasses.replace(n, run_id=run.id,
                                       process_data={**n.process_data, "reused_from": run_id})
@@ -497,19 +571,36 @@ class RunService:
         runs = await self.store.unfinished_runs()
         unfinished = {run.id for run in runs}
         for run in runs:
-            handle = self.scheduler.prepare(run)
-            handle.paused = run.status is RunStatus.PAUSED
+            stop_reason = None
             if run.parent_run_id is not None and run.parent_run_id not in unfinished:
-                # Its parent ended (or is gone) while this child was left unfinished:
-                # nothing waits for it, so it stops rather than runs on under a
-                # finished parent.
-                handle.stop_requested = True
-                handle.stop_reason = f"its parent run {run.parent_run_id} has ended"
-            handle.concurrency = await self._concurrency(run)
-            self.scheduler.enqueue(handle)
+                stop_reason = f"its parent run {run.parent_run_id} has ended"
+            await self._take(run, stop_reason)
         if runs:
             logger.info("resuming %d unfinished runs", len(runs))
         return len(runs)
+
+    async def adopt(self, run: RunRecord, stop_reason: str | None) -> None:
+        """Take in a run this process just claimed (cluster.py): queued ones queue,
+        running ones resume from their last finished node; ``stop_reason``: a stop
+        asked for while nobody ran it."""
+        if self.scheduler.get(run.id) is not None:
+            return
+        if stop_reason is None and run.parent_run_id is not None:
+            parent = await self.store.get_run(run.parent_run_id, with_nodes=False)
+            if parent is None or parent.status in RUN_TERMINAL:
+                stop_reason = f"its parent run {run.parent_run_id} has ended"
+        await self._take(run, stop_reason)
+
+    async def _take(self, run: RunRecord, stop_reason: str | None) -> None:
+        handle = self.scheduler.prepare(run)
+        handle.paused = run.status is RunStatus.PAUSED
+        if stop_reason is not None:
+            # Nothing waits for a child whose parent ended (or a stop was asked): it
+            # stops rather than runs on.
+            handle.stop_requested = True
+            handle.stop_reason = stop_reason or None
+        handle.concurrency = await self._concurrency(run)
+        self.scheduler.enqueue(handle)
 
     async def _concurrency(self, run: RunRecord) -> tuple[str, int] | None:
         """The concurrency key and limit of a run its workflow's definition gives."""
@@ -571,7 +662,10 @@ class RunService:
                 "queued": self.scheduler.queued,
                 "running": self.scheduler.running,
                 "subscribers": self.bus.subscriber_count(),
-                "tasks": len(asyncio.all_tasks())}
+                "tasks": len(asyncio.all_tasks()),
+                **({} if self.cluster is None else {"cluster": {
+                    "worker": self.cluster.worker_id,
+                    "queued": self.cluster.queued_estimate}})}
 
 
 def concurrency_of(definition: WorkflowDefinition, inputs: Mapping[str, Any]

@@ -150,6 +150,10 @@ class Settings:
     callback_max_age_s: float = 86_400.0
     callback_timeout_s: float = 10.0
     callback_max_in_flight: int = 8
+    # several processes on one PostgreSQL database (cluster.py): each renews its lease
+    # every heartbeat_s; the runs of one silent for lease_s are taken over by the others
+    heartbeat_s: float = 2.0
+    lease_s: float = 10.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -164,6 +168,8 @@ class Settings:
                                 "callback_max_in_flight >= 1")
         if self.hook_tolerance_s <= 0:
             raise SettingsError("hook_tolerance_s must be > 0")
+        if self.heartbeat_s <= 0 or self.lease_s < 2 * self.heartbeat_s:
+            raise SettingsError("heartbeat_s must be > 0 and lease_s at least twice it")
         if self.db is not None:
             parse_database(self.db)  # an unknown scheme fails here, at the edge
 

@@ -10,12 +10,8 @@ thread hop per batch, as with SQLite. Reads need no thread: an async pool
 The store's SQL is shared with SQLite; ``translate`` rewrites the little PostgreSQL
 spells differently, once per statement text (cached).
 
-``exclusive``: one process serves a database's runs for now (dispatch across
-processes is a later step), so the server holds a session advisory lock for as long
-as the store is open and refuses to start when another process holds it. A server
-restart ends the lock's session: it is checked every few seconds and taken again (and
-if another process took it meanwhile, that is logged as critical). The admin commands
-(``flowrun keys``, ``flowrun secrets``) open the store without it.
+Several processes may share one database: ``cluster.py`` owns how they divide the
+runs. Writes that only one of them may make (an idempotency key) lock in SQL.
 """
 
 from __future__ import annotations
@@ -23,7 +19,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,13 +31,42 @@ import psycopg.pq
 from psycopg.rows import RowMaker
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from flowrun.errors import BadRequest, StoreBusy, Unavailable
+from flowrun.errors import BadRequest, Unavailable
 from flowrun.settings import safe_url
 from flowrun.store.backend import Backend
 from flowrun.store.schema_pg import PG_MIGRATIONS, PG_SCHEMA_VERSION
 from flowrun.store.writer import WriterDialect
 
 logger = logging.getLogger(__name__)
+
+# The channels processes on one database tell each other through (LISTEN/NOTIFY).
+EVENTS_CHANNEL = "flowrun_events"  # payload: ids of runs with new events, comma-separated
+QUEUE_CHANNEL = "flowrun_queue"  # a run nobody owns was queued: claim it
+CONTROL_CHANNEL = "flowrun_control"  # payload: "stop|pause|resume <run id>"
+_NOTIFY_MAX = 7900  # PostgreSQL's payload limit is 8000 bytes
+
+
+def notify_events(conn: Any, run_ids: set[Any]) -> None:
+    """Tell the other processes which runs have new events (sent when the batch commits)."""
+    for payload in notify_payloads(sorted(str(r) for r in run_ids)):
+        conn.execute("SELECT pg_notify(?, ?)", (EVENTS_CHANNEL, payload))
+
+
+def notify_payloads(items: Sequence[str]) -> list[str]:
+    """``items`` joined by commas into as few payloads as fit PostgreSQL's limit."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 0
+    for item in items:
+        if current and size + len(item) + 1 > _NOTIFY_MAX:
+            payloads.append(",".join(current))
+            current, size = [], 0
+        current.append(item)
+        size += len(item) + 1
+    if current:
+        payloads.append(",".join(current))
+    return payloads
+
 
 # BEGIN in PostgreSQL takes no lock up front: rows lock as they are written, and the
 # one writer per process serialises what SQLite's IMMEDIATE did.
@@ -53,10 +77,11 @@ POSTGRES = WriterDialect("BEGIN", (psycopg.Error,),
                          # (a standby after a failover): not the op's fault, so the batch
                          # is retried (durable writes) or refused with a 503
                          (psycopg.OperationalError, psycopg.InterfaceError,
-                          psycopg.errors.ReadOnlySqlTransaction))
+                          psycopg.errors.ReadOnlySqlTransaction),
+                         notify_events)
 
-# The advisory lock a serving process holds (one per database): "flowrun" in ASCII.
-_SERVE_LOCK = 0x666C6F7772756E
+# The advisory lock migrations run under (one per database): "flowrun" in ASCII, + 1.
+_MIGRATE_LOCK = 0x666C6F7772756E + 1
 
 _PLACEHOLDER = re.compile(r"\?")
 _REWRITES = (
@@ -175,7 +200,7 @@ async def _migrate(url: str) -> None:
     """Bring the schema up to date; concurrent starts wait on a transaction lock."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SERVE_LOCK + 1,))
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
                                "(version bigint NOT NULL)")
             cur = await conn.execute("SELECT MAX(version) FROM schema_version")
@@ -190,74 +215,6 @@ async def _migrate(url: str) -> None:
                 await conn.execute("INSERT INTO schema_version (version) VALUES (%s)",
                                    (step + 1,))
                 logger.info("database migrated to schema %d", step + 1)
-
-
-async def _take_lock(url: str, wait_s: float) -> psycopg.AsyncConnection[Any]:
-    """A session holding the database's serving lock, or StoreBusy.
-
-    It waits up to ``wait_s`` for the lock: a process killed a moment ago holds it until
-    the server notices its connection is gone (a restart right after a crash)."""
-    conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_SERVE_LOCK,))
-            row = await cur.fetchone()
-            if (row and row[0]) or time.monotonic() >= deadline:
-                break
-            await anyio.sleep(0.1)
-        if not (row and row[0]):
-            raise StoreBusy("another flowrun process already serves this PostgreSQL "
-                            "database; several processes on one database are not "
-                            "supported yet (stop the other one, or give this one its "
-                            "own database)")
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
-
-
-async def _keep_lock(url: str, holder: list[psycopg.AsyncConnection[Any]],
-                     check_s: float) -> None:
-    """Check the lock's session now and then, and take the lock again when it ended (a
-    server restart ends every session, and the lock with it); say loudly if another
-    process took it meanwhile."""
-    while True:
-        await anyio.sleep(check_s)
-        try:
-            await holder[0].execute("SELECT 1")
-            continue
-        except psycopg.Error:
-            pass
-        try:
-            conn = await _take_lock(url, 0)
-        except StoreBusy:
-            logger.critical("another flowrun process took this PostgreSQL database's serving "
-                            "lock while this one's connection was down: two processes may "
-                            "now run the same runs; stop one of them")
-            continue
-        except psycopg.Error as exc:
-            logger.error("the serving lock's connection to PostgreSQL dropped, and it "
-                         "cannot be taken again yet: %s", exc)
-            continue
-        await holder[0].close()
-        holder[0] = conn
-        logger.warning("the serving lock's connection to PostgreSQL dropped; lock taken again")
-
-
-@asynccontextmanager
-async def _serving_lock(url: str, wait_s: float, check_s: float) -> AsyncIterator[None]:
-    """Hold the database's serving lock for the block (StoreBusy if another has it)."""
-    holder = [await _take_lock(url, wait_s)]  # the lock lives as long as this session
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_keep_lock, url, holder, check_s)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
-    finally:
-        await holder[0].close()
 
 
 async def _fetch(pool: AsyncConnectionPool[Any], sql: str, params: Sequence[Any]
@@ -278,41 +235,33 @@ async def _fetch(pool: AsyncConnectionPool[Any], sql: str, params: Sequence[Any]
 
 
 @asynccontextmanager
-async def open_postgres(url: str, *, exclusive: bool = False, max_readers: int = 8,
-                        lock_wait_s: float = 3.0, lock_check_s: float = 5.0
-                        ) -> AsyncIterator[Backend]:
+async def open_postgres(url: str, *, max_readers: int = 8) -> AsyncIterator[Backend]:
     """Connect (migrating the schema) for the duration of the block."""
     try:
         await _migrate(url)
     except psycopg.OperationalError as exc:
         raise Unavailable(f"cannot open the PostgreSQL database {safe_url(url)}: "
                           f"{str(exc).strip()}") from exc
-    async with _serving_lock(url, lock_wait_s, lock_check_s) if exclusive else _nothing():
-        pool = AsyncConnectionPool(url, min_size=1, max_size=max_readers, open=False,
-                                   kwargs={"autocommit": True, "row_factory": _rows},
-                                   name="flowrun-readers")
-        await pool.open(wait=True)
-        try:
-            async def read(sql: str, params: Sequence[Any]) -> list[Any]:
-                try:
-                    rows = await _fetch(pool, sql, params)
-                    if rows is None:  # a pooled connection the server dropped: once more
-                        rows = await _fetch(pool, sql, params)
-                except (psycopg.OperationalError, PoolTimeout) as exc:
-                    raise Unavailable(f"the database cannot be read: {exc}") from exc
-                if rows is None:
-                    raise Unavailable("the database cannot be read: connection lost")
-                return rows
-
-            write_conn = await anyio.to_thread.run_sync(SyncConnection, url)
+    pool = AsyncConnectionPool(url, min_size=1, max_size=max_readers, open=False,
+                               kwargs={"autocommit": True, "row_factory": _rows},
+                               name="flowrun-readers")
+    await pool.open(wait=True)
+    try:
+        async def read(sql: str, params: Sequence[Any]) -> list[Any]:
             try:
-                yield Backend(read, write_conn, POSTGRES)
-            finally:
-                await anyio.to_thread.run_sync(write_conn.close)
+                rows = await _fetch(pool, sql, params)
+                if rows is None:  # a pooled connection the server dropped: once more
+                    rows = await _fetch(pool, sql, params)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                raise Unavailable(f"the database cannot be read: {exc}") from exc
+            if rows is None:
+                raise Unavailable("the database cannot be read: connection lost")
+            return rows
+
+        write_conn = await anyio.to_thread.run_sync(SyncConnection, url)
+        try:
+            yield Backend(read, write_conn, POSTGRES)
         finally:
-            await pool.close()
-
-
-@asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
-    yield
+            await anyio.to_thread.run_sync(write_conn.close)
+    finally:
+        await pool.close()

@@ -48,10 +48,16 @@ from flowrun.store.writer import Connection, RowTable, Writer, WriteResult
 
 logger = logging.getLogger(__name__)
 
+# The database's clock in unix seconds (processes on several hosts share it; no skew).
+_DB_NOW = "extract(epoch from clock_timestamp())::double precision"
+# A run that is not finished and not parked: what a process executes (or will). Written
+# out, not bound, to match the partial index ``runs_claimable``.
+_LIVE = "status IN ('queued', 'running', 'paused')"
+
 _RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, priority, "
                 'correlation_id, idempotency_key, "user", trace_id, api_key_id, overrides, '
                 "graph, steps, created_at, started_at, finished_at, parent_run_id, depth, "
-                "root_run_id, rerun_of, schedule_id, schedule_slot, callback_url, source")
+                "root_run_id, rerun_of, schedule_id, schedule_slot, callback_url, source, owner")
 
 
 def _dumps(value: Any) -> str | None:
@@ -81,7 +87,7 @@ def _run_from_row(row: Any) -> RunRecord:
         root_run_id=row["root_run_id"], rerun_of=row["rerun_of"],
         schedule_id=row["schedule_id"], schedule_slot=row["schedule_slot"],
         callback_url=row["callback_url"],
-        source=row["source"],
+        source=row["source"], owner=row["owner"],
     )
 
 
@@ -108,13 +114,13 @@ def _insert_run(conn: Connection, run: RunRecord) -> None:
         "INSERT INTO runs (id, workflow, version, status, inputs, priority, correlation_id, "
         "idempotency_key, \"user\", trace_id, api_key_id, overrides, graph, created_at, "
         "parent_run_id, depth, root_run_id, rerun_of, schedule_id, schedule_slot, "
-        "callback_url, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-        "?, ?, ?)",
+        "callback_url, source, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?, ?, ?, ?, ?)",
         (run.id, run.workflow, run.version, run.status.value, _dumps(run.inputs),
          run.priority, run.correlation_id, run.idempotency_key, run.user, run.trace_id,
          run.api_key_id, _dumps(run.overrides or None), _dumps(run.graph), run.created_at,
          run.parent_run_id, run.depth, run.root_run_id, run.rerun_of, run.schedule_id,
-         run.schedule_slot, run.callback_url, run.source))
+         run.schedule_slot, run.callback_url, run.source, run.owner))
     if run.callback_url is not None:  # its delivery state, committed with the run
         conn.execute("INSERT INTO callbacks (run_id, delivery_id, state, updated_at) "
                      "VALUES (?, ?, ?, ?)", (run.id, "dlv_" + uuid.uuid4().hex,
@@ -157,7 +163,8 @@ _NODE_ROWS = RowTable(
     "attempts = excluded.attempts, branch = excluded.branch, logs = excluded.logs, "
     "started_at = excluded.started_at, finished_at = excluded.finished_at",
     key=2)  # (run_id, node_id): a node's later state in a batch replaces its earlier one
-_EVENT_ROWS = RowTable("INSERT INTO events (run_id, seq, name, data, created_at) VALUES ", 5)
+_EVENT_ROWS = RowTable("INSERT INTO events (run_id, seq, name, data, created_at) VALUES ", 5,
+                       notify=True)
 
 
 def _node_row(node: NodeRecord) -> tuple[Any, ...]:
@@ -176,8 +183,13 @@ class Store:
     """Durable state of workflows, runs, nodes, events and keys."""
 
     def __init__(self, read: Reader, writer: Writer[Connection], *,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, url: str | None = None) -> None:
         self.path = path  # the SQLite file (None on PostgreSQL)
+        self.url = url  # the PostgreSQL URL (None on SQLite)
+        self.postgres = url is not None
+        # This process's worker id when several share the database (cluster.py): runs it
+        # queues again (a wake, a re-run) are its own. None with one process.
+        self.owner: str | None = None
         self._read = read
         self._writer = writer
         self._reads = 0
@@ -200,13 +212,12 @@ class Store:
     @asynccontextmanager
     async def open(cls, target: Path | str, *, max_batch: int = 512,
                    busy_timeout_ms: int = 5000, synchronous: str = "FULL",
-                   linger_s: float = 0.003, exclusive: bool = False) -> AsyncIterator[Store]:
+                   linger_s: float = 0.003) -> AsyncIterator[Store]:
         """Open (creating and migrating) the database for the duration of the block.
 
         ``target``: a SQLite file, ``sqlite:///path``, or a ``postgresql://`` URL
         (``settings.parse_database``). ``busy_timeout_ms`` and ``synchronous`` are
-        SQLite's. ``exclusive`` (PostgreSQL): this process runs the database's runs,
-        so it refuses to open a database another process already serves.
+        SQLite's.
         """
         database = parse_database(target)
         backend: AbstractAsyncContextManager[Backend]
@@ -216,7 +227,7 @@ class Store:
                                   synchronous=synchronous)
         else:
             from flowrun.store.postgres import open_postgres
-            backend = open_postgres(database, exclusive=exclusive)
+            backend = open_postgres(database)
         async with backend as opened:
             # The writer's connection is synchronous: it runs a whole batch in one call on
             # its own thread (see writer.py), not one thread hop per statement.
@@ -225,7 +236,8 @@ class Store:
             async with anyio.create_task_group() as tg:
                 await tg.start(writer.run)
                 try:
-                    yield cls(opened.read, writer, path=opened.path)
+                    yield cls(opened.read, writer, path=opened.path,
+                              url=None if isinstance(database, Path) else database)
                 finally:
                     tg.cancel_scope.cancel()
 
@@ -376,7 +388,15 @@ class Store:
         Concurrent duplicates are serialised by the writer, so they see each other.
         """
 
+        lock_keys = self.postgres
+
         def op(conn: Connection) -> tuple[str, bool]:
+            if claim is not None and lock_keys:
+                # Several processes may accept the same key at once, each in its own
+                # transaction: a lock per key (until commit) makes the later one see the
+                # run the first created. (One process's writer already serialises them.)
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+                             (f"{claim.scope}\x1f{claim.workflow}\x1f{claim.key}",))
             existing = admit(_key_holder(conn, claim) if claim is not None else None)
             if existing is not None:
                 return existing, False
@@ -454,9 +474,10 @@ class Store:
         """Queue a waiting run again; False when it was not waiting (someone else woke it)."""
 
         def op(conn: Connection) -> bool:
-            cur = conn.execute("UPDATE runs SET status = ?, wake_at = NULL WHERE id = ? AND "
-                               "status = ?", (RunStatus.QUEUED.value, run_id,
-                                              RunStatus.WAITING.value))
+            cur = conn.execute("UPDATE runs SET status = ?, wake_at = NULL, owner = ? "
+                               "WHERE id = ? AND status = ?",
+                               (RunStatus.QUEUED.value, self.owner, run_id,
+                                RunStatus.WAITING.value))
             return cur.rowcount == 1
 
         return await self._writer.write(op, durable=True)
@@ -524,9 +545,9 @@ class Store:
         def op(conn: Connection) -> bool:
             queued = conn.execute(
                 "UPDATE runs SET status = ?, outputs = NULL, error = NULL, finished_at = NULL, "
-                f"started_at = NULL, steps = 0 WHERE id = ? AND status IN "
-                f"({', '.join('?' * len(terminal))})",
-                (RunStatus.QUEUED.value, run_id, *terminal)).rowcount
+                f"started_at = NULL, steps = 0, owner = ?, stop_reason = NULL WHERE id = ? "
+                f"AND status IN ({', '.join('?' * len(terminal))})",
+                (RunStatus.QUEUED.value, self.owner, run_id, *terminal)).rowcount
             if not queued:
                 return False
             if keep_succeeded:
@@ -585,6 +606,105 @@ class Store:
                                                      RunStatus.RUNNING.value,
                                                      RunStatus.PAUSED.value))
         return [_run_from_row(r) for r in rows]
+
+    # --- several processes on one database (PostgreSQL only; cluster.py) -------------
+
+    async def register_worker(self, worker_id: str, host: str, pid: int) -> None:
+        def op(conn: Connection) -> None:
+            conn.execute(f"INSERT INTO workers (id, host, pid, started_at, heartbeat_at) "
+                         f"VALUES (?, ?, ?, {_DB_NOW}, {_DB_NOW})", (worker_id, host, pid))
+
+        await self._writer.write(op)
+
+    async def heartbeat(self, worker_id: str, lease_s: float) -> bool:
+        """Renew a worker's lease; False when it had lapsed already (its runs may be
+        claimed by now: the worker must give them up)."""
+
+        def op(conn: Connection) -> bool:
+            return conn.execute(f"UPDATE workers SET heartbeat_at = {_DB_NOW} WHERE id = ? "
+                                f"AND heartbeat_at >= {_DB_NOW} - ?",
+                                (worker_id, lease_s)).rowcount == 1
+
+        return await self._writer.write(op)
+
+    async def claim_runs(self, worker_id: str, limit: int, lease_s: float, *,
+                         run_id: str | None = None) -> list[tuple[RunRecord, str | None]]:
+        """Take up to ``limit`` live runs nobody runs (no owner, or one whose lease
+        lapsed), priority then age, skipping rows another claim holds; with their stop
+        reason (a stop asked for while nobody ran them). ``run_id``: only that one."""
+        only = "" if run_id is None else "AND id = ? "
+        params: tuple[Any, ...] = (worker_id, lease_s) + (() if run_id is None else (run_id,))
+
+        def op(conn: Connection) -> list[Any]:
+            return conn.execute(
+                "UPDATE runs SET owner = ? WHERE id IN (SELECT id FROM runs r WHERE "
+                f"{_LIVE} AND (owner IS NULL OR NOT EXISTS (SELECT 1 FROM workers w "
+                f"WHERE w.id = r.owner AND w.heartbeat_at >= {_DB_NOW} - ?)) {only}"
+                "ORDER BY priority DESC, num LIMIT ? FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {_RUN_COLUMNS}, stop_reason", (*params, limit)).fetchall()
+
+        rows = await self._writer.write(op)
+        rows.sort(key=lambda r: (-r["priority"], r["num"]))
+        return [(_run_from_row(r), r["stop_reason"]) for r in rows]
+
+    async def request_stop(self, run_id: str, reason: str) -> None:
+        """Keep a stop on a live run's row (the process that runs it, or claims it
+        later, stops it)."""
+        await self._writer.write(lambda conn: conn.execute(
+            f"UPDATE runs SET stop_reason = ? WHERE id = ? AND {_LIVE}", (reason, run_id)))
+
+    async def stop_reason(self, run_id: str) -> str | None:
+        row = await self._fetchone("SELECT stop_reason FROM runs WHERE id = ?", (run_id,))
+        return None if row is None else row["stop_reason"]
+
+    async def stop_requests(self, worker_id: str) -> list[tuple[str, str]]:
+        """A worker's live runs someone asked to stop: (run id, reason)."""
+        rows = await self._fetchall(f"SELECT id, stop_reason FROM runs WHERE owner = ? AND "
+                                    f"stop_reason IS NOT NULL AND {_LIVE}", (worker_id,))
+        return [(r["id"], r["stop_reason"]) for r in rows]
+
+    async def run_owner(self, run_id: str, lease_s: float) -> tuple[str | None, bool]:
+        """Who runs a run, and whether its lease is current."""
+        row = await self._fetchone(
+            f"SELECT r.owner, w.heartbeat_at >= {_DB_NOW} - ? AS alive FROM runs r "
+            "LEFT JOIN workers w ON w.id = r.owner WHERE r.id = ?", (lease_s, run_id))
+        if row is None:
+            return None, False
+        return row["owner"], bool(row["alive"])
+
+    async def release_runs(self, worker_id: str) -> int:
+        """A worker leaving: its live runs are anyone's now, and its row goes."""
+
+        def op(conn: Connection) -> int:
+            count = conn.execute(f"UPDATE runs SET owner = NULL WHERE owner = ? AND {_LIVE}",
+                                 (worker_id,)).rowcount
+            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+            return count
+
+        return await self._writer.write(op)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """Tell the other processes (LISTEN/NOTIFY), once what is queued has committed."""
+        await self._writer.write(lambda conn: conn.execute("SELECT pg_notify(?, ?)",
+                                                           (channel, payload)))
+
+    async def count_queued(self) -> int:
+        row = await self._fetchone("SELECT COUNT(*) AS n FROM runs WHERE status = 'queued'")
+        return int(row["n"]) if row is not None else 0
+
+    async def workers(self, lease_s: float) -> list[dict[str, Any]]:
+        """The processes that share the database, with whether their lease is current."""
+        rows = await self._fetchall(
+            f"SELECT id, host, pid, started_at, heartbeat_at, heartbeat_at >= {_DB_NOW} - ? "
+            "AS alive FROM workers ORDER BY started_at", (lease_s,))
+        return [{"id": r["id"], "host": r["host"], "pid": r["pid"],
+                 "started_at": r["started_at"], "heartbeat_at": r["heartbeat_at"],
+                 "alive": bool(r["alive"])} for r in rows]
+
+    async def forget_workers(self, idle_s: float) -> int:
+        """Drop the rows of workers silent for ``idle_s`` (housekeeping)."""
+        return await self._writer.write(lambda conn: conn.execute(
+            f"DELETE FROM workers WHERE heartbeat_at < {_DB_NOW} - ?", (idle_s,)).rowcount)
 
     # --- nodes and events -----------------------------------------------------------
 

@@ -225,6 +225,12 @@ MIGRATIONS: list[list[str]] = [
         # Where a run came from when not from an API call (``hook``).
         "ALTER TABLE runs ADD COLUMN source TEXT",
     ],
+    [
+        # The process that runs a run and a stop asked for elsewhere: used by several
+        # processes on PostgreSQL (cluster.py); kept here so both stores share their SQL.
+        "ALTER TABLE runs ADD COLUMN owner TEXT",
+        "ALTER TABLE runs ADD COLUMN stop_reason TEXT",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -190,6 +190,23 @@ PG_MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX hook_deliveries_by_time ON hook_deliveries (signed_at)",
     ],
+    [
+        # Several processes on one database (cluster.py): the process that runs a run
+        # (its ``owner``), a stop asked for on another process, and the processes alive.
+        "ALTER TABLE runs ADD COLUMN owner text",
+        "ALTER TABLE runs ADD COLUMN stop_reason text",
+        # what a claim walks: live runs, priority then age
+        "CREATE INDEX runs_claimable ON runs (priority DESC, num) "
+        "WHERE status IN ('queued', 'running', 'paused')",
+        "CREATE INDEX runs_by_owner ON runs (owner) WHERE owner IS NOT NULL",
+        """CREATE TABLE workers (
+            id text PRIMARY KEY,
+            host text NOT NULL,
+            pid bigint NOT NULL,
+            started_at double precision NOT NULL,
+            heartbeat_at double precision NOT NULL
+        )""",
+    ],
 ]
 
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)

@@ -91,6 +91,10 @@ class WriterDialect:
     begin: str
     error: tuple[type[Exception], ...]
     fault: tuple[type[Exception], ...]
+    # Called in the transaction just before COMMIT with the keys (first column) of the
+    # rows written to tables marked ``notify``: PostgreSQL tells other processes which
+    # runs have new events (delivered on commit). None: nobody else to tell.
+    notify: Callable[[Any, set[Any]], None] | None = None
 
 
 # SQLite: take the write lock at BEGIN (a deferred transaction could fail to upgrade).
@@ -116,8 +120,10 @@ class RowTable:
     started state, so the started one is never written).
     """
 
-    def __init__(self, head: str, width: int, *, tail: str = "", key: int = 0) -> None:
+    def __init__(self, head: str, width: int, *, tail: str = "", key: int = 0,
+                 notify: bool = False) -> None:
         self.head = head  # "INSERT INTO t (a, b) VALUES "
+        self.notify = notify  # its rows' first values go to ``WriterDialect.notify``
         self.tail = tail  # e.g. an ON CONFLICT clause
         self.width = width
         self.key = key
@@ -354,6 +360,7 @@ class Writer(Generic[C]):
         results: list[tuple[Any, BaseException | None]] = []
         several = len(batch) > 1  # a lone write needs no savepoint: ROLLBACK undoes it
         merged: dict[RowTable, dict[Any, tuple[Any, ...]]] = {}
+        notified: set[Any] = set()
         try:
             conn.execute(dialect.begin)
             for i, pending in enumerate(batch):
@@ -375,6 +382,8 @@ class Writer(Generic[C]):
                     if not merge:
                         for table, row in pending.rows:
                             table.write(conn, [row])
+                            if table.notify:
+                                notified.add(row[0])
                 except dialect.fault:
                     raise  # a database fault: the whole batch fails
                 except Exception as exc:  # reported to that op's caller
@@ -393,11 +402,15 @@ class Writer(Generic[C]):
                 try:
                     for table, rows in merged.items():
                         table.write(conn, list(rows.values()))
+                        if table.notify:
+                            notified.update(row[0] for row in rows.values())
                 except dialect.fault:
                     raise
                 except Exception:  # a row's own error (a constraint, a value refused)
                     conn.execute("ROLLBACK")
                     raise _Unmerge() from None
+                if notified and dialect.notify is not None:
+                    dialect.notify(conn, notified)
                 conn.execute("COMMIT")
         except dialect.error:
             try:

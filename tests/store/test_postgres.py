@@ -8,11 +8,11 @@ import anyio
 import psycopg
 import pytest
 
-from flowrun.errors import BadRequest, StoreBusy, Unavailable
+from flowrun.errors import BadRequest, Unavailable
 from flowrun.events import Event
 from flowrun.records import NodeRecord, NodeStatus
 from flowrun.store import Store
-from flowrun.store.postgres import open_postgres, translate
+from flowrun.store.postgres import translate
 from flowrun.store.schema_pg import PG_SCHEMA_VERSION
 from tests.store.test_sqlite import make_run
 
@@ -32,17 +32,6 @@ async def test_migrates_once_and_reopens(postgres_url: str) -> None:
     with psycopg.connect(postgres_url) as conn:
         row = conn.execute("SELECT MAX(version), COUNT(*) FROM schema_version").fetchone()
     assert row == (PG_SCHEMA_VERSION, PG_SCHEMA_VERSION)
-
-
-async def test_a_second_serving_process_is_refused(postgres_url: str) -> None:
-    async with Store.open(postgres_url, exclusive=True):
-        with pytest.raises(StoreBusy, match="another flowrun process"):
-            async with Store.open(postgres_url, exclusive=True):
-                pass
-        async with Store.open(postgres_url) as admin:  # flowrun keys: no lock needed
-            assert await admin.count_api_keys() == 0
-    async with Store.open(postgres_url, exclusive=True):  # released with the first
-        pass
 
 
 def drop_connections(url: str) -> int:
@@ -125,16 +114,3 @@ async def test_text_with_nul_is_refused_as_a_bad_request_and_found_nowhere(
         assert [e.data for e in await store.events("r")] == [{}, {"text": "a\x00b"}]
 
 
-async def test_the_serving_lock_is_taken_again_after_its_connection_dropped(
-        postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    async with open_postgres(postgres_url, exclusive=True, lock_check_s=0.05):
-        drop_connections(postgres_url)  # a server restart ends every session's locks
-        for _ in range(250):  # (5 s at most)
-            if "lock taken again" in caplog.text:
-                break
-            await anyio.sleep(0.02)
-        else:
-            pytest.fail("the serving lock was never taken again")
-        with pytest.raises(StoreBusy):
-            async with open_postgres(postgres_url, exclusive=True, lock_wait_s=0):
-                pass

@@ -1,0 +1,256 @@
+"""Several flowrun processes on one PostgreSQL database: who runs which run.
+
+Each process is a *worker* with a row in ``workers`` that it renews every
+``heartbeat_s`` (the database's clock, so hosts need not agree on time). A run's
+``owner`` is the worker that runs it. A process takes a run it accepts while it has
+a free slot; the rest are claimed, by whichever process has room, with ``FOR
+UPDATE SKIP LOCKED`` in priority-then-age order. A run whose owner's heartbeat is
+older than ``lease_s`` (the process died, or lost the database) is claimed the same
+way and resumed from its last finished node, as after a restart.
+
+A process that cannot renew its lease in time *fences* itself: it abandons its runs
+(their tasks are cancelled, nothing is recorded) before any other process may claim
+them, and comes back as a new worker. So a run has one live owner at a time.
+
+The processes tell each other through LISTEN/NOTIFY: a batch that wrote events
+names its runs (``flowrun_events``: a follower on another process replays them from
+the events table, which stays the truth), a run queued without an owner wakes the
+others' claims (``flowrun_queue``), and a stop, pause or resume of a run another
+process runs is sent to it (``flowrun_control``). A lost notification costs time,
+not correctness: every loop here also polls each ``heartbeat_s``.
+
+Limits: ``max_concurrent_runs`` is per process (a box's budget; the cluster runs up
+to processes × limit); ``max_queued`` is for the cluster's one queue, counted from
+the database each heartbeat (so it may overshoot by one heartbeat's accepts).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.abc
+import psycopg
+
+from flowrun import ids
+from flowrun.errors import FlowrunError
+from flowrun.events import EventBus
+from flowrun.records import RunRecord, RunStatus
+from flowrun.scheduler import Scheduler
+from flowrun.store import Store
+from flowrun.store.postgres import CONTROL_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL
+
+logger = logging.getLogger(__name__)
+
+CLAIM_BATCH = 64  # runs one claim takes at most (then it claims again at once)
+CONTROL_VERBS = ("stop", "pause", "resume")
+
+
+def new_worker_id() -> str:
+    return "wkr_" + ids.new_hex()[:20]
+
+
+class Cluster:
+    """This process's membership of a cluster: its lease, its claims, its ears."""
+
+    def __init__(self, store: Store, scheduler: Scheduler, bus: EventBus, *,
+                 lease_s: float, heartbeat_s: float, max_queued: int) -> None:
+        if heartbeat_s * 2 > lease_s:
+            raise ValueError("lease_s must be at least twice heartbeat_s")
+        self.store = store
+        self.scheduler = scheduler
+        self.bus = bus
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s
+        self.max_queued = max_queued
+        self.worker_id = new_worker_id()
+        store.owner = self.worker_id
+        self.queued_estimate = 0  # the cluster's queued runs at the last count, + since
+        self.fenced = 0  # times this process lost its lease and abandoned its runs
+        self._claim_wakeup = anyio.Event()
+        self._renewed = time.monotonic()  # when the last successful renewal was sent
+        # How a claimed run joins this process (RunService.adopt), set by the app.
+        self.adopt: Callable[[RunRecord, str | None], Awaitable[None]] | None = None
+
+    # --- what the service asks -------------------------------------------------------
+
+    def has_room(self) -> bool:
+        """False when the cluster's queue holds ``max_queued`` runs."""
+        return self.queued_estimate < self.max_queued
+
+    def owner_for(self, run: RunRecord) -> str | None:
+        """Who runs a run this process accepts: itself when it has a free slot (or the
+        run is a child: its parent waits here), else whoever claims it first."""
+        if run.parent_run_id is not None or \
+                self.scheduler.running + self.scheduler.queued < self.scheduler.max_concurrent:
+            return self.worker_id
+        return None
+
+    def wake_claims(self) -> None:
+        self._claim_wakeup.set()
+
+    async def announce_queued(self) -> None:
+        """Tell the others a run nobody owns is queued (after its commit)."""
+        self.queued_estimate += 1
+        await self.store.notify(QUEUE_CHANNEL, "")
+
+    async def send_control(self, verb: str, run_id: str, reason: str | None = None) -> None:
+        """Ask the process that runs ``run_id`` to stop, pause or resume it. A stop is
+        also kept on the run's row: a process that claims it later stops it too."""
+        if verb == "stop":
+            await self.store.request_stop(run_id, reason or "")
+        await self.store.notify(CONTROL_CHANNEL, f"{verb} {run_id}")
+
+    # --- the loops -------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Join, then renew the lease, claim runs and listen until cancelled."""
+        await self._join()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeats)
+            tg.start_soon(self._listen)
+            tg.start_soon(self._claims)
+            task_status.started()
+
+    async def leave(self) -> None:
+        """A clean exit: hand this process's unfinished runs back (others claim them at
+        once instead of after the lease) and drop its worker row."""
+        with anyio.move_on_after(5, shield=True):
+            try:
+                released = await self.store.release_runs(self.worker_id)
+                await self.store.notify(QUEUE_CHANNEL, "")
+                if released:
+                    logger.info("cluster: %d unfinished runs handed back", released)
+            except FlowrunError as exc:
+                logger.warning("cluster: could not hand runs back (they are claimed after "
+                               "the lease, %gs): %s", self.lease_s, exc.message)
+
+    async def _join(self) -> None:
+        await self.store.register_worker(self.worker_id, socket.gethostname(), os.getpid())
+        self._renewed = time.monotonic()
+        logger.info("cluster: joined as %s (lease %gs, heartbeat %gs)", self.worker_id,
+                    self.lease_s, self.heartbeat_s)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await anyio.sleep(self.heartbeat_s)
+            sent = time.monotonic()
+            renewed: bool | None = None
+            with anyio.move_on_after(self.lease_s / 2):
+                try:
+                    renewed = await self.store.heartbeat(self.worker_id, self.lease_s)
+                except FlowrunError as exc:
+                    logger.warning("cluster: lease not renewed: %s", exc.message)
+            if renewed:
+                self._renewed = sent
+            elif renewed is False or \
+                    time.monotonic() - self._renewed > self.lease_s - self.heartbeat_s:
+                # Before anyone else may claim them (lease_s after the last renewal),
+                # give the runs up: a run must not run in two processes.
+                await self._fence()
+
+    async def _fence(self) -> None:
+        abandoned = self.scheduler.abandon_all()
+        self.fenced += 1
+        logger.critical("cluster: lease lost (worker %s): %d runs abandoned to the other "
+                        "processes; rejoining", self.worker_id, abandoned)
+        self.worker_id = new_worker_id()
+        self.store.owner = self.worker_id
+        while True:
+            try:
+                await self._join()
+                return
+            except FlowrunError as exc:
+                logger.warning("cluster: cannot rejoin yet: %s", exc.message)
+                await anyio.sleep(self.heartbeat_s)
+
+    async def _claims(self) -> None:
+        while True:
+            with anyio.move_on_after(self.heartbeat_s):
+                await self._claim_wakeup.wait()
+            self._claim_wakeup = anyio.Event()
+            try:
+                await self.tick()
+            except FlowrunError as exc:
+                logger.warning("cluster: claim skipped: %s", exc.message)
+            except Exception:
+                logger.exception("cluster: claim failed")
+
+    async def tick(self) -> int:
+        """Claim what this process has room for; apply stops missed by notification;
+        count the cluster's queue. How many runs were claimed."""
+        claimed = 0
+        free = self.scheduler.max_concurrent - self.scheduler.running - self.scheduler.queued
+        if free > 0 and self.scheduler.dispatching and self.adopt is not None:
+            runs = await self.store.claim_runs(self.worker_id, min(free, CLAIM_BATCH),
+                                               self.lease_s)
+            for run, stop_reason in runs:
+                await self.adopt(run, stop_reason)
+            claimed = len(runs)
+            if claimed:
+                logger.info("cluster: claimed %d runs", claimed)
+            if claimed == CLAIM_BATCH:
+                self.wake_claims()
+        for run_id, reason in await self.store.stop_requests(self.worker_id):
+            self._apply("stop", run_id, reason)
+        self.queued_estimate = await self.store.count_queued()
+        return claimed
+
+    async def _listen(self) -> None:
+        assert self.store.url is not None
+        backoff = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self.store.url, autocommit=True) as conn:
+                    for channel in (EVENTS_CHANNEL, QUEUE_CHANNEL, CONTROL_CHANNEL):
+                        await conn.execute(f"LISTEN {channel}")
+                    backoff = 0.1
+                    self._caught_up()
+                    while True:
+                        async for note in conn.notifies(timeout=self.heartbeat_s):
+                            await self._heard(note.channel, note.payload)
+                        await conn.execute("SELECT 1")  # quiet: is the line still up?
+            except psycopg.Error as exc:
+                logger.warning("cluster: listening connection lost (%s); reconnecting", exc)
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self.heartbeat_s)
+
+    def _caught_up(self) -> None:
+        """After (re)connecting: what was said meanwhile is lost, so look again."""
+        for run_id in self.bus.subscribed_runs():
+            self.bus.nudge(run_id)
+        self.wake_claims()
+
+    async def _heard(self, channel: str, payload: str) -> None:
+        if channel == EVENTS_CHANNEL:
+            for run_id in payload.split(","):
+                # runs executing here publish their own events
+                if self.bus.subscriber_count(run_id) and self.scheduler.get(run_id) is None:
+                    self.bus.nudge(run_id)
+        elif channel == QUEUE_CHANNEL:
+            self.wake_claims()
+        elif channel == CONTROL_CHANNEL:
+            verb, _, run_id = payload.partition(" ")
+            if verb in CONTROL_VERBS and self.scheduler.get(run_id) is not None:
+                reason = None
+                if verb == "stop":
+                    reason = await self.store.stop_reason(run_id) or None
+                self._apply(verb, run_id, reason)
+
+    def _apply(self, verb: str, run_id: str, reason: str | None) -> None:
+        handle = self.scheduler.get(run_id)
+        if handle is None:
+            return
+        if verb == "stop":
+            self.scheduler.stop(handle, reason or None)
+        elif verb == "pause":
+            handle.pause()
+            handle.run.status = RunStatus.PAUSED
+        elif verb == "resume":
+            handle.resume()
