@@ -1,0 +1,249 @@
+"""Several ``flowrun serve`` processes on one PostgreSQL database.
+
+Events of a run executing on one process followed from another, stop and run-sync
+across processes, one run for 100 concurrent submits of one key spread over three
+processes, and the cluster soak: 600 runs round-robin over three processes while
+one of them is SIGKILLed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.server import TERMINAL, Server, finished, node_status, wait_for
+from tests.e2e.test_postgres import stream
+from tests.pg import PostgresServer
+
+# quick leases, so a killed process's runs are taken over in a test's time
+CLUSTER_ENV = {"FLOWRUN_HEARTBEAT_S": "0.3", "FLOWRUN_LEASE_S": "2"}
+
+Cluster = Callable[..., list[Server]]
+
+
+@pytest.fixture
+def cluster(postgres_server: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
+    """Make ``count`` servers on one new database (not started); all killed at the end."""
+    made: list[Server] = []
+    database = postgres_server.database()
+
+    def make(count: int, env: dict[str, str] | None = None) -> list[Server]:
+        for i in range(count):
+            made.append(Server(tmp_path / f"p{i}", {**CLUSTER_ENV, **(env or {})}, database))
+            (tmp_path / f"p{i}").mkdir(exist_ok=True)
+        return made
+
+    yield make
+    for server in made:
+        server.close()
+    postgres_server.drop(database)
+
+
+def worker_of(server: Server) -> str:
+    worker: str = httpx.get(f"{server.url}/healthz").json()["cluster"]["worker"]
+    return worker
+
+
+def owner_of(server: Server, run_id: str) -> str | None:
+    [(owner,)] = server.query("SELECT owner FROM runs WHERE id = ?", (run_id,))
+    return owner  # type: ignore[no-any-return]
+
+
+def test_events_stop_run_sync_and_keys_work_across_processes(cluster: Cluster) -> None:
+    a, b, c = cluster(3, {"FLOWRUN_MAX_CONCURRENT_RUNS": "2"})
+    key = a.create_key()
+    for server in (a, b, c):
+        server.start()
+    ca, cb, cc = (server.client(key) for server in (a, b, c))
+
+    # A run accepted by a process with room runs there; another process follows it live.
+    wide = ca.post("/workflows/wide/run", json={"inputs": {"gate": 0.5}}).json()["id"]
+    assert owner_of(a, wide) == worker_of(a)
+    followed = stream(cb, wide)
+    assert [e["seq"] for e in followed] == list(range(1, len(followed) + 1))
+    assert len(followed) == 42 and followed[-1]["data"]["status"] == "succeeded"
+    assert stream(cc, wide, after=10) == followed[10:]
+
+    # A stop sent to another process stops the run within a second.
+    slow = ca.post("/workflows/slow/run", json={"inputs": {"seconds": 30}}).json()["id"]
+    wait_for(ca, slow, lambda r: node_status(r, "wait") == "running")
+    assert owner_of(a, slow) == worker_of(a)
+    began = time.monotonic()
+    stopped = cb.post(f"/runs/{slow}/stop")
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    assert time.monotonic() - began < 1.0
+
+    # A full process queues a run-sync for the cluster; another runs it; the answer
+    # comes back through the first.
+    hold = [ca.post("/workflows/slow/run", json={"inputs": {"seconds": 30}}).json()["id"]
+            for _ in range(2)]
+    for run_id in hold:
+        wait_for(ca, run_id, lambda r: r["status"] == "running")
+    done = ca.post("/workflows/hello/run-sync", json={"inputs": {"name": "far"}})
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "succeeded"
+    assert done.json()["outputs"] == {"greeting": "Hello, far!"}
+    assert owner_of(a, done.json()["id"]) in {worker_of(b), worker_of(c)}
+
+    # 100 concurrent submits of one key over three processes: one run.
+    clients = [ca, cb, cc]
+
+    def submit(i: int) -> tuple[int, str]:
+        resp = clients[i % 3].post("/workflows/hello/run", json={"inputs": {"name": "k"}},
+                                   headers={"Idempotency-Key": "one-key"})
+        assert resp.status_code in (200, 202), resp.text
+        return resp.status_code, resp.json()["id"]
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(submit, range(100)))
+    assert len({run_id for _, run_id in answers}) == 1
+    assert [code for code, _ in answers].count(202) == 1
+    assert a.query("SELECT COUNT(*) FROM runs WHERE idempotency_key = ?",
+                   ("one-key",)) == [(1,)]
+    for run_id in hold:
+        cc.post(f"/runs/{run_id}/stop")
+
+
+def test_a_killed_process_runs_are_taken_over(cluster: Cluster, tmp_path: Path) -> None:
+    a, b = cluster(2)
+    key = a.create_key()
+    a.start()
+    b.start()
+    ca, cb = a.client(key), b.client(key)
+    log = tmp_path / "count.log"
+    run_id = ca.post("/workflows/counted/run", json={
+        "inputs": {"file": str(log), "label": "c", "seconds": 1}}).json()["id"]
+    wait_for(cb, run_id, lambda r: node_status(r, "wait") == "running")
+    a.kill()
+    run = finished(cb, run_id)  # b claims it once a's lease lapsed, and finishes it
+    assert run["status"] == "succeeded"
+    assert log.read_text().split() == ["c-first", "c-last"]  # first did not run again
+    assert owner_of(b, run_id) == worker_of(b)
+    names = [e["event"] for e in stream(cb, run_id)]
+    assert names.count("workflow_resumed") == 1 and names[-1] == "workflow_finished"
+
+
+RUNS = 600
+
+
+def soak_requests(log: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    rng = random.Random(11)
+    made = []
+    for i in range(RUNS):
+        kind = rng.choice(["hello", "counted", "ticker", "wide", "branching"])
+        by_kind: dict[str, dict[str, Any]] = {
+            "hello": {"name": f"n{i}"},
+            "counted": {"file": str(log), "label": f"c{i}", "seconds": 0.2},
+            "ticker": {"tick": 0.02},
+            "wide": {"gate": 0.05},
+            "branching": {"n": i, "mode": "careful"},
+        }
+        made.append((f"soak-{i}", kind, {"inputs": by_kind[kind]}))
+    return made
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_three_processes_two_sigkills_600_runs_each_once(cluster: Cluster,
+                                                         tmp_path: Path) -> None:
+    servers = cluster(3, {"FLOWRUN_MAX_CONCURRENT_RUNS": "16"})
+    key = servers[0].create_key()
+    for server in servers:
+        server.start()
+    log = tmp_path / "count.log"
+    todo = soak_requests(log)
+    accepted: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def submit(share: list[tuple[int, tuple[str, str, dict[str, Any]]]]) -> None:
+        clients = [httpx.Client(base_url=s.url, timeout=10,
+                                headers={"Authorization": f"Bearer {key}"}) for s in servers]
+        try:
+            for i, (idem, workflow, body) in share:
+                deadline = time.monotonic() + 90
+                attempt = i  # round-robin; a retry (same key) goes to the next process
+                while True:
+                    assert time.monotonic() < deadline, f"{idem} never accepted"
+                    client = clients[attempt % len(clients)]
+                    attempt += 1
+                    try:
+                        resp = client.post(f"/workflows/{workflow}/run", json=body,
+                                           headers={"Idempotency-Key": idem})
+                    except httpx.TransportError:
+                        continue
+                    if resp.status_code in (429, 503):
+                        time.sleep(0.05)
+                        continue
+                    assert resp.status_code in (200, 202), resp.text
+                    accepted[idem] = resp.json()["id"]
+                    break
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+        finally:
+            for client in clients:
+                client.close()
+
+    indexed = list(enumerate(todo))
+    submitters = [threading.Thread(target=submit, args=(indexed[n::4],)) for n in range(4)]
+    for thread in submitters:
+        thread.start()
+    rng = random.Random(7)
+    victim = servers[1]
+    for _ in range(2):
+        time.sleep(rng.uniform(1.0, 2.5))  # a random moment, not a wait for a condition
+        victim.kill()
+        time.sleep(0.5)
+        victim.start()
+    for thread in submitters:
+        thread.join(timeout=150)
+    assert not errors, errors
+    assert len(accepted) == RUNS
+
+    deadline = time.monotonic() + 120
+    terminal = tuple(TERMINAL)
+    while True:
+        [(done,)] = servers[0].query(
+            f"SELECT COUNT(*) FROM runs WHERE status IN ({', '.join('?' * len(terminal))})",
+            terminal)
+        if done == RUNS:
+            break
+        assert time.monotonic() < deadline, f"{RUNS - done} runs never finished"
+        time.sleep(0.2)
+
+    statuses = dict(servers[0].query("SELECT id, status FROM runs"))
+    assert set(statuses) == set(accepted.values())  # none lost, none twice
+    assert set(statuses.values()) == {"succeeded"}
+    owners = {owner for (owner,) in servers[0].query("SELECT DISTINCT owner FROM runs")}
+    assert len(owners) >= 3  # the work was spread (and a restart is a new worker)
+    by_run: dict[str, list[tuple[Any, ...]]] = {run_id: [] for run_id in statuses}
+    for row in servers[0].query("SELECT run_id, seq, name, data FROM events "
+                                "ORDER BY run_id, seq"):
+        by_run[row[0]].append(row[1:])
+    resumed = 0
+    for run_id, events in by_run.items():
+        assert [e[0] for e in events] == list(range(1, len(events) + 1)), run_id
+        names = [e[1] for e in events]
+        assert names[-1] == "workflow_finished" and names.count("workflow_finished") == 1
+        resumed += names.count("workflow_resumed")
+        succeeded: set[str] = set()
+        for _, name, data in events:
+            node = json.loads(data).get("node_id")
+            if name == "node_started":
+                assert node not in succeeded, f"{run_id}: {node} ran again after succeeding"
+            elif name == "node_finished" and json.loads(data)["status"] == "succeeded":
+                succeeded.add(node)
+    assert resumed > 0  # the kills did interrupt running runs
+    lines = log.read_text().split()
+    for _, workflow, body in todo:
+        if workflow == "counted":
+            label = body["inputs"]["label"]
+            assert f"{label}-first" in lines and f"{label}-last" in lines
