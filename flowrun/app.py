@@ -242,6 +242,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                               heartbeat_s=settings.heartbeat_s,
                               max_queued=settings.max_queued)
             cluster.adopt = service.adopt
+            cluster.workflow_changed = workflows.forget
             scheduler.on_slot_free = cluster.wake_claims
             service.cluster = cluster
         async with anyio.create_task_group() as tg:

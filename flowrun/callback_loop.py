@@ -175,6 +175,10 @@ class CallbackBook:
         """POST the run once and record the attempt with the state it leaves; None when
         the run is gone (deleted meanwhile, its callback with it)."""
         with anyio.fail_after(TICK_TIMEOUT_S):  # a stuck database: tried again later
+            if self.store.postgres and not await self.store.claim_callback(
+                    item.run_id, item.attempts, self.clock(),
+                    self.clock() + self.timeout_s + RECORD_TIMEOUT_S + TICK_TIMEOUT_S):
+                return None  # another process sharing the database sends this one
             run = await self.store.get_run(item.run_id)
             secrets = await self.signing_secrets()
         if run is None:

@@ -42,7 +42,7 @@ from flowrun.events import EventBus
 from flowrun.records import RunRecord, RunStatus
 from flowrun.scheduler import Scheduler
 from flowrun.store import Store
-from flowrun.store.postgres import CONTROL_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL
+from flowrun.store.backend import CONTROL_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class Cluster:
         self._renewed = time.monotonic()  # when the last successful renewal was sent
         # How a claimed run joins this process (RunService.adopt), set by the app.
         self.adopt: Callable[[RunRecord, str | None], Awaitable[None]] | None = None
+        # Called when a workflow changed elsewhere (None: any may have), set by the app.
+        self.workflow_changed: Callable[[str | None], None] | None = None
 
     # --- what the service asks -------------------------------------------------------
 
@@ -225,6 +227,8 @@ class Cluster:
         """After (re)connecting: what was said meanwhile is lost, so look again."""
         for run_id in self.bus.subscribed_runs():
             self.bus.nudge(run_id)
+        if self.workflow_changed is not None:
+            self.workflow_changed(None)
         self.wake_claims()
 
     async def _heard(self, channel: str, payload: str) -> None:
@@ -237,7 +241,9 @@ class Cluster:
             self.wake_claims()
         elif channel == CONTROL_CHANNEL:
             verb, _, run_id = payload.partition(" ")
-            if verb in CONTROL_VERBS and self.scheduler.get(run_id) is not None:
+            if verb == "workflow" and self.workflow_changed is not None:
+                self.workflow_changed(run_id)  # (a workflow's name)
+            elif verb in CONTROL_VERBS and self.scheduler.get(run_id) is not None:
                 reason = None
                 if verb == "stop":
                     reason = await self.store.stop_reason(run_id) or None

@@ -37,6 +37,14 @@ class WorkflowCatalog:
         self._versions: dict[tuple[str, int], WorkflowDefinition] = {}
         self._latest: dict[str, int] = {}
 
+    def forget(self, name: str | None) -> None:
+        """Another process changed a workflow (None: any may have): its latest version is
+        read from the store again."""
+        if name is None:
+            self._latest.clear()
+        else:
+            self._latest.pop(name, None)
+
     async def register(self, principal: Principal, data: Mapping[str, Any],
                        name: str | None = None) -> tuple[int, bool]:
         """Validate and store a definition (admin only); (version, whether it is new)."""

@@ -34,10 +34,6 @@ NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 
 DEFAULTS = Settings()
 
-# Settings the PostgreSQL cluster work adds; docs/deploy.md names them already. Once
-# they are Settings fields, test_cluster_settings_exist XPASSes (strict: it fails):
-# then delete this set and that test's xfail mark, and every name is checked alike.
-PENDING = {"FLOWRUN_HEARTBEAT_S": "heartbeat_s", "FLOWRUN_LEASE_S": "lease_s"}
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -190,14 +186,8 @@ def test_the_doc_shows_serve_on_sqlite_and_on_postgresql(doc: str) -> None:
 def test_every_flowrun_variable_in_the_doc_is_a_setting(doc: str) -> None:
     names = set(re.findall(r"\bFLOWRUN_[A-Z0-9_]*[A-Z0-9]\b", doc))
     assert names, "the doc names no FLOWRUN_* variable"
-    unknown = sorted(n for n in names if _field_of(n) is None and n not in PENDING)
+    unknown = sorted(n for n in names if _field_of(n) is None)
     assert not unknown, f"docs/deploy.md names variables no Settings field reads: {unknown}"
-
-
-@pytest.mark.xfail(strict=True, reason="heartbeat_s and lease_s come with the PostgreSQL "
-                                       "cluster work (see PENDING)")
-def test_cluster_settings_exist() -> None:
-    assert all(_field_of(name) == field for name, field in PENDING.items())
 
 
 def test_systemd_stop_timeout_outlasts_the_drain(doc: str) -> None:

@@ -13,6 +13,12 @@ from typing import Any
 
 from flowrun.store.writer import Connection, WriterDialect
 
+# The channels processes sharing a PostgreSQL database tell each other through
+# (LISTEN/NOTIFY; cluster.py listens).
+EVENTS_CHANNEL = "flowrun_events"  # payload: ids of runs with new events, comma-separated
+QUEUE_CHANNEL = "flowrun_queue"  # a run nobody owns was queued: claim it
+CONTROL_CHANNEL = "flowrun_control"  # "stop|pause|resume <run id>", "workflow <name>"
+
 # One query, its rows (read by column name or by position); raises Unavailable when
 # the database cannot be read.
 Reader = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]

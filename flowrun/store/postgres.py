@@ -33,16 +33,12 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from flowrun.errors import BadRequest, Unavailable
 from flowrun.settings import safe_url
-from flowrun.store.backend import Backend
+from flowrun.store.backend import EVENTS_CHANNEL, Backend
 from flowrun.store.schema_pg import PG_MIGRATIONS, PG_SCHEMA_VERSION
 from flowrun.store.writer import WriterDialect
 
 logger = logging.getLogger(__name__)
 
-# The channels processes on one database tell each other through (LISTEN/NOTIFY).
-EVENTS_CHANNEL = "flowrun_events"  # payload: ids of runs with new events, comma-separated
-QUEUE_CHANNEL = "flowrun_queue"  # a run nobody owns was queued: claim it
-CONTROL_CHANNEL = "flowrun_control"  # payload: "stop|pause|resume <run id>"
 _NOTIFY_MAX = 7900  # PostgreSQL's payload limit is 8000 bytes
 
 

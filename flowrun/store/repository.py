@@ -43,7 +43,7 @@ from flowrun.records import (
     SecretRecord,
 )
 from flowrun.settings import parse_database
-from flowrun.store.backend import Backend, Reader
+from flowrun.store.backend import CONTROL_CHANNEL, Backend, Reader
 from flowrun.store.writer import Connection, RowTable, Writer, WriteResult
 
 logger = logging.getLogger(__name__)
@@ -279,8 +279,12 @@ class Store:
     async def put_workflow(self, name: str, definition: dict[str, Any]) -> tuple[int, bool]:
         """Store a definition as the next version, unless it equals the latest: (version, new)."""
         text = json.dumps(definition, sort_keys=True, separators=(",", ":"))
+        shared = self.postgres
 
         def op(conn: Connection) -> tuple[int, bool]:
+            if shared:  # processes registering one workflow at once: one after the other
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 1))", (name,))
+                conn.execute("SELECT pg_notify(?, ?)", (CONTROL_CHANNEL, f"workflow {name}"))
             row = conn.execute("SELECT version, definition FROM workflows WHERE name = ? "
                                "AND deleted_at IS NULL ORDER BY version DESC LIMIT 1",
                                (name,)).fetchone()
@@ -344,6 +348,7 @@ class Store:
         live = tuple(s.value for s in RunStatus if s not in RUN_TERMINAL)
         which, params = ("", (name,)) if version is None else (" AND version = ?",
                                                                 (name, version))
+        shared = self.postgres
 
         def op(conn: Connection) -> tuple[int, int]:
             active = conn.execute(
@@ -353,6 +358,8 @@ class Store:
                 return 0, int(active)
             deleted = conn.execute(f"UPDATE workflows SET deleted_at = ? WHERE name = ?{which} "
                                    "AND deleted_at IS NULL", (time.time(), *params)).rowcount
+            if deleted and shared:
+                conn.execute("SELECT pg_notify(?, ?)", (CONTROL_CHANNEL, f"workflow {name}"))
             return int(deleted), 0
 
         return await self._writer.write(op)
@@ -901,6 +908,20 @@ class Store:
                              int(r["attempts"]), float(r["finished_at"] or now))
                  for r in rows if r["run_id"] not in skip]
         return found[:limit]
+
+    async def claim_callback(self, run_id: str, attempts: int, now: float,
+                             hold_until: float) -> bool:
+        """Take a due callback's next attempt (processes sharing the database each see it
+        due): its next attempt moves to ``hold_until``, so the others pass it by, and
+        comes due again then if this one dies before recording its attempt."""
+        def op(conn: Connection) -> bool:
+            return conn.execute(
+                "UPDATE callbacks SET next_attempt_at = ? WHERE run_id = ? AND state = ? AND "
+                "attempts = ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
+                (hold_until, run_id, CallbackState.PENDING.value, attempts, now)
+            ).rowcount == 1
+
+        return await self._writer.write(op)
 
     async def record_callback_attempt(self, run_id: str, attempt: CallbackAttempt,
                                       state: CallbackState,

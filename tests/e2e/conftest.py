@@ -32,6 +32,10 @@ def server_factory(tmp_path: Path, store_kind: str,
     def make(env: dict[str, str] | None = None, name: str = "s") -> Server:
         folder = tmp_path / name
         folder.mkdir(exist_ok=True)
+        if postgres is not None:
+            # quick leases: a restarted process takes its killed self's runs over in
+            # about a second, not the default ten
+            env = {"FLOWRUN_HEARTBEAT_S": "0.3", "FLOWRUN_LEASE_S": "1.5", **(env or {})}
         server = Server(folder, env, postgres.database() if postgres else None)
         servers.append(server)
         return server

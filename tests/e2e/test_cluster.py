@@ -113,6 +113,29 @@ def test_events_stop_run_sync_and_keys_work_across_processes(cluster: Cluster) -
         cc.post(f"/runs/{run_id}/stop")
 
 
+def test_a_workflow_registered_on_one_process_is_the_latest_on_all(cluster: Cluster) -> None:
+    a, b = cluster(2)
+    admin = a.admin_key()
+    a.start()
+    b.start()
+    ca, cb = a.client(admin), b.client(admin)
+    before = cb.post("/workflows/hello/run-sync", json={"inputs": {"name": "x"}}).json()
+    assert before["outputs"] == {"greeting": "Hello, x!"}  # b knows version 1 as latest
+    changed = {"name": "hello", "inputs": {"name": {"type": "string", "required": True}},
+               "nodes": [{"id": "greet", "type": "template", "template": "Hi, {{ inputs.name }}"}],
+               "outputs": {"greeting": "{{ nodes.greet.text }}"}}
+    put = ca.put("/workflows/hello", json=changed)
+    assert put.status_code in (200, 201), put.text
+    deadline = time.monotonic() + 5  # told by notification: at once, not at a poll
+    while True:
+        after = cb.post("/workflows/hello/run-sync", json={"inputs": {"name": "x"}}).json()
+        if after["outputs"] == {"greeting": "Hi, x"}:
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.05)
+    assert after["version"] == before["version"] + 1
+
+
 def test_a_killed_process_runs_are_taken_over(cluster: Cluster, tmp_path: Path) -> None:
     a, b = cluster(2)
     key = a.create_key()

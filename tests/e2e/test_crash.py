@@ -37,7 +37,7 @@ def requests_to_make(log: Path) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+# (on PostgreSQL: test_cluster.py's soak, with three processes and two kills)
 def test_sigkill_under_load_loses_and_repeats_nothing(
         server_factory: Callable[..., Server], tmp_path: Path) -> None:
     server = server_factory({"FLOWRUN_MAX_CONCURRENT_RUNS": "16"})

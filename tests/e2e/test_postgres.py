@@ -1,14 +1,13 @@
 """``flowrun serve --db postgresql://…``: one process on PostgreSQL, end to end.
 
 Submit, run-sync, events (live and replayed, no gap), idempotency replay, stop, a
-SIGKILL mid-run and a restart that resumes from the last finished node, and the
-refusal of a second serving process on the same database.
+SIGKILL mid-run and a restart that resumes from the last finished node (several
+processes: test_cluster.py).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.e2e.server import Server, Started, finished, node_status, wait_for
+from tests.e2e.server import Started, finished, node_status, wait_for
 
 
 @pytest.fixture
@@ -96,17 +95,3 @@ def test_sigkill_mid_run_resumes_from_the_last_finished_node(
     seqs = [seq for (seq,) in server.query(
         "SELECT seq FROM events WHERE run_id = ? ORDER BY seq", (run_id,))]
     assert seqs == list(range(1, len(seqs) + 1))
-
-
-def test_a_second_server_on_the_same_database_is_refused(
-        start_server: Callable[..., Started], tmp_path: Path) -> None:
-    server, _, client = start_server()
-    other = Server(tmp_path / "other", database=server.database)
-    other.workflows = server.workflows
-    done = subprocess.run(other.command(), env=other.env, capture_output=True, text=True,
-                          timeout=60, check=False)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "another flowrun process already serves this PostgreSQL database" in done.stderr
-    # the admin commands still work beside the running server
-    assert other.create_key()
-    assert client.get("/healthz").status_code == 200
