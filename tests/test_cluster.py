@@ -1,0 +1,116 @@
+"""Several processes on one PostgreSQL database (cluster.py), in one test process:
+claims in priority-then-age order that skip each other's rows, leases that lapse,
+a process that loses its lease giving its runs up, and the cluster-wide queue limit.
+
+Each "process" is a Store (its own writer and connections) or a whole service built
+by the composition root (``create_app`` and its lifespan); the processes of one test
+share one event loop but nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from flowrun import Settings, create_app, flowrun_lifespan
+from flowrun.cluster import Cluster
+from flowrun.errors import QueueFull
+from flowrun.records import RunStatus
+from flowrun.service import RunRequest, RunService
+from flowrun.store import Store
+from tests.store.test_sqlite import make_run
+from tests.test_service import ADMIN, ANN, QUICK, SLOW, until_status
+
+
+async def test_claims_take_priority_then_age_and_skip_each_others_runs(
+        postgres_url: str) -> None:
+    async with Store.open(postgres_url) as one, Store.open(postgres_url) as two:
+        await one.register_worker("w1", "h", 1)
+        await two.register_worker("w2", "h", 2)
+        runs = [make_run(f"r{i}", priority=p) for i, p in enumerate([0, 5, 0, 9, 5])]
+        for run in runs:
+            await one.insert_run(run).wait()
+        first = await one.claim_runs("w1", 3, lease_s=10)
+        assert [r.id for r, _ in first] == ["r3", "r1", "r4"]  # priority, then age
+        rest = await two.claim_runs("w2", 10, lease_s=10)
+        assert [r.id for r, _ in rest] == ["r0", "r2"]  # not the ones w1 holds
+        assert await one.claim_runs("w1", 10, lease_s=10) == []
+        assert {(await one.get_run(r.id, with_nodes=False)).owner for r in runs  # type: ignore[union-attr]
+                } == {"w1", "w2"}
+
+
+async def test_a_lapsed_lease_lets_another_process_take_the_runs(postgres_url: str) -> None:
+    async with Store.open(postgres_url) as one, Store.open(postgres_url) as two:
+        await one.register_worker("w1", "h", 1)
+        await two.register_worker("w2", "h", 2)
+        run = make_run("held")
+        run.owner = "w1"
+        await one.insert_run(run).wait()
+        assert await two.claim_runs("w2", 10, lease_s=10) == []  # w1 is alive
+        await one.request_stop("held", "asked elsewhere")
+        await one.execute("UPDATE workers SET heartbeat_at = heartbeat_at - 60 "
+                          "WHERE id = 'w1'")  # w1 went silent a minute ago
+        [(taken, reason)] = await two.claim_runs("w2", 10, lease_s=10)
+        assert (taken.id, taken.owner, reason) == ("held", "w2", "asked elsewhere")
+        assert await one.heartbeat("w1", lease_s=10) is False  # too late: it must fence
+        assert await two.heartbeat("w2", lease_s=10) is True
+        assert [w["id"] for w in await one.workers(10) if w["alive"]] == ["w2"]
+
+
+@asynccontextmanager
+async def process(url: str, **settings: Any) -> AsyncIterator[RunService]:
+    """One flowrun process's service on ``url`` with quick leases."""
+    app = create_app(Settings(db=url, shutdown_grace_s=0.1, code_pool_size=0,
+                              heartbeat_s=0.1, lease_s=0.6, **settings))
+    async with flowrun_lifespan(app):
+        service: RunService = app.state.service
+        for definition in (QUICK, SLOW):
+            await service.workflows.register(ADMIN, definition)
+        yield service
+
+
+async def test_a_process_that_loses_its_lease_gives_its_runs_up(postgres_url: str) -> None:
+    async with process(postgres_url) as service:
+        cluster = service.cluster
+        assert isinstance(cluster, Cluster)
+        old_worker = cluster.worker_id
+        run = (await service.submit(ANN, RunRequest("slow", {"seconds": 1.5}))).run
+        await until_status(service, run.id, RunStatus.RUNNING)
+        # As if this process had stalled past its lease: the others may claim its runs.
+        await service.store.execute("UPDATE workers SET heartbeat_at = heartbeat_at - 60 "
+                                    "WHERE id = ?", (old_worker,))
+        for _ in range(250):  # (5 s at most)
+            if cluster.fenced:
+                break
+            await anyio.sleep(0.02)
+        else:
+            pytest.fail("the process never gave its runs up")
+        assert cluster.worker_id != old_worker  # it came back as a new worker...
+        done = await until_status(service, run.id, RunStatus.SUCCEEDED)  # ...and took it
+        assert done.owner == cluster.worker_id
+        events = await service.store.events(run.id)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert [e.name for e in events].count("workflow_resumed") == 1
+
+
+async def test_max_queued_holds_for_the_whole_cluster(postgres_url: str) -> None:
+    async with process(postgres_url, max_concurrent_runs=1, max_queued=2) as a, \
+            process(postgres_url, max_concurrent_runs=1, max_queued=2) as b:
+        for service in (a, b):  # each process's one slot taken
+            run = (await service.submit(ANN, RunRequest("slow"))).run
+            await until_status(service, run.id, RunStatus.RUNNING)
+        for _ in range(2):  # queued for the cluster, through a
+            queued = (await a.submit(ANN, RunRequest("quick"))).run
+            assert queued.owner is None
+        assert b.cluster is not None
+        deadline = time.monotonic() + 5
+        while b.cluster.queued_estimate < 2:  # b counts the cluster's queue each heartbeat
+            assert time.monotonic() < deadline
+            await anyio.sleep(0.02)
+        with pytest.raises(QueueFull):
+            await b.submit(ANN, RunRequest("quick"))
