@@ -140,13 +140,29 @@ def require_workflow(principal: Principal, workflow: str) -> None:
 async def create_api_key(store: Store, *, name: str | None, scope: Scope,
                          workflows: list[str] | None) -> tuple[ApiKeyRecord, str]:
     """Store a new key; (its record, its secret). Admin keys are never bound."""
+    made = await _make_key(store, name=name, scope=scope, workflows=workflows)
+    assert made is not None
+    return made
+
+
+async def create_first_api_key(store: Store) -> str | None:
+    """An admin key for a database that has none (its secret), else None: of processes
+    starting together on a new database, one makes it."""
+    made = await _make_key(store, name="initial", scope=Scope.ADMIN, workflows=None,
+                           only_first=True)
+    return None if made is None else made[1]
+
+
+async def _make_key(store: Store, *, name: str | None, scope: Scope,
+                    workflows: list[str] | None, only_first: bool = False
+                    ) -> tuple[ApiKeyRecord, str] | None:
     if scope is Scope.ADMIN and workflows:
         raise BadRequest("an admin key cannot be bound to workflows; use --scope run",
                          errors=[{"field": "workflows", "message": "admin keys are unbound"}])
     key_id, secret, prefix, digest = new_key()
     record = await store.add_api_key(key_id, prefix, digest, name=name, scope=scope.value,
-                                     workflows=workflows)
-    return record, secret
+                                     workflows=workflows, only_first=only_first)
+    return None if record is None else (record, secret)
 
 
 class KeyRing:

@@ -19,7 +19,6 @@ import anyio
 
 from flowrun import __version__, auth, checks, cli_admin, definitions
 from flowrun.app import create_app, load_plugins
-from flowrun.auth import create_api_key
 from flowrun.client import Client, ClientError
 from flowrun.engine.nodes import registry
 from flowrun.errors import FlowrunError, Unavailable
@@ -47,9 +46,7 @@ async def _ensure_key(settings: Settings) -> str | None:
     async with Store.open(settings.database) as store:
         if not settings.auth_enabled or await store.count_api_keys():
             return None
-        _, secret = await create_api_key(store, name="initial", scope=auth.Scope.ADMIN,
-                                         workflows=None)
-        return secret
+        return await auth.create_first_api_key(store)
 
 
 def _not_dumpable() -> None:

@@ -1072,12 +1072,28 @@ class Store:
 
     async def add_api_key(self, key_id: str, prefix: str, key_hash: str, *,
                           name: str | None, scope: str = "run",
-                          workflows: Sequence[str] | None = None) -> ApiKeyRecord:
+                          workflows: Sequence[str] | None = None,
+                          only_first: bool = False) -> ApiKeyRecord | None:
+        """Store a key. ``only_first``: only if the database has no key yet (None
+        otherwise): processes starting together on a new database make one."""
         now = time.time()
         bound = sorted(set(workflows)) if workflows else None
-        await self.execute("INSERT INTO api_keys (id, prefix, hash, name, scope, workflows, "
-                           "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (key_id, prefix, key_hash, name, scope, _dumps(bound), now))
+        shared = self.postgres
+
+        def op(conn: Connection) -> bool:
+            if only_first:
+                if shared:
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 2))",
+                                 ("api_keys",))
+                if conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0]:
+                    return False
+            conn.execute("INSERT INTO api_keys (id, prefix, hash, name, scope, workflows, "
+                         "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (key_id, prefix, key_hash, name, scope, _dumps(bound), now))
+            return True
+
+        if not await self._writer.write(op):
+            return None
         return ApiKeyRecord(key_id, prefix, name, scope, bound, now)
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
