@@ -66,7 +66,7 @@ async def test_a_lapsed_lease_lets_another_process_take_the_runs(postgres_url: s
 async def process(url: str, **settings: Any) -> AsyncIterator[RunService]:
     """One flowrun process's service on ``url`` with quick leases."""
     app = create_app(Settings(db=url, shutdown_grace_s=0.1, code_pool_size=0,
-                              heartbeat_s=0.1, lease_s=0.6, **settings))
+                              heartbeat_s=0.2, lease_s=3.0, **settings))
     async with flowrun_lifespan(app):
         service: RunService = app.state.service
         for definition in (QUICK, SLOW):

@@ -82,6 +82,19 @@ def test_events_stop_run_sync_and_keys_work_across_processes(cluster: Cluster) -
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
     assert time.monotonic() - began < 1.0
 
+    # Pause through one process and resume through another, of a run on a third.
+    log = Path(a.tmp) / "count.log"
+    counted = ca.post("/workflows/counted/run", json={
+        "inputs": {"file": str(log), "label": "p", "seconds": 0.6}}).json()["id"]
+    wait_for(cb, counted, lambda r: node_status(r, "wait") == "running")
+    assert cb.post(f"/runs/{counted}/pause").json()["status"] == "paused"
+    wait_for(cc, counted, lambda r: node_status(r, "wait") == "succeeded")
+    time.sleep(0.3)  # (a run that was not held would start its last node now)
+    assert node_status(cc.get(f"/runs/{counted}").json(), "last") is None
+    assert cc.post(f"/runs/{counted}/resume").status_code == 200
+    assert finished(cb, counted)["status"] == "succeeded"
+    assert log.read_text().split() == ["p-first", "p-last"]
+
     # A full process queues a run-sync for the cluster; another runs it; the answer
     # comes back through the first.
     hold = [ca.post("/workflows/slow/run", json={"inputs": {"seconds": 30}}).json()["id"]
