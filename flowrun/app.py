@@ -257,6 +257,8 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             tg.start_soon(wait_book.run)  # waits that timed out while the server was down
             tg.start_soon(callback_book.run)
             app.state.keys = KeyRing(store, enabled=settings.auth_enabled)
+            if cluster is not None:
+                cluster.keys_changed = app.state.keys.forget
             app.state.workflows = workflows
             app.state.vault = Vault(store)
             app.state.lifecycle = lifecycle

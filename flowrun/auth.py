@@ -209,6 +209,10 @@ class KeyRing:
         require_admin(principal, "listing API keys")
         return await self.store.list_api_keys()
 
+    def forget(self) -> None:
+        """Keys changed elsewhere (another process revoked one): look each up again."""
+        self._cache.clear()
+
     async def revoke(self, principal: Principal, key_id: str) -> None:
         """Revoke a key by id (admin only); it stops working at once."""
         require_admin(principal, "revoking API keys")

@@ -75,8 +75,10 @@ class Cluster:
         self._renewed = time.monotonic()  # when the last successful renewal was sent
         # How a claimed run joins this process (RunService.adopt), set by the app.
         self.adopt: Callable[[RunRecord, str | None], Awaitable[None]] | None = None
-        # Called when a workflow changed elsewhere (None: any may have), set by the app.
+        # Called when a workflow changed elsewhere (None: any may have), and when an API
+        # key was revoked (by any process, or ``flowrun keys``); set by the app.
         self.workflow_changed: Callable[[str | None], None] | None = None
+        self.keys_changed: Callable[[], None] | None = None
 
     # --- what the service asks -------------------------------------------------------
 
@@ -229,6 +231,8 @@ class Cluster:
             self.bus.nudge(run_id)
         if self.workflow_changed is not None:
             self.workflow_changed(None)
+        if self.keys_changed is not None:
+            self.keys_changed()
         self.wake_claims()
 
     async def _heard(self, channel: str, payload: str) -> None:
@@ -243,6 +247,8 @@ class Cluster:
             verb, _, run_id = payload.partition(" ")
             if verb == "workflow" and self.workflow_changed is not None:
                 self.workflow_changed(run_id)  # (a workflow's name)
+            elif verb == "keys" and self.keys_changed is not None:
+                self.keys_changed()
             elif verb in CONTROL_VERBS and self.scheduler.get(run_id) is not None:
                 reason = None
                 if verb == "stop":

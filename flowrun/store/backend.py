@@ -17,7 +17,8 @@ from flowrun.store.writer import Connection, WriterDialect
 # (LISTEN/NOTIFY; cluster.py listens).
 EVENTS_CHANNEL = "flowrun_events"  # payload: ids of runs with new events, comma-separated
 QUEUE_CHANNEL = "flowrun_queue"  # a run nobody owns was queued: claim it
-CONTROL_CHANNEL = "flowrun_control"  # "stop|pause|resume <run id>", "workflow <name>"
+# "stop|pause|resume <run id>", "workflow <name>" (changed), "keys" (one was revoked)
+CONTROL_CHANNEL = "flowrun_control"
 
 # One query, its rows (read by column name or by position); raises Unavailable when
 # the database cannot be read.

@@ -1111,12 +1111,16 @@ class Store:
                 await self._fetchall("SELECT * FROM api_keys ORDER BY created_at")]
 
     async def revoke_api_key(self, key_id_or_prefix: str) -> int:
-        """Revoke keys by id or prefix; the number revoked."""
+        """Revoke keys by id or prefix; the number revoked. On PostgreSQL the serving
+        processes are told (they forget the keys they had found valid)."""
+        shared = self.postgres
 
         def op(conn: Connection) -> int:
             cur = conn.execute("UPDATE api_keys SET revoked_at = ? WHERE "
-                                     "(id = ? OR prefix = ?) AND revoked_at IS NULL",
-                                     (time.time(), key_id_or_prefix, key_id_or_prefix))
+                               "(id = ? OR prefix = ?) AND revoked_at IS NULL",
+                               (time.time(), key_id_or_prefix, key_id_or_prefix))
+            if cur.rowcount and shared:
+                conn.execute("SELECT pg_notify(?, ?)", (CONTROL_CHANNEL, "keys"))
             return cur.rowcount
 
         return await self._writer.write(op)

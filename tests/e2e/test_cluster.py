@@ -126,9 +126,10 @@ def test_events_stop_run_sync_and_keys_work_across_processes(cluster: Cluster) -
         cc.post(f"/runs/{run_id}/stop")
 
 
-def test_a_workflow_registered_on_one_process_is_the_latest_on_all(cluster: Cluster) -> None:
+def test_workflows_and_keys_changed_on_one_process_change_on_all(cluster: Cluster) -> None:
     a, b = cluster(2)
     admin = a.admin_key()
+    key_id, key = a.create_key_with_id()
     a.start()
     b.start()
     ca, cb = a.client(admin), b.client(admin)
@@ -147,6 +148,17 @@ def test_a_workflow_registered_on_one_process_is_the_latest_on_all(cluster: Clus
         assert time.monotonic() < deadline, after
         time.sleep(0.05)
     assert after["version"] == before["version"] + 1
+
+    # A key revoked (here with the CLI, beside the servers) stops working on every
+    # process at once, not when each one's cache of valid keys expires (5 s).
+    user = b.client(key)
+    assert user.get("/runs").status_code == 200  # b has found it valid
+    done = a.cli("keys", "--db", a.target, "revoke", key_id)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 2
+    while user.get("/runs").status_code != 401:
+        assert time.monotonic() < deadline, "b still takes the revoked key"
+        time.sleep(0.05)
 
 
 def test_a_killed_process_runs_are_taken_over(cluster: Cluster, tmp_path: Path) -> None:
