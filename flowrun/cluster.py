@@ -10,7 +10,11 @@ way and resumed from its last finished node, as after a restart.
 
 A process that cannot renew its lease in time *fences* itself: it abandons its runs
 (their tasks are cancelled, nothing is recorded) before any other process may claim
-them, and comes back as a new worker. So a run has one live owner at a time.
+them, drops the writes it had queued for them, and comes back as a new worker. Every
+write transaction of a process also checks, first, that its lease has not lapsed
+(``Store.guard_lease``): a process that stalled past its lease cannot land a late
+write on a run another process took over. So a run has one live owner at a time,
+and its event log one writer.
 
 The processes tell each other through LISTEN/NOTIFY: a batch that wrote events
 names its runs (``flowrun_events``: a follower on another process replays them from
@@ -72,6 +76,8 @@ class Cluster:
         self.queued_estimate = 0  # the cluster's queued runs at the last count, + since
         self.fenced = 0  # times this process lost its lease and abandoned its runs
         self._claim_wakeup = anyio.Event()
+        self._lease_lost = anyio.Event()  # a write found the lease lapsed: fence now
+        store.guard_lease(lease_s, self._lease_lost.set)
         self._renewed = time.monotonic()  # when the last successful renewal was sent
         # How a claimed run joins this process (RunService.adopt), set by the app.
         self.adopt: Callable[[RunRecord, str | None], Awaitable[None]] | None = None
@@ -142,7 +148,11 @@ class Cluster:
 
     async def _heartbeats(self) -> None:
         while True:
-            await anyio.sleep(self.heartbeat_s)
+            with anyio.move_on_after(self.heartbeat_s):
+                await self._lease_lost.wait()
+            if self._lease_lost.is_set():
+                await self._fence()
+                continue
             sent = time.monotonic()
             renewed: bool | None = None
             with anyio.move_on_after(self.lease_s / 2):
@@ -160,6 +170,9 @@ class Cluster:
 
     async def _fence(self) -> None:
         abandoned = self.scheduler.abandon_all()
+        self.store.new_era()  # what it was writing for them must not land later
+        self._lease_lost = anyio.Event()
+        self.store.guard_lease(self.lease_s, self._lease_lost.set)
         self.fenced += 1
         logger.critical("cluster: lease lost (worker %s): %d runs abandoned to the other "
                         "processes; rejoining", self.worker_id, abandoned)

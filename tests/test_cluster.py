@@ -19,7 +19,8 @@ import pytest
 
 from flowrun import Settings, create_app, flowrun_lifespan
 from flowrun.cluster import Cluster
-from flowrun.errors import QueueFull
+from flowrun.errors import QueueFull, Unavailable
+from flowrun.events import Event
 from flowrun.records import RunStatus
 from flowrun.service import RunRequest, RunService
 from flowrun.store import Store
@@ -60,6 +61,30 @@ async def test_a_lapsed_lease_lets_another_process_take_the_runs(postgres_url: s
         assert await one.heartbeat("w1", lease_s=10) is False  # too late: it must fence
         assert await two.heartbeat("w2", lease_s=10) is True
         assert [w["id"] for w in await one.workers(10) if w["alive"]] == ["w2"]
+
+
+async def test_a_process_past_its_lease_lands_no_write(postgres_url: str) -> None:
+    async with Store.open(postgres_url) as mine, Store.open(postgres_url) as other:
+        lost: list[bool] = []
+        mine.owner = "w1"
+        mine.guard_lease(10, lambda: lost.append(True))
+        await mine.register_worker("w1", "h", 1)
+        await mine.insert_run(make_run("r1")).wait()  # holding its lease: lands
+        await other.execute("UPDATE workers SET heartbeat_at = heartbeat_at - 60 "
+                            "WHERE id = 'w1'")  # as others see it: w1 went silent
+        with pytest.raises(Unavailable, match="lost its lease"):
+            await mine.insert_run(make_run("r2")).wait()
+        assert lost == [True]
+        assert await other.get_run("r2") is None
+        # It gives its runs up: what it had queued is dropped, and as a new worker
+        # (not yet registered) it writes again.
+        late = mine.record(event=Event("r1", 1, "node_started", {}, time.time()))
+        mine.new_era()
+        mine.owner = "w2"
+        with pytest.raises(Unavailable):
+            await late.wait()
+        await mine.register_worker("w2", "h", 1)
+        assert await other.events("r1") == []
 
 
 @asynccontextmanager

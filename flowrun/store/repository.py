@@ -616,6 +616,24 @@ class Store:
 
     # --- several processes on one database (PostgreSQL only; cluster.py) -------------
 
+    def guard_lease(self, lease_s: float, on_lost: Callable[[], None]) -> None:
+        """Check in every write transaction that this process (``owner``) still holds its
+        lease: once it has lapsed, other processes may have taken its runs over, so
+        nothing more of its may commit (``on_lost`` is called; see ``new_era``)."""
+
+        def holds(conn: Connection) -> bool:
+            owner = self.owner
+            return owner is None or conn.execute(
+                f"SELECT 1 FROM workers WHERE id = ? AND heartbeat_at < {_DB_NOW} - ?",
+                (owner, lease_s)).fetchone() is None
+
+        self._writer.lease_check = holds
+        self._writer.on_fenced = on_lost
+
+    def new_era(self) -> None:
+        """Drop the writes queued so far (this process gave its runs up)."""
+        self._writer.new_era()
+
     async def register_worker(self, worker_id: str, host: str, pid: int) -> None:
         def op(conn: Connection) -> None:
             conn.execute(f"INSERT INTO workers (id, host, pid, started_at, heartbeat_at) "

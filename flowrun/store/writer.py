@@ -212,6 +212,7 @@ class _Pending:
     durable: bool
     rows: Rows = ()  # written after the ops of the batch, merged per table
     attempts: int = field(default=0)
+    era: int = 0  # the writer's era when it was queued (see ``Writer.new_era``)
 
     @property
     def fallible(self) -> bool:
@@ -228,6 +229,14 @@ class _Broken(Exception):
         super().__init__(str(error))
         self.index = index
         self.error = error
+
+
+class _Fenced(Exception):
+    """The lease check at the start of a batch failed: nothing of it may commit."""
+
+
+FENCED = ("this process lost its lease on the database's runs (it stalled, or lost the "
+          "database): its writes of before are dropped; retry")
 
 
 class Writer(Generic[C]):
@@ -249,6 +258,12 @@ class Writer(Generic[C]):
         self._wakeup = anyio.Event()
         self._closed = False
         self._failing_since: int = 0  # consecutive failed batches
+        # Several processes on one database (cluster.py): a check, in each batch's
+        # transaction, that this process still holds its lease (False: it does not),
+        # and the era: writes queued before the last ``new_era`` are dropped.
+        self.lease_check: Callable[[C], bool] | None = None
+        self.on_fenced: Callable[[], None] | None = None
+        self._era = 0
 
     def _count(self, statement: str) -> None:
         self.statements += 1
@@ -272,11 +287,18 @@ class Writer(Generic[C]):
         if rows and not durable:
             raise ValueError("only durable writes carry rows")
         result: WriteResult[T] = WriteResult(self.hurry)
-        self._queue.append(_Pending(op, result, durable, rows))
+        self._queue.append(_Pending(op, result, durable, rows, era=self._era))
         self._wakeup.set()
         if not durable:  # a client is waiting on it
             self.hurry()
         return result
+
+    def new_era(self) -> None:
+        """Drop every write queued so far, also those being retried (they fail with
+        Unavailable): this process gave its runs up, and what it was writing for them
+        must not land after another process took them over."""
+        self._era += 1
+        self._wakeup.set()
 
     def hurry(self) -> None:
         """Commit what is queued without lingering (someone waits for it)."""
@@ -316,7 +338,13 @@ class Writer(Generic[C]):
     async def _commit_batch(self, *, final: bool = False) -> None:
         batch: list[_Pending] = []
         while self._queue and len(batch) < self._max_batch:
-            batch.append(self._queue.popleft())
+            pending = self._queue.popleft()
+            if pending.era != self._era:  # from before this process gave its runs up
+                pending.result._set(error=Unavailable(FENCED, headers={"Retry-After": "1"}))
+                continue
+            batch.append(pending)
+        if not batch:
+            return
         if not self._queue:
             self._urgent = False  # (with writes left over, a backlog: no lingering)
         self.round_trips += 1
@@ -330,6 +358,13 @@ class Writer(Generic[C]):
                     functools.partial(self._apply, batch, merge=False), limiter=self._thread)
         except self._dialect.error as exc:
             await self._fail_batch(batch, exc, final=final)
+            return
+        except _Fenced:
+            logger.critical("store: a batch of %d writes refused: %s", len(batch), FENCED)
+            for pending in batch:
+                pending.result._set(error=Unavailable(FENCED, headers={"Retry-After": "1"}))
+            if self.on_fenced is not None:
+                self.on_fenced()
             return
         except _Broken as broken:
             # A bug, not a fault: that op fails alone; the batch was rolled back, so the
@@ -363,6 +398,9 @@ class Writer(Generic[C]):
         notified: set[Any] = set()
         try:
             conn.execute(dialect.begin)
+            if self.lease_check is not None and not self.lease_check(conn):
+                conn.execute("ROLLBACK")
+                raise _Fenced()
             for i, pending in enumerate(batch):
                 if merge:
                     for table, row in pending.rows:
