@@ -215,6 +215,13 @@ class Cluster:
                 self.wake_claims()
         for run_id, reason in await self.store.stop_requests(self.worker_id):
             self._apply("stop", run_id, reason)
+        if self.adopt is not None and self.scheduler.dispatching:
+            # Runs this process owns but does not run: their task ended without their
+            # end being stored (the store refused it). Nobody else may claim them.
+            for run, stop_reason in await self.store.owned_runs(self.worker_id):
+                if self.scheduler.get(run.id) is None:
+                    logger.warning("cluster: run %s: taken up again here", run.id)
+                    await self.adopt(run, stop_reason)
         self.queued_estimate = await self.store.count_queued()
         return claimed
 
@@ -231,7 +238,11 @@ class Cluster:
                     self._caught_up()
                     while True:
                         async for note in conn.notifies(timeout=self.heartbeat_s):
-                            await self._heard(note.channel, note.payload)
+                            try:
+                                await self._heard(note.channel, note.payload)
+                            except FlowrunError as exc:  # (the poll catches up)
+                                logger.warning("cluster: %s %r not acted on: %s",
+                                               note.channel, note.payload, exc.message)
                         await conn.execute("SELECT 1")  # quiet: is the line still up?
             except psycopg.Error as exc:
                 logger.warning("cluster: listening connection lost (%s); reconnecting", exc)

@@ -140,8 +140,13 @@ class ScheduleBook:
         """Fire every due slot now; the time of the next slot of any schedule."""
         now = self.clock()
         wake = now + TICK_S
+        try:
+            due = await self.store.list_schedules()
+        except FlowrunError as exc:  # the database cannot be read now: the next tick
+            logger.warning("schedules: cannot look for due slots: %s", exc.message)
+            return wake
         looked_at, self._looked_at = self._looked_at, now
-        for schedule in await self.store.list_schedules():
+        for schedule in due:
             if schedule.paused:
                 continue
             try:

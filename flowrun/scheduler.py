@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 
 from flowrun.engine.executor import Executor, RunOutcome
+from flowrun.errors import Unavailable
 from flowrun.records import RunRecord, RunStatus
 from flowrun.runner import Runner
 
@@ -254,6 +255,10 @@ class Scheduler:
                                                            executor_ready=handle.attach)
         except anyio.get_cancelled_exc_class():
             raise
+        except Unavailable as exc:  # the store refused its writes
+            logger.warning("run %s: stopped here (%s); it resumes from the store at the "
+                           "next start (in a cluster, at the next heartbeat)",
+                           handle.run.id, exc.message)
         except Exception:
             logger.exception("run %s: crashed in the runner; it will resume on next start",
                              handle.run.id)

@@ -435,8 +435,10 @@ class RunService:
         if not claimed:
             return None
         run, _ = claimed[0]
-        handle = self.scheduler.prepare(run)
-        self.scheduler.enqueue(handle)  # (the caller stops it at once)
+        handle = self.scheduler.get(run_id)  # (taken up meanwhile as one of its own)
+        if handle is None:
+            handle = self.scheduler.prepare(run)
+            self.scheduler.enqueue(handle)  # (the caller stops it at once)
         return handle
 
     async def pause(self, principal: auth.Principal, run_id: str) -> RunRecord:
@@ -499,9 +501,10 @@ class RunService:
             raise Conflict(f"run {run_id} was queued again by another request")
         fresh = await self.store.get_run(run_id, with_nodes=False)
         assert fresh is not None
-        handle = self.scheduler.prepare(fresh)
-        handle.concurrency = await self._concurrency(fresh)
-        self.scheduler.enqueue(handle)
+        if self.scheduler.get(run_id) is None:  # (in a cluster, maybe taken up meanwhile)
+            handle = self.scheduler.prepare(fresh)
+            handle.concurrency = await self._concurrency(fresh)
+            self.scheduler.enqueue(handle)
         logger.info("run %s: %s", run_id, "retried" if from_failure else "restarted")
         return await self.get_run(principal, run_id)
 
@@ -562,6 +565,8 @@ class RunService:
 
     async def requeue(self, run: RunRecord) -> None:
         """Queue again a run the store has just switched from waiting to queued."""
+        if self.scheduler.get(run.id) is not None:
+            return  # (in a cluster, taken up meanwhile as a run this process owns)
         handle = self.scheduler.prepare(run)
         handle.concurrency = await self._concurrency(run)
         self.scheduler.enqueue(handle)

@@ -672,6 +672,12 @@ class Store:
         rows.sort(key=lambda r: (-r["priority"], r["num"]))
         return [(_run_from_row(r), r["stop_reason"]) for r in rows]
 
+    async def owned_runs(self, worker_id: str) -> list[tuple[RunRecord, str | None]]:
+        """A worker's live runs, with their stop reasons."""
+        rows = await self._fetchall(f"SELECT {_RUN_COLUMNS}, stop_reason FROM runs WHERE "
+                                    f"owner = ? AND {_LIVE} ORDER BY num", (worker_id,))
+        return [(_run_from_row(r), r["stop_reason"]) for r in rows]
+
     async def request_stop(self, run_id: str, reason: str) -> None:
         """Keep a stop on a live run's row (the process that runs it, or claims it
         later, stops it)."""

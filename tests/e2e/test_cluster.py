@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tests.e2e.server import TERMINAL, Server, finished, node_status, wait_for
@@ -180,35 +181,12 @@ def test_a_killed_process_runs_are_taken_over(cluster: Cluster, tmp_path: Path) 
     assert names.count("workflow_resumed") == 1 and names[-1] == "workflow_finished"
 
 
-RUNS = 600
-
-
-def soak_requests(log: Path) -> list[tuple[str, str, dict[str, Any]]]:
-    rng = random.Random(11)
-    made = []
-    for i in range(RUNS):
-        kind = rng.choice(["hello", "counted", "ticker", "wide", "branching"])
-        by_kind: dict[str, dict[str, Any]] = {
-            "hello": {"name": f"n{i}"},
-            "counted": {"file": str(log), "label": f"c{i}", "seconds": 0.2},
-            "ticker": {"tick": 0.02},
-            "wide": {"gate": 0.05},
-            "branching": {"n": i, "mode": "careful"},
-        }
-        made.append((f"soak-{i}", kind, {"inputs": by_kind[kind]}))
-    return made
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_three_processes_two_sigkills_600_runs_each_once(cluster: Cluster,
-                                                         tmp_path: Path) -> None:
-    servers = cluster(3, {"FLOWRUN_MAX_CONCURRENT_RUNS": "16"})
-    key = servers[0].create_key()
-    for server in servers:
-        server.start()
-    log = tmp_path / "count.log"
-    todo = soak_requests(log)
+def start_submitting(servers: list[Server], key: str,
+                     todo: list[tuple[str, str, dict[str, Any]]], threads: int = 4
+                     ) -> tuple[dict[str, str], list[BaseException], list[threading.Thread]]:
+    """Submit ``todo`` round-robin over ``servers`` from ``threads`` threads, each
+    request retried (same idempotency key) on the next server until accepted: (run id
+    by key, errors, the threads to join)."""
     accepted: dict[str, str] = {}
     errors: list[BaseException] = []
 
@@ -241,40 +219,22 @@ def test_three_processes_two_sigkills_600_runs_each_once(cluster: Cluster,
                 client.close()
 
     indexed = list(enumerate(todo))
-    submitters = [threading.Thread(target=submit, args=(indexed[n::4],)) for n in range(4)]
-    for thread in submitters:
+    started = [threading.Thread(target=submit, args=(indexed[n::threads],))
+               for n in range(threads)]
+    for thread in started:
         thread.start()
-    rng = random.Random(7)
-    victim = servers[1]
-    for _ in range(2):
-        time.sleep(rng.uniform(1.0, 2.5))  # a random moment, not a wait for a condition
-        victim.kill()
-        time.sleep(0.5)
-        victim.start()
-    for thread in submitters:
-        thread.join(timeout=150)
-    assert not errors, errors
-    assert len(accepted) == RUNS
+    return accepted, errors, started
 
-    deadline = time.monotonic() + 120
-    terminal = tuple(TERMINAL)
-    while True:
-        [(done,)] = servers[0].query(
-            f"SELECT COUNT(*) FROM runs WHERE status IN ({', '.join('?' * len(terminal))})",
-            terminal)
-        if done == RUNS:
-            break
-        assert time.monotonic() < deadline, f"{RUNS - done} runs never finished"
-        time.sleep(0.2)
 
-    statuses = dict(servers[0].query("SELECT id, status FROM runs"))
-    assert set(statuses) == set(accepted.values())  # none lost, none twice
+def check_every_run_once(server: Server, accepted: set[str]) -> None:
+    """Every accepted run, and no other, succeeded, with a gap-free event log that ends
+    once, in which no node started again after it succeeded; some runs were resumed."""
+    statuses = dict(server.query("SELECT id, status FROM runs"))
+    assert set(statuses) == accepted  # none lost, none twice
     assert set(statuses.values()) == {"succeeded"}
-    owners = {owner for (owner,) in servers[0].query("SELECT DISTINCT owner FROM runs")}
-    assert len(owners) >= 3  # the work was spread (and a restart is a new worker)
     by_run: dict[str, list[tuple[Any, ...]]] = {run_id: [] for run_id in statuses}
-    for row in servers[0].query("SELECT run_id, seq, name, data FROM events "
-                                "ORDER BY run_id, seq"):
+    for row in server.query("SELECT run_id, seq, name, data FROM events "
+                            "ORDER BY run_id, seq"):
         by_run[row[0]].append(row[1:])
     resumed = 0
     for run_id, events in by_run.items():
@@ -289,9 +249,105 @@ def test_three_processes_two_sigkills_600_runs_each_once(cluster: Cluster,
                 assert node not in succeeded, f"{run_id}: {node} ran again after succeeding"
             elif name == "node_finished" and json.loads(data)["status"] == "succeeded":
                 succeeded.add(node)
-    assert resumed > 0  # the kills did interrupt running runs
+    assert resumed > 0  # the faults did interrupt running runs
+
+
+def wait_all_terminal(server: Server, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    terminal = tuple(TERMINAL)
+    while True:
+        [(done,)] = server.query(
+            f"SELECT COUNT(*) FROM runs WHERE status IN ({', '.join('?' * len(terminal))})",
+            terminal)
+        if done == count:
+            return
+        assert time.monotonic() < deadline, f"{count - done} runs never finished"
+        time.sleep(0.2)
+
+
+RUNS = 600
+
+
+def soak_requests(log: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    rng = random.Random(11)
+    made = []
+    for i in range(RUNS):
+        kind = rng.choice(["hello", "counted", "ticker", "wide", "branching"])
+        by_kind: dict[str, dict[str, Any]] = {
+            "hello": {"name": f"n{i}"},
+            "counted": {"file": str(log), "label": f"c{i}", "seconds": 0.2},
+            "ticker": {"tick": 0.02},
+            "wide": {"gate": 0.05},
+            "branching": {"n": i, "mode": "careful"},
+        }
+        made.append((f"soak-{i}", kind, {"inputs": by_kind[kind]}))
+    return made
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_three_processes_two_sigkills_600_runs_each_once(cluster: Cluster,
+                                                         tmp_path: Path) -> None:
+    servers = cluster(3, {"FLOWRUN_MAX_CONCURRENT_RUNS": "16"})
+    key = servers[0].create_key()
+    for server in servers:
+        server.start()
+    log = tmp_path / "count.log"
+    todo = soak_requests(log)
+    accepted, errors, submitters = start_submitting(servers, key, todo)
+    rng = random.Random(7)
+    victim = servers[1]
+    for _ in range(2):
+        time.sleep(rng.uniform(1.0, 2.5))  # a random moment, not a wait for a condition
+        victim.kill()
+        time.sleep(0.5)
+        victim.start()
+    for thread in submitters:
+        thread.join(timeout=150)
+    assert not errors, errors
+    assert len(accepted) == RUNS
+
+    wait_all_terminal(servers[0], RUNS)
+    check_every_run_once(servers[0], set(accepted.values()))
+    owners = {owner for (owner,) in servers[0].query("SELECT DISTINCT owner FROM runs")}
+    assert len(owners) >= 3  # the work was spread (and a restart is a new worker)
     lines = log.read_text().split()
     for _, workflow, body in todo:
         if workflow == "counted":
             label = body["inputs"]["label"]
             assert f"{label}-first" in lines and f"{label}-last" in lines
+
+
+def database_outage(postgres: PostgresServer, url: str, seconds: float) -> None:
+    """The database refuses every connection for ``seconds`` (its sessions ended), as
+    a failover or a restart would: longer than a lease, so every process loses its."""
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres.admin_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s", (name,))
+        time.sleep(seconds)
+        admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_database_outage_longer_than_the_lease_loses_and_repeats_nothing(
+        cluster: Cluster, postgres_server: PostgresServer, tmp_path: Path) -> None:
+    servers = cluster(2, {"FLOWRUN_MAX_CONCURRENT_RUNS": "16"})
+    key = servers[0].create_key()
+    for server in servers:
+        server.start()
+    todo = soak_requests(tmp_path / "count.log")[:150]
+    accepted, errors, submitters = start_submitting(servers, key, todo, threads=2)
+    time.sleep(1.0)  # runs under way (a moment, not a condition: any moment will do)
+    assert servers[0].database is not None
+    database_outage(postgres_server, servers[0].database, 3.0)  # the lease is 2 s
+    for thread in submitters:
+        thread.join(timeout=150)
+    assert not errors, errors
+    assert len(accepted) == len(todo)
+    wait_all_terminal(servers[0], len(todo))
+    check_every_run_once(servers[0], set(accepted.values()))
+    for server in servers:  # each gave its runs up and came back as a new worker
+        assert "lease lost" in server.log.read_text()
