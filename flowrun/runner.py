@@ -44,6 +44,7 @@ class RunRecorder:
     """
 
     def __init__(self, store: Store, bus: EventBus, run: RunRecord, *, last_seq: int) -> None:
+        self.dropped = False  # an event of this run was not stored (said once)
         self.store = store
         self.bus = bus
         self.run = run
@@ -62,8 +63,10 @@ class RunRecorder:
         def publish(error: BaseException | None) -> None:
             if error is None:
                 self.bus.publish(event)
-            else:
-                logger.error("run %s: event %d not stored: %s", event.run_id, event.seq, error)
+            elif not self.dropped:  # once per run: the rest of its writes go the same way
+                self.dropped = True
+                logger.error("run %s: event %d (and any after it) not stored: %s",
+                             event.run_id, event.seq, error)
 
         result.add_done_callback(publish)
         if self.bus.subscriber_count(event.run_id):
