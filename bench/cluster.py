@@ -363,11 +363,23 @@ def explain(name: str, b: Burst, procs: Sequence[int], postmaster: int | None,
                  "of the burst spent flushing).")
     busiest = max(flow)
     writer_busy = 100 - w["idle"] if w else 0.0
-    if used >= 0.9 * cap:
+    own = [(used / cores, f"the machine's cores ({used:.0f}% of {cap}%)"),
+           (busiest, f"the flowrun process ({busiest:.0f}% of a core)"),
+           *([(writer_busy, f"the writer connection (busy {writer_busy:.0f}%: "
+               f"{w['in_transaction']:.0f}% between statements waiting for flowrun, "
+               f"{w['active']:.0f}% inside PostgreSQL)")] if w else [])]
+    if used >= 0.9 * cap and others >= 20:
+        # Someone else's work took a good part of the cores: say so, and what of ours
+        # came nearest to its limit anyway.
+        nearest = max(own[1:])
+        bound = (f"the {cores} cores are saturated, {others:.0f}% by other processes on "
+                 f"this shared machine, so this figure depends on them; of the burst's own "
+                 f"(flowrun {sum(flow):.0f}%, PostgreSQL {pg:.0f}%), the nearest to its "
+                 f"limit is {nearest[1]}")
+    elif used >= 0.9 * cap:
         bound = (f"the {cores} cores are saturated, so CPU: flowrun takes "
-                 f"{sum(flow):.0f}%, PostgreSQL {pg:.0f}%, the kernel {u.irq:.0f}%")
-        if others >= 10:
-            bound += f", other processes on this shared machine {others:.0f}%"
+                 f"{sum(flow):.0f}%, PostgreSQL {pg:.0f}%, the kernel {u.irq:.0f}%, "
+                 f"other processes {others:.0f}%")
         if len(procs) > 1:
             bound += (f"; {len(procs)} flowrun processes and PostgreSQL compete for "
                       f"{cores} cores, so another process cannot add throughput here")
@@ -385,12 +397,7 @@ def explain(name: str, b: Burst, procs: Sequence[int], postmaster: int | None,
                  + f", while no core is saturated ({used:.0f}% of {cap}%) nor any "
                  f"flowrun process ({busiest:.0f}% at most)")
     else:
-        nearest = max([(used / cores, f"the machine's cores ({used:.0f}% of {cap}%)"),
-                       (busiest, f"the flowrun process ({busiest:.0f}% of a core)"),
-                       *([(writer_busy, f"the writer connection (busy {writer_busy:.0f}%, "
-                           f"{w['in_transaction']:.0f}% between statements waiting for "
-                           f"flowrun, {w['active']:.0f}% inside PostgreSQL)")] if w else [])])
-        bound = (f"nothing measured is saturated; the nearest is {nearest[1]}: the "
+        bound = (f"nothing measured is saturated; the nearest is {max(own)[1]}: the "
                  "processes wait on each other (latency, not capacity)")
     return f"{text} Bound: {bound}."
 
