@@ -368,7 +368,7 @@ def explain(name: str, b: Burst, procs: Sequence[int], postmaster: int | None,
            *([(writer_busy, f"the writer connection (busy {writer_busy:.0f}%: "
                f"{w['in_transaction']:.0f}% between statements waiting for flowrun, "
                f"{w['active']:.0f}% inside PostgreSQL)")] if w else [])]
-    if used >= 0.9 * cap and others >= 20:
+    if used >= 0.85 * cap and others >= 20:
         # Someone else's work took a good part of the cores: say so, and what of ours
         # came nearest to its limit anyway.
         nearest = max(own[1:])
@@ -376,7 +376,7 @@ def explain(name: str, b: Burst, procs: Sequence[int], postmaster: int | None,
                  f"this shared machine, so this figure depends on them; of the burst's own "
                  f"(flowrun {sum(flow):.0f}%, PostgreSQL {pg:.0f}%), the nearest to its "
                  f"limit is {nearest[1]}")
-    elif used >= 0.9 * cap:
+    elif used >= 0.85 * cap:
         bound = (f"the {cores} cores are saturated, so CPU: flowrun takes "
                  f"{sum(flow):.0f}%, PostgreSQL {pg:.0f}%, the kernel {u.irq:.0f}%, "
                  f"other processes {others:.0f}%")
