@@ -6,7 +6,9 @@ wrk, which is far faster than either. wrk's own ceiling, measured on a static
 response, is printed first, so a reader can see the generator was not the
 limit. Latencies at one connection and of SSE come from a Python client,
 because a single sequential client measures the server, not the generator.
-The table is printed and written to ``bench/results.md``.
+Then ``bench/cluster.py`` runs the same burst on a fresh SQLite server and on 1, 2
+and 3 processes sharing one PostgreSQL database, and says what bounds each figure.
+The table and its notes are printed and written to ``bench/results.md``.
 """
 
 from __future__ import annotations
@@ -44,20 +46,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(args: list[str], port: int, log: Path, env: dict[str, str] | None = None
+# How the bench runs a flowrun server: no auth (loopback), and limits far above what it
+# sends, so the server's speed is measured rather than its refusals.
+FLOWRUN_ENV = {"FLOWRUN_MAX_CONCURRENT_RUNS": "20000", "FLOWRUN_MAX_QUEUED": "200000",
+               "FLOWRUN_MAX_CONNECTIONS": "20000"}
+
+
+def flowrun_args(port: int, db: str, flows: Path) -> list[str]:
+    return [sys.executable, "-m", "flowrun", "serve", "--no-auth", "--port", str(port),
+            "--db", db, "--workflows", str(flows), "--log-level", "warning"]
+
+
+def spawn(args: list[str], log: Path, env: dict[str, str] | None = None
           ) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=out,
+        return subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=out,
                                 stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
+            return
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"{args} did not start")
+    raise RuntimeError(f"{proc.args!r} did not start (exit code {proc.wait()})")
+
+
+def start(args: list[str], port: int, log: Path, env: dict[str, str] | None = None
+          ) -> subprocess.Popen[bytes]:
+    proc = spawn(args, log, env)
+    wait_listening(proc, port)
+    return proc
 
 
 async def throughput(call: Callable[[httpx.AsyncClient], Awaitable[None]], url: str,
@@ -130,6 +153,18 @@ def burst(url: str, db: Path) -> tuple[float, float]:
     return span, count / span
 
 
+def commit() -> str:
+    """The checkout's commit, marked when files differ from it (bench/results.md aside)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    sha = git("rev-parse", "--short", "HEAD") or "-"
+    changed = [line for line in git("status", "--porcelain").splitlines()
+               if not line.endswith("bench/results.md")]
+    return f"{sha} + uncommitted changes" if changed else sha
+
+
 def versions() -> str:
     def version(name: str) -> str:
         try:
@@ -142,7 +177,7 @@ def versions() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    return (f"{dt.date.today().isoformat()}, {cpu}, {os.cpu_count()} cores, "
+    return (f"{dt.date.today().isoformat()}, commit {commit()}, {cpu}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
             f"starlette {version('starlette')}, uvicorn {version('uvicorn')}, "
             f"{' '.join(wrk_version)}")
@@ -164,11 +199,8 @@ async def main() -> None:
     bare = start([sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port",
                   str(bare_port), "--log-level", "warning"], bare_port, work / "bare.log",
                  {"PYTHONPATH": str(ROOT)})
-    flow = start([sys.executable, "-m", "flowrun", "serve", "--no-auth", "--port",
-                  str(flow_port), "--db", str(db), "--workflows", str(flows),
-                  "--log-level", "warning"], flow_port, work / "flowrun.log",
-                 {"FLOWRUN_MAX_CONCURRENT_RUNS": "20000", "FLOWRUN_MAX_QUEUED": "200000",
-                  "FLOWRUN_MAX_CONNECTIONS": "20000"})
+    flow = start(flowrun_args(flow_port, str(db), flows), flow_port, work / "flowrun.log",
+                 FLOWRUN_ENV)
     bare_url, flow_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{flow_port}"
     rows: list[tuple[str, str, str]] = []
     try:
@@ -193,7 +225,8 @@ async def main() -> None:
         rows.append(("run-sync 3-node chain, 1 connection", sync1.row(), "-"))
         settle(flow_url)
         span, rate = burst(flow_url, db)
-        rows.append((f"burst: {BURST} runs accepted, last finished after",
+        rows.append((f"burst on SQLite, the server above: {BURST} runs accepted, last "
+                     "finished after",
                      f"{span:.1f} s = {rate:,.0f} completed runs/s", "-"))
         for name, result in (("accept", accept), ("run-sync 64", sync64),
                              ("run-sync 1", sync1)):
@@ -233,10 +266,15 @@ async def main() -> None:
             proc.kill()
             proc.wait()
         shutil.rmtree(work, ignore_errors=True)
-    report(rows)
+    # The same burst on a fresh SQLite server and on 1, 2 and 3 processes sharing one
+    # PostgreSQL database, each with what bounds it (bench/cluster.py imports this module).
+    from bench import cluster
+
+    more, notes = cluster.bursts()
+    report(rows + more, notes)
 
 
-def report(rows: list[tuple[str, str, str]]) -> None:
+def report(rows: list[tuple[str, str, str]], notes: list[str]) -> None:
     header = (f"wrk -t1 -c{CONCURRENCY} -d{DURATION_S:g}s unless noted; flowrun and the bare "
               f"app each one uvicorn process with its defaults; {versions()}")
     width = max(len(r[0]) for r in rows)
@@ -244,9 +282,12 @@ def report(rows: list[tuple[str, str, str]]) -> None:
     print(f"{'measure'.ljust(width)}  {'value':>44}  ratio to bare")
     for name, value, ratio in rows:
         print(f"{name.ljust(width)}  {value:>44}  {ratio}")
+    for note in notes:
+        print(f"- {note}")
     lines = ["# `make bench` results", "", header, "",
              "| measure | value | ratio to bare |", "|---|---|---|",
-             *(f"| {n} | {v} | {r} |" for n, v, r in rows), ""]
+             *(f"| {n} | {v} | {r} |" for n, v, r in rows), "",
+             *(f"- {note}" for note in notes), ""]
     (HERE / "results.md").write_text("\n".join(lines))
 
 

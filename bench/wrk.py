@@ -2,7 +2,10 @@
 
 ``run`` writes a small Lua script (method, body, headers, and an optional
 request count after which wrk stops) and parses wrk's summary: requests/s,
-latency percentiles, and non-2xx answers.
+latency percentiles, and non-2xx answers. wrk itself always waits out its
+duration, even once every thread has stopped at its count; so with a count,
+each thread notes in a file when it is done, and ``run`` then interrupts wrk
+(SIGINT: wrk prints its summary, timed to that moment).
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +64,12 @@ local limit = {limit}
 local done = 0
 function response(status, headers, body)
   done = done + 1
-  if limit > 0 and done >= limit then wrk.thread:stop() end
+  if limit > 0 and done == limit then
+    local marker = io.open({marker}, "a")
+    marker:write("done\\n")
+    marker:close()
+    wrk.thread:stop()
+  end
 end
 """
 
@@ -72,22 +82,36 @@ def run(url: str, *, method: str = "GET", body: Any = None, headers: dict[str, s
     all_headers = dict(headers or {})
     if body is not None:
         all_headers.setdefault("Content-Type", "application/json")
-    script = _SCRIPT.format(
+    work = Path(tempfile.mkdtemp(prefix="flowrun-wrk-"))
+    path, marker = work / "script.lua", work / "done"
+    path.write_text(_SCRIPT.format(
         method=json.dumps(method), body=json.dumps(json.dumps(body)) if body is not None
-        else "nil", limit=limit_per_thread,
+        else "nil", limit=limit_per_thread, marker=json.dumps(str(marker)),
         headers="\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}"
-                          for k, v in all_headers.items()))
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-        path = Path(f.name)
+                          for k, v in all_headers.items())))
     try:
-        done = subprocess.run(
-            [binary, "-t", str(threads), "-c", str(connections), "-d", f"{duration_s:g}s",
-             "--latency", "-s", str(path), url],
-            capture_output=True, text=True, timeout=duration_s + 120, check=True)
+        with subprocess.Popen(
+                [binary, "-t", str(threads), "-c", str(connections), "-d", f"{duration_s:g}s",
+                 "--latency", "-s", str(path), url],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            if limit_per_thread > 0:
+                deadline = time.monotonic() + duration_s
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if marker.exists() and \
+                            len(marker.read_text().splitlines()) >= threads:
+                        proc.send_signal(signal.SIGINT)  # every thread is done
+                        break
+                    time.sleep(0.005)
+            try:
+                out, err = proc.communicate(timeout=duration_s + 120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            if proc.returncode != 0:
+                raise subprocess.CalledProcessError(proc.returncode, proc.args, out, err)
     finally:
-        path.unlink(missing_ok=True)
-    return parse(done.stdout)
+        shutil.rmtree(work, ignore_errors=True)
+    return parse(out)
 
 
 def _ms(text: str) -> float:
