@@ -244,6 +244,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             cluster.adopt = service.adopt
             cluster.workflow_changed = workflows.forget
             scheduler.on_slot_free = cluster.wake_claims
+            scheduler.on_left = cluster.let_go
             service.cluster = cluster
         async with anyio.create_task_group() as tg:
             await tg.start(scheduler.run, tg)

@@ -103,6 +103,12 @@ class Cluster:
     def wake_claims(self) -> None:
         self._claim_wakeup.set()
 
+    def let_go(self, run: RunRecord) -> None:
+        """A run's task here ended without its end stored (the store refused a write, or
+        a bug): hand it back, so any process may claim it and resume it. Queued behind
+        the run's own pending writes: if its end does land, this changes nothing."""
+        self.store.release_run(run.id, self.worker_id)
+
     async def announce_queued(self) -> None:
         """Tell the others a run nobody owns is queued (after its commit)."""
         self.queued_estimate += 1
@@ -215,13 +221,6 @@ class Cluster:
                 self.wake_claims()
         for run_id, reason in await self.store.stop_requests(self.worker_id):
             self._apply("stop", run_id, reason)
-        if self.adopt is not None and self.scheduler.dispatching:
-            # Runs this process owns but does not run: their task ended without their
-            # end being stored (the store refused it). Nobody else may claim them.
-            for run, stop_reason in await self.store.owned_runs(self.worker_id):
-                if self.scheduler.get(run.id) is None:
-                    logger.warning("cluster: run %s: taken up again here", run.id)
-                    await self.adopt(run, stop_reason)
         self.queued_estimate = await self.store.count_queued()
         return claimed
 

@@ -105,8 +105,10 @@ class Scheduler:
         # Run ids someone waits on while the run is parked (waiting for a signal): set
         # when the run is queued again.
         self._unparked: dict[str, anyio.Event] = {}
-        # Called when a run ends and frees a slot (cluster.py claims more then).
+        # Called when a run ends and frees a slot (cluster.py claims more then), and when
+        # a run's task ends without its end stored (cluster.py hands it back).
         self.on_slot_free: Callable[[], None] | None = None
+        self.on_left: Callable[[RunRecord], None] | None = None
 
     @property
     def queued(self) -> int:
@@ -257,11 +259,13 @@ class Scheduler:
             raise
         except Unavailable as exc:  # the store refused its writes
             logger.warning("run %s: stopped here (%s); it resumes from the store at the "
-                           "next start (in a cluster, at the next heartbeat)",
+                           "next start (in a cluster, wherever it is claimed)",
                            handle.run.id, exc.message)
+            self._left(handle)
         except Exception:
             logger.exception("run %s: crashed in the runner; it will resume on next start",
                              handle.run.id)
+            self._left(handle)
         finally:
             self._running -= 1
             self._release(handle)
@@ -271,6 +275,10 @@ class Scheduler:
             again = self.prepare(handle.run)
             again.concurrency = handle.concurrency
             self.enqueue(again)
+
+    def _left(self, handle: RunHandle) -> None:
+        if self.on_left is not None and not handle.abandoned:
+            self.on_left(handle.run)
 
     async def _finish_unstarted(self, handle: RunHandle) -> None:
         try:

@@ -43,7 +43,7 @@ from flowrun.records import (
     SecretRecord,
 )
 from flowrun.settings import parse_database
-from flowrun.store.backend import CONTROL_CHANNEL, Backend, Reader
+from flowrun.store.backend import CONTROL_CHANNEL, QUEUE_CHANNEL, Backend, Reader
 from flowrun.store.writer import Connection, RowTable, Writer, WriteResult
 
 logger = logging.getLogger(__name__)
@@ -672,11 +672,16 @@ class Store:
         rows.sort(key=lambda r: (-r["priority"], r["num"]))
         return [(_run_from_row(r), r["stop_reason"]) for r in rows]
 
-    async def owned_runs(self, worker_id: str) -> list[tuple[RunRecord, str | None]]:
-        """A worker's live runs, with their stop reasons."""
-        rows = await self._fetchall(f"SELECT {_RUN_COLUMNS}, stop_reason FROM runs WHERE "
-                                    f"owner = ? AND {_LIVE} ORDER BY num", (worker_id,))
-        return [(_run_from_row(r), r["stop_reason"]) for r in rows]
+    def release_run(self, run_id: str, worker_id: str) -> None:
+        """Queue (durably, in order behind the run's own writes) giving a live run of
+        ``worker_id`` back to the cluster, and waking the others' claims."""
+
+        def op(conn: Connection) -> None:
+            if conn.execute(f"UPDATE runs SET owner = NULL WHERE id = ? AND owner = ? AND "
+                            f"{_LIVE}", (run_id, worker_id)).rowcount:
+                conn.execute("SELECT pg_notify(?, '')", (QUEUE_CHANNEL,))
+
+        self._writer.submit(op, durable=True)
 
     async def request_stop(self, run_id: str, reason: str) -> None:
         """Keep a stop on a live run's row (the process that runs it, or claims it

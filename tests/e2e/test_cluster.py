@@ -26,7 +26,9 @@ from tests.e2e.test_postgres import stream
 from tests.pg import PostgresServer
 
 # quick leases, so a killed process's runs are taken over in a test's time
-CLUSTER_ENV = {"FLOWRUN_HEARTBEAT_S": "0.3", "FLOWRUN_LEASE_S": "2"}
+CLUSTER_ENV = {"FLOWRUN_HEARTBEAT_S": "0.3", "FLOWRUN_LEASE_S": "2",
+               # the soaks submit as fast as the servers answer: not a rate-limit test
+               "FLOWRUN_RUN_RATE_PER_KEY": "10000", "FLOWRUN_RUN_BURST_PER_KEY": "10000"}
 
 Cluster = Callable[..., list[Server]]
 
@@ -240,7 +242,8 @@ def check_every_run_once(server: Server, accepted: set[str]) -> None:
     for run_id, events in by_run.items():
         assert [e[0] for e in events] == list(range(1, len(events) + 1)), run_id
         names = [e[1] for e in events]
-        assert names[-1] == "workflow_finished" and names.count("workflow_finished") == 1
+        assert names[-1] == "workflow_finished" and \
+            names.count("workflow_finished") == 1, (run_id, names)
         resumed += names.count("workflow_resumed")
         succeeded: set[str] = set()
         for _, name, data in events:
@@ -295,10 +298,15 @@ def test_three_processes_two_sigkills_600_runs_each_once(cluster: Cluster,
     log = tmp_path / "count.log"
     todo = soak_requests(log)
     accepted, errors, submitters = start_submitting(servers, key, todo)
-    rng = random.Random(7)
     victim = servers[1]
     for _ in range(2):
-        time.sleep(rng.uniform(1.0, 2.5))  # a random moment, not a wait for a condition
+        # mid-run: once the victim runs some runs (so the kill interrupts them)
+        worker = worker_of(victim)
+        deadline = time.monotonic() + 30
+        while victim.query("SELECT COUNT(*) FROM runs WHERE owner = ? AND status = ?",
+                           (worker, "running"))[0][0] < 3:
+            assert time.monotonic() < deadline, "the victim never ran three runs at once"
+            time.sleep(0.02)
         victim.kill()
         time.sleep(0.5)
         victim.start()

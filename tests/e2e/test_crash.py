@@ -40,7 +40,11 @@ def requests_to_make(log: Path) -> list[tuple[str, str, dict[str, Any]]]:
 # (on PostgreSQL: test_cluster.py's soak, with three processes and two kills)
 def test_sigkill_under_load_loses_and_repeats_nothing(
         server_factory: Callable[..., Server], tmp_path: Path) -> None:
-    server = server_factory({"FLOWRUN_MAX_CONCURRENT_RUNS": "16"})
+    # (kills are under test, not the key's rate limit: one client submits 200 runs as
+    # fast as the server answers)
+    server = server_factory({"FLOWRUN_MAX_CONCURRENT_RUNS": "16",
+                             "FLOWRUN_RUN_RATE_PER_KEY": "10000",
+                             "FLOWRUN_RUN_BURST_PER_KEY": "10000"})
     key = server.create_key()
     server.start()
     log = tmp_path / "count.log"
@@ -61,7 +65,7 @@ def test_sigkill_under_load_loses_and_repeats_nothing(
                     except httpx.TransportError:
                         time.sleep(0.05)
                         continue
-                    if resp.status_code == 503:  # shutting down or starting
+                    if resp.status_code in (429, 503):  # shutting down or starting
                         time.sleep(0.05)
                         continue
                     assert resp.status_code in (200, 202), resp.text
@@ -77,8 +81,15 @@ def test_sigkill_under_load_loses_and_repeats_nothing(
     submitter = threading.Thread(target=guarded)
     submitter.start()
     rng = random.Random(5)
-    for _ in range(KILLS):
-        time.sleep(rng.uniform(0.3, 1.2))  # a random moment, not a wait for a condition
+    for kill in range(KILLS):
+        if kill == 0:  # the first mid-run, once runs are running (the others at random)
+            deadline = time.monotonic() + 30
+            while server.query("SELECT COUNT(*) FROM runs WHERE status = 'running'"
+                               )[0][0] < 3:
+                assert time.monotonic() < deadline, "never three runs running at once"
+                time.sleep(0.02)
+        else:
+            time.sleep(rng.uniform(0.3, 1.2))
         server.kill()
         server.start()
     submitter.join(timeout=120)
