@@ -60,8 +60,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_KEY_CACHE_S = 5.0
-
 
 @dataclass
 class RunRequest:

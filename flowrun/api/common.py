@@ -316,6 +316,16 @@ def on_conflict_of(raw: str | None, field: str) -> OnConflict | None:
                          errors=[{"field": field, "message": "unknown"}]) from None
 
 
+def checked_wait(value: float | None, limit: float) -> float | None:
+    """A run-sync wait a caller asked for (None: the default), or BadRequest outside
+    (0, ``limit``] (the ``run_sync_max_timeout_s`` setting): one rule for the query
+    parameter and every dialect's body field."""
+    if value is not None and not 0 < value <= limit:
+        raise BadRequest(f"timeout must be a number of seconds in (0, {limit:g}]",
+                         errors=[{"field": "timeout", "message": "out of range"}])
+    return value
+
+
 def query_int(request: Request, name: str, default: int | None, *, minimum: int,
               maximum: int) -> int | None:
     raw = request.query_params.get(name)

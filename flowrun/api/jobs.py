@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from flowrun.api.common import (
     JSONResponse,
+    checked_wait,
     error_handlers,
     id_number,
     last_event_id,
@@ -58,7 +59,7 @@ class JobBody(BaseModel):
     inputs: dict[str, Any] | None = None
     nodes: list[Any] | None = None
     edges: list[Any] | None = None
-    timeout: float | None = Field(default=None, gt=0, le=600)
+    timeout: float | None = None  # checked against the setting: checked_wait
 
 
 def render_error(exc: FlowrunError, request: Request | None = None) -> Response:
@@ -125,8 +126,9 @@ async def run(request: Request) -> Response:
 async def run_sync(request: Request) -> Response:
     started = time.monotonic()
     principal, service, name, body = await _body(request)
-    outcome = await service.run_sync(principal, _run_request(request, name, body),
-                                     body.timeout, started=started)
+    wait = checked_wait(body.timeout, service.settings.run_sync_max_timeout_s)
+    outcome = await service.run_sync(principal, _run_request(request, name, body), wait,
+                                     started=started)
     finished = outcome.run
     if outcome.finished:
         return JSONResponse({"success": finished.status is RunStatus.SUCCEEDED,

@@ -21,6 +21,7 @@ from flowrun.api import hooks
 from flowrun.api.common import (
     JSONResponse,
     callbacks_of,
+    checked_wait,
     encoded,
     error_handlers,
     idempotency_of,
@@ -67,7 +68,7 @@ class RunBody(BaseModel):
     nodes: list[Any] | None = None
     edges: list[Any] | None = None
     stream: bool = False
-    timeout: float | None = Field(default=None, gt=0, le=600)
+    timeout: float | None = None  # checked against the setting: checked_wait
     callback_url: str | None = Field(default=None, max_length=callbacks.MAX_URL_LENGTH)
 
     @field_validator("callback_url")
@@ -248,16 +249,13 @@ def _timeout_param(request: Request, body: RunBody) -> float | None:
     limit = service_of(request).settings.run_sync_max_timeout_s
     raw = request.query_params.get("timeout")
     if raw is None:
-        return body.timeout
+        return checked_wait(body.timeout, limit)
     try:
         value = float(raw)
     except ValueError:
         raise BadRequest(f"timeout must be a number of seconds, not {raw[:40]!r}",
                          errors=[{"field": "timeout", "message": "not a number"}]) from None
-    if not 0 < value <= limit:
-        raise BadRequest(f"timeout must be a number of seconds in (0, {limit:g}]",
-                         errors=[{"field": "timeout", "message": "out of range"}])
-    return value
+    return checked_wait(value, limit)
 
 
 async def run_sync(request: Request) -> Response:

@@ -230,6 +230,9 @@ MIGRATIONS: list[list[str]] = [
         # processes on PostgreSQL (cluster.py); kept here so both stores share their SQL.
         "ALTER TABLE runs ADD COLUMN owner TEXT",
         "ALTER TABLE runs ADD COLUMN stop_reason TEXT",
+        # one workflow's runs, any key's (an admin's or the UI's list), newest first:
+        # without it, every run of the workflow is sorted for each page
+        "CREATE INDEX runs_by_workflow_any_key ON runs (workflow, num)",
     ],
 ]
 

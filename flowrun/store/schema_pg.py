@@ -199,6 +199,8 @@ PG_MIGRATIONS: list[list[str]] = [
         "CREATE INDEX runs_claimable ON runs (priority DESC, num) "
         "WHERE status IN ('queued', 'running', 'paused')",
         "CREATE INDEX runs_by_owner ON runs (owner) WHERE owner IS NOT NULL",
+        # one workflow's runs, any key's (an admin's or the UI's list), newest first
+        "CREATE INDEX runs_by_workflow_any_key ON runs (workflow, num)",
         """CREATE TABLE workers (
             id text PRIMARY KEY,
             host text NOT NULL,

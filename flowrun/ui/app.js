@@ -40,6 +40,14 @@ const badge = (status) => h("span.badge." + String(status).replace(/[^a-z_]/g, "
 const json = (value) => h("pre", {}, JSON.stringify(value, null, 2));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** A random idempotency key. crypto.randomUUID exists only in secure contexts (https,
+ * localhost): a server reached over plain http on a network has getRandomValues only. */
+function newKey() {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 function when(ts) {
   if (!ts) return "";
   const d = new Date(ts);
@@ -292,7 +300,7 @@ function runForm(name, version, inputs) {
     submit.disabled = true;
     try {
       const run = await api(`/workflows/${encodeURIComponent(name)}/run`, { method: "POST", body,
-        headers: { "Idempotency-Key": crypto.randomUUID() } });
+        headers: { "Idempotency-Key": newKey() } });
       location.hash = "#/runs/" + encodeURIComponent(run.id);
     } catch (err) {
       if (!(err instanceof ApiError)) throw err;
@@ -550,22 +558,29 @@ async function runPage(id, current) {
       render();
     } catch (err) { message.textContent = err.message; }
   });
+  // One key for this page's re-run: a double click (or a retry after a lost answer)
+  // finds the run the first click made instead of making another.
+  const rerunKey = newKey();
   rerun.addEventListener("click", async () => {
     message.textContent = "";
+    rerun.disabled = true;
     try {
       const fresh = await api(`/workflows/${encodeURIComponent(run.workflow)}/run`, { method: "POST",
         body: { inputs: run.inputs, version: run.version },
-        headers: { "Idempotency-Key": crypto.randomUUID() } });
+        headers: { "Idempotency-Key": rerunKey } });
       location.hash = "#/runs/" + encodeURIComponent(fresh.id);
     } catch (err) { message.textContent = err.message; }
+    finally { rerun.disabled = false; }
   });
   rerunFrom.addEventListener("click", async () => {
     message.textContent = "";
+    rerunFrom.disabled = true;  // (one request at a time: no second run from a double click)
     try {
       // A new run (rerun_of this one) that keeps the outputs of the nodes before it.
       const fresh = await api(`/runs/${q}/rerun`, { method: "POST", body: { from_node: selected } });
       location.hash = "#/runs/" + encodeURIComponent(fresh.id);
     } catch (err) { message.textContent = err.message; }
+    finally { rerunFrom.disabled = !selected || !TERMINAL.has(run.status); }
   });
 
   render();

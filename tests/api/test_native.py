@@ -212,3 +212,19 @@ def test_deeply_nested_json_is_a_clear_400(client: TestClient) -> None:
                        headers={"content-type": "application/json"})
     assert "nested too deeply" in problem(resp, 400, "invalid_param")["detail"]
     assert runs_of(client, "hello") == []
+
+
+def test_the_wait_limit_is_the_setting_for_the_query_and_the_body(tmp_path: Path) -> None:
+    settings = Settings(db_path=tmp_path / "t.db", workflows_dir=EXAMPLES, auth_enabled=False,
+                        run_sync_max_timeout_s=900)
+    with TestClient(create_app(settings)) as client:
+        for asked in ({"params": {"timeout": "800"}}, {"json_timeout": 800}):
+            body: dict[str, Any] = {"inputs": {"name": "a"}}
+            if "json_timeout" in asked:
+                body["timeout"] = asked["json_timeout"]
+            resp = client.post("/workflows/hello/run-sync", json=body,
+                               params=asked.get("params"))
+            assert resp.status_code == 200, resp.text
+        resp = client.post("/workflows/hello/run-sync",
+                           json={"inputs": {"name": "a"}, "timeout": 901})
+        assert fields(problem(resp, 400, resp.json()["code"])) == {"timeout"}

@@ -319,3 +319,23 @@ def test_a_waiting_run_is_shown_and_signalled_from_the_page(
     expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
     expect(page.locator("#signal-form")).to_be_hidden()
     assert finished(ui.api, run_id)["outputs"]["approved"] is True
+
+
+def test_runs_start_without_a_secure_context_and_a_double_click_reruns_once(ui: UI) -> None:
+    """Over plain http on a network (not https, not localhost) a browser has no
+    crypto.randomUUID: the form and the re-run button still make their keys. A double
+    click on re-run makes one run."""
+    page = ui.page
+    page.add_init_script("delete Crypto.prototype.randomUUID")
+    sign_in(ui, "#/workflows/hello")
+    assert page.evaluate("typeof crypto.randomUUID") == "undefined"
+    page.fill("#input-name", "plain")
+    page.click("#run-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"#/runs/[0-9a-f-]+$"))
+    first = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
+    page.locator("#rerun").dblclick()
+    expect(page).not_to_have_url(re.compile(re.escape(first) + "$"))
+    again = page.url.rsplit("/", 1)[1]
+    listed = ui.api.get("/runs", params={"workflow": "hello", "limit": 50}).json()
+    assert sorted(run["id"] for run in listed["runs"]) == sorted([first, again])

@@ -18,6 +18,7 @@ FILTERS = {
     "one key, a status": "api_key_id IS 'k1' AND status = 'failed'",
     "any key, a status": "status = 'failed'",
     "any key, a correlation id": "correlation_id = 'c1'",
+    "any key, one workflow": "workflow = 'wf1'",
 }
 
 
@@ -36,3 +37,4 @@ async def test_each_runs_filter_is_served_by_an_index(tmp_path: Path, where: str
         plan = " ".join(str(row[3]) for row in conn.execute(
             f"EXPLAIN QUERY PLAN SELECT * FROM runs WHERE {where} ORDER BY num DESC LIMIT 20"))
     assert "USING INDEX" in plan and "SCAN runs" not in plan, plan
+    assert "TEMP B-TREE" not in plan, plan  # the page comes in index order, unsorted
