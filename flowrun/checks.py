@@ -179,6 +179,7 @@ def _check_references(definition: WorkflowDefinition, ids: Mapping[str, NodeSpec
     """
     errors: list[dict[str, Any]] = []
     upstream = _Ancestors(ids, definition.edges)
+    declared = set(definition.inputs or ())
     for n in definition.nodes:
         node_type = registry.get(n.type)
         raw = node_type.raw_params if node_type is not None else frozenset()
@@ -187,13 +188,34 @@ def _check_references(definition: WorkflowDefinition, ids: Mapping[str, NodeSpec
         if n.default:
             read.append(("default", "default", n.default))
         for where, field, value in read:
-            for problem in _reference_problems(value, ids, registry, n.id, upstream):
+            for problem in _reference_problems(value, ids, registry, n.id, upstream) + \
+                    _input_problems(value, declared):
                 errors.append({"node": n.id, "field": field,
                                "message": f"node {n.id!r}: {where}: {problem}"})
     for key, value in (definition.outputs or {}).items() if check_outputs else ():
-        for problem in _reference_problems(value, ids, registry, None, upstream):
+        for problem in _reference_problems(value, ids, registry, None, upstream) + \
+                _input_problems(value, declared):
             errors.append({"field": f"outputs.{key}", "message": f"outputs.{key}: {problem}"})
     return errors
+
+
+def _input_problems(value: Any, declared: set[str]) -> list[str]:
+    """Inputs the expressions in ``value`` read that the workflow does not declare: a
+    run is refused any input not declared, so such a read always fails (unless it tests
+    for it first). Nothing to check when it declares none."""
+    if not declared:
+        return []
+    problems: dict[str, None] = {}
+    for text in _strings(value):
+        for ref in expressions.input_references(text):
+            if ref.node in declared or ref.guarded or \
+                    (not ref.node.startswith("_") and hasattr(dict, ref.node)):
+                continue
+            close = difflib.get_close_matches(ref.node, sorted(declared), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems[f"inputs.{ref.node}: the workflow declares no input {ref.node!r}"
+                     f"{hint}"] = None
+    return list(problems)
 
 
 def output_problems(value: Any, definition: WorkflowDefinition,

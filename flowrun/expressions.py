@@ -467,11 +467,19 @@ def node_references(text: str) -> list[NodeReference]:
     """
     if not is_expression(text):
         return []
-    return list(_node_references(text))
+    return list(_references(text, "nodes"))
+
+
+def input_references(text: str) -> list[NodeReference]:
+    """The run inputs ``text`` reads by name (``inputs.<name>``; ``node`` holds the
+    name, ``field`` what it reads of it), as ``node_references`` finds nodes."""
+    if not is_expression(text):
+        return []
+    return list(_references(text, "inputs"))
 
 
 @functools.lru_cache(maxsize=4096)
-def _node_references(text: str) -> tuple[NodeReference, ...]:
+def _references(text: str, root: str) -> tuple[NodeReference, ...]:
     try:
         tree = _env.parse(text)
     except (jinja2.TemplateSyntaxError, RecursionError):
@@ -481,9 +489,9 @@ def _node_references(text: str) -> tuple[NodeReference, ...]:
     stack: list[nodes.Node] = [tree]
     while stack:
         item = stack.pop()
-        if isinstance(item, nodes.Name) and item.name == "nodes":
+        if isinstance(item, nodes.Name) and item.name == root:
             if item.ctx != "load":
-                return ()  # a local variable named nodes: not the run's nodes
+                return ()  # a local variable of that name: not the run's
             names.append(item)
         for child in item.iter_child_nodes():
             parents[id(child)] = item

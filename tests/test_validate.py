@@ -66,6 +66,13 @@ CASES = {
         "      def mian(:\n"
         "          return {}\n",
         "node 'py': param 'code': syntax error at line 2"),
+    "undeclared_input": (
+        "inputs:\n  name: {type: string}\n"
+        "nodes:\n"
+        "  - {id: a, type: template, template: '{{ inputs.nmae }} {{ inputs.name }}'}\n"
+        "  - {id: b, type: template, template: '{{ inputs.opt | default(1) }}'}\n",
+        "node 'a': param 'template': inputs.nmae: the workflow declares no input 'nmae' "
+        "(did you mean 'name'?)"),
     "missing_child_workflow": (
         "nodes:\n  - {id: w, type: workflow, workflow: nope}\n",
         "node 'w': param 'workflow': no workflow 'nope' in the workflow files of"),
