@@ -21,7 +21,6 @@
     ├── TooManyRequests               429 too_many_requests (a per-key limit)
     │   └── QueueFull                 429 queue_full
     └── Unavailable                   503 unavailable (store fault, shutting down)
-        └── StoreBusy                 503 store_busy (another process serves the database)
     NodeFailure                       a node's own failure inside a run (not HTTP)
     └── ExpressionError               an expression could not be evaluated
 
@@ -230,14 +229,6 @@ class Unavailable(FlowrunError):
     status_code = 503
     code = "unavailable"
     title = "Service unavailable"
-
-
-class StoreBusy(Unavailable):
-    """Raised when a server opens a PostgreSQL database another flowrun process already
-    serves (several processes on one database are not supported yet)."""
-
-    code = "store_busy"
-    title = "Database served by another process"
 
 
 class NodeFailure(Exception):

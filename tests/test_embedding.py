@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -73,6 +74,15 @@ def test_mounted_in_a_host_app(tmp_path: Path) -> None:
         location = accepted.headers["location"]
         assert location == f"/flows/runs/{accepted.json()['id']}"  # under the mount
         assert client.get(location).status_code == 200
+        # the UI too: its API and its assets are under the mount
+        page = client.get("/flows/ui")
+        assert '<meta name="flowrun-api" content="/flows">' in page.text
+        assets = re.findall(r'(?:src|href)="(ui/[^"]+)"', page.text)
+        assert len(assets) == 4, page.text
+        for asset in assets:
+            assert client.get(f"/flows/{asset}").status_code == 200, asset
+        assert client.get("/flows/ui/", follow_redirects=False).headers["location"] == \
+            "/flows/ui"
 
 
 async def test_run_workflow_of_a_file_calls_its_folders_workflows() -> None:

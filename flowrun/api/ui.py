@@ -9,6 +9,7 @@ dialect takes the root) through a meta tag filled in here.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from starlette.requests import Request
@@ -31,13 +32,16 @@ _HEADERS = {
 
 def routes(api_base: str) -> list[BaseRoute]:
     """``/ui`` (the page) and ``/ui/...`` (its assets); ``api_base``: the native API's prefix."""
-    page = (ASSETS / "index.html").read_text(encoding="utf-8").replace("__API_BASE__", api_base)
+    page = (ASSETS / "index.html").read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(page, headers=_HEADERS)
+        # Mounted inside another app (at root_path), the API is under it too; the page
+        # links its assets relatively, so they follow.
+        base = html.escape(request.scope.get("root_path", "") + api_base, quote=True)
+        return HTMLResponse(page.replace("__API_BASE__", base), headers=_HEADERS)
 
     async def to_page(request: Request) -> Response:
-        return RedirectResponse("/ui", status_code=307)
+        return RedirectResponse(request.scope.get("root_path", "") + "/ui", status_code=307)
 
     return [
         Route("/ui", index, methods=["GET"], include_in_schema=False),

@@ -1,6 +1,6 @@
 """What a database gives the Store: a way to read, and a connection for the writer.
 
-The Store (``repository.py``) holds every query, written once; ``sqlite.py`` and
+The Store (``store.py``) holds every query, written once; ``sqlite.py`` and
 ``postgres.py`` each open a ``Backend`` (connect, migrate) and close it after.
 """
 
