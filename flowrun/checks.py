@@ -325,7 +325,11 @@ def check_child_workflows(definition: WorkflowDefinition,
     ``known`` (by name; ``where`` says where they were looked for), the inputs such a
     node gives by name against the child's, and what a map's ``output`` reads of the
     child's nodes; DefinitionError names each fault."""
+    from flowrun.definitions import input_problem  # (definitions imports this module)
+
     errors: list[dict[str, Any]] = []
+    # workflow nodes whose child declares its outputs: (child's name, node, output names)
+    children: dict[str, tuple[str, NodeSpec, set[str]]] = {}
     for n in definition.nodes:
         params = n.params
         name = params.get("workflow")
@@ -360,8 +364,52 @@ def check_child_workflows(definition: WorkflowDefinition,
                 errors.append({"node": n.id, "field": f"inputs.{key}",
                                "message": f"node {n.id!r}: {where_given}: workflow {name!r} "
                                           f"needs input {key!r}"})
+            value = (given or {}).get(key)
+            if value is not None and \
+                    not any(expressions.is_expression(t) for t in _strings(value)):
+                wrong = input_problem(spec, value)  # a literal: known to fail now
+                if wrong:
+                    errors.append({"node": n.id, "field": f"inputs.{key}",
+                                   "message": f"node {n.id!r}: {where_given}: input {key!r} "
+                                              f"of workflow {name!r}: {wrong}"})
+        if n.type == "workflow" and child.outputs:
+            children[n.id] = (name, n, set(child.outputs))
+    errors += _child_output_problems(definition, children)
     if errors:
         raise DefinitionError("; ".join(e["message"] for e in errors), errors=errors)
+
+
+def _child_output_problems(definition: WorkflowDefinition,
+                           children: Mapping[str, tuple[str, NodeSpec, set[str]]]
+                           ) -> list[dict[str, Any]]:
+    """Reads of a ``workflow`` node's output that its child does not declare (a workflow
+    node's outputs are its child run's outputs)."""
+    errors: list[dict[str, Any]] = []
+    if not children:
+        return errors
+    read: list[tuple[str, str | None, str, Any]] = [
+        (f"node {n.id!r}: param {k!r}", n.id, k, v) for n in definition.nodes
+        for k, v in n.params.items()]
+    read += [(f"outputs.{k}", None, f"outputs.{k}", v)
+             for k, v in (definition.outputs or {}).items()]
+    for where, reader, field, value in read:
+        for text in _strings(value):
+            for ref in expressions.node_references(text):
+                found = children.get(ref.node)
+                if found is None or ref.field is None:
+                    continue
+                name, node, declared = found
+                allowed = declared | ({"error"} if node.on_error != "fail" else set()) | \
+                    set(node.default or {})
+                if ref.field in allowed or \
+                        (not ref.field.startswith("_") and hasattr(dict, ref.field)):
+                    continue
+                errors.append({**({"node": reader} if reader else {}), "field": field,
+                               "message": f"{where}: {_shown(ref)}: workflow {name!r} (run "
+                                          f"by node {ref.node!r}) has no output "
+                                          f"{ref.field!r} (it has "
+                                          f"{', '.join(sorted(declared))})"})
+    return errors
 
 
 def find_cycle(node_ids: Iterable[str], edges: Iterable[EdgeSpec]) -> list[str] | None:

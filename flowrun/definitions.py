@@ -316,7 +316,7 @@ def check_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any]) -> d
             elif spec.default is not None:
                 result[name] = spec.default
             continue
-        problem = _input_problem(spec, inputs[name])
+        problem = input_problem(spec, inputs[name])
         if problem:
             errors.append({"field": f"inputs.{name}", "message": f"inputs.{name}: {problem}"})
         else:
@@ -326,7 +326,8 @@ def check_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any]) -> d
     return result
 
 
-def _input_problem(spec: InputSpec, value: Any) -> str | None:
+def input_problem(spec: InputSpec, value: Any) -> str | None:
+    """What is wrong with ``value`` for an input of this spec; None when nothing."""
     is_bool = isinstance(value, bool)
     if not isinstance(value, _PY_TYPES[spec.type]) or (is_bool and spec.type != "boolean"):
         return f"expected {spec.type}, got {_json_type(value)}"

@@ -114,6 +114,29 @@ def test_a_child_workflow_is_found_among_the_sibling_files(tmp_path: Path) -> No
     assert f"{typo}: invalid" in out.stdout
 
 
+def test_a_child_workflows_inputs_and_outputs_are_checked_by_its_declarations(
+        tmp_path: Path) -> None:
+    write(tmp_path, "child", "name: child\ninputs:\n  n: {type: integer, required: true}\n"
+                             "nodes:\n  - {id: t, type: template, template: '{{ inputs.n }}'}\n"
+                             "outputs:\n  greeting: '{{ nodes.t.text }}'\n")
+    good = write(tmp_path, "good",
+                 "name: good\nnodes:\n"
+                 "  - {id: w, type: workflow, workflow: child, inputs: {n: 3}}\n"
+                 "  - {id: r, type: template, template: '{{ nodes.w.greeting }}'}\n"
+                 "edges:\n  - {source: w, target: r}\n")
+    bad = write(tmp_path, "bad", "name: bad\nnodes:\n"
+                                 "  - {id: w, type: workflow, workflow: child, inputs: {n: abc}}\n"
+                                 "  - {id: r, type: template, template: '{{ nodes.w.greting }}'}\n"
+                                 "edges:\n  - {source: w, target: r}\n")
+    out = validate(str(tmp_path))
+    assert f"{good}: ok" in out.stdout, out.stdout
+    assert f"{bad}: invalid" in out.stdout
+    assert "node 'w': param 'inputs': input 'n' of workflow 'child': expected integer, " \
+           "got string" in out.stdout, out.stdout
+    assert "node 'r': param 'template': nodes.w.greting: workflow 'child' (run by node " \
+           "'w') has no output 'greting' (it has greeting)" in out.stdout, out.stdout
+
+
 def test_every_shipped_workflow_still_validates() -> None:
     out = validate(str(EXAMPLES))
     assert out.returncode == 0, out.stdout

@@ -40,6 +40,15 @@ const badge = (status) => h("span.badge." + String(status).replace(/[^a-z_]/g, "
 const json = (value) => h("pre", {}, JSON.stringify(value, null, 2));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** The request that starts a run like ``run``: its inputs, version, priority and
+ * correlation id, and its own graph when it was started with one. */
+function sameRun(run) {
+  const body = { inputs: run.inputs, version: run.version, priority: run.priority };
+  if (run.correlation_id) body.correlation_id = run.correlation_id;
+  if (run.graph) { body.nodes = run.graph.nodes; body.edges = run.graph.edges; }
+  return body;
+}
+
 /** A random idempotency key. crypto.randomUUID exists only in secure contexts (https,
  * localhost): a server reached over plain http on a network has getRandomValues only. */
 function newKey() {
@@ -566,8 +575,7 @@ async function runPage(id, current) {
     rerun.disabled = true;
     try {
       const fresh = await api(`/workflows/${encodeURIComponent(run.workflow)}/run`, { method: "POST",
-        body: { inputs: run.inputs, version: run.version },
-        headers: { "Idempotency-Key": rerunKey } });
+        body: sameRun(run), headers: { "Idempotency-Key": rerunKey } });
       location.hash = "#/runs/" + encodeURIComponent(fresh.id);
     } catch (err) { message.textContent = err.message; }
     finally { rerun.disabled = false; }

@@ -324,7 +324,7 @@ def test_a_waiting_run_is_shown_and_signalled_from_the_page(
 def test_runs_start_without_a_secure_context_and_a_double_click_reruns_once(ui: UI) -> None:
     """Over plain http on a network (not https, not localhost) a browser has no
     crypto.randomUUID: the form and the re-run button still make their keys. A double
-    click on re-run makes one run."""
+    click on re-run makes one run, like the first (priority, correlation id)."""
     page = ui.page
     page.add_init_script("delete Crypto.prototype.randomUUID")
     sign_in(ui, "#/workflows/hello")
@@ -332,10 +332,18 @@ def test_runs_start_without_a_secure_context_and_a_double_click_reruns_once(ui: 
     page.fill("#input-name", "plain")
     page.click("#run-form button[type=submit]")
     expect(page).to_have_url(re.compile(r"#/runs/[0-9a-f-]+$"))
-    first = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
+
+    started = ui.api.post("/workflows/hello/run", json={
+        "inputs": {"name": "again"}, "priority": 7, "correlation_id": "order-7"})
+    first = started.json()["id"]
+    finished(ui.api, first)
+    page.goto(f"{ui.server.url}/ui#/runs/{first}")
     expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
     page.locator("#rerun").dblclick()
     expect(page).not_to_have_url(re.compile(re.escape(first) + "$"))
     again = page.url.rsplit("/", 1)[1]
-    listed = ui.api.get("/runs", params={"workflow": "hello", "limit": 50}).json()
-    assert sorted(run["id"] for run in listed["runs"]) == sorted([first, again])
+    ours = ui.api.get("/runs", params={"correlation_id": "order-7"}).json()["runs"]
+    assert sorted(run["id"] for run in ours) == sorted([first, again])
+    rerun = ui.api.get(f"/runs/{again}").json()
+    assert (rerun["priority"], rerun["inputs"]) == (7, {"name": "again"})
