@@ -62,7 +62,7 @@ class StartWorkflowRequest(BaseModel):
     version: int | None = None
     correlationId: str | None = None  # camelCase: Conductor's field names
     input: dict[str, Any] = Field(default_factory=dict)
-    priority: int = Field(default=0, ge=0, le=99)
+    priority: int = 0  # 0-99: checked by the service, for every API
     idempotencyKey: str | None = None
     idempotencyStrategy: str | None = None
     workflowDef: dict[str, Any] | None = None

@@ -60,7 +60,7 @@ class RunBody(BaseModel):
 
     inputs: dict[str, Any] = Field(default_factory=dict)
     version: int | None = Field(default=None, ge=1)
-    priority: int = Field(default=0, ge=0, le=99)
+    priority: int = 0  # 0-99: checked by the service, for every API
     correlation_id: str | None = Field(default=None, max_length=256)
     user: str | None = Field(default=None, max_length=256)
     trace_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9\-_]{1,128}$")

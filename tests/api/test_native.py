@@ -184,7 +184,7 @@ def test_trace_id_header_wins(client: TestClient) -> None:
 
 
 def test_failed_run_reports_the_node(client: TestClient) -> None:
-    body = {"nodes": [{"id": "t", "type": "template", "template": "{{ inputs.nope }}"}],
+    body = {"nodes": [{"id": "t", "type": "template", "template": "{{ [][1] }}"}],
             "inputs": {"name": "a"}}
     run = client.post("/workflows/hello/run-sync", json=body).json()
     assert run["status"] == "failed"

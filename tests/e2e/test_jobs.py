@@ -92,7 +92,7 @@ def test_graph_override_and_failures_on_the_node(start_server: Callable[..., Sta
     stored = client.post("/workflows/hello/run-sync", json={"input": {"name": "x"}}).json()
     assert [n["id"] for n in stored["data"]["nodes"]] == ["greet"]
     failing = {"nodes": [{"id": "ok", "type": "template", "template": "fine"},
-                         {"id": "bad", "type": "template", "template": "{{ inputs.nope }}"}],
+                         {"id": "bad", "type": "template", "template": "{{ [][1] }}"}],
                "edges": [{"source": "ok", "target": "bad"}], "input": {"name": "x"}}
     failed = client.post("/workflows/hello/run-sync", json=failing).json()
     assert failed["success"] is False and failed["data"]["status"] == "failed"

@@ -134,7 +134,7 @@ def test_errors(start_server: Callable[..., Started]) -> None:
     assert bad_tweak.status_code == 400 and detail(bad_tweak)["code"] == "INVALID_FLOW_DATA"
     failed = client.post("/api/v2/workflows", json={
         "flow_id": FLOW, "data": {"nodes": [{"id": "x", "type": "template",
-                                             "template": "{{ inputs.nope }}"}], "edges": []}})
+                                             "template": "{{ [][1] }}"}], "edges": []}})
     body = failed.json()
     assert failed.status_code == 200 and body["status"] == "failed"
     assert body["errors"][0]["code"] == "EXECUTION_ERROR"
