@@ -104,9 +104,9 @@ class Cluster:
         self._claim_wakeup.set()
 
     def let_go(self, run: RunRecord) -> None:
-        """A run's task here ended without its end stored (the store refused a write, or
-        a bug): hand it back, so any process may claim it and resume it. Queued behind
-        the run's own pending writes: if its end does land, this changes nothing."""
+        """A run's task here ended without its end stored (the store refused a write):
+        hand it back, so any process may claim it and resume it. Queued behind the run's
+        own pending writes: if its end does land, this changes nothing."""
         self.store.release_run(run.id, self.worker_id)
 
     async def announce_queued(self) -> None:

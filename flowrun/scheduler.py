@@ -262,10 +262,9 @@ class Scheduler:
                            "next start (in a cluster, wherever it is claimed)",
                            handle.run.id, exc.message)
             self._left(handle)
-        except Exception:
+        except Exception:  # (not handed back: elsewhere it would crash again, in a loop)
             logger.exception("run %s: crashed in the runner; it will resume on next start",
                              handle.run.id)
-            self._left(handle)
         finally:
             self._running -= 1
             self._release(handle)
