@@ -318,7 +318,9 @@ def test_three_processes_two_sigkills_600_runs_each_once(cluster: Cluster,
     wait_all_terminal(servers[0], RUNS)
     check_every_run_once(servers[0], set(accepted.values()))
     owners = {owner for (owner,) in servers[0].query("SELECT DISTINCT owner FROM runs")}
-    assert len(owners) >= 3  # the work was spread (and a restart is a new worker)
+    # the work was spread (the victim's runs may all have been taken over: its three
+    # lives may have finished none)
+    assert len(owners) >= 2
     lines = log.read_text().split()
     for _, workflow, body in todo:
         if workflow == "counted":
