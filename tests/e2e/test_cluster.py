@@ -350,7 +350,11 @@ def test_a_database_outage_longer_than_the_lease_loses_and_repeats_nothing(
         server.start()
     todo = soak_requests(tmp_path / "count.log")[:150]
     accepted, errors, submitters = start_submitting(servers, key, todo, threads=2)
-    time.sleep(1.0)  # runs under way (a moment, not a condition: any moment will do)
+    deadline = time.monotonic() + 30  # mid-run: so the outage interrupts running runs
+    while servers[0].query("SELECT COUNT(*) FROM runs WHERE status = ?",
+                           ("running",))[0][0] < 4:
+        assert time.monotonic() < deadline, "four runs were never under way at once"
+        time.sleep(0.02)
     assert servers[0].database is not None
     database_outage(postgres_server, servers[0].database, 3.0)  # the lease is 2 s
     for thread in submitters:
