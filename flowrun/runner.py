@@ -226,11 +226,11 @@ class Runner:
                 "code": "internal_error", "node_id": None,
                 "message": f"the run failed inside flowrun ({type(exc).__name__})"},
                 list(executor.records.values()))
-        with anyio.CancelScope(shield=True):
-            if outcome.status is RunStatus.WAITING:
+        if outcome.status is RunStatus.WAITING:
+            with anyio.CancelScope(shield=True):
                 await self.park(run, recorder, outcome, executor, definition.timeout)
-            else:
-                await self.finish(run, recorder, outcome, had_waits=bool(waiting_since))
+        else:  # (its one await, the commit, is shielded)
+            await self.finish(run, recorder, outcome, had_waits=bool(waiting_since))
         return outcome
 
     async def park(self, run: RunRecord, recorder: RunRecorder, outcome: RunOutcome,
@@ -268,7 +268,8 @@ class Runner:
 
     async def finish(self, run: RunRecord, recorder: RunRecorder, outcome: RunOutcome, *,
                      had_waits: bool = False) -> None:
-        """Write the terminal event and status together, and wait for the commit.
+        """Write the terminal event and status together, and wait for the commit
+        (shielded: once the run has ended, a shutdown does not cut its record short).
 
         ``had_waits``: the run had waiting wait nodes; those still waiting end stopped.
         """

@@ -190,20 +190,22 @@ class Executor:
         self._stop_reason: RunStatus | None = None
         self._failure: dict[str, Any] | None = None
         self._scope: anyio.CancelScope | None = None
-        self._deadline_scope: anyio.CancelScope | None = None
         self._stop_requested = False
         self._stop_message: str | None = None
-        self._gate = anyio.Event()
-        self._gate.set()
+        # While the run is paused, an event nodes wait on before they start (made only
+        # when paused: most runs never are)
+        self._gate: anyio.Event | None = None
 
     def pause(self) -> None:
         """Hold the run before its next node starts (running nodes finish)."""
-        if self._gate.is_set():
+        if self._gate is None:
             self._gate = anyio.Event()
 
     def resume(self) -> None:
         """Let a paused run start nodes again."""
-        self._gate.set()
+        if self._gate is not None:
+            self._gate.set()
+            self._gate = None
 
     def stop(self, reason: str | None = None) -> None:
         """Ask the run to end as ``stopped``; running nodes are cancelled."""
@@ -219,20 +221,21 @@ class Executor:
         if self._stop_requested:
             error = _error("stopped", self._stop_message) if self._stop_message else None
             return RunOutcome(RunStatus.STOPPED, None, error, list(self.records.values()))
-        deadline = self.deadline_s if self.deadline_s is not None else math.inf
-        with anyio.move_on_after(max(deadline, 0)) as deadline_scope:
-            self._deadline_scope = deadline_scope
-            async with anyio.create_task_group() as tg:
-                self._scope = tg.cancel_scope
-                if self._stop_requested:
-                    tg.cancel_scope.cancel()
-                follow: list[tuple[NodeSpec, str | None]] = []
-                for node_id, incoming in self._incoming.items():
-                    if not incoming:
-                        self._ready(tg, node_id, None, follow)
-                if follow:
-                    await self._run_nodes(tg, *follow[0])
-        return self._outcome(deadline_scope.cancelled_caught)
+        async with anyio.create_task_group() as tg:
+            # One scope for every way the run ends early: a stop and a failed node
+            # cancel it (having said why, in ``_stop_reason``); the deadline is its own.
+            self._scope = tg.cancel_scope
+            if self.deadline_s is not None:
+                tg.cancel_scope.deadline = anyio.current_time() + max(self.deadline_s, 0)
+            if self._stop_requested:
+                tg.cancel_scope.cancel()
+            follow: list[tuple[NodeSpec, str | None]] = []
+            for node_id, incoming in self._incoming.items():
+                if not incoming:
+                    self._ready(tg, node_id, None, follow)
+            if follow:
+                await self._run_nodes(tg, *follow[0])
+        return self._outcome(tg.cancel_scope.cancelled_caught)
 
     def _outcome(self, deadline_hit: bool) -> RunOutcome:
         nodes = sorted(self.records.values(), key=lambda n: (n.index == 0, n.index))
@@ -319,7 +322,7 @@ class Executor:
     async def _run_node(self, tg: anyio.abc.TaskGroup, spec: NodeSpec,
                         predecessor: str | None) -> tuple[NodeSpec, str | None] | None:
         """Run one node; the successor this task should run next, if any."""
-        while not self._gate.is_set():  # paused: hold here until resumed (or stopped)
+        while self._gate is not None:  # paused: hold here until resumed (or stopped)
             await self._gate.wait()
         self._index += 1
         rec = NodeRecord(self.run_id, spec.id, spec.type, spec.title or spec.id, self._index,
@@ -412,8 +415,9 @@ class Executor:
         return GraphRun(outcome, child.context)
 
     def _ending(self) -> bool:
-        deadline = self._deadline_scope
-        return self._stop_reason is not None or (deadline is not None and deadline.cancel_called)
+        """The run is ending early: stopped, failed, or past its deadline."""
+        scope = self._scope
+        return self._stop_reason is not None or (scope is not None and scope.cancel_called)
 
     async def _attempts(self, spec: NodeSpec, rec: NodeRecord,
                         params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
