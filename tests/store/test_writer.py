@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -164,3 +165,21 @@ async def test_writes_commit_and_report_in_the_order_they_were_submitted(
     assert writer.round_trips == 3  # across several batches...
     assert stored(db) == [f"v{i}" for i in range(10)]  # ...rows in submit order
     assert reported == list(range(10))
+
+
+async def test_every_batch_commits_on_the_writer_s_one_thread_which_ends_with_it(
+        conn: sqlite3.Connection, db: Path) -> None:
+    threads: set[threading.Thread] = set()
+
+    def where(conn: sqlite3.Connection) -> None:
+        threads.add(threading.current_thread())
+
+    async with running(Writer(conn, linger_s=0)) as writer:
+        for n in range(5):
+            await writer.write(where)
+            await writer.write(insert(f"v{n}"))
+    assert stored(db) == [f"v{n}" for n in range(5)]
+    [thread] = threads  # one thread for every batch, and not the event loop's
+    assert thread is not threading.current_thread()
+    thread.join(timeout=5)  # the writer's end ends its thread: none is left behind
+    assert not thread.is_alive()
