@@ -74,6 +74,7 @@ class Cluster:
         self.worker_id = new_worker_id()
         store.owner = self.worker_id
         self.queued_estimate = 0  # the cluster's queued runs at the last count, + since
+        self.counts = 0  # how many counts have set queued_estimate
         self.fenced = 0  # times this process lost its lease and abandoned its runs
         self._claim_wakeup = anyio.Event()
         self._lease_lost = anyio.Event()  # a write found the lease lapsed: fence now
@@ -109,10 +110,22 @@ class Cluster:
         own pending writes: if its end does land, this changes nothing."""
         self.store.release_run(run.id, self.worker_id)
 
-    async def announce_queued(self) -> None:
-        """Tell the others a run nobody owns is queued (after its commit)."""
-        self.queued_estimate += 1
+    async def announce_queued(self, counts_before: int) -> None:
+        """Tell the others a run nobody owns is queued (after its commit).
+
+        ``counts_before`` is ``counts`` from before the run's accept began. The run is
+        added to the estimate only if no count was taken since: one taken meanwhile may
+        have seen it already, and counting it twice would refuse a run the queue has
+        room for. (At worst it is missed until the next count.)
+        """
+        if self.counts == counts_before:
+            self.queued_estimate += 1
         await self.store.notify(QUEUE_CHANNEL, "")
+
+    async def recount(self) -> None:
+        """Set the estimate of the cluster's queue from the store (each heartbeat)."""
+        self.queued_estimate = await self.store.count_queued()
+        self.counts += 1
 
     async def send_control(self, verb: str, run_id: str, reason: str | None = None) -> None:
         """Ask the process that runs ``run_id`` to stop, pause or resume it. A stop is
@@ -221,7 +234,7 @@ class Cluster:
                 self.wake_claims()
         for run_id, reason in await self.store.stop_requests(self.worker_id):
             self._apply("stop", run_id, reason)
-        self.queued_estimate = await self.store.count_queued()
+        await self.recount()
         return claimed
 
     async def _listen(self) -> None:

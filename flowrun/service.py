@@ -199,6 +199,7 @@ class RunService:
             run.owner = self.cluster.owner_for(run)
         handle = self.scheduler.prepare(run)
         handle.concurrency = concurrency
+        counts_before = self.cluster.counts if self.cluster is not None else 0
         try:
             # Shielded: the write commits whether or not the caller is cancelled meanwhile
             # (a parent stopped while it starts a child), so the run must reach the queue.
@@ -217,7 +218,7 @@ class RunService:
         if self.cluster is not None and run.owner is None:
             # Queued for the cluster: the first process with room claims it.
             self.scheduler.discard(handle)
-            await self.cluster.announce_queued()
+            await self.cluster.announce_queued(counts_before)
             logger.info("run %s: queued %s v%d for any process (priority %d)", run.id,
                         run.workflow, version, run.priority)
             return Submission(run, created=True)

@@ -139,3 +139,26 @@ async def test_max_queued_holds_for_the_whole_cluster(postgres_url: str) -> None
             await anyio.sleep(0.02)
         with pytest.raises(QueueFull):
             await b.submit(ANN, RunRequest("quick"))
+
+
+async def test_a_run_counted_while_its_accept_was_in_flight_is_not_counted_twice(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with process(postgres_url, max_concurrent_runs=1, max_queued=2) as a:
+        cluster = a.cluster
+        assert cluster is not None
+        run = (await a.submit(ANN, RunRequest("slow"))).run  # the one slot taken
+        await until_status(a, run.id, RunStatus.RUNNING)
+        accept = a.store.accept_run
+
+        async def accept_then_count(*args: Any, **kwargs: Any) -> Any:
+            accepted = await accept(*args, **kwargs)
+            await cluster.recount()  # a heartbeat's count, after the commit: it sees the run
+            return accepted
+
+        monkeypatch.setattr(a.store, "accept_run", accept_then_count)
+        assert (await a.submit(ANN, RunRequest("quick"))).run.owner is None
+        assert cluster.queued_estimate == 1
+        assert (await a.submit(ANN, RunRequest("quick"))).run.owner is None  # room for it
+        assert cluster.queued_estimate == 2
+        with pytest.raises(QueueFull):
+            await a.submit(ANN, RunRequest("quick"))

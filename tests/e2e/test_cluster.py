@@ -8,20 +8,23 @@ one of them is SIGKILLed twice.
 
 from __future__ import annotations
 
-import json
-import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from tests.e2e.server import TERMINAL, Server, finished, node_status, wait_for
+from tests.e2e.server import Server, finished, node_status, wait_for
+from tests.e2e.soak import (
+    check_counted_ran_whole,
+    check_every_run_once,
+    mixed_requests,
+    start_submitting,
+    wait_all_terminal,
+)
 from tests.e2e.test_postgres import stream
 from tests.pg import PostgresServer
 
@@ -183,108 +186,8 @@ def test_a_killed_process_runs_are_taken_over(cluster: Cluster, tmp_path: Path) 
     assert names.count("workflow_resumed") == 1 and names[-1] == "workflow_finished"
 
 
-def start_submitting(servers: list[Server], key: str,
-                     todo: list[tuple[str, str, dict[str, Any]]], threads: int = 4
-                     ) -> tuple[dict[str, str], list[BaseException], list[threading.Thread]]:
-    """Submit ``todo`` round-robin over ``servers`` from ``threads`` threads, each
-    request retried (same idempotency key) on the next server until accepted: (run id
-    by key, errors, the threads to join)."""
-    accepted: dict[str, str] = {}
-    errors: list[BaseException] = []
-
-    def submit(share: list[tuple[int, tuple[str, str, dict[str, Any]]]]) -> None:
-        clients = [httpx.Client(base_url=s.url, timeout=10,
-                                headers={"Authorization": f"Bearer {key}"}) for s in servers]
-        try:
-            for i, (idem, workflow, body) in share:
-                deadline = time.monotonic() + 90
-                attempt = i  # round-robin; a retry (same key) goes to the next process
-                while True:
-                    assert time.monotonic() < deadline, f"{idem} never accepted"
-                    client = clients[attempt % len(clients)]
-                    attempt += 1
-                    try:
-                        resp = client.post(f"/workflows/{workflow}/run", json=body,
-                                           headers={"Idempotency-Key": idem})
-                    except httpx.TransportError:
-                        continue
-                    if resp.status_code in (429, 503):
-                        time.sleep(0.05)
-                        continue
-                    assert resp.status_code in (200, 202), resp.text
-                    accepted[idem] = resp.json()["id"]
-                    break
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-        finally:
-            for client in clients:
-                client.close()
-
-    indexed = list(enumerate(todo))
-    started = [threading.Thread(target=submit, args=(indexed[n::threads],))
-               for n in range(threads)]
-    for thread in started:
-        thread.start()
-    return accepted, errors, started
-
-
-def check_every_run_once(server: Server, accepted: set[str]) -> None:
-    """Every accepted run, and no other, succeeded, with a gap-free event log that ends
-    once, in which no node started again after it succeeded; some runs were resumed."""
-    statuses = dict(server.query("SELECT id, status FROM runs"))
-    assert set(statuses) == accepted  # none lost, none twice
-    assert set(statuses.values()) == {"succeeded"}
-    by_run: dict[str, list[tuple[Any, ...]]] = {run_id: [] for run_id in statuses}
-    for row in server.query("SELECT run_id, seq, name, data FROM events "
-                            "ORDER BY run_id, seq"):
-        by_run[row[0]].append(row[1:])
-    resumed = 0
-    for run_id, events in by_run.items():
-        assert [e[0] for e in events] == list(range(1, len(events) + 1)), run_id
-        names = [e[1] for e in events]
-        assert names[-1] == "workflow_finished" and \
-            names.count("workflow_finished") == 1, (run_id, names)
-        resumed += names.count("workflow_resumed")
-        succeeded: set[str] = set()
-        for _, name, data in events:
-            node = json.loads(data).get("node_id")
-            if name == "node_started":
-                assert node not in succeeded, f"{run_id}: {node} ran again after succeeding"
-            elif name == "node_finished" and json.loads(data)["status"] == "succeeded":
-                succeeded.add(node)
-    assert resumed > 0  # the faults did interrupt running runs
-
-
-def wait_all_terminal(server: Server, count: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    terminal = tuple(TERMINAL)
-    while True:
-        [(done,)] = server.query(
-            f"SELECT COUNT(*) FROM runs WHERE status IN ({', '.join('?' * len(terminal))})",
-            terminal)
-        if done == count:
-            return
-        assert time.monotonic() < deadline, f"{count - done} runs never finished"
-        time.sleep(0.2)
-
-
 RUNS = 600
-
-
-def soak_requests(log: Path) -> list[tuple[str, str, dict[str, Any]]]:
-    rng = random.Random(11)
-    made = []
-    for i in range(RUNS):
-        kind = rng.choice(["hello", "counted", "ticker", "wide", "branching"])
-        by_kind: dict[str, dict[str, Any]] = {
-            "hello": {"name": f"n{i}"},
-            "counted": {"file": str(log), "label": f"c{i}", "seconds": 0.2},
-            "ticker": {"tick": 0.02},
-            "wide": {"gate": 0.05},
-            "branching": {"n": i, "mode": "careful"},
-        }
-        made.append((f"soak-{i}", kind, {"inputs": by_kind[kind]}))
-    return made
+KINDS = ("hello", "counted", "ticker", "wide", "branching")
 
 
 @pytest.mark.slow
@@ -296,7 +199,7 @@ def test_three_processes_two_sigkills_600_runs_each_once(cluster: Cluster,
     for server in servers:
         server.start()
     log = tmp_path / "count.log"
-    todo = soak_requests(log)
+    todo = mixed_requests(log, RUNS, seed=11, prefix="soak", kinds=KINDS, pace=2 / 3)
     accepted, errors, submitters = start_submitting(servers, key, todo)
     victim = servers[1]
     for _ in range(2):
@@ -321,11 +224,7 @@ def test_three_processes_two_sigkills_600_runs_each_once(cluster: Cluster,
     # the work was spread (the victim's runs may all have been taken over: its three
     # lives may have finished none)
     assert len(owners) >= 2
-    lines = log.read_text().split()
-    for _, workflow, body in todo:
-        if workflow == "counted":
-            label = body["inputs"]["label"]
-            assert f"{label}-first" in lines and f"{label}-last" in lines
+    check_counted_ran_whole(log, todo)
 
 
 def database_outage(postgres: PostgresServer, url: str, seconds: float) -> None:
@@ -348,7 +247,8 @@ def test_a_database_outage_longer_than_the_lease_loses_and_repeats_nothing(
     key = servers[0].create_key()
     for server in servers:
         server.start()
-    todo = soak_requests(tmp_path / "count.log")[:150]
+    todo = mixed_requests(tmp_path / "count.log", 150, seed=11, prefix="soak", kinds=KINDS,
+                          pace=2 / 3)
     accepted, errors, submitters = start_submitting(servers, key, todo, threads=2)
     deadline = time.monotonic() + 30  # mid-run: so the outage interrupts running runs
     while servers[0].query("SELECT COUNT(*) FROM runs WHERE status = ?",
