@@ -126,8 +126,13 @@ async def test_a_process_that_loses_its_lease_gives_its_runs_up(postgres_url: st
 async def test_max_queued_holds_for_the_whole_cluster(postgres_url: str) -> None:
     async with process(postgres_url, max_concurrent_runs=1, max_queued=2) as a, \
             process(postgres_url, max_concurrent_runs=1, max_queued=2) as b:
+        assert a.cluster is not None
         for service in (a, b):  # each process's one slot taken
             run = (await service.submit(ANN, RunRequest("slow"))).run
+            # counted while the run may still be queued on the process that took it
+            # (for its free slot): that is not the cluster's queue
+            await a.cluster.recount()
+            assert a.cluster.queued_estimate == 0
             await until_status(service, run.id, RunStatus.RUNNING)
         for _ in range(2):  # queued for the cluster, through a
             queued = (await a.submit(ANN, RunRequest("quick"))).run

@@ -725,7 +725,10 @@ class Store:
                                                            (channel, payload)))
 
     async def count_queued(self) -> int:
-        row = await self._fetchone("SELECT COUNT(*) AS n FROM runs WHERE status = 'queued'")
+        """The cluster's queue: runs queued for any process. (A run a process accepted
+        for one of its free slots has an owner, and starts there at once.)"""
+        row = await self._fetchone("SELECT COUNT(*) AS n FROM runs "
+                                   "WHERE status = 'queued' AND owner IS NULL")
         return int(row["n"]) if row is not None else 0
 
     async def workers(self, lease_s: float) -> list[dict[str, Any]]:

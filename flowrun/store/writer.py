@@ -391,9 +391,11 @@ class Writer(Generic[C]):
             with anyio.CancelScope(shield=True):
                 # One last try for what is queued; durable writes that still fail are
                 # lost to this process, and their runs resume from the store next start.
-                if self._queue:
-                    await self._commit_batch(final=True)
-                self._thread.close()
+                try:
+                    if self._queue:
+                        await self._commit_batch(final=True)
+                finally:
+                    self._thread.close()
 
     async def _commit_batch(self, *, final: bool = False) -> None:
         batch: list[_Pending] = []
