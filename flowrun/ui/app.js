@@ -527,7 +527,14 @@ async function runPage(id, current) {
 
   function onEvent(name, data) {
     const payload = data && data.data ? data.data : data || {};
-    const node = (run.nodes || []).find((n) => n.id === payload.node_id);
+    let node = (run.nodes || []).find((n) => n.id === payload.node_id);
+    if (!node && payload.node_id && !payload.iteration_id &&
+        (name === "node_started" || name === "node_finished")) {
+      // A node the last fetch did not have yet: shown now, its full record comes with
+      // the next refetch (else a finished run could show a node still pending).
+      node = { id: payload.node_id, status: "pending" };
+      run.nodes = [...(run.nodes || []), node];
+    }
     if (name === "node_started" && node) node.status = "running";
     if (name === "node_finished" && node && payload.status) node.status = payload.status;
     if (name === "workflow_finished" && payload.status) run.status = payload.status;

@@ -220,6 +220,9 @@ def test_rerun_from_a_node_and_with_the_same_inputs(ui: UI,
     expect(node(page, "end")).not_to_have_class(re.compile(r"\breused\b"))
     node(page, "begin").click()
     expect(page.locator("#reused")).to_have_text("reused")
+    # the nodes after the one re-run from ran again, live and in the timeline
+    expect(node(page, "end")).to_have_class(re.compile(r"\bsucceeded\b"))
+    expect(page.locator("#timeline [data-node-id='end']")).to_be_visible()
     shots(page, "rerun")
     assert finished(ui.api, run_id)["status"] == "succeeded"  # the original is untouched
     page.goto(page.url.rsplit("#", 1)[0] + f"#/runs/{run_id}")
