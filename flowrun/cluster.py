@@ -31,6 +31,7 @@ the database each heartbeat (so it may overshoot by one heartbeat's accepts).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -75,6 +76,7 @@ class Cluster:
         store.owner = self.worker_id
         self.queued_estimate = 0  # the cluster's queued runs at the last count, + since
         self.counts = 0  # how many counts have set queued_estimate
+        self._counted_at = -math.inf  # (monotonic) when the last count was taken
         self.fenced = 0  # times this process lost its lease and abandoned its runs
         self._claim_wakeup = anyio.Event()
         self._lease_lost = anyio.Event()  # a write found the lease lapsed: fence now
@@ -126,6 +128,7 @@ class Cluster:
         """Set the estimate of the cluster's queue from the store (each heartbeat)."""
         self.queued_estimate = await self.store.count_queued()
         self.counts += 1
+        self._counted_at = time.monotonic()
 
     async def send_control(self, verb: str, run_id: str, reason: str | None = None) -> None:
         """Ask the process that runs ``run_id`` to stop, pause or resume it. A stop is
@@ -219,7 +222,7 @@ class Cluster:
 
     async def tick(self) -> int:
         """Claim what this process has room for; apply stops missed by notification;
-        count the cluster's queue. How many runs were claimed."""
+        count the cluster's queue (once a heartbeat). How many runs were claimed."""
         claimed = 0
         free = self.scheduler.max_concurrent - self.scheduler.running - self.scheduler.queued
         if free > 0 and self.scheduler.dispatching and self.adopt is not None:
@@ -234,7 +237,10 @@ class Cluster:
                 self.wake_claims()
         for run_id, reason in await self.store.stop_requests(self.worker_id):
             self._apply("stop", run_id, reason)
-        await self.recount()
+        # Once a heartbeat, not at every wake-up: a busy cluster wakes each process at
+        # every run queued, and the count walks the whole queue.
+        if time.monotonic() - self._counted_at >= self.heartbeat_s:
+            await self.recount()
         return claimed
 
     async def _listen(self) -> None:

@@ -90,8 +90,8 @@ async def test_a_process_past_its_lease_lands_no_write(postgres_url: str) -> Non
 @asynccontextmanager
 async def process(url: str, **settings: Any) -> AsyncIterator[RunService]:
     """One flowrun process's service on ``url`` with quick leases."""
-    app = create_app(Settings(db=url, shutdown_grace_s=0.1, code_pool_size=0,
-                              heartbeat_s=0.2, lease_s=3.0, **settings))
+    chosen: dict[str, Any] = {"heartbeat_s": 0.2, "lease_s": 3.0, **settings}
+    app = create_app(Settings(db=url, shutdown_grace_s=0.1, code_pool_size=0, **chosen))
     async with flowrun_lifespan(app):
         service: RunService = app.state.service
         for definition in (QUICK, SLOW):
@@ -167,3 +167,14 @@ async def test_a_run_counted_while_its_accept_was_in_flight_is_not_counted_twice
         assert cluster.queued_estimate == 2
         with pytest.raises(QueueFull):
             await a.submit(ANN, RunRequest("quick"))
+
+
+async def test_wake_ups_count_the_cluster_s_queue_once_a_heartbeat(postgres_url: str) -> None:
+    async with process(postgres_url, heartbeat_s=5.0, lease_s=20.0) as a:
+        cluster = a.cluster
+        assert cluster is not None
+        await cluster.recount()
+        counted = cluster.counts
+        for _ in range(20):  # as a burst of runs queued for the cluster would wake it
+            await cluster.tick()
+        assert cluster.counts == counted  # the count walks the whole queue: not each time
