@@ -52,7 +52,7 @@ postgres:
 	fi
 
 test: $(STAMP) $(CLIENTS_STAMP) $(CHROMIUM) postgres
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

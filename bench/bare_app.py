@@ -1,5 +1,8 @@
 """The baseline: a bare Starlette endpoint that parses and answers JSON."""
 
+from collections.abc import AsyncIterator
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -15,5 +18,17 @@ async def static(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
+async def events(request: Request) -> EventSourceResponse:
+    """An SSE answer whose first event is ready at once: what the stack and the client
+    cost before flowrun's first event (same SSE library, same framing)."""
+    await request.json()
+
+    async def one() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(id="1", event="workflow_started", data='{"ok":true}')
+
+    return EventSourceResponse(one())
+
+
 app = Starlette(routes=[Route("/echo", echo, methods=["POST"]),
+                        Route("/events", events, methods=["POST"]),
                         Route("/static", static, methods=["GET"])])

@@ -4,8 +4,10 @@ Everything runs on this machine in one go. A bare Starlette app and a flowrun
 server (each a real uvicorn process on loopback, same defaults) are driven by
 wrk, which is far faster than either. wrk's own ceiling, measured on a static
 response, is printed first, so a reader can see the generator was not the
-limit. Latencies at one connection and of SSE come from a Python client,
-because a single sequential client measures the server, not the generator.
+limit. Latencies at one connection come from wrk too; SSE first-event latency
+from a minimal asyncio client (a raw request on a fresh connection, read up to
+the first ``data:`` line; httpx alone costs ~2 ms a request here), measured
+against a bare SSE endpoint first so its own floor shows.
 Then ``bench/cluster.py`` runs the same burst on a fresh SQLite server and on 1, 2
 and 3 processes sharing one PostgreSQL database, and says what bounds each figure.
 The table and its notes are printed and written to ``bench/results.md``.
@@ -112,6 +114,37 @@ async def latencies(call: Callable[[httpx.AsyncClient], Awaitable[None]], url: s
             await call(client)
             samples.append(time.perf_counter() - began)
         return samples
+
+
+async def first_event_s(port: int, path: str, body: dict[str, object]) -> float:
+    """Seconds from sending a POST to reading the first ``data:`` line of its SSE answer,
+    on a fresh connection. The client does nothing else, so the server is measured."""
+    payload = json.dumps(body).encode()
+    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+               "Connection: close\r\n\r\n").encode() + payload
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # (TCP_NODELAY)
+    try:
+        began = time.perf_counter()
+        writer.write(request)
+        seen = b""
+        while b"\ndata:" not in seen:  # after the headers, the first event's data line
+            chunk = await asyncio.wait_for(reader.read(65536), timeout=60)
+            if not chunk:
+                raise RuntimeError(f"{path}: the stream ended before an event: {seen[:200]!r}")
+            seen += chunk
+        elapsed = time.perf_counter() - began
+        if not seen.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"{path}: {seen[:200]!r}")
+        return elapsed
+    finally:
+        writer.close()
+
+
+async def first_events(port: int, path: str, body: dict[str, object], n: int = 300
+                       ) -> list[float]:
+    await first_event_s(port, path, body)  # warm-up
+    return [await first_event_s(port, path, body) for _ in range(n)]
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -232,16 +265,12 @@ async def main() -> None:
                              ("run-sync 1", sync1)):
             if result.errors:
                 rows.append((f"  ({name}: {result.errors} errors or non-2xx)", "", ""))
-
-        async def first_event(c: httpx.AsyncClient) -> None:
-            async with c.stream("POST", "/workflows/three/run", json={"stream": True}) as resp:
-                async for line in resp.aiter_lines():
-                    if line.startswith("data:"):
-                        json.loads(line[5:])
-                        break
-
-        sse = await latencies(first_event, flow_url, n=200)
-        rows.append(("SSE: POST to first event (1 client)",
+        settle(flow_url)
+        floor = await first_events(bare_port, "/events", {"stream": True})
+        rows.append(("SSE: POST to first event, bare SSE endpoint (the client's floor)",
+                     f"p50 {pct(floor, .5):.2f} ms, p99 {pct(floor, .99):.2f} ms", "-"))
+        sse = await first_events(flow_port, "/workflows/three/run", {"stream": True})
+        rows.append(("SSE: POST to first event (1 client, a fresh connection each)",
                      f"p50 {pct(sse, .5):.2f} ms, p99 {pct(sse, .99):.2f} ms", "-"))
         settle(flow_url)
         before = rss_kb(flow.pid)

@@ -647,8 +647,11 @@ class RunService:
             run = await self.store.get_run(run_id, with_nodes=False)
             return run is None or run.status in RUN_TERMINAL
 
+        # The run's writes so far, and its next batch, commit (and publish) without
+        # lingering: said now, before the stream starts, as the run may start first.
+        self.store.hurry()
+
         async def counted() -> AsyncGenerator[Event, None]:
-            self.store.hurry()  # the run's lingering writes: commit (and publish) them now
             try:
                 async with aclosing(follow(self.bus, self.store.events, run_id, after,
                                            is_finished)) as events:

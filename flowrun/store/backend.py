@@ -23,6 +23,9 @@ CONTROL_CHANNEL = "flowrun_control"
 # One query, its rows (read by column name or by position); raises Unavailable when
 # the database cannot be read.
 Reader = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
+Query = tuple[str, Sequence[Any]]
+# Several queries in one round trip, and one snapshot, where the database allows it.
+ManyReader = Callable[[Sequence[Query]], Awaitable[list[list[Any]]]]
 
 
 @dataclass(frozen=True)
@@ -33,3 +36,4 @@ class Backend:
     write_conn: Connection
     dialect: WriterDialect
     path: Path | None = None  # the SQLite file; None for a server database
+    read_many: ManyReader | None = None  # None: one query after the other

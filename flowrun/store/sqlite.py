@@ -1,7 +1,9 @@
 """The SQLite backend: one file, WAL mode, a busy timeout, ``user_version`` migrations.
 
-Reads go through one aiosqlite connection (a thread of its own); the writer gets a
-plain ``sqlite3`` connection, so a whole batch is one call on its thread.
+Reads go through one ``sqlite3`` connection on a thread of its own: a read is one
+call there, and several reads that belong together (a run and its nodes) are one
+call and one snapshot. The writer gets another, so a whole batch is one call on
+its thread. (Migrations use aiosqlite, once, at start.)
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import anyio
 import anyio.to_thread
 
 from flowrun.errors import Unavailable
-from flowrun.store.backend import Backend
+from flowrun.store.backend import Backend, Query
 from flowrun.store.schema import MIGRATIONS, SCHEMA_VERSION
+from flowrun.store.thread import ConnectionThread
 from flowrun.store.writer import SQLITE
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,45 @@ def _connect_sync(path: Path, busy_timeout_ms: int, synchronous: str) -> sqlite3
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     return conn
+
+
+def _connect_reader(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    """The readers' connection: it cannot write (``query_only``), whatever it is asked."""
+    conn = _connect_sync(path, busy_timeout_ms, "FULL")
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+class _Reader:
+    """Reads on the reading connection's own thread, one call per read (or per group)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._thread = ConnectionThread("flowrun-reader")
+
+    async def read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        return (await self.read_many([(sql, params)]))[0]
+
+    async def read_many(self, queries: Sequence[Query]) -> list[list[Any]]:
+        try:
+            return await self._thread.call(lambda: self._fetch(queries))
+        except sqlite3.OperationalError as exc:
+            raise Unavailable(f"the database cannot be read: {exc}") from exc
+
+    def _fetch(self, queries: Sequence[Query]) -> list[list[Any]]:
+        if len(queries) == 1:
+            return [self._conn.execute(*queries[0]).fetchall()]
+        self._conn.execute("BEGIN")  # one snapshot for the group
+        try:
+            return [self._conn.execute(sql, params).fetchall() for sql, params in queries]
+        finally:
+            self._conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        try:
+            await self._thread.call(self._conn.close)
+        finally:
+            self._thread.close()
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
@@ -96,16 +138,9 @@ async def open_sqlite(path: Path, *, busy_timeout_ms: int = 5000,
     write_conn = await anyio.to_thread.run_sync(_connect_sync, path, busy_timeout_ms,
                                                 synchronous)
     try:
-        reader = await _connect(path, busy_timeout_ms)
-
-        async def read(sql: str, params: Sequence[Any]) -> list[Any]:
-            try:  # one thread round trip per query
-                return list(await reader.execute_fetchall(sql, params))
-            except sqlite3.OperationalError as exc:
-                raise Unavailable(f"the database cannot be read: {exc}") from exc
-
+        reader = _Reader(await anyio.to_thread.run_sync(_connect_reader, path, busy_timeout_ms))
         try:
-            yield Backend(read, write_conn, SQLITE, path)
+            yield Backend(reader.read, write_conn, SQLITE, path, read_many=reader.read_many)
         finally:
             await reader.close()
     finally:

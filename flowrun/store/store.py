@@ -43,7 +43,14 @@ from flowrun.records import (
     SecretRecord,
 )
 from flowrun.settings import parse_database
-from flowrun.store.backend import CONTROL_CHANNEL, QUEUE_CHANNEL, Backend, Reader
+from flowrun.store.backend import (
+    CONTROL_CHANNEL,
+    QUEUE_CHANNEL,
+    Backend,
+    ManyReader,
+    Query,
+    Reader,
+)
 from flowrun.store.writer import Connection, RowTable, Writer, WriteResult
 
 logger = logging.getLogger(__name__)
@@ -58,6 +65,8 @@ _RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, pri
                 'correlation_id, idempotency_key, "user", trace_id, api_key_id, overrides, '
                 "graph, steps, created_at, started_at, finished_at, parent_run_id, depth, "
                 "root_run_id, rerun_of, schedule_id, schedule_slot, callback_url, source, owner")
+
+_NODES_OF_RUN = "SELECT * FROM node_executions WHERE run_id = ? ORDER BY idx = 0, idx"
 
 
 def _dumps(value: Any) -> str | None:
@@ -183,7 +192,8 @@ class Store:
     """Durable state of workflows, runs, nodes, events and keys."""
 
     def __init__(self, read: Reader, writer: Writer[Connection], *,
-                 path: Path | None = None, url: str | None = None) -> None:
+                 path: Path | None = None, url: str | None = None,
+                 read_many: ManyReader | None = None) -> None:
         self.path = path  # the SQLite file (None on PostgreSQL)
         self.url = url  # the PostgreSQL URL (None on SQLite)
         self.postgres = url is not None
@@ -191,6 +201,7 @@ class Store:
         # queues again (a wake, a re-run) are its own. None with one process.
         self.owner: str | None = None
         self._read = read
+        self._read_many = read_many
         self._writer = writer
         self._reads = 0
 
@@ -237,7 +248,8 @@ class Store:
                 await tg.start(writer.run)
                 try:
                     yield cls(opened.read, writer, path=opened.path,
-                              url=None if isinstance(database, Path) else database)
+                              url=None if isinstance(database, Path) else database,
+                              read_many=opened.read_many)
                 finally:
                     tg.cancel_scope.cancel()
 
@@ -246,6 +258,13 @@ class Store:
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         self._reads += 1
         return await self._read(sql, params)
+
+    async def _fetch_together(self, queries: Sequence[Query]) -> list[list[Any]]:
+        """Several reads in one round trip and one snapshot where the backend can."""
+        if self._read_many is None:
+            return [await self._fetchall(sql, params) for sql, params in queries]
+        self._reads += 1
+        return await self._read_many(queries)
 
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = await self._fetchall(sql, params)
@@ -573,12 +592,16 @@ class Store:
         return await self._writer.write(op)
 
     async def get_run(self, run_id: str, *, with_nodes: bool = True) -> RunRecord | None:
-        row = await self._fetchone(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
-        if row is None:
+        """A run (with its nodes, read in the same snapshot), or None."""
+        run_query: Query = (f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        if not with_nodes:
+            row = await self._fetchone(*run_query)
+            return None if row is None else _run_from_row(row)
+        runs, nodes = await self._fetch_together([run_query, (_NODES_OF_RUN, (run_id,))])
+        if not runs:
             return None
-        run = _run_from_row(row)
-        if with_nodes:
-            run.nodes = await self.node_records(run_id)
+        run = _run_from_row(runs[0])
+        run.nodes = [_node_from_row(r) for r in nodes]
         return run
 
     async def list_runs(self, workflow: str | None, *, api_key_id: str | None,
@@ -758,8 +781,7 @@ class Store:
         return self._writer.submit(None, durable=True, rows=tuple(rows))
 
     async def node_records(self, run_id: str) -> list[NodeRecord]:
-        rows = await self._fetchall("SELECT * FROM node_executions WHERE run_id = ? "
-                                    "ORDER BY idx = 0, idx", (run_id,))
+        rows = await self._fetchall(_NODES_OF_RUN, (run_id,))
         return [_node_from_row(r) for r in rows]
 
     async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:

@@ -29,22 +29,19 @@ errors are faults of the database rather than of one op) is a ``WriterDialect``.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import functools
 import logging
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import anyio.abc
-import anyio.to_thread
 
 from flowrun.errors import Unavailable
+from flowrun.store.thread import ConnectionThread
 
 logger = logging.getLogger(__name__)
 
@@ -242,62 +239,6 @@ FENCED = ("this process lost its lease on the database's runs (it stalled, or lo
           "database): its writes of before are dropped; retry")
 
 
-class _ConnectionThread:
-    """The write connection's own thread: a batch goes in through a queue and its
-    result comes back through ``call_soon_threadsafe``, one wake-up each way.
-
-    anyio's worker threads cost ~170 µs a round trip here (a limiter, a cancel scope,
-    a context copy on the loop's side) where this costs ~95 µs, and a run's commits
-    wait on these round trips one after the other. Only the writer uses it, one batch
-    at a time. On a loop other than asyncio's it falls back to anyio's threads.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.AbstractEventLoop,
-                                            asyncio.Future[Any]] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    async def call(self, func: Callable[[], T]) -> T:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not asyncio (trio): anyio's threads
-            return await anyio.to_thread.run_sync(func)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name="flowrun-writer",
-                                            daemon=True)
-            self._thread.start()
-        future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((func, loop, future))
-        return await future
-
-    def close(self) -> None:
-        """End the thread once it has finished what it was given."""
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread = None
-
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            func, loop, future = job
-            try:
-                value, error = func(), None
-            except BaseException as exc:  # handed to the awaiting task
-                value, error = None, exc
-            try:
-                loop.call_soon_threadsafe(_settle, future, value, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
-
-
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():  # (its awaiting task was cancelled)
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
-
-
 class Writer(Generic[C]):
     """Owns the write connection; started in a task group with ``run``."""
 
@@ -308,7 +249,7 @@ class Writer(Generic[C]):
         self._linger_s = linger_s
         self._urgent = False  # a queued write is awaited: commit without lingering
         self._hurried = anyio.Event()
-        self._thread = _ConnectionThread()  # the connection's one user
+        self._thread = ConnectionThread("flowrun-writer")  # the connection's one user
         self.round_trips = 0  # calls into the connection's thread, for tests and the bench
         self.statements = 0  # SQL statements those calls ran (savepoints included)
         conn.set_trace_callback(self._count)

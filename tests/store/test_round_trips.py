@@ -27,10 +27,10 @@ RUNS = 40
 # A 3-node run-sync, one at a time: the accept's commit (BEGIN, INSERT, COMMIT), then
 # the run's progress and final status in one commit (progress lingers for it: BEGIN,
 # two UPDATEs of the run, one merged INSERT each of node rows and events, COMMIT),
-# then the answer's reads of the run and its nodes. Measured: 2 reads, 2 batches,
-# 10 statements; a slow machine may split a run's progress from its final status now
-# and then (one batch and a few statements more).
-RUN_SYNC_BUDGET = {"read": 2, "write": 2.5, "statement": 12}
+# then the answer's read of the run and its nodes (one round trip, one snapshot).
+# Measured: 1 read, 2 batches, 10 statements; a slow machine may split a run's
+# progress from its final status now and then (one batch and a few statements more).
+RUN_SYNC_BUDGET = {"read": 1, "write": 2.5, "statement": 12}
 # a 202 with the run left queued: the definition is known, so no read; one commit
 ACCEPT_BUDGET = {"read": 0, "write": 1, "statement": 3}
 

@@ -4,6 +4,7 @@ interface tests on SQLite and on PostgreSQL: ``db_target``)."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -224,3 +225,39 @@ async def test_a_retry_keeps_succeeded_nodes_unless_asked_to_rerun_them(
         await store.set_status("r", RunStatus.FAILED, only_from=(RunStatus.QUEUED,))
         assert await store.reset_run("r", keep_succeeded=True, rerun=["b"])
         assert [n.node_id for n in await store.node_records("r")] == ["a"]
+
+
+async def test_reads_run_on_one_reading_thread_that_cannot_write_and_ends_with_the_store(
+        tmp_path: Path) -> None:
+    from flowrun.errors import Unavailable
+    from flowrun.store.sqlite import open_sqlite
+
+    async with open_sqlite(tmp_path / "f.db") as backend:
+        assert backend.read_many is not None
+        rows = await backend.read("SELECT ?, ?", (1, "a"))
+        assert [tuple(r) for r in rows] == [(1, "a")]
+        # several reads are one call on the thread, in order, and one snapshot
+        [one, two] = await backend.read_many([("SELECT 1", ()), ("SELECT 2", ())])
+        assert (one[0][0], two[0][0]) == (1, 2)
+        with pytest.raises(Unavailable, match="readonly"):  # reads only, whatever it is given
+            await backend.read("INSERT INTO workflows (name, version, definition, "
+                               "created_at) VALUES ('w', 1, '{}', 0)", ())
+        [reader] = [t for t in threading.enumerate() if t.name == "flowrun-reader"]
+        assert reader is not threading.current_thread()
+    reader.join(timeout=5)  # closing the store ends the reading thread
+    assert not reader.is_alive()
+    conn = sqlite3.connect(tmp_path / "f.db")
+    assert conn.execute("SELECT COUNT(*) FROM workflows").fetchone()[0] == 0
+
+
+async def test_a_run_and_its_nodes_are_read_in_one_round_trip(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db") as store:
+        await store.insert_run(make_run("r")).wait()
+        node = NodeRecord("r", "n", "template", "N", 1, NodeStatus.SUCCEEDED, {}, {"o": 2},
+                          None, 1, None, 10.0, 10.5)
+        await store.record(node=node).wait()
+        before = store.round_trips()["read"]
+        run = await store.get_run("r")
+        assert run is not None and run.nodes == [node]
+        assert store.round_trips()["read"] == before + 1
+        assert await store.get_run("nope") is None
