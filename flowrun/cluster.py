@@ -77,6 +77,9 @@ class Cluster:
         self.queued_estimate = 0  # the cluster's queued runs at the last count, + since
         self.counts = 0  # how many counts have set queued_estimate
         self._counted_at = -math.inf  # (monotonic) when the last count was taken
+        # Runs here whose handle disagreed with the store on "paused" at the last look:
+        # run id -> paused as the store said (see ``sync_pauses``)
+        self._pause_mismatches: dict[str, bool] = {}
         self.fenced = 0  # times this process lost its lease and abandoned its runs
         self._claim_wakeup = anyio.Event()
         self._lease_lost = anyio.Event()  # a write found the lease lapsed: fence now
@@ -241,7 +244,30 @@ class Cluster:
         # every run queued, and the count walks the whole queue.
         if time.monotonic() - self._counted_at >= self.heartbeat_s:
             await self.recount()
+            await self.sync_pauses()
         return claimed
+
+    async def sync_pauses(self) -> None:
+        """Pause or resume the runs here whose stored status says otherwise: a pause or
+        resume whose notification was lost (the listening connection was down).
+
+        A pause or resume changes the handle and the row one after the other, so a
+        look can fall between the two: a disagreement is acted on only when the next
+        look (a heartbeat later) sees the same one.
+        """
+        paused_in_store = await self.store.paused_flags(self.worker_id)
+        seen: dict[str, bool] = {}
+        for run_id, paused in paused_in_store.items():
+            handle = self.scheduler.get(run_id)
+            if handle is None or handle.paused == paused:
+                continue
+            if self._pause_mismatches.get(run_id) == paused:
+                logger.info("cluster: run %s %s (its notification was missed)", run_id,
+                            "paused" if paused else "resumed")
+                self._apply("pause" if paused else "resume", run_id, None)
+            else:
+                seen[run_id] = paused
+        self._pause_mismatches = seen
 
     async def _listen(self) -> None:
         assert self.store.url is not None
@@ -308,3 +334,5 @@ class Cluster:
             handle.run.status = RunStatus.PAUSED
         elif verb == "resume":
             handle.resume()
+            started = handle.run.started_at is not None
+            handle.run.status = RunStatus.RUNNING if started else RunStatus.QUEUED

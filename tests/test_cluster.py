@@ -178,3 +178,52 @@ async def test_wake_ups_count_the_cluster_s_queue_once_a_heartbeat(postgres_url:
         for _ in range(20):  # as a burst of runs queued for the cluster would wake it
             await cluster.tick()
         assert cluster.counts == counted  # the count walks the whole queue: not each time
+
+
+TWO_STEPS = {"name": "two-steps",
+             "nodes": [{"id": "wait", "type": "sleep", "seconds": 0.5},
+                       {"id": "after", "type": "template", "template": "done"}],
+             "edges": [{"source": "wait", "target": "after"}]}
+
+
+async def test_a_pause_or_resume_whose_notification_was_missed_is_applied_from_the_store(
+        postgres_url: str) -> None:
+    # (a long heartbeat: the test makes each look itself)
+    async with process(postgres_url, heartbeat_s=30.0, lease_s=60.0) as service:
+        cluster = service.cluster
+        assert cluster is not None
+        await service.workflows.register(ADMIN, TWO_STEPS)
+        run = (await service.submit(ANN, RunRequest("two-steps"))).run
+        await until_status(service, run.id, RunStatus.RUNNING)
+        handle = service.scheduler.get(run.id)
+        assert handle is not None
+        # paused elsewhere, its notification lost: only the row says so
+        assert await service.store.set_status(run.id, RunStatus.PAUSED,
+                                              only_from=(RunStatus.RUNNING,))
+        await cluster.sync_pauses()
+        assert not handle.paused  # one look may fall inside a pause: a second decides
+        await cluster.sync_pauses()
+        assert handle.paused
+        deadline = time.monotonic() + 10
+        while True:  # the first node ends; the second does not start while paused
+            nodes = {n.node_id: n for n in (await service.get_run(ANN, run.id)).nodes}
+            if "wait" in nodes and nodes["wait"].status.value == "succeeded":
+                break
+            assert time.monotonic() < deadline, "the first node never finished"
+            await anyio.sleep(0.02)
+        assert "after" not in nodes
+        assert (await service.get_run(ANN, run.id)).status is RunStatus.PAUSED
+        # a disagreement seen once, gone by the next look, is not acted on
+        await service.store.set_status(run.id, RunStatus.RUNNING, only_from=(RunStatus.PAUSED,))
+        await cluster.sync_pauses()
+        await service.store.set_status(run.id, RunStatus.PAUSED, only_from=(RunStatus.RUNNING,))
+        await cluster.sync_pauses()
+        await cluster.sync_pauses()
+        assert handle.paused
+        # resumed elsewhere, its notification lost
+        await service.store.set_status(run.id, RunStatus.RUNNING, only_from=(RunStatus.PAUSED,))
+        await cluster.sync_pauses()
+        await cluster.sync_pauses()
+        assert not handle.paused
+        done = await until_status(service, run.id, RunStatus.SUCCEEDED)
+        assert [n.node_id for n in done.nodes] == ["wait", "after"]

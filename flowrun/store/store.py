@@ -722,6 +722,12 @@ class Store:
                                     f"stop_reason IS NOT NULL AND {_LIVE}", (worker_id,))
         return [(r["id"], r["stop_reason"]) for r in rows]
 
+    async def paused_flags(self, worker_id: str) -> dict[str, bool]:
+        """A worker's live runs: whether the store says each is paused."""
+        rows = await self._fetchall(f"SELECT id, status FROM runs WHERE owner = ? AND {_LIVE}",
+                                    (worker_id,))
+        return {r["id"]: r["status"] == RunStatus.PAUSED.value for r in rows}
+
     async def run_owner(self, run_id: str, lease_s: float) -> tuple[str | None, bool]:
         """Who runs a run, and whether its lease is current."""
         row = await self._fetchone(
