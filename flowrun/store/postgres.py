@@ -40,6 +40,9 @@ from flowrun.store.writer import WriterDialect
 logger = logging.getLogger(__name__)
 
 _NOTIFY_MAX = 7900  # PostgreSQL's payload limit is 8000 bytes
+# How long a read may take, its wait for a pooled connection included: reads are
+# short, and one past this is a database that does not answer.
+_READ_TIMEOUT_S = 30.0
 
 
 def notify_events(conn: Any, run_ids: set[Any]) -> None:
@@ -245,9 +248,17 @@ async def open_postgres(url: str, *, max_readers: int = 8) -> AsyncIterator[Back
     try:
         async def read(sql: str, params: Sequence[Any]) -> list[Any]:
             try:
-                rows = await _fetch(pool, sql, params)
-                if rows is None:  # a pooled connection the server dropped: once more
+                # Shielded, and bounded instead: a query cancelled mid-flight makes
+                # psycopg cancel it on the server, and anyio's cancellation (it holds
+                # at every await of a cancelled scope) interrupts that too, so psycopg
+                # logs a warning and drops the connection (seen at each shutdown).
+                with anyio.fail_after(_READ_TIMEOUT_S, shield=True):
                     rows = await _fetch(pool, sql, params)
+                    if rows is None:  # a pooled connection the server dropped: once more
+                        rows = await _fetch(pool, sql, params)
+            except TimeoutError:
+                raise Unavailable(f"the database did not answer a read within "
+                                  f"{_READ_TIMEOUT_S:g}s") from None
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 raise Unavailable(f"the database cannot be read: {exc}") from exc
             if rows is None:

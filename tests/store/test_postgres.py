@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import anyio
+import anyio.lowlevel
 import psycopg
 import pytest
 
@@ -114,3 +115,18 @@ async def test_text_with_nul_is_refused_as_a_bad_request_and_found_nowhere(
         assert [e.data for e in await store.events("r")] == [{}, {"text": "a\x00b"}]
 
 
+
+
+async def test_a_read_cancelled_mid_query_finishes_quietly_and_keeps_its_connection(
+        postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with Store.open(postgres_url) as store:
+        await store._fetchall("SELECT 1")  # the pool's connection, open
+        began = time.monotonic()
+        with anyio.move_on_after(0.1) as scope:  # as a shutdown cancels reads in flight
+            await store._fetchall("SELECT pg_sleep(0.5)")
+            await anyio.lowlevel.checkpoint()
+        assert scope.cancelled_caught
+        assert time.monotonic() - began >= 0.5  # the read was let finish...
+        # ...so psycopg did not cancel it half-way (and warn, and drop the connection)
+        assert not [r for r in caplog.records if r.name.startswith("psycopg")], caplog.text
+        assert [tuple(r) for r in await store._fetchall("SELECT 2")] == [(2,)]
