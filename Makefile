@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 CLIENTS := $(VENV)/clients
 CLIENTS_STAMP := $(CLIENTS)/.installed-stamp
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench profile clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,16 @@ test: $(STAMP) $(CLIENTS_STAMP) $(CHROMIUM) postgres
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.sandbox
+
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Where the burst's time goes: py-spy's samples of the server, split by kind
+profile: $(BENCH_STAMP)
+	$(BIN)/python -m bench.profile
 
 lint: $(STAMP)
 	$(BIN)/ruff check flowrun tests bench
