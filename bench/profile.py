@@ -159,7 +159,8 @@ def report(threads: dict[str, int], kinds: collections.Counter[str], bookkeeping
         "",
         f"{BURST:,} runs of the 3-node chain (bench/three.yaml) sent by wrk at {CONCURRENCY} "
         f"connections to one `flowrun serve`, sampled by py-spy at {RATE_HZ} Hz over the "
-        f"{span:.1f} s until the last run finished; {versions()}.",
+        f"{span:.1f} s until the last run finished (the sampling slows it down); "
+        f"{versions()}.",
         "",
         f"Samples at work: the event loop's thread {loop - waiting:,} (about "
         f"{min((loop - waiting) / ticks, 1):.0%} of the time), the writer's thread "
