@@ -5,7 +5,7 @@ anyio's worker threads cost ~170 µs a round trip here (a limiter, a cancel scop
 context copy on the loop's side) and aiosqlite's ~114 µs, where this costs ~95 µs;
 a run's commits and a run-sync's reads wait on these round trips one after the
 other. A connection used only from its own thread is never used by two at once.
-On a loop other than asyncio's it falls back to anyio's threads.
+On a loop other than asyncio's it falls back to anyio's threads, one call at a time.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class ConnectionThread:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.AbstractEventLoop,
                                             asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._one_at_a_time = threading.Lock()  # (anyio's threads, off asyncio)
 
     async def call(self, func: Callable[[], T]) -> T:
         """``func()`` on the thread. Cancelling the caller does not stop ``func``: it
@@ -36,13 +37,17 @@ class ConnectionThread:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio (trio): anyio's threads
-            return await anyio.to_thread.run_sync(func)
+            return await anyio.to_thread.run_sync(self._alone, func)
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
             self._thread.start()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((func, loop, future))
         return await future
+
+    def _alone(self, func: Callable[[], T]) -> T:
+        with self._one_at_a_time:
+            return func()
 
     def close(self) -> None:
         """End the thread once it has finished what it was given."""
