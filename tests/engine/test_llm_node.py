@@ -18,6 +18,7 @@ from flowrun.definitions import parse_definition
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.node_services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.engine.nodes import registry
+from flowrun.errors import DefinitionError
 from flowrun.records import NodeRecord, RunStatus
 from tests.local_server import serve
 
@@ -137,3 +138,32 @@ async def test_needs_a_prompt_or_messages(llm_url: str) -> None:
 async def test_a_per_node_base_url_goes_through_the_ssrf_guard(llm_url: str) -> None:
     out = await ask("https://api.example.invalid/v1", prompt="x", base_url=llm_url)
     assert out.error is not None and out.error["code"] == "http_blocked"
+
+
+@pytest.mark.parametrize(("param", "value", "says"), [
+    ("temperature", 5, "less than or equal to 2"),
+    ("temperature", -0.1, "greater than or equal to 0"),
+    ("max_tokens", 0, "greater than or equal to 1"),
+    ("max_tokens", 10**9, "less than or equal to 1000000"),
+    ("model", "", "at least 1 character"),
+])
+def test_out_of_range_params_are_refused_when_the_workflow_is_defined(
+        param: str, value: Any, says: str) -> None:
+    with pytest.raises(DefinitionError, match=f"param '{param}': .*{says}"):
+        parse_definition({"name": "l", "nodes": [
+            {"id": "ask", "type": "llm", "prompt": "x", param: value}]}, registry=registry)
+
+
+async def test_an_expression_that_gives_an_out_of_range_param_fails_the_node_unsent(
+        llm_url: str) -> None:
+    SEEN.clear()
+    services = NodeServices(llm=LlmDefaults(base_url=llm_url, api_key="sk-test", model="m"),
+                            http=HttpPolicy())
+    definition = parse_definition({"name": "l", "inputs": {"t": {"type": "number"}},
+                                   "nodes": [{"id": "ask", "type": "llm", "prompt": "x",
+                                              "temperature": "{{ inputs.t }}"}]},
+                                  registry=registry)
+    out = await Executor(definition, run_id="r", inputs={"t": 9}, services=services).execute()
+    assert out.error is not None and out.error["code"] == "invalid_params"
+    assert "temperature" in out.error["message"]
+    assert SEEN == []  # the LLM API was never asked

@@ -14,9 +14,10 @@ fills for the URLs it allows. The reply is capped at ``max_response_bytes``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import pydantic
 from httpx_sse import EventSource
 
 from flowrun.engine.netguard import BLOCKED, guarded_client
@@ -28,11 +29,17 @@ from flowrun.records import SecretRecord
 
 SERVER_KEY = "llm_api_key"  # how the server's own key shows up in anything recorded
 
+# What OpenAI-compatible servers accept; anything else is the workflow's mistake, said
+# when it is registered (or when an expression gives it), not a 400 from the LLM API.
+Temperature = Annotated[float, pydantic.Field(ge=0, le=2, allow_inf_nan=False)]
+MaxTokens = Annotated[int, pydantic.Field(ge=1, le=1_000_000)]
+ModelName = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=200)]
+
 
 async def llm(ctx: NodeContext, *, prompt: str | None = None,
               messages: list[dict[str, Any]] | None = None, system: str | None = None,
-              model: str | None = None, temperature: float | None = None,
-              max_tokens: int | None = None, base_url: str | None = None,
+              model: ModelName | None = None, temperature: Temperature | None = None,
+              max_tokens: MaxTokens | None = None, base_url: str | None = None,
               api_key: str | None = None) -> dict[str, Any]:
     services = ctx.services if ctx.services is not None else NodeServices()
     defaults = services.llm
