@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 _NOTIFY_MAX = 7900  # PostgreSQL's payload limit is 8000 bytes
 # How long a read may take, its wait for a pooled connection included: reads are
-# short, and one past this is a database that does not answer.
-_READ_TIMEOUT_S = 30.0
+# short (indexed, paged), and one past this is a database that does not answer. Kept
+# well under the stop timeouts of docs/deploy.md, as a shutdown lets reads finish.
+_READ_TIMEOUT_S = 10.0
 
 
 def notify_events(conn: Any, run_ids: set[Any]) -> None:

@@ -130,3 +130,16 @@ async def test_a_read_cancelled_mid_query_finishes_quietly_and_keeps_its_connect
         # ...so psycopg did not cancel it half-way (and warn, and drop the connection)
         assert not [r for r in caplog.records if r.name.startswith("psycopg")], caplog.text
         assert [tuple(r) for r in await store._fetchall("SELECT 2")] == [(2,)]
+
+
+async def test_a_read_the_database_does_not_answer_in_time_is_unavailable(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowrun.store import postgres
+
+    monkeypatch.setattr(postgres, "_READ_TIMEOUT_S", 0.2)
+    async with Store.open(postgres_url) as store:
+        began = time.monotonic()
+        with pytest.raises(Unavailable, match="did not answer a read within 0.2s"):
+            await store._fetchall("SELECT pg_sleep(5)")
+        assert time.monotonic() - began < 4
+        assert [tuple(r) for r in await store._fetchall("SELECT 3")] == [(3,)]
