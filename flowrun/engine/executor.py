@@ -169,6 +169,10 @@ class Executor:
             self._incoming[e.target].append(e)
             self._outgoing[e.source].append(e)
         self._edge_state: dict[int, bool] = {}  # id(edge) -> taken?
+        # Nodes already made ready (run, skipped, reused or about to be): a node runs at
+        # most once however many of its incoming edges resolve it (two edges of one
+        # branch node that lead to the same node, as Dify exports have).
+        self._ready_nodes: set[str] = set()
         self._prior = {k: v for k, v in (prior_nodes or {}).items()
                        if v.status is NodeStatus.SUCCEEDED and k in self._nodes}
         self.records: dict[str, NodeRecord] = {}
@@ -271,6 +275,7 @@ class Executor:
         result, or run it. The first node to run goes to ``follow`` (an empty list) for
         the calling task to run next; others get a task of their own. A chain of nodes
         thus runs in one task instead of one task per node."""
+        self._ready_nodes.add(node_id)
         incoming = self._incoming[node_id]
         if incoming and not any(self._edge_state[id(e)] for e in incoming):
             spec = self._nodes[node_id]
@@ -297,9 +302,8 @@ class Executor:
         for e in self._outgoing[node_id]:
             self._edge_state[id(e)] = not skipped and (e.branch is None or
                                                        e.branch == taken_branch)
-        for e in self._outgoing[node_id]:
-            target = e.target
-            if target in self.records:
+        for target in dict.fromkeys(e.target for e in self._outgoing[node_id]):
+            if target in self._ready_nodes:
                 continue
             if all(id(i) in self._edge_state for i in self._incoming[target]):
                 self._ready(tg, target, node_id, follow)

@@ -173,3 +173,24 @@ def test_example_pipeline_end_to_end(start_server: Callable[..., Started]) -> No
     lengths = client.post("/workflows/word-lengths/run-sync",
                           json={"inputs": {"words": ["ab", "cde"]}}).json()
     assert lengths["outputs"] == {"lengths": ["#0 ab=2", "#1 cde=3"]}
+
+
+def test_a_node_two_edges_of_one_branch_lead_to_runs_once(
+        start_server: Callable[..., Started], tmp_path: Path) -> None:
+    """A Dify export's shape: both branches of an if_else lead to one node, which runs
+    (and has its side effect) once, with one node_started event."""
+    server, _, client = start_server()
+    log = tmp_path / "both.log"
+    run = client.post("/workflows/counted/run-sync", json={
+        "inputs": {"file": str(log)},
+        "nodes": [{"id": "check", "type": "if_else", "condition": "{{ 1 > 0 }}"},
+                  {"id": "both", "type": "count", "file": "{{ inputs.file }}",
+                   "label": "ran"}],
+        "edges": [{"source": "check", "target": "both", "branch": "true"},
+                  {"source": "check", "target": "both", "branch": "false"}]}).json()
+    assert run["status"] == "succeeded", run
+    assert [n["id"] for n in run["nodes"]] == ["check", "both"]
+    assert log.read_text().split() == ["ran"]
+    started = [e for e in events_of(client, run["id"])
+               if e["event"] == "node_started" and e["data"]["node_id"] == "both"]
+    assert len(started) == 1

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from flowrun.definitions import parse_definition
@@ -361,3 +362,79 @@ async def test_a_sub_graph_cannot_park_its_run() -> None:
     out = await run(definition(WAITS[1:2]), suspendable=False)
     assert out.status is RunStatus.FAILED and out.error is not None
     assert out.error["code"] == "wait_unsupported"
+
+
+async def counted(ctx: NodeContext, *, key: str) -> dict[str, Any]:
+    CALLS[key] = CALLS.get(key, 0) + 1
+    await anyio.lowlevel.checkpoint()  # a real node awaits: the other edge resolves meanwhile
+    return {"calls": CALLS[key]}
+
+
+REG.register("counted", counted)
+
+
+def runs_of(rec: Recorder, node_id: str) -> int:
+    return sum(1 for what, node in rec.log if what == "started" and node == node_id)
+
+
+@pytest.mark.parametrize("n", [3, 30])
+async def test_a_node_both_branches_of_an_if_else_lead_to_runs_once(n: int) -> None:
+    key = f"both-if-{n}"
+    CALLS.pop(key, None)
+    rec = Recorder()
+    defn = definition([
+        {"id": "check", "type": "if_else", "condition": "{{ inputs.n > 10 }}"},
+        {"id": "both", "type": "counted", "key": key},
+    ], [{"source": "check", "target": "both", "branch": "true"},
+        {"source": "check", "target": "both", "branch": "false"}])
+    out = await run(defn, {"n": n}, observer=rec)
+    assert out.status is RunStatus.SUCCEEDED
+    assert CALLS[key] == 1 and runs_of(rec, "both") == 1
+    assert [n.node_id for n in out.nodes] == ["check", "both"]
+
+
+async def test_a_node_every_case_of_a_switch_leads_to_runs_once() -> None:
+    CALLS.pop("both-switch", None)
+    rec = Recorder()
+    defn = definition([
+        {"id": "sw", "type": "switch", "value": "{{ inputs.v }}", "cases": {"a": "x", "b": "y"}},
+        {"id": "after", "type": "counted", "key": "both-switch"},
+    ], [{"source": "sw", "target": "after", "branch": branch}
+        for branch in ("a", "b", "default")])
+    out = await run(defn, {"v": "y"}, observer=rec)
+    assert out.status is RunStatus.SUCCEEDED
+    assert CALLS["both-switch"] == 1 and runs_of(rec, "after") == 1
+
+
+async def test_a_join_after_parallel_branches_runs_once() -> None:
+    CALLS.pop("join-once", None)
+    rec = Recorder()
+    defn = definition([
+        {"id": "fork", "type": "template", "template": "go"},
+        {"id": "b", "type": "sleep", "seconds": 0.01},
+        {"id": "c", "type": "sleep", "seconds": 0.01},
+        {"id": "join", "type": "counted", "key": "join-once"},
+    ], [{"source": "fork", "target": "b"}, {"source": "fork", "target": "c"},
+        {"source": "b", "target": "join"}, {"source": "c", "target": "join"},
+        {"source": "fork", "target": "join"}, {"source": "fork", "target": "join"}])
+    out = await run(defn, observer=rec)
+    assert out.status is RunStatus.SUCCEEDED
+    assert CALLS["join-once"] == 1 and runs_of(rec, "join") == 1
+
+
+async def test_a_resumed_run_runs_a_node_two_edges_lead_to_once() -> None:
+    CALLS.pop("both-resumed", None)
+    rec = Recorder()
+    defn = definition([
+        {"id": "check", "type": "if_else", "condition": "{{ inputs.n > 10 }}"},
+        {"id": "both", "type": "counted", "key": "both-resumed"},
+        {"id": "last", "type": "template", "template": "{{ nodes.both.calls }}"},
+    ], [{"source": "check", "target": "both", "branch": "true"},
+        {"source": "check", "target": "both", "branch": "false"},
+        {"source": "both", "target": "last"}])
+    prior = NodeRecord("r1", "check", "if_else", "check", 1, NodeStatus.SUCCEEDED,
+                       outputs={"result": False}, branch="false")
+    out = await run(defn, {"n": 3}, observer=rec, prior_nodes={"check": prior})
+    assert out.status is RunStatus.SUCCEEDED
+    assert CALLS["both-resumed"] == 1 and runs_of(rec, "both") == 1
+    assert out.outputs == {"last": {"text": "1"}}
