@@ -101,7 +101,7 @@ class Cluster:
     def owner_for(self, run: RunRecord) -> str | None:
         """Who runs a run this process accepts: itself when it has a free slot (or the
         run is a child: its parent waits here), else whoever claims it first."""
-        if run.parent_run_id is not None or \
+        if run.awaited_by_parent or \
                 self.scheduler.running + self.scheduler.queued < self.scheduler.max_concurrent:
             return self.worker_id
         return None

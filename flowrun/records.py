@@ -161,6 +161,13 @@ class RunRecord:
     nodes: list[NodeRecord] = field(default_factory=list)
 
     @property
+    def awaited_by_parent(self) -> bool:
+        """A child run its parent started and waits for: it runs in its parent's slot,
+        beyond the concurrency caps. A child re-run by itself (restart, retry) is its
+        own root (``root_run_id`` cleared): nobody waits for it, and the caps hold."""
+        return self.parent_run_id is not None and self.root_run_id is not None
+
+    @property
     def elapsed_s(self) -> float | None:
         if self.started_at is None:
             return None

@@ -182,9 +182,10 @@ class Scheduler:
     def enqueue(self, handle: RunHandle) -> None:
         """Queue a committed run for execution.
 
-        A child run (``parent_run_id`` set) starts at once, beyond the concurrency
-        limit and during a drain: its parent holds a slot while it waits, so queueing
-        it could deadlock, and holding it would keep the parent for the whole grace.
+        A child run its parent waits for (``RunRecord.awaited_by_parent``) starts at
+        once, beyond the concurrency limit and during a drain: its parent holds a slot
+        while it waits, so queueing it could deadlock, and holding it would keep the
+        parent for the whole grace. Any other run, a re-run child included, queues.
         """
         self._handles[handle.run.id] = handle
         handle.state = HandleState.QUEUED
@@ -192,7 +193,7 @@ class Scheduler:
         unparked = self._unparked.pop(handle.run.id, None)
         if unparked is not None:
             unparked.set()
-        if handle.run.parent_run_id is not None and self._tg is not None:
+        if handle.run.awaited_by_parent and self._tg is not None:
             self._start(handle, self._tg)  # during a drain too: its parent waits for it
             return
         heapq.heappush(self._heap, (-handle.run.priority, next(self._order), handle))

@@ -480,10 +480,20 @@ class RunService:
                     from_node: str | None = None) -> RunRecord:
         """Run a finished run again under the same id: from scratch (restart), from its
         failed nodes keeping the succeeded ones' outputs (retry), or from ``from_node``
-        keeping the outputs of every node that does not come after it."""
+        keeping the outputs of every node that does not come after it.
+
+        A child run re-run by itself is nobody's child any more for scheduling: it is
+        refused while its parent is live (the parent owns it), and afterwards runs as
+        its own root, under every cap (``RunRecord.awaited_by_parent``)."""
         run = await self.get_run(principal, run_id)
+        auth.require_workflow(principal, run.workflow)  # (its own child of another one)
         if run.status not in RUN_TERMINAL:
             raise Conflict(f"run {run_id} is still {run.status.value}")
+        if run.parent_run_id is not None:
+            parent = await self.store.get_run(run.parent_run_id, with_nodes=False)
+            if parent is not None and parent.status not in RUN_TERMINAL:
+                raise Conflict(f"run {run_id} is a child of run {run.parent_run_id}, which "
+                               f"is still {parent.status.value}: re-run that one instead")
         rerun: set[str] = set()
         if from_node is not None:
             definition = await self.definition_of(run)
@@ -518,6 +528,7 @@ class RunService:
         """
         self.lifecycle.refuse_new_work()
         original = await self.get_run(principal, run_id)
+        auth.require_workflow(principal, original.workflow)  # (its own child of another one)
         if original.status not in RUN_TERMINAL:
             raise Conflict(f"run {run_id} is still {original.status.value}")
         definition = await self.definition_of(original)
@@ -576,7 +587,7 @@ class RunService:
         unfinished = {run.id for run in runs}
         for run in runs:
             stop_reason = None
-            if run.parent_run_id is not None and run.parent_run_id not in unfinished:
+            if run.awaited_by_parent and run.parent_run_id not in unfinished:
                 stop_reason = f"its parent run {run.parent_run_id} has ended"
             await self._take(run, stop_reason)
         if runs:
@@ -589,7 +600,7 @@ class RunService:
         asked for while nobody ran it."""
         if self.scheduler.get(run.id) is not None:
             return
-        if stop_reason is None and run.parent_run_id is not None:
+        if stop_reason is None and run.parent_run_id is not None and run.awaited_by_parent:
             parent = await self.store.get_run(run.parent_run_id, with_nodes=False)
             if parent is None or parent.status in RUN_TERMINAL:
                 stop_reason = f"its parent run {run.parent_run_id} has ended"
@@ -607,8 +618,9 @@ class RunService:
         self.scheduler.enqueue(handle)
 
     async def _concurrency(self, run: RunRecord) -> tuple[str, int] | None:
-        """The concurrency key and limit of a run its workflow's definition gives."""
-        if run.parent_run_id is not None:
+        """The concurrency key and limit of a run its workflow's definition gives (none
+        for a child its parent waits for: it runs in its parent's slot)."""
+        if run.awaited_by_parent:
             return None
         try:
             return concurrency_of(await self.definition_of(run), run.inputs)

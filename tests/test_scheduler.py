@@ -95,9 +95,11 @@ def make_scheduler(*, max_concurrent: int = 8,
     return scheduler, runner
 
 
-def make_run(run_id: str, priority: int = 0, parent_run_id: str | None = None) -> RunRecord:
+def make_run(run_id: str, priority: int = 0, parent_run_id: str | None = None,
+             root_run_id: str | None = None) -> RunRecord:
     return RunRecord(id=run_id, workflow="wf", version=1, status=RunStatus.QUEUED, inputs={},
-                     created_at=time.time(), priority=priority, parent_run_id=parent_run_id)
+                     created_at=time.time(), priority=priority, parent_run_id=parent_run_id,
+                     root_run_id=root_run_id)
 
 
 def enqueue(scheduler: Scheduler, run_id: str, **kw: Any) -> RunHandle:
@@ -221,10 +223,26 @@ async def test_a_child_run_starts_at_once_beyond_the_limit_and_during_a_drain() 
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["parent"]
         scheduler.pause_dispatch()
-        enqueue(scheduler, "child", parent_run_id="parent")  # its parent waits for it
+        enqueue(scheduler, "child", parent_run_id="parent",  # its parent waits for it
+                root_run_id="parent")
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["parent", "child"]
         assert scheduler.running == 2
+        runner.release_all()
+
+
+async def test_a_child_rerun_by_itself_queues_like_any_run() -> None:
+    scheduler, runner = make_scheduler(max_concurrent=1)
+    async with dispatching(scheduler):
+        enqueue(scheduler, "other")
+        await anyio.wait_all_tasks_blocked()
+        # a restarted child is its own root: nobody waits for it
+        enqueue(scheduler, "child", parent_run_id="ended", root_run_id=None)
+        await anyio.wait_all_tasks_blocked()
+        assert runner.started == ["other"] and scheduler.queued == 1
+        runner.release("other")
+        await anyio.wait_all_tasks_blocked()
+        assert runner.started == ["other", "child"]
         runner.release_all()
 
 

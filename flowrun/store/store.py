@@ -564,14 +564,16 @@ class Store:
     async def reset_run(self, run_id: str, *, keep_succeeded: bool,
                         rerun: Collection[str] = ()) -> bool:
         """Queue a finished run again: restart (no node kept) or retry (succeeded nodes
-        kept, except those in ``rerun``). False, and nothing changed, when the run is
-        not finished (another request queued it again first)."""
+        kept, except those in ``rerun``), as its own root. False, and nothing changed,
+        when the run is not finished (another request queued it again first)."""
         terminal = tuple(s.value for s in RUN_TERMINAL)
 
         def op(conn: Connection) -> bool:
             queued = conn.execute(
+                # (a child re-run by itself becomes its own root: see awaited_by_parent)
                 "UPDATE runs SET status = ?, outputs = NULL, error = NULL, finished_at = NULL, "
-                f"started_at = NULL, steps = 0, owner = ?, stop_reason = NULL WHERE id = ? "
+                f"started_at = NULL, steps = 0, owner = ?, stop_reason = NULL, "
+                f"root_run_id = NULL WHERE id = ? "
                 f"AND status IN ({', '.join('?' * len(terminal))})",
                 (RunStatus.QUEUED.value, self.owner, run_id, *terminal)).rowcount
             if not queued:
