@@ -137,9 +137,33 @@ def require_workflow(principal: Principal, workflow: str) -> None:
         raise Forbidden(f"this API key is bound to {bound}; it may not use {workflow!r}")
 
 
+async def check_binding(store: Store, workflows: list[str] | None, *,
+                        allow_unknown: bool = False, where: str = "",
+                        hint: str = "allow_unknown_workflows binds the key anyway"
+                        ) -> list[str]:
+    """The workflows a new key may be bound to must be registered: BadRequest naming
+    those that are not (``where``: the database, as the message names it), unless
+    ``allow_unknown``. A database with no workflow yet (a key made before the first
+    ``serve`` registers its folder) takes any name; the names it took unchecked are
+    returned. The API and the CLI both apply this rule."""
+    if not workflows:
+        return []
+    unknown, any_registered = await store.unregistered_workflows(workflows)
+    if unknown and any_registered and not allow_unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise BadRequest(f"no workflow {names} is registered{where}; {hint}",
+                         errors=[{"field": "workflows", "message": f"{name!r} is not registered"}
+                                 for name in unknown])
+    return unknown
+
+
 async def create_api_key(store: Store, *, name: str | None, scope: Scope,
-                         workflows: list[str] | None) -> tuple[ApiKeyRecord, str]:
-    """Store a new key; (its record, its secret). Admin keys are never bound."""
+                         workflows: list[str] | None, allow_unknown: bool = False
+                         ) -> tuple[ApiKeyRecord, str]:
+    """Store a new key; (its record, its secret). Admin keys are never bound; a run
+    key's workflows pass ``check_binding``."""
+    if scope is Scope.RUN:
+        await check_binding(store, workflows, allow_unknown=allow_unknown)
     made = await _make_key(store, name=name, scope=scope, workflows=workflows)
     assert made is not None
     return made
@@ -199,11 +223,12 @@ class KeyRing:
         return principal
 
     async def create(self, principal: Principal, *, name: str | None = None,
-                     scope: Scope = Scope.RUN, workflows: list[str] | None = None
-                     ) -> tuple[ApiKeyRecord, str]:
+                     scope: Scope = Scope.RUN, workflows: list[str] | None = None,
+                     allow_unknown: bool = False) -> tuple[ApiKeyRecord, str]:
         """A new API key (admin only): its record and its secret, shown once."""
         require_admin(principal, "creating API keys")
-        return await create_api_key(self.store, name=name, scope=scope, workflows=workflows)
+        return await create_api_key(self.store, name=name, scope=scope, workflows=workflows,
+                                    allow_unknown=allow_unknown)
 
     async def list(self, principal: Principal) -> list[ApiKeyRecord]:
         require_admin(principal, "listing API keys")

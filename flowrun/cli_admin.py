@@ -44,21 +44,17 @@ def _shown(database: Path | str) -> str:
 
 
 async def _create_key(store: Store, args: argparse.Namespace, db: str) -> int:
-    if args.workflow and args.scope == auth.Scope.RUN.value and not args.allow_unknown_workflow:
-        registered = {name for name, _, _ in await store.list_workflows()}
-        unknown = [name for name in args.workflow if name not in registered]
-        if unknown and registered:
-            names = ", ".join(repr(name) for name in unknown)
-            print(f"error: no workflow {names} is registered in {db} (registered: "
-                  f"{', '.join(sorted(registered))}); --allow-unknown-workflow binds the key "
-                  f"anyway", file=sys.stderr)
-            return 2
-        if unknown:
-            print(f"note: no workflow is registered in {db} yet; the key is bound to "
-                  f"{', '.join(args.workflow)} unchecked", file=sys.stderr)
     try:
+        if args.scope == auth.Scope.RUN.value:
+            unchecked = await auth.check_binding(
+                store, args.workflow or None, allow_unknown=args.allow_unknown_workflow,
+                where=f" in {db}", hint="--allow-unknown-workflow binds the key anyway")
+            if unchecked and not args.allow_unknown_workflow:
+                print(f"note: no workflow is registered in {db} yet; the key is bound to "
+                      f"{', '.join(unchecked)} unchecked", file=sys.stderr)
         record, secret = await create_api_key(
-            store, name=args.name, scope=auth.Scope(args.scope), workflows=args.workflow or None)
+            store, name=args.name, scope=auth.Scope(args.scope), workflows=args.workflow or None,
+            allow_unknown=True)  # (checked just now, with the CLI's words)
     except FlowrunError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

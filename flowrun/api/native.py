@@ -445,6 +445,8 @@ class KeyBody(BaseModel):
     scope: Literal["admin", "run"] = "run"
     workflows: list[Annotated[str, Field(pattern=NAME_PATTERN)]] | None = \
         Field(default=None, max_length=1000)
+    # bind to workflows not registered (yet), as the CLI's --allow-unknown-workflow
+    allow_unknown_workflows: bool = False
 
 
 async def create_key(request: Request) -> Response:
@@ -453,7 +455,8 @@ async def create_key(request: Request) -> Response:
     body = parse_model(KeyBody, await read_json(request, _max_body(request)))
     record, secret = await keys_of(request).create(principal, name=body.name,
                                                    scope=Scope(body.scope),
-                                                   workflows=body.workflows)
+                                                   workflows=body.workflows,
+                                                   allow_unknown=body.allow_unknown_workflows)
     return JSONResponse({**record.to_json(), "key": secret}, status_code=201)
 
 

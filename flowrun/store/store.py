@@ -355,6 +355,20 @@ class Store:
         return await self._fetchone("SELECT 1 FROM workflows WHERE name = ? "
                                     "AND deleted_at IS NULL LIMIT 1", (name,)) is not None
 
+    async def unregistered_workflows(self, names: Collection[str]) -> tuple[list[str], bool]:
+        """Which of ``names`` name no live workflow (in their order), and whether any
+        workflow is registered at all."""
+        wanted = list(dict.fromkeys(names))
+        found: set[str] = set()
+        if wanted:
+            rows = await self._fetchall(
+                f"SELECT DISTINCT name FROM workflows WHERE deleted_at IS NULL AND name IN "
+                f"({', '.join('?' * len(wanted))})", tuple(wanted))
+            found = {r["name"] for r in rows}
+        any_row = found or await self._fetchone(
+            "SELECT 1 FROM workflows WHERE deleted_at IS NULL LIMIT 1") is not None
+        return [n for n in wanted if n not in found], bool(any_row)
+
     async def workflow_versions(self, name: str) -> list[tuple[int, float]]:
         """(version, created_at) of a workflow's live versions, oldest first."""
         rows = await self._fetchall("SELECT version, created_at FROM workflows WHERE name = ? "
