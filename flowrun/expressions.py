@@ -47,6 +47,7 @@ from collections.abc import (
 )
 from contextvars import ContextVar
 from dataclasses import dataclass
+from itertools import chain
 from types import FunctionType
 from typing import Any
 
@@ -257,7 +258,8 @@ class _Measure:
         if kind is dict or (kind is not list and kind is not tuple and
                             isinstance(node, Mapping)):
             own = 4 * count if self.text else count  # ": " and ", " between the entries
-            own += self._items(node.keys(), kids) + self._items(node.values(), kids)
+            own += self._mixed(chain(node, node.values()), kids) if count <= _FEW else \
+                self._items(node.keys(), kids) + self._items(node.values(), kids)
         elif kind is range:
             own = len(repr(node)) if self.text else 2 * count
         else:
@@ -315,7 +317,7 @@ class _Measure:
         count, quote = len(node), self.quote
         if type(node) is dict:
             units = 4 * count if self.text else count
-            items: Iterable[Any] = (*node, *node.values())
+            items: Iterable[Any] = chain(node, node.values())
         else:
             units = max(2, 2 * count) if self.text else count
             items = node
