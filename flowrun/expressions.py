@@ -52,6 +52,7 @@ from types import FunctionType
 from typing import Any
 
 import jinja2
+import orjson
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.filters import make_attrgetter
@@ -71,15 +72,42 @@ _LOOK_EVERY = 4096  # items measured between two looks at the clock
 
 
 class _Budget:
-    """What one evaluation may still spend."""
+    """What one evaluation may still spend, and the values of its context it has seen.
 
-    __slots__ = ("deadline", "next_look", "steps", "units")
+    ``owned``: the containers of the context (the run's inputs, its nodes' outputs) and
+    those reached from them by a lookup (``nodes.fetch.body``), by id (each held, so no
+    id is reused meanwhile). Such a value was bounded when it came in (a request's body,
+    a node's stored output), holds no reference shared with itself (it came from JSON),
+    and is not new: an expression that hands one on unchanged is not measured, and one
+    inside a new value counts as its JSON text, measured in C (``_owned_size``).
+    """
+
+    __slots__ = ("deadline", "next_look", "owned", "sizes", "steps", "units")
 
     def __init__(self) -> None:
         self.steps = MAX_STEPS
         self.deadline = time.monotonic() + MAX_EVALUATION_S
         self.units = 0  # items measured so far (``work``)
         self.next_look = _LOOK_EVERY
+        self.owned: dict[int, Any] = {}
+        self.sizes: dict[int, int | None] = {}  # owned ids measured: their JSON length
+
+    def own(self, value: Any) -> None:
+        """Note ``value`` as the context's (when it is a container)."""
+        if type(value) in _OWNABLE:
+            self.owned[id(value)] = value
+
+    def owned_size(self, value: Any) -> int | None:
+        """The length of an owned value's JSON text (None: not owned, or not JSON)."""
+        key = id(value)
+        if key not in self.owned:
+            return None
+        if key not in self.sizes:
+            try:
+                self.sizes[key] = len(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+            except (TypeError, orjson.JSONEncodeError):  # (a plugin's set, a huge int)
+                self.sizes[key] = None
+        return self.sizes[key]
 
     def spend(self, steps: int = 1) -> None:
         before = self.steps
@@ -103,7 +131,23 @@ class _Budget:
             raise SecurityError(f"the expression ran longer than {MAX_EVALUATION_S:g}s")
 
 
+_OWNABLE = frozenset({dict, list})  # what JSON makes: the context's containers
+
 _budget: ContextVar[_Budget | None] = ContextVar("expression_budget", default=None)
+
+
+def _owned(value: Any) -> bool:
+    """Whether ``value`` is one of the context's own (see ``_Budget``)."""
+    budget = _budget.get()
+    return budget is not None and id(value) in budget.owned
+
+
+def _inherit(owner: Any, found: Any) -> Any:
+    """A lookup's result: the context's own when what it was looked up in is."""
+    budget = _budget.get()
+    if budget is not None and id(owner) in budget.owned:
+        budget.own(found)
+    return found
 
 
 def _spend(steps: int = 1) -> None:
@@ -226,6 +270,14 @@ class _Measure:
                 todo.pop()
                 continue
             frame = scanned.get(key)
+            if frame is None and self.budget is not None and \
+                    (owned := self.budget.owned_size(node)) is not None:
+                self._grow(0)
+                if self.floor + owned > self.limit:
+                    raise _Past
+                known[key] = owned  # the context's own: its JSON text, measured in C
+                todo.pop()
+                continue
             if frame is None:
                 own, kids = frame = scanned[key] = self._scan(node)
                 if not kids:  # a leaf: done at once
@@ -865,16 +917,17 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         _spend()
         if isinstance(obj, Mapping):
             try:
-                return obj[attribute]
+                return _inherit(obj, obj[attribute])
             except (KeyError, TypeError):
                 pass
-        return super().getattr(obj, attribute)
+        return _inherit(obj, super().getattr(obj, attribute))
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         _spend()
         if isinstance(argument, tuple):
             _check_input(argument, "a key")  # hashed as deep as it goes
-        return super().getitem(obj, argument)
+        found = super().getitem(obj, argument)
+        return found if isinstance(argument, slice) else _inherit(obj, found)
 
 
 def _budgeted_range(*args: int) -> range:
@@ -1068,9 +1121,15 @@ def evaluate(value: Any, context: Mapping[str, Any]) -> Any:
 
     One budget covers the whole of ``value`` (all params of one node).
     """
-    if _budget.get() is not None:
+    budget = _budget.get()
+    if budget is not None:
+        for part in context.values():
+            budget.own(part)
         return _Evaluation(context).value(value)
-    token = _budget.set(_Budget())
+    budget = _Budget()
+    for part in context.values():
+        budget.own(part)
+    token = _budget.set(budget)
     try:
         return _Evaluation(context).value(value)
     finally:
@@ -1086,7 +1145,8 @@ def _evaluate_string(text: str, context: Mapping[str, Any]) -> Any:
             result = _compiled_expression(whole.group("expr"))(**context)
             if isinstance(result, jinja2.Undefined):
                 result._fail_with_undefined_error()
-            if value_size(result) > MAX_VALUE_SIZE:  # (and refuses inf and nan)
+            # (the check refuses inf and nan too; the context's own came from JSON)
+            if not _owned(result) and value_size(result) > MAX_VALUE_SIZE:
                 raise _refuse("the value")
             return result
         return _render_capped(_compiled_template(text), context)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from jinja2.exceptions import SecurityError
@@ -273,3 +274,38 @@ DATA = {"inputs": {"rows": RECORDS, "d": {"b": 2, "a": 3, "C": 1}, "words": ["b"
 ])
 def test_the_checks_keep_what_jinja_gives(expr: str) -> None:
     assert evaluate(f"{{{{ {expr} }}}}", DATA) == PLAIN.compile_expression(expr)(**DATA)
+
+
+RECORDS = [{"id": i, "name": f"n{i}", "tags": ["a", "b"], "v": 1.5, "ok": True}
+           for i in range(17_000)]  # about 1.2 MiB as JSON: a node's output at its cap
+
+
+@pytest.mark.parametrize("body", [
+    RECORDS, list(range(150_000)), [f"word{i}" for i in range(80_000)],
+    {f"k{i}": {"a": {"b": [i, {"c": "x"}]}, "d": [1, 2, 3]} for i in range(12_000)},
+    [[] for _ in range(300_000)]], ids=["records", "ints", "strings", "nested", "lists"])
+def test_a_large_value_of_the_context_passes_on_unmeasured(body: Any) -> None:
+    """A node's whole output handed to the next node is not new: it was bounded when it
+    was stored, so it is not walked again (a walk of a megabyte of records costs more
+    than the whole budget)."""
+    context = {"nodes": {"fetch": {"body": body}}, "inputs": {}}
+    started = time.perf_counter()
+    assert evaluate("{{ nodes.fetch.body }}", context) is body
+    assert evaluate({"data": "{{ nodes['fetch']['body'] }}"}, context) == {"data": body}
+    assert evaluate("{{ nodes.fetch.body | length }}", context) == len(body)
+    assert time.perf_counter() - started < 0.2
+
+
+def test_the_contexts_values_inside_a_new_value_count_as_their_json() -> None:
+    context = {"nodes": {"fetch": {"body": RECORDS[:10_000]}}, "inputs": {}}
+    pair = evaluate("{{ [nodes.fetch.body, 1] }}", context)
+    assert pair[0] is context["nodes"]["fetch"]["body"]
+    assert len(evaluate("{{ nodes.fetch.body | tojson }}", context)) > 700_000
+    assert evaluate("n={{ nodes.fetch.body | length }}", context) == "n=10000"
+    for expr in ("{{ [nodes.fetch.body] * 100 }}", "{{ [nodes.fetch.body, nodes.fetch.body] }}",
+                 "{{ ([nodes.fetch.body] * 50) | tojson }}"):
+        with pytest.raises(ExpressionError, match="exceeds the limit|repeating"):
+            evaluate(expr, context)
+    big = {"nodes": {"fetch": {"body": RECORDS}}, "inputs": {}}  # printed, 1.2M characters
+    with pytest.raises(ExpressionError, match="exceeds the limit"):
+        evaluate("{{ nodes.fetch.body | tojson }}", big)
