@@ -341,7 +341,7 @@ def test_secrets_go_only_where_the_operator_allowed(
     assert runner.put("/secrets/TOKEN", json=body).status_code == 403
     assert admin.put("/secrets/TOKEN", json=body).status_code == 201
     assert admin.put("/secrets/bad-name", json=body).status_code == 400
-    assert admin.put("/secrets/X", json={"value": "v", "allowed_urls": ["ftp://x"]}
+    assert admin.put("/secrets/X", json={"value": "v", "allowed_urls": ["ftp://127.0.0.1/"]}
                      ).status_code == 400
     assert runner.get("/secrets").status_code == 403
     assert TOKEN not in admin.get("/secrets").text
@@ -502,9 +502,11 @@ def test_a_map_cannot_ask_for_more_concurrency_than_the_server_allows(keys: Keys
 
 
 def test_ipv6_forms_of_loopback_are_blocked(keys: Keys) -> None:
+    # Only the forms this machine delivers to itself: the others (NAT64, 6to4, ...) are
+    # routed elsewhere, so they are judged in the address-policy table, without I/O
+    # (tests/engine/test_http_node.py).
     port = keys.server.port
-    for host in ("::127.0.0.1", "::ffff:0:7f00:1", "64:ff9b::7f00:1", "2002:7f00:1::1",
-                 "::ffff:127.0.0.1"):
+    for host in ("::ffff:127.0.0.1", "::1"):
         graph = {"inputs": {"name": "x"}, "nodes": [
             {"id": "greet", "type": "http", "url": f"http://[{host}]:{port}/healthz"}]}
         run = keys.runner.post("/workflows/hello/run-sync", json=graph).json()
