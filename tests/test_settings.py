@@ -42,3 +42,15 @@ def test_a_url_is_shown_without_its_password() -> None:
     assert safe_url("postgresql://u:p@ss:w0rd@127.0.0.1:5/db") == \
         "postgresql://u:***@127.0.0.1:5/db"
     assert safe_url("postgresql://u@127.0.0.1/db") == "postgresql://u@127.0.0.1/db"
+
+
+def test_the_code_networks_limits_have_safe_defaults_and_refuse_nonsense() -> None:
+    settings = Settings.from_env({})
+    assert settings.code_network_connections_per_job == 16
+    assert settings.code_network_head_timeout_s == 2.0
+    env = {"FLOWRUN_CODE_NETWORK_CONNECTIONS_PER_JOB": "4",
+           "FLOWRUN_CODE_NETWORK_HEAD_TIMEOUT_S": "0.5"}
+    assert Settings.from_env(env).code_network_connections_per_job == 4
+    for bad in ({"code_network_connections_per_job": 0}, {"code_network_head_timeout_s": 0}):
+        with pytest.raises(SettingsError, match="code_network"):
+            Settings(**bad)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
@@ -36,6 +36,9 @@ import anyio.to_thread
 
 from flowrun.engine import seccomp
 from flowrun.engine.cgroups import SandboxCgroups
+
+if TYPE_CHECKING:  # egress -> netguard -> node_services -> sandbox -> here
+    from flowrun.engine.egress import EgressProxy
 
 logger = logging.getLogger(__name__)
 
@@ -165,14 +168,16 @@ class BwrapJail:
     name = "bwrap"
 
     def __init__(self, bwrap: str, *, tmp_bytes: int = 64 * 1024 * 1024,
-                 as_root: bool | None = None, egress: Path | None = None,
+                 as_root: bool | None = None, egress: EgressProxy | None = None,
                  cgroups: SandboxCgroups | None = None) -> None:
-        """``egress``: the socket of the proxy that gives code nodes network (egress.py);
-        ``cgroups``: per-sandbox memory and process caps (root only, cgroups.py)."""
+        """``egress``: the proxy that gives code nodes network, a socket per sandbox
+        (egress.py); ``cgroups``: per-sandbox memory and process caps (root only,
+        cgroups.py)."""
         self.bwrap = bwrap
         self.cgroups = cgroups if (os.geteuid() == 0 if as_root is None else as_root) \
             else None
         self._cgroup_paths: dict[int, list[Path]] = {}
+        self._sockets: dict[int, Path] = {}
         self.tmp_bytes = tmp_bytes
         self.egress = egress
         self.as_root = os.geteuid() == 0 if as_root is None else as_root
@@ -186,11 +191,10 @@ class BwrapJail:
             mounts += ["--ro-bind", prefix, prefix]
         worker_flags = []
         if egress is not None:
-            mounts += ["--perms", "0755", "--dir", "/run",
-                       "--bind", str(egress), "/run/egress.sock"]
+            mounts += ["--perms", "0755", "--dir", "/run"]  # the socket's bind follows
             worker_flags.append("--egress=/run/egress.sock")
+        self._mounts = mounts
         self._argv_tail = [
-            *mounts,
             "--ro-bind", str(WORKER), "/flowrun/code_worker.py",
             "--proc", "/proc", "--dev", "/dev",
             "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
@@ -220,29 +224,47 @@ class BwrapJail:
             return _exit_text(returncode, returncode - 128)
         return _exit_text(returncode, None)
 
+    def sandbox_args(self, socket: Path | None = None) -> list[str]:
+        """bubblewrap's arguments after its namespace options: mounts, then the worker;
+        ``socket``: this sandbox's own socket of the network proxy."""
+        bind = ["--bind", str(socket), "/run/egress.sock"] if socket is not None else []
+        return [*self._mounts, *bind, *self._argv_tail]
+
     async def spawn(self) -> anyio.abc.Process:
+        socket = await self.egress.attach() if self.egress is not None else None
         seccomp_fd = _seccomp_pipe()
         extra = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
         fds = (seccomp_fd,) if seccomp_fd is not None else ()
         try:
             if self.as_root:
-                return await self._spawn_as_root(extra, fds)
-            return await _start(
-                [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
-                 "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
-                 *extra, *self._argv_tail], pass_fds=fds)
+                process = await self._spawn_as_root(extra, fds, socket)
+            else:
+                process = await _start(
+                    [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
+                     "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
+                     *extra, *self.sandbox_args(socket)], pass_fds=fds)
+        except BaseException:
+            if socket is not None and self.egress is not None:
+                self.egress.detach(socket)
+            raise
         finally:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
+        if socket is not None:
+            self._sockets[process.pid] = socket
+        return process
 
     async def release(self, process: anyio.abc.Process) -> None:
-        """Remove the cgroups of a worker that has exited."""
+        """Close the proxy socket and remove the cgroups of a worker that has exited."""
+        socket = self._sockets.pop(process.pid, None)
+        if socket is not None and self.egress is not None:
+            self.egress.detach(socket)
         paths = self._cgroup_paths.pop(process.pid, None)
         if paths is not None and self.cgroups is not None:
             await anyio.to_thread.run_sync(self.cgroups.remove, paths)
 
-    async def _spawn_as_root(self, extra: list[str], fds: tuple[int, ...]
-                             ) -> anyio.abc.Process:
+    async def _spawn_as_root(self, extra: list[str], fds: tuple[int, ...],
+                             socket: Path | None) -> anyio.abc.Process:
         """Start bubblewrap, then write its user namespace's maps (and put it in its
         cgroups) before it goes on."""
         block_r, block_w = os.pipe()
@@ -252,7 +274,7 @@ class BwrapJail:
                 [self.bwrap, "--unshare-all", "--unshare-user",
                  "--userns-block-fd", str(block_r),
                  "--info-fd", str(info_w), "--cap-drop", "ALL", "--cap-add", "CAP_SETUID",
-                 "--cap-add", "CAP_SETGID", *extra, *self._argv_tail,
+                 "--cap-add", "CAP_SETGID", *extra, *self.sandbox_args(socket),
                  f"--become={SANDBOX_UID}"],
                 pass_fds=(block_r, info_w, *fds), group=SANDBOX_UID, extra_groups=[])
         finally:

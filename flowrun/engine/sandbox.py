@@ -18,8 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -36,6 +35,9 @@ from flowrun.engine.jail import (
     sweep_orphans,
 )
 from flowrun.errors import NodeFailure
+
+if TYPE_CHECKING:  # egress -> netguard -> node_services -> here
+    from flowrun.engine.egress import EgressProxy
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class CodeResult:
     stderr: str
 
 
-async def choose_jail(mode: str, tmp_mb: int = 64, egress: Path | None = None,
+async def choose_jail(mode: str, tmp_mb: int = 64, egress: EgressProxy | None = None,
                       limits: CodeLimits | None = None) -> tuple[Jail | None, str]:
     """The jail for a sandbox mode, probed with a real job: (jail or None, description).
 

@@ -8,17 +8,19 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from tests.e2e.server import Server, finished, wait_for
@@ -692,6 +694,78 @@ def test_code_network_is_opt_in_and_goes_through_the_http_policy(
     assert "'private': \"403 blocked by flowrun" in seen, seen
     assert "'direct': 'ConnectionRefusedError'" in seen, seen  # only the proxy leads out
     assert api.seen and api.seen[0]["path"] == "/ok/x"
+
+
+HOARD = """
+import socket
+def main(port, count, cap):
+    held = []
+    for _ in range(count):  # straight to the proxy's socket, each left silent
+        conn = socket.socket(socket.AF_UNIX)
+        conn.connect("/run/egress.sock")
+        held.append(conn)
+    first = held[0]  # the test's server answers this once the other job has its answer
+    first.sendall(f"GET http://127.0.0.1:{port}/hold HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n".encode())
+    reply = b""
+    while chunk := first.recv(65536):
+        reply += chunk
+    past = held[cap]  # the first one past the cap: answered once its head time is up
+    past.settimeout(10)
+    try:
+        told = past.recv(200).decode(errors="replace")
+    except OSError as exc:
+        told = type(exc).__name__
+    return {"hold": reply.split(b" ")[1].decode(), "past": told}
+"""
+
+
+def test_one_jobs_idle_proxy_connections_do_not_hold_up_another_key(
+        server_factory: Callable[..., Server]) -> None:
+    reached, released = threading.Event(), threading.Event()
+
+    async def hold(request: Request) -> Response:
+        reached.set()
+        await anyio.to_thread.run_sync(released.wait, 20)
+        return PlainTextResponse("held")
+
+    async def ok(request: Request) -> Response:
+        return PlainTextResponse("fetched")
+
+    app = Starlette(routes=[Route("/hold", hold), Route("/ok", ok)])
+    with serve(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        server = server_factory({"FLOWRUN_CODE_NETWORK": "1",
+                                 "FLOWRUN_CODE_NETWORK_CONNECTIONS_PER_JOB": "8",
+                                 "FLOWRUN_HTTP_ALLOWED_NETWORKS": "127.0.0.1/32"})
+        hog, victim = server.client(server.create_key()), server.client(server.create_key())
+        server.start()
+        body = {"inputs": {"name": "x"}, "nodes": [
+            {"id": "greet", "type": "code", "code": HOARD,
+             "inputs": {"port": port, "count": 70, "cap": 8}}]}
+        run = hog.post("/workflows/hello/run", json=body).json()
+        try:
+            assert reached.wait(30), hog.get(f"/runs/{run['id']}").json()
+            # 70 connections: more than the whole proxy served before it counted per job
+            began = time.monotonic()
+            node = run_code(victim, FETCH_ONE, url=f"{url}/ok")
+            took = time.monotonic() - began
+        finally:
+            released.set()
+        assert node["outputs"] == {"status": 200, "body": "fetched"}, node
+        assert took < 10, f"another job's request took {took:.1f} s"
+        held = finished(hog, run["id"])
+        outputs = held["nodes"][0]["outputs"]
+        assert outputs["hold"] == "200", held
+        assert outputs["past"].startswith("HTTP/1.1 503"), outputs
+        assert "already holds 8 connections" in outputs["past"], outputs
+
+
+FETCH_ONE = """
+import urllib.request
+def main(url):
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return {"status": answer.status, "body": answer.read().decode()}
+"""
 
 
 def test_a_job_cannot_take_more_memory_by_forking_or_mounting(keys: Keys) -> None:
