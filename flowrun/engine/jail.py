@@ -2,10 +2,11 @@
 
 ``BwrapJail`` starts each worker under bubblewrap in its own user, pid, mount,
 ipc, uts, cgroup and network namespaces. The worker sees a read-only view of
-the Python runtime and the system libraries (``/usr``), a private size-capped
-tmpfs at ``/tmp``, its own ``/proc`` and a minimal ``/dev``: no server file, no
-other process, no network. bubblewrap's ``--die-with-parent`` and the pid
-namespace take the worker and every process it forked down with it.
+the Python runtime and the system's ``/usr`` without ``/usr/local`` (runtime.py),
+a private size-capped tmpfs at ``/tmp``, its own ``/proc`` and a minimal
+``/dev``: no server file, no other process, no network. bubblewrap's
+``--die-with-parent`` and the pid namespace take the worker and every process it
+forked down with it.
 
 A server running as root needs one more step. A user namespace made by root
 maps the sandbox to host uid 0, and the kernel exempts uid 0 from
@@ -27,6 +28,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,7 +36,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from flowrun.engine import seccomp
+from flowrun.engine import runtime, seccomp
 from flowrun.engine.cgroups import SandboxCgroups
 
 if TYPE_CHECKING:  # egress -> netguard -> node_services -> sandbox -> here
@@ -62,7 +64,7 @@ class Jail(Protocol):
     def death(self, returncode: int | None) -> str: ...
 
 
-def _python() -> str:
+def python_executable() -> str:
     """The base interpreter (not a venv's wrapper), whose prefix holds the stdlib."""
     return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
@@ -87,7 +89,7 @@ class ProcessJail:
     name = "process"
 
     async def spawn(self) -> anyio.abc.Process:
-        return await _start([_python(), "-I", "-B", str(WORKER)], env=WORKER_ENV)
+        return await _start([python_executable(), "-I", "-B", str(WORKER)], env=WORKER_ENV)
 
     async def release(self, process: anyio.abc.Process) -> None:
         return None
@@ -149,19 +151,6 @@ def sweep_orphans(bwrap: str, worker: Path = WORKER) -> int:
     return killed
 
 
-def _system_mounts() -> list[str]:
-    """Bind /usr read-only and mirror the top-level library and binary links into it."""
-    args = ["--ro-bind", "/usr", "/usr"]
-    for top in ("/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin"):
-        if os.path.islink(top):
-            args += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            args += ["--ro-bind", top, top]
-    if os.path.exists("/etc/ld.so.cache"):
-        args += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    return args
-
-
 class BwrapJail:
     """Each worker in fresh namespaces under bubblewrap (see the module docstring)."""
 
@@ -169,10 +158,12 @@ class BwrapJail:
 
     def __init__(self, bwrap: str, *, tmp_bytes: int = 64 * 1024 * 1024,
                  as_root: bool | None = None, egress: EgressProxy | None = None,
-                 cgroups: SandboxCgroups | None = None) -> None:
+                 cgroups: SandboxCgroups | None = None,
+                 runtime_files: Sequence[str] | None = None) -> None:
         """``egress``: the proxy that gives code nodes network, a socket per sandbox
         (egress.py); ``cgroups``: per-sandbox memory and process caps (root only,
-        cgroups.py)."""
+        cgroups.py); ``runtime_files``: what the interpreter runs on (runtime.py, found
+        here when not given: that runs the interpreter)."""
         self.bwrap = bwrap
         self.cgroups = cgroups if (os.geteuid() == 0 if as_root is None else as_root) \
             else None
@@ -181,14 +172,9 @@ class BwrapJail:
         self.tmp_bytes = tmp_bytes
         self.egress = egress
         self.as_root = os.geteuid() == 0 if as_root is None else as_root
-        python = _python()
-        prefix = os.path.realpath(sys.base_prefix)
-        mounts = _system_mounts()
-        if not (prefix + "/").startswith("/usr/"):
-            # bubblewrap would make the prefix's parents (e.g. /root) private to root
-            for parent in reversed(Path(prefix).parents[:-1]):
-                mounts += ["--perms", "0755", "--dir", str(parent)]
-            mounts += ["--ro-bind", prefix, prefix]
+        python = python_executable()
+        mounts = runtime.mounts(runtime.runtime_paths(python) if runtime_files is None
+                                else runtime_files)
         worker_flags = []
         if egress is not None:
             mounts += ["--perms", "0755", "--dir", "/run"]  # the socket's bind follows

@@ -32,8 +32,10 @@ from flowrun.engine.jail import (
     ProcessJail,
     find_bwrap,
     kill_group,
+    python_executable,
     sweep_orphans,
 )
+from flowrun.engine.runtime import runtime_paths
 from flowrun.errors import NodeFailure
 
 if TYPE_CHECKING:  # egress -> netguard -> node_services -> here
@@ -86,7 +88,12 @@ async def choose_jail(mode: str, tmp_mb: int = 64, egress: EgressProxy | None = 
     # the worker itself and bubblewrap's init count too
     cgroups = await anyio.to_thread.run_sync(cgroups_detect, limits.memory_bytes,
                                              limits.max_processes + 2)
-    jail = BwrapJail(bwrap, tmp_bytes=tmp_mb * 1024 * 1024, egress=egress, cgroups=cgroups)
+    try:
+        files = await anyio.to_thread.run_sync(runtime_paths, python_executable())
+    except OSError as exc:
+        return None, f"cannot tell which files the Python runtime needs: {exc}"
+    jail = BwrapJail(bwrap, tmp_bytes=tmp_mb * 1024 * 1024, egress=egress, cgroups=cgroups,
+                     runtime_files=files)
     problem = await probe(jail)
     if problem is not None:
         return None, f"bubblewrap does not work on this host: {problem}"

@@ -207,6 +207,22 @@ def test_code_cannot_reach_the_server_its_files_or_its_secrets(keys: Keys) -> No
     assert not Path("/escape-marker").exists()
 
 
+def test_code_sees_the_python_runtime_but_not_the_sites_usr_local(keys: Keys) -> None:
+    from flowrun.engine.jail import python_executable
+    from flowrun.engine.runtime import runtime_paths
+
+    code = ("import os\ndef main():\n"
+            "    local = sorted(os.listdir('/usr/local')) if os.path.isdir('/usr/local') "
+            "else []\n"
+            "    return {'text': ' '.join(local), 'etc': os.path.exists('/usr/local/etc')}")
+    node = run_code(keys.runner, code)
+    assert node["status"] == "succeeded", node["error"]
+    assert node["outputs"]["etc"] is False, node  # the site's own configuration
+    needed = {Path(f).relative_to("/usr/local").parts[0]
+              for f in runtime_paths(python_executable()) if f.startswith("/usr/local/")}
+    assert set(node["outputs"]["text"].split()) == needed, node  # only what Python runs on
+
+
 def test_killing_the_parent_from_code_does_not_kill_the_server(keys: Keys) -> None:
     node = run_code(keys.runner, "import os\ndef main():\n    os.kill(os.getppid(), 9)\n"
                                  "    os.kill(1, 9)\n    return {'text': 'alive'}")

@@ -21,6 +21,7 @@ from flowrun.engine import jail as jails
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import registry
+from flowrun.engine.runtime import runtime_paths
 from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
 from flowrun.engine.sandbox import _discard as discard
 from flowrun.records import RunStatus
@@ -197,6 +198,29 @@ async def test_bwrap_worker_sees_only_itself() -> None:
         assert seen["passwd"] in {"FileNotFoundError", "PermissionError"}
         assert seen["net"] == "ConnectionRefusedError"
         assert 0 < seen["forked"] < 16  # RLIMIT_NPROC holds (16 here)
+
+
+RUNTIME = """
+import os, sqlite3, ssl, ctypes
+def main():
+    local = sorted(os.listdir('/usr/local')) if os.path.isdir('/usr/local') else None
+    return {"local": local, "etc": os.path.exists('/usr/local/etc'),
+            "ssl": ssl.OPENSSL_VERSION, "sh": os.path.exists('/bin/sh')}
+"""
+
+
+async def test_the_sandbox_shows_the_runtime_but_not_usr_local() -> None:
+    async with code_services() as services:
+        out = await run_code(services, RUNTIME)
+    assert out.outputs is not None, out.error
+    seen = out.outputs["py"]
+    assert seen["etc"] is False  # the site's configuration
+    # of /usr/local, only what this interpreter runs on, if it lives there
+    needed = sorted({Path(f).relative_to("/usr/local").parts[0]
+                     for f in runtime_paths(jails.python_executable())
+                     if f.startswith("/usr/local/")})
+    assert seen["local"] == (needed or None)
+    assert seen["ssl"] and seen["sh"]  # extension modules load; the system's tools stay
 
 
 async def test_process_mode_is_the_weaker_opt_in() -> None:
