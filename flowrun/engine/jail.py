@@ -15,6 +15,13 @@ uid map is written here instead (``--userns-block-fd``): the worker enters as
 namespace root with only CAP_SETUID/CAP_SETGID, and switches itself to the
 unprivileged ``SANDBOX_UID`` before it reads a job.
 
+Nested user namespaces are refused twice: by the seccomp filter, and by a limit
+of the sandbox's own user namespace. Without root, bubblewrap's
+``--disable-userns`` sets that limit. bubblewrap refuses it together with
+``--userns-block-fd``, so for root the limit (``user.max_user_namespaces`` = 0)
+is written here too, from inside the namespace (``nsenter``), while the sandbox
+still waits; the worker, no longer root in it, cannot raise it again.
+
 ``ProcessJail`` is the weaker mode an operator may choose where no sandbox
 works: a separate process with an empty environment, no capabilities and
 rlimits, but the server's view of files, processes and network.
@@ -172,6 +179,8 @@ class BwrapJail:
         self.tmp_bytes = tmp_bytes
         self.egress = egress
         self.as_root = os.geteuid() == 0 if as_root is None else as_root
+        # the second lock on nested user namespaces for root (seccomp being the first)
+        self.nsenter = shutil.which("nsenter") if self.as_root else None
         python = python_executable()
         mounts = runtime.mounts(runtime.runtime_paths(python) if runtime_files is None
                                 else runtime_files)
@@ -198,8 +207,26 @@ class BwrapJail:
         memory = self.cgroups.describe() if self.cgroups is not None \
             else "memory and processes capped per process (rlimits; no cgroup)"
         filtered = "seccomp filter" if seccomp.program() is not None else "no seccomp filter"
+        nested = "no nested user namespaces" if self.nsenter or not self.as_root \
+            else "nested user namespaces refused by seccomp only (no nsenter)"
         return (f"bwrap ({self.bwrap}): own user, pid, mount, ipc and network namespaces, "
-                f"{who}, read-only runtime, private /tmp, {network}, {filtered}, {memory}")
+                f"{who}, read-only runtime, private /tmp, {network}, {filtered}, {nested}, "
+                f"{memory}")
+
+    def user_command(self, extra: list[str], socket: Path | None) -> list[str]:
+        """bubblewrap's command line for a server that is not root."""
+        return [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
+                "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
+                *extra, *self.sandbox_args(socket)]
+
+    def root_command(self, extra: list[str], socket: Path | None, block_fd: int,
+                     info_fd: int) -> list[str]:
+        """bubblewrap's command line for a root server: it waits on ``block_fd`` until
+        ``_spawn_as_root`` has set its user namespace up."""
+        return [self.bwrap, "--unshare-all", "--unshare-user", "--userns-block-fd",
+                str(block_fd), "--info-fd", str(info_fd), "--cap-drop", "ALL",
+                "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", *extra,
+                *self.sandbox_args(socket), f"--become={SANDBOX_UID}"]
 
     def death(self, returncode: int | None) -> str:
         # bubblewrap exits 128+N when the worker dies from signal N, and dies from a
@@ -225,10 +252,7 @@ class BwrapJail:
             if self.as_root:
                 process = await self._spawn_as_root(extra, fds, socket)
             else:
-                process = await _start(
-                    [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
-                     "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
-                     *extra, *self.sandbox_args(socket)], pass_fds=fds)
+                process = await _start(self.user_command(extra, socket), pass_fds=fds)
         except BaseException:
             if socket is not None and self.egress is not None:
                 self.egress.detach(socket)
@@ -256,13 +280,9 @@ class BwrapJail:
         block_r, block_w = os.pipe()
         info_r, info_w = os.pipe()
         try:
-            process = await _start(
-                [self.bwrap, "--unshare-all", "--unshare-user",
-                 "--userns-block-fd", str(block_r),
-                 "--info-fd", str(info_w), "--cap-drop", "ALL", "--cap-add", "CAP_SETUID",
-                 "--cap-add", "CAP_SETGID", *extra, *self.sandbox_args(socket),
-                 f"--become={SANDBOX_UID}"],
-                pass_fds=(block_r, info_w, *fds), group=SANDBOX_UID, extra_groups=[])
+            process = await _start(self.root_command(extra, socket, block_r, info_w),
+                                   pass_fds=(block_r, info_w, *fds), group=SANDBOX_UID,
+                                   extra_groups=[])
         finally:
             os.close(block_r)
             os.close(info_w)
@@ -274,6 +294,8 @@ class BwrapJail:
             # becomes SANDBOX_UID, which maps to the same unprivileged host uid.
             _write(f"/proc/{child}/uid_map", f"0 0 1\n{SANDBOX_UID} {SANDBOX_UID} 1\n")
             _write(f"/proc/{child}/gid_map", f"{SANDBOX_UID} {SANDBOX_UID} 1\n")
+            if self.nsenter is not None:
+                await _lock_userns(self.nsenter, child)
             if self.cgroups is not None:
                 paths = await anyio.to_thread.run_sync(self.cgroups.create)
                 self._cgroup_paths[process.pid] = paths
@@ -291,6 +313,26 @@ class BwrapJail:
             os.close(info_r)
             os.close(block_w)
         return process
+
+
+def userns_lock_command(nsenter: str, pid: int) -> list[str]:
+    """Set ``user.max_user_namespaces`` to 0 inside the user namespace of ``pid``: what
+    bubblewrap's ``--disable-userns`` does for a sandbox that is not root's."""
+    # only the user namespace is entered: the mount namespace, and so /proc/sys, stay
+    # the host's, while the limit written is the sandbox namespace's own
+    return [nsenter, f"--user=/proc/{pid}/ns/user", "--preserve-credentials", "--",
+            "/bin/sh", "-c", "echo 0 > /proc/sys/user/max_user_namespaces"]
+
+
+async def _lock_userns(nsenter: str, pid: int) -> None:
+    """Lock nested user namespaces in a waiting sandbox; OSError when that fails (the
+    sandbox is then not started: it would have one lock fewer than it says)."""
+    with anyio.fail_after(_SETUP_TIMEOUT_S):
+        done = await anyio.run_process(userns_lock_command(nsenter, pid), check=False,
+                                       env={"PATH": "/usr/bin:/bin"})
+    if done.returncode != 0:
+        raise OSError(f"cannot turn nested user namespaces off in the sandbox: "
+                      f"{done.stderr.decode(errors='replace').strip()}")
 
 
 async def _start(command: list[str], *, env: dict[str, str] | None = None,

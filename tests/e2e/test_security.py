@@ -223,6 +223,19 @@ def test_code_sees_the_python_runtime_but_not_the_sites_usr_local(keys: Keys) ->
     assert set(node["outputs"]["text"].split()) == needed, node  # only what Python runs on
 
 
+def test_a_root_servers_sandbox_holds_two_locks_on_nested_user_namespaces(keys: Keys) -> None:
+    import os
+
+    from tests.engine.test_code_node import NESTED
+
+    if os.geteuid() != 0:  # the server runs as the user that runs the tests
+        pytest.skip("a server that is not root has bubblewrap's own --disable-userns")
+    node = run_code(keys.runner, NESTED)
+    assert node["status"] == "succeeded", node["error"]
+    # refused by seccomp first; the namespace's own limit stands behind it
+    assert node["outputs"] == {"made": -1, "errno": 1, "limit": "0"}, node
+
+
 def test_killing_the_parent_from_code_does_not_kill_the_server(keys: Keys) -> None:
     node = run_code(keys.runner, "import os\ndef main():\n    os.kill(os.getppid(), 9)\n"
                                  "    os.kill(1, 9)\n    return {'text': 'alive'}")

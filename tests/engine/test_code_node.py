@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -289,6 +290,31 @@ async def test_code_cannot_make_namespaces_or_mounts_but_has_a_private_tmp() -> 
     seen = out.outputs["py"]
     assert seen["tmp"] == "ok" and seen["nested"] != 0 and seen["mount"] != 0
     assert len(seen["fds"]) <= 5  # stdin, stdout, stderr, the result pipe, listdir's own
+
+
+NESTED = """
+import ctypes
+def main():
+    libc = ctypes.CDLL(None, use_errno=True)
+    made = libc.unshare(0x10000000)  # CLONE_NEWUSER
+    return {"made": made, "errno": ctypes.get_errno(),
+            "limit": open('/proc/sys/user/max_user_namespaces').read().strip()}
+"""
+
+
+async def test_a_root_sandbox_refuses_nested_user_namespaces_without_seccomp_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox of a server that is not root is locked by bubblewrap itself")
+    async with code_services() as services:  # with the filter: it answers first
+        out = await run_code(services, NESTED)
+    assert out.outputs is not None, out.error
+    assert out.outputs["py"] == {"made": -1, "errno": errno.EPERM, "limit": "0"}
+    monkeypatch.setattr("flowrun.engine.seccomp.program", lambda machine=None: None)
+    async with code_services() as services:  # without it: the namespace's own limit
+        out = await run_code(services, NESTED)
+    assert out.outputs is not None, out.error
+    assert out.outputs["py"] == {"made": -1, "errno": errno.ENOSPC, "limit": "0"}
 
 
 def bwrap_pids() -> set[int]:
