@@ -71,6 +71,7 @@ profile: $(BENCH_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check flowrun tests bench
 	$(BIN)/mypy
+	$(BIN)/python -m tests.offbox
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

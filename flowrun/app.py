@@ -41,7 +41,7 @@ from flowrun.api.common import ErrorHandler
 from flowrun.auth import KeyRing
 from flowrun.callback_loop import CallbackBook
 from flowrun.callbacks import RetryPolicy
-from flowrun.engine.egress import egress_proxy
+from flowrun.engine.egress import EgressLimits, EgressProxy
 from flowrun.engine.node_services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
@@ -173,14 +173,17 @@ def code_limits(settings: Settings) -> CodeLimits:
 async def code_runner(settings: Settings, policy: HttpPolicy) -> AsyncIterator[CodeRunner]:
     """The code-node runner in the configured sandbox mode, announced in the log."""
     async with AsyncExitStack() as stack:
-        egress = await stack.enter_async_context(egress_proxy(policy)) \
+        limits = EgressLimits(connections_per_job=settings.code_network_connections_per_job,
+                              head_timeout_s=settings.code_network_head_timeout_s)
+        egress = await stack.enter_async_context(EgressProxy.open(policy, limits)) \
             if settings.code_network else None
         async with _code_runner(settings, egress) as runner:
             yield runner
 
 
 @asynccontextmanager
-async def _code_runner(settings: Settings, egress: Path | None) -> AsyncIterator[CodeRunner]:
+async def _code_runner(settings: Settings, egress: EgressProxy | None
+                       ) -> AsyncIterator[CodeRunner]:
     jail, description = await choose_jail(settings.code_sandbox, settings.code_tmp_mb, egress,
                                           code_limits(settings))
     if jail is None:

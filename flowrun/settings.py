@@ -129,8 +129,12 @@ class Settings:
     code_max_processes: int = 32
     code_tmp_mb: int = 64
     code_max_workers: int = 16
-    # code nodes get HTTP(S) through a proxy that applies the http node's policy
+    # code nodes get HTTP(S) through a proxy that applies the http node's policy; each
+    # job may hold that many connections to it, each of which must send its request
+    # head within the timeout
     code_network: bool = False
+    code_network_connections_per_job: int = 16
+    code_network_head_timeout_s: float = 2.0
     # http and llm nodes
     allow_private_hosts: bool = False
     http_allowed_networks: tuple[str, ...] = ()
@@ -168,6 +172,9 @@ class Settings:
                                 "callback_max_in_flight >= 1")
         if self.hook_tolerance_s <= 0:
             raise SettingsError("hook_tolerance_s must be > 0")
+        if self.code_network_connections_per_job < 1 or self.code_network_head_timeout_s <= 0:
+            raise SettingsError("code_network_connections_per_job must be >= 1 and "
+                                "code_network_head_timeout_s > 0")
         if self.heartbeat_s <= 0 or self.lease_s < 2 * self.heartbeat_s:
             raise SettingsError("heartbeat_s must be > 0 and lease_s at least twice it")
         if self.db is not None:

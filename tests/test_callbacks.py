@@ -109,7 +109,7 @@ class Clock:
 
 
 async def finished_run(store: Store, run_id: str, finished_at: float, *,
-                       callback_url: str | None = "https://example.com/hook") -> None:
+                       callback_url: str | None = "http://127.0.0.1:9/hook") -> None:
     run = RunRecord(id=run_id, workflow="wf", version=1, status=RunStatus.QUEUED, inputs={},
                     created_at=finished_at - 1, callback_url=callback_url)
     await store.insert_run(run).wait()
@@ -138,7 +138,7 @@ async def test_attempts_move_a_callback_from_pending_to_failed(tmp_path: Path) -
         await finished_run(store, "r2", 9_000.0)  # ended long ago: one try, then failed
         await finished_run(store, "r3", 10_000.0, callback_url=None)
         running = RunRecord(id="r4", workflow="wf", version=1, status=RunStatus.RUNNING,
-                            inputs={}, created_at=1, callback_url="https://example.com/")
+                            inputs={}, created_at=1, callback_url="http://127.0.0.1:9/")
         await store.insert_run(running).wait()  # not ended: not due
 
         due = await store.due_callbacks(clock(), 10)

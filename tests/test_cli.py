@@ -159,18 +159,18 @@ def test_keys_create_list_revoke(db_target: Path | str) -> None:
 def test_secrets_on_either_database(db_target: Path | str) -> None:
     db = str(db_target)
     put = subprocess.run(_command("secrets", "--db", db, "set", "API", "--allow",
-                                  "https://api.example.com/"), input="s3cret\n",
+                                  "https://127.0.0.1:8443/"), input="s3cret\n",
                          capture_output=True, text=True, timeout=60, env=_env(None),
                          check=False)
     assert put.returncode == 0, put.stderr
     listed = flowrun("secrets", "list", "--db", db)
-    assert listed.stdout.split() == ["API", "https://api.example.com/"]
+    assert listed.stdout.split() == ["API", "https://127.0.0.1:8443/"]
     assert "s3cret" not in listed.stdout
 
 
 def test_a_database_url_of_an_unknown_scheme_or_an_unreachable_server_is_one_line(
         tmp_path: Path) -> None:
-    unknown = flowrun("keys", "--db", "mysql://u@h/db", "list", cwd=tmp_path)
+    unknown = flowrun("keys", "--db", "mysql://u@127.0.0.1/db", "list", cwd=tmp_path)
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("error: unknown database URL scheme 'mysql'")
     port = free_port()  # nothing listens there

@@ -318,8 +318,8 @@ def test_plain_param_values_are_checked_against_the_type() -> None:
         "as a number (got 'abc')"]
     assert errors_of({"nodes": [{"id": "s", "type": "sleep", "seconds": -5}]}) == [
         "node 's': param 'seconds': Input should be greater than or equal to 0 (got -5)"]
-    msgs = errors_of({"nodes": [{"id": "h", "type": "http", "url": "https://x", "method": "get",
-                                 "headers": {"n": 1}},
+    msgs = errors_of({"nodes": [{"id": "h", "type": "http", "url": "http://127.0.0.1/x",
+                                 "method": "get", "headers": {"n": 1}},
                                 {"id": "m", "type": "map", "items": [], "concurrency": 0,
                                  "nodes": [{"id": "t", "type": "template", "template": "t"}]}]})
     assert msgs == [
@@ -332,7 +332,8 @@ def test_plain_param_values_are_checked_against_the_type() -> None:
 def test_expression_values_are_checked_when_they_run() -> None:
     parse_definition({"name": "wf", "nodes": [
         {"id": "s", "type": "sleep", "seconds": "{{ inputs.s }}"},
-        {"id": "h", "type": "http", "url": "https://x", "headers": {"n": 1, "a": "{{ 1 }}"}}]},
+        {"id": "h", "type": "http", "url": "http://127.0.0.1/x",
+         "headers": {"n": 1, "a": "{{ 1 }}"}}]},
         registry=registry)
 
 

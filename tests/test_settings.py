@@ -14,8 +14,8 @@ from flowrun.settings import Settings, SettingsError, parse_database, safe_url
     ("/var/lib/flowrun/f.db", Path("/var/lib/flowrun/f.db")),
     ("sqlite:///runs.db", Path("runs.db")),
     ("sqlite:////var/lib/runs.db", Path("/var/lib/runs.db")),
-    ("postgresql://u@db:5432/flowrun", "postgresql://u@db:5432/flowrun"),
-    ("postgres://u@db/flowrun", "postgres://u@db/flowrun"),
+    ("postgresql://u@127.0.0.1:5432/flowrun", "postgresql://u@127.0.0.1:5432/flowrun"),
+    ("postgres://u@127.0.0.1/flowrun", "postgres://u@127.0.0.1/flowrun"),
     (Path("x.db"), Path("x.db")),
 ])
 def test_a_path_or_sqlite_url_is_sqlite_and_a_postgres_url_is_kept(
@@ -25,19 +25,32 @@ def test_a_path_or_sqlite_url_is_sqlite_and_a_postgres_url_is_kept(
 
 def test_an_unknown_scheme_is_refused_when_settings_are_built() -> None:
     with pytest.raises(SettingsError, match="unknown database URL scheme 'mysql'"):
-        Settings(db="mysql://u@h/db")
+        Settings(db="mysql://u@127.0.0.1/db")
     with pytest.raises(SettingsError, match="unknown database URL scheme"):
-        Settings.from_env({"FLOWRUN_DB": "redis://h"})
+        Settings.from_env({"FLOWRUN_DB": "redis://127.0.0.1"})
 
 
 def test_db_wins_over_db_path_and_db_path_still_means_sqlite() -> None:
     assert Settings(db_path=Path("a.db")).database == Path("a.db")
     assert Settings.from_env({"FLOWRUN_DB_PATH": "b.db"}).database == Path("b.db")
-    url = "postgresql://u@h/db"
+    url = "postgresql://u@127.0.0.1/db"
     assert Settings.from_env({"FLOWRUN_DB": url, "FLOWRUN_DB_PATH": "b.db"}).database == url
     assert Settings(db_path=Path("a.db"), db="sqlite:///c.db").database == Path("c.db")
 
 
 def test_a_url_is_shown_without_its_password() -> None:
-    assert safe_url("postgresql://u:p@ss:w0rd@h:5/db") == "postgresql://u:***@h:5/db"
-    assert safe_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert safe_url("postgresql://u:p@ss:w0rd@127.0.0.1:5/db") == \
+        "postgresql://u:***@127.0.0.1:5/db"
+    assert safe_url("postgresql://u@127.0.0.1/db") == "postgresql://u@127.0.0.1/db"
+
+
+def test_the_code_networks_limits_have_safe_defaults_and_refuse_nonsense() -> None:
+    settings = Settings.from_env({})
+    assert settings.code_network_connections_per_job == 16
+    assert settings.code_network_head_timeout_s == 2.0
+    env = {"FLOWRUN_CODE_NETWORK_CONNECTIONS_PER_JOB": "4",
+           "FLOWRUN_CODE_NETWORK_HEAD_TIMEOUT_S": "0.5"}
+    assert Settings.from_env(env).code_network_connections_per_job == 4
+    for bad in ({"code_network_connections_per_job": 0}, {"code_network_head_timeout_s": 0}):
+        with pytest.raises(SettingsError, match="code_network"):
+            Settings(**bad)  # type: ignore[arg-type]

@@ -2,10 +2,11 @@
 
 ``BwrapJail`` starts each worker under bubblewrap in its own user, pid, mount,
 ipc, uts, cgroup and network namespaces. The worker sees a read-only view of
-the Python runtime and the system libraries (``/usr``), a private size-capped
-tmpfs at ``/tmp``, its own ``/proc`` and a minimal ``/dev``: no server file, no
-other process, no network. bubblewrap's ``--die-with-parent`` and the pid
-namespace take the worker and every process it forked down with it.
+the Python runtime and the system's ``/usr`` without ``/usr/local`` (runtime.py),
+a private size-capped tmpfs at ``/tmp``, its own ``/proc`` and a minimal
+``/dev``: no server file, no other process, no network. bubblewrap's
+``--die-with-parent`` and the pid namespace take the worker and every process it
+forked down with it.
 
 A server running as root needs one more step. A user namespace made by root
 maps the sandbox to host uid 0, and the kernel exempts uid 0 from
@@ -13,6 +14,13 @@ RLIMIT_NPROC, so a fork bomb would go unchecked. So for root the namespace's
 uid map is written here instead (``--userns-block-fd``): the worker enters as
 namespace root with only CAP_SETUID/CAP_SETGID, and switches itself to the
 unprivileged ``SANDBOX_UID`` before it reads a job.
+
+Nested user namespaces are refused twice: by the seccomp filter, and by a limit
+of the sandbox's own user namespace. Without root, bubblewrap's
+``--disable-userns`` sets that limit. bubblewrap refuses it together with
+``--userns-block-fd``, so for root the limit (``user.max_user_namespaces`` = 0)
+is written here too, from inside the namespace (``nsenter``), while the sandbox
+still waits; the worker, no longer root in it, cannot raise it again.
 
 ``ProcessJail`` is the weaker mode an operator may choose where no sandbox
 works: a separate process with an empty environment, no capabilities and
@@ -27,15 +35,19 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
 import anyio.to_thread
 
-from flowrun.engine import seccomp
+from flowrun.engine import runtime, seccomp
 from flowrun.engine.cgroups import SandboxCgroups
+
+if TYPE_CHECKING:  # egress -> netguard -> node_services -> sandbox -> here
+    from flowrun.engine.egress import EgressProxy
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +71,7 @@ class Jail(Protocol):
     def death(self, returncode: int | None) -> str: ...
 
 
-def _python() -> str:
+def python_executable() -> str:
     """The base interpreter (not a venv's wrapper), whose prefix holds the stdlib."""
     return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
@@ -84,7 +96,7 @@ class ProcessJail:
     name = "process"
 
     async def spawn(self) -> anyio.abc.Process:
-        return await _start([_python(), "-I", "-B", str(WORKER)], env=WORKER_ENV)
+        return await _start([python_executable(), "-I", "-B", str(WORKER)], env=WORKER_ENV)
 
     async def release(self, process: anyio.abc.Process) -> None:
         return None
@@ -146,51 +158,38 @@ def sweep_orphans(bwrap: str, worker: Path = WORKER) -> int:
     return killed
 
 
-def _system_mounts() -> list[str]:
-    """Bind /usr read-only and mirror the top-level library and binary links into it."""
-    args = ["--ro-bind", "/usr", "/usr"]
-    for top in ("/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin"):
-        if os.path.islink(top):
-            args += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            args += ["--ro-bind", top, top]
-    if os.path.exists("/etc/ld.so.cache"):
-        args += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    return args
-
-
 class BwrapJail:
     """Each worker in fresh namespaces under bubblewrap (see the module docstring)."""
 
     name = "bwrap"
 
     def __init__(self, bwrap: str, *, tmp_bytes: int = 64 * 1024 * 1024,
-                 as_root: bool | None = None, egress: Path | None = None,
-                 cgroups: SandboxCgroups | None = None) -> None:
-        """``egress``: the socket of the proxy that gives code nodes network (egress.py);
-        ``cgroups``: per-sandbox memory and process caps (root only, cgroups.py)."""
+                 as_root: bool | None = None, egress: EgressProxy | None = None,
+                 cgroups: SandboxCgroups | None = None,
+                 runtime_files: Sequence[str] | None = None) -> None:
+        """``egress``: the proxy that gives code nodes network, a socket per sandbox
+        (egress.py); ``cgroups``: per-sandbox memory and process caps (root only,
+        cgroups.py); ``runtime_files``: what the interpreter runs on (runtime.py, found
+        here when not given: that runs the interpreter)."""
         self.bwrap = bwrap
         self.cgroups = cgroups if (os.geteuid() == 0 if as_root is None else as_root) \
             else None
         self._cgroup_paths: dict[int, list[Path]] = {}
+        self._sockets: dict[int, Path] = {}
         self.tmp_bytes = tmp_bytes
         self.egress = egress
         self.as_root = os.geteuid() == 0 if as_root is None else as_root
-        python = _python()
-        prefix = os.path.realpath(sys.base_prefix)
-        mounts = _system_mounts()
-        if not (prefix + "/").startswith("/usr/"):
-            # bubblewrap would make the prefix's parents (e.g. /root) private to root
-            for parent in reversed(Path(prefix).parents[:-1]):
-                mounts += ["--perms", "0755", "--dir", str(parent)]
-            mounts += ["--ro-bind", prefix, prefix]
+        # the second lock on nested user namespaces for root (seccomp being the first)
+        self.nsenter = shutil.which("nsenter") if self.as_root else None
+        python = python_executable()
+        mounts = runtime.mounts(runtime.runtime_paths(python) if runtime_files is None
+                                else runtime_files)
         worker_flags = []
         if egress is not None:
-            mounts += ["--perms", "0755", "--dir", "/run",
-                       "--bind", str(egress), "/run/egress.sock"]
+            mounts += ["--perms", "0755", "--dir", "/run"]  # the socket's bind follows
             worker_flags.append("--egress=/run/egress.sock")
+        self._mounts = mounts
         self._argv_tail = [
-            *mounts,
             "--ro-bind", str(WORKER), "/flowrun/code_worker.py",
             "--proc", "/proc", "--dev", "/dev",
             "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
@@ -208,8 +207,26 @@ class BwrapJail:
         memory = self.cgroups.describe() if self.cgroups is not None \
             else "memory and processes capped per process (rlimits; no cgroup)"
         filtered = "seccomp filter" if seccomp.program() is not None else "no seccomp filter"
+        nested = "no nested user namespaces" if self.nsenter or not self.as_root \
+            else "nested user namespaces refused by seccomp only (no nsenter)"
         return (f"bwrap ({self.bwrap}): own user, pid, mount, ipc and network namespaces, "
-                f"{who}, read-only runtime, private /tmp, {network}, {filtered}, {memory}")
+                f"{who}, read-only runtime, private /tmp, {network}, {filtered}, {nested}, "
+                f"{memory}")
+
+    def user_command(self, extra: list[str], socket: Path | None) -> list[str]:
+        """bubblewrap's command line for a server that is not root."""
+        return [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
+                "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
+                *extra, *self.sandbox_args(socket)]
+
+    def root_command(self, extra: list[str], socket: Path | None, block_fd: int,
+                     info_fd: int) -> list[str]:
+        """bubblewrap's command line for a root server: it waits on ``block_fd`` until
+        ``_spawn_as_root`` has set its user namespace up."""
+        return [self.bwrap, "--unshare-all", "--unshare-user", "--userns-block-fd",
+                str(block_fd), "--info-fd", str(info_fd), "--cap-drop", "ALL",
+                "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", *extra,
+                *self.sandbox_args(socket), f"--become={SANDBOX_UID}"]
 
     def death(self, returncode: int | None) -> str:
         # bubblewrap exits 128+N when the worker dies from signal N, and dies from a
@@ -220,41 +237,52 @@ class BwrapJail:
             return _exit_text(returncode, returncode - 128)
         return _exit_text(returncode, None)
 
+    def sandbox_args(self, socket: Path | None = None) -> list[str]:
+        """bubblewrap's arguments after its namespace options: mounts, then the worker;
+        ``socket``: this sandbox's own socket of the network proxy."""
+        bind = ["--bind", str(socket), "/run/egress.sock"] if socket is not None else []
+        return [*self._mounts, *bind, *self._argv_tail]
+
     async def spawn(self) -> anyio.abc.Process:
+        socket = await self.egress.attach() if self.egress is not None else None
         seccomp_fd = _seccomp_pipe()
         extra = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
         fds = (seccomp_fd,) if seccomp_fd is not None else ()
         try:
             if self.as_root:
-                return await self._spawn_as_root(extra, fds)
-            return await _start(
-                [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
-                 "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
-                 *extra, *self._argv_tail], pass_fds=fds)
+                process = await self._spawn_as_root(extra, fds, socket)
+            else:
+                process = await _start(self.user_command(extra, socket), pass_fds=fds)
+        except BaseException:
+            if socket is not None and self.egress is not None:
+                self.egress.detach(socket)
+            raise
         finally:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
+        if socket is not None:
+            self._sockets[process.pid] = socket
+        return process
 
     async def release(self, process: anyio.abc.Process) -> None:
-        """Remove the cgroups of a worker that has exited."""
+        """Close the proxy socket and remove the cgroups of a worker that has exited."""
+        socket = self._sockets.pop(process.pid, None)
+        if socket is not None and self.egress is not None:
+            self.egress.detach(socket)
         paths = self._cgroup_paths.pop(process.pid, None)
         if paths is not None and self.cgroups is not None:
             await anyio.to_thread.run_sync(self.cgroups.remove, paths)
 
-    async def _spawn_as_root(self, extra: list[str], fds: tuple[int, ...]
-                             ) -> anyio.abc.Process:
+    async def _spawn_as_root(self, extra: list[str], fds: tuple[int, ...],
+                             socket: Path | None) -> anyio.abc.Process:
         """Start bubblewrap, then write its user namespace's maps (and put it in its
         cgroups) before it goes on."""
         block_r, block_w = os.pipe()
         info_r, info_w = os.pipe()
         try:
-            process = await _start(
-                [self.bwrap, "--unshare-all", "--unshare-user",
-                 "--userns-block-fd", str(block_r),
-                 "--info-fd", str(info_w), "--cap-drop", "ALL", "--cap-add", "CAP_SETUID",
-                 "--cap-add", "CAP_SETGID", *extra, *self._argv_tail,
-                 f"--become={SANDBOX_UID}"],
-                pass_fds=(block_r, info_w, *fds), group=SANDBOX_UID, extra_groups=[])
+            process = await _start(self.root_command(extra, socket, block_r, info_w),
+                                   pass_fds=(block_r, info_w, *fds), group=SANDBOX_UID,
+                                   extra_groups=[])
         finally:
             os.close(block_r)
             os.close(info_w)
@@ -266,6 +294,8 @@ class BwrapJail:
             # becomes SANDBOX_UID, which maps to the same unprivileged host uid.
             _write(f"/proc/{child}/uid_map", f"0 0 1\n{SANDBOX_UID} {SANDBOX_UID} 1\n")
             _write(f"/proc/{child}/gid_map", f"{SANDBOX_UID} {SANDBOX_UID} 1\n")
+            if self.nsenter is not None:
+                await _lock_userns(self.nsenter, child)
             if self.cgroups is not None:
                 paths = await anyio.to_thread.run_sync(self.cgroups.create)
                 self._cgroup_paths[process.pid] = paths
@@ -283,6 +313,26 @@ class BwrapJail:
             os.close(info_r)
             os.close(block_w)
         return process
+
+
+def userns_lock_command(nsenter: str, pid: int) -> list[str]:
+    """Set ``user.max_user_namespaces`` to 0 inside the user namespace of ``pid``: what
+    bubblewrap's ``--disable-userns`` does for a sandbox that is not root's."""
+    # only the user namespace is entered: the mount namespace, and so /proc/sys, stay
+    # the host's, while the limit written is the sandbox namespace's own
+    return [nsenter, f"--user=/proc/{pid}/ns/user", "--preserve-credentials", "--",
+            "/bin/sh", "-c", "echo 0 > /proc/sys/user/max_user_namespaces"]
+
+
+async def _lock_userns(nsenter: str, pid: int) -> None:
+    """Lock nested user namespaces in a waiting sandbox; OSError when that fails (the
+    sandbox is then not started: it would have one lock fewer than it says)."""
+    with anyio.fail_after(_SETUP_TIMEOUT_S):
+        done = await anyio.run_process(userns_lock_command(nsenter, pid), check=False,
+                                       env={"PATH": "/usr/bin:/bin"})
+    if done.returncode != 0:
+        raise OSError(f"cannot turn nested user namespaces off in the sandbox: "
+                      f"{done.stderr.decode(errors='replace').strip()}")
 
 
 async def _start(command: list[str], *, env: dict[str, str] | None = None,

@@ -18,8 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -33,9 +32,14 @@ from flowrun.engine.jail import (
     ProcessJail,
     find_bwrap,
     kill_group,
+    python_executable,
     sweep_orphans,
 )
+from flowrun.engine.runtime import runtime_paths
 from flowrun.errors import NodeFailure
+
+if TYPE_CHECKING:  # egress -> netguard -> node_services -> here
+    from flowrun.engine.egress import EgressProxy
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ class CodeResult:
     stderr: str
 
 
-async def choose_jail(mode: str, tmp_mb: int = 64, egress: Path | None = None,
+async def choose_jail(mode: str, tmp_mb: int = 64, egress: EgressProxy | None = None,
                       limits: CodeLimits | None = None) -> tuple[Jail | None, str]:
     """The jail for a sandbox mode, probed with a real job: (jail or None, description).
 
@@ -84,7 +88,12 @@ async def choose_jail(mode: str, tmp_mb: int = 64, egress: Path | None = None,
     # the worker itself and bubblewrap's init count too
     cgroups = await anyio.to_thread.run_sync(cgroups_detect, limits.memory_bytes,
                                              limits.max_processes + 2)
-    jail = BwrapJail(bwrap, tmp_bytes=tmp_mb * 1024 * 1024, egress=egress, cgroups=cgroups)
+    try:
+        files = await anyio.to_thread.run_sync(runtime_paths, python_executable())
+    except OSError as exc:
+        return None, f"cannot tell which files the Python runtime needs: {exc}"
+    jail = BwrapJail(bwrap, tmp_bytes=tmp_mb * 1024 * 1024, egress=egress, cgroups=cgroups,
+                     runtime_files=files)
     problem = await probe(jail)
     if problem is not None:
         return None, f"bubblewrap does not work on this host: {problem}"

@@ -193,9 +193,9 @@ def test_a_workflow_names_a_default_callback(start_server: Callable[..., Started
     assert receiver.got(2)[1].path == "/mine"  # the request's URL wins
 
 
-BAD_URLS = ["ftp://example.com/hook", "http://user:secret@example.com/hook",
-            "example.com/hook", "http:///hook", "http://example.com/a b",
-            "http://example.com:port/", "https://example.com/" + "a" * 2048, 42]
+BAD_URLS = ["ftp://127.0.0.1/hook", "http://user:secret@127.0.0.1/hook",
+            "127.0.0.1/hook", "http:///hook", "http://127.0.0.1/a b",
+            "http://127.0.0.1:port/", "https://127.0.0.1/" + "a" * 2048, 42]
 
 
 def test_a_bad_callback_url_is_refused(start_server: Callable[..., Started]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from flowrun.engine import jail as jails
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import registry
+from flowrun.engine.runtime import runtime_paths
 from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
 from flowrun.engine.sandbox import _discard as discard
 from flowrun.records import RunStatus
@@ -150,11 +153,11 @@ async def test_protocol_survives_writes_to_the_raw_stdout() -> None:
 
 SPY = """
 import os, socket
-def main():
+def main(port):
     seen = {"uid": os.getuid(), "pids": sorted(p for p in os.listdir('/proc') if p.isdigit()),
             "root": sorted(os.listdir('/'))}
     try:
-        socket.create_connection(("1.1.1.1", 53), timeout=1)
+        socket.create_connection(("127.0.0.1", port), timeout=1)
         seen["net"] = "open"
     except OSError as exc:
         seen["net"] = type(exc).__name__
@@ -179,8 +182,14 @@ def main():
 
 
 async def test_bwrap_worker_sees_only_itself() -> None:
-    async with code_services() as services:
-        out = await run_code(services, SPY)
+    # "No network" is shown with a listener of the test's own: the sandbox's loopback is
+    # its own, so it is refused there, and nothing reaches this one.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        async with code_services() as services:
+            out = await run_code(services, SPY, {"port": listener.getsockname()[1]})
+        with pytest.raises(BlockingIOError):
+            listener.accept()
         assert out.status is RunStatus.SUCCEEDED and out.outputs is not None, out.error
         seen = out.outputs["py"]
         assert seen["uid"] == jails.SANDBOX_UID
@@ -188,8 +197,31 @@ async def test_bwrap_worker_sees_only_itself() -> None:
         assert "home" not in seen["root"] and "var" not in seen["root"]
         assert "work" not in seen["root"] and "etc" in seen["root"]  # only ld.so.cache
         assert seen["passwd"] in {"FileNotFoundError", "PermissionError"}
-        assert seen["net"] in {"OSError", "ConnectionRefusedError", "gaierror"}
+        assert seen["net"] == "ConnectionRefusedError"
         assert 0 < seen["forked"] < 16  # RLIMIT_NPROC holds (16 here)
+
+
+RUNTIME = """
+import os, sqlite3, ssl, ctypes
+def main():
+    local = sorted(os.listdir('/usr/local')) if os.path.isdir('/usr/local') else None
+    return {"local": local, "etc": os.path.exists('/usr/local/etc'),
+            "ssl": ssl.OPENSSL_VERSION, "sh": os.path.exists('/bin/sh')}
+"""
+
+
+async def test_the_sandbox_shows_the_runtime_but_not_usr_local() -> None:
+    async with code_services() as services:
+        out = await run_code(services, RUNTIME)
+    assert out.outputs is not None, out.error
+    seen = out.outputs["py"]
+    assert seen["etc"] is False  # the site's configuration
+    # of /usr/local, only what this interpreter runs on, if it lives there
+    needed = sorted({Path(f).relative_to("/usr/local").parts[0]
+                     for f in runtime_paths(jails.python_executable())
+                     if f.startswith("/usr/local/")})
+    assert seen["local"] == (needed or None)
+    assert seen["ssl"] and seen["sh"]  # extension modules load; the system's tools stay
 
 
 async def test_process_mode_is_the_weaker_opt_in() -> None:
@@ -258,6 +290,31 @@ async def test_code_cannot_make_namespaces_or_mounts_but_has_a_private_tmp() -> 
     seen = out.outputs["py"]
     assert seen["tmp"] == "ok" and seen["nested"] != 0 and seen["mount"] != 0
     assert len(seen["fds"]) <= 5  # stdin, stdout, stderr, the result pipe, listdir's own
+
+
+NESTED = """
+import ctypes
+def main():
+    libc = ctypes.CDLL(None, use_errno=True)
+    made = libc.unshare(0x10000000)  # CLONE_NEWUSER
+    return {"made": made, "errno": ctypes.get_errno(),
+            "limit": open('/proc/sys/user/max_user_namespaces').read().strip()}
+"""
+
+
+async def test_a_root_sandbox_refuses_nested_user_namespaces_without_seccomp_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox of a server that is not root is locked by bubblewrap itself")
+    async with code_services() as services:  # with the filter: it answers first
+        out = await run_code(services, NESTED)
+    assert out.outputs is not None, out.error
+    assert out.outputs["py"] == {"made": -1, "errno": errno.EPERM, "limit": "0"}
+    monkeypatch.setattr("flowrun.engine.seccomp.program", lambda machine=None: None)
+    async with code_services() as services:  # without it: the namespace's own limit
+        out = await run_code(services, NESTED)
+    assert out.outputs is not None, out.error
+    assert out.outputs["py"] == {"made": -1, "errno": errno.ENOSPC, "limit": "0"}
 
 
 def bwrap_pids() -> set[int]:

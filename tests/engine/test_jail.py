@@ -1,8 +1,10 @@
-"""The sweep of sandboxes a killed server left behind (a bubblewrap setup race)."""
+"""The sweep of sandboxes a killed server left behind (a bubblewrap setup race), and the
+command lines that start sandboxes."""
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flowrun.engine.jail import WORKER, sweep_orphans
+from flowrun.engine.jail import WORKER, BwrapJail, sweep_orphans, userns_lock_command
 
 NAP = "import time; time.sleep(60)"
 
@@ -76,3 +78,21 @@ def test_only_orphaned_sandboxes_of_this_worker_are_killed(tmp_path: Path,
     assert live.poll() is None  # a live server's sandbox has that server as parent
     live.kill()
     live.wait()
+
+
+def test_both_kinds_of_sandbox_lock_nested_user_namespaces_beyond_seccomp() -> None:
+    user = BwrapJail("/x/bwrap", as_root=False, runtime_files=[])
+    command = user.user_command([], None)
+    assert "--unshare-user" in command and "--disable-userns" in command  # bubblewrap's own
+    assert user.nsenter is None
+    root = BwrapJail("/x/bwrap", as_root=True, runtime_files=[])
+    command = root.root_command([], None, 5, 6)
+    # bubblewrap refuses --disable-userns beside --userns-block-fd: the limit is set from here
+    assert "--userns-block-fd" in command and "--disable-userns" not in command
+    if shutil.which("nsenter") is None:
+        assert "seccomp only" in root.describe()
+        return
+    assert root.nsenter is not None and "no nested user namespaces" in root.describe()
+    assert userns_lock_command(root.nsenter, 42) == [
+        root.nsenter, "--user=/proc/42/ns/user", "--preserve-credentials", "--",
+        "/bin/sh", "-c", "echo 0 > /proc/sys/user/max_user_namespaces"]

@@ -136,7 +136,8 @@ async def test_needs_a_prompt_or_messages(llm_url: str) -> None:
 
 
 async def test_a_per_node_base_url_goes_through_the_ssrf_guard(llm_url: str) -> None:
-    out = await ask("https://api.example.invalid/v1", prompt="x", base_url=llm_url)
+    # the configured API (nothing listens there) is never asked: the node fails first
+    out = await ask("http://127.0.0.1:9/v1", prompt="x", base_url=llm_url)
     assert out.error is not None and out.error["code"] == "http_blocked"
 
 
