@@ -82,6 +82,20 @@ class Server:
             return list(conn.execute(sql, params).fetchall())
 
     def start(self, *extra: str) -> None:
+        for _ in range(2):  # a port taken meanwhile by something else: take another
+            logged = self.log.stat().st_size if self.log.exists() else 0
+            try:
+                return self._start(*extra)
+            except RuntimeError:
+                with self.log.open("rb") as log:
+                    log.seek(logged)
+                    if b"address already in use" not in log.read():
+                        raise
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        self._start(*extra)
+
+    def _start(self, *extra: str) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([*self.command(), *extra], env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT)

@@ -318,16 +318,28 @@ async def test_a_root_sandbox_refuses_nested_user_namespaces_without_seccomp_too
 
 
 def bwrap_pids() -> set[int]:
-    found = set()
+    """The sandboxes this test process started (not those of servers that other tests,
+    maybe in other workers, run meanwhile)."""
+    found, parents = set(), {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+                status = Path(f"/proc/{entry}/status").read_text()
             except OSError:
                 continue
+            parents[int(entry)] = int(status.split("PPid:", 1)[1].split()[0])
             if b"bwrap" in cmd.split(b"\\0")[0] and b"code_worker.py" in cmd:
                 found.add(int(entry))
-    return found
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return {pid for pid in found if ours(pid)}
 
 
 async def test_cancelled_sandbox_starts_leave_no_process_behind() -> None:
