@@ -16,9 +16,9 @@ import uvicorn
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).
 
-    Under pytest-xdist each worker takes only the ports of its own residue (port mod
-    the number of workers), so a port one worker picked and has not bound yet is never
-    handed to another.
+    Under pytest-xdist each worker takes only the ports of its own residue, so a port
+    one worker picked and has not bound yet is never handed to another. (Linux gives
+    ``bind`` odd ports, leaving even ones to ``connect``: the residue is of port // 2.)
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -27,7 +27,7 @@ def free_port() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port % count == mine:
+        if port // 2 % count == mine:
             return port
 
 
