@@ -164,12 +164,27 @@ class CallbackBook:
     async def _deliver(self, item: DueCallback) -> None:
         try:
             await self.attempt(item)
-        except Exception:  # a bad row or a store fault must not crash the task group
-            logger.exception("callbacks: run %s: attempt not made", item.run_id)
-            await anyio.sleep(TICK_S)  # held in flight a moment: no tight retry loop
+        except Exception as exc:  # a bad row or a store fault must not crash the task group
+            await self._not_made(item, exc)
         finally:
             self._in_flight.discard(item.run_id)
             self._wake.set()  # a slot is free
+
+    async def _not_made(self, item: DueCallback, exc: Exception) -> None:
+        """An attempt that failed before it was sent or recorded (a store fault, a bad
+        row): recorded as a failed attempt if the store takes it, so it backs off and
+        expires like any other; if not, held in flight a moment (no tight retry loop).
+        One log line either way, not a traceback at every try."""
+        why = f"{type(exc).__name__}: {exc}"
+        trace = logger.isEnabledFor(logging.DEBUG)
+        try:
+            await self._record(item, CallbackAttempt(item.attempts + 1, self.clock(), None,
+                                                     f"not sent: {why}", 0.0),
+                               level=logging.WARNING)
+        except Exception:
+            logger.warning("callbacks: run %s: attempt %d not made, nor recorded: %s",
+                           item.run_id, item.attempts + 1, why, exc_info=trace)
+            await anyio.sleep(TICK_S)
 
     async def attempt(self, item: DueCallback) -> CallbackAttempt | None:
         """POST the run once and record the attempt with the state it leaves; None when
@@ -184,26 +199,42 @@ class CallbackBook:
         if run is None:
             return None
         number = item.attempts + 1
-        body = _dumps(run.to_json())
         at = self.clock()
+        started = time.monotonic()
+        try:
+            callbacks.check_url(item.url)  # stored before this version refused it?
+        except ValueError as exc:
+            record = CallbackAttempt(number, at, None, f"invalid callback_url: {exc}", 0.0)
+            # no attempt could ever send it: failed now, not retried for a day
+            await self._record(item, record, retry=False, level=logging.WARNING)
+            return record
+        body = _dumps(run.to_json())
         headers = callbacks.request_headers(secrets, body, delivery_id=item.delivery_id,
                                             attempt=number, timestamp=int(at))
-        started = time.monotonic()
         status_code, error = await self._post(item.url, body, headers)
         record = CallbackAttempt(number, at, status_code, error,
                                  (time.monotonic() - started) * 1000)
-        decision = callbacks.after_attempt(number, callbacks.delivered(status_code),
+        await self._record(item, record)
+        return record
+
+    async def _record(self, item: DueCallback, record: CallbackAttempt, *,
+                      retry: bool = True, level: int = logging.INFO) -> None:
+        """Save an attempt with the state it leaves the callback in (shielded: an attempt
+        the receiver saw is recorded even during a shutdown)."""
+        decision = callbacks.after_attempt(record.attempt,
+                                           callbacks.delivered(record.status_code),
                                            now=self.clock(), finished_at=item.finished_at,
-                                           policy=self.retry, jitter=self.jitter())
-        # Shielded: an attempt the receiver saw is recorded even during a shutdown.
+                                           policy=self.retry, jitter=self.jitter(),
+                                           retry=retry)
         with anyio.move_on_after(RECORD_TIMEOUT_S, shield=True):
             await self.store.record_callback_attempt(item.run_id, record, decision.state,
                                                      decision.next_attempt_at)
         if decision.next_attempt_at is not None:
             self._soonest = min(self._soonest, decision.next_attempt_at)
-        logger.info("callbacks: run %s: attempt %d: %s -> %s", item.run_id, number,
-                    status_code if status_code is not None else error, decision.state.value)
-        return record
+        logger.log(level, "callbacks: run %s: attempt %d: %s -> %s", item.run_id,
+                   record.attempt,
+                   record.status_code if record.status_code is not None else record.error,
+                   decision.state.value)
 
     async def _post(self, url: str, body: bytes,
                     headers: dict[str, str]) -> tuple[int | None, str | None]:
@@ -222,6 +253,8 @@ class CallbackBook:
             return None, text if text.startswith(BLOCKED) else f"connect error: {text}"
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # not httpx's own (InvalidURL, idna's): failed all the same
+            return None, f"cannot send: {type(exc).__name__}: {exc}"
 
 
 def _dumps(value: Any) -> bytes:

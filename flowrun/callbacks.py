@@ -18,6 +18,9 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import httpcore
+import httpx
+
 from flowrun import signing
 from flowrun.records import CallbackState
 
@@ -28,7 +31,8 @@ ATTEMPT_HEADER = "Flowrun-Attempt"
 
 def check_url(url: str) -> str:
     """``url`` if it may be a callback's: http or https with a host, no user info, no
-    spaces or control characters, at most 2048 characters; ValueError saying why."""
+    spaces or control characters, at most 2048 characters, and a request the delivery
+    can build (``buildable``); ValueError saying why."""
     if len(url) > MAX_URL_LENGTH:
         raise ValueError(f"callback_url is longer than {MAX_URL_LENGTH} characters")
     if any(c.isspace() or not c.isprintable() for c in url):
@@ -44,7 +48,32 @@ def check_url(url: str) -> str:
         raise ValueError("callback_url has no host")
     if "@" in parts.netloc:
         raise ValueError("callback_url must not carry user info (user:password@)")
+    buildable(url)
     return url
+
+
+def buildable(url: str) -> None:
+    """Build the POST of ``url`` as a delivery does, or raise ValueError saying why not.
+
+    httpx parses the URL (IDNA-encoding a host), the Host header decodes it again,
+    httpcore takes the request as httpx hands it over, and the connection encodes the
+    host name with Python's ``idna`` codec (TLS's server name). Each of these refuses
+    URLs the checks above let through (``http://xn--/`` among them), and not always with
+    an ``httpx.HTTPError``: a URL refused here is one no attempt could ever send.
+    """
+    try:
+        request = httpx.Request("POST", url, content=b"")
+        target = request.url
+        httpcore.Request("POST", httpcore.URL(scheme=target.raw_scheme, host=target.raw_host,
+                                              port=target.port, target=target.raw_path),
+                         headers=request.headers.raw)
+        host = target.raw_host.decode("ascii")
+        if ":" not in host:  # (an IPv6 address is no name to encode)
+            host.encode("idna")
+    except Exception as exc:  # httpx's InvalidURL, idna's and the codec's own errors
+        raise ValueError(f"callback_url is not a valid URL ({exc})") from None
+    if target.scheme not in ("http", "https") or not target.host or target.userinfo:
+        raise ValueError("callback_url is not a valid URL (as its request would be sent)")
 
 
 @dataclass(frozen=True)
@@ -75,14 +104,15 @@ class Decision:
 
 
 def after_attempt(attempt: int, delivered: bool, *, now: float, finished_at: float,
-                  policy: RetryPolicy, jitter: float) -> Decision:
+                  policy: RetryPolicy, jitter: float, retry: bool = True) -> Decision:
     """What follows attempt ``attempt``: delivered, tried again after ``backoff`` (the
     last try falls exactly at the deadline, ``max_age_s`` after the run ended), or
-    failed once an attempt at or past the deadline fails too."""
+    failed once an attempt at or past the deadline fails too, or one that ``retry``
+    says no later attempt could mend (a URL no request can be built for)."""
     if delivered:
         return Decision(CallbackState.DELIVERED, None)
     deadline = finished_at + policy.max_age_s
-    if now >= deadline:
+    if now >= deadline or not retry:
         return Decision(CallbackState.FAILED, None)
     return Decision(CallbackState.PENDING,
                     min(now + backoff(attempt, policy, jitter), deadline))

@@ -5,6 +5,7 @@ a fixed clock."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any, cast
@@ -44,10 +45,37 @@ def test_urls_a_callback_may_use(url: str) -> None:
     ("http://u:p@example.com/", "user info"), ("http://@example.com/", "user info"),
     ("http://example.com/a b", "spaces"), ("http://example.com/\x00", "spaces"),
     ("http://example.com:99999999/", "not a valid URL"),
-    ("http://example.com/" + "a" * 2030, "longer than 2048")])
+    ("http://example.com/" + "a" * 2030, "longer than 2048"),
+    # hosts urllib takes and httpx, its Host header or the connection refuse
+    ("http://xn--/", "not a valid URL"), ("http://\u0660\u0661/", "not a valid URL"),
+    ("http://xn--a/", "not a valid URL"), ("https://1.2.3.999/", "not a valid URL"),
+    ("https://a..localhost/", "not a valid URL"),
+    ("https://" + "a" * 64 + ".localhost/", "not a valid URL")])
 def test_urls_a_callback_may_not_use(url: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         check_url(url)
+
+
+ACCEPTED = ["http://localhost/hook", "https://localhost:8443/a/b?c=d#e", "http://127.0.0.1:9/",
+            "https://[::1]/x", "http://b\u00fccher.localhost/", "http://a_b.localhost/",
+            "http://localhost./x", "http://localhost/%zz", "http://[fe80::1%25lo]/"]
+
+
+@pytest.mark.parametrize("url", ACCEPTED)
+async def test_a_url_the_check_passes_is_one_a_delivery_can_send(url: str) -> None:
+    """The rule holds for the request the loop sends: httpx (and httpcore behind it)
+    builds the POST and hands it to a transport."""
+    assert check_url(url) == url
+    sent: list[httpx.Request] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(204)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receive)) as http:
+        async with http.stream("POST", url, content=b"{}") as resp:
+            assert resp.status_code == 204
+    assert sent[0].url.host
 
 
 def test_backoff_doubles_from_the_base_up_to_the_cap_within_its_jitter() -> None:
@@ -221,3 +249,53 @@ async def test_the_signing_secret_is_made_once_and_rotated(tmp_path: Path) -> No
         assert await book.signing_secrets() == [rotated["secret"], first["secret"]]
         clock.now += 86_401  # the old one stops signing after a day
         assert await book.signing_secrets() == [rotated["secret"]]
+
+
+async def test_an_attempt_that_cannot_be_sent_is_recorded_and_backs_off(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A URL stored before it was refused fails at once; an error no attempt expects, in
+    sending or before it, is a failed attempt that backs off like a refused connection.
+    Each is one log line, not a traceback."""
+    def explode(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug in a transport")
+
+    caplog.set_level(logging.INFO, "flowrun.callback_loop")
+    clock = Clock(10_000.0)
+    async with Store.open(tmp_path / "f.db") as store, \
+            httpx.AsyncClient(transport=httpx.MockTransport(explode)) as http:
+        book = CallbackBook(store, cast(RunService, None), cast(Lifecycle, None),
+                            HttpPolicy(), POLICY, clock=clock, jitter=lambda: 1.0)
+        book._http = http
+        for run_id, url in (("bad", "http://xn--/"), ("odd", "https://receiver.localhost/"),
+                            ("lost", "https://receiver.localhost/")):
+            await finished_run(store, run_id, 10_000.0, callback_url=url)
+        by_id = {d.run_id: d for d in await store.due_callbacks(clock(), 10)}
+
+        await book.attempt(by_id["bad"])
+        bad = await store.get_callback("bad")
+        assert bad is not None and bad.state is CallbackState.FAILED
+        [attempt] = bad.attempts
+        assert attempt.status_code is None and attempt.error is not None
+        assert attempt.error.startswith("invalid callback_url: callback_url is not a valid URL")
+
+        await book.attempt(by_id["odd"])
+        odd = await store.get_callback("odd")
+        assert odd is not None and odd.state is CallbackState.PENDING
+        assert odd.next_attempt_at == 10_010.0
+        assert odd.attempts[0].error == "cannot send: RuntimeError: a bug in a transport"
+
+        async def broken(run_id: str, **_: Any) -> RunRecord | None:
+            raise RuntimeError("a row this version cannot read")
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(store, "get_run", broken)
+            await book._deliver(by_id["lost"])
+        lost = await store.get_callback("lost")
+        assert lost is not None and lost.state is CallbackState.PENDING
+        assert lost.next_attempt_at == 10_010.0
+        assert lost.attempts[0].error == "not sent: RuntimeError: a row this version cannot read"
+        assert await store.due_callbacks(clock(), 10) == []
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [m.split(":")[1] for _, m in lines] == [" run bad", " run odd", " run lost"], lines
+    assert [level for level, _ in lines] == [logging.WARNING, logging.INFO, logging.WARNING]
+    assert not any(r.exc_info for r in caplog.records)

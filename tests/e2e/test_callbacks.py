@@ -5,6 +5,7 @@ and a restart in the middle (the callback is delivered once, after it)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,7 +23,7 @@ from starlette.routing import Route
 
 from flowrun import signing
 from flowrun.client import Client, ClientError
-from tests.e2e.server import Started, finished
+from tests.e2e.server import Server, Started, finished
 from tests.local_server import serve
 
 FAST = {"FLOWRUN_ALLOW_PRIVATE_HOSTS": "true", "FLOWRUN_CALLBACK_BACKOFF_S": "0.1",
@@ -195,7 +197,9 @@ def test_a_workflow_names_a_default_callback(start_server: Callable[..., Started
 
 BAD_URLS = ["ftp://example.com/hook", "http://user:secret@example.com/hook",
             "example.com/hook", "http:///hook", "http://example.com/a b",
-            "http://example.com:port/", "https://example.com/" + "a" * 2048, 42]
+            "http://example.com:port/", "https://example.com/" + "a" * 2048, 42,
+            # hosts that pass a URL parser but no request can be built for
+            "http://xn--/", "http://\u0660\u0661/", "http://xn--a/", "https://a..localhost/"]
 
 
 def test_a_bad_callback_url_is_refused(start_server: Callable[..., Started]) -> None:
@@ -253,3 +257,49 @@ def test_a_pending_callback_survives_a_restart(start_server: Callable[..., Start
     assert numbers == list(range(1, len(numbers) + 1))
     assert [a["status_code"] for a in shown["attempts"]][-1] == 200
     assert receiver.requests[-1].headers["flowrun-attempt"] == str(numbers[-1])
+
+
+def rewrite(server: Server, sql: str, params: tuple[Any, ...]) -> None:
+    """Change the database of a stopped server (SQLite or PostgreSQL)."""
+    if server.database is not None:
+        with psycopg.connect(server.database) as pg:
+            pg.execute(sql.replace("?", "%s"), params)
+        return
+    with sqlite3.connect(server.db) as conn:
+        conn.execute(sql, params)
+
+
+def test_a_stored_url_no_request_can_be_built_fails_and_holds_back_nothing(
+        start_server: Callable[..., Started], receiver: Receiver) -> None:
+    """Callbacks stored with URLs no request can be built for (accepted by an older
+    version), more of them than attempts may be in flight: each fails after one
+    recorded attempt, without a traceback, and another run's callback still arrives."""
+    started, _ = setup(start_server)
+    server, client = started.server, started.client
+    receiver.status = 500
+    runs = [client.post("/workflows/greet/run",
+                        json={"callback_url": f"{receiver.url}/old"}).json()["id"]
+            for _ in range(10)]
+    for run_id in runs:
+        finished(client, run_id)
+    receiver.got(10, answered=500)
+    server.kill()
+    bad = ["http://xn--/", "http://\u0660\u0661/"]
+    for n, run_id in enumerate(runs):
+        rewrite(server, "UPDATE runs SET callback_url = ? WHERE id = ?", (bad[n % 2], run_id))
+        rewrite(server, "UPDATE callbacks SET next_attempt_at = NULL WHERE run_id = ?",
+                (run_id,))
+    receiver.status = 200
+    server.start()
+
+    good = client.post("/workflows/greet/run",
+                       json={"callback_url": f"{receiver.url}/new"}).json()["id"]
+    assert receiver.got(1, answered=200)[0].path == "/new"
+    callback_state(client, good, "delivered")
+    for run_id in runs:
+        shown = callback_state(client, run_id, "failed")
+        last = shown["attempts"][-1]
+        assert last["status_code"] is None
+        assert last["error"].startswith("invalid callback_url"), last
+        assert shown["next_attempt_at"] is None
+    assert "Traceback" not in server.log.read_text()
