@@ -3,10 +3,14 @@
 ``CallbackBook`` is what the routers call: a run's callback with every attempt, and
 the signing secret (read and rotated by an admin). ``CallbackBook.run`` is a task in
 the app's task group. It takes the pending callbacks of ended runs whose next attempt
-is due (``Store.due_callbacks``, a partial index over pending rows), sends up to
-``max_in_flight`` at once, each in its own task and bounded by ``timeout_s``, so one
-slow receiver holds back no other, and records each attempt together with the state
-it leaves (``callbacks.after_attempt``). It wakes when a run with a callback ends
+is due (``Store.due_callbacks``, a partial index over pending rows, key by key), sends
+up to ``max_in_flight`` at once, each in its own task and bounded by ``timeout_s``, and
+records each attempt together with the state it leaves (``callbacks.after_attempt``),
+whatever went wrong in it. The slots are shared out between API keys: a key has at
+most ``max_in_flight_per_key`` of them, and the keys take turns for each free one
+(``callbacks.fair_pick``), so receivers that never answer, however many a key points
+its runs at, delay another key's callback by one attempt at most, and usually not at
+all. (Each process counts its own slots.) It wakes when a run with a callback ends
 (``run_finished``, told once that run's terminal write has committed), when an
 attempt ends, when a retry it scheduled falls due, and every ``TICK_S`` whatever
 happens, so nothing hangs on the poke; after a restart its first tick finds whatever
@@ -26,6 +30,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +56,7 @@ ROTATION_OVERLAP_S = 86_400.0  # a rotated-out secret still signs (as a second v
 TICK_S = 1.0  # the longest the loop sleeps: a due retry waits at most this
 TICK_TIMEOUT_S = 30.0  # a look-up that takes longer (a stuck database) is abandoned
 RECORD_TIMEOUT_S = 10.0  # the wait for an attempt's record, shielded from shutdown
+KEYS_PER_LOOKUP = 32  # keys whose due callbacks one round trip looks up
 
 
 class CallbackBook:
@@ -58,7 +64,8 @@ class CallbackBook:
 
     def __init__(self, store: Store, service: RunService, lifecycle: Lifecycle,
                  policy: HttpPolicy, retry: RetryPolicy, *, timeout_s: float = 10.0,
-                 max_in_flight: int = 8, resolve: Resolver | None = None,
+                 max_in_flight: int = 8, max_in_flight_per_key: int = 4,
+                 resolve: Resolver | None = None,
                  clock: Callable[[], float] = time.time,
                  jitter: Callable[[], float] = random.random) -> None:
         self.store = store
@@ -68,10 +75,12 @@ class CallbackBook:
         self.retry = retry
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
+        self.max_in_flight_per_key = max_in_flight_per_key
         self.resolve = resolve
         self.clock = clock
         self.jitter = jitter
-        self._in_flight: set[str] = set()  # run ids being sent now
+        self._in_flight: dict[str, str] = {}  # run ids being sent now -> their keys
+        self._last_key: str | None = None  # the key served last (round-robin)
         self._soonest = math.inf  # the earliest retry this process scheduled
         self._wake = anyio.Event()
         self._secret: tuple[str, str | None, float | None] | None = None
@@ -152,14 +161,33 @@ class CallbackBook:
         if room <= 0:
             return 0
         try:
-            due = await self.store.due_callbacks(now, room, self._in_flight)
+            due = await self._pick(now, room)
         except FlowrunError as exc:
             logger.warning("callbacks: cannot look for due callbacks: %s", exc.message)
             return 0
         for item in due:
-            self._in_flight.add(item.run_id)
+            self._in_flight[item.run_id] = item.api_key_id
             tg.start_soon(self._deliver, item)
+        if due:
+            self._last_key = due[-1].api_key_id
         return len(due)
+
+    async def _pick(self, now: float, room: int) -> list[DueCallback]:
+        """Up to ``room`` due callbacks, shared out between keys: each key within its
+        in-flight cap, the keys in turn starting after the one served last."""
+        busy = Counter(self._in_flight.values())
+        order = callbacks.key_order(await self.store.callback_keys(), self._last_key)
+        wanted = callbacks.shares(order, busy, self.max_in_flight_per_key, room)
+        order = [k for k in order if k in wanted]
+        picked: list[DueCallback] = []
+        for start in range(0, len(order), KEYS_PER_LOOKUP):  # until the room is filled
+            keys = order[start:start + KEYS_PER_LOOKUP]
+            due = await self.store.due_callbacks(now, {k: wanted[k] for k in keys},
+                                                 self._in_flight)
+            picked += callbacks.fair_pick(due, keys, room - len(picked))
+            if len(picked) >= room:
+                break
+        return picked
 
     async def _deliver(self, item: DueCallback) -> None:
         try:
@@ -167,7 +195,7 @@ class CallbackBook:
         except Exception as exc:  # a bad row or a store fault must not crash the task group
             await self._not_made(item, exc)
         finally:
-            self._in_flight.discard(item.run_id)
+            self._in_flight.pop(item.run_id, None)
             self._wake.set()  # a slot is free
 
     async def _not_made(self, item: DueCallback, exc: Exception) -> None:

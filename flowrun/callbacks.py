@@ -15,14 +15,14 @@ every attempt of one run's callback). This module is pure; the loop that sends i
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import httpcore
 import httpx
 
 from flowrun import signing
-from flowrun.records import CallbackState
+from flowrun.records import CallbackState, DueCallback
 
 MAX_URL_LENGTH = 2048
 DELIVERY_HEADER = "Flowrun-Delivery"
@@ -116,6 +116,20 @@ def after_attempt(attempt: int, delivered: bool, *, now: float, finished_at: flo
         return Decision(CallbackState.FAILED, None)
     return Decision(CallbackState.PENDING,
                     min(now + backoff(attempt, policy, jitter), deadline))
+
+
+def fair_pick(due: Mapping[str, Sequence[DueCallback]], busy: Mapping[str, int], *,
+              per_key: int, room: int) -> list[DueCallback]:
+    """Up to ``room`` of the ``due`` callbacks (each key's soonest first), shared out
+    between keys: each goes to the key with the fewest attempts in flight (``busy``,
+    and those picked before it), the one due longest among equals, and no key gets
+    more than ``per_key`` in flight. However many a key has due, every other key's
+    next one goes before its next: a key whose receivers never answer holds another
+    back only while every slot is taken, until one of its attempts frees a slot."""
+    ranked = sorted((busy.get(key, 0) + place, item.due_at, item.run_id, item)
+                    for key, items in due.items() for place, item in enumerate(items)
+                    if busy.get(key, 0) + place < per_key)
+    return [entry[-1] for entry in ranked[:max(room, 0)]]
 
 
 def delivered(status_code: int | None) -> bool:

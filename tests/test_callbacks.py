@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,15 +22,19 @@ from flowrun.callbacks import (
     backoff,
     check_url,
     delivered,
+    fair_pick,
+    key_order,
     request_headers,
+    shares,
 )
 from flowrun.engine.node_services import HttpPolicy
 from flowrun.errors import Forbidden
 from flowrun.events import Event
 from flowrun.lifecycle import Lifecycle
-from flowrun.records import CallbackState, RunRecord, RunStatus
+from flowrun.records import CallbackAttempt, CallbackState, DueCallback, RunRecord, RunStatus
 from flowrun.service import RunService
 from flowrun.store import Store
+from flowrun.store.schema import MIGRATIONS
 
 POLICY = RetryPolicy(base_s=10, cap_s=3600, max_age_s=86_400)
 
@@ -137,14 +142,24 @@ class Clock:
 
 
 async def finished_run(store: Store, run_id: str, finished_at: float, *,
-                       callback_url: str | None = "https://example.com/hook") -> None:
+                       callback_url: str | None = "https://example.com/hook",
+                       api_key_id: str | None = None) -> None:
     run = RunRecord(id=run_id, workflow="wf", version=1, status=RunStatus.QUEUED, inputs={},
-                    created_at=finished_at - 1, callback_url=callback_url)
+                    created_at=finished_at - 1, callback_url=callback_url,
+                    api_key_id=api_key_id)
     await store.insert_run(run).wait()
     await store.finish_run(run_id, RunStatus.SUCCEEDED, outputs={"x": 1}, error=None,
                            steps=1, finished_at=finished_at,
                            event=Event(run_id, 1, "workflow_finished", {}, finished_at),
                            key_ttl_s=60, has_key=False).wait()
+
+
+async def all_due(store: Store, now: float, skip: Collection[str] = (),
+              each: int = 10) -> list[DueCallback]:
+    """Every key's due callbacks (up to ``each`` of each), soonest first within a key."""
+    found = await store.due_callbacks(now, dict.fromkeys(await store.callback_keys(), each),
+                                      skip)
+    return [item for items in found.values() for item in items]
 
 
 async def test_attempts_move_a_callback_from_pending_to_failed(tmp_path: Path) -> None:
@@ -169,9 +184,9 @@ async def test_attempts_move_a_callback_from_pending_to_failed(tmp_path: Path) -
                             inputs={}, created_at=1, callback_url="https://example.com/")
         await store.insert_run(running).wait()  # not ended: not due
 
-        due = await store.due_callbacks(clock(), 10)
+        due = await all_due(store, clock())
         assert sorted(d.run_id for d in due) == ["r1", "r2"]
-        assert [d.run_id for d in await store.due_callbacks(clock(), 10, skip={"r1"})] == \
+        assert [d.run_id for d in await all_due(store, clock(), skip={"r1"})] == \
             ["r2"]
         first = next(d for d in due if d.run_id == "r1")
         attempt = await book.attempt(first)
@@ -184,10 +199,10 @@ async def test_attempts_move_a_callback_from_pending_to_failed(tmp_path: Path) -
         shown = await store.get_callback("r1")
         assert shown is not None and shown.state is CallbackState.PENDING
         assert shown.next_attempt_at == 10_010.0  # base 10 s, full jitter
-        assert [d.run_id for d in await store.due_callbacks(clock(), 10)] == ["r2"]
+        assert [d.run_id for d in await all_due(store, clock())] == ["r2"]
 
         clock.now = 10_010.0
-        [again] = [d for d in await store.due_callbacks(clock(), 10) if d.run_id == "r1"]
+        [again] = [d for d in await all_due(store, clock()) if d.run_id == "r1"]
         assert again.attempts == 1 and again.delivery_id == shown.delivery_id
         await book.attempt(again)
         assert seen[1].headers["Flowrun-Attempt"] == "2"
@@ -197,12 +212,12 @@ async def test_attempts_move_a_callback_from_pending_to_failed(tmp_path: Path) -
 
         # r2 ended 1,010 s ago with a 100 s limit: its only attempt fails it for good
         answers.append(503)
-        [old] = await store.due_callbacks(clock(), 10)
+        [old] = await all_due(store, clock())
         await book.attempt(old)
         gone = await store.get_callback("r2")
         assert gone is not None and gone.state is CallbackState.FAILED
         assert gone.next_attempt_at is None
-        assert await store.due_callbacks(clock() + 10**6, 10) == []
+        assert await all_due(store, clock() + 10**6) == []
         assert await store.get_callback("r3") is None
 
         # deleting a run deletes its callback
@@ -211,26 +226,43 @@ async def test_attempts_move_a_callback_from_pending_to_failed(tmp_path: Path) -
 
 
 async def test_finding_due_callbacks_reads_pending_rows_only(tmp_path: Path) -> None:
-    """The loop's look-up walks the partial index of pending callbacks, then each run by
-    id: never every ended run, however many there are."""
+    """The loop's look-ups walk the partial index of pending callbacks: from key to key
+    (one step each), then each key's own rows and each run by id. Never every ended
+    run, nor another key's callbacks, however many there are."""
     db = tmp_path / "f.db"
     async with Store.open(db):
         pass
     with sqlite3.connect(db) as conn:
-        plan: list[str] = []
-        original = Store._fetchall
+        plans: list[list[str]] = []
 
-        async def explain(self: Store, sql: str, params: Any = ()) -> list[sqlite3.Row]:
-            plan.extend(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
-            return await original(self, sql, params)
+        def explain(sql: str, params: Any) -> None:
+            plans.append([row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}",
+                                                         params)])
+
+        async def fetchall(self: Store, sql: str, params: Any = ()) -> list[Any]:
+            explain(sql, params)
+            return []
+
+        async def together(self: Store, queries: Any) -> list[list[Any]]:
+            for sql, params in queries:
+                explain(sql, params)
+            return [[] for _ in queries]
 
         async with Store.open(db) as store:
             with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(Store, "_fetchall", explain)
-                await store.due_callbacks(1.0, 8)
-    assert plan[0] == "SCAN c USING INDEX callbacks_pending", plan
-    assert plan[1].startswith("SEARCH r USING INDEX sqlite_autoindex_runs_1"), plan
-    assert len(plan) == 2, plan  # and no sort: the index gives the order
+                patch.setattr(Store, "_fetchall", fetchall)
+                patch.setattr(Store, "_fetch_together", together)
+                await store.callback_keys()
+                await store.due_callbacks(1.0, {"k1": 4, "k2": 4})
+    keys, *each = plans
+    assert [p for p in keys if "callbacks" in p or " c " in p] == [
+        "SEARCH callbacks USING INDEX callbacks_pending_by_key",
+        "SEARCH c USING INDEX callbacks_pending_by_key (api_key_id>?)"], keys
+    assert len(each) == 2
+    for plan in each:
+        assert plan[0] == "SEARCH c USING INDEX callbacks_pending_by_key (api_key_id=?)", plan
+        assert plan[1].startswith("SEARCH r USING INDEX sqlite_autoindex_runs_1"), plan
+        assert len(plan) == 2, plan  # and no sort: the index gives the order
 
 
 async def test_the_signing_secret_is_made_once_and_rotated(tmp_path: Path) -> None:
@@ -269,7 +301,7 @@ async def test_an_attempt_that_cannot_be_sent_is_recorded_and_backs_off(
         for run_id, url in (("bad", "http://xn--/"), ("odd", "https://receiver.localhost/"),
                             ("lost", "https://receiver.localhost/")):
             await finished_run(store, run_id, 10_000.0, callback_url=url)
-        by_id = {d.run_id: d for d in await store.due_callbacks(clock(), 10)}
+        by_id = {d.run_id: d for d in await all_due(store, clock())}
 
         await book.attempt(by_id["bad"])
         bad = await store.get_callback("bad")
@@ -294,8 +326,110 @@ async def test_an_attempt_that_cannot_be_sent_is_recorded_and_backs_off(
         assert lost is not None and lost.state is CallbackState.PENDING
         assert lost.next_attempt_at == 10_010.0
         assert lost.attempts[0].error == "not sent: RuntimeError: a row this version cannot read"
-        assert await store.due_callbacks(clock(), 10) == []
+        assert await all_due(store, clock()) == []
     lines = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert [m.split(":")[1] for _, m in lines] == [" run bad", " run odd", " run lost"], lines
     assert [level for level, _ in lines] == [logging.WARNING, logging.INFO, logging.WARNING]
     assert not any(r.exc_info for r in caplog.records)
+
+
+def due_item(run_id: str, key: str) -> DueCallback:
+    return DueCallback(run_id, "https://receiver.localhost/", "dlv", 0, 1.0, key)
+
+
+def test_keys_take_turns_starting_after_the_one_served_last() -> None:
+    assert key_order(["b", "", "c", "a"], None) == ["", "a", "b", "c"]
+    assert key_order(["b", "", "c", "a"], "a") == ["b", "c", "", "a"]
+    assert key_order(["b", "c"], "a") == ["b", "c"]  # the last one has nothing pending
+    assert key_order(["a", "b"], "z") == ["a", "b"]
+
+
+def test_each_key_may_start_what_its_cap_leaves_within_the_room() -> None:
+    order = ["a", "b", "c"]
+    assert shares(order, {"a": 4, "b": 1}, 4, 8) == {"b": 3, "c": 4}
+    assert shares(order, {"b": 1}, 4, 2) == {"a": 2, "b": 2, "c": 2}
+    assert shares(order, {}, 4, 0) == {"a": 0, "b": 0, "c": 0}
+
+
+def test_a_pick_takes_one_of_each_key_in_turn() -> None:
+    many = [due_item(f"a{i}", "a") for i in range(40)]
+    one = [due_item("b0", "b")]
+    due = {"a": many, "b": one, "c": []}
+    assert [d.run_id for d in fair_pick(due, ["a", "b", "c"], 3)] == ["a0", "b0", "a1"]
+    assert [d.run_id for d in fair_pick(due, ["b", "a"], 1)] == ["b0"]
+    assert [d.run_id for d in fair_pick(due, ["c", "a", "b"], 1)] == ["a0"]
+    assert fair_pick(due, ["a", "b"], 0) == []
+    assert len(fair_pick(due, ["a", "b"], 100)) == 41
+
+
+async def test_due_callbacks_are_found_key_by_key(db_target: Path | str) -> None:
+    """Runs without a key make one group (''); each key's look-up gives its own due
+    callbacks only, soonest first, however many another key has."""
+    async with Store.open(db_target) as store:
+        for i in range(30):
+            await finished_run(store, f"a{i:02}", 1_000.0 + i, api_key_id="key_a")
+        await finished_run(store, "b0", 2_000.0, api_key_id="key_b")
+        await finished_run(store, "n0", 2_000.0)
+        live = RunRecord(id="c0", workflow="wf", version=1, status=RunStatus.RUNNING,
+                         inputs={}, created_at=1, callback_url="https://receiver.localhost/",
+                         api_key_id="key_c")
+        await store.insert_run(live).wait()  # pending, not due: its run goes on
+        assert await store.callback_keys() == ["", "key_a", "key_b", "key_c"]
+
+        found = await store.due_callbacks(3_000.0, {"key_a": 2, "key_b": 2, "key_c": 2,
+                                                    "": 2, "key_x": 2, "key_z": 0},
+                                          skip={"a00"})
+        assert {k: [d.run_id for d in v] for k, v in found.items()} == {
+            "key_a": ["a01", "a02"], "key_b": ["b0"], "key_c": [], "": ["n0"], "key_x": []}
+        assert found["key_a"][0].api_key_id == "key_a" and found[""][0].api_key_id == ""
+
+        # a delivered or failed callback is no longer pending: its key drops out
+        item = found["key_b"][0]
+        await store.record_callback_attempt(
+            item.run_id, CallbackAttempt(1, 3_000.0, 200, None, 1.0),
+            CallbackState.DELIVERED, None)
+        assert await store.callback_keys() == ["", "key_a", "key_c"]
+
+
+async def test_a_callback_stored_before_keys_counted_gets_its_runs_key(
+        tmp_path: Path) -> None:
+    """The migration gives callbacks stored by an older version their run's key."""
+    db = tmp_path / "f.db"
+    conn = sqlite3.connect(db)
+    for statement in (s for step in MIGRATIONS[:-1] for s in step):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+    for run_id, key in (("r1", "key_a"), ("r2", None)):
+        conn.execute("INSERT INTO runs (id, workflow, version, status, inputs, created_at, "
+                     "finished_at, api_key_id, callback_url) VALUES (?, 'wf', 1, "
+                     "'succeeded', '{}', 1, 2, ?, 'https://receiver.localhost/')",
+                     (run_id, key))
+        conn.execute("INSERT INTO callbacks (run_id, delivery_id, state, updated_at) "
+                     "VALUES (?, 'dlv', 'pending', 1)", (run_id,))
+    conn.commit()
+    conn.close()
+    async with Store.open(db) as store:
+        assert await store.callback_keys() == ["", "key_a"]
+        found = await store.due_callbacks(10.0, {"": 5, "key_a": 5})
+        assert [d.run_id for d in found["key_a"]] == ["r1"]
+        assert [d.run_id for d in found[""]] == ["r2"]
+
+
+async def test_the_loop_shares_its_slots_between_keys(tmp_path: Path) -> None:
+    """Forty due callbacks of one key, one of another: the first pick takes the other
+    key's too, and one key never holds more than its cap."""
+    async with Store.open(tmp_path / "f.db") as store:
+        for i in range(40):
+            await finished_run(store, f"a{i:02}", 1_000.0, api_key_id="key_a")
+        await finished_run(store, "b0", 1_001.0, api_key_id="key_b")
+        book = CallbackBook(store, cast(RunService, None), cast(Lifecycle, None),
+                            HttpPolicy(), POLICY, max_in_flight=8, max_in_flight_per_key=3,
+                            clock=Clock(2_000.0))
+        picked = await book._pick(2_000.0, 8)
+        assert [d.api_key_id for d in picked] == ["key_a", "key_b", "key_a", "key_a"]
+        book._in_flight = {d.run_id: d.api_key_id for d in picked}
+        assert await book._pick(2_000.0, 4) == []  # key_a at its cap, key_b in flight
+        book = CallbackBook(store, cast(RunService, None), cast(Lifecycle, None),
+                            HttpPolicy(), POLICY, max_in_flight=8, max_in_flight_per_key=8)
+        book._last_key = "key_a"  # key_b's turn comes first
+        assert [d.run_id for d in await book._pick(2_000.0, 1)] == ["b0"]

@@ -5,13 +5,15 @@ and a restart in the middle (the callback is delivered once, after it)."""
 from __future__ import annotations
 
 import json
+import selectors
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import psycopg
@@ -303,3 +305,113 @@ def test_a_stored_url_no_request_can_be_built_fails_and_holds_back_nothing(
         assert last["error"].startswith("invalid callback_url"), last
         assert shown["next_attempt_at"] is None
     assert "Traceback" not in server.log.read_text()
+
+
+class Tarpit:
+    """A receiver on 127.0.0.1 that accepts connections, reads what comes and never
+    answers; counts the connections it accepted and the most open at once."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.lock = threading.Lock()
+        self.accepted = 0
+        self.open = 0
+        self.most_open = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            for key, _ in self.selector.select(timeout=0.05):
+                sock = cast(socket.socket, key.fileobj)
+                if sock is self.listener:
+                    conn, _ = sock.accept()
+                    self.selector.register(conn, selectors.EVENT_READ)
+                    with self.lock:
+                        self.accepted += 1
+                        self.open += 1
+                        self.most_open = max(self.most_open, self.open)
+                elif not sock.recv(65536):  # the sender gave up and closed it
+                    self.selector.unregister(sock)
+                    sock.close()
+                    with self.lock:
+                        self.open -= 1
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+        for key in list(self.selector.get_map().values()):
+            cast(socket.socket, key.fileobj).close()
+        self.selector.close()
+
+
+@pytest.fixture
+def tarpit() -> Iterator[Tarpit]:
+    found = Tarpit()
+    yield found
+    found.close()
+
+
+@dataclass(frozen=True)
+class Flooded:
+    waited: float  # from the end of key B's run to its callback's arrival
+    accepted: int  # connections the tarpit had accepted by then
+    most_open: int  # the most it held open at once by then
+
+
+def flood(started: Started, tarpit: Tarpit, receiver: Receiver, *, busy: int) -> Flooded:
+    """Forty runs of the started key A call back to the tarpit; once ``busy`` of their
+    attempts hang there, one run of a new key B calls back to ``receiver``."""
+    key_a = started.client
+    for _ in range(40):
+        accepted = key_a.post("/workflows/greet/run", json={"callback_url": f"{tarpit.url}/a"})
+        assert accepted.status_code == 202, accepted.text
+    until(lambda: tarpit.open >= busy, what="key A's attempts in flight")
+
+    key_b = started.server.client(started.server.create_key())
+    run_b = key_b.post("/workflows/greet/run",
+                       json={"callback_url": f"{receiver.url}/b"}).json()["id"]
+    finished(key_b, run_b)
+    ended = time.monotonic()
+    [hit] = receiver.got(1)
+    waited = time.monotonic() - ended
+    with tarpit.lock:
+        flooded = Flooded(waited, tarpit.accepted, tarpit.most_open)
+    assert hit.path == "/b"
+    assert callback_state(key_b, run_b, "delivered")["attempts"][0]["status_code"] == 200
+    return flooded
+
+
+def flood_env(timeout_s: float, in_flight: int, per_key: int) -> dict[str, str]:
+    return {**FAST, "FLOWRUN_CALLBACK_TIMEOUT_S": str(timeout_s),
+            "FLOWRUN_CALLBACK_MAX_IN_FLIGHT": str(in_flight),
+            "FLOWRUN_CALLBACK_MAX_IN_FLIGHT_PER_KEY": str(per_key)}
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+def test_a_key_whose_receiver_never_answers_delays_no_other_key(
+        start_server: Callable[..., Started], receiver: Receiver, tarpit: Tarpit) -> None:
+    """Key A holds at most its share of the attempts in flight, so key B's callback
+    arrives at once, not after A's attempts time out."""
+    timeout_s = 5.0
+    started, _ = setup(start_server, env=flood_env(timeout_s, 8, 3))
+    flooded = flood(started, tarpit, receiver, busy=3)
+    # well before the first of A's attempts could time out and free a slot
+    assert flooded.waited < timeout_s, flooded
+    assert flooded.accepted <= 8, flooded
+    assert flooded.most_open <= 3, flooded  # A never held more than its share
+
+
+def test_keys_take_turns_for_the_slots_a_dead_receiver_frees(
+        start_server: Callable[..., Started], receiver: Receiver, tarpit: Tarpit) -> None:
+    """With a key allowed every slot, key A fills them all; the first one its attempts
+    free goes to key B, ahead of A's other thirty-six: B waits one attempt's timeout."""
+    timeout_s = 2.0
+    started, _ = setup(start_server, env=flood_env(timeout_s, 4, 4))
+    flooded = flood(started, tarpit, receiver, busy=4)
+    assert flooded.waited < 2 * timeout_s + 1, flooded
+    assert flooded.accepted <= 8, flooded  # A's first four, and at most three more
