@@ -7,14 +7,14 @@ is due (``Store.due_callbacks``, a partial index over pending rows, key by key),
 up to ``max_in_flight`` at once, each in its own task and bounded by ``timeout_s``, and
 records each attempt together with the state it leaves (``callbacks.after_attempt``),
 whatever went wrong in it. The slots are shared out between API keys: a key has at
-most ``max_in_flight_per_key`` of them, and the keys take turns for each free one
-(``callbacks.fair_pick``), so receivers that never answer, however many a key points
-its runs at, delay another key's callback by one attempt at most, and usually not at
-all. (Each process counts its own slots.) It wakes when a run with a callback ends
-(``run_finished``, told once that run's terminal write has committed), when an
-attempt ends, when a retry it scheduled falls due, and every ``TICK_S`` whatever
-happens, so nothing hangs on the poke; after a restart its first tick finds whatever
-was left pending.
+most ``max_in_flight_per_key`` of them, and each free one goes to the key with the
+fewest in flight (``callbacks.fair_pick``). So however many callbacks a key points at
+receivers that never answer, another key's callbacks wait only while every slot is taken, and
+each goes ahead of that key's next. (Each process counts its own slots.) It wakes when
+a run with a callback ends (``run_finished``, told once that run's terminal write has
+committed), when an attempt ends, when a retry it scheduled falls due, and every
+``TICK_S`` whatever happens, so nothing hangs on the poke; after a restart its first
+tick finds whatever was left pending.
 
 Attempts go through the http node's SSRF guard (``netguard.guarded_client`` with the
 server's ``HttpPolicy``): a callback to a private or loopback address is a failed
@@ -56,7 +56,6 @@ ROTATION_OVERLAP_S = 86_400.0  # a rotated-out secret still signs (as a second v
 TICK_S = 1.0  # the longest the loop sleeps: a due retry waits at most this
 TICK_TIMEOUT_S = 30.0  # a look-up that takes longer (a stuck database) is abandoned
 RECORD_TIMEOUT_S = 10.0  # the wait for an attempt's record, shielded from shutdown
-KEYS_PER_LOOKUP = 32  # keys whose due callbacks one round trip looks up
 
 
 class CallbackBook:
@@ -80,7 +79,6 @@ class CallbackBook:
         self.clock = clock
         self.jitter = jitter
         self._in_flight: dict[str, str] = {}  # run ids being sent now -> their keys
-        self._last_key: str | None = None  # the key served last (round-robin)
         self._soonest = math.inf  # the earliest retry this process scheduled
         self._wake = anyio.Event()
         self._secret: tuple[str, str | None, float | None] | None = None
@@ -168,26 +166,18 @@ class CallbackBook:
         for item in due:
             self._in_flight[item.run_id] = item.api_key_id
             tg.start_soon(self._deliver, item)
-        if due:
-            self._last_key = due[-1].api_key_id
         return len(due)
 
     async def _pick(self, now: float, room: int) -> list[DueCallback]:
-        """Up to ``room`` due callbacks, shared out between keys: each key within its
-        in-flight cap, the keys in turn starting after the one served last."""
+        """Up to ``room`` due callbacks shared out between keys (``callbacks.fair_pick``):
+        one look-up of the keys with pending callbacks, then one round trip for the
+        soonest few of each key that is under its cap."""
         busy = Counter(self._in_flight.values())
-        order = callbacks.key_order(await self.store.callback_keys(), self._last_key)
-        wanted = callbacks.shares(order, busy, self.max_in_flight_per_key, room)
-        order = [k for k in order if k in wanted]
-        picked: list[DueCallback] = []
-        for start in range(0, len(order), KEYS_PER_LOOKUP):  # until the room is filled
-            keys = order[start:start + KEYS_PER_LOOKUP]
-            due = await self.store.due_callbacks(now, {k: wanted[k] for k in keys},
-                                                 self._in_flight)
-            picked += callbacks.fair_pick(due, keys, room - len(picked))
-            if len(picked) >= room:
-                break
-        return picked
+        cap = self.max_in_flight_per_key
+        wanted = {key: min(room, cap - busy[key]) for key in await self.store.callback_keys()
+                  if busy[key] < cap}
+        due = await self.store.due_callbacks(now, wanted, self._in_flight)
+        return callbacks.fair_pick(due, busy, per_key=cap, room=room)
 
     async def _deliver(self, item: DueCallback) -> None:
         try:

@@ -23,9 +23,7 @@ from flowrun.callbacks import (
     check_url,
     delivered,
     fair_pick,
-    key_order,
     request_headers,
-    shares,
 )
 from flowrun.engine.node_services import HttpPolicy
 from flowrun.errors import Forbidden
@@ -333,33 +331,26 @@ async def test_an_attempt_that_cannot_be_sent_is_recorded_and_backs_off(
     assert not any(r.exc_info for r in caplog.records)
 
 
-def due_item(run_id: str, key: str) -> DueCallback:
-    return DueCallback(run_id, "https://receiver.localhost/", "dlv", 0, 1.0, key)
+def due_item(run_id: str, key: str, due_at: float = 1.0) -> DueCallback:
+    return DueCallback(run_id, "https://receiver.localhost/", "dlv", 1, 0.0, key, due_at)
 
 
-def test_keys_take_turns_starting_after_the_one_served_last() -> None:
-    assert key_order(["b", "", "c", "a"], None) == ["", "a", "b", "c"]
-    assert key_order(["b", "", "c", "a"], "a") == ["b", "c", "", "a"]
-    assert key_order(["b", "c"], "a") == ["b", "c"]  # the last one has nothing pending
-    assert key_order(["a", "b"], "z") == ["a", "b"]
+def test_each_slot_goes_to_the_key_with_the_fewest_in_flight() -> None:
+    many = [due_item(f"a{i}", "a", due_at=1.0 + i) for i in range(40)]
+    due = {"a": many, "b": [due_item("b0", "b", due_at=50.0)], "c": []}
 
+    def pick(busy: dict[str, int], room: int, per_key: int = 4) -> list[str]:
+        return [d.run_id for d in fair_pick(due, busy, per_key=per_key, room=room)]
 
-def test_each_key_may_start_what_its_cap_leaves_within_the_room() -> None:
-    order = ["a", "b", "c"]
-    assert shares(order, {"a": 4, "b": 1}, 4, 8) == {"b": 3, "c": 4}
-    assert shares(order, {"b": 1}, 4, 2) == {"a": 2, "b": 2, "c": 2}
-    assert shares(order, {}, 4, 0) == {"a": 0, "b": 0, "c": 0}
-
-
-def test_a_pick_takes_one_of_each_key_in_turn() -> None:
-    many = [due_item(f"a{i}", "a") for i in range(40)]
-    one = [due_item("b0", "b")]
-    due = {"a": many, "b": one, "c": []}
-    assert [d.run_id for d in fair_pick(due, ["a", "b", "c"], 3)] == ["a0", "b0", "a1"]
-    assert [d.run_id for d in fair_pick(due, ["b", "a"], 1)] == ["b0"]
-    assert [d.run_id for d in fair_pick(due, ["c", "a", "b"], 1)] == ["a0"]
-    assert fair_pick(due, ["a", "b"], 0) == []
-    assert len(fair_pick(due, ["a", "b"], 100)) == 41
+    # one each in turn, the one due longest first among keys with as many in flight
+    assert pick({}, 3) == ["a0", "b0", "a1"]
+    assert pick({}, 8) == ["a0", "b0", "a1", "a2", "a3"]  # a stops at its cap
+    # a key with attempts in flight waits behind one without, however long it is due
+    assert pick({"a": 3}, 1) == ["b0"]
+    assert pick({"a": 4}, 8) == ["b0"]  # a at its cap: nothing of it
+    assert pick({"b": 1}, 2) == ["a0", "a1"]
+    assert pick({}, 0) == []
+    assert len(pick({}, 100, per_key=100)) == 41
 
 
 async def test_due_callbacks_are_found_key_by_key(db_target: Path | str) -> None:
@@ -429,7 +420,8 @@ async def test_the_loop_shares_its_slots_between_keys(tmp_path: Path) -> None:
         assert [d.api_key_id for d in picked] == ["key_a", "key_b", "key_a", "key_a"]
         book._in_flight = {d.run_id: d.api_key_id for d in picked}
         assert await book._pick(2_000.0, 4) == []  # key_a at its cap, key_b in flight
+        # with one key allowed every slot, the slot key_a frees goes to key_b first
         book = CallbackBook(store, cast(RunService, None), cast(Lifecycle, None),
                             HttpPolicy(), POLICY, max_in_flight=8, max_in_flight_per_key=8)
-        book._last_key = "key_a"  # key_b's turn comes first
+        book._in_flight = {f"a{i:02}": "key_a" for i in range(7)}
         assert [d.run_id for d in await book._pick(2_000.0, 1)] == ["b0"]

@@ -970,8 +970,8 @@ class Store:
         trip; it never reads past one key's callbacks to find another's."""
         terminal = tuple(s.value for s in RUN_TERMINAL)
         sql = (
-            "SELECT c.run_id, c.delivery_id, c.attempts, c.api_key_id, r.callback_url, "
-            "r.finished_at "
+            "SELECT c.run_id, c.delivery_id, c.attempts, c.api_key_id, c.next_attempt_at, "
+            "r.callback_url, r.finished_at "
             # CROSS JOIN keeps callbacks the outer loop: SQLite would otherwise walk every
             # ended run by status (PostgreSQL reads it as a plain JOIN). The state is
             # written out: a bound value would not match the partial index. NULLS FIRST
@@ -988,7 +988,7 @@ class Store:
             [(sql, (key, now, *terminal, wanted[key] + len(skip))) for key in keys])
         return {key: [DueCallback(r["run_id"], r["callback_url"], r["delivery_id"],
                                   int(r["attempts"]), float(r["finished_at"] or now),
-                                  str(r["api_key_id"]))
+                                  str(r["api_key_id"]), r["next_attempt_at"])
                       for r in rows if r["run_id"] not in skip][:wanted[key]]
                 for key, rows in zip(keys, found, strict=True)}
 
