@@ -8,11 +8,12 @@ up to ``max_in_flight`` at once, each in its own task and bounded by ``timeout_s
 records each attempt together with the state it leaves (``callbacks.after_attempt``),
 whatever went wrong in it. The slots are shared out between API keys: a key has at
 most ``max_in_flight_per_key`` of them, and each free one goes to the key with the
-fewest in flight (``callbacks.fair_pick``). So however many callbacks a key points at
-receivers that never answer, another key's callbacks wait only while every slot is taken, and
-each goes ahead of that key's next. (Each process counts its own slots.) It wakes when
-a run with a callback ends (``run_finished``, told once that run's terminal write has
-committed), when an attempt ends, when a retry it scheduled falls due, and every
+fewest in flight (``callbacks.fair_pick``). So however many callbacks a key points
+at receivers that never answer, another key's wait only while every slot is taken
+(one attempt's timeout at most), and each goes ahead of that key's next. (Each
+process counts its own slots.) Each attempt is signed for its URL (``v2``). It wakes
+when a run with a callback ends (``run_finished``, told once that run's terminal write
+has committed), when an attempt ends, when a retry it scheduled falls due, and every
 ``TICK_S`` whatever happens, so nothing hangs on the poke; after a restart its first
 tick finds whatever was left pending.
 
@@ -52,7 +53,7 @@ from flowrun.store import Store
 logger = logging.getLogger(__name__)
 
 SECRET_NAME = "callback_signing"
-ROTATION_OVERLAP_S = 86_400.0  # a rotated-out secret still signs (as a second v1) this long
+ROTATION_OVERLAP_S = 86_400.0  # a rotated-out secret still signs (as a second v2) this long
 TICK_S = 1.0  # the longest the loop sleeps: a due retry waits at most this
 TICK_TIMEOUT_S = 30.0  # a look-up that takes longer (a stuck database) is abandoned
 RECORD_TIMEOUT_S = 10.0  # the wait for an attempt's record, shielded from shutdown
@@ -105,7 +106,7 @@ class CallbackBook:
         return {"secret": value, "previous_valid_until": rfc3339(until) if still else None}
 
     async def rotate(self, principal: auth.Principal) -> dict[str, Any]:
-        """A new signing secret (admin). The old one signs alongside it (a second ``v1``)
+        """A new signing secret (admin). The old one signs alongside it (a second ``v2``)
         for ``ROTATION_OVERLAP_S``, while receivers move to the new one."""
         auth.require_admin(principal, "rotating the callback signing secret")
         await self.store.rotate_server_secret(SECRET_NAME, signing.new_secret(),
@@ -227,8 +228,9 @@ class CallbackBook:
             await self._record(item, record, retry=False, level=logging.WARNING)
             return record
         body = _dumps(run.to_json())
-        headers = callbacks.request_headers(secrets, body, delivery_id=item.delivery_id,
-                                            attempt=number, timestamp=int(at))
+        headers = callbacks.request_headers(secrets, body, url=item.url,
+                                            delivery_id=item.delivery_id, attempt=number,
+                                            timestamp=int(at))
         status_code, error = await self._post(item.url, body, headers)
         record = CallbackAttempt(number, at, status_code, error,
                                  (time.monotonic() - started) * 1000)

@@ -2,8 +2,9 @@
 
 A run accepted with a ``callback_url`` (from the request, else from its workflow's
 definition) is POSTed to that URL once it ends: the run's JSON, as ``GET /runs/{id}``
-shows it, signed with ``flowrun.signing``. A 2xx answer delivers it. Anything else
-(another status, a timeout, a refused connection, an address the SSRF guard blocks)
+shows it, signed with ``flowrun.signing``'s ``v2``, which binds the URL too (a body
+sent to one receiver does not verify at another). A 2xx answer delivers it. Anything
+else (another status, a timeout, a refused connection, an address the SSRF guard blocks)
 is a failed attempt, tried again after ``backoff`` until ``max_age_s`` after the run
 ended; then the callback is ``failed``. ``after_attempt`` decides which.
 
@@ -137,20 +138,21 @@ def delivered(status_code: int | None) -> bool:
     return status_code is not None and 200 <= status_code < 300
 
 
-def signature_header(secrets: Sequence[str], body: bytes, timestamp: int) -> str:
-    """``Flowrun-Signature`` for ``body``: one ``v1`` per secret (the current one first,
-    then one a rotation replaced and still honours), so a receiver that knows either
-    verifies it."""
-    header = signing.sign(secrets[0], body, timestamp=timestamp)
+def signature_header(secrets: Sequence[str], body: bytes, timestamp: int, url: str) -> str:
+    """``Flowrun-Signature`` for ``body`` sent to ``url``: one ``v2`` (bound to the URL)
+    per secret, the current one first, then one a rotation replaced and still honours,
+    so a receiver that knows either verifies it, and only with its own URL."""
+    header = signing.sign(secrets[0], body, timestamp=timestamp, url=url)
     for older in secrets[1:]:
-        header += f",{signing.SCHEME}={signing.signature(older, timestamp, body)}"
+        again = signing.signature(older, timestamp, body, url=url)
+        header += f",{signing.BOUND_SCHEME}={again}"
     return header
 
 
-def request_headers(secrets: Sequence[str], body: bytes, *, delivery_id: str, attempt: int,
-                    timestamp: int) -> dict[str, str]:
+def request_headers(secrets: Sequence[str], body: bytes, *, url: str, delivery_id: str,
+                    attempt: int, timestamp: int) -> dict[str, str]:
     """Every header of one attempt."""
     return {"Content-Type": "application/json",
-            signing.HEADER: signature_header(secrets, body, timestamp),
+            signing.HEADER: signature_header(secrets, body, timestamp, url),
             DELIVERY_HEADER: delivery_id, ATTEMPT_HEADER: str(attempt),
             "User-Agent": "flowrun-callbacks"}

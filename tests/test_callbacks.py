@@ -119,16 +119,24 @@ def test_only_a_2xx_delivers() -> None:
     assert [delivered(s) for s in (None, 100, 301, 304, 400, 410, 500)] == [False] * 7
 
 
-def test_headers_are_signed_with_every_secret_given() -> None:
+def test_headers_are_signed_with_every_secret_given_for_their_url() -> None:
     body = b'{"id":"r1"}'
-    headers = request_headers(["whsec_new", "whsec_old"], body, delivery_id="dlv_1",
+    url = "https://receiver.localhost/hook?x=1"
+    headers = request_headers(["whsec_new", "whsec_old"], body, url=url, delivery_id="dlv_1",
                               attempt=3, timestamp=1_700_000_000)
     assert headers["Content-Type"] == "application/json"
     assert headers["Flowrun-Delivery"] == "dlv_1" and headers["Flowrun-Attempt"] == "3"
+    header = headers[signing.HEADER]
+    assert header.startswith("t=1700000000,v2=") and header.count(",v2=") == 2
+    assert "v1=" not in header  # nothing a receiver could check without its URL
     for secret in ("whsec_new", "whsec_old"):
-        signing.verify(secret, headers[signing.HEADER], body, now=1_700_000_010)
-    with pytest.raises(signing.SignatureError):
-        signing.verify("whsec_other", headers[signing.HEADER], body, now=1_700_000_010)
+        signing.verify(secret, header, body, url=url, now=1_700_000_010)
+    for secret, to in (("whsec_other", url), ("whsec_new", "https://other.localhost/hook?x=1"),
+                       ("whsec_new", "https://receiver.localhost/hook")):
+        with pytest.raises(signing.SignatureError, match="no signature matches"):
+            signing.verify(secret, header, body, url=to, now=1_700_000_010)
+    with pytest.raises(signing.SignatureError, match="no v1= signature"):
+        signing.verify("whsec_new", header, body, now=1_700_000_010)  # the old way
 
 
 class Clock:
@@ -193,7 +201,7 @@ async def test_attempts_move_a_callback_from_pending_to_failed(tmp_path: Path) -
         assert body["id"] == "r1" and body["outputs"] == {"x": 1}
         secret = (await store.server_secret("callback_signing", "unused"))[0]
         signing.verify(secret, seen[0].headers[signing.HEADER], seen[0].content,
-                       now=clock())
+                       url="https://example.com/hook", now=clock())
         shown = await store.get_callback("r1")
         assert shown is not None and shown.state is CallbackState.PENDING
         assert shown.next_attempt_at == 10_010.0  # base 10 s, full jitter

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from flowrun import signing
-from flowrun.client import Client, ClientError
+from flowrun.client import Client, ClientError, SignatureError, verify_callback
 from tests.e2e.server import Server, Started, finished
 from tests.local_server import serve
 
@@ -121,7 +121,8 @@ def test_a_finished_run_is_posted_signed(start_server: Callable[..., Started],
     [hit] = receiver.got()
     secret = admin.get("/callbacks/secret").json()["secret"]
     assert secret.startswith("whsec_")
-    signing.verify(secret, hit.headers["flowrun-signature"], hit.body)
+    signing.verify(secret, hit.headers["flowrun-signature"], hit.body,
+                   url=f"{receiver.url}/hook?x=1")
     assert hit.path == "/hook"
     assert hit.headers["content-type"] == "application/json"
     assert hit.headers["flowrun-attempt"] == "1"
@@ -156,7 +157,8 @@ def test_a_finished_run_is_posted_signed(start_server: Callable[..., Started],
     client.post("/workflows/greet/run", json={"callback_url": f"{receiver.url}/rotated"})
     hit = receiver.got(3)[2]
     for key in (secret, rotated["secret"]):
-        signing.verify(key, hit.headers["flowrun-signature"], hit.body)
+        signing.verify(key, hit.headers["flowrun-signature"], hit.body,
+                       url=f"{receiver.url}/rotated")
 
     # the Python client
     with Client(started.server.url, started.key) as sdk:
@@ -166,6 +168,34 @@ def test_a_finished_run_is_posted_signed(start_server: Callable[..., Started],
         with pytest.raises(ClientError) as missing_callback:
             sdk.callbacks(plain)
         assert missing_callback.value.status == 404
+
+
+def test_a_callback_verifies_only_at_the_receiver_it_was_sent_to(
+        start_server: Callable[..., Started], receiver: Receiver) -> None:
+    """A run key's callback to its own receiver A carries a body it chose: replayed to
+    receiver B of the same server, it does not verify there, because B checks it with
+    its own URL; B's own callbacks do."""
+    started, admin = setup(start_server)
+    secret = admin.get("/callbacks/secret").json()["secret"]
+    url_a, url_b = f"{receiver.url}/a", f"{receiver.url}/b?tenant=b"
+    mine = started.client.post("/workflows/greet/run", json={
+        "inputs": {"name": "forged"}, "correlation_id": "order-42",
+        "callback_url": url_a}).json()["id"]
+    [hit] = receiver.got(1)
+    assert "v1=" not in hit.headers["flowrun-signature"]  # no signature bound to no URL
+    assert verify_callback(secret, hit.headers, hit.body, url=url_a)["id"] == mine
+    with pytest.raises(SignatureError, match="no signature matches the body and URL"):
+        verify_callback(secret, hit.headers, hit.body, url=url_b)
+    with pytest.raises(SignatureError):  # nor as the older scheme, bound to nothing
+        signing.verify(secret, hit.headers["flowrun-signature"], hit.body)
+
+    theirs = started.server.client(started.server.create_key())
+    run_b = theirs.post("/workflows/greet/run", json={"callback_url": url_b}).json()["id"]
+    hit_b = receiver.got(2)[1]
+    assert hit_b.path == "/b"
+    assert verify_callback(secret, hit_b.headers, hit_b.body, url=url_b)["id"] == run_b
+    with pytest.raises(SignatureError):
+        verify_callback(secret, hit_b.headers, hit_b.body, url=url_a)
 
 
 def test_failed_attempts_are_retried_until_one_succeeds(
