@@ -227,7 +227,9 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                         cap_s=settings.callback_max_backoff_s,
                         max_age_s=settings.callback_max_age_s),
             timeout_s=settings.callback_timeout_s,
-            max_in_flight=settings.callback_max_in_flight, resolve=services.resolve)
+            max_in_flight=settings.callback_max_in_flight,
+            max_in_flight_per_key=settings.callback_max_in_flight_per_key,
+            resolve=services.resolve)
         runner.on_finished = callback_book.run_finished
         hook_book = HookBook(store, workflows, service, tolerance_s=settings.hook_tolerance_s)
         # The engine reaches the served instance through these adapters.

@@ -3,14 +3,19 @@
 ``CallbackBook`` is what the routers call: a run's callback with every attempt, and
 the signing secret (read and rotated by an admin). ``CallbackBook.run`` is a task in
 the app's task group. It takes the pending callbacks of ended runs whose next attempt
-is due (``Store.due_callbacks``, a partial index over pending rows), sends up to
-``max_in_flight`` at once, each in its own task and bounded by ``timeout_s``, so one
-slow receiver holds back no other, and records each attempt together with the state
-it leaves (``callbacks.after_attempt``). It wakes when a run with a callback ends
-(``run_finished``, told once that run's terminal write has committed), when an
-attempt ends, when a retry it scheduled falls due, and every ``TICK_S`` whatever
-happens, so nothing hangs on the poke; after a restart its first tick finds whatever
-was left pending.
+is due (``Store.due_callbacks``, a partial index over pending rows, key by key), sends
+up to ``max_in_flight`` at once, each in its own task and bounded by ``timeout_s``, and
+records each attempt together with the state it leaves (``callbacks.after_attempt``),
+whatever went wrong in it. The slots are shared out between API keys: a key has at
+most ``max_in_flight_per_key`` of them, and each free one goes to the key with the
+fewest in flight (``callbacks.fair_pick``). So however many callbacks a key points
+at receivers that never answer, another key's wait only while every slot is taken
+(one attempt's timeout at most), and each goes ahead of that key's next. (Each
+process counts its own slots.) Each attempt is signed for its URL (``v2``). It wakes
+when a run with a callback ends (``run_finished``, told once that run's terminal write
+has committed), when an attempt ends, when a retry it scheduled falls due, and every
+``TICK_S`` whatever happens, so nothing hangs on the poke; after a restart its first
+tick finds whatever was left pending.
 
 Attempts go through the http node's SSRF guard (``netguard.guarded_client`` with the
 server's ``HttpPolicy``): a callback to a private or loopback address is a failed
@@ -26,6 +31,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +53,7 @@ from flowrun.store import Store
 logger = logging.getLogger(__name__)
 
 SECRET_NAME = "callback_signing"
-ROTATION_OVERLAP_S = 86_400.0  # a rotated-out secret still signs (as a second v1) this long
+ROTATION_OVERLAP_S = 86_400.0  # a rotated-out secret still signs (as a second v2) this long
 TICK_S = 1.0  # the longest the loop sleeps: a due retry waits at most this
 TICK_TIMEOUT_S = 30.0  # a look-up that takes longer (a stuck database) is abandoned
 RECORD_TIMEOUT_S = 10.0  # the wait for an attempt's record, shielded from shutdown
@@ -58,7 +64,8 @@ class CallbackBook:
 
     def __init__(self, store: Store, service: RunService, lifecycle: Lifecycle,
                  policy: HttpPolicy, retry: RetryPolicy, *, timeout_s: float = 10.0,
-                 max_in_flight: int = 8, resolve: Resolver | None = None,
+                 max_in_flight: int = 8, max_in_flight_per_key: int = 4,
+                 resolve: Resolver | None = None,
                  clock: Callable[[], float] = time.time,
                  jitter: Callable[[], float] = random.random) -> None:
         self.store = store
@@ -68,10 +75,11 @@ class CallbackBook:
         self.retry = retry
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
+        self.max_in_flight_per_key = max_in_flight_per_key
         self.resolve = resolve
         self.clock = clock
         self.jitter = jitter
-        self._in_flight: set[str] = set()  # run ids being sent now
+        self._in_flight: dict[str, str] = {}  # run ids being sent now -> their keys
         self._soonest = math.inf  # the earliest retry this process scheduled
         self._wake = anyio.Event()
         self._secret: tuple[str, str | None, float | None] | None = None
@@ -98,7 +106,7 @@ class CallbackBook:
         return {"secret": value, "previous_valid_until": rfc3339(until) if still else None}
 
     async def rotate(self, principal: auth.Principal) -> dict[str, Any]:
-        """A new signing secret (admin). The old one signs alongside it (a second ``v1``)
+        """A new signing secret (admin). The old one signs alongside it (a second ``v2``)
         for ``ROTATION_OVERLAP_S``, while receivers move to the new one."""
         auth.require_admin(principal, "rotating the callback signing secret")
         await self.store.rotate_server_secret(SECRET_NAME, signing.new_secret(),
@@ -152,24 +160,50 @@ class CallbackBook:
         if room <= 0:
             return 0
         try:
-            due = await self.store.due_callbacks(now, room, self._in_flight)
+            due = await self._pick(now, room)
         except FlowrunError as exc:
             logger.warning("callbacks: cannot look for due callbacks: %s", exc.message)
             return 0
         for item in due:
-            self._in_flight.add(item.run_id)
+            self._in_flight[item.run_id] = item.api_key_id
             tg.start_soon(self._deliver, item)
         return len(due)
+
+    async def _pick(self, now: float, room: int) -> list[DueCallback]:
+        """Up to ``room`` due callbacks shared out between keys (``callbacks.fair_pick``):
+        one look-up of the keys with pending callbacks, then one round trip for the
+        soonest few of each key that is under its cap."""
+        busy = Counter(self._in_flight.values())
+        cap = self.max_in_flight_per_key
+        wanted = {key: min(room, cap - busy[key]) for key in await self.store.callback_keys()
+                  if busy[key] < cap}
+        due = await self.store.due_callbacks(now, wanted, self._in_flight)
+        return callbacks.fair_pick(due, busy, per_key=cap, room=room)
 
     async def _deliver(self, item: DueCallback) -> None:
         try:
             await self.attempt(item)
-        except Exception:  # a bad row or a store fault must not crash the task group
-            logger.exception("callbacks: run %s: attempt not made", item.run_id)
-            await anyio.sleep(TICK_S)  # held in flight a moment: no tight retry loop
+        except Exception as exc:  # a bad row or a store fault must not crash the task group
+            await self._not_made(item, exc)
         finally:
-            self._in_flight.discard(item.run_id)
+            self._in_flight.pop(item.run_id, None)
             self._wake.set()  # a slot is free
+
+    async def _not_made(self, item: DueCallback, exc: Exception) -> None:
+        """An attempt that failed before it was sent or recorded (a store fault, a bad
+        row): recorded as a failed attempt if the store takes it, so it backs off and
+        expires like any other; if not, held in flight a moment (no tight retry loop).
+        One log line either way, not a traceback at every try."""
+        why = f"{type(exc).__name__}: {exc}"
+        trace = logger.isEnabledFor(logging.DEBUG)
+        try:
+            await self._record(item, CallbackAttempt(item.attempts + 1, self.clock(), None,
+                                                     f"not sent: {why}", 0.0),
+                               level=logging.WARNING)
+        except Exception:
+            logger.warning("callbacks: run %s: attempt %d not made, nor recorded: %s",
+                           item.run_id, item.attempts + 1, why, exc_info=trace)
+            await anyio.sleep(TICK_S)
 
     async def attempt(self, item: DueCallback) -> CallbackAttempt | None:
         """POST the run once and record the attempt with the state it leaves; None when
@@ -184,26 +218,43 @@ class CallbackBook:
         if run is None:
             return None
         number = item.attempts + 1
-        body = _dumps(run.to_json())
         at = self.clock()
-        headers = callbacks.request_headers(secrets, body, delivery_id=item.delivery_id,
-                                            attempt=number, timestamp=int(at))
         started = time.monotonic()
+        try:
+            callbacks.check_url(item.url)  # stored before this version refused it?
+        except ValueError as exc:
+            record = CallbackAttempt(number, at, None, f"invalid callback_url: {exc}", 0.0)
+            # no attempt could ever send it: failed now, not retried for a day
+            await self._record(item, record, retry=False, level=logging.WARNING)
+            return record
+        body = _dumps(run.to_json())
+        headers = callbacks.request_headers(secrets, body, url=item.url,
+                                            delivery_id=item.delivery_id, attempt=number,
+                                            timestamp=int(at))
         status_code, error = await self._post(item.url, body, headers)
         record = CallbackAttempt(number, at, status_code, error,
                                  (time.monotonic() - started) * 1000)
-        decision = callbacks.after_attempt(number, callbacks.delivered(status_code),
+        await self._record(item, record)
+        return record
+
+    async def _record(self, item: DueCallback, record: CallbackAttempt, *,
+                      retry: bool = True, level: int = logging.INFO) -> None:
+        """Save an attempt with the state it leaves the callback in (shielded: an attempt
+        the receiver saw is recorded even during a shutdown)."""
+        decision = callbacks.after_attempt(record.attempt,
+                                           callbacks.delivered(record.status_code),
                                            now=self.clock(), finished_at=item.finished_at,
-                                           policy=self.retry, jitter=self.jitter())
-        # Shielded: an attempt the receiver saw is recorded even during a shutdown.
+                                           policy=self.retry, jitter=self.jitter(),
+                                           retry=retry)
         with anyio.move_on_after(RECORD_TIMEOUT_S, shield=True):
             await self.store.record_callback_attempt(item.run_id, record, decision.state,
                                                      decision.next_attempt_at)
         if decision.next_attempt_at is not None:
             self._soonest = min(self._soonest, decision.next_attempt_at)
-        logger.info("callbacks: run %s: attempt %d: %s -> %s", item.run_id, number,
-                    status_code if status_code is not None else error, decision.state.value)
-        return record
+        logger.log(level, "callbacks: run %s: attempt %d: %s -> %s", item.run_id,
+                   record.attempt,
+                   record.status_code if record.status_code is not None else record.error,
+                   decision.state.value)
 
     async def _post(self, url: str, body: bytes,
                     headers: dict[str, str]) -> tuple[int | None, str | None]:
@@ -222,6 +273,8 @@ class CallbackBook:
             return None, text if text.startswith(BLOCKED) else f"connect error: {text}"
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # not httpx's own (InvalidURL, idna's): failed all the same
+            return None, f"cannot send: {type(exc).__name__}: {exc}"
 
 
 def _dumps(value: Any) -> bytes:

@@ -3,17 +3,21 @@
     ClientError            any 4xx/5xx answer; carries status, code, detail, body
     └── RunSyncTimeout     run-sync answered 408: the run goes on (``run_id``)
     WaitTimeout            ``wait`` ran out of time: the run goes on (``run``)
+    SignatureError         ``verify_callback``: not a callback signed for this URL
 
 ``events(run_id)`` yields typed ``RunEvent``s and reconnects by itself with the
 last seen sequence number as ``Last-Event-ID``, so a dropped connection loses
 and repeats nothing. It ends after ``workflow_finished``.
+
+``verify_callback`` is the receiving end of completion callbacks: it checks the
+signature against the receiver's own URL and gives the run.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +25,10 @@ import anyio
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 
+from flowrun import signing
+
 DEFAULT_URL = "http://127.0.0.1:8000"
+SignatureError = signing.SignatureError  # what verify_callback raises
 _STREAM_TIMEOUT = httpx.Timeout(30.0, read=60.0)  # the server pings every 10 s
 
 
@@ -62,6 +69,21 @@ class WaitTimeout(TimeoutError):
 
 
 TERMINAL = frozenset({"succeeded", "failed", "stopped", "timed_out"})
+
+
+def verify_callback(secret: str, headers: Mapping[str, str], body: bytes, *, url: str,
+                    tolerance_s: float = signing.DEFAULT_TOLERANCE_S,
+                    now: float | None = None) -> dict[str, Any]:
+    """The run a completion callback carries, once its ``Flowrun-Signature`` holds for
+    this receiver: ``secret`` (``GET /callbacks/secret``), the request's ``headers``
+    (any case), its raw ``body`` and ``url``, the receiver's own address exactly as
+    runs name it in ``callback_url``. Raises SignatureError when the signature is
+    missing, malformed, stale (``tolerance_s``), forged, or signed for another URL."""
+    header = next((v for k, v in headers.items() if k.lower() == signing.HEADER.lower()),
+                  None)
+    signing.verify(secret, header, body, url=url, tolerance_s=tolerance_s, now=now)
+    run: dict[str, Any] = json.loads(body)
+    return run
 
 
 def _poll_delays(timeout: float | None) -> Iterator[float]:

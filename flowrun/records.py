@@ -273,6 +273,13 @@ class DueCallback:
     delivery_id: str
     attempts: int  # made so far
     finished_at: float
+    api_key_id: str = ""  # the run's key ('' without one): each key gets its share
+    next_attempt_at: float | None = None  # None: the first, due since the run ended
+
+    @property
+    def due_at(self) -> float:
+        """Since when it has been due (who waited longest goes first among equals)."""
+        return self.finished_at if self.next_attempt_at is None else self.next_attempt_at
 
 
 @dataclass(frozen=True)

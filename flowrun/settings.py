@@ -148,12 +148,14 @@ class Settings:
     # completion callbacks (through the http node's SSRF policy): a failed attempt is
     # retried after callback_backoff_s doubling up to callback_max_backoff_s, for up to
     # callback_max_age_s after the run ended; each attempt may take callback_timeout_s,
-    # and up to callback_max_in_flight are sent at once
+    # and up to callback_max_in_flight are sent at once, at most
+    # callback_max_in_flight_per_key of one API key's (the others' share)
     callback_backoff_s: float = 10.0
     callback_max_backoff_s: float = 3600.0
     callback_max_age_s: float = 86_400.0
     callback_timeout_s: float = 10.0
     callback_max_in_flight: int = 8
+    callback_max_in_flight_per_key: int = 4
     # several processes on one PostgreSQL database (cluster.py): each renews its lease
     # every heartbeat_s; the runs of one silent for lease_s are taken over by the others
     heartbeat_s: float = 2.0
@@ -167,9 +169,10 @@ class Settings:
         if self.run_rate_per_key <= 0 or self.run_burst_per_key < 1:
             raise SettingsError("run_rate_per_key must be > 0 and run_burst_per_key >= 1")
         if self.callback_backoff_s <= 0 or self.callback_timeout_s <= 0 or \
-                self.callback_max_in_flight < 1:
-            raise SettingsError("callback_backoff_s and callback_timeout_s must be > 0 and "
-                                "callback_max_in_flight >= 1")
+                self.callback_max_in_flight < 1 or self.callback_max_in_flight_per_key < 1:
+            raise SettingsError("callback_backoff_s and callback_timeout_s must be > 0, "
+                                "callback_max_in_flight and callback_max_in_flight_per_key "
+                                ">= 1")
         if self.hook_tolerance_s <= 0:
             raise SettingsError("hook_tolerance_s must be > 0")
         if self.code_network_connections_per_job < 1 or self.code_network_head_timeout_s <= 0:

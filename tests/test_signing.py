@@ -1,10 +1,15 @@
-"""The Flowrun-Signature scheme: what verifies and what each refusal says."""
+"""The Flowrun-Signature schemes (v1 over the body, v2 over the URL and the body): what
+verifies and what each refusal says."""
 
 from __future__ import annotations
+
+import hashlib
+import hmac
 
 import pytest
 
 from flowrun import signing
+from flowrun.client import SignatureError, verify_callback
 
 SECRET = "whsec_test"
 BODY = b'{"hello": "world"}'
@@ -40,3 +45,61 @@ def test_refusals_say_why(header: str | None, body: bytes, now: float, says: str
 def test_new_secrets_differ() -> None:
     assert signing.new_secret() != signing.new_secret()
     assert signing.new_secret().startswith("whsec_")
+
+
+URL = "https://127.0.0.1/hooks/done?tenant=a"
+
+
+def test_v2_binds_the_url_the_body_was_sent_to() -> None:
+    header = signing.sign(SECRET, BODY, timestamp=1_000, url=URL)
+    good = signing.signature(SECRET, 1_000, BODY, url=URL)
+    assert header == f"t=1000,v2={good}"
+    assert signing.verify(SECRET, header, BODY, url=URL, now=1_010) == good
+    # the message is the timestamp, the URL and the body, joined by newlines
+    message = b"1000\n" + URL.encode() + b"\n" + BODY
+    assert good == hmac.new(SECRET.encode(), message, hashlib.sha256).hexdigest()
+    assert good != signing.signature(SECRET, 1_000, BODY)  # not v1's
+
+
+@pytest.mark.parametrize("url", [
+    "https://127.0.0.2/hooks/done?tenant=a", "https://127.0.0.1/hooks/done",
+    URL + "x", URL[:-1], URL.upper()])
+def test_v2_refuses_a_body_signed_for_another_url(url: str) -> None:
+    header = signing.sign(SECRET, BODY, timestamp=1_000, url=URL)
+    with pytest.raises(signing.SignatureError, match="no signature matches the body and URL"):
+        signing.verify(SECRET, header, BODY, url=url, now=1_000)
+
+
+def test_each_scheme_verifies_only_as_itself() -> None:
+    bound = signing.sign(SECRET, BODY, timestamp=1_000, url=URL)
+    plain = signing.sign(SECRET, BODY, timestamp=1_000)
+    with pytest.raises(signing.SignatureError, match="no v1= signature .*bound to a URL"):
+        signing.verify(SECRET, bound, BODY, now=1_000)
+    with pytest.raises(signing.SignatureError, match="no v2= signature .*bound to no URL"):
+        signing.verify(SECRET, plain, BODY, url=URL, now=1_000)
+    # a v1 signature renamed v2 does not pass for a bound one
+    with pytest.raises(signing.SignatureError, match="no signature matches"):
+        signing.verify(SECRET, plain.replace("v1=", "v2="), BODY, url=URL, now=1_000)
+    # the framing leaves nothing to shift between URL and body
+    shifted = signing.sign(SECRET, b"x\n" + BODY, timestamp=1_000, url=URL[:-1])
+    with pytest.raises(signing.SignatureError):
+        signing.verify(SECRET, shifted, BODY, url=URL, now=1_000)
+    with pytest.raises(ValueError, match="whitespace"):
+        signing.signature(SECRET, 1_000, BODY, url="https://127.0.0.3/\nx")
+    with pytest.raises(signing.SignatureError, match="no signature matches"):
+        signing.verify(SECRET, bound, BODY, url="https://127.0.0.3/ x", now=1_000)
+
+
+def test_the_clients_helper_checks_a_callback_for_its_receiver() -> None:
+    body = b'{"id": "r1", "status": "succeeded"}'
+    header = signing.sign(SECRET, body, timestamp=1_000, url=URL)
+    for headers in ({"Flowrun-Signature": header}, {"flowrun-signature": header}):
+        run = verify_callback(SECRET, headers, body, url=URL, now=1_001)
+        assert run == {"id": "r1", "status": "succeeded"}
+    with pytest.raises(SignatureError, match="and URL"):
+        verify_callback(SECRET, {"Flowrun-Signature": header}, body,
+                        url="https://127.0.0.2/", now=1_001)
+    with pytest.raises(SignatureError, match="away from now"):
+        verify_callback(SECRET, {"Flowrun-Signature": header}, body, url=URL, now=2_000)
+    with pytest.raises(SignatureError, match="missing"):
+        verify_callback(SECRET, {}, body, url=URL, now=1_001)

@@ -234,6 +234,17 @@ MIGRATIONS: list[list[str]] = [
         # without it, every run of the workflow is sorted for each page
         "CREATE INDEX runs_by_workflow_any_key ON runs (workflow, num)",
     ],
+    [
+        # Completion callbacks are shared out key by key (callback_loop.py): each names
+        # its run's key ('' for a run without one), and the loop walks the pending ones
+        # of each key in turn, soonest first, never past another key's.
+        "ALTER TABLE callbacks ADD COLUMN api_key_id TEXT NOT NULL DEFAULT ''",
+        "UPDATE callbacks SET api_key_id = COALESCE((SELECT r.api_key_id FROM runs r "
+        "WHERE r.id = callbacks.run_id), '')",
+        "DROP INDEX callbacks_pending",
+        "CREATE INDEX callbacks_pending_by_key ON callbacks (api_key_id, next_attempt_at) "
+        "WHERE state = 'pending'",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -209,6 +209,15 @@ PG_MIGRATIONS: list[list[str]] = [
             heartbeat_at double precision NOT NULL
         )""",
     ],
+    [
+        # callbacks shared out key by key (see schema.py); NULLS FIRST as the loop reads
+        "ALTER TABLE callbacks ADD COLUMN api_key_id text NOT NULL DEFAULT ''",
+        "UPDATE callbacks c SET api_key_id = COALESCE(r.api_key_id, '') FROM runs r "
+        "WHERE r.id = c.run_id",
+        "DROP INDEX callbacks_pending",
+        "CREATE INDEX callbacks_pending_by_key ON callbacks "
+        "(api_key_id, next_attempt_at NULLS FIRST) WHERE state = 'pending'",
+    ],
 ]
 
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -131,9 +131,10 @@ def _insert_run(conn: Connection, run: RunRecord) -> None:
          run.parent_run_id, run.depth, run.root_run_id, run.rerun_of, run.schedule_id,
          run.schedule_slot, run.callback_url, run.source, run.owner))
     if run.callback_url is not None:  # its delivery state, committed with the run
-        conn.execute("INSERT INTO callbacks (run_id, delivery_id, state, updated_at) "
-                     "VALUES (?, ?, ?, ?)", (run.id, "dlv_" + uuid.uuid4().hex,
-                                             CallbackState.PENDING.value, run.created_at))
+        conn.execute("INSERT INTO callbacks (run_id, delivery_id, state, updated_at, "
+                     "api_key_id) VALUES (?, ?, ?, ?, ?)",
+                     (run.id, "dlv_" + uuid.uuid4().hex, CallbackState.PENDING.value,
+                      run.created_at, run.api_key_id or ""))
 
 
 _KEY_HOLDER_SQL = (
@@ -963,27 +964,49 @@ class Store:
 
     # --- completion callbacks -------------------------------------------------------
 
-    async def due_callbacks(self, now: float, limit: int,
-                            skip: Collection[str] = ()) -> list[DueCallback]:
-        """Pending callbacks of ended runs whose next attempt is due, soonest first
-        (``skip``: those in flight). Reads only pending rows (a partial index)."""
-        terminal = tuple(s.value for s in RUN_TERMINAL)
+    async def callback_keys(self) -> list[str]:
+        """The keys ('' for runs without one) that have pending callbacks, in order.
+
+        A loose walk of the partial index of pending callbacks: one step per key, to
+        the next key along, so however many callbacks a key has it costs one step."""
+        pending = f"state = '{CallbackState.PENDING.value}'"  # (literal: the partial index)
         rows = await self._fetchall(
-            "SELECT c.run_id, c.delivery_id, c.attempts, r.callback_url, r.finished_at "
+            "WITH RECURSIVE k (id) AS ("
+            f"SELECT MIN(api_key_id) FROM callbacks WHERE {pending} "
+            f"UNION ALL SELECT (SELECT MIN(c.api_key_id) FROM callbacks c WHERE c.{pending} "
+            "AND c.api_key_id > k.id) FROM k WHERE k.id IS NOT NULL"
+            ") SELECT id FROM k WHERE id IS NOT NULL")
+        return [str(row[0]) for row in rows]
+
+    async def due_callbacks(self, now: float, wanted: Mapping[str, int],
+                            skip: Collection[str] = ()) -> dict[str, list[DueCallback]]:
+        """Pending callbacks of ended runs whose next attempt is due: up to
+        ``wanted[key]`` of each key, soonest first (``skip``: those in flight). One
+        look-up per key along the partial index of its pending rows, all in one round
+        trip; it never reads past one key's callbacks to find another's."""
+        terminal = tuple(s.value for s in RUN_TERMINAL)
+        sql = (
+            "SELECT c.run_id, c.delivery_id, c.attempts, c.api_key_id, c.next_attempt_at, "
+            "r.callback_url, r.finished_at "
             # CROSS JOIN keeps callbacks the outer loop: SQLite would otherwise walk every
             # ended run by status (PostgreSQL reads it as a plain JOIN). The state is
             # written out: a bound value would not match the partial index. NULLS FIRST
-            # (a run that just ended) is SQLite's order anyway, not PostgreSQL's.
+            # (a run that just ended) is SQLite's order anyway, and PostgreSQL's index's.
             "FROM callbacks c CROSS JOIN runs r ON r.id = c.run_id "
-            f"WHERE c.state = '{CallbackState.PENDING.value}' "
+            f"WHERE c.state = '{CallbackState.PENDING.value}' AND c.api_key_id = ? "
             "AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= ?) "
             f"AND r.status IN ({', '.join('?' * len(terminal))}) "
-            "AND r.callback_url IS NOT NULL ORDER BY c.next_attempt_at NULLS FIRST LIMIT ?",
-            (now, *terminal, limit + len(skip)))
-        found = [DueCallback(r["run_id"], r["callback_url"], r["delivery_id"],
-                             int(r["attempts"]), float(r["finished_at"] or now))
-                 for r in rows if r["run_id"] not in skip]
-        return found[:limit]
+            "AND r.callback_url IS NOT NULL ORDER BY c.next_attempt_at NULLS FIRST LIMIT ?")
+        keys = [key for key, count in wanted.items() if count > 0]
+        if not keys:
+            return {}
+        found = await self._fetch_together(
+            [(sql, (key, now, *terminal, wanted[key] + len(skip))) for key in keys])
+        return {key: [DueCallback(r["run_id"], r["callback_url"], r["delivery_id"],
+                                  int(r["attempts"]), float(r["finished_at"] or now),
+                                  str(r["api_key_id"]), r["next_attempt_at"])
+                      for r in rows if r["run_id"] not in skip][:wanted[key]]
+                for key, rows in zip(keys, found, strict=True)}
 
     async def claim_callback(self, run_id: str, attempts: int, now: float,
                              hold_until: float) -> bool:

@@ -5,14 +5,18 @@ and a restart in the middle (the callback is delivered once, after it)."""
 from __future__ import annotations
 
 import json
+import selectors
+import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
+import psycopg
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,8 +24,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from flowrun import signing
-from flowrun.client import Client, ClientError
-from tests.e2e.server import Started, finished
+from flowrun.client import Client, ClientError, SignatureError, verify_callback
+from tests.e2e.server import Server, Started, finished
 from tests.local_server import serve
 
 FAST = {"FLOWRUN_ALLOW_PRIVATE_HOSTS": "true", "FLOWRUN_CALLBACK_BACKOFF_S": "0.1",
@@ -117,7 +121,8 @@ def test_a_finished_run_is_posted_signed(start_server: Callable[..., Started],
     [hit] = receiver.got()
     secret = admin.get("/callbacks/secret").json()["secret"]
     assert secret.startswith("whsec_")
-    signing.verify(secret, hit.headers["flowrun-signature"], hit.body)
+    signing.verify(secret, hit.headers["flowrun-signature"], hit.body,
+                   url=f"{receiver.url}/hook?x=1")
     assert hit.path == "/hook"
     assert hit.headers["content-type"] == "application/json"
     assert hit.headers["flowrun-attempt"] == "1"
@@ -152,7 +157,8 @@ def test_a_finished_run_is_posted_signed(start_server: Callable[..., Started],
     client.post("/workflows/greet/run", json={"callback_url": f"{receiver.url}/rotated"})
     hit = receiver.got(3)[2]
     for key in (secret, rotated["secret"]):
-        signing.verify(key, hit.headers["flowrun-signature"], hit.body)
+        signing.verify(key, hit.headers["flowrun-signature"], hit.body,
+                       url=f"{receiver.url}/rotated")
 
     # the Python client
     with Client(started.server.url, started.key) as sdk:
@@ -162,6 +168,34 @@ def test_a_finished_run_is_posted_signed(start_server: Callable[..., Started],
         with pytest.raises(ClientError) as missing_callback:
             sdk.callbacks(plain)
         assert missing_callback.value.status == 404
+
+
+def test_a_callback_verifies_only_at_the_receiver_it_was_sent_to(
+        start_server: Callable[..., Started], receiver: Receiver) -> None:
+    """A run key's callback to its own receiver A carries a body it chose: replayed to
+    receiver B of the same server, it does not verify there, because B checks it with
+    its own URL; B's own callbacks do."""
+    started, admin = setup(start_server)
+    secret = admin.get("/callbacks/secret").json()["secret"]
+    url_a, url_b = f"{receiver.url}/a", f"{receiver.url}/b?tenant=b"
+    mine = started.client.post("/workflows/greet/run", json={
+        "inputs": {"name": "forged"}, "correlation_id": "order-42",
+        "callback_url": url_a}).json()["id"]
+    [hit] = receiver.got(1)
+    assert "v1=" not in hit.headers["flowrun-signature"]  # no signature bound to no URL
+    assert verify_callback(secret, hit.headers, hit.body, url=url_a)["id"] == mine
+    with pytest.raises(SignatureError, match="no signature matches the body and URL"):
+        verify_callback(secret, hit.headers, hit.body, url=url_b)
+    with pytest.raises(SignatureError):  # nor as the older scheme, bound to nothing
+        signing.verify(secret, hit.headers["flowrun-signature"], hit.body)
+
+    theirs = started.server.client(started.server.create_key())
+    run_b = theirs.post("/workflows/greet/run", json={"callback_url": url_b}).json()["id"]
+    hit_b = receiver.got(2)[1]
+    assert hit_b.path == "/b"
+    assert verify_callback(secret, hit_b.headers, hit_b.body, url=url_b)["id"] == run_b
+    with pytest.raises(SignatureError):
+        verify_callback(secret, hit_b.headers, hit_b.body, url=url_a)
 
 
 def test_failed_attempts_are_retried_until_one_succeeds(
@@ -195,7 +229,9 @@ def test_a_workflow_names_a_default_callback(start_server: Callable[..., Started
 
 BAD_URLS = ["ftp://127.0.0.1/hook", "http://user:secret@127.0.0.1/hook",
             "127.0.0.1/hook", "http:///hook", "http://127.0.0.1/a b",
-            "http://127.0.0.1:port/", "https://127.0.0.1/" + "a" * 2048, 42]
+            "http://127.0.0.1:port/", "https://127.0.0.1/" + "a" * 2048, 42,
+            # hosts that pass a URL parser but no request can be built for
+            "http://xn--/", "http://\u0660\u0661/", "http://xn--a/", "https://a..localhost/"]
 
 
 def test_a_bad_callback_url_is_refused(start_server: Callable[..., Started]) -> None:
@@ -253,3 +289,159 @@ def test_a_pending_callback_survives_a_restart(start_server: Callable[..., Start
     assert numbers == list(range(1, len(numbers) + 1))
     assert [a["status_code"] for a in shown["attempts"]][-1] == 200
     assert receiver.requests[-1].headers["flowrun-attempt"] == str(numbers[-1])
+
+
+def rewrite(server: Server, sql: str, params: tuple[Any, ...]) -> None:
+    """Change the database of a stopped server (SQLite or PostgreSQL)."""
+    if server.database is not None:
+        with psycopg.connect(server.database) as pg:
+            pg.execute(sql.replace("?", "%s"), params)
+        return
+    with sqlite3.connect(server.db) as conn:
+        conn.execute(sql, params)
+
+
+def test_a_stored_url_no_request_can_be_built_fails_and_holds_back_nothing(
+        start_server: Callable[..., Started], receiver: Receiver) -> None:
+    """Callbacks stored with URLs no request can be built for (accepted by an older
+    version), more of them than attempts may be in flight: each fails after one
+    recorded attempt, without a traceback, and another run's callback still arrives."""
+    started, _ = setup(start_server)
+    server, client = started.server, started.client
+    receiver.status = 500
+    runs = [client.post("/workflows/greet/run",
+                        json={"callback_url": f"{receiver.url}/old"}).json()["id"]
+            for _ in range(10)]
+    for run_id in runs:
+        finished(client, run_id)
+    receiver.got(10, answered=500)
+    server.kill()
+    bad = ["http://xn--/", "http://\u0660\u0661/"]
+    for n, run_id in enumerate(runs):
+        rewrite(server, "UPDATE runs SET callback_url = ? WHERE id = ?", (bad[n % 2], run_id))
+        rewrite(server, "UPDATE callbacks SET next_attempt_at = NULL WHERE run_id = ?",
+                (run_id,))
+    receiver.status = 200
+    server.start()
+
+    good = client.post("/workflows/greet/run",
+                       json={"callback_url": f"{receiver.url}/new"}).json()["id"]
+    assert receiver.got(1, answered=200)[0].path == "/new"
+    callback_state(client, good, "delivered")
+    for run_id in runs:
+        shown = callback_state(client, run_id, "failed")
+        last = shown["attempts"][-1]
+        assert last["status_code"] is None
+        assert last["error"].startswith("invalid callback_url"), last
+        assert shown["next_attempt_at"] is None
+    assert "Traceback" not in server.log.read_text()
+
+
+class Tarpit:
+    """A receiver on 127.0.0.1 that accepts connections, reads what comes and never
+    answers; counts the connections it accepted and the most open at once."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.lock = threading.Lock()
+        self.accepted = 0
+        self.open = 0
+        self.most_open = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            for key, _ in self.selector.select(timeout=0.05):
+                sock = cast(socket.socket, key.fileobj)
+                if sock is self.listener:
+                    conn, _ = sock.accept()
+                    self.selector.register(conn, selectors.EVENT_READ)
+                    with self.lock:
+                        self.accepted += 1
+                        self.open += 1
+                        self.most_open = max(self.most_open, self.open)
+                elif not sock.recv(65536):  # the sender gave up and closed it
+                    self.selector.unregister(sock)
+                    sock.close()
+                    with self.lock:
+                        self.open -= 1
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+        for key in list(self.selector.get_map().values()):
+            cast(socket.socket, key.fileobj).close()
+        self.selector.close()
+
+
+@pytest.fixture
+def tarpit() -> Iterator[Tarpit]:
+    found = Tarpit()
+    yield found
+    found.close()
+
+
+@dataclass(frozen=True)
+class Flooded:
+    waited: float  # from the end of key B's run to its callback's arrival
+    accepted: int  # connections the tarpit had accepted by then
+    most_open: int  # the most it held open at once by then
+
+
+def flood(started: Started, tarpit: Tarpit, receiver: Receiver, *, busy: int) -> Flooded:
+    """Forty runs of the started key A call back to the tarpit; once ``busy`` of their
+    attempts hang there, one run of a new key B calls back to ``receiver``."""
+    key_a = started.client
+    for _ in range(40):
+        accepted = key_a.post("/workflows/greet/run", json={"callback_url": f"{tarpit.url}/a"})
+        assert accepted.status_code == 202, accepted.text
+    until(lambda: tarpit.open >= busy, what="key A's attempts in flight")
+
+    key_b = started.server.client(started.server.create_key())
+    run_b = key_b.post("/workflows/greet/run",
+                       json={"callback_url": f"{receiver.url}/b"}).json()["id"]
+    finished(key_b, run_b)
+    ended = time.monotonic()
+    [hit] = receiver.got(1)
+    waited = time.monotonic() - ended
+    with tarpit.lock:
+        flooded = Flooded(waited, tarpit.accepted, tarpit.most_open)
+    assert hit.path == "/b"
+    assert callback_state(key_b, run_b, "delivered")["attempts"][0]["status_code"] == 200
+    return flooded
+
+
+def flood_env(timeout_s: float, in_flight: int, per_key: int) -> dict[str, str]:
+    return {**FAST, "FLOWRUN_CALLBACK_TIMEOUT_S": str(timeout_s),
+            "FLOWRUN_CALLBACK_MAX_IN_FLIGHT": str(in_flight),
+            "FLOWRUN_CALLBACK_MAX_IN_FLIGHT_PER_KEY": str(per_key)}
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+def test_a_key_whose_receiver_never_answers_delays_no_other_key(
+        start_server: Callable[..., Started], receiver: Receiver, tarpit: Tarpit) -> None:
+    """Key A holds at most its share of the attempts in flight, so key B's callback
+    arrives at once, not after A's attempts time out."""
+    timeout_s = 5.0
+    started, _ = setup(start_server, env=flood_env(timeout_s, 8, 3))
+    flooded = flood(started, tarpit, receiver, busy=3)
+    # well before the first of A's attempts could time out and free a slot
+    assert flooded.waited < timeout_s, flooded
+    assert flooded.accepted <= 8, flooded
+    assert flooded.most_open <= 3, flooded  # A never held more than its share
+
+
+def test_keys_take_turns_for_the_slots_a_dead_receiver_frees(
+        start_server: Callable[..., Started], receiver: Receiver, tarpit: Tarpit) -> None:
+    """With a key allowed every slot, key A fills them all; the first one its attempts
+    free goes to key B, ahead of A's other thirty-six: B waits one attempt's timeout."""
+    timeout_s = 2.0
+    started, _ = setup(start_server, env=flood_env(timeout_s, 4, 4))
+    flooded = flood(started, tarpit, receiver, busy=4)
+    assert flooded.waited < 2 * timeout_s + 1, flooded
+    assert flooded.accepted <= 8, flooded  # A's first four, and at most three more
