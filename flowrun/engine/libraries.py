@@ -55,14 +55,16 @@ def loaded(binaries: list[str], *, library_path: str = "") -> list[str]:
     (none by default: the sandbox starts its interpreter without one)."""
     try:
         search = _Search(library_path, _cache(), _default_folders())
-    except _Unsure:
+    except _Unsure as exc:
+        logger.info("code sandbox: ldd lists the runtime's libraries (%s)", exc)
         return _ldd(binaries)
     found: list[str] = []
     unsure: list[str] = []
     for binary in binaries:
         try:
             found += search.link_map(binary)
-        except _Unsure:
+        except _Unsure as exc:
+            logger.info("code sandbox: ldd lists the libraries of %s (%s)", binary, exc)
             unsure.append(binary)
     return list(dict.fromkeys([*found, *(_ldd(unsure) if unsure else [])]))
 
