@@ -6,31 +6,31 @@ own programs and their configuration (``/usr/local/etc``). Of the interpreter it
 binds exactly what it runs on, wherever it lives (``/usr/local``, a pyenv folder,
 a prefix of its own): its executable, the directories on its isolated
 ``sys.path`` (stdlib, ``lib-dynload``, its site-packages) and the shared
-libraries that the executable and its extension modules load, as ``ldd`` finds
-them. What it finds under ``/usr`` itself is bound already.
+libraries that the executable and its extension modules load, read from their
+ELF files as the loader finds them (libraries.py). What it finds under ``/usr``
+itself is bound already.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from flowrun.engine import libraries
 
 _TOPS = ("/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
-_LIST_S = 60.0  # ldd over a few dozen extension modules, once a server start
+_LIST_S = 60.0  # the interpreter's start, once a server start
 _SYS_PATH = "import json, sys; print(json.dumps([sys.executable, *sys.path]))"
 
 
 @functools.lru_cache(maxsize=8)
 def runtime_paths(python: str) -> tuple[str, ...]:
     """The files and folders the interpreter ``python`` runs on (blocking: it runs the
-    interpreter and ``ldd``). OSError when the interpreter cannot say."""
+    interpreter and reads its ELF files). OSError when the interpreter cannot say."""
     try:
         done = subprocess.run([python, "-I", "-c", _SYS_PATH], capture_output=True,
                               text=True, timeout=_LIST_S, check=True, cwd="/",
@@ -41,25 +41,7 @@ def runtime_paths(python: str) -> tuple[str, ...]:
     folders = [p for p in path if os.path.isabs(p) and os.path.exists(p)]
     modules = [str(f) for folder in folders if folder.endswith("lib-dynload")
                for f in sorted(Path(folder).glob("*.so"))]
-    return tuple(dict.fromkeys([executable, *folders, *_libraries([executable, *modules])]))
-
-
-def _libraries(binaries: list[str]) -> list[str]:
-    """The shared libraries ``binaries`` load, by the paths the loader opens."""
-    try:
-        done = subprocess.run(["ldd", *binaries], capture_output=True, text=True,
-                              timeout=_LIST_S, check=False, cwd="/")
-    except (OSError, subprocess.SubprocessError) as exc:
-        logger.warning("code sandbox: cannot list the interpreter's libraries (%s); only "
-                       "those under /usr are bound", exc)
-        return []
-    found = []
-    for line in done.stdout.splitlines():
-        # "libssl.so.3 => /lib/x86_64-linux-gnu/libssl.so.3 (0x...)", "/lib64/ld-... (0x...)"
-        target = line.split("=>", 1)[-1].strip().split(" (", 1)[0].strip()
-        if os.path.isabs(target) and os.path.exists(target):
-            found.append(target)
-    return found
+    return tuple(dict.fromkeys([executable, *folders, *libraries.loaded([executable, *modules])]))
 
 
 def _system_roots() -> tuple[list[str], list[str]]:

@@ -296,6 +296,27 @@ def test_code_workers_die_with_the_server(server_factory: Callable[..., Server])
     assert gone("sleep 7772"), "a code worker outlived the server"
 
 
+def test_a_host_whose_ldd_cannot_run_still_sandboxes_code(
+        server_factory: Callable[..., Server], tmp_path: Path) -> None:
+    """ldd is a bash script that slim images may lack or break: the runtime's libraries
+    are read from its ELF files, and its extension modules load in the sandbox."""
+    import os
+
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "ldd").write_text("#!/bin/sh\necho 'ldd: cannot run here' >&2\nexit 1\n")
+    (tools / "ldd").chmod(0o755)
+    server = server_factory({"PATH": f"{tools}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+    key = server.create_key()
+    server.start("--log-level", "info")
+    assert "code sandbox: bwrap" in server.log.read_text(), server.log.read_text()
+    code = ("import ctypes, lzma, sqlite3, ssl, zlib\ndef main():\n"
+            "    return {'text': ssl.OPENSSL_VERSION.split()[0] + ' ' + sqlite3.sqlite_version}")
+    node = run_code(server.client(key), code)
+    assert node["status"] == "succeeded", node["error"]
+    assert node["outputs"]["text"].startswith("OpenSSL "), node
+
+
 def test_process_mode_is_announced_as_weaker(server_factory: Callable[..., Server]) -> None:
     server = server_factory({"FLOWRUN_CODE_SANDBOX": "process"})
     key = server.create_key()
