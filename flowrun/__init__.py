@@ -2,7 +2,7 @@
 
 Importing ``flowrun`` (or any of its modules) loads no more than it needs: each
 public name below is imported from its module on first use, so that, say,
-``flowrun.definitions`` or the code worker never loads the server stack.
+``flowrun.language.definitions`` or the code worker never loads the server stack.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flowrun.app import create_app, flowrun_lifespan
-    from flowrun.definitions import NodeTypes, WorkflowDefinition
     from flowrun.engine.executor import RunOutcome
     from flowrun.engine.nodes import NodeContext, node
     from flowrun.errors import FlowrunError, NodeFailure
-    from flowrun.local import run_workflow
+    from flowrun.language.definitions import NodeTypes, WorkflowDefinition
     from flowrun.records import NodeStatus, RunStatus
+    from flowrun.runs.local import run_workflow
     from flowrun.settings import Settings
 
     __version__: str
@@ -50,11 +50,11 @@ _EXPORTS = {
     "RunOutcome": "flowrun.engine.executor",
     "RunStatus": "flowrun.records",
     "Settings": "flowrun.settings",
-    "WorkflowDefinition": "flowrun.definitions",
+    "WorkflowDefinition": "flowrun.language.definitions",
     "create_app": "flowrun.app",
     "flowrun_lifespan": "flowrun.app",
     "node": "flowrun.engine.nodes",
-    "run_workflow": "flowrun.local",
+    "run_workflow": "flowrun.runs.local",
 }
 
 
@@ -62,14 +62,14 @@ def parse_definition(data: Mapping[str, Any], *, source: str = "definition",
                      registry: NodeTypes | None = None) -> WorkflowDefinition:
     """Validate a mapping as a workflow definition, against ``registry`` or else every
     registered node type (built-in, ``@flowrun.node``); DefinitionError names each fault."""
-    from flowrun import definitions
+    from flowrun.language import definitions
 
     return definitions.parse_definition(data, source=source, registry=_node_types(registry))
 
 
 def load_file(path: str | Path, *, registry: NodeTypes | None = None) -> WorkflowDefinition:
     """Load one .yaml/.yml/.json workflow file, checked like ``parse_definition``."""
-    from flowrun import definitions
+    from flowrun.language import definitions
 
     return definitions.load_file(Path(path), registry=_node_types(registry))
 

@@ -1,5 +1,5 @@
 import sys
 
-from flowrun.cli import main
+from flowrun.cli.main import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
-"""The composition root: ``create_app(settings)`` wires store, bus, scheduler and routes.
+"""The composition root: ``create_app(settings)`` wires store, bus, dispatcher and routes.
 
 The lifespan opens every long-lived resource as nested ``async with`` blocks in
-dependency order (store → task group → scheduler) and closes them in reverse.
+dependency order (store → task group → dispatcher) and closes them in reverse.
 Cancelling the task group on shutdown leaves unfinished runs ``running`` in the
 store, to resume on the next start.
 
@@ -35,31 +35,31 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
-from flowrun.adapters import ServiceChildRuns, ServiceWorkflows
 from flowrun.api import conductor, dify, jobs, langflow, native, ui
 from flowrun.api.common import ErrorHandler
-from flowrun.auth import KeyRing
-from flowrun.callback_loop import CallbackBook
-from flowrun.callbacks import RetryPolicy
-from flowrun.engine.egress import EgressLimits, EgressProxy
+from flowrun.engine.net.egress import EgressLimits, EgressProxy
 from flowrun.engine.node_services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
-from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
+from flowrun.engine.sandbox.runner import CodeLimits, CodeRunner, choose_jail
 from flowrun.errors import FlowrunError
-from flowrun.events import EventBus
-from flowrun.hooks import HookBook
-from flowrun.lifecycle import Lifecycle
+from flowrun.features.callbacks.book import CallbackBook
+from flowrun.features.callbacks.rules import RetryPolicy
+from flowrun.features.keys import KeyRing
+from flowrun.features.schedules.book import ScheduleBook
+from flowrun.features.vault import StoreSecrets, Vault
+from flowrun.features.waits import WaitBook
+from flowrun.features.webhooks.book import HookBook
 from flowrun.metrics import Metrics
-from flowrun.runner import Runner
-from flowrun.schedule_loop import ScheduleBook
-from flowrun.scheduler import Scheduler
-from flowrun.service import RunService
+from flowrun.runs.adapters import ServiceChildRuns, ServiceWorkflows
+from flowrun.runs.catalog import WorkflowCatalog
+from flowrun.runs.dispatch import Dispatcher
+from flowrun.runs.events import EventBus
+from flowrun.runs.lifecycle import Lifecycle
+from flowrun.runs.runner import Runner
+from flowrun.runs.service import RunService
 from flowrun.settings import Settings, SettingsError
 from flowrun.store import Store
-from flowrun.vault import StoreSecrets, Vault
-from flowrun.waits import WaitBook
-from flowrun.workflows import WorkflowCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -213,12 +213,12 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
         runner = Runner(store, bus, registry, app.state.metrics,
                         idempotency_ttl_s=settings.idempotency_ttl_s, services=services,
                         final_write_timeout_s=settings.final_write_timeout_s)
-        scheduler = Scheduler(runner, max_concurrent=settings.max_concurrent_runs,
+        dispatcher = Dispatcher(runner, max_concurrent=settings.max_concurrent_runs,
                               max_queued=settings.max_queued)
-        app.state.metrics.watch_queue(lambda: scheduler.queued, lambda: scheduler.running)
+        app.state.metrics.watch_queue(lambda: dispatcher.queued, lambda: dispatcher.running)
         workflows = WorkflowCatalog(store, registry)
-        lifecycle = Lifecycle(scheduler)
-        service = RunService(settings, store, scheduler, bus, workflows, lifecycle)
+        lifecycle = Lifecycle(dispatcher)
+        service = RunService(settings, store, dispatcher, bus, workflows, lifecycle)
         schedule_book = ScheduleBook(store, workflows, service, lifecycle)
         wait_book = WaitBook(store, service)
         callback_book = CallbackBook(
@@ -242,17 +242,17 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                             settings.workflows_dir)
         cluster = None
         if store.postgres:  # other processes may share the database: runs are claimed
-            from flowrun.cluster import Cluster
-            cluster = Cluster(store, scheduler, bus, lease_s=settings.lease_s,
+            from flowrun.runs.cluster import Cluster
+            cluster = Cluster(store, dispatcher, bus, lease_s=settings.lease_s,
                               heartbeat_s=settings.heartbeat_s,
                               max_queued=settings.max_queued)
             cluster.adopt = service.adopt
             cluster.workflow_changed = workflows.forget
-            scheduler.on_slot_free = cluster.wake_claims
-            scheduler.on_left = cluster.let_go
+            dispatcher.on_slot_free = cluster.wake_claims
+            dispatcher.on_left = cluster.release
             service.cluster = cluster
         async with anyio.create_task_group() as tg:
-            await tg.start(scheduler.run, tg)
+            await tg.start(dispatcher.run, tg)
             tg.start_soon(housekeeping, store, settings, hook_book)
             tg.start_soon(lifecycle.end_waits_after_grace, settings.shutdown_grace_s)
             if cluster is None:
@@ -282,10 +282,10 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                 finished = await lifecycle.wait_for_runs(settings.shutdown_grace_s)
                 if not finished:
                     logger.info("shutdown: %d runs left to resume on next start",
-                                scheduler.running)
+                                dispatcher.running)
                 if cluster is not None:
                     tg.cancel_scope.cancel()  # the runs left stop here, then go back
-                    await _settle(scheduler)
+                    await _settle(dispatcher)
                     await cluster.leave()
                 app.state.service = app.state.keys = app.state.workflows = None
                 app.state.vault = app.state.lifecycle = app.state.schedules = None
@@ -296,10 +296,10 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     logger.info("flowrun stopped")
 
 
-async def _settle(scheduler: Scheduler) -> None:
+async def _settle(dispatcher: Dispatcher) -> None:
     """Wait (shielded, briefly) for cancelled run tasks to end."""
     with anyio.move_on_after(5, shield=True):
-        await scheduler.idle()
+        await dispatcher.idle()
 
 
 async def housekeeping(store: Store, settings: Settings, hooks: HookBook | None = None

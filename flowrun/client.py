@@ -25,7 +25,7 @@ import anyio
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 
-from flowrun import signing
+from flowrun.features.webhooks import signing
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 SignatureError = signing.SignatureError  # what verify_callback raises

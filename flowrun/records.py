@@ -146,7 +146,7 @@ class RunRecord:
     started_at: float | None = None
     finished_at: float | None = None
     steps: int = 0
-    num: int = 0
+    num: int = 0  # the store's row number: newest-first order, page cursors, a jobs API job id
     parent_run_id: str | None = None
     depth: int = 0  # 0 for a run started through the API, parent's + 1 for a child
     root_run_id: str | None = None  # the depth-0 run of a child's tree

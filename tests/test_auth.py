@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from flowrun.auth import ANONYMOUS, KeyRing, Principal, Scope, create_api_key, hash_key
 from flowrun.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from flowrun.features.keys import KeyRing, create_api_key, hash_key
+from flowrun.runs.access import ANONYMOUS, Principal, Scope
 from flowrun.store import Store
 
 ADMIN = Principal("admin", Scope.ADMIN)

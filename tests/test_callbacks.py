@@ -14,9 +14,10 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from flowrun import auth, signing
-from flowrun.callback_loop import CallbackBook
-from flowrun.callbacks import (
+from flowrun.engine.node_services import HttpPolicy
+from flowrun.errors import Forbidden
+from flowrun.features.callbacks.book import CallbackBook
+from flowrun.features.callbacks.rules import (
     RetryPolicy,
     after_attempt,
     backoff,
@@ -25,12 +26,12 @@ from flowrun.callbacks import (
     fair_pick,
     request_headers,
 )
-from flowrun.engine.node_services import HttpPolicy
-from flowrun.errors import Forbidden
-from flowrun.events import Event
-from flowrun.lifecycle import Lifecycle
+from flowrun.features.webhooks import signing
 from flowrun.records import CallbackAttempt, CallbackState, DueCallback, RunRecord, RunStatus
-from flowrun.service import RunService
+from flowrun.runs import access
+from flowrun.runs.events import Event
+from flowrun.runs.lifecycle import Lifecycle
+from flowrun.runs.service import RunService
 from flowrun.store import Store
 from flowrun.store.schema import MIGRATIONS
 
@@ -276,12 +277,12 @@ async def test_the_signing_secret_is_made_once_and_rotated(tmp_path: Path) -> No
     async with Store.open(tmp_path / "f.db") as store:
         book = CallbackBook(store, cast(RunService, None), cast(Lifecycle, None),
                             HttpPolicy(), POLICY, clock=clock)
-        admin = auth.Principal(key_id="k1", scope=auth.Scope.ADMIN)
+        admin = access.Principal(key_id="k1", scope=access.Scope.ADMIN)
         first = await book.secret(admin)
         assert first["secret"].startswith("whsec_") and first["previous_valid_until"] is None
         assert await book.signing_secrets() == [first["secret"]]
         with pytest.raises(Forbidden):
-            await book.rotate(auth.Principal(key_id="k2", scope=auth.Scope.RUN))
+            await book.rotate(access.Principal(key_id="k2", scope=access.Scope.RUN))
         rotated = await book.rotate(admin)
         assert rotated["secret"] != first["secret"]
         assert await book.signing_secrets() == [rotated["secret"], first["secret"]]
@@ -297,7 +298,7 @@ async def test_an_attempt_that_cannot_be_sent_is_recorded_and_backs_off(
     def explode(request: httpx.Request) -> httpx.Response:
         raise RuntimeError("a bug in a transport")
 
-    caplog.set_level(logging.INFO, "flowrun.callback_loop")
+    caplog.set_level(logging.INFO, "flowrun.features.callbacks.book")
     clock = Clock(10_000.0)
     async with Store.open(tmp_path / "f.db") as store, \
             httpx.AsyncClient(transport=httpx.MockTransport(explode)) as http:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from flowrun.cli import build_parser
+from flowrun.cli.main import build_parser
 from tests.local_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

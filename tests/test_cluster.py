@@ -18,11 +18,11 @@ import anyio
 import pytest
 
 from flowrun import Settings, create_app, flowrun_lifespan
-from flowrun.cluster import Cluster
 from flowrun.errors import QueueFull, Unavailable
-from flowrun.events import Event
 from flowrun.records import RunStatus
-from flowrun.service import RunRequest, RunService
+from flowrun.runs.cluster import Cluster
+from flowrun.runs.events import Event
+from flowrun.runs.service import RunRequest, RunService
 from flowrun.store import Store
 from tests.store.test_sqlite import make_run
 from tests.test_service import ADMIN, ANN, QUICK, SLOW, until_status
@@ -79,7 +79,7 @@ async def test_a_process_past_its_lease_lands_no_write(postgres_url: str) -> Non
         # It gives its runs up: what it had queued is dropped, and as a new worker
         # (not yet registered) it writes again.
         late = mine.record(event=Event("r1", 1, "node_started", {}, time.time()))
-        mine.new_era()
+        mine.drop_queued_writes()
         mine.owner = "w2"
         with pytest.raises(Unavailable):
             await late.wait()
@@ -195,7 +195,7 @@ async def test_a_pause_or_resume_whose_notification_was_missed_is_applied_from_t
         await service.workflows.register(ADMIN, TWO_STEPS)
         run = (await service.submit(ANN, RunRequest("two-steps"))).run
         await until_status(service, run.id, RunStatus.RUNNING)
-        handle = service.scheduler.get(run.id)
+        handle = service.dispatcher.get(run.id)
         assert handle is not None
         # paused elsewhere, its notification lost: only the row says so
         assert await service.store.set_status(run.id, RunStatus.PAUSED,

@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from flowrun.checks import check_child_workflows
-from flowrun.definitions import (
+from flowrun.engine.nodes import registry
+from flowrun.errors import DefinitionError, InputError
+from flowrun.language.checks import check_child_workflows
+from flowrun.language.definitions import (
     check_inputs,
     load_path,
     parse_definition,
     with_graph,
 )
-from flowrun.engine.nodes import registry
-from flowrun.errors import DefinitionError, InputError
 from tests.imports import SERVER_STACK, modules_after
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -156,9 +156,9 @@ def test_input_errors_name_the_field(inputs: dict[str, Any], field: str, message
 
 
 def test_definitions_import_without_the_engine_or_the_server() -> None:
-    loaded = modules_after("import flowrun.definitions")
+    loaded = modules_after("import flowrun.language.definitions")
     assert not {m for m in loaded if m.startswith("flowrun.engine")}
-    assert not loaded & {"flowrun.app", "flowrun.service", "flowrun.store", *SERVER_STACK}
+    assert not loaded & {"flowrun.app", "flowrun.runs.service", "flowrun.store", *SERVER_STACK}
 
 
 # --- what expressions read of other nodes ---------------------------------------------

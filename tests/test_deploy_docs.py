@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from flowrun.api.native import ops_routes
-from flowrun.cli import build_parser
+from flowrun.cli.main import build_parser
 from flowrun.settings import Settings, is_loopback_host
 
 ROOT = Path(__file__).resolve().parent.parent

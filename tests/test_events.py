@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import anyio.lowlevel
 
-from flowrun.events import Event, EventBus, follow
+from flowrun.runs.events import Event, EventBus, follow
 
 
 class Log:

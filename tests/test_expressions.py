@@ -8,7 +8,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from flowrun.errors import ExpressionError
-from flowrun.expressions import MAX_VALUE_SIZE, check_syntax, evaluate, value_size
+from flowrun.language.expressions import MAX_VALUE_SIZE, check_syntax, evaluate, value_size
 
 CTX = {"inputs": {"n": 3, "d": {"k": [1, 2]}}, "nodes": {"a": {"text": "hi"}},
        "run": {"id": "r"}}

@@ -6,11 +6,11 @@ import anyio
 import pytest
 
 from flowrun.errors import Unavailable
-from flowrun.lifecycle import Lifecycle
+from flowrun.runs.lifecycle import Lifecycle
 
 
 class _Idle:
-    """A scheduler stand-in: pausing is recorded, and it is always idle."""
+    """A dispatcher stand-in: pausing is recorded, and it is always idle."""
 
     paused = False
 
@@ -22,15 +22,15 @@ class _Idle:
 
 
 def lifecycle() -> tuple[Lifecycle, _Idle]:
-    scheduler = _Idle()
-    return Lifecycle(scheduler), scheduler  # type: ignore[arg-type]  # a stand-in
+    dispatcher = _Idle()
+    return Lifecycle(dispatcher), dispatcher  # type: ignore[arg-type]  # a stand-in
 
 
 async def test_a_drain_refuses_new_work_and_pauses_dispatch() -> None:
-    life, scheduler = lifecycle()
+    life, dispatcher = lifecycle()
     life.refuse_new_work()  # accepted before the drain
     life.begin_drain()
-    assert life.shutting_down and scheduler.paused and life.draining.is_set()
+    assert life.shutting_down and dispatcher.paused and life.draining.is_set()
     with pytest.raises(Unavailable) as refused:
         life.refuse_new_work()
     assert refused.value.headers == {"Retry-After": "5"}

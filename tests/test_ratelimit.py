@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flowrun.ratelimit import RateLimiter
+from flowrun.runs.ratelimit import RateLimiter
 
 
 class FakeClock:

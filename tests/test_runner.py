@@ -20,9 +20,9 @@ from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.nodes import NodeContext, Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.errors import NodeFailure, Unavailable
-from flowrun.events import Event, EventBus
 from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
-from flowrun.runner import Runner
+from flowrun.runs.events import Event, EventBus
+from flowrun.runs.runner import Runner
 from flowrun.store import Store
 
 TWO_STEPS = {"name": "wf", "nodes": [

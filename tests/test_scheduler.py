@@ -1,9 +1,9 @@
-"""Scheduler: dispatch order, the concurrency limit, stop, drain, queue room, idle.
+"""Dispatcher: dispatch order, the concurrency limit, stop, drain, queue room, idle.
 
-The runner is a stand-in that records what the scheduler asks of it and holds
+The runner is a stand-in that records what the dispatcher asks of it and holds
 each run until the test releases it, so every test decides exactly when a run
 ends. "Nothing more happens" is checked after ``wait_all_tasks_blocked``: once
-every task waits, the scheduler has done all it was going to do.
+every task waits, the dispatcher has done all it was going to do.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import anyio.abc
 
 from flowrun.engine.executor import RunOutcome
 from flowrun.records import RunRecord, RunStatus
-from flowrun.scheduler import HandleState, RunHandle, Scheduler
+from flowrun.runs.dispatch import Dispatcher, HandleState, RunHandle
 
 
 class FakeExecutor:
-    """What the scheduler may do to a running run: pause, resume, stop."""
+    """What the dispatcher may do to a running run: pause, resume, stop."""
 
     def __init__(self) -> None:
         self.release = anyio.Event()
@@ -87,12 +87,12 @@ class FakeRunner:
             executor.release.set()
 
 
-def make_scheduler(*, max_concurrent: int = 8,
-                   max_queued: int = 100) -> tuple[Scheduler, FakeRunner]:
+def make_dispatcher(*, max_concurrent: int = 8,
+                   max_queued: int = 100) -> tuple[Dispatcher, FakeRunner]:
     runner = FakeRunner()
-    scheduler = Scheduler(runner, max_concurrent=max_concurrent,  # type: ignore[arg-type]
+    dispatcher = Dispatcher(runner, max_concurrent=max_concurrent,  # type: ignore[arg-type]
                           max_queued=max_queued)
-    return scheduler, runner
+    return dispatcher, runner
 
 
 def make_run(run_id: str, priority: int = 0, parent_run_id: str | None = None,
@@ -102,17 +102,17 @@ def make_run(run_id: str, priority: int = 0, parent_run_id: str | None = None,
                      root_run_id=root_run_id)
 
 
-def enqueue(scheduler: Scheduler, run_id: str, **kw: Any) -> RunHandle:
-    handle = scheduler.prepare(make_run(run_id, **kw))
-    scheduler.enqueue(handle)
+def enqueue(dispatcher: Dispatcher, run_id: str, **kw: Any) -> RunHandle:
+    handle = dispatcher.prepare(make_run(run_id, **kw))
+    dispatcher.enqueue(handle)
     return handle
 
 
 @asynccontextmanager
-async def dispatching(scheduler: Scheduler) -> AsyncIterator[anyio.abc.TaskGroup]:
-    """The scheduler dispatching into a task group for as long as the block lasts."""
+async def dispatching(dispatcher: Dispatcher) -> AsyncIterator[anyio.abc.TaskGroup]:
+    """The dispatcher dispatching into a task group for as long as the block lasts."""
     async with anyio.create_task_group() as tg:
-        await tg.start(scheduler.run, tg)
+        await tg.start(dispatcher.run, tg)
         try:
             yield tg
         finally:
@@ -120,11 +120,11 @@ async def dispatching(scheduler: Scheduler) -> AsyncIterator[anyio.abc.TaskGroup
 
 
 async def test_higher_priority_first_then_first_in_first_out() -> None:
-    scheduler, runner = make_scheduler(max_concurrent=1)
+    dispatcher, runner = make_dispatcher(max_concurrent=1)
     runner.hold = False
-    handles = [enqueue(scheduler, run_id, priority=priority) for run_id, priority in
+    handles = [enqueue(dispatcher, run_id, priority=priority) for run_id, priority in
                [("p0a", 0), ("p5a", 5), ("p0b", 0), ("p9", 9), ("p5b", 5)]]
-    async with dispatching(scheduler):
+    async with dispatching(dispatcher):
         with anyio.fail_after(5):
             for handle in handles:
                 await handle.done.wait()
@@ -134,36 +134,36 @@ async def test_higher_priority_first_then_first_in_first_out() -> None:
 
 
 async def test_at_most_max_concurrent_runs_at_once() -> None:
-    scheduler, runner = make_scheduler(max_concurrent=2)
-    handles = [enqueue(scheduler, f"r{i}") for i in range(5)]
-    async with dispatching(scheduler):
+    dispatcher, runner = make_dispatcher(max_concurrent=2)
+    handles = [enqueue(dispatcher, f"r{i}") for i in range(5)]
+    async with dispatching(dispatcher):
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["r0", "r1"]
-        assert (scheduler.running, scheduler.queued) == (2, 3)
+        assert (dispatcher.running, dispatcher.queued) == (2, 3)
         runner.release("r0")
         await handles[0].done.wait()
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["r0", "r1", "r2"]  # one ended, one more started
-        assert (scheduler.running, scheduler.queued) == (2, 2)
+        assert (dispatcher.running, dispatcher.queued) == (2, 2)
         runner.release_all()
         with anyio.fail_after(5):
             for handle in handles:
                 await handle.done.wait()
     assert runner.started == [f"r{i}" for i in range(5)]
     assert runner.peak == 2
-    assert (scheduler.running, scheduler.queued) == (0, 0)
+    assert (dispatcher.running, dispatcher.queued) == (0, 0)
 
 
 async def test_stopping_a_queued_run_records_it_and_never_runs_it() -> None:
-    scheduler, runner = make_scheduler(max_concurrent=2)
-    blockers = [enqueue(scheduler, "b1"), enqueue(scheduler, "b2")]
-    queued = enqueue(scheduler, "queued")
-    async with dispatching(scheduler):
+    dispatcher, runner = make_dispatcher(max_concurrent=2)
+    blockers = [enqueue(dispatcher, "b1"), enqueue(dispatcher, "b2")]
+    queued = enqueue(dispatcher, "queued")
+    async with dispatching(dispatcher):
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["b1", "b2"]
         runner.record_stop = anyio.Event()
-        scheduler.stop(queued, "not needed")
-        assert scheduler.queued == 0
+        dispatcher.stop(queued, "not needed")
+        assert dispatcher.queued == 0
         # slots free up while the stop is still being recorded: the run must not start
         runner.release_all()
         with anyio.fail_after(5):
@@ -177,37 +177,37 @@ async def test_stopping_a_queued_run_records_it_and_never_runs_it() -> None:
         await anyio.wait_all_tasks_blocked()
     assert runner.unstarted == [("queued", RunStatus.STOPPED, "not needed")]
     assert queued.outcome is not None and queued.outcome.status is RunStatus.STOPPED
-    assert queued.state is HandleState.DONE and scheduler.get("queued") is None
+    assert queued.state is HandleState.DONE and dispatcher.get("queued") is None
     assert runner.started == ["b1", "b2"]  # the stopped run left the queue for good
-    assert scheduler.running == 0
+    assert dispatcher.running == 0
 
 
 async def test_stopping_a_running_run_stops_its_executor() -> None:
-    scheduler, runner = make_scheduler()
-    handle = enqueue(scheduler, "r")
-    async with dispatching(scheduler):
+    dispatcher, runner = make_dispatcher()
+    handle = enqueue(dispatcher, "r")
+    async with dispatching(dispatcher):
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["r"]
-        scheduler.stop(handle, "enough")
+        dispatcher.stop(handle, "enough")
         with anyio.fail_after(5):
             await handle.done.wait()
-        scheduler.stop(handle, "again")  # a finished run: nothing to do
+        dispatcher.stop(handle, "again")  # a finished run: nothing to do
     assert runner.executors["r"].stop_reason == "enough"
     assert handle.outcome is not None and handle.outcome.status is RunStatus.STOPPED
     assert runner.unstarted == []
 
 
 async def test_pause_dispatch_starts_no_queued_run_and_lets_running_ones_finish() -> None:
-    scheduler, runner = make_scheduler(max_concurrent=4)
-    async with dispatching(scheduler):
-        running = enqueue(scheduler, "running")
+    dispatcher, runner = make_dispatcher(max_concurrent=4)
+    async with dispatching(dispatcher):
+        running = enqueue(dispatcher, "running")
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["running"]
-        scheduler.pause_dispatch()
-        waiting = enqueue(scheduler, "waiting")
+        dispatcher.pause_dispatch()
+        waiting = enqueue(dispatcher, "waiting")
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["running"]
-        assert waiting.state is HandleState.QUEUED and scheduler.queued == 1
+        assert waiting.state is HandleState.QUEUED and dispatcher.queued == 1
         runner.release("running")
         with anyio.fail_after(5):
             await running.done.wait()
@@ -217,29 +217,29 @@ async def test_pause_dispatch_starts_no_queued_run_and_lets_running_ones_finish(
 
 
 async def test_a_child_run_starts_at_once_beyond_the_limit_and_during_a_drain() -> None:
-    scheduler, runner = make_scheduler(max_concurrent=1)
-    async with dispatching(scheduler):
-        enqueue(scheduler, "parent")
+    dispatcher, runner = make_dispatcher(max_concurrent=1)
+    async with dispatching(dispatcher):
+        enqueue(dispatcher, "parent")
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["parent"]
-        scheduler.pause_dispatch()
-        enqueue(scheduler, "child", parent_run_id="parent",  # its parent waits for it
+        dispatcher.pause_dispatch()
+        enqueue(dispatcher, "child", parent_run_id="parent",  # its parent waits for it
                 root_run_id="parent")
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["parent", "child"]
-        assert scheduler.running == 2
+        assert dispatcher.running == 2
         runner.release_all()
 
 
 async def test_a_child_rerun_by_itself_queues_like_any_run() -> None:
-    scheduler, runner = make_scheduler(max_concurrent=1)
-    async with dispatching(scheduler):
-        enqueue(scheduler, "other")
+    dispatcher, runner = make_dispatcher(max_concurrent=1)
+    async with dispatching(dispatcher):
+        enqueue(dispatcher, "other")
         await anyio.wait_all_tasks_blocked()
         # a restarted child is its own root: nobody waits for it
-        enqueue(scheduler, "child", parent_run_id="ended", root_run_id=None)
+        enqueue(dispatcher, "child", parent_run_id="ended", root_run_id=None)
         await anyio.wait_all_tasks_blocked()
-        assert runner.started == ["other"] and scheduler.queued == 1
+        assert runner.started == ["other"] and dispatcher.queued == 1
         runner.release("other")
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["other", "child"]
@@ -247,41 +247,41 @@ async def test_a_child_rerun_by_itself_queues_like_any_run() -> None:
 
 
 async def test_has_room_counts_queued_runs_not_running_ones() -> None:
-    scheduler, runner = make_scheduler(max_concurrent=1, max_queued=2)
-    assert scheduler.has_room()
-    async with dispatching(scheduler):
-        enqueue(scheduler, "a")
+    dispatcher, runner = make_dispatcher(max_concurrent=1, max_queued=2)
+    assert dispatcher.has_room()
+    async with dispatching(dispatcher):
+        enqueue(dispatcher, "a")
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["a"]
-        assert scheduler.has_room() and scheduler.queued == 0
-        enqueue(scheduler, "b")
-        assert scheduler.has_room()
-        enqueue(scheduler, "c")
-        assert not scheduler.has_room() and scheduler.queued == 2
+        assert dispatcher.has_room() and dispatcher.queued == 0
+        enqueue(dispatcher, "b")
+        assert dispatcher.has_room()
+        enqueue(dispatcher, "c")
+        assert not dispatcher.has_room() and dispatcher.queued == 2
         runner.release("a")
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["a", "b"]
-        assert scheduler.has_room() and scheduler.queued == 1
+        assert dispatcher.has_room() and dispatcher.queued == 1
         runner.release_all()
 
 
 async def test_idle_waits_for_every_running_run() -> None:
-    scheduler, runner = make_scheduler()
+    dispatcher, runner = make_dispatcher()
     with anyio.fail_after(1):
-        await scheduler.idle()  # nothing runs: at once
+        await dispatcher.idle()  # nothing runs: at once
     idle = anyio.Event()
 
     async def wait_idle() -> None:
-        await scheduler.idle()
+        await dispatcher.idle()
         idle.set()
 
-    async with dispatching(scheduler) as tg:
-        first = enqueue(scheduler, "first")
+    async with dispatching(dispatcher) as tg:
+        first = enqueue(dispatcher, "first")
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["first"]
         tg.start_soon(wait_idle)
         await anyio.wait_all_tasks_blocked()
-        enqueue(scheduler, "second")  # starts while the waiter already waits
+        enqueue(dispatcher, "second")  # starts while the waiter already waits
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["first", "second"]
         runner.release("first")
@@ -292,41 +292,41 @@ async def test_idle_waits_for_every_running_run() -> None:
         runner.release("second")
         with anyio.fail_after(5):
             await idle.wait()
-        assert scheduler.running == 0
+        assert dispatcher.running == 0
 
 
 async def test_a_saturated_concurrency_key_is_skipped_and_its_runs_start_in_order() -> None:
-    scheduler, runner = make_scheduler(max_concurrent=3)
+    dispatcher, runner = make_dispatcher(max_concurrent=3)
 
     def keyed(run_id: str, key: str, priority: int = 0) -> RunHandle:
-        handle = scheduler.prepare(make_run(run_id, priority=priority))
+        handle = dispatcher.prepare(make_run(run_id, priority=priority))
         handle.concurrency = (key, 1)
-        scheduler.enqueue(handle)
+        dispatcher.enqueue(handle)
         return handle
 
     a = [keyed("a0", "a"), keyed("a1", "a"), keyed("a2", "a")]
-    others = [keyed("b0", "b"), enqueue(scheduler, "free")]
-    async with dispatching(scheduler):
+    others = [keyed("b0", "b"), enqueue(dispatcher, "free")]
+    async with dispatching(dispatcher):
         await anyio.wait_all_tasks_blocked()
         a.append(keyed("a3", "a", priority=5))  # later, but ahead of a1 and a2 in the queue
         await anyio.wait_all_tasks_blocked()
         # a's queued runs do not hold up b0 or an unkeyed run, nor take global slots
         assert runner.started == ["a0", "b0", "free"]
-        assert (scheduler.running, scheduler.queued) == (3, 3)
+        assert (dispatcher.running, dispatcher.queued) == (3, 3)
         runner.release("b0")
         runner.release("free")
         await anyio.wait_all_tasks_blocked()
         assert runner.started == ["a0", "b0", "free"]  # slots are free; key a is not
-        scheduler.stop(a[1], "not needed")  # set aside, then stopped: never started
+        dispatcher.stop(a[1], "not needed")  # set aside, then stopped: never started
         for i, expected in ((0, "a3"), (3, "a2")):
             runner.release(f"a{i}")
             await anyio.wait_all_tasks_blocked()
             assert runner.started[-1] == expected
-            assert scheduler.running == 1
+            assert dispatcher.running == 1
         runner.release_all()
         with anyio.fail_after(5):
             for handle in a + others:
                 await handle.done.wait()
     assert runner.started == ["a0", "b0", "free", "a3", "a2"]
     assert [u[0] for u in runner.unstarted] == ["a1"]
-    assert runner.peak == 3 and scheduler._key_running == {}
+    assert runner.peak == 3 and dispatcher._key_running == {}

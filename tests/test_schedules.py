@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from flowrun import schedules
-from flowrun.schedules import choose, cron_problem, due_slots, next_slot, plan, timezone_problem
+from flowrun.language import cron
+from flowrun.language.cron import choose, cron_problem, due_slots, next_slot, plan, timezone_problem
 
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
@@ -45,7 +45,7 @@ def test_a_new_schedule_counts_from_its_creation() -> None:
 
 @pytest.mark.parametrize(("policy", "fire"), [("skip", []), ("latest", [T0 + 60]),
                                               ("all", [T0 + 20, T0 + 40, T0 + 60])])
-def test_catch_up_after_downtime(policy: schedules.CatchUp, fire: list[float]) -> None:
+def test_catch_up_after_downtime(policy: cron.CatchUp, fire: list[float]) -> None:
     fired = plan("*/20 * * * * *", "UTC", policy, last_slot=T0, created_at=T0 - 100,
                  now=T0 + 65)
     assert fired.fire == fire
@@ -53,7 +53,7 @@ def test_catch_up_after_downtime(policy: schedules.CatchUp, fire: list[float]) -
 
 
 def test_on_time_slot_fires_under_every_policy() -> None:
-    for policy in schedules.CATCH_UP_POLICIES:
+    for policy in cron.CATCH_UP_POLICIES:
         fired = plan("* * * * * *", "UTC", policy, T0, T0 - 10, T0 + 1.2)
         assert fired.fire == [T0 + 1] and fired.missed == 0
 
@@ -68,12 +68,12 @@ def test_skip_fires_a_slot_that_came_during_a_slow_look_but_not_one_from_a_downt
 
 def test_all_is_capped_to_the_most_recent_slots() -> None:
     fired = plan("* * * * * *", "UTC", "all", T0, T0, T0 + 10_000)
-    assert len(fired.fire) == schedules.MAX_CATCH_UP and fired.capped
+    assert len(fired.fire) == cron.MAX_CATCH_UP and fired.capped
     assert fired.fire[-1] == T0 + 10_000 and fired.fire[0] == T0 + 10_000 - 99
 
 
 def test_nothing_due_keeps_last_slot() -> None:
-    assert choose([], False, "all", T0, T0 - 1) == schedules.Firing([], T0 - 1, 0)
+    assert choose([], False, "all", T0, T0 - 1) == cron.Firing([], T0 - 1, 0)
 
 
 @pytest.mark.parametrize("cron", ["", "bad", "* * *", "61 * * * *", "* * * * * * * *",

@@ -3,7 +3,7 @@ drain, wait budgets, stop.
 
 The service is built by the composition root itself (``create_app`` and its
 lifespan, in-process, no HTTP), so the tests do not depend on how RunService,
-the scheduler or the runner are constructed; only ``open_service`` knows.
+the dispatcher or the runner are constructed; only ``open_service`` knows.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import anyio
 import pytest
 
 from flowrun import Settings, create_app, flowrun_lifespan
-from flowrun.auth import Principal, Scope
-from flowrun.definitions import WorkflowDefinition
 from flowrun.errors import (
     IdempotencyConflict,
     IdempotencyKeyReused,
@@ -28,6 +26,7 @@ from flowrun.errors import (
     TooManyRequests,
     Unavailable,
 )
+from flowrun.language.definitions import WorkflowDefinition
 from flowrun.records import (
     IdempotencyClaim,
     KeyHolder,
@@ -36,7 +35,8 @@ from flowrun.records import (
     RunRecord,
     RunStatus,
 )
-from flowrun.service import (
+from flowrun.runs.access import Principal, Scope
+from flowrun.runs.service import (
     RunRequest,
     RunService,
     concurrency_of,

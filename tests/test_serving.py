@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flowrun.serving import tune_gc
+from flowrun.cli.serving import tune_gc
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ async def test_connections_to_the_serve_socket_send_without_delay() -> None:
     import asyncio
     import socket
 
-    from flowrun.cli import _listening_socket
+    from flowrun.cli.main import _listening_socket
 
     sock = _listening_socket("127.0.0.1", 0)
     accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -8,8 +8,8 @@ import hmac
 
 import pytest
 
-from flowrun import signing
 from flowrun.client import SignatureError, verify_callback
+from flowrun.features.webhooks import signing
 
 SECRET = "whsec_test"
 BODY = b'{"hello": "world"}'

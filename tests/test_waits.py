@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 from typing import cast
 
-from flowrun.events import Event
+from flowrun.features.waits import WaitBook
 from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
-from flowrun.runner import signal_token_hash
-from flowrun.service import RunService
+from flowrun.runs.events import Event
+from flowrun.runs.runner import signal_token_hash
+from flowrun.runs.service import RunService
 from flowrun.store import Store
-from flowrun.waits import WaitBook
 
 
 class QueueingService:

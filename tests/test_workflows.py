@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from flowrun.auth import Principal, Scope
 from flowrun.engine.nodes import registry
 from flowrun.errors import DefinitionError, Forbidden, VersionNotFound, WorkflowNotFound
+from flowrun.runs.access import Principal, Scope
+from flowrun.runs.catalog import WorkflowCatalog
 from flowrun.store import Store
-from flowrun.workflows import WorkflowCatalog
 
 ADMIN = Principal("admin", Scope.ADMIN)
 BOUND = Principal("k", Scope.RUN, frozenset({"hello"}))

@@ -22,8 +22,6 @@ from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
 from flowrun import ids
-from flowrun.auth import KeyRing, Principal, key_from_headers
-from flowrun.callback_loop import CallbackBook
 from flowrun.errors import (
     BadRequest,
     FlowrunError,
@@ -32,14 +30,17 @@ from flowrun.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from flowrun.events import Event
-from flowrun.hooks import HookBook
+from flowrun.features.callbacks.book import CallbackBook
+from flowrun.features.keys import KeyRing, key_from_headers
+from flowrun.features.schedules.book import ScheduleBook
+from flowrun.features.vault import Vault
+from flowrun.features.waits import WaitBook
+from flowrun.features.webhooks.book import HookBook
 from flowrun.records import OnConflict, RunRecord
-from flowrun.schedule_loop import ScheduleBook
-from flowrun.service import RunService
-from flowrun.vault import Vault
-from flowrun.waits import WaitBook
-from flowrun.workflows import WorkflowCatalog
+from flowrun.runs.access import Principal
+from flowrun.runs.catalog import WorkflowCatalog
+from flowrun.runs.events import Event
+from flowrun.runs.service import RunService
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 

@@ -23,7 +23,6 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from flowrun import auth
 from flowrun.api.common import (
     JSONResponse,
     error_handlers,
@@ -38,7 +37,8 @@ from flowrun.api.common import (
 )
 from flowrun.errors import BadRequest, Conflict, FlowrunError, NotFound, Unauthorized
 from flowrun.records import RUN_TERMINAL, NodeRecord, NodeStatus, OnConflict, RunRecord, RunStatus
-from flowrun.service import RunRequest
+from flowrun.runs import access
+from flowrun.runs.service import RunRequest
 
 _STATUS = {RunStatus.QUEUED: "RUNNING", RunStatus.RUNNING: "RUNNING",
            RunStatus.PAUSED: "PAUSED", RunStatus.SUCCEEDED: "COMPLETED",
@@ -181,7 +181,7 @@ async def start_with_request(request: Request) -> Response:
     return PlainTextResponse(run.id)
 
 
-async def _run(request: Request) -> tuple[auth.Principal, RunRecord]:
+async def _run(request: Request) -> tuple[access.Principal, RunRecord]:
     principal = await principal_of(request)
     try:
         run = await service_of(request).get_run(principal, request.path_params["workflow_id"])

@@ -43,11 +43,11 @@ from flowrun.api.common import (
     sse_response,
     unix,
 )
-from flowrun.auth import Principal
 from flowrun.errors import BadRequest, FlowrunError, NotFound, RunNotFound
-from flowrun.events import Event
 from flowrun.records import RUN_TERMINAL, RunRecord, RunStatus
-from flowrun.service import RunRequest, RunService
+from flowrun.runs.access import Principal
+from flowrun.runs.events import Event
+from flowrun.runs.service import RunRequest, RunService
 
 _TRACE = re.compile(r"^[A-Za-z0-9\-_]{1,128}$")
 _STATUS = {RunStatus.QUEUED: "scheduled", RunStatus.RUNNING: "running",

@@ -38,11 +38,11 @@ from flowrun.api.common import (
     sse_response,
     workflows_of,
 )
-from flowrun.auth import Principal
 from flowrun.errors import DefinitionError, FlowrunError, RunNotFound, WorkflowNotFound
-from flowrun.events import Event
 from flowrun.records import NodeStatus, RunRecord, RunStatus, rfc3339
-from flowrun.service import RunRequest, RunService
+from flowrun.runs.access import Principal
+from flowrun.runs.events import Event
+from flowrun.runs.service import RunRequest, RunService
 
 TIMEOUT_MESSAGE = "Job execution timeout: the job is still running but exceeded the wait time."
 _STATUS = {RunStatus.QUEUED: "pending", RunStatus.RUNNING: "running",

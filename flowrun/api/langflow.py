@@ -36,11 +36,11 @@ from flowrun.api.common import (
     sse_response,
     workflows_of,
 )
-from flowrun.auth import Principal
 from flowrun.errors import BadRequest, FlowrunError, RunNotFound, WorkflowNotFound
-from flowrun.events import Event
 from flowrun.records import RUN_TERMINAL, NodeStatus, OnConflict, RunRecord, RunStatus, rfc3339
-from flowrun.service import RunRequest, RunService
+from flowrun.runs.access import Principal
+from flowrun.runs.events import Event
+from flowrun.runs.service import RunRequest, RunService
 
 _STATUS = {RunStatus.QUEUED: "queued", RunStatus.RUNNING: "in_progress",
            RunStatus.PAUSED: "in_progress", RunStatus.WAITING: "in_progress",

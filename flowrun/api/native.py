@@ -16,8 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from flowrun import callbacks
-from flowrun.api import hooks
+from flowrun.api import webhooks
 from flowrun.api.common import (
     JSONResponse,
     callbacks_of,
@@ -41,14 +40,15 @@ from flowrun.api.common import (
 )
 from flowrun.api.openapi import build_spec
 from flowrun.api.signal_page import signal_page
-from flowrun.auth import Scope, require_admin
-from flowrun.definitions import NAME_PATTERN, ScheduleSpec
 from flowrun.engine.nodes.wait import SIGNAL_PATTERN
 from flowrun.errors import BadRequest, FlowrunError, NotFound
-from flowrun.events import Event
+from flowrun.features.callbacks import rules
+from flowrun.language.definitions import NAME_PATTERN, ScheduleSpec
 from flowrun.metrics import CONTENT_TYPE_LATEST
 from flowrun.records import RunStatus
-from flowrun.service import RunRequest, Submission
+from flowrun.runs.access import Scope, require_admin
+from flowrun.runs.events import Event
+from flowrun.runs.service import RunRequest, Submission
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -69,12 +69,12 @@ class RunBody(BaseModel):
     edges: list[Any] | None = None
     stream: bool = False
     timeout: float | None = None  # checked against the setting: checked_wait
-    callback_url: str | None = Field(default=None, max_length=callbacks.MAX_URL_LENGTH)
+    callback_url: str | None = Field(default=None, max_length=rules.MAX_URL_LENGTH)
 
     @field_validator("callback_url")
     @classmethod
     def _callback_url(cls, value: str | None) -> str | None:
-        return None if value is None else callbacks.check_url(value)
+        return None if value is None else rules.check_url(value)
 
 
 def problem(exc: FlowrunError, instance: str | None = None) -> JSONResponse:
@@ -523,7 +523,7 @@ async def openapi(request: Request) -> Response:
                                     "SecretBody": SecretBody, "RetryBody": RetryBody,
                                     "RerunBody": RerunBody, "SignalBody": SignalBody,
                                     "SignalUrlBody": SignalUrlBody,
-                                    "HookBody": hooks.HookBody}))
+                                    "HookBody": webhooks.HookBody}))
 
 
 ops_routes = [
@@ -571,7 +571,7 @@ routes = [
     Route("/secrets", list_secrets, methods=["GET"]),
     Route("/secrets/{name}", put_secret, methods=["PUT"]),
     Route("/secrets/{name}", delete_secret, methods=["DELETE"]),
-    *hooks.routes,
+    *webhooks.routes,
 ]
 
 exception_handlers = error_handlers(render_error)

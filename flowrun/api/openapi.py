@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from flowrun import __version__, signing
+from flowrun import __version__
 from flowrun.api import conductor, dify, jobs, langflow
+from flowrun.features.webhooks import signing
 
 _ERRORS: dict[str, dict[str, Any]] = {
     "Problem": {"type": "object", "required": ["status", "code", "detail"], "properties": {

@@ -24,13 +24,13 @@ import anyio
 import anyio.lowlevel
 import pydantic
 
-from flowrun import expressions
-from flowrun.definitions import EdgeSpec, NodeSpec, WorkflowDefinition
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import NodeContext, Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.secrets import SecretRefs
 from flowrun.errors import ExpressionError, NodeFailure, WaitForSignal
+from flowrun.language import expressions
+from flowrun.language.definitions import EdgeSpec, NodeSpec, WorkflowDefinition
 from flowrun.records import NodeRecord, NodeStatus, RunStatus
 
 logger = logging.getLogger(__name__)

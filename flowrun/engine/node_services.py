@@ -13,12 +13,12 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flowrun.engine.sandbox import CodeLimits, CodeRunner
+from flowrun.engine.sandbox.runner import CodeLimits, CodeRunner
 from flowrun.engine.secrets import SecretSource
 
 if TYPE_CHECKING:
-    from flowrun.definitions import WorkflowDefinition
     from flowrun.engine.nodes.registry import Registry
+    from flowrun.language.definitions import WorkflowDefinition
 
 
 class ChildRuns(Protocol):

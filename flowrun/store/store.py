@@ -24,7 +24,6 @@ from typing import Any
 import anyio
 import orjson
 
-from flowrun.events import Event
 from flowrun.records import (
     RUN_TERMINAL,
     ApiKeyRecord,
@@ -42,6 +41,7 @@ from flowrun.records import (
     ScheduleRecord,
     SecretRecord,
 )
+from flowrun.runs.events import Event
 from flowrun.settings import parse_database
 from flowrun.store.backend import (
     CONTROL_CHANNEL,
@@ -206,9 +206,9 @@ class Store:
         self._writer = writer
         self._reads = 0
 
-    def hurry(self) -> None:
+    def commit_soon(self) -> None:
         """Commit queued writes now: someone follows them live."""
-        self._writer.hurry()
+        self._writer.commit_soon()
 
     def round_trips(self) -> dict[str, int]:
         """Calls into the database threads so far (each read, each write batch) and the
@@ -659,7 +659,7 @@ class Store:
     def guard_lease(self, lease_s: float, on_lost: Callable[[], None]) -> None:
         """Check in every write transaction that this process (``owner``) still holds its
         lease: once it has lapsed, other processes may have taken its runs over, so
-        nothing more of its may commit (``on_lost`` is called; see ``new_era``)."""
+        nothing more of its may commit (``on_lost`` is called; see ``drop_queued_writes``)."""
 
         def holds(conn: Connection) -> bool:
             owner = self.owner
@@ -670,9 +670,9 @@ class Store:
         self._writer.lease_check = holds
         self._writer.on_fenced = on_lost
 
-    def new_era(self) -> None:
+    def drop_queued_writes(self) -> None:
         """Drop the writes queued so far (this process gave its runs up)."""
-        self._writer.new_era()
+        self._writer.drop_queued_writes()
 
     async def register_worker(self, worker_id: str, host: str, pid: int) -> None:
         def op(conn: Connection) -> None:

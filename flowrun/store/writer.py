@@ -212,7 +212,7 @@ class _Pending:
     durable: bool
     rows: Rows = ()  # written after the ops of the batch, merged per table
     attempts: int = field(default=0)
-    era: int = 0  # the writer's era when it was queued (see ``Writer.new_era``)
+    era: int = 0  # the writer's era when it was queued (see ``Writer.drop_queued_writes``)
 
     @property
     def fallible(self) -> bool:
@@ -260,7 +260,7 @@ class Writer(Generic[C]):
         self._failing_since: int = 0  # consecutive failed batches
         # Several processes on one database (cluster.py): a check, in each batch's
         # transaction, that this process still holds its lease (False: it does not),
-        # and the era: writes queued before the last ``new_era`` are dropped.
+        # and the era: writes queued before the last ``drop_queued_writes`` are dropped.
         self.lease_check: Callable[[C], bool] | None = None
         self.on_fenced: Callable[[], None] | None = None
         self._era = 0
@@ -286,21 +286,21 @@ class Writer(Generic[C]):
             raise Unavailable("the store is closed")
         if rows and not durable:
             raise ValueError("only durable writes carry rows")
-        result: WriteResult[T] = WriteResult(self.hurry)
+        result: WriteResult[T] = WriteResult(self.commit_soon)
         self._queue.append(_Pending(op, result, durable, rows, era=self._era))
         self._wakeup.set()
         if not durable:  # a client is waiting on it
-            self.hurry()
+            self.commit_soon()
         return result
 
-    def new_era(self) -> None:
+    def drop_queued_writes(self) -> None:
         """Drop every write queued so far, also those being retried (they fail with
         Unavailable): this process gave its runs up, and what it was writing for them
         must not land after another process took them over."""
         self._era += 1
         self._wakeup.set()
 
-    def hurry(self) -> None:
+    def commit_soon(self) -> None:
         """Commit what is queued without lingering (someone waits for it)."""
         self._urgent = True
         self._hurried.set()

@@ -23,8 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from flowrun import signing
 from flowrun.client import Client, ClientError, SignatureError, verify_callback
+from flowrun.features.webhooks import signing
 from tests.e2e.server import Server, Started, finished
 from tests.local_server import serve
 

@@ -13,8 +13,8 @@ import anyio
 import httpx
 import pytest
 
-from flowrun import signing
 from flowrun.client import AsyncClient, Client, ClientError
+from flowrun.features.webhooks import signing
 from tests.e2e.server import Started, finished
 
 PROBLEM = "application/problem+json"

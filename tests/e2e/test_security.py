@@ -208,8 +208,8 @@ def test_code_cannot_reach_the_server_its_files_or_its_secrets(keys: Keys) -> No
 
 
 def test_code_sees_the_python_runtime_but_not_the_sites_usr_local(keys: Keys) -> None:
-    from flowrun.engine.jail import python_executable
-    from flowrun.engine.runtime import runtime_paths
+    from flowrun.engine.sandbox.jail import python_executable
+    from flowrun.engine.sandbox.runtime import runtime_paths
 
     code = ("import os\ndef main():\n"
             "    local = sorted(os.listdir('/usr/local')) if os.path.isdir('/usr/local') "
@@ -819,7 +819,7 @@ def main(url):
 
 
 def test_a_job_cannot_take_more_memory_by_forking_or_mounting(keys: Keys) -> None:
-    from flowrun.engine import cgroups
+    from flowrun.engine.sandbox import cgroups
     from tests.engine.test_code_node import HOG
 
     code = ("import subprocess\ndef main():\n"

@@ -16,15 +16,15 @@ from typing import Any
 import anyio
 import pytest
 
-from flowrun.definitions import parse_definition
-from flowrun.engine import cgroups
-from flowrun.engine import jail as jails
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import registry
-from flowrun.engine.runtime import runtime_paths
-from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
-from flowrun.engine.sandbox import _discard as discard
+from flowrun.engine.sandbox import cgroups
+from flowrun.engine.sandbox import jail as jails
+from flowrun.engine.sandbox.runner import CodeLimits, CodeRunner, choose_jail
+from flowrun.engine.sandbox.runner import _discard as discard
+from flowrun.engine.sandbox.runtime import runtime_paths
+from flowrun.language.definitions import parse_definition
 from flowrun.records import RunStatus
 
 
@@ -233,7 +233,7 @@ async def test_process_mode_is_the_weaker_opt_in() -> None:
 
 
 async def test_no_working_sandbox_turns_code_nodes_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("flowrun.engine.sandbox.find_bwrap", lambda: "/nonexistent/bwrap")
+    monkeypatch.setattr("flowrun.engine.sandbox.runner.find_bwrap", lambda: "/nonexistent/bwrap")
     jail, reason = await choose_jail("bwrap")
     assert jail is None and "does not work" in reason
     async with CodeRunner.open(2, CodeLimits(), unavailable=reason) as runner:
@@ -241,7 +241,7 @@ async def test_no_working_sandbox_turns_code_nodes_off(monkeypatch: pytest.Monke
     assert out.status is RunStatus.FAILED and out.error is not None
     assert out.error["code"] == "code_sandbox_unavailable"
     assert "FLOWRUN_CODE_SANDBOX=process" in out.error["message"]
-    monkeypatch.setattr("flowrun.engine.sandbox.find_bwrap", lambda: None)
+    monkeypatch.setattr("flowrun.engine.sandbox.runner.find_bwrap", lambda: None)
     assert (await choose_jail("bwrap"))[0] is None
 
 
@@ -310,7 +310,7 @@ async def test_a_root_sandbox_refuses_nested_user_namespaces_without_seccomp_too
         out = await run_code(services, NESTED)
     assert out.outputs is not None, out.error
     assert out.outputs["py"] == {"made": -1, "errno": errno.EPERM, "limit": "0"}
-    monkeypatch.setattr("flowrun.engine.seccomp.program", lambda machine=None: None)
+    monkeypatch.setattr("flowrun.engine.sandbox.seccomp.program", lambda machine=None: None)
     async with code_services() as services:  # without it: the namespace's own limit
         out = await run_code(services, NESTED)
     assert out.outputs is not None, out.error
@@ -359,7 +359,7 @@ async def test_cancelled_sandbox_starts_leave_no_process_behind() -> None:
 
 REAP = """
 import anyio
-from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
+from flowrun.engine.sandbox.runner import CodeLimits, CodeRunner, choose_jail
 
 async def main():
     jail, description = await choose_jail("bwrap")

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from flowrun.engine.egress import EgressLimits, EgressProxy
+from flowrun.engine.net.egress import EgressLimits, EgressProxy
 from flowrun.engine.node_services import HttpPolicy
 from tests.local_server import serve
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flowrun.engine import elf
+from flowrun.engine.sandbox import elf
 
 BASE = 0x10000  # where the one PT_LOAD maps the file
 

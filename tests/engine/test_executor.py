@@ -9,10 +9,10 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from flowrun.definitions import parse_definition
 from flowrun.engine.executor import Executor
 from flowrun.engine.nodes import NodeContext, registry
 from flowrun.errors import NodeFailure
+from flowrun.language.definitions import parse_definition
 from flowrun.records import NodeRecord, NodeStatus, RunStatus
 
 REG = registry.copy()

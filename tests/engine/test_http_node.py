@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from flowrun.definitions import parse_definition
 from flowrun.engine.executor import Executor, RunOutcome
-from flowrun.engine.netguard import address_allowed
+from flowrun.engine.net.guard import address_allowed
 from flowrun.engine.node_services import HttpPolicy, NodeServices
 from flowrun.engine.nodes import registry
+from flowrun.language.definitions import parse_definition
 from flowrun.records import RunStatus
 from tests.local_server import serve
 

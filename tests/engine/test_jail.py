@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flowrun.engine.jail import WORKER, BwrapJail, sweep_orphans, userns_lock_command
+from flowrun.engine.sandbox.jail import WORKER, BwrapJail, sweep_orphans, userns_lock_command
 
 NAP = "import time; time.sleep(60)"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flowrun.engine import libraries
-from flowrun.engine.jail import python_executable
-from flowrun.engine.runtime import runtime_paths
+from flowrun.engine.sandbox import libraries
+from flowrun.engine.sandbox.jail import python_executable
+from flowrun.engine.sandbox.runtime import runtime_paths
 
 CLEAN = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
 

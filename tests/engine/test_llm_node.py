@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from flowrun.definitions import parse_definition
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.node_services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.engine.nodes import registry
 from flowrun.errors import DefinitionError
+from flowrun.language.definitions import parse_definition
 from flowrun.records import NodeRecord, RunStatus
 from tests.local_server import serve
 

@@ -7,11 +7,11 @@ from typing import Any
 import anyio
 import pytest
 
-from flowrun.definitions import WorkflowDefinition, parse_definition
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import NodeContext, registry
 from flowrun.errors import DefinitionError, NodeFailure, WorkflowNotFound
+from flowrun.language.definitions import WorkflowDefinition, parse_definition
 from flowrun.records import NodeRecord, RunStatus
 from tests.imports import modules_after
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from flowrun.engine import runtime
-from flowrun.engine.jail import python_executable
+from flowrun.engine.sandbox import runtime
+from flowrun.engine.sandbox.jail import python_executable
 
 
 def binds(args: list[str]) -> dict[str, str]:

@@ -10,12 +10,12 @@ import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from flowrun import expressions
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
+from flowrun.language import expressions
 
 if TYPE_CHECKING:
-    from flowrun.definitions import NodeTypes
+    from flowrun.language.definitions import NodeTypes
 
 
 async def code(ctx: NodeContext, *, code: str,

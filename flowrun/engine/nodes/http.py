@@ -1,6 +1,6 @@
 """``http``: one HTTP request; status, headers and body (parsed when JSON) as outputs.
 
-Connections go through the SSRF guard of ``flowrun.engine.netguard``; the body
+Connections go through the SSRF guard of ``flowrun.engine.net.guard``; the body
 is read up to the policy's size cap. ``[[secret:NAME]]`` references (from
 ``{{ secrets.NAME }}``) in the url, headers, query or body are filled in only
 for URLs the secret allows (see ``flowrun.engine.secrets``). Without
@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import httpx
 
-from flowrun.engine.netguard import BLOCKED, guarded_client
+from flowrun.engine.net.guard import BLOCKED, guarded_client
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.engine.secrets import SecretUse

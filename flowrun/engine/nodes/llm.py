@@ -20,7 +20,7 @@ import httpx
 import pydantic
 from httpx_sse import EventSource
 
-from flowrun.engine.netguard import BLOCKED, guarded_client
+from flowrun.engine.net.guard import BLOCKED, guarded_client
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.engine.secrets import SecretUse

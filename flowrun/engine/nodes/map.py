@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import anyio
 import pydantic
 
-from flowrun import expressions
-from flowrun.checks import output_problems
-from flowrun.definitions import NodeTypes, check_inputs, parse_definition
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.errors import DefinitionError, FlowrunError, NodeFailure
+from flowrun.language import expressions
+from flowrun.language.checks import output_problems
+from flowrun.language.definitions import NodeTypes, check_inputs, parse_definition
 from flowrun.records import NodeRecord, RunStatus
 
 if TYPE_CHECKING:

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Protocol, get_type_hints
 
 import pydantic
 
-from flowrun import expressions
 from flowrun.errors import NodeFailure
+from flowrun.language import expressions
 
 if TYPE_CHECKING:
-    from flowrun.definitions import NodeTypes, WorkflowDefinition
     from flowrun.engine.executor import GraphRun, RunObserver
     from flowrun.engine.node_services import NodeServices
+    from flowrun.language.definitions import NodeTypes, WorkflowDefinition
 
 logger = logging.getLogger(__name__)
 

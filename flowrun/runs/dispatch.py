@@ -1,0 +1,323 @@
+"""The dispatcher: a priority queue of accepted runs and the tasks that run them.
+
+Higher priority first (0-99), first-in first-out within one priority, at most
+``max_concurrent_runs`` at once, at most ``max_queued`` waiting. A run with a
+concurrency key (``RunHandle.concurrency``) also waits while its key's limit of
+runs is running: dispatch sets it aside, in order, and starts the others; when
+a run of that key ends, the first one set aside goes back into the queue. Every run task
+is a child of the task group passed to ``run`` (the app's), so shutdown
+cancels them all; a run's own failure never escapes its task.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import anyio
+import anyio.abc
+
+from flowrun.engine.executor import Executor, RunOutcome
+from flowrun.errors import Unavailable
+from flowrun.records import RunRecord, RunStatus
+from flowrun.runs.runner import Runner
+
+logger = logging.getLogger(__name__)
+
+
+class HandleState(Enum):
+    PREPARED = "prepared"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class RunHandle:
+    """A live run in this process: its queue state, executor and completion signal."""
+
+    run: RunRecord
+    state: HandleState = HandleState.PREPARED
+    # Accepted by this process just now: it has no events and no node rows yet, so the
+    # runner need not read them back before it starts.
+    fresh: bool = False
+    stop_requested: bool = False
+    stop_reason: str | None = None
+    paused: bool = False
+    executor: Executor | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    # How the run ended, as this process knows it: the truth even while the store is
+    # failing and the final write has not committed yet (a waiting parent reads it).
+    outcome: RunOutcome | None = None
+    # (key, limit): at most ``limit`` runs with this key run at once; None: no such limit
+    concurrency: tuple[str, int] | None = None
+    holds_key: bool = False  # started, and counted in its key's running runs
+    # Its task's scope: cancelled when this process gives the run up (cluster.py's fence)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    abandoned: bool = False
+
+    def attach(self, executor: Executor) -> None:
+        self.executor = executor
+        if self.paused:
+            executor.pause()
+        if self.stop_requested:
+            executor.stop(self.stop_reason)
+
+    def pause(self) -> None:
+        self.paused = True
+        if self.executor is not None:
+            self.executor.pause()
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.executor is not None:
+            self.executor.resume()
+
+
+_Entry = tuple[int, int, "RunHandle"]  # (-priority, arrival order, handle): a heap entry
+
+
+class Dispatcher:
+    """Owns the run queue and every run task."""
+
+    def __init__(self, runner: Runner, *, max_concurrent: int, max_queued: int) -> None:
+        self.runner = runner
+        self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
+        self._heap: list[_Entry] = []
+        # per concurrency key: how many of its runs are running, and those set aside
+        # (in queue order) because that many are at its limit
+        self._key_running: dict[str, int] = {}
+        self._key_waiting: dict[str, list[_Entry]] = {}  # each a heap
+        self._order = itertools.count()
+        self._handles: dict[str, RunHandle] = {}
+        self._queued = 0
+        self._running = 0
+        self._wakeup = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._paused = False
+        self._tg: anyio.abc.TaskGroup | None = None
+        # Run ids someone waits on while the run is parked (waiting for a signal): set
+        # when the run is queued again.
+        self._unparked: dict[str, anyio.Event] = {}
+        # Called when a run ends and frees a slot (cluster.py claims more then), and when
+        # a run's task ends without its end stored (cluster.py hands it back).
+        self.on_slot_free: Callable[[], None] | None = None
+        self.on_left: Callable[[RunRecord], None] | None = None
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @property
+    def dispatching(self) -> bool:
+        """False during a drain: queued runs are not started."""
+        return not self._paused
+
+    def abandon_all(self) -> int:
+        """Give up every run of this process without recording anything (another
+        process resumes them from the store): queued ones leave the queue, running
+        ones are cancelled. How many were given up."""
+        count = 0
+        for handle in list(self._handles.values()):
+            if handle.state is HandleState.QUEUED:
+                handle.abandoned = True
+                self._queued -= 1
+                handle.state = HandleState.DONE
+                del self._handles[handle.run.id]
+                handle.done.set()
+                count += 1
+            elif handle.state is HandleState.RUNNING:
+                handle.abandoned = True
+                handle.scope.cancel()
+                count += 1
+        self._wakeup.set()
+        return count
+
+    def pause_dispatch(self) -> None:
+        """Start no more queued runs (a drain); they stay queued in the store."""
+        self._paused = True
+
+    async def idle(self) -> None:
+        """Wait until no run is executing."""
+        await self._idle.wait()
+
+    def has_room(self) -> bool:
+        """False when ``max_queued`` runs are already waiting."""
+        return self._queued < self.max_queued
+
+    def get(self, run_id: str) -> RunHandle | None:
+        return self._handles.get(run_id)
+
+    def unparked(self, run_id: str) -> anyio.Event:
+        """An event set when the run (parked, waiting for a signal) is queued again.
+        Take it before reading the run's status, so a wake in between is not missed."""
+        event = self._unparked.get(run_id)
+        if event is None:
+            event = self._unparked[run_id] = anyio.Event()
+        return event
+
+    def prepare(self, run: RunRecord) -> RunHandle:
+        """Register a run before its insert commits, so waiters can find it at once."""
+        handle = RunHandle(run)
+        self._handles[run.id] = handle
+        return handle
+
+    def discard(self, handle: RunHandle) -> None:
+        """Forget a prepared run whose insert failed."""
+        if self._handles.get(handle.run.id) is handle:
+            del self._handles[handle.run.id]
+        handle.state = HandleState.DONE
+        handle.done.set()
+
+    def enqueue(self, handle: RunHandle) -> None:
+        """Queue a committed run for execution.
+
+        A child run its parent waits for (``RunRecord.awaited_by_parent``) starts at
+        once, beyond the concurrency limit and during a drain: its parent holds a slot
+        while it waits, so queueing it could deadlock, and holding it would keep the
+        parent for the whole grace. Any other run, a re-run child included, queues.
+        """
+        self._handles[handle.run.id] = handle
+        handle.state = HandleState.QUEUED
+        self._queued += 1
+        unparked = self._unparked.pop(handle.run.id, None)
+        if unparked is not None:
+            unparked.set()
+        if handle.run.awaited_by_parent and self._tg is not None:
+            self._start(handle, self._tg)  # during a drain too: its parent waits for it
+            return
+        heapq.heappush(self._heap, (-handle.run.priority, next(self._order), handle))
+        self._wakeup.set()
+
+    def _start(self, handle: RunHandle, tg: anyio.abc.TaskGroup) -> None:
+        self._queued -= 1
+        self._busy()
+        handle.state = HandleState.RUNNING
+        tg.start_soon(self._run_one, handle)
+
+    def _busy(self) -> None:
+        """One more task runs. Only the first replaces the set idle event: replacing one
+        that is still waited on would strand its waiters (a drain would wait out its
+        whole grace)."""
+        self._running += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+
+    def stop(self, handle: RunHandle, reason: str | None = None) -> None:
+        """Stop a queued or running run; ``handle.done`` is set once it is recorded."""
+        if handle.stop_requested or handle.state is HandleState.DONE:
+            return
+        handle.stop_requested = True
+        handle.stop_reason = reason
+        if handle.state is HandleState.QUEUED:
+            self._queued -= 1
+            self._busy()  # its stop is recorded by a task, like a run
+            handle.state = HandleState.RUNNING  # leaves the heap lazily
+            assert self._tg is not None
+            self._tg.start_soon(self._finish_unstarted, handle)
+        elif handle.executor is not None:
+            handle.executor.stop(reason)
+
+    async def run(self, tg: anyio.abc.TaskGroup, *,
+                  task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Dispatch queued runs into ``tg`` until cancelled."""
+        self._tg = tg
+        task_status.started()
+        while True:
+            while self._heap and self._running < self.max_concurrent and not self._paused:
+                entry = heapq.heappop(self._heap)
+                handle = entry[2]
+                if handle.state is not HandleState.QUEUED:
+                    continue
+                if handle.concurrency is not None:
+                    key, limit = handle.concurrency
+                    if self._key_running.get(key, 0) >= limit:
+                        # skipped, not waited for: runs of other keys go on
+                        heapq.heappush(self._key_waiting.setdefault(key, []), entry)
+                        continue
+                    self._key_running[key] = self._key_running.get(key, 0) + 1
+                    handle.holds_key = True
+                self._start(handle, tg)
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+
+    async def _run_one(self, handle: RunHandle) -> None:
+        try:
+            with handle.scope:
+                handle.outcome = await self.runner.execute(handle.run, fresh=handle.fresh,
+                                                           executor_ready=handle.attach)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Unavailable as exc:  # the store refused its writes
+            logger.warning("run %s: stopped here (%s); it resumes from the store at the "
+                           "next start (in a cluster, wherever it is claimed)",
+                           handle.run.id, exc.message)
+            self._left(handle)
+        except Exception:  # (not handed back: elsewhere it would crash again, in a loop)
+            logger.exception("run %s: crashed in the runner; it will resume on next start",
+                             handle.run.id)
+        finally:
+            self._running -= 1
+            self._release(handle)
+        if handle.outcome is not None and handle.outcome.requeue and not handle.abandoned:
+            # It parked, but its signal had come meanwhile: queue it again at once.
+            handle.run.status = RunStatus.QUEUED
+            again = self.prepare(handle.run)
+            again.concurrency = handle.concurrency
+            self.enqueue(again)
+
+    def _left(self, handle: RunHandle) -> None:
+        if self.on_left is not None and not handle.abandoned:
+            self.on_left(handle.run)
+
+    async def _finish_unstarted(self, handle: RunHandle) -> None:
+        try:
+            with handle.scope:
+                handle.outcome = await self.runner.finish_unstarted(
+                    handle.run, RunStatus.STOPPED, handle.stop_reason, fresh=handle.fresh)
+        except Exception:
+            logger.exception("run %s: could not record its stop", handle.run.id)
+        finally:
+            self._running -= 1
+            self._release(handle)
+
+    def _release(self, handle: RunHandle) -> None:
+        if handle.holds_key and handle.concurrency is not None:
+            handle.holds_key = False
+            self._free_key(handle.concurrency[0])
+        if self._running == 0:
+            self._idle.set()
+        handle.state = HandleState.DONE
+        if self._handles.get(handle.run.id) is handle:
+            del self._handles[handle.run.id]
+        handle.done.set()
+        self._wakeup.set()
+        if self.on_slot_free is not None:
+            self.on_slot_free()
+
+    def _free_key(self, key: str) -> None:
+        """One run of ``key`` ended: its first run set aside goes back into the queue
+        (with its place in the order), skipping those stopped meanwhile."""
+        left = self._key_running[key] - 1
+        if left:
+            self._key_running[key] = left
+        else:
+            del self._key_running[key]
+        waiting = self._key_waiting.get(key)
+        while waiting:
+            entry = heapq.heappop(waiting)
+            if entry[2].state is HandleState.QUEUED:
+                heapq.heappush(self._heap, entry)
+                break
+        if waiting is not None and not waiting:
+            del self._key_waiting[key]
