@@ -59,6 +59,10 @@ def test_sigterm_drains_then_exits_0_and_the_rest_resumes(
 
     thread = threading.Thread(target=run_sync_waiter)
     thread.start()
+    deadline = time.monotonic() + 15  # its run accepted (queued: both slots are taken)
+    while not server.query("SELECT id FROM runs WHERE idempotency_key = ?", ("w",)):
+        assert time.monotonic() < deadline, "the run-sync's run was never accepted"
+        time.sleep(0.02)
     body = json.dumps({"inputs": {"name": "late"}}).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
         raw.sendall(b"POST /workflows/hello/run HTTP/1.1\r\nHost: x\r\n"
