@@ -16,7 +16,10 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from flowrun import Settings, callback_loop, create_app, schedule_loop, waits
+from flowrun import Settings, create_app
+from flowrun.features import waits
+from flowrun.features.callbacks import book as callbacks
+from flowrun.features.schedules import book as schedules
 
 THREE = {"inputs": {"x": {"type": "string", "default": "x"}},
          "nodes": [{"id": "a", "type": "template", "template": "{{ inputs.x }}a"},
@@ -39,7 +42,7 @@ ACCEPT_BUDGET = {"read": 0, "write": 1, "statement": 3}
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     # The loops that look at the store once a second (callbacks, schedules, waits) look
     # once at start, then sleep: on a slow machine their looks would count as the runs'.
-    for loop in (callback_loop, schedule_loop, waits):
+    for loop in (callbacks, schedules, waits):
         monkeypatch.setattr(loop, "TICK_S", 3600.0)
     settings = Settings(db_path=tmp_path / "t.db", auth_enabled=False, max_concurrent_runs=1)
     with TestClient(create_app(settings)) as c:
