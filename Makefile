@@ -71,6 +71,7 @@ profile: $(BENCH_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check flowrun tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m tests.offbox
 
 clean:

@@ -336,3 +336,27 @@ class SecretRecord:
         """What the API shows: never the value."""
         return {"name": self.name, "allowed_urls": self.allowed_urls,
                 "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at)}
+
+
+TERMINAL_EVENT = "workflow_finished"  # the last event of every run
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a run: its sequence number, Dify-style name and payload."""
+
+    run_id: str
+    seq: int
+    name: str
+    data: dict[str, Any]
+    created_at: float
+
+    @property
+    def terminal(self) -> bool:
+        return self.name == TERMINAL_EVENT
+
+    def to_json(self) -> dict[str, Any]:
+        """The native envelope: Dify's fields (event, task_id, workflow_run_id, data) + seq."""
+        return {"event": self.name, "run_id": self.run_id, "seq": self.seq,
+                "task_id": self.run_id, "workflow_run_id": self.run_id,
+                "created_at": int(self.created_at), "data": self.data}

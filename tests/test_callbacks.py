@@ -21,15 +21,14 @@ from flowrun.features.callbacks.rules import (
     RetryPolicy,
     after_attempt,
     backoff,
-    check_url,
     delivered,
     fair_pick,
     request_headers,
 )
 from flowrun.features.webhooks import signing
-from flowrun.records import CallbackAttempt, CallbackState, DueCallback, RunRecord, RunStatus
+from flowrun.language.urls import check_url
+from flowrun.records import CallbackAttempt, CallbackState, DueCallback, Event, RunRecord, RunStatus
 from flowrun.runs import access
-from flowrun.runs.events import Event
 from flowrun.runs.lifecycle import Lifecycle
 from flowrun.runs.service import RunService
 from flowrun.store import Store

@@ -19,9 +19,8 @@ import pytest
 
 from flowrun import Settings, create_app, flowrun_lifespan
 from flowrun.errors import QueueFull, Unavailable
-from flowrun.records import RunStatus
+from flowrun.records import Event, RunStatus
 from flowrun.runs.cluster import Cluster
-from flowrun.runs.events import Event
 from flowrun.runs.service import RunRequest, RunService
 from flowrun.store import Store
 from tests.store.test_sqlite import make_run

@@ -5,7 +5,8 @@ from __future__ import annotations
 import anyio
 import anyio.lowlevel
 
-from flowrun.runs.events import Event, EventBus, follow
+from flowrun.records import Event
+from flowrun.runs.events import EventBus, follow
 
 
 class Log:

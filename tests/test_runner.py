@@ -20,8 +20,8 @@ from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.nodes import NodeContext, Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.errors import NodeFailure, Unavailable
-from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
-from flowrun.runs.events import Event, EventBus
+from flowrun.records import Event, NodeRecord, NodeStatus, RunRecord, RunStatus
+from flowrun.runs.events import EventBus
 from flowrun.runs.runner import Runner
 from flowrun.store import Store
 

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import cast
 
 from flowrun.features.waits import WaitBook
-from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
-from flowrun.runs.events import Event
+from flowrun.records import Event, NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.runs.runner import signal_token_hash
 from flowrun.runs.service import RunService
 from flowrun.store import Store

@@ -36,10 +36,9 @@ from flowrun.features.schedules.book import ScheduleBook
 from flowrun.features.vault import Vault
 from flowrun.features.waits import WaitBook
 from flowrun.features.webhooks.book import HookBook
-from flowrun.records import OnConflict, RunRecord
+from flowrun.records import Event, OnConflict, RunRecord
 from flowrun.runs.access import Principal
 from flowrun.runs.catalog import WorkflowCatalog
-from flowrun.runs.events import Event
 from flowrun.runs.service import RunService
 
 M = TypeVar("M", bound=pydantic.BaseModel)

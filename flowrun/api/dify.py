@@ -44,9 +44,8 @@ from flowrun.api.common import (
     unix,
 )
 from flowrun.errors import BadRequest, FlowrunError, NotFound, RunNotFound
-from flowrun.records import RUN_TERMINAL, RunRecord, RunStatus
+from flowrun.records import RUN_TERMINAL, Event, RunRecord, RunStatus
 from flowrun.runs.access import Principal
-from flowrun.runs.events import Event
 from flowrun.runs.service import RunRequest, RunService
 
 _TRACE = re.compile(r"^[A-Za-z0-9\-_]{1,128}$")

@@ -39,9 +39,8 @@ from flowrun.api.common import (
     workflows_of,
 )
 from flowrun.errors import DefinitionError, FlowrunError, RunNotFound, WorkflowNotFound
-from flowrun.records import NodeStatus, RunRecord, RunStatus, rfc3339
+from flowrun.records import Event, NodeStatus, RunRecord, RunStatus, rfc3339
 from flowrun.runs.access import Principal
-from flowrun.runs.events import Event
 from flowrun.runs.service import RunRequest, RunService
 
 TIMEOUT_MESSAGE = "Job execution timeout: the job is still running but exceeded the wait time."

@@ -37,9 +37,16 @@ from flowrun.api.common import (
     workflows_of,
 )
 from flowrun.errors import BadRequest, FlowrunError, RunNotFound, WorkflowNotFound
-from flowrun.records import RUN_TERMINAL, NodeStatus, OnConflict, RunRecord, RunStatus, rfc3339
+from flowrun.records import (
+    RUN_TERMINAL,
+    Event,
+    NodeStatus,
+    OnConflict,
+    RunRecord,
+    RunStatus,
+    rfc3339,
+)
 from flowrun.runs.access import Principal
-from flowrun.runs.events import Event
 from flowrun.runs.service import RunRequest, RunService
 
 _STATUS = {RunStatus.QUEUED: "queued", RunStatus.RUNNING: "in_progress",

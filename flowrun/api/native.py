@@ -40,14 +40,12 @@ from flowrun.api.common import (
 )
 from flowrun.api.openapi import build_spec
 from flowrun.api.signal_page import signal_page
-from flowrun.engine.nodes.wait import SIGNAL_PATTERN
 from flowrun.errors import BadRequest, FlowrunError, NotFound
-from flowrun.features.callbacks import rules
-from flowrun.language.definitions import NAME_PATTERN, ScheduleSpec
+from flowrun.language import urls
+from flowrun.language.definitions import NAME_PATTERN, SIGNAL_PATTERN, ScheduleSpec
 from flowrun.metrics import CONTENT_TYPE_LATEST
-from flowrun.records import RunStatus
+from flowrun.records import Event, RunStatus
 from flowrun.runs.access import Scope, require_admin
-from flowrun.runs.events import Event
 from flowrun.runs.service import RunRequest, Submission
 
 PROBLEM_TYPE = "application/problem+json"
@@ -69,12 +67,12 @@ class RunBody(BaseModel):
     edges: list[Any] | None = None
     stream: bool = False
     timeout: float | None = None  # checked against the setting: checked_wait
-    callback_url: str | None = Field(default=None, max_length=rules.MAX_URL_LENGTH)
+    callback_url: str | None = Field(default=None, max_length=urls.MAX_URL_LENGTH)
 
     @field_validator("callback_url")
     @classmethod
     def _callback_url(cls, value: str | None) -> str | None:
-        return None if value is None else rules.check_url(value)
+        return None if value is None else urls.check_url(value)
 
 
 def problem(exc: FlowrunError, instance: str | None = None) -> JSONResponse:

@@ -23,8 +23,8 @@ from typing import Any
 
 import anyio
 
-from flowrun.engine.nodes.wait import SIGNAL_PATTERN
 from flowrun.errors import BadRequest, Conflict, FlowrunError, NotFound
+from flowrun.language.definitions import SIGNAL_PATTERN
 from flowrun.records import RUN_TERMINAL, NodeStatus, RunRecord
 from flowrun.runs import access
 from flowrun.runs.runner import signal_token_hash

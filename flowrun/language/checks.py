@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from flowrun.errors import DefinitionError, InputError
 from flowrun.language import cron as cron_rules
 from flowrun.language import expressions
+from flowrun.language.inputs import input_problem
 
 if TYPE_CHECKING:
     from flowrun.language.definitions import EdgeSpec, NodeSpec, NodeTypes, WorkflowDefinition
@@ -326,8 +327,6 @@ def check_child_workflows(definition: WorkflowDefinition,
     ``known`` (by name; ``where`` says where they were looked for), the inputs such a
     node gives by name against the child's, and what a map's ``output`` reads of the
     child's nodes; DefinitionError names each fault."""
-    from flowrun.language.definitions import input_problem  # (definitions imports this module)
-
     errors: list[dict[str, Any]] = []
     # workflow nodes whose child declares its outputs: (child's name, node, output names)
     children: dict[str, tuple[str, NodeSpec, set[str]]] = {}

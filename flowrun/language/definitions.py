@@ -23,10 +23,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowrun.errors import DefinitionError, InputError
-from flowrun.features.callbacks import rules
-from flowrun.language import checks, expressions
+from flowrun.language import checks, expressions, urls
+from flowrun.language.inputs import input_problem
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+SIGNAL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"  # what a wait node waits for, and a signal names
 NODE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 NODE_OPTIONS = frozenset({"id", "type", "title", "timeout", "retry", "on_error", "default"})
 InputType = Literal["string", "number", "integer", "boolean", "object", "array", "file"]
@@ -154,13 +155,13 @@ class WorkflowDefinition(BaseModel):
     # workflow) evaluates the same run at most concurrency_limit (default 1) at once
     concurrency_key: str | None = Field(default=None, min_length=1, max_length=1000)
     concurrency_limit: int | None = Field(default=None, ge=1)
-    # where every run's end is POSTed unless its request names another (rules.py)
-    callback_url: str | None = Field(default=None, max_length=rules.MAX_URL_LENGTH)
+    # where every run's end is POSTed unless its request names another (language/urls.py)
+    callback_url: str | None = Field(default=None, max_length=urls.MAX_URL_LENGTH)
 
     @pydantic.field_validator("callback_url")
     @classmethod
     def _callback_url(cls, value: str | None) -> str | None:
-        return None if value is None else rules.check_url(value)
+        return None if value is None else urls.check_url(value)
 
     @pydantic.field_validator("concurrency_key")
     @classmethod
@@ -296,11 +297,6 @@ def load_folder(folder: Path, *, registry: NodeTypes) -> dict[str, WorkflowDefin
     return found
 
 
-_PY_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),
-    "object": (dict,), "array": (list,), "file": (dict,),
-}
-
 
 def check_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """Inputs with defaults applied; InputError names every bad or unknown field."""
@@ -325,44 +321,3 @@ def check_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any]) -> d
     if errors:
         raise InputError("; ".join(e["message"] for e in errors), errors=errors)
     return result
-
-
-def input_problem(spec: InputSpec, value: Any) -> str | None:
-    """What is wrong with ``value`` for an input of this spec; None when nothing."""
-    is_bool = isinstance(value, bool)
-    if not isinstance(value, _PY_TYPES[spec.type]) or (is_bool and spec.type != "boolean"):
-        return f"expected {spec.type}, got {_json_type(value)}"
-    if spec.type == "integer" and isinstance(value, float):
-        return "expected integer, got number"
-    if spec.type == "file" and isinstance(value, dict):
-        if "transfer_method" not in value or not ({"url", "upload_file_id"} & value.keys()):
-            return "a file needs transfer_method and url or upload_file_id"
-    if isinstance(value, str | list):
-        if spec.max_length is not None and len(value) > spec.max_length:
-            return f"longer than max_length {spec.max_length}"
-        if spec.min_length is not None and len(value) < spec.min_length:
-            return f"shorter than min_length {spec.min_length}"
-    if isinstance(value, int | float) and not is_bool:
-        if spec.minimum is not None and value < spec.minimum:
-            return f"less than minimum {spec.minimum:g}"
-        if spec.maximum is not None and value > spec.maximum:
-            return f"greater than maximum {spec.maximum:g}"
-    if spec.enum is not None and value not in spec.enum:
-        return f"must be one of {spec.enum}"
-    return None
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"

@@ -26,35 +26,13 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from flowrun.records import NodeRecord
+from flowrun.records import Event, NodeRecord
 
 logger = logging.getLogger(__name__)
 
-TERMINAL_EVENT = "workflow_finished"
 # The sequence number of a nudge (``EventBus.nudge``): not an event, a "read the store".
 NUDGE_SEQ = -1
 REPLAY_PAGE = 500
-
-
-@dataclass(frozen=True)
-class Event:
-    """One event of a run: its sequence number, Dify-style name and payload."""
-
-    run_id: str
-    seq: int
-    name: str
-    data: dict[str, Any]
-    created_at: float
-
-    @property
-    def terminal(self) -> bool:
-        return self.name == TERMINAL_EVENT
-
-    def to_json(self) -> dict[str, Any]:
-        """The native envelope: Dify's fields (event, task_id, workflow_run_id, data) + seq."""
-        return {"event": self.name, "run_id": self.run_id, "seq": self.seq,
-                "task_id": self.run_id, "workflow_run_id": self.run_id,
-                "created_at": int(self.created_at), "data": self.data}
 
 
 # --- payloads (Dify's field names; timestamps in unix seconds) -------------------------

@@ -25,8 +25,8 @@ from flowrun.engine.nodes import Registry
 from flowrun.errors import DefinitionError, FlowrunError, Unavailable
 from flowrun.language.definitions import WorkflowDefinition, with_graph
 from flowrun.metrics import Metrics
-from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
-from flowrun.runs.events import Event, EventBus, node_finished_payload, node_payload
+from flowrun.records import Event, NodeRecord, NodeStatus, RunRecord, RunStatus
+from flowrun.runs.events import EventBus, node_finished_payload, node_payload
 from flowrun.store import Store, WriteResult
 
 

@@ -41,6 +41,7 @@ from flowrun.language import definitions, expressions
 from flowrun.language.definitions import NodeSpec, WorkflowDefinition
 from flowrun.records import (
     RUN_TERMINAL,
+    Event,
     IdempotencyClaim,
     KeyHolder,
     NodeStatus,
@@ -51,7 +52,7 @@ from flowrun.records import (
 from flowrun.runs import access
 from flowrun.runs.catalog import WorkflowCatalog
 from flowrun.runs.dispatch import Dispatcher, RunHandle
-from flowrun.runs.events import Event, EventBus, follow
+from flowrun.runs.events import EventBus, follow
 from flowrun.runs.lifecycle import Lifecycle
 from flowrun.runs.ratelimit import RateLimiter
 from flowrun.settings import Settings

@@ -31,6 +31,7 @@ from flowrun.records import (
     CallbackRecord,
     CallbackState,
     DueCallback,
+    Event,
     HookRecord,
     IdempotencyClaim,
     KeyHolder,
@@ -41,7 +42,6 @@ from flowrun.records import (
     ScheduleRecord,
     SecretRecord,
 )
-from flowrun.runs.events import Event
 from flowrun.settings import parse_database
 from flowrun.store.backend import (
     CONTROL_CHANNEL,

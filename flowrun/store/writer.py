@@ -151,10 +151,6 @@ class RowTable:
 Rows = tuple[tuple[RowTable, tuple[Any, ...]], ...]
 
 
-class _Unmerge(Exception):
-    """A merged INSERT failed on its own (a constraint): apply the batch op by op."""
-
-
 class WriteResult(Generic[T]):
     """The pending result of a queued write; ``await result.wait()`` after commit."""
 
@@ -222,17 +218,23 @@ class _Pending:
         return not self.durable
 
 
-class _Broken(Exception):
-    """An op without a savepoint raised something other than a database fault."""
-
-    def __init__(self, index: int, error: Exception) -> None:
-        super().__init__(str(error))
-        self.index = index
-        self.error = error
+Result = tuple[Any, BaseException | None]  # an op's value, or the error it raised
 
 
-class _Fenced(Exception):
-    """The lease check at the start of a batch failed: nothing of it may commit."""
+@dataclass
+class _Outcome:
+    """What one transaction of a batch came to (a database fault raises instead).
+
+    ``results``: committed, one per op (an op's own error among them); ``fenced``: the
+    lease check failed, nothing committed; ``unmerge``: a merged row was refused on its
+    own, so the batch must be applied op by op to find whose; ``broken``: an op without
+    a savepoint failed on its own (its index and error), and the batch was rolled back.
+    """
+
+    results: list[Result] = field(default_factory=list)
+    fenced: bool = False
+    unmerge: bool = False
+    broken: tuple[int, Exception] | None = None
 
 
 FENCED = ("this process lost its lease on the database's runs (it stalled, or lost the "
@@ -352,31 +354,38 @@ class Writer(Generic[C]):
             self._urgent = False  # (with writes left over, a backlog: no lingering)
         self.round_trips += 1
         try:
-            try:
-                results = await self._thread.call(functools.partial(self._apply, batch))
-            except _Unmerge:
+            outcome = await self._thread.call(functools.partial(self._apply, batch))
+            if outcome.unmerge:
                 self.round_trips += 1  # again, op by op, to find the row that fails
-                results = await self._thread.call(
+                outcome = await self._thread.call(
                     functools.partial(self._apply, batch, merge=False))
         except self._dialect.error as exc:
             await self._fail_batch(batch, exc, final=final)
             return
-        except _Fenced:
-            logger.critical("store: a batch of %d writes refused: %s", len(batch), FENCED)
-            for pending in batch:
-                pending.result._set(error=Unavailable(FENCED, headers={"Retry-After": "1"}))
-            if self.on_fenced is not None:
-                self.on_fenced()
-            return
-        except _Broken as broken:
-            # A bug, not a fault: that op fails alone; the batch was rolled back, so the
-            # others go back to the head of the queue, in order, and commit next time.
-            logger.error("store write failed: %r", broken.error)
-            batch[broken.index].result._set(error=broken.error)
-            for pending in reversed(batch[:broken.index] + batch[broken.index + 1:]):
-                self._queue.appendleft(pending)
-            self._wakeup.set()
-            return
+        if outcome.fenced:
+            self._refuse_fenced(batch)
+        elif outcome.broken is not None:
+            self._requeue_without(batch, *outcome.broken)
+        else:
+            self._deliver(batch, outcome.results)
+
+    def _refuse_fenced(self, batch: list[_Pending]) -> None:
+        logger.critical("store: a batch of %d writes refused: %s", len(batch), FENCED)
+        for pending in batch:
+            pending.result._set(error=Unavailable(FENCED, headers={"Retry-After": "1"}))
+        if self.on_fenced is not None:
+            self.on_fenced()
+
+    def _requeue_without(self, batch: list[_Pending], index: int, error: Exception) -> None:
+        """A bug, not a fault: that op fails alone; the batch was rolled back, so the
+        others go back to the head of the queue, in order, and commit next time."""
+        logger.error("store write failed: %r", error)
+        batch[index].result._set(error=error)
+        for pending in reversed(batch[:index] + batch[index + 1:]):
+            self._queue.appendleft(pending)
+        self._wakeup.set()
+
+    def _deliver(self, batch: list[_Pending], results: list[Result]) -> None:
         if self._failing_since:
             logger.warning("store writes recovered after %d failed attempts",
                            self._failing_since)
@@ -384,8 +393,7 @@ class Writer(Generic[C]):
         for pending, (value, err) in zip(batch, results, strict=False):
             pending.result._set(value, err)
 
-    def _apply(self, batch: list[_Pending], *, merge: bool = True
-               ) -> list[tuple[Any, BaseException | None]]:
+    def _apply(self, batch: list[_Pending], *, merge: bool = True) -> _Outcome:
         """Run one batch as one transaction, on the connection's thread.
 
         A database fault raises (after a rollback): the whole batch fails. An op's own
@@ -393,73 +401,94 @@ class Writer(Generic[C]):
         Rows are merged per table and inserted last (``merge``), or, to find which one
         a constraint refuses, with their op.
         """
-        conn, dialect = self._conn, self._dialect
-        results: list[tuple[Any, BaseException | None]] = []
-        several = len(batch) > 1  # a lone write needs no savepoint: ROLLBACK undoes it
-        merged: dict[RowTable, dict[Any, tuple[Any, ...]]] = {}
-        notified: set[Any] = set()
+        conn = self._conn
         try:
-            conn.execute(dialect.begin)
+            conn.execute(self._dialect.begin)
             if self.lease_check is not None and not self.lease_check(conn):
                 conn.execute("ROLLBACK")
-                raise _Fenced()
-            for i, pending in enumerate(batch):
-                if merge:
-                    for table, row in pending.rows:
-                        rows = merged.setdefault(table, {})
-                        # a later state of the same record replaces the earlier one
-                        key = row[:table.key] if table.key else len(rows)
-                        rows.pop(key, None)
-                        rows[key] = row
-                    if pending.op is None:
-                        results.append((None, None))
-                        continue
-                isolate = several and pending.fallible
-                if isolate:
-                    conn.execute(f"SAVEPOINT op{i}")
-                try:
-                    value = pending.op(conn) if pending.op is not None else None
-                    if not merge:
-                        for table, row in pending.rows:
-                            table.write(conn, [row])
-                            if table.notify:
-                                notified.add(row[0])
-                except dialect.fault:
-                    raise  # a database fault: the whole batch fails
-                except Exception as exc:  # reported to that op's caller
-                    if several and not isolate:  # nothing to undo it alone with
-                        conn.execute("ROLLBACK")
-                        raise _Broken(i, exc) from None
-                    conn.execute(f"ROLLBACK TO op{i}" if isolate else "ROLLBACK")
-                    results.append((None, exc))
-                    if not isolate:
-                        break
-                else:
-                    results.append((value, None))
-                if isolate:
-                    conn.execute(f"RELEASE op{i}")
-            if conn.in_transaction:  # (not when a lone op failed and was rolled back)
-                try:
-                    for table, rows in merged.items():
-                        table.write(conn, list(rows.values()))
-                        if table.notify:
-                            notified.update(row[0] for row in rows.values())
-                except dialect.fault:
-                    raise
-                except Exception:  # a row's own error (a constraint, a value refused)
-                    conn.execute("ROLLBACK")
-                    raise _Unmerge() from None
-                if notified and dialect.notify is not None:
-                    dialect.notify(conn, notified)
+                return _Outcome(fenced=True)
+            notified: set[Any] = set()
+            outcome = self._run_ops(batch, merge, notified)
+            if outcome.broken is None and conn.in_transaction:
+                # (not when a lone op failed and was rolled back)
+                if merge and not self._write_merged(batch, notified):
+                    return _Outcome(unmerge=True)
+                if notified and self._dialect.notify is not None:
+                    self._dialect.notify(conn, notified)
                 conn.execute("COMMIT")
-        except dialect.error:
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except dialect.error:
-                logger.exception("rollback failed")
+            return outcome
+        except self._dialect.error:
+            self._roll_back()
             raise
-        return results
+
+    def _run_ops(self, batch: list[_Pending], merge: bool, notified: set[Any]) -> _Outcome:
+        """Each op of the batch in its turn, each with a savepoint where it may fail on
+        its own among others; a lone op that fails rolls the transaction back."""
+        conn, several = self._conn, len(batch) > 1
+        outcome = _Outcome()
+        for i, pending in enumerate(batch):
+            if pending.op is None and merge:  # rows only: written with the merged rows
+                outcome.results.append((None, None))
+                continue
+            isolate = several and pending.fallible
+            if isolate:
+                conn.execute(f"SAVEPOINT op{i}")
+            try:
+                value = pending.op(conn) if pending.op is not None else None
+                if not merge:
+                    self._write_rows(pending.rows, notified)
+            except self._dialect.fault:
+                raise  # a database fault: the whole batch fails
+            except Exception as exc:  # reported to that op's caller
+                if several and not isolate:  # nothing to undo it alone with
+                    conn.execute("ROLLBACK")
+                    return _Outcome(broken=(i, exc))
+                conn.execute(f"ROLLBACK TO op{i}" if isolate else "ROLLBACK")
+                outcome.results.append((None, exc))
+                if not isolate:
+                    return outcome  # a lone op: nothing more in this transaction
+            else:
+                outcome.results.append((value, None))
+            if isolate:
+                conn.execute(f"RELEASE op{i}")
+        return outcome
+
+    def _write_merged(self, batch: list[_Pending], notified: set[Any]) -> bool:
+        """Insert the batch's rows, the last state of each record only, per table; False
+        (rolled back) when a row is refused on its own (a constraint, a value)."""
+        merged: dict[RowTable, dict[Any, tuple[Any, ...]]] = {}
+        for pending in batch:
+            for table, row in pending.rows:
+                rows = merged.setdefault(table, {})
+                key = row[:table.key] if table.key else len(rows)
+                rows.pop(key, None)  # a later state of the same record replaces it
+                rows[key] = row
+        try:
+            for table, rows in merged.items():
+                self._write_rows(tuple((table, row) for row in rows.values()), notified)
+        except self._dialect.fault:
+            raise
+        except Exception:
+            self._conn.execute("ROLLBACK")
+            return False
+        return True
+
+    def _write_rows(self, rows: Rows, notified: set[Any]) -> None:
+        """Insert ``rows`` (one table at a time, in as few statements as it takes)."""
+        by_table: dict[RowTable, list[tuple[Any, ...]]] = {}
+        for table, row in rows:
+            by_table.setdefault(table, []).append(row)
+        for table, table_rows in by_table.items():
+            table.write(self._conn, table_rows)
+            if table.notify:
+                notified.update(row[0] for row in table_rows)
+
+    def _roll_back(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except self._dialect.error:
+            logger.exception("rollback failed")
 
     async def _fail_batch(self, batch: list[_Pending], exc: Exception, *,
                           final: bool) -> None:

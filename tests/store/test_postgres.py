@@ -10,8 +10,7 @@ import psycopg
 import pytest
 
 from flowrun.errors import BadRequest, Unavailable
-from flowrun.records import NodeRecord, NodeStatus
-from flowrun.runs.events import Event
+from flowrun.records import Event, NodeRecord, NodeStatus
 from flowrun.store import Store
 from flowrun.store.postgres import translate
 from flowrun.store.schema_pg import PG_SCHEMA_VERSION

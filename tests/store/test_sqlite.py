@@ -15,8 +15,7 @@ import anyio
 import psycopg
 import pytest
 
-from flowrun.records import NodeRecord, NodeStatus, RunRecord, RunStatus
-from flowrun.runs.events import Event
+from flowrun.records import Event, NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store import Store
 from flowrun.store.schema import SCHEMA_VERSION
 from flowrun.store.writer import Connection

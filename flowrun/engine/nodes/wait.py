@@ -18,8 +18,8 @@ import pydantic
 
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.errors import NodeFailure, WaitForSignal
+from flowrun.language.definitions import SIGNAL_PATTERN
 
-SIGNAL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 SignalName = Annotated[str, pydantic.StringConstraints(pattern=SIGNAL_PATTERN)]
 
 

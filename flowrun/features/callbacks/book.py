@@ -46,6 +46,7 @@ from flowrun.errors import FlowrunError, NotFound
 from flowrun.features.callbacks import rules
 from flowrun.features.callbacks.rules import RetryPolicy
 from flowrun.features.webhooks import signing
+from flowrun.language import urls
 from flowrun.records import CallbackAttempt, CallbackRecord, DueCallback, RunRecord, rfc3339
 from flowrun.runs import access
 from flowrun.runs.lifecycle import Lifecycle
@@ -223,7 +224,7 @@ class CallbackBook:
         at = self.clock()
         started = time.monotonic()
         try:
-            rules.check_url(item.url)  # stored before this version refused it?
+            urls.check_url(item.url)  # stored before this version refused it?
         except ValueError as exc:
             record = CallbackAttempt(number, at, None, f"invalid callback_url: {exc}", 0.0)
             # no attempt could ever send it: failed now, not retried for a day
