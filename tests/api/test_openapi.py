@@ -60,7 +60,7 @@ def test_the_ui_is_served_but_not_described(tmp_path: Path) -> None:
         assert page.status_code == 200
         assert '<meta name="flowrun-api" content="">' in page.text  # the API at the root
         assert "default-src 'self'" in page.headers["content-security-policy"]
-        for asset in ("app.js", "graph.js", "vendor/dagre.min.js"):
+        for asset in ("main.js", "pages/run.js", "vendor/dagre.min.js"):
             script = client.get(f"/ui/{asset}")
             assert script.status_code == 200
             assert script.headers["content-type"] == "text/javascript; charset=utf-8"
@@ -74,7 +74,7 @@ def test_the_ui_modules_are_javascript_whatever_the_host_mimetypes_say(
     monkeypatch.setitem(mimetypes.types_map, ".css", "text/plain")
     app = create_app(Settings(db_path=tmp_path / "t.db", auth_enabled=False))
     with TestClient(app) as client:
-        assert client.get("/ui/graph.js").headers["content-type"] == \
+        assert client.get("/ui/sse.js").headers["content-type"] == \
             "text/javascript; charset=utf-8"
         assert client.get("/ui/style.css").headers["content-type"] == "text/css; charset=utf-8"
 
