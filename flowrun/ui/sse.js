@@ -19,22 +19,27 @@ export class SSEParser {
     this.decoder = new TextDecoder("utf-8");
     this.pending = "";       // the start of a line whose end has not come yet
     this.afterCR = false;    // the last chunk ended with CR: an LF first is its pair
-    this.started = false;    // a byte order mark is dropped at the stream's start only
+    this.started = false;    // text has come: a byte order mark now is not the stream's
     this.resetEvent();
   }
 
   /** Feed a chunk (a string, or bytes to decode); returns the events it completed,
    *  each {id, event, data}. */
   feed(chunk) {
-    let text = typeof chunk === "string" ? chunk : this.decoder.decode(chunk, { stream: true });
+    let text = typeof chunk === "string" ? this.dropMark(chunk)
+      : this.decoder.decode(chunk, { stream: true });
     if (!text) return [];
-    if (!this.started) {
-      this.started = true;
-      if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
-    }
     if (this.afterCR && text[0] === "\n") text = text.slice(1);
     this.afterCR = text.endsWith("\r");
     return this.lines(text);
+  }
+
+  /** A byte order mark starting a stream fed as strings is dropped (from bytes, the
+   *  decoder drops it). */
+  dropMark(text) {
+    if (this.started || !text) return text;
+    this.started = true;
+    return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
   }
 
   /** Split text at its line ends, the first line joined to what was pending. */

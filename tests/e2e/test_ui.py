@@ -16,51 +16,25 @@ from typing import Any, NamedTuple
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from flowrun import Settings, create_app, flowrun_lifespan
+from tests.e2e.chromium import WAIT, console_errors, launch
 from tests.e2e.server import EXAMPLES, Server, finished
 from tests.local_server import serve
 
-CHROMIUM = Path("/usr/bin/chromium")
-# This machine's network is closed: without these, chromium waits on its own traffic.
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WAIT = 15_000  # ms, for any page condition
 expect.set_options(timeout=WAIT)
-# chromium logs each answer that is not 2xx as "Failed to load resource": the sign-in
-# probe's 401, the favicon's 404, a refused connection while the server restarts. The
-# page expects those; any other console error, or an uncaught one, is a fault of the page.
-NETWORK = re.compile(r"^Failed to load resource: ")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)",
-                    pytrace=False)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with launch() as launched:
         yield launched
-        launched.close()
 
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-
-
-def console_errors(page: Page) -> list[str]:
-    """The page's console errors (but the network's) and uncaught errors, as they come."""
-    errors: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error" and not NETWORK.match(message.text):
-            errors.append(f"console: {message.text} ({message.location})")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    return errors
 
 
 @pytest.fixture
