@@ -106,7 +106,9 @@ class Settings:
     # inbound webhooks: a delivery signed further than this from now is refused, and an
     # accepted one is remembered (refused as a replay) for as long
     hook_tolerance_s: float = 300.0
-    run_retention_s: float | None = None
+    # finished runs (with their nodes, events and keys) are deleted this long after they
+    # end, so the database does not grow for ever; 0 keeps them (the start-up log says which)
+    run_retention_s: float = 30 * 86_400.0
     sweep_interval_s: float = 60.0
     group_commit_max: int = 512
     # how long progress nobody waits for yet (a run's node rows and events) may wait to
@@ -168,6 +170,8 @@ class Settings:
                                 "callback_max_in_flight >= 1")
         if self.hook_tolerance_s <= 0:
             raise SettingsError("hook_tolerance_s must be > 0")
+        if self.run_retention_s < 0:
+            raise SettingsError("run_retention_s must be >= 0 (0 keeps finished runs)")
         if self.heartbeat_s <= 0 or self.lease_s < 2 * self.heartbeat_s:
             raise SettingsError("heartbeat_s must be > 0 and lease_s at least twice it")
         if self.db is not None:

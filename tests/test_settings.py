@@ -41,3 +41,10 @@ def test_db_wins_over_db_path_and_db_path_still_means_sqlite() -> None:
 def test_a_url_is_shown_without_its_password() -> None:
     assert safe_url("postgresql://u:p@ss:w0rd@h:5/db") == "postgresql://u:***@h:5/db"
     assert safe_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_finished_runs_are_kept_30_days_unless_the_operator_says_0() -> None:
+    assert Settings().run_retention_s == 30 * 86_400
+    assert Settings.from_env({"FLOWRUN_RUN_RETENTION_S": "0"}).run_retention_s == 0
+    with pytest.raises(SettingsError, match="run_retention_s must be >= 0"):
+        Settings(run_retention_s=-1)

@@ -234,6 +234,12 @@ MIGRATIONS: list[list[str]] = [
         # without it, every run of the workflow is sorted for each page
         "CREATE INDEX runs_by_workflow_any_key ON runs (workflow, num)",
     ],
+    [
+        # Retention (on by default): the housekeeping sweep finds the runs that ended
+        # before its cut-off with a range per terminal status, not by reading them all
+        # (runs_by_status alone would make it scan every finished run at each sweep).
+        "CREATE INDEX runs_by_end ON runs (status, finished_at)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -156,6 +156,11 @@ def _holder_from_row(row: Any) -> KeyHolder | None:
     return KeyHolder(str(row["run_id"]), RunStatus(row["status"]), str(row["fingerprint"]))
 
 
+# Runs that ended before a time, found by runs_by_end (status, finished_at).
+_TERMINAL = tuple(sorted(s.value for s in RUN_TERMINAL))
+ENDED_BEFORE = (f"SELECT id FROM runs WHERE status IN ({', '.join('?' * len(_TERMINAL))}) "
+                "AND finished_at < ? LIMIT ?")
+
 # What a deleted run takes with it.
 _RUN_TABLES = (("node_executions", "run_id"), ("events", "run_id"),
                ("idempotency_keys", "run_id"), ("callbacks", "run_id"),
@@ -834,14 +839,12 @@ class Store:
         return await self._writer.write(op)
 
     async def delete_finished_runs(self, before: float, batch: int = 200) -> int:
-        """Delete up to ``batch`` runs that ended before ``before``, with nodes, events, keys."""
-        terminal = tuple(s.value for s in RUN_TERMINAL)
+        """Delete up to ``batch`` runs that ended before ``before``, with nodes, events, keys
+        (one transaction a batch, so the writer serves others in between)."""
 
         def op(conn: Connection) -> int:
-            ids = [row[0] for row in conn.execute(
-                f"SELECT id FROM runs WHERE finished_at < ? AND status IN "
-                f"({', '.join('?' * len(terminal))}) LIMIT ?",
-                (before, *terminal, batch)).fetchall()]
+            ids = [row[0] for row in conn.execute(ENDED_BEFORE,
+                                                  (*_TERMINAL, before, batch)).fetchall()]
             if not ids:
                 return 0
             marks = ", ".join("?" * len(ids))
