@@ -93,7 +93,7 @@ class RunRecorder:
         data = node_finished_payload(node, self._exec_id(node),
                                      self._predecessors.get(node.node_id))
         data.update(status="retry", error=error.get("message"), retry_index=node.attempts)
-        self.emit("node_retry", data)
+        self.emit("node_retry", data, node)  # (with its row: large inputs are not repeated)
 
     async def node_finished(self, node: NodeRecord) -> None:
         self.emit("node_finished", node_finished_payload(
