@@ -46,6 +46,7 @@ from flowrun.engine.node_services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.sandbox import CodeLimits, CodeRunner, choose_jail
+from flowrun.engine.storage import StorageLimits
 from flowrun.errors import FlowrunError
 from flowrun.events import EventBus
 from flowrun.hooks import HookBook
@@ -148,6 +149,8 @@ def node_services(settings: Settings, registry: Registry, code: CodeRunner) -> N
     return NodeServices(
         code=code, registry=registry, max_map_concurrency=settings.max_map_concurrency,
         http=http_policy(settings),
+        storage=StorageLimits(max_node_bytes=settings.max_node_output_bytes,
+                              max_run_bytes=settings.max_run_output_bytes),
         llm=LlmDefaults(base_url=settings.llm_base_url, api_key=settings.llm_api_key,
                         model=settings.llm_model, timeout_s=settings.llm_timeout_s,
                         max_response_bytes=settings.llm_max_response_bytes))

@@ -895,6 +895,20 @@ class Store:
                                    (run_id,))
         return int(row["s"]) if row is not None and row["s"] is not None else 0
 
+    async def run_progress(self, run_id: str) -> tuple[int, int]:
+        """(the run's last event number, the bytes of inputs and outputs its succeeded
+        nodes hold) in one read: where a resumed or retried run's numbering and
+        storage count go on from (it keeps those nodes)."""
+        size = "octet_length({})" if self.postgres else "LENGTH(CAST({} AS BLOB))"
+        held = " + ".join(f"COALESCE({size.format(c)}, 0)" for c in ("inputs", "outputs"))
+        row = await self._fetchone(
+            f"SELECT (SELECT MAX(seq) FROM events WHERE run_id = ?) AS seq, "
+            f"(SELECT SUM({held}) FROM node_executions WHERE run_id = ? AND status = ?) "
+            f"AS held", (run_id, run_id, NodeStatus.SUCCEEDED.value))
+        if row is None:
+            return 0, 0
+        return int(row["seq"] or 0), int(row["held"] or 0)
+
     # --- housekeeping ---------------------------------------------------------------
 
     async def delete_expired_keys(self, now: float, batch: int = 1000) -> int:

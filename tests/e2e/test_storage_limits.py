@@ -15,10 +15,11 @@ from tests.e2e.server import Server, Started
 
 KIB = 1024
 # A code node that returns ``size`` characters: its inputs are tiny, its outputs not.
-BULKY = {"inputs": {"size": {"type": "integer"}},
-         "nodes": [{"id": "make", "type": "code",
-                    "code": "def main(size):\n    return {'text': 'x' * size}",
-                    "inputs": {"size": "{{ inputs.size }}"}}]}
+BULKY: dict[str, Any] = {
+    "inputs": {"size": {"type": "integer"}},
+    "nodes": [{"id": "make", "type": "code",
+              "code": "def main(size):\n    return {'text': 'x' * size}",
+              "inputs": {"size": "{{ inputs.size }}"}}]}
 
 
 def sse_events(client: httpx.Client, method: str, url: str,
@@ -73,3 +74,52 @@ def test_a_large_output_is_stored_once_and_every_client_still_sees_it(
     assert dify_finished["data"]["outputs"] == {"text": "x" * size}
     [dify_end] = [f for _, f in frames if f["event"] == "workflow_finished"]
     assert dify_end["data"]["outputs"] == {"make": {"text": "x" * size}}
+
+
+def database_bytes(server: Server) -> int:
+    """The SQLite file and its WAL, as they are on disk now."""
+    return sum(p.stat().st_size for p in (server.db, server.db.with_name("flowrun.db-wal"))
+               if p.exists())
+
+
+def test_an_output_over_the_cap_fails_its_node_and_is_never_stored(
+        start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server()
+    admin = server.client(server.admin_key())
+    assert admin.put("/workflows/bulky", json=BULKY).status_code == 201
+    before = database_bytes(server)
+    size = 8 * 1024 * KIB - KIB  # about what a code node may return (its sandbox's cap)
+    for _ in range(3):
+        run = client.post("/workflows/bulky/run-sync", json={"inputs": {"size": size}}).json()
+        assert run["status"] == "failed", run
+        assert run["error"]["code"] == "output_too_large", run["error"]
+        assert run["error"]["node_id"] == "make"
+        message = run["error"]["message"]
+        assert "'make'" in message and f"{size + 11:,} bytes" in message
+        assert "at most 1,048,576 bytes (FLOWRUN_MAX_NODE_OUTPUT_BYTES)" in message
+        [node] = run["nodes"]
+        assert node["status"] == "failed" and node["attempts"] == 1 and not node["outputs"]
+        assert sum(stored_bytes(server, run["id"]).values()) < 16 * KIB
+    assert database_bytes(server) - before < 2 * 1024 * KIB  # not 3 x 8 MiB (x 2)
+
+
+def test_nodes_under_the_cap_that_pass_the_run_total_together_fail_at_the_crossing_one(
+        start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server({"FLOWRUN_MAX_NODE_OUTPUT_BYTES": "100000",
+                                      "FLOWRUN_MAX_RUN_OUTPUT_BYTES": "350000"})
+    admin = server.client(server.admin_key())
+    ids = [f"n{i}" for i in range(6)]
+    chain = {"inputs": {"size": {"type": "integer"}},
+             "nodes": [{**BULKY["nodes"][0], "id": node_id} for node_id in ids],
+             "edges": [{"source": a, "target": b} for a, b in zip(ids, ids[1:], strict=False)]}
+    assert admin.put("/workflows/chain", json=chain).status_code == 201
+    # each stores about 80 kB: four fit in 350 kB, the fifth does not
+    run = client.post("/workflows/chain/run-sync", json={"inputs": {"size": 80_000}}).json()
+    assert run["status"] == "failed", run
+    assert run["error"]["code"] == "output_too_large" and run["error"]["node_id"] == "n4"
+    assert "350,000 bytes a run may store (FLOWRUN_MAX_RUN_OUTPUT_BYTES)" in \
+        run["error"]["message"]
+    statuses = {n["id"]: n["status"] for n in run["nodes"]}
+    assert statuses == {"n0": "succeeded", "n1": "succeeded", "n2": "succeeded",
+                        "n3": "succeeded", "n4": "failed"}
+    assert sum(stored_bytes(server, run["id"]).values()) < 350_000

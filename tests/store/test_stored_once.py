@@ -129,3 +129,17 @@ async def test_a_page_joins_every_large_value_in_one_more_read(tmp_path: Path) -
         assert [e.data for e in replayed] == [e.data for e in [*live, end]]
         # each field where the live event had it (clients see the same JSON text)
         assert [list(e.data) for e in replayed] == [list(e.data) for e in [*live, end]]
+
+
+async def test_run_progress_is_the_last_seq_and_the_bytes_kept_nodes_hold(
+        db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
+        await store.insert_run(make_run("r")).wait()
+        assert await store.run_progress("r") == (0, 0)
+        kept = finished_node("é" * 100, started_at=time.time())  # 2 bytes a character
+        await record(store, 1, "node_finished", kept)
+        failed = finished_node("not kept", started_at=time.time())
+        failed.node_id, failed.status = "b", NodeStatus.FAILED
+        await record(store, 2, "node_finished", failed)
+        held = len(encode(kept.inputs).text.encode()) + len(encode(kept.outputs).text.encode())
+        assert await store.run_progress("r") == (2, held)
