@@ -6,6 +6,9 @@ records); ``results`` keeps input order. Expressions in the sub-graph see
 events are reported with ``iteration_id`` (this node) and ``iteration_index``.
 A failing item follows this node's ``on_error``: fail stops the map, continue
 puts ``{"error": ...}`` in its place, default puts the node's ``default``.
+Each item's result is measured as it comes (orjson, in C): results past what one
+node may store stop the map, before its items' values, which may share one big
+string many times, are ever encoded together.
 Each item's graph runs through ``NodeContext.run_graph``, which the executor
 provides.
 """
@@ -23,7 +26,8 @@ from flowrun.checks import output_problems
 from flowrun.definitions import NodeTypes, check_inputs, parse_definition
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
-from flowrun.errors import DefinitionError, FlowrunError, NodeFailure
+from flowrun.errors import DefinitionError, FlowrunError, NodeFailure, OutputTooLarge
+from flowrun.jsontext import encode
 from flowrun.records import NodeRecord, RunStatus
 
 if TYPE_CHECKING:
@@ -100,6 +104,25 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
         concurrency = services.max_map_concurrency
     limiter = anyio.CapacityLimiter(concurrency)
     failures: list[NodeFailure] = []
+    made = 2  # bytes of the results as JSON: [] and an item and its comma at a time
+
+    def keep(index: int, result: Any) -> None:
+        nonlocal made
+        results[index] = result
+        try:
+            made += encode(result).size + 1
+        except (TypeError, ValueError, RecursionError) as exc:
+            failures.append(NodeFailure(f"item {index}: outputs are not JSON: {exc}",
+                                        code="invalid_outputs"))
+            tg.cancel_scope.cancel()
+            return
+        limit = services.storage.max_node_bytes
+        if made > limit:
+            failures.append(OutputTooLarge(
+                f"node {ctx.node_id!r} made more than {made:,} bytes of outputs (as JSON) "
+                f"by item {index}; a node may store at most {limit:,} bytes "
+                "(FLOWRUN_MAX_NODE_OUTPUT_BYTES)"))
+            tg.cancel_scope.cancel()
 
     async def one(index: int, item: Any) -> None:
         async with limiter:
@@ -121,19 +144,21 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
             if outcome.status is not RunStatus.SUCCEEDED:
                 await fail(index, outcome.error or {"message": outcome.status.value})
                 return
-            results[index] = expressions.evaluate(output, run.context) \
-                if output is not None else outcome.outputs
+            keep(index, expressions.evaluate(output, run.context)
+                 if output is not None else outcome.outputs)
 
     async def fail(index: int, error: Mapping[str, Any]) -> None:
         message = f"item {index} failed: {error.get('message')}"
         if ctx.on_error == "fail":
             # Raised after the task group, not inside it (where it would be grouped).
-            failures.append(NodeFailure(message, code="map_item_failed"))
+            # (past a storage limit, the map is too: a retry would make as much again)
+            failures.append(OutputTooLarge(message) if error.get("code") == OutputTooLarge.code
+                            else NodeFailure(message, code="map_item_failed"))
             tg.cancel_scope.cancel()
             return
         ctx.log(message)
-        results[index] = {"error": dict(error)} if ctx.on_error == "continue" \
-            else dict(ctx.default or {})
+        keep(index, {"error": dict(error)} if ctx.on_error == "continue"
+             else dict(ctx.default or {}))
 
     async with anyio.create_task_group() as tg:
         for index, item in enumerate(items):
