@@ -21,38 +21,39 @@ run: $(STAMP)
 
 $(CLIENTS_STAMP): tests/clients.txt $(STAMP)
 	rm -rf $(CLIENTS)
-	for spec in $$(cat tests/clients.txt); do \
-		$(BIN)/python -m pip install --quiet --target $(CLIENTS)/$${spec%%==*} $$spec || exit 1; \
-	done
+	pids=""; for spec in $$(cat tests/clients.txt); do \
+		$(BIN)/python -m pip install --quiet --target $(CLIENTS)/$${spec%%==*} $$spec & pids="$$pids $$!"; \
+	done; for pid in $$pids; do wait $$pid || exit 1; done
 	touch $(CLIENTS_STAMP)
 
-# The web UI's browser tests drive Debian's chromium (never Playwright's own browsers).
+# Debian packages the suite drives, installed together by one apt-get: chromium for the
+# web UI's browser tests (never Playwright's own browsers), and PostgreSQL's binaries,
+# from which tests/pg.py starts a server (whichever version /usr/lib/postgresql holds).
 CHROMIUM := /usr/bin/chromium
-
-$(CHROMIUM):
-	if command -v apt-get >/dev/null; then \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium); \
-	else \
-		echo "$(CHROMIUM) is missing and apt-get is not here: install chromium yourself"; \
-	fi
-
-# The PostgreSQL tests start a server from Debian's binaries (tests/pg.py), whichever
-# version /usr/lib/postgresql holds; the postgresql package brings them.
 PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+MISSING := $(strip $(if $(wildcard $(CHROMIUM)),,chromium) $(if $(PG_INITDB),,postgresql))
+APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: postgres
-postgres:
-	@if [ -z "$(PG_INITDB)" ]; then \
+.PHONY: system-packages test-deps
+system-packages:
+	@if [ -n "$(MISSING)" ]; then \
 		if command -v apt-get >/dev/null; then \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql) \
-				|| echo "could not install postgresql: the PostgreSQL tests will say they are skipped"; \
+			$(APT) $(MISSING) || (apt-get update -q && $(APT) $(MISSING)) \
+				|| echo "could not install $(MISSING): the browser tests fail and the PostgreSQL tests say they are skipped"; \
 		else \
-			echo "PostgreSQL (initdb) is missing and apt-get is not here: install postgresql yourself"; \
+			echo "$(MISSING) missing and apt-get is not here: install them yourself"; \
 		fi; \
 	fi
 
-test: $(STAMP) $(CLIENTS_STAMP) $(CHROMIUM) postgres
-	$(BIN)/python -m pytest -q --durations=15
+# pip's and apt's work side by side
+test-deps:
+	$(MAKE) -j2 $(CLIENTS_STAMP) system-packages
+
+# One pytest-xdist worker per core: each worker has its own servers, ports and databases.
+TEST_WORKERS ?= auto
+
+test: test-deps
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -42,6 +42,7 @@ from flowrun.engine.node_services import HttpPolicy, LlmDefaults, NodeServices
 from flowrun.engine.nodes import Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.sandbox.runner import CodeLimits, CodeRunner, choose_jail
+from flowrun.engine.storage import StorageLimits
 from flowrun.errors import FlowrunError
 from flowrun.features.callbacks.book import CallbackBook
 from flowrun.features.callbacks.rules import RetryPolicy
@@ -148,6 +149,8 @@ def node_services(settings: Settings, registry: Registry, code: CodeRunner) -> N
     return NodeServices(
         code=code, registry=registry, max_map_concurrency=settings.max_map_concurrency,
         http=http_policy(settings),
+        storage=StorageLimits(max_node_bytes=settings.max_node_output_bytes,
+                              max_run_bytes=settings.max_run_output_bytes),
         llm=LlmDefaults(base_url=settings.llm_base_url, api_key=settings.llm_api_key,
                         model=settings.llm_model, timeout_s=settings.llm_timeout_s,
                         max_response_bytes=settings.llm_max_response_bytes))
@@ -197,12 +200,31 @@ async def _code_runner(settings: Settings, egress: EgressProxy | None
         yield runner
 
 
+def announce_retention(settings: Settings) -> None:
+    """Say at start how long finished runs are kept: keeping them for ever is the
+    operator's explicit choice, and said as a warning (the database only grows)."""
+    if settings.run_retention_s:
+        logger.info("retention: finished runs are deleted %s after they end "
+                    "(FLOWRUN_RUN_RETENTION_S=0 keeps them)", _duration(settings.run_retention_s))
+    else:
+        logger.warning("retention: off (FLOWRUN_RUN_RETENTION_S=0): finished runs are kept "
+                       "for ever, and the database grows with every run")
+
+
+def _duration(seconds: float) -> str:
+    for unit, length in (("days", 86_400), ("hours", 3_600), ("minutes", 60)):
+        if seconds >= length:
+            return f"{seconds / length:g} {unit}"
+    return f"{seconds:g} s"
+
+
 @asynccontextmanager
 async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     """Run flowrun's resources for as long as the block lasts."""
     settings: Settings = app.state.settings
     registry: Registry = app.state.registry
     load_plugins(settings.plugins, registry)
+    announce_retention(settings)
     async with Store.open(settings.database, max_batch=settings.group_commit_max,
                           busy_timeout_ms=settings.sqlite_busy_timeout_ms,
                           synchronous=settings.sqlite_synchronous,
@@ -305,7 +327,7 @@ async def _settle(dispatcher: Dispatcher) -> None:
 async def housekeeping(store: Store, settings: Settings, hooks: HookBook | None = None
                        ) -> None:
     """Periodically forget expired idempotency keys, hook deliveries too old to be
-    replayed and, if set, runs past retention."""
+    replayed and runs past retention (unless it is 0: kept for ever)."""
     while True:
         await anyio.sleep(settings.sweep_interval_s)
         try:
@@ -316,7 +338,7 @@ async def housekeeping(store: Store, settings: Settings, hooks: HookBook | None 
                 await hooks.forget_stale(now)
             if store.postgres:  # processes gone for a day (their runs went long ago)
                 await store.forget_workers(86_400.0)
-            if settings.run_retention_s is not None:
+            if settings.run_retention_s:
                 removed = 0
                 while count := await store.delete_finished_runs(now - settings.run_retention_s):
                     removed += count

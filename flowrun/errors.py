@@ -22,7 +22,8 @@
     │   └── QueueFull                 429 queue_full
     └── Unavailable                   503 unavailable (store fault, shutting down)
     NodeFailure                       a node's own failure inside a run (not HTTP)
-    └── ExpressionError               an expression could not be evaluated
+    ├── ExpressionError               an expression could not be evaluated
+    └── OutputTooLarge                output_too_large (past a storage limit)
 
 HTTP status and machine ``code`` live on the class; every API dialect installs
 one handler for ``FlowrunError`` and renders its own envelope.
@@ -249,6 +250,15 @@ class ExpressionError(NodeFailure):
     """Raised when an expression names something undefined or fails to evaluate."""
 
     code = "expression_error"
+
+
+class OutputTooLarge(NodeFailure):
+    """Raised when what a node would store (its outputs, the inputs its expressions
+    made, the text it streams) is past the limit for one node, or would take its run
+    past the run's limit: the node fails and nothing of it is stored. It is not
+    retried: the same node makes the same value again."""
+
+    code = "output_too_large"
 
 
 class WaitForSignal(Exception):

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from flowrun.jsontext import Encoded
+
 
 class RunStatus(StrEnum):
     QUEUED = "queued"
@@ -89,6 +91,10 @@ class NodeRecord:
     finished_at: float | None = None
     logs: list[str] = field(default_factory=list)
     process_data: dict[str, Any] = field(default_factory=dict)
+    # Inputs and outputs as the executor encoded (and measured) them, for the store to
+    # write as they are (see flowrun.jsontext); None: the store encodes them itself.
+    encoded_inputs: Encoded | None = field(default=None, repr=False, compare=False)
+    encoded_outputs: Encoded | None = field(default=None, repr=False, compare=False)
 
     @property
     def process(self) -> dict[str, Any] | None:

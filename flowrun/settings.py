@@ -106,7 +106,14 @@ class Settings:
     # inbound webhooks: a delivery signed further than this from now is refused, and an
     # accepted one is remembered (refused as a replay) for as long
     hook_tolerance_s: float = 300.0
-    run_retention_s: float | None = None
+    # what one run may store (bytes of JSON): what each node stores (its outputs, the
+    # inputs its expressions make, the text it streams), and its nodes' values and its
+    # outputs in all; past either the node fails with output_too_large
+    max_node_output_bytes: int = 1024 * 1024
+    max_run_output_bytes: int = 16 * 1024 * 1024
+    # finished runs (with their nodes, events and keys) are deleted this long after they
+    # end, so the database does not grow for ever; 0 keeps them (the start-up log says which)
+    run_retention_s: float = 30 * 86_400.0
     sweep_interval_s: float = 60.0
     group_commit_max: int = 512
     # how long progress nobody waits for yet (a run's node rows and events) may wait to
@@ -178,6 +185,10 @@ class Settings:
         if self.code_network_connections_per_job < 1 or self.code_network_head_timeout_s <= 0:
             raise SettingsError("code_network_connections_per_job must be >= 1 and "
                                 "code_network_head_timeout_s > 0")
+        if self.max_node_output_bytes < 1 or self.max_run_output_bytes < 1:
+            raise SettingsError("max_node_output_bytes and max_run_output_bytes must be >= 1")
+        if self.run_retention_s < 0:
+            raise SettingsError("run_retention_s must be >= 0 (0 keeps finished runs)")
         if self.heartbeat_s <= 0 or self.lease_s < 2 * self.heartbeat_s:
             raise SettingsError("heartbeat_s must be > 0 and lease_s at least twice it")
         if self.db is not None:

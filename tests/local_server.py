@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -32,11 +32,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Serve an ASGI app on 127.0.0.1:<free port> while the block lasts; yields its URL."""
+def serve(app: Any, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
+    """Serve an ASGI app on 127.0.0.1:<free port> while the block lasts; yields its URL.
+    ``lifespan="on"`` runs the app's lifespan (an app that embeds flowrun needs it)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
-                                           lifespan="off", timeout_graceful_shutdown=1))
+                                           lifespan=lifespan, timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -54,3 +54,20 @@ def test_the_code_networks_limits_have_safe_defaults_and_refuse_nonsense() -> No
     for bad in ({"code_network_connections_per_job": 0}, {"code_network_head_timeout_s": 0}):
         with pytest.raises(SettingsError, match="code_network"):
             Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_finished_runs_are_kept_30_days_unless_the_operator_says_0() -> None:
+    assert Settings().run_retention_s == 30 * 86_400
+    assert Settings.from_env({"FLOWRUN_RUN_RETENTION_S": "0"}).run_retention_s == 0
+    with pytest.raises(SettingsError, match="run_retention_s must be >= 0"):
+        Settings(run_retention_s=-1)
+
+
+def test_what_a_node_and_a_run_may_store_has_safe_defaults_and_settings() -> None:
+    assert (Settings().max_node_output_bytes, Settings().max_run_output_bytes) == (
+        1024 * 1024, 16 * 1024 * 1024)
+    set_ = Settings.from_env({"FLOWRUN_MAX_NODE_OUTPUT_BYTES": "1000",
+                              "FLOWRUN_MAX_RUN_OUTPUT_BYTES": "5000"})
+    assert (set_.max_node_output_bytes, set_.max_run_output_bytes) == (1000, 5000)
+    with pytest.raises(SettingsError, match="max_node_output_bytes"):
+        Settings(max_node_output_bytes=0)

@@ -1,7 +1,7 @@
 """The web UI: one page and its static assets under ``/ui``, served by the main app.
 
-The UI is plain HTML, CSS and JavaScript from ``flowrun/ui`` (no build step); it
-talks to the native API like any other client, with the key in a header. It is
+The UI is plain HTML, CSS and JavaScript modules from ``flowrun/ui`` (no build step);
+it talks to the native API like any other client, with the key in a header. It is
 not an API, so its routes are left out of /openapi.json (``include_in_schema``).
 The page is told where the native API lives (the root, or ``/native`` when a
 dialect takes the root) through a meta tag filled in here.
@@ -10,12 +10,14 @@ dialect takes the root) through a meta tag filled in here.
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 ASSETS = Path(__file__).resolve().parent.parent / "ui"
 
@@ -28,6 +30,27 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+
+# The page's scripts are ES modules, which a browser runs only when served with a
+# JavaScript type; StaticFiles takes the type from the host's mimetypes tables, and a
+# host whose tables map .js elsewhere (text/plain is seen) would leave the page blank.
+_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+}
+
+
+class _Assets(StaticFiles):
+    """The UI's files, with their content types fixed here rather than guessed."""
+
+    def file_response(self, full_path: str | os.PathLike[str], stat_result: os.stat_result,
+                      scope: Scope, status_code: int = 200) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        media_type = _TYPES.get(Path(full_path).suffix)
+        if media_type and "content-type" in response.headers:  # (not on a 304)
+            response.headers["content-type"] = media_type
+        return response
 
 
 def routes(api_base: str) -> list[BaseRoute]:
@@ -46,5 +69,5 @@ def routes(api_base: str) -> list[BaseRoute]:
     return [
         Route("/ui", index, methods=["GET"], include_in_schema=False),
         Route("/ui/", to_page, methods=["GET"], include_in_schema=False),
-        Mount("/ui", app=StaticFiles(directory=ASSETS), name="ui"),
+        Mount("/ui", app=_Assets(directory=ASSETS), name="ui"),
     ]

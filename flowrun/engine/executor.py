@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,7 +28,9 @@ from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import NodeContext, Registry
 from flowrun.engine.nodes import registry as default_registry
 from flowrun.engine.secrets import SecretRefs
-from flowrun.errors import ExpressionError, NodeFailure, WaitForSignal
+from flowrun.engine.storage import RunStorage
+from flowrun.errors import ExpressionError, NodeFailure, OutputTooLarge, WaitForSignal
+from flowrun.jsontext import Encoded, TooLarge, encode, encode_outputs, plain_json
 from flowrun.language import expressions
 from flowrun.language.definitions import EdgeSpec, NodeSpec, WorkflowDefinition
 from flowrun.records import NodeRecord, NodeStatus, RunStatus
@@ -98,36 +100,14 @@ class GraphRun:
     context: Mapping[str, Any]
 
 
-def storable(value: Any, what: str) -> Any:
+def storable(value: Any, what: str, max_bytes: float = math.inf) -> Any:
     """``value`` as JSON can hold it (tuples, sets and ranges become lists), or an
     ExpressionError naming what cannot be stored: every event and node row is written,
-    none is skipped."""
+    none is skipped. TooLarge once its JSON would pass ``max_bytes`` (``plain_json``)."""
     try:
-        return _storable(value)
+        return plain_json(value, max_bytes)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ExpressionError(f"{what} cannot be stored as JSON: {exc}") from None
-
-
-def _storable(value: Any) -> Any:
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{value} is not a finite number")
-        return value
-    if isinstance(value, Mapping):
-        return {_key(k): _storable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | range | set | frozenset):
-        return [_storable(v) for v in value]
-    raise TypeError(f"it holds a {type(value).__name__}")
-
-
-def _key(key: Any) -> str:
-    if isinstance(key, str):
-        return key
-    if isinstance(key, int | float | bool) or key is None:
-        return json.dumps(key)
-    raise TypeError(f"a key is a {type(key).__name__}")
 
 
 def _informational(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,7 +136,7 @@ class Executor:
                  extra_context: Mapping[str, Any] | None = None,
                  signals: Mapping[str, Any] | None = None,
                  waiting_since: Mapping[str, float] | None = None,
-                 suspendable: bool = True) -> None:
+                 suspendable: bool = True, storage: RunStorage | None = None) -> None:
         self.definition = definition
         self.run_id = run_id
         self.observer: RunObserver = observer or NullObserver()
@@ -178,6 +158,8 @@ class Executor:
         self.records: dict[str, NodeRecord] = {}
         self._index = max((n.index for n in (prior_nodes or {}).values()), default=0)
         self.services = services
+        # What the run stores, against its limits (the runner's, or one of its own).
+        self.storage = storage or RunStorage(services.storage if services else None)
         # Wait nodes: signals received so far, when each waiting node began to wait, and
         # those waiting now. A sub-graph (``suspendable`` False) cannot park its run.
         self._signals = dict(signals or {})
@@ -257,12 +239,18 @@ class Executor:
             outputs = self._final_outputs()
         except ExpressionError as exc:
             return RunOutcome(RunStatus.FAILED, None, _error("output_error", exc.message), nodes)
+        except TooLarge as exc:  # (counted, with their size, by the runner)
+            return RunOutcome(RunStatus.FAILED, None, _error(
+                OutputTooLarge.code, f"the run's outputs would take more than {exc.size:,} "
+                "bytes (as JSON), past what its run may store (FLOWRUN_MAX_RUN_OUTPUT_BYTES)"),
+                nodes)
         return RunOutcome(RunStatus.SUCCEEDED, outputs, None, nodes)
 
     def _final_outputs(self) -> dict[str, Any]:
         if self.definition.outputs is not None:
+            room = self.storage.limits.max_run_bytes - self.storage.used
             return dict(storable(expressions.evaluate(self.definition.outputs, self._context),
-                                 "the run's outputs"))
+                                 "the run's outputs", room))
         sinks = [n for n, out in self._outgoing.items() if not out]
         return {n: self.records[n].outputs for n in sinks
                 if n in self.records and self.records[n].status is not NodeStatus.SKIPPED}
@@ -334,13 +322,13 @@ class Executor:
         self.records[spec.id] = rec
         try:
             # Inputs are evaluated before node_started so the event can show them.
-            params: dict[str, Any] | ExpressionError
+            params: dict[str, Any] | NodeFailure
             try:
-                params = rec.inputs = self._evaluate_params(spec)
-            except ExpressionError as exc:
+                params = rec.inputs = self._evaluate_params(spec, rec)
+            except NodeFailure as exc:  # an expression failed, or made too much to store
                 params = exc
             await self.observer.node_started(rec, predecessor)
-            if isinstance(params, ExpressionError):
+            if isinstance(params, NodeFailure):
                 raise params
             outputs, branch = await self._attempts(spec, rec, params)
         except WaitForSignal as wait:
@@ -376,10 +364,8 @@ class Executor:
                 return None
             if spec.on_error == "default":
                 try:
-                    rec.outputs = storable(expressions.evaluate(spec.default, self._context),
-                                           f"the default of node {spec.id!r}") \
-                        if spec.default else {}
-                except ExpressionError as exc:
+                    rec.outputs = self._default_outputs(spec, rec)
+                except NodeFailure as exc:  # it does not evaluate, or is too large to store
                     rec.outputs = {"error": _error(exc.code, exc.message, spec.id)}
             else:
                 rec.outputs = {"error": error}
@@ -395,12 +381,39 @@ class Executor:
         self._resolve(tg, spec.id, follow, taken_branch=branch)
         return follow[0] if follow else None
 
-    def _evaluate_params(self, spec: NodeSpec) -> dict[str, Any]:
+    def _evaluate_params(self, spec: NodeSpec, rec: NodeRecord) -> dict[str, Any]:
         node_type = self.registry.get(spec.type)
         raw = node_type.raw_params if node_type is not None else frozenset()
         params = {name: value if name in raw else expressions.evaluate(value, self._context)
                   for name, value in spec.params.items()}
-        return dict(storable(params, f"a param of node {spec.id!r}"))
+        rec.encoded_inputs = self._stored(spec.id, "inputs", params,
+                                          f"a param of node {spec.id!r}")
+        stored: dict[str, Any] = rec.encoded_inputs.value  # (that object: its text is kept)
+        return stored
+
+    def _default_outputs(self, spec: NodeSpec, rec: NodeRecord) -> dict[str, Any]:
+        """What ``on_error: default`` gives a failed node, held to the storage limits
+        as the node's own outputs are."""
+        if not spec.default:
+            return {}
+        rec.encoded_outputs = self._stored(
+            spec.id, "outputs", expressions.evaluate(spec.default, self._context),
+            f"the default of node {spec.id!r}")
+        if not isinstance(rec.encoded_outputs.value, dict):
+            raise ExpressionError(f"the default of node {spec.id!r} is not a mapping")
+        return rec.encoded_outputs.value
+
+    def _stored(self, node_id: str, what: str, value: Any, name: str) -> Encoded:
+        """An expression's ``value`` as the node's row will hold it, encoded once and
+        admitted to what the run stores (OutputTooLarge past a limit)."""
+        try:
+            plain = storable(value, name, self.storage.room())
+        except TooLarge as exc:  # past the room left: admit says which limit, and raises
+            self.storage.admit(node_id, what, exc.size, at_least=True)
+            raise
+        encoded = encode(plain)
+        self.storage.admit(node_id, what, encoded.size)
+        return encoded
 
     @property
     def context(self) -> Mapping[str, Any]:
@@ -414,7 +427,7 @@ class Executor:
         registry = services.registry if services is not None else self.registry
         child = Executor(definition, run_id=self.run_id, inputs=inputs, observer=observer,
                          registry=registry, services=services, extra_context=scope,
-                         deadline_s=None, suspendable=False)
+                         deadline_s=None, suspendable=False, storage=self.storage)
         outcome = await child.execute()
         return GraphRun(outcome, child.context)
 
@@ -440,14 +453,14 @@ class Executor:
         for attempt in range(1, max_attempts + 1):
             rec.attempts = attempt
             ctx = NodeContext(self.run_id, spec.id, attempt,
-                              emit_text_cb=lambda text: self.observer.text_chunk(spec.id, text),
+                              emit_text_cb=self._text_sink(spec.id),
                               services=self.services, ending=self._ending,
                               on_error=spec.on_error, default=spec.default,
                               observer=self.observer, expression_context=self._context,
                               run_graph_cb=self._run_graph, signals=self._signals,
                               waiting_since=self._waiting_since.get(spec.id))
             try:
-                outputs = await self._call(node_type.func, ctx, kwargs, spec)
+                encoded = await self._call(node_type.func, ctx, kwargs, spec)
             except WaitForSignal:
                 if not self.suspendable:
                     raise NodeFailure("a wait node cannot park here: only a run on a server "
@@ -458,8 +471,8 @@ class Executor:
                 rec.logs.extend(ctx.logs)
                 rec.process_data.update(_informational(ctx.process_data))
                 rec.process_data.update(_informational(exc.process_data))
-                if attempt >= max_attempts:
-                    raise
+                if attempt >= max_attempts or isinstance(exc, OutputTooLarge):
+                    raise  # (a node makes as much again: no retry)
                 error = _error(exc.code, exc.message, spec.id)
                 await self.observer.node_retry(rec, error)
                 backoff = retry.backoff_s * (2 ** (attempt - 1)) if retry else 0
@@ -467,12 +480,30 @@ class Executor:
                 continue
             rec.logs.extend(ctx.logs)
             rec.process_data.update(_informational(ctx.process_data))
+            rec.encoded_outputs = encoded  # the store writes this text, not a new one
+            outputs = encoded.value
             branch = node_type.select_branch(outputs) if node_type.select_branch else None
             return outputs, branch
         raise AssertionError("unreachable")
 
+    def _text_sink(self, node_id: str) -> Callable[[str], Awaitable[None]]:
+        """A node attempt's ``emit_text``: each chunk is stored (a ``text_chunk``
+        event), so the attempt's text counts against the limits before it is sent."""
+        streamed = 0
+
+        async def emit(text: str) -> None:
+            nonlocal streamed
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            self.storage.admit_text(node_id, "streamed text", size, streamed + size)
+            streamed += size
+            await self.observer.text_chunk(node_id, text)
+
+        return emit
+
     async def _call(self, func: Any, ctx: NodeContext, kwargs: dict[str, Any],
-                    spec: NodeSpec) -> dict[str, Any]:
+                    spec: NodeSpec) -> Encoded:
+        """The node's outputs, checked as strict JSON and against the storage limits in
+        one encoding by orjson (kept: the store writes that text)."""
         try:
             if spec.timeout is not None:
                 with anyio.fail_after(spec.timeout):
@@ -489,8 +520,10 @@ class Executor:
         try:
             if not isinstance(result, Mapping | None):
                 raise TypeError(f"a node returns a dict, not {type(result).__name__}")
-            outputs = dict(result or {})
-            json.dumps(outputs, allow_nan=False)  # stored and served as strict JSON
+            # stored and served as strict JSON
+            encoded = encode_outputs(dict(result or {}), self.storage.room())
         except (TypeError, ValueError, RecursionError) as exc:
             raise NodeFailure(f"outputs are not JSON: {exc}", code="invalid_outputs") from None
-        return outputs
+        # No await from here to the node's record: nothing else is admitted in between.
+        self.storage.admit(spec.id, "outputs", encoded.size)
+        return encoded

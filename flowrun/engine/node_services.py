@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from flowrun.engine.sandbox.runner import CodeLimits, CodeRunner
 from flowrun.engine.secrets import SecretSource
+from flowrun.engine.storage import StorageLimits
 
 if TYPE_CHECKING:
     from flowrun.engine.nodes.registry import Registry
@@ -80,3 +81,5 @@ class NodeServices:
     max_map_concurrency: int = 32
     # Where [[secret:NAME]] references get their values (None: no secrets here).
     secrets: SecretSource | None = None
+    # What one node and one run may store (bytes of JSON).
+    storage: StorageLimits = field(default_factory=StorageLimits)

@@ -16,7 +16,7 @@ seconds first (``*/5 * * * * *``: every five seconds). Time zones are IANA names
 ``Europe/Paris`` is 09:00 there in winter and in summer.
 
 Everything here is pure (the clock is an argument), so the loop that fires
-slots (``schedule_loop.py``) and the definition checks share it.
+slots (``features/schedules/book.py``) and the definition checks share it.
 """
 
 from __future__ import annotations

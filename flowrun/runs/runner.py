@@ -22,7 +22,9 @@ from flowrun import ids
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes import Registry
-from flowrun.errors import DefinitionError, FlowrunError, Unavailable
+from flowrun.engine.storage import RunStorage
+from flowrun.errors import DefinitionError, FlowrunError, OutputTooLarge, Unavailable
+from flowrun.jsontext import Encoded, encode_reusing
 from flowrun.language.definitions import WorkflowDefinition, with_graph
 from flowrun.metrics import Metrics
 from flowrun.records import Event, NodeRecord, NodeStatus, RunRecord, RunStatus
@@ -43,12 +45,15 @@ class RunRecorder:
     A ``RunObserver`` of the executor, and ``IterationEvents`` of the map node.
     """
 
-    def __init__(self, store: Store, bus: EventBus, run: RunRecord, *, last_seq: int) -> None:
+    def __init__(self, store: Store, bus: EventBus, run: RunRecord, *, last_seq: int,
+                 storage: RunStorage | None = None) -> None:
         self.dropped = False  # an event of this run was not stored (said once)
         self.store = store
         self.bus = bus
         self.run = run
         self.seq = last_seq
+        # what the run stores so far, against its limits (the executor counts into it)
+        self.storage = storage or RunStorage()
         self._exec_ids: dict[str, str] = {}
         self._predecessors: dict[str, str | None] = {}
 
@@ -93,7 +98,7 @@ class RunRecorder:
         data = node_finished_payload(node, self._exec_id(node),
                                      self._predecessors.get(node.node_id))
         data.update(status="retry", error=error.get("message"), retry_index=node.attempts)
-        self.emit("node_retry", data)
+        self.emit("node_retry", data, node)  # (with its row: large inputs are not repeated)
 
     async def node_finished(self, node: NodeRecord) -> None:
         self.emit("node_finished", node_finished_payload(
@@ -174,8 +179,10 @@ class Runner:
         ``fresh``: the run was just accepted, so it has no events or node rows to read.
         """
         resumed = run.status in {RunStatus.RUNNING, RunStatus.PAUSED}
-        last_seq = 0 if fresh else await self.store.last_event_seq(run.id)
-        recorder = RunRecorder(self.store, self.bus, run, last_seq=last_seq)
+        # A resumed or retried run goes on from its events and the nodes it keeps.
+        last_seq, kept = (0, 0) if fresh else await self.store.run_progress(run.id)
+        storage = RunStorage(self.services.storage if self.services else None, used=kept)
+        recorder = RunRecorder(self.store, self.bus, run, last_seq=last_seq, storage=storage)
         try:
             definition = await self.definition_for(run)
         except FlowrunError as exc:
@@ -211,7 +218,7 @@ class Runner:
         executor = Executor(definition, run_id=run.id, inputs=run.inputs, version=run.version,
                             observer=recorder, registry=self.registry, prior_nodes=prior,
                             deadline_s=deadline, services=self.services, signals=signals,
-                            waiting_since=waiting_since)
+                            waiting_since=waiting_since, storage=storage)
         if executor_ready is not None:
             executor_ready(executor)
         try:
@@ -275,6 +282,7 @@ class Runner:
         """
         finished_at = time.time()
         started_at = run.started_at or finished_at
+        encoded = _bounded_outputs(outcome, recorder.storage)
         steps = outcome.steps
         event = recorder.event("workflow_finished", {
             "id": run.id, "workflow_id": run.workflow, "status": outcome.status.value,
@@ -289,7 +297,7 @@ class Runner:
                                         finished_at=finished_at, event=event,
                                         key_ttl_s=self.idempotency_ttl_s,
                                         has_key=run.idempotency_key is not None,
-                                        had_waits=had_waits)
+                                        had_waits=had_waits, encoded_outputs=encoded)
         recorder.publish_after(written, event)
         if self.on_finished is not None:
             told = self.on_finished
@@ -318,6 +326,23 @@ class Runner:
             # (a run stopped while it waited for a signal: its wait nodes end stopped)
             await self.finish(run, recorder, outcome, had_waits=run.started_at is not None)
         return outcome
+
+
+def _bounded_outputs(outcome: RunOutcome, storage: RunStorage) -> Encoded | None:
+    """The run's outputs encoded once (the text of its nodes' outputs reused) and
+    counted in what it stores; outputs past what is left fail the run instead
+    (``outcome`` is changed in place, and stores none)."""
+    if outcome.outputs is None:
+        return None
+    encoded = encode_reusing(outcome.outputs, (n.encoded_outputs for n in outcome.nodes
+                                               if n.encoded_outputs is not None))
+    try:
+        storage.admit_run_outputs(encoded.size)
+    except OutputTooLarge as exc:
+        outcome.status, outcome.outputs = RunStatus.FAILED, None
+        outcome.error = {"code": exc.code, "message": exc.message, "node_id": None}
+        return None
+    return encoded
 
 
 def _holds(exc: BaseException, kind: type[BaseException]) -> bool:

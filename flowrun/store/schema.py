@@ -235,7 +235,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX runs_by_workflow_any_key ON runs (workflow, num)",
     ],
     [
-        # Completion callbacks are shared out key by key (callback_loop.py): each names
+        # Completion callbacks are shared out key by key (features/callbacks/book.py): each names
         # its run's key ('' for a run without one), and the loop walks the pending ones
         # of each key in turn, soonest first, never past another key's.
         "ALTER TABLE callbacks ADD COLUMN api_key_id TEXT NOT NULL DEFAULT ''",
@@ -244,6 +244,12 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX callbacks_pending",
         "CREATE INDEX callbacks_pending_by_key ON callbacks (api_key_id, next_attempt_at) "
         "WHERE state = 'pending'",
+    ],
+    [
+        # Retention (on by default): the housekeeping sweep finds the runs that ended
+        # before its cut-off with a range per terminal status, not by reading them all
+        # (runs_by_status alone would make it scan every finished run at each sweep).
+        "CREATE INDEX runs_by_end ON runs (status, finished_at)",
     ],
 ]
 

@@ -218,6 +218,12 @@ PG_MIGRATIONS: list[list[str]] = [
         "CREATE INDEX callbacks_pending_by_key ON callbacks "
         "(api_key_id, next_attempt_at NULLS FIRST) WHERE state = 'pending'",
     ],
+    [
+        # Retention (on by default): the housekeeping sweep finds the runs that ended
+        # before its cut-off with a range per terminal status, not by reading them all
+        # (runs_by_status alone would make it scan every finished run at each sweep).
+        "CREATE INDEX runs_by_end ON runs (status, finished_at)",
+    ],
 ]
 
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
 
+from flowrun.jsontext import Encoded, dumps, encode
 from flowrun.records import (
     RUN_TERMINAL,
     ApiKeyRecord,
@@ -70,12 +70,7 @@ _NODES_OF_RUN = "SELECT * FROM node_executions WHERE run_id = ? ORDER BY idx = 0
 
 
 def _dumps(value: Any) -> str | None:
-    if value is None:
-        return None
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:  # an integer past 64 bits: json writes any size
-        return json.dumps(value, separators=(",", ":"))
+    return None if value is None else dumps(value)
 
 
 def _loads(value: str | None) -> Any:
@@ -157,6 +152,11 @@ def _holder_from_row(row: Any) -> KeyHolder | None:
     return KeyHolder(str(row["run_id"]), RunStatus(row["status"]), str(row["fingerprint"]))
 
 
+# Runs that ended before a time, found by runs_by_end (status, finished_at).
+_TERMINAL = tuple(sorted(s.value for s in RUN_TERMINAL))
+ENDED_BEFORE = (f"SELECT id FROM runs WHERE status IN ({', '.join('?' * len(_TERMINAL))}) "
+                "AND finished_at < ? LIMIT ?")
+
 # What a deleted run takes with it.
 _RUN_TABLES = (("node_executions", "run_id"), ("events", "run_id"),
                ("idempotency_keys", "run_id"), ("callbacks", "run_id"),
@@ -180,13 +180,52 @@ _EVENT_ROWS = RowTable("INSERT INTO events (run_id, seq, name, data, created_at)
 def _node_row(node: NodeRecord) -> tuple[Any, ...]:
     """A node's row, serialised now: the record may change before the batch commits, and
     a value that cannot be stored fails here, in its caller, not inside a batch."""
-    return (node.run_id, node.node_id, node.type, node.title, node.index, node.status.value,
-            _dumps(node.inputs), _dumps(node.outputs), _dumps(node.error), node.attempts,
-            node.branch, _dumps(node.process), node.started_at, node.finished_at)
+    return _NodeRow(node).row
 
 
-def _event_row(event: Event) -> tuple[Any, ...]:
-    return (event.run_id, event.seq, event.name, _dumps(event.data), event.created_at)
+def _event_row(event: Event, data: str | None = None) -> tuple[Any, ...]:
+    return (event.run_id, event.seq, event.name, _dumps(event.data) if data is None else data,
+            event.created_at)
+
+
+def _encoded(cached: Encoded | None, value: Any) -> Encoded:
+    """The text the executor made of ``value`` (and measured), or a new one."""
+    return cached if cached is not None and cached.value is value else encode(value)
+
+
+class _NodeRow:
+    """A node's row, with its inputs and outputs kept encoded: an event written with the
+    row may refer to them instead of holding them again."""
+
+    def __init__(self, node: NodeRecord) -> None:
+        self.inputs = _encoded(node.encoded_inputs, node.inputs)
+        self.outputs = _encoded(node.encoded_outputs, node.outputs)
+        self.row = (node.run_id, node.node_id, node.type, node.title, node.index,
+                    node.status.value, self.inputs.text, self.outputs.text,
+                    _dumps(node.error), node.attempts, node.branch, _dumps(node.process),
+                    node.started_at, node.finished_at)
+
+
+# A node's inputs or outputs past this many bytes are stored once, in the node's row:
+# the event written with that row (node_started, node_finished, ...) holds a reference
+# instead, and a replay joins the value back in from the row (``Store.events``). Live
+# subscribers get the event as it was made. Smaller values stay in the event, so most
+# replays need no second read. The run's outputs go the same way (the runs row).
+INLINE_BYTES = 4096
+# The reference's key in a stored event's data: the fields left out, and which
+# execution of the node (its started_at) or which end of the run (finished_at) has them.
+_STORED_WITH = "stored_with"
+
+
+def _referring_data(event: Event, fields: dict[str, Encoded], mark: dict[str, Any]
+                    ) -> str | None:
+    """The event's data as stored, large ``fields`` left for the row that holds them
+    (only those that are that very value in the event), or None to store it whole."""
+    left = [name for name, enc in fields.items()
+            if enc.size > INLINE_BYTES and event.data.get(name) is enc.value]
+    if not left:
+        return None
+    return dumps({**event.data, **dict.fromkeys(left), _STORED_WITH: {"fields": left, **mark}})
 
 
 class Store:
@@ -469,14 +508,22 @@ class Store:
     def finish_run(self, run_id: str, status: RunStatus, *, outputs: Any, error: Any,
                    steps: int, finished_at: float, event: Event,
                    key_ttl_s: float, has_key: bool = True,
-                   had_waits: bool = False) -> WriteResult[None]:
+                   had_waits: bool = False,
+                   encoded_outputs: Encoded | None = None) -> WriteResult[None]:
         """Record a terminal status with its terminal event in one transaction.
 
         ``has_key``: the run was accepted with an idempotency key, whose expiry starts
         now (keys are found by their own columns, not by run: without a key, no scan).
         ``had_waits``: the run may have wait nodes still waiting, which end as stopped.
+        ``encoded_outputs``: the outputs as the caller encoded (and measured) them.
+        Large outputs are stored once, in the runs row (see ``INLINE_BYTES``).
         """
-        run_row = (status.value, _dumps(outputs), _dumps(error), steps, finished_at,
+        outputs_text, data = _dumps(outputs), None
+        if outputs is not None:
+            encoded = _encoded(encoded_outputs, outputs)
+            outputs_text = encoded.text
+            data = _referring_data(event, {"outputs": encoded}, {"finished_at": finished_at})
+        run_row = (status.value, outputs_text, _dumps(error), steps, finished_at,
                    finished_at, run_id)
         def op(conn: Connection) -> None:
             conn.execute(
@@ -491,7 +538,8 @@ class Store:
                              (NodeStatus.STOPPED.value, finished_at, run_id,
                               NodeStatus.WAITING.value))
 
-        return self._writer.submit(op, durable=True, rows=((_EVENT_ROWS, _event_row(event)),))
+        return self._writer.submit(op, durable=True,
+                                   rows=((_EVENT_ROWS, _event_row(event, data)),))
 
     # --- waiting runs and their signals ----------------------------------------------
 
@@ -795,12 +843,22 @@ class Store:
 
     def record(self, *, node: NodeRecord | None = None,
                event: Event | None = None) -> WriteResult[None]:
-        """Durably save a node execution and/or an event, together."""
+        """Durably save a node execution and/or an event, together.
+
+        An event written with its node's row refers to the row for large inputs and
+        outputs rather than holding them again (see ``INLINE_BYTES``).
+        """
         rows: list[tuple[RowTable, tuple[Any, ...]]] = []
+        data: str | None = None
         if node is not None:
-            rows.append((_NODE_ROWS, _node_row(node)))
+            node_row = _NodeRow(node)
+            rows.append((_NODE_ROWS, node_row.row))
+            if event is not None and node.started_at is not None:
+                data = _referring_data(event, {"inputs": node_row.inputs,
+                                               "outputs": node_row.outputs},
+                                       {"started_at": node.started_at})
         if event is not None:
-            rows.append((_EVENT_ROWS, _event_row(event)))
+            rows.append((_EVENT_ROWS, _event_row(event, data)))
         return self._writer.submit(None, durable=True, rows=tuple(rows))
 
     async def node_records(self, run_id: str) -> list[NodeRecord]:
@@ -808,17 +866,65 @@ class Store:
         return [_node_from_row(r) for r in rows]
 
     async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
-        """A page of a run's event log after sequence number ``after``."""
+        """A page of a run's event log after sequence number ``after``, each event as it
+        was sent live (values stored once, in their row, joined back in)."""
         rows = await self._fetchall("SELECT seq, name, data, created_at FROM events "
                                     "WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                                     (run_id, after, limit))
-        return [Event(run_id, r["seq"], r["name"], json.loads(r["data"]), r["created_at"])
-                for r in rows]
+        events = [Event(run_id, r["seq"], r["name"], json.loads(r["data"]), r["created_at"])
+                  for r in rows]
+        referring = [e for e in events if _STORED_WITH in e.data]
+        if referring:
+            await self._join_stored(run_id, referring)
+        return events
+
+    async def _join_stored(self, run_id: str, events: list[Event]) -> None:
+        """Put back the values these events left in their node's row (or the run's),
+        in one more read. A row that no longer holds that execution (the node ran again
+        in a retry or after a restart) leaves the value null, flagged ``<field>_truncated``
+        as Dify flags values it cuts short."""
+        refs = [(event, event.data.pop(_STORED_WITH)) for event in events]
+        node_ids = sorted({str(e.data.get("node_id")) for e, ref in refs if "started_at" in ref})
+        the_run = any("started_at" not in ref for _, ref in refs)  # a workflow_finished
+        queries: list[Query] = []
+        if node_ids:
+            queries.append((f"SELECT node_id, started_at, inputs, outputs FROM node_executions "
+                            f"WHERE run_id = ? AND node_id IN ({', '.join('?' * len(node_ids))})",
+                            (run_id, *node_ids)))
+        if the_run:
+            queries.append(("SELECT outputs, finished_at FROM runs WHERE id = ?", (run_id,)))
+        found = iter(await self._fetch_together(queries))
+        by_node = {r["node_id"]: r for r in next(found)} if node_ids else {}
+        runs = next(found) if the_run else []
+        for event, ref in refs:
+            if "started_at" in ref:  # a node's execution
+                row, mark = by_node.get(event.data.get("node_id")), "started_at"
+            else:  # the run's end
+                row, mark = (runs[0] if runs else None), "finished_at"
+            for name in ref["fields"]:
+                if row is not None and row[mark] == ref[mark]:
+                    event.data[name] = _loads(row[name])
+                else:
+                    event.data[f"{name}_truncated"] = True
 
     async def last_event_seq(self, run_id: str) -> int:
         row = await self._fetchone("SELECT MAX(seq) AS s FROM events WHERE run_id = ?",
                                    (run_id,))
         return int(row["s"]) if row is not None and row["s"] is not None else 0
+
+    async def run_progress(self, run_id: str) -> tuple[int, int]:
+        """(the run's last event number, the bytes of inputs and outputs its succeeded
+        nodes hold) in one read: where a resumed or retried run's numbering and
+        storage count go on from (it keeps those nodes)."""
+        size = "octet_length({})" if self.postgres else "LENGTH(CAST({} AS BLOB))"
+        held = " + ".join(f"COALESCE({size.format(c)}, 0)" for c in ("inputs", "outputs"))
+        row = await self._fetchone(
+            f"SELECT (SELECT MAX(seq) FROM events WHERE run_id = ?) AS seq, "
+            f"(SELECT SUM({held}) FROM node_executions WHERE run_id = ? AND status = ?) "
+            f"AS held", (run_id, run_id, NodeStatus.SUCCEEDED.value))
+        if row is None:
+            return 0, 0
+        return int(row["seq"] or 0), int(row["held"] or 0)
 
     # --- housekeeping ---------------------------------------------------------------
 
@@ -851,14 +957,12 @@ class Store:
         return await self._writer.write(op)
 
     async def delete_finished_runs(self, before: float, batch: int = 200) -> int:
-        """Delete up to ``batch`` runs that ended before ``before``, with nodes, events, keys."""
-        terminal = tuple(s.value for s in RUN_TERMINAL)
+        """Delete up to ``batch`` runs that ended before ``before``, with nodes, events, keys
+        (one transaction a batch, so the writer serves others in between)."""
 
         def op(conn: Connection) -> int:
-            ids = [row[0] for row in conn.execute(
-                f"SELECT id FROM runs WHERE finished_at < ? AND status IN "
-                f"({', '.join('?' * len(terminal))}) LIMIT ?",
-                (before, *terminal, batch)).fetchall()]
+            ids = [row[0] for row in conn.execute(ENDED_BEFORE,
+                                                  (*_TERMINAL, before, batch)).fetchall()]
             if not ids:
                 return 0
             marks = ", ".join("?" * len(ids))

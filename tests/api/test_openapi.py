@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.testclient import TestClient
@@ -58,8 +60,23 @@ def test_the_ui_is_served_but_not_described(tmp_path: Path) -> None:
         assert page.status_code == 200
         assert '<meta name="flowrun-api" content="">' in page.text  # the API at the root
         assert "default-src 'self'" in page.headers["content-security-policy"]
-        assert client.get("/ui/app.js").status_code == 200
-        assert client.get("/ui/vendor/dagre.min.js").status_code == 200
+        for asset in ("main.js", "pages/run.js", "vendor/dagre.min.js"):
+            script = client.get(f"/ui/{asset}")
+            assert script.status_code == 200
+            assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+
+
+def test_the_ui_modules_are_javascript_whatever_the_host_mimetypes_say(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A browser runs a module script only with a JavaScript type; some hosts' tables
+    give .js another (text/plain), and the UI must not depend on them."""
+    monkeypatch.setitem(mimetypes.types_map, ".js", "text/plain")
+    monkeypatch.setitem(mimetypes.types_map, ".css", "text/plain")
+    app = create_app(Settings(db_path=tmp_path / "t.db", auth_enabled=False))
+    with TestClient(app) as client:
+        assert client.get("/ui/sse.js").headers["content-type"] == \
+            "text/javascript; charset=utf-8"
+        assert client.get("/ui/style.css").headers["content-type"] == "text/css; charset=utf-8"
 
 
 def test_the_ui_finds_the_native_api_under_a_root_dialect(tmp_path: Path) -> None:

@@ -115,6 +115,30 @@ def test_retention_deletes_old_finished_runs(start_server: Callable[..., Started
     assert client.post(f"/runs/{running['id']}/stop").status_code == 200
 
 
+def test_finished_runs_are_deleted_after_30_days_by_default_and_the_log_says_so(
+        start_server: Callable[..., Started]) -> None:
+    server, _, client = start_server({"FLOWRUN_SWEEP_INTERVAL_S": "0.2"}, "--log-level", "info")
+    wait_log(server, "retention: finished runs are deleted 30 days after they end")
+    month = client.post("/workflows/hello/run-sync", json={"inputs": {"name": "a"}}).json()
+    weeks = client.post("/workflows/hello/run-sync", json={"inputs": {"name": "b"}}).json()
+    with sqlite3.connect(server.db, timeout=10) as conn:  # as if they ended that long ago
+        for run, days in ((month, 31), (weeks, 29)):
+            conn.execute("UPDATE runs SET finished_at = ? WHERE id = ?",
+                         (time.time() - days * 86_400, run["id"]))
+    deadline = time.monotonic() + 10
+    while client.get(f"/runs/{month['id']}").status_code != 404:
+        assert time.monotonic() < deadline, "a run over 30 days old was kept"
+        time.sleep(0.1)
+    assert client.get(f"/runs/{weeks['id']}").status_code == 200
+
+
+def test_keeping_finished_runs_for_ever_is_an_opt_in_the_log_warns_about(
+        start_server: Callable[..., Started]) -> None:
+    server, _, _ = start_server({"FLOWRUN_RUN_RETENTION_S": "0"})  # (warnings are logged)
+    wait_log(server, "retention: off (FLOWRUN_RUN_RETENTION_S=0): finished runs are kept "
+                     "for ever")
+
+
 def test_a_locked_database_is_503_then_recovers(start_server: Callable[..., Started],
                                                 tmp_path: Path) -> None:
     server, _, client = start_server({"FLOWRUN_SQLITE_BUSY_TIMEOUT_MS": "300"},

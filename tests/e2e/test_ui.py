@@ -9,33 +9,29 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
-from tests.e2e.server import Server, finished
+from flowrun import Settings, create_app, flowrun_lifespan
+from tests.e2e.chromium import WAIT, console_errors, launch
+from tests.e2e.server import EXAMPLES, Server, finished
+from tests.local_server import serve
 
-CHROMIUM = Path("/usr/bin/chromium")
-# This machine's network is closed: without these, chromium waits on its own traffic.
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WAIT = 15_000  # ms, for any page condition
 expect.set_options(timeout=WAIT)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)",
-                    pytrace=False)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with launch() as launched:
         yield launched
-        launched.close()
 
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -68,8 +64,10 @@ def ui(server_factory: Callable[..., Server], browser: Browser) -> Iterator[UI]:
     context = browser.new_context(viewport={"width": 1280, "height": 820})
     context.set_default_timeout(WAIT)
     page = context.new_page()
+    errors = console_errors(page)
     yield UI(server, key, server.client(key), page)
     context.close()
+    assert not errors
 
 
 def sign_in(ui: UI, hash: str = "") -> None:
@@ -119,12 +117,14 @@ def test_no_auth_opens_directly(server_factory: Callable[..., Server], browser: 
     server = server_factory()
     server.start("--no-auth")
     page = browser.new_page()
+    errors = console_errors(page)
     try:
         page.goto(f"{server.url}/ui")
         expect(page.locator('#workflows tr[data-workflow="hello"]')).to_be_visible(timeout=WAIT)
         expect(page.locator("#signin")).to_be_hidden()
     finally:
         page.close()
+    assert not errors
 
 
 def test_form_errors_then_a_run_turns_green_and_the_runs_table(
@@ -350,3 +350,55 @@ def test_runs_start_without_a_secure_context_and_a_double_click_reruns_once(ui: 
     assert sorted(run["id"] for run in ours) == sorted([first, again])
     rerun = ui.api.get(f"/runs/{again}").json()
     assert (rerun["priority"], rerun["inputs"]) == (7, {"name": "again"})
+
+
+def test_the_ui_finds_the_api_at_native_under_a_dialect_at_the_root(
+        server_factory: Callable[..., Server], browser: Browser) -> None:
+    server = server_factory({"FLOWRUN_ROOT_DIALECT": "dify"})
+    key = server.create_key()
+    server.start()
+    api = httpx.Client(base_url=f"{server.url}/native", headers={"Authorization": f"Bearer {key}"})
+    server.clients.append(api)
+    context = browser.new_context()
+    context.set_default_timeout(WAIT)
+    page = context.new_page()
+    errors = console_errors(page)
+    try:
+        sign_in(UI(server, key, api, page))
+        expect(page.locator('#workflows tr[data-workflow="hello"]')).to_be_visible()
+        run_id = api.post("/workflows/hello/run", json={"inputs": {"name": "root"}}).json()["id"]
+        page.goto(f"{server.url}/ui#/runs/{run_id}")
+        expect(page.locator("#live")).to_have_text("finished")
+        expect(node(page, "greet")).to_have_class(re.compile(r"\bsucceeded\b"))
+    finally:
+        context.close()
+    assert not errors
+
+
+def test_the_ui_mounted_in_a_host_app(browser: Browser, tmp_path: Path) -> None:
+    """Under another app's mount (root_path) the page, its modules and the API it calls
+    are all under the mount: a form, a run and its live events work there."""
+    runs = create_app(Settings(db_path=tmp_path / "m.db", auth_enabled=False,
+                               workflows_dir=EXAMPLES))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with flowrun_lifespan(runs):
+            yield
+
+    host = Starlette(routes=[Mount("/flows", app=runs)], lifespan=lifespan)
+    with serve(host, lifespan="on") as url:
+        page = browser.new_page()
+        errors = console_errors(page)
+        try:
+            page.goto(f"{url}/flows/ui")
+            page.click('#workflows a:text-is("hello")')
+            expect(page.locator("#graph g.node")).to_have_count(1)
+            page.fill("#input-name", "mounted")
+            page.click("#run-form button[type=submit]")
+            expect(page.locator("#live")).to_have_text("finished")
+            expect(page.locator("#run-head [data-status]")).to_have_text("succeeded")
+            assert page.url.startswith(f"{url}/flows/ui#/runs/")
+        finally:
+            page.close()
+    assert not errors

@@ -15,9 +15,10 @@ import anyio
 import psycopg
 import pytest
 
-from flowrun.records import Event, NodeRecord, NodeStatus, RunRecord, RunStatus
+from flowrun.records import RUN_TERMINAL, Event, NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store import Store
 from flowrun.store.schema import SCHEMA_VERSION
+from flowrun.store.store import ENDED_BEFORE
 from flowrun.store.writer import Connection
 
 # A constraint a write breaks, as each database's driver raises it.
@@ -96,6 +97,38 @@ async def test_run_and_nodes_round_trip(db_target: Path | str) -> None:
             RunStatus.SUCCEEDED, {"x": 1}, 7, 10.0, 1.0)
         assert run.nodes == [node]
         assert await store.unfinished_runs() == []
+
+
+async def test_retention_deletes_ended_runs_in_batches(db_target: Path | str) -> None:
+    async with Store.open(db_target) as store:
+        for name, status, ended in (("old1", RunStatus.SUCCEEDED, 10.0),
+                                    ("old2", RunStatus.FAILED, 11.0),
+                                    ("old3", RunStatus.STOPPED, 12.0),
+                                    ("new", RunStatus.SUCCEEDED, 1000.0),
+                                    ("live", RunStatus.RUNNING, None)):
+            await store.insert_run(make_run(name)).wait()
+            store.record(event=Event(name, 1, "e", {}, 1.0))
+            if ended is not None:
+                await store.finish_run(name, status, outputs=None, error=None, steps=0,
+                                       finished_at=ended, key_ttl_s=60, has_key=False,
+                                       event=Event(name, 2, "workflow_finished", {},
+                                                   ended)).wait()
+        assert await store.delete_finished_runs(500.0, batch=2) == 2
+        assert await store.delete_finished_runs(500.0, batch=2) == 1
+        assert await store.delete_finished_runs(500.0, batch=2) == 0
+        for name in ("old1", "old2", "old3"):
+            assert await store.get_run(name) is None and await store.events(name) == []
+        assert await store.get_run("new") is not None
+        assert await store.get_run("live") is not None
+
+
+async def test_the_retention_sweep_reads_an_index_not_every_run(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "f.db"):
+        pass
+    conn = sqlite3.connect(tmp_path / "f.db")
+    plan = conn.execute(f"EXPLAIN QUERY PLAN {ENDED_BEFORE}",
+                        (*sorted(s.value for s in RUN_TERMINAL), 1.0, 200)).fetchall()
+    assert "USING INDEX runs_by_end (status=? AND finished_at<?)" in str(plan)
 
 
 async def test_writes_after_reopen_survive(db_target: Path | str) -> None:

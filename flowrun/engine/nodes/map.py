@@ -6,6 +6,9 @@ records); ``results`` keeps input order. Expressions in the sub-graph see
 events are reported with ``iteration_id`` (this node) and ``iteration_index``.
 A failing item follows this node's ``on_error``: fail stops the map, continue
 puts ``{"error": ...}`` in its place, default puts the node's ``default``.
+Each item's result is measured as it comes (orjson, in C): results past what one
+node may store stop the map, before its items' values, which may share one big
+string many times, are ever encoded together.
 Each item's graph runs through ``NodeContext.run_graph``, which the executor
 provides.
 """
@@ -20,10 +23,16 @@ import pydantic
 
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
-from flowrun.errors import DefinitionError, FlowrunError, NodeFailure
+from flowrun.errors import DefinitionError, FlowrunError, NodeFailure, OutputTooLarge
+from flowrun.jsontext import encode
 from flowrun.language import expressions
 from flowrun.language.checks import output_problems
-from flowrun.language.definitions import NodeTypes, check_inputs, parse_definition
+from flowrun.language.definitions import (
+    NodeTypes,
+    WorkflowDefinition,
+    check_inputs,
+    parse_definition,
+)
 from flowrun.records import NodeRecord, RunStatus
 
 if TYPE_CHECKING:
@@ -80,19 +89,7 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
     services = ctx.services if ctx.services is not None else NodeServices()
     parent = ctx.expression_context
     base = {"parent": {"inputs": parent.get("inputs", {}), "nodes": parent.get("nodes", {})}}
-    if workflow is not None:
-        if services.workflows is None:
-            raise NodeFailure("map over a workflow needs registered workflows (a server)",
-                              code="map_error")
-        try:
-            _, definition = await services.workflows.load(workflow, version, run_id=ctx.run_id)
-        except FlowrunError as exc:
-            raise NodeFailure(f"map workflow {workflow!r}: {exc.message}",
-                              code="map_error") from None
-    else:
-        definition = parse_definition({"name": "map", "nodes": nodes or [],
-                                       "edges": edges or []},
-                                      source=f"map {ctx.node_id}", registry=services.registry)
+    definition = await _item_graph(ctx, services, workflow, version, nodes, edges)
     results: list[Any] = [None] * len(items)
     if concurrency > services.max_map_concurrency:
         ctx.log(f"concurrency {concurrency} is capped at the server's maximum of "
@@ -100,6 +97,25 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
         concurrency = services.max_map_concurrency
     limiter = anyio.CapacityLimiter(concurrency)
     failures: list[NodeFailure] = []
+    made = 2  # bytes of the results as JSON: [] and an item and its comma at a time
+
+    def keep(index: int, result: Any) -> None:
+        nonlocal made
+        results[index] = result
+        try:
+            made += encode(result).size + 1
+        except (TypeError, ValueError, RecursionError) as exc:
+            failures.append(NodeFailure(f"item {index}: outputs are not JSON: {exc}",
+                                        code="invalid_outputs"))
+            tg.cancel_scope.cancel()
+            return
+        limit = services.storage.max_node_bytes
+        if made > limit:
+            failures.append(OutputTooLarge(
+                f"node {ctx.node_id!r} made more than {made:,} bytes of outputs (as JSON) "
+                f"by item {index}; a node may store at most {limit:,} bytes "
+                "(FLOWRUN_MAX_NODE_OUTPUT_BYTES)"))
+            tg.cancel_scope.cancel()
 
     async def one(index: int, item: Any) -> None:
         async with limiter:
@@ -121,19 +137,21 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
             if outcome.status is not RunStatus.SUCCEEDED:
                 await fail(index, outcome.error or {"message": outcome.status.value})
                 return
-            results[index] = expressions.evaluate(output, run.context) \
-                if output is not None else outcome.outputs
+            keep(index, expressions.evaluate(output, run.context)
+                 if output is not None else outcome.outputs)
 
     async def fail(index: int, error: Mapping[str, Any]) -> None:
         message = f"item {index} failed: {error.get('message')}"
         if ctx.on_error == "fail":
             # Raised after the task group, not inside it (where it would be grouped).
-            failures.append(NodeFailure(message, code="map_item_failed"))
+            # (past a storage limit, the map is too: a retry would make as much again)
+            failures.append(OutputTooLarge(message) if error.get("code") == OutputTooLarge.code
+                            else NodeFailure(message, code="map_item_failed"))
             tg.cancel_scope.cancel()
             return
         ctx.log(message)
-        results[index] = {"error": dict(error)} if ctx.on_error == "continue" \
-            else dict(ctx.default or {})
+        keep(index, {"error": dict(error)} if ctx.on_error == "continue"
+             else dict(ctx.default or {}))
 
     async with anyio.create_task_group() as tg:
         for index, item in enumerate(items):
@@ -141,6 +159,24 @@ async def map_items(ctx: NodeContext, *, items: list[Any],
     if failures:
         raise failures[0]
     return {"results": results}
+
+
+async def _item_graph(ctx: NodeContext, services: NodeServices, workflow: str | None,
+                      version: int | None, nodes: list[Any] | None,
+                      edges: list[Any] | None) -> WorkflowDefinition:
+    """The graph each item runs: a registered workflow's, or the node's inline one."""
+    if workflow is None:
+        return parse_definition({"name": "map", "nodes": nodes or [], "edges": edges or []},
+                                source=f"map {ctx.node_id}", registry=services.registry)
+    if services.workflows is None:
+        raise NodeFailure("map over a workflow needs registered workflows (a server)",
+                          code="map_error")
+    try:
+        _, definition = await services.workflows.load(workflow, version, run_id=ctx.run_id)
+    except FlowrunError as exc:
+        raise NodeFailure(f"map workflow {workflow!r}: {exc.message}",
+                          code="map_error") from None
+    return definition
 
 
 def _check(params: Mapping[str, Any], node_types: NodeTypes) -> list[tuple[str | None, str]]:

@@ -10,7 +10,7 @@ ended; then the callback is ``failed``. ``after_attempt`` decides which.
 
 Delivery is at least once: a receiver dedupes on ``Flowrun-Delivery`` (the same on
 every attempt of one run's callback). This module is pure; the loop that sends is
-``callback_loop.py``.
+``features/callbacks/book.py``.
 """
 
 from __future__ import annotations
