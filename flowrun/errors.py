@@ -24,6 +24,7 @@
     NodeFailure                       a node's own failure inside a run (not HTTP)
     ├── ExpressionError               an expression could not be evaluated
     └── OutputTooLarge                output_too_large (past a storage limit)
+    WaitForSignal                     a wait node parks its run (control flow, not an error)
 
 HTTP status and machine ``code`` live on the class; every API dialect installs
 one handler for ``FlowrunError`` and renders its own envelope.

@@ -1,4 +1,4 @@
-"""The native HTTP API of DESIGN.md: workflows, runs, run-sync, stop, health.
+"""The native HTTP API: workflows, runs, run-sync, stop, signals, health.
 
 Errors are RFC 9457 problem+json documents with an extra ``code``.
 """

@@ -17,8 +17,8 @@ import pytest
 
 from flowrun.records import RUN_TERMINAL, Event, NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.store import Store
+from flowrun.store.housekeeping import ENDED_BEFORE
 from flowrun.store.schema import SCHEMA_VERSION
-from flowrun.store.store import ENDED_BEFORE
 from flowrun.store.writer import Connection
 
 # A constraint a write breaks, as each database's driver raises it.

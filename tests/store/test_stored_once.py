@@ -12,7 +12,7 @@ from flowrun.jsontext import encode
 from flowrun.records import Event, NodeRecord, NodeStatus, RunRecord, RunStatus
 from flowrun.runs.events import node_finished_payload, node_payload
 from flowrun.store import Store
-from flowrun.store.store import INLINE_BYTES
+from flowrun.store.base import INLINE_BYTES
 
 BIG = "z" * (INLINE_BYTES * 4)
 
