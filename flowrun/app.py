@@ -51,6 +51,7 @@ from flowrun.features.schedules.book import ScheduleBook
 from flowrun.features.vault import StoreSecrets, Vault
 from flowrun.features.waits import WaitBook
 from flowrun.features.webhooks.book import HookBook
+from flowrun.instance import Instance, Served
 from flowrun.metrics import Metrics
 from flowrun.runs.adapters import ServiceChildRuns, ServiceWorkflows
 from flowrun.runs.catalog import WorkflowCatalog
@@ -221,8 +222,8 @@ def _duration(seconds: float) -> str:
 @asynccontextmanager
 async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     """Run flowrun's resources for as long as the block lasts."""
-    settings: Settings = app.state.settings
-    registry: Registry = app.state.registry
+    served: Served = app.state.flowrun
+    settings, registry, metrics = served.settings, served.registry, served.metrics
     load_plugins(settings.plugins, registry)
     announce_retention(settings)
     async with Store.open(settings.database, max_batch=settings.group_commit_max,
@@ -232,12 +233,12 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             code_runner(settings, http_policy(settings)) as code:
         bus = EventBus(buffer_size=settings.sse_buffer)
         services = node_services(settings, registry, code)
-        runner = Runner(store, bus, registry, app.state.metrics,
+        runner = Runner(store, bus, registry, metrics,
                         idempotency_ttl_s=settings.idempotency_ttl_s, services=services,
                         final_write_timeout_s=settings.final_write_timeout_s)
         dispatcher = Dispatcher(runner, max_concurrent=settings.max_concurrent_runs,
                               max_queued=settings.max_queued)
-        app.state.metrics.watch_queue(lambda: dispatcher.queued, lambda: dispatcher.running)
+        metrics.watch_queue(lambda: dispatcher.queued, lambda: dispatcher.running)
         workflows = WorkflowCatalog(store, registry)
         lifecycle = Lifecycle(dispatcher)
         service = RunService(settings, store, dispatcher, bus, workflows, lifecycle)
@@ -284,17 +285,13 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
             tg.start_soon(schedule_book.run)  # after resuming: catch-up runs queue behind
             tg.start_soon(wait_book.run)  # waits that timed out while the server was down
             tg.start_soon(callback_book.run)
-            app.state.keys = KeyRing(store, enabled=settings.auth_enabled)
+            keys = KeyRing(store, enabled=settings.auth_enabled)
             if cluster is not None:
-                cluster.keys_changed = app.state.keys.forget
-            app.state.workflows = workflows
-            app.state.vault = Vault(store)
-            app.state.lifecycle = lifecycle
-            app.state.service = service
-            app.state.schedules = schedule_book
-            app.state.waits = wait_book
-            app.state.callbacks = callback_book
-            app.state.hooks = hook_book
+                cluster.keys_changed = keys.forget
+            served.instance = Instance(
+                settings=settings, store=store, service=service, workflows=workflows,
+                lifecycle=lifecycle, keys=keys, vault=Vault(store), schedules=schedule_book,
+                waits=wait_book, callbacks=callback_book, hooks=hook_book, metrics=metrics)
             try:
                 yield
             finally:
@@ -309,11 +306,7 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                     tg.cancel_scope.cancel()  # the runs left stop here, then go back
                     await _settle(dispatcher)
                     await cluster.leave()
-                app.state.service = app.state.keys = app.state.workflows = None
-                app.state.vault = app.state.lifecycle = app.state.schedules = None
-                app.state.waits = None
-                app.state.callbacks = None
-                app.state.hooks = None
+                served.instance = None
                 tg.cancel_scope.cancel()
     logger.info("flowrun stopped")
 
@@ -420,11 +413,5 @@ def create_app(settings: Settings | None = None, *,
                   Mount("/native", app=_dialect_app(native, app.state)),
                   Mount("", app=_dialect_app(DIALECTS[root][1], app.state))]
     app.router.routes.extend(routes)
-    app.state.settings = settings
-    app.state.registry = registry
-    app.state.service = None  # set, with its parts below, while the lifespan runs
-    app.state.keys = app.state.workflows = app.state.vault = app.state.lifecycle = None
-    app.state.schedules = app.state.callbacks = None
-    app.state.hooks = None
-    app.state.metrics = Metrics()
+    app.state.flowrun = Served(settings, registry, Metrics())
     return app

@@ -92,7 +92,7 @@ async def process(url: str, **settings: Any) -> AsyncIterator[RunService]:
     chosen: dict[str, Any] = {"heartbeat_s": 0.2, "lease_s": 3.0, **settings}
     app = create_app(Settings(db=url, shutdown_grace_s=0.1, code_pool_size=0, **chosen))
     async with flowrun_lifespan(app):
-        service: RunService = app.state.service
+        service: RunService = app.state.flowrun.instance.service
         for definition in (QUICK, SLOW):
             await service.workflows.register(ADMIN, definition)
         yield service

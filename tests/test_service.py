@@ -66,7 +66,7 @@ def open_service(db_target: Path | str) -> OpenService:
         app = create_app(Settings(db=str(db_target), shutdown_grace_s=0.1,
                                   code_pool_size=0, **settings))
         async with flowrun_lifespan(app):
-            service: RunService = app.state.service
+            service: RunService = app.state.flowrun.instance.service
             for definition in (QUICK, SLOW):
                 await service.workflows.register(ADMIN, definition)
             yield service

@@ -30,16 +30,10 @@ from flowrun.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from flowrun.features.callbacks.book import CallbackBook
-from flowrun.features.keys import KeyRing, key_from_headers
-from flowrun.features.schedules.book import ScheduleBook
-from flowrun.features.vault import Vault
-from flowrun.features.waits import WaitBook
-from flowrun.features.webhooks.book import HookBook
+from flowrun.features.keys import key_from_headers
+from flowrun.instance import Instance, Served
 from flowrun.records import Event, OnConflict, RunRecord
 from flowrun.runs.access import Principal
-from flowrun.runs.catalog import WorkflowCatalog
-from flowrun.runs.service import RunService
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -58,67 +52,19 @@ class JSONResponse(_StarletteJSONResponse):
             return super().render(content)
 
 
-def _started(request: Request, part: str) -> Any:
-    """A part of the running instance (set by the lifespan); 503 outside it."""
-    found = getattr(request.app.state, part, None)
-    if found is None:
+def instance_of(request: Request) -> Instance:
+    """The running instance (set by the lifespan); 503 outside it."""
+    served: Served = request.app.state.flowrun
+    if served.instance is None:
         raise Unavailable("flowrun is not started: serve it with its lifespan (mounted in "
                           "another app, enter flowrun_lifespan(app) from the host's "
                           "lifespan), or it is shutting down", headers={"Retry-After": "1"})
-    return found
-
-
-def service_of(request: Request) -> RunService:
-    """The instance's RunService: runs."""
-    service: RunService = _started(request, "service")
-    return service
-
-
-def workflows_of(request: Request) -> WorkflowCatalog:
-    """The instance's workflow definitions."""
-    workflows: WorkflowCatalog = _started(request, "workflows")
-    return workflows
-
-
-def hooks_of(request: Request) -> HookBook:
-    """The instance's inbound webhooks."""
-    book: HookBook = _started(request, "hooks")
-    return book
-
-
-def schedules_of(request: Request) -> ScheduleBook:
-    """The instance's schedules."""
-    book: ScheduleBook = _started(request, "schedules")
-    return book
-
-
-def waits_of(request: Request) -> WaitBook:
-    """The instance's waiting runs: where signals go."""
-    book: WaitBook = _started(request, "waits")
-    return book
-
-
-def callbacks_of(request: Request) -> CallbackBook:
-    """The instance's completion callbacks."""
-    book: CallbackBook = _started(request, "callbacks")
-    return book
-
-
-def vault_of(request: Request) -> Vault:
-    """The instance's secrets, as the admin API manages them."""
-    vault: Vault = _started(request, "vault")
-    return vault
-
-
-def keys_of(request: Request) -> KeyRing:
-    """The instance's API keys."""
-    keys: KeyRing = _started(request, "keys")
-    return keys
+    return served.instance
 
 
 async def principal_of(request: Request) -> Principal:
     """Authenticate the request's API key (401 when missing or invalid)."""
-    keys = keys_of(request)
+    keys = instance_of(request).keys
     if not keys.enabled:
         return await keys.authenticate(None)
     return await keys.authenticate(key_from_headers(request.headers))
@@ -428,7 +374,7 @@ def sse_response(request: Request, frames: AsyncGenerator[ServerSentEvent, None]
     Keep-alives are a ``: ping`` comment, or an ``event: ping`` frame with
     ``ping_event`` (Dify's form).
     """
-    settings = service_of(request).settings
+    settings = instance_of(request).service.settings
     factory = (lambda: ServerSentEvent(event="ping")) if ping_event else None
     return EventSourceResponse(_paced(frames), ping=settings.sse_ping_s, headers=headers,
                                ping_message_factory=factory,

@@ -27,13 +27,12 @@ from flowrun.api.common import (
     JSONResponse,
     error_handlers,
     id_number,
-    keys_of,
+    instance_of,
     on_conflict_of,
     parse_model,
     principal_of,
     query_int,
     read_json,
-    service_of,
 )
 from flowrun.errors import BadRequest, Conflict, FlowrunError, NotFound, Unauthorized
 from flowrun.records import RUN_TERMINAL, NodeRecord, NodeStatus, OnConflict, RunRecord, RunStatus
@@ -151,11 +150,11 @@ async def _start(request: Request, start: StartWorkflowRequest, key: str | None,
                  strategy: OnConflict) -> RunRecord:
     run_request = _run_request(request, start, key, strategy)
     principal = await principal_of(request)
-    return (await service_of(request).submit(principal, run_request)).run
+    return (await instance_of(request).service.submit(principal, run_request)).run
 
 
 async def start_by_name(request: Request) -> Response:
-    service = service_of(request)
+    service = instance_of(request).service
     data = await read_json(request, service.settings.max_body_bytes, empty={})
     if not isinstance(data, dict):
         raise BadRequest("the body must be the workflow's input as a JSON object")
@@ -171,7 +170,7 @@ async def start_by_name(request: Request) -> Response:
 
 
 async def start_with_request(request: Request) -> Response:
-    service = service_of(request)
+    service = instance_of(request).service
     start = parse_model(StartWorkflowRequest,
                         await read_json(request, service.settings.max_body_bytes))
     key = start.idempotencyKey or request.headers.get("x-idempotency-key")
@@ -184,7 +183,8 @@ async def start_with_request(request: Request) -> Response:
 async def _run(request: Request) -> tuple[access.Principal, RunRecord]:
     principal = await principal_of(request)
     try:
-        run = await service_of(request).get_run(principal, request.path_params["workflow_id"])
+        run = await instance_of(request).service.get_run(principal,
+                                                         request.path_params["workflow_id"])
     except NotFound:
         raise NotFound(f"No such workflow found by id: "
                        f"{request.path_params['workflow_id']}") from None
@@ -217,39 +217,39 @@ async def terminate(request: Request) -> Response:
     if run.status is RunStatus.SUCCEEDED:
         raise Conflict("Cannot terminate a COMPLETED workflow.")
     if run.status not in RUN_TERMINAL:
-        await service_of(request).stop(principal, run.id,
+        await instance_of(request).service.stop(principal, run.id,
                                        request.query_params.get("reason") or "terminated")
     return Response(status_code=200)
 
 
 async def pause(request: Request) -> Response:
     principal, run = await _run(request)
-    await service_of(request).pause(principal, run.id)
+    await instance_of(request).service.pause(principal, run.id)
     return Response(status_code=200)
 
 
 async def resume(request: Request) -> Response:
     principal, run = await _run(request)
-    await service_of(request).resume(principal, run.id)
+    await instance_of(request).service.resume(principal, run.id)
     return Response(status_code=200)
 
 
 async def restart(request: Request) -> Response:
     principal, run = await _run(request)
-    await service_of(request).rerun(principal, run.id, from_failure=False)
+    await instance_of(request).service.rerun(principal, run.id, from_failure=False)
     return Response(status_code=204)
 
 
 async def retry(request: Request) -> Response:
     principal, run = await _run(request)
-    await service_of(request).rerun(principal, run.id, from_failure=True)
+    await instance_of(request).service.rerun(principal, run.id, from_failure=True)
     return Response(status_code=204)
 
 
 async def execute(request: Request) -> Response:
     """Start and wait up to ``waitForSeconds`` (0 means 10); answer a SignalResponse."""
     began = time.monotonic()
-    service = service_of(request)
+    service = instance_of(request).service
     data = await read_json(request, service.settings.max_body_bytes, empty={})
     if not isinstance(data, dict):
         raise BadRequest("the body must be a StartWorkflowRequest object")
@@ -282,13 +282,13 @@ async def execute(request: Request) -> Response:
 
 async def token(request: Request) -> Response:
     """Orkes' ``POST /token``: an API key id and secret in, a token (the key) out."""
-    service = service_of(request)
+    service = instance_of(request).service
     if not service.settings.auth_enabled:
         raise NotFound("authentication is off")  # Conductor clients read 404 as open mode
     data = await read_json(request, service.settings.max_body_bytes)
     if not isinstance(data, dict) or not data.get("keySecret"):
         raise BadRequest("keyId and keySecret are required")
-    principal = await keys_of(request).authenticate(str(data["keySecret"]))
+    principal = await instance_of(request).keys.authenticate(str(data["keySecret"]))
     if data.get("keyId") not in (None, "", principal.key_id):
         raise Unauthorized("keyId does not match the key")
     return JSONResponse({"token": str(data["keySecret"])})

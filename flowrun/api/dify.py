@@ -34,12 +34,12 @@ from flowrun.api.common import (
     error_handlers,
     id_number,
     idempotency_of,
+    instance_of,
     last_event_id,
     parse_model,
     principal_of,
     read_json,
     run_tokens,
-    service_of,
     sse_response,
     unix,
 )
@@ -181,7 +181,7 @@ def _target(principal: Principal, workflow_id: str | None) -> tuple[str, int | N
 async def _run(request: Request, workflow_id: str | None) -> Response:
     started = time.monotonic()
     principal = await principal_of(request)
-    service = service_of(request)
+    service = instance_of(request).service
     body = parse_model(DifyRunBody, await read_json(request, service.settings.max_body_bytes))
     name, version = _target(principal, workflow_id)
     key, on_conflict = idempotency_of(request, max_length=64)
@@ -210,7 +210,7 @@ async def run_version(request: Request) -> Response:
 
 async def _owned(request: Request, run_id: str, user: str | None) -> RunRecord:
     principal = await principal_of(request)
-    run = await service_of(request).get_run(principal, run_id)
+    run = await instance_of(request).service.get_run(principal, run_id)
     if not principal.may_use(run.workflow):
         raise RunNotFound("Workflow run not found.")
     if user is not None and run.user is not None and user != run.user:
@@ -225,7 +225,7 @@ async def get_run(request: Request) -> Response:
 
 
 async def stop(request: Request) -> Response:
-    service = service_of(request)
+    service = instance_of(request).service
     data = await read_json(request, service.settings.max_body_bytes)
     if not isinstance(data, dict) or not isinstance(data.get("user"), str) or not data["user"]:
         raise BadRequest("Arg user must be provided.",
@@ -239,7 +239,7 @@ async def stop(request: Request) -> Response:
 async def events(request: Request) -> Response:
     run = await _owned(request, request.path_params["workflow_run_id"],
                        request.query_params.get("user"))
-    return event_stream(request, service_of(request), await principal_of(request), run,
+    return event_stream(request, instance_of(request).service, await principal_of(request), run,
                         last_event_id(request))
 
 

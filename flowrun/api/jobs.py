@@ -29,14 +29,13 @@ from flowrun.api.common import (
     checked_wait,
     error_handlers,
     id_number,
+    instance_of,
     last_event_id,
     parse_model,
     principal_of,
     query_int,
     read_json,
-    service_of,
     sse_response,
-    workflows_of,
 )
 from flowrun.errors import DefinitionError, FlowrunError, RunNotFound, WorkflowNotFound
 from flowrun.records import Event, NodeStatus, RunRecord, RunStatus, rfc3339
@@ -69,7 +68,7 @@ def render_error(exc: FlowrunError, request: Request | None = None) -> Response:
 
 async def _workflow_name(request: Request, principal: Principal, raw: str) -> str:
     try:
-        return await workflows_of(request).resolve(principal, raw)
+        return await instance_of(request).workflows.resolve(principal, raw)
     except WorkflowNotFound:
         raise WorkflowNotFound(f"workflow {raw} does not exist") from None
 
@@ -108,7 +107,7 @@ def _run_request(request: Request, name: str, body: JobBody) -> RunRequest:
 
 async def _body(request: Request) -> tuple[Principal, RunService, str, JobBody]:
     principal = await principal_of(request)
-    service = service_of(request)
+    service = instance_of(request).service
     body = parse_model(JobBody, await read_json(request, service.settings.max_body_bytes,
                                                 empty={}))
     name = await _workflow_name(request, principal, request.path_params["id"])
@@ -141,7 +140,7 @@ async def run_sync(request: Request) -> Response:
 
 async def _jobs(request: Request, limit: int) -> tuple[RunService, list[RunRecord]]:
     principal = await principal_of(request)
-    service = service_of(request)
+    service = instance_of(request).service
     name = await _workflow_name(request, principal, request.path_params["id"])
     runs, _ = await service.list_runs(principal, name, limit=limit)
     return service, [await service.get_run(principal, r.id) for r in runs]
@@ -171,7 +170,7 @@ def _frame(kind: str, run: RunRecord, event: Event | None, extra: dict[str, Any]
 async def stream(request: Request) -> Response:
     """SSE: ``init`` (the job now), ``update`` per node event, ``done`` with the result."""
     principal = await principal_of(request)
-    service = service_of(request)
+    service = instance_of(request).service
     raw = request.path_params["job_id"]
     number = id_number(raw)
     try:

@@ -29,12 +29,11 @@ from flowrun.api.common import (
     JSONResponse,
     encoded,
     error_handlers,
+    instance_of,
     parse_model,
     principal_of,
     read_json,
-    service_of,
     sse_response,
-    workflows_of,
 )
 from flowrun.errors import BadRequest, FlowrunError, RunNotFound, WorkflowNotFound
 from flowrun.records import (
@@ -102,7 +101,7 @@ def render_error(exc: FlowrunError, request: Request | None = None) -> Response:
 
 async def _flow(request: Request, principal: Principal, flow_id: str) -> str:
     try:
-        return await workflows_of(request).resolve(principal, flow_id)
+        return await instance_of(request).workflows.resolve(principal, flow_id)
     except WorkflowNotFound:
         raise WorkflowNotFound(f"Flow '{flow_id}' does not exist. Verify the flow_id and "
                                f"try again.") from None
@@ -174,7 +173,7 @@ def event_stream(request: Request, service: RunService, principal: Principal, ru
 async def run_workflow(request: Request) -> Response:
     began = time.monotonic()
     principal = await principal_of(request)
-    service = service_of(request)
+    service = instance_of(request).service
     body = parse_model(WorkflowsRequest, await read_json(request,
                                                          service.settings.max_body_bytes))
     if body.background and body.stream:
@@ -182,7 +181,7 @@ async def run_workflow(request: Request) -> Response:
     mode = body.mode or ("background" if body.background else
                          "stream" if body.stream else "sync")
     name = await _flow(request, principal, body.flow_id)
-    _, definition = await workflows_of(request).read(principal, name)
+    _, definition = await instance_of(request).workflows.read(principal, name)
     graph = body.data if isinstance(body.data, dict) else {}
     # "Component.param" input keys and {"Component": {...}} inputs become tweaks in the
     # service (RunService.submit), after any graph in ``data`` has replaced the flow's.
@@ -225,7 +224,7 @@ async def _job(request: Request, job_id: str | None) -> tuple[RunService, RunRec
         raise MissingParameter("job_id is required",
                                errors=[{"field": "job_id", "message": "required"}])
     principal = await principal_of(request)
-    service = service_of(request)
+    service = instance_of(request).service
     try:
         return service, await service.get_run(principal, job_id)
     except RunNotFound:
@@ -272,7 +271,7 @@ async def job_events(request: Request) -> Response:
 
 
 async def stop(request: Request) -> Response:
-    service = service_of(request)
+    service = instance_of(request).service
     data = await read_json(request, service.settings.max_body_bytes)
     job_id = data.get("job_id") if isinstance(data, dict) else None
     service, run = await _job(request, job_id if isinstance(job_id, str) else None)

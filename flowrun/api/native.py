@@ -19,24 +19,18 @@ from starlette.routing import Route
 from flowrun.api import webhooks
 from flowrun.api.common import (
     JSONResponse,
-    callbacks_of,
     checked_wait,
     encoded,
     error_handlers,
     idempotency_of,
-    keys_of,
+    instance_of,
     last_event_id,
     parse_model,
     principal_of,
     query_int,
     read_json,
     read_json_or_yaml,
-    schedules_of,
-    service_of,
     sse_response,
-    vault_of,
-    waits_of,
-    workflows_of,
 )
 from flowrun.api.openapi import build_spec
 from flowrun.api.signal_page import signal_page
@@ -92,7 +86,7 @@ def render_error(exc: FlowrunError, request: Request | None = None) -> JSONRespo
 
 
 def _max_body(request: Request) -> int:
-    return service_of(request).settings.max_body_bytes
+    return instance_of(request).service.settings.max_body_bytes
 
 
 async def _run_request(request: Request) -> tuple[RunRequest, RunBody]:
@@ -115,14 +109,14 @@ async def list_workflows(request: Request) -> Response:
     principal = await principal_of(request)
     items = [{"name": name, "version": version, "description": d.description,
               "inputs": {k: v.model_dump(exclude_none=True) for k, v in d.inputs.items()}}
-             for name, version, d in await workflows_of(request).list(principal)]
+             for name, version, d in await instance_of(request).workflows.list(principal)]
     return JSONResponse({"workflows": items})
 
 
 async def get_workflow(request: Request) -> Response:
     principal = await principal_of(request)
     version = query_int(request, "version", None, minimum=1, maximum=2**31)
-    found_version, definition = await workflows_of(request).read(
+    found_version, definition = await instance_of(request).workflows.read(
         principal, request.path_params["name"], version)
     return JSONResponse({"name": definition.name, "version": found_version,
                          "definition": definition.to_json()})
@@ -132,7 +126,7 @@ async def put_workflow(request: Request) -> Response:
     principal = await principal_of(request)
     require_admin(principal, "registering workflows")  # before reading the body
     data = await read_json_or_yaml(request, _max_body(request))
-    version, created = await workflows_of(request).register(principal, data,
+    version, created = await instance_of(request).workflows.register(principal, data,
                                                              name=request.path_params["name"])
     return JSONResponse({"name": request.path_params["name"], "version": version,
                          "created": created}, status_code=201 if created else 200)
@@ -141,7 +135,7 @@ async def put_workflow(request: Request) -> Response:
 async def workflow_versions(request: Request) -> Response:
     principal = await principal_of(request)
     name = request.path_params["name"]
-    found = await workflows_of(request).versions(principal, name)
+    found = await instance_of(request).workflows.versions(principal, name)
     return JSONResponse({"name": name, "versions": [
         {"version": version, "created_at": int(created)} for version, created in found]})
 
@@ -149,7 +143,7 @@ async def workflow_versions(request: Request) -> Response:
 async def delete_workflow(request: Request) -> Response:
     principal = await principal_of(request)
     version = query_int(request, "version", None, minimum=1, maximum=2**31)
-    await workflows_of(request).delete(principal, request.path_params["name"], version)
+    await instance_of(request).workflows.delete(principal, request.path_params["name"], version)
     return Response(status_code=204)
 
 
@@ -157,7 +151,7 @@ async def delete_workflow(request: Request) -> Response:
 
 async def list_schedules(request: Request) -> Response:
     principal = await principal_of(request)
-    found = await schedules_of(request).list(principal, request.path_params["name"])
+    found = await instance_of(request).schedules.list(principal, request.path_params["name"])
     return JSONResponse({"schedules": [s.to_json() for s in found]})
 
 
@@ -166,27 +160,28 @@ async def create_schedule(request: Request) -> Response:
     principal = await principal_of(request)
     require_admin(principal, "creating schedules")  # before reading the body
     data = await read_json(request, _max_body(request))
-    record = await schedules_of(request).create(principal, request.path_params["name"], data)
+    schedules = instance_of(request).schedules
+    record = await schedules.create(principal, request.path_params["name"], data)
     return JSONResponse(record.to_json(), status_code=201)
 
 
 async def pause_schedule(request: Request) -> Response:
     principal = await principal_of(request)
-    record = await schedules_of(request).set_paused(
+    record = await instance_of(request).schedules.set_paused(
         principal, request.path_params["name"], request.path_params["schedule_id"], True)
     return JSONResponse(record.to_json())
 
 
 async def resume_schedule(request: Request) -> Response:
     principal = await principal_of(request)
-    record = await schedules_of(request).set_paused(
+    record = await instance_of(request).schedules.set_paused(
         principal, request.path_params["name"], request.path_params["schedule_id"], False)
     return JSONResponse(record.to_json())
 
 
 async def delete_schedule(request: Request) -> Response:
     principal = await principal_of(request)
-    await schedules_of(request).delete(principal, request.path_params["name"],
+    await instance_of(request).schedules.delete(principal, request.path_params["name"],
                                        request.path_params["schedule_id"])
     return Response(status_code=204)
 
@@ -201,7 +196,7 @@ async def run_async(request: Request) -> Response:
                          "here has no caller waiting for it (a workflow's own deadline is "
                          "its definition's timeout)",
                          errors=[{"field": "timeout", "message": "not valid on /run"}])
-    service = service_of(request)
+    service = instance_of(request).service
     if body.stream:
         service.ensure_stream_room(principal)
     submission = await service.submit(principal, run_request)
@@ -236,7 +231,7 @@ def event_stream(request: Request, events: AsyncGenerator[Event, None],
 
 async def run_events(request: Request) -> Response:
     principal = await principal_of(request)
-    service = service_of(request)
+    service = instance_of(request).service
     run = await service.get_run(principal, request.path_params["run_id"])
     return event_stream(request, service.follow(principal, run.id, last_event_id(request)))
 
@@ -244,7 +239,7 @@ async def run_events(request: Request) -> Response:
 def _timeout_param(request: Request, body: RunBody) -> float | None:
     """The wait a caller asked for: ``?timeout=`` (400 outside the allowed range), else
     the body's ``timeout``; None for the default."""
-    limit = service_of(request).settings.run_sync_max_timeout_s
+    limit = instance_of(request).service.settings.run_sync_max_timeout_s
     raw = request.query_params.get("timeout")
     if raw is None:
         return checked_wait(body.timeout, limit)
@@ -263,7 +258,7 @@ async def run_sync(request: Request) -> Response:
     if body.stream:
         raise BadRequest("stream applies to POST /workflows/{name}/run",
                          errors=[{"field": "stream", "message": "not valid on run-sync"}])
-    outcome = await service_of(request).run_sync(principal, run_request,
+    outcome = await instance_of(request).service.run_sync(principal, run_request,
                                                  _timeout_param(request, body), started=started)
     headers = _run_headers(request, outcome.submission)
     if outcome.finished:
@@ -283,7 +278,7 @@ async def list_runs(request: Request) -> Response:
                          errors=[{"field": "status", "message": "unknown status"}])
     limit = query_int(request, "limit", 20, minimum=1, maximum=1000) or 20
     workflow = request.path_params.get("name") or request.query_params.get("workflow") or None
-    runs, cursor = await service_of(request).list_runs(
+    runs, cursor = await instance_of(request).service.list_runs(
         principal, workflow, status=status,
         correlation_id=request.query_params.get("correlation_id"), limit=limit,
         cursor=request.query_params.get("cursor"))
@@ -293,7 +288,7 @@ async def list_runs(request: Request) -> Response:
 
 async def latest_run(request: Request) -> Response:
     principal = await principal_of(request)
-    service = service_of(request)
+    service = instance_of(request).service
     runs, _ = await service.list_runs(principal, request.path_params["name"], limit=1)
     if not runs:
         raise NotFound(f"workflow {request.path_params['name']!r} has no runs yet")
@@ -303,13 +298,13 @@ async def latest_run(request: Request) -> Response:
 
 async def get_run(request: Request) -> Response:
     principal = await principal_of(request)
-    run = await service_of(request).get_run(principal, request.path_params["run_id"])
+    run = await instance_of(request).service.get_run(principal, request.path_params["run_id"])
     return JSONResponse(run.to_json())
 
 
 async def stop_run(request: Request) -> Response:
     principal = await principal_of(request)
-    run = await service_of(request).stop(principal, request.path_params["run_id"])
+    run = await instance_of(request).service.stop(principal, request.path_params["run_id"])
     return JSONResponse(run.to_json())
 
 
@@ -334,7 +329,7 @@ async def signal_run(request: Request) -> Response:
     """Deliver a signal to a run's wait node: ``{"name": ..., "data": {...}}``."""
     principal = await principal_of(request)
     body = parse_model(SignalBody, await read_json(request, _max_body(request)))
-    run = await waits_of(request).signal(principal, request.path_params["run_id"],
+    run = await instance_of(request).waits.signal(principal, request.path_params["run_id"],
                                          body.name, body.data)
     return JSONResponse(run.to_json())
 
@@ -342,7 +337,7 @@ async def signal_run(request: Request) -> Response:
 async def describe_signal_url(request: Request) -> Response:
     """What a one-time signal URL is for (no API key: the URL is the credential); a
     browser gets a small form that sends the signal."""
-    found = await waits_of(request).describe_token(request.path_params["token"])
+    found = await instance_of(request).waits.describe_token(request.path_params["token"])
     if "text/html" in request.headers.get("accept", ""):
         return HTMLResponse(signal_page(found))
     return JSONResponse(found)
@@ -351,25 +346,25 @@ async def describe_signal_url(request: Request) -> Response:
 async def send_signal_url(request: Request) -> Response:
     """Send the signal a one-time signal URL stands for: ``{"data": {...}}`` (or nothing)."""
     body = parse_model(SignalUrlBody, await read_json(request, _max_body(request), empty={}))
-    run = await waits_of(request).signal_by_token(request.path_params["token"], body.data)
+    run = await instance_of(request).waits.signal_by_token(request.path_params["token"], body.data)
     return JSONResponse({"run_id": run.id, "status": run.status.value, "received": True})
 
 
 async def delete_run(request: Request) -> Response:
     principal = await principal_of(request)
-    await service_of(request).delete_run(principal, request.path_params["run_id"])
+    await instance_of(request).service.delete_run(principal, request.path_params["run_id"])
     return Response(status_code=204)
 
 
 async def pause_run(request: Request) -> Response:
     principal = await principal_of(request)
-    run = await service_of(request).pause(principal, request.path_params["run_id"])
+    run = await instance_of(request).service.pause(principal, request.path_params["run_id"])
     return JSONResponse(run.to_json())
 
 
 async def resume_run(request: Request) -> Response:
     principal = await principal_of(request)
-    run = await service_of(request).resume(principal, request.path_params["run_id"])
+    run = await instance_of(request).service.resume(principal, request.path_params["run_id"])
     return JSONResponse(run.to_json())
 
 
@@ -384,7 +379,7 @@ async def retry_run(request: Request) -> Response:
     outputs of the nodes before it)."""
     principal = await principal_of(request)
     body = parse_model(RetryBody, await read_json(request, _max_body(request), empty={}))
-    run = await service_of(request).rerun(principal, request.path_params["run_id"],
+    run = await instance_of(request).service.rerun(principal, request.path_params["run_id"],
                                           from_failure=True, from_node=body.from_node)
     return JSONResponse(run.to_json(), status_code=202)
 
@@ -401,7 +396,7 @@ async def rerun_run(request: Request) -> Response:
     nodes before it (``rerun_of`` names this run)."""
     principal = await principal_of(request)
     body = parse_model(RerunBody, await read_json(request, _max_body(request)))
-    submission = await service_of(request).rerun_from(
+    submission = await instance_of(request).service.rerun_from(
         principal, request.path_params["run_id"], body.from_node, inputs=body.inputs)
     return JSONResponse(submission.run.to_json(), status_code=202,
                         headers=_run_headers(request, submission))
@@ -410,7 +405,7 @@ async def rerun_run(request: Request) -> Response:
 async def restart_run(request: Request) -> Response:
     """Run a finished run again from scratch, under the same id."""
     principal = await principal_of(request)
-    run = await service_of(request).rerun(principal, request.path_params["run_id"],
+    run = await instance_of(request).service.rerun(principal, request.path_params["run_id"],
                                           from_failure=False)
     return JSONResponse(run.to_json(), status_code=202)
 
@@ -418,7 +413,7 @@ async def restart_run(request: Request) -> Response:
 async def run_callbacks(request: Request) -> Response:
     """The run's completion callback: its URL, state and every delivery attempt."""
     principal = await principal_of(request)
-    found = await callbacks_of(request).get(principal, request.path_params["run_id"])
+    found = await instance_of(request).callbacks.get(principal, request.path_params["run_id"])
     return JSONResponse(found.to_json())
 
 
@@ -426,12 +421,12 @@ async def run_callbacks(request: Request) -> Response:
 
 async def callback_secret(request: Request) -> Response:
     principal = await principal_of(request)
-    return JSONResponse(await callbacks_of(request).secret(principal))
+    return JSONResponse(await instance_of(request).callbacks.secret(principal))
 
 
 async def rotate_callback_secret(request: Request) -> Response:
     principal = await principal_of(request)
-    return JSONResponse(await callbacks_of(request).rotate(principal))
+    return JSONResponse(await instance_of(request).callbacks.rotate(principal))
 
 
 # --- keys (admin) ------------------------------------------------------------------
@@ -451,7 +446,7 @@ async def create_key(request: Request) -> Response:
     principal = await principal_of(request)
     require_admin(principal, "creating API keys")
     body = parse_model(KeyBody, await read_json(request, _max_body(request)))
-    record, secret = await keys_of(request).create(principal, name=body.name,
+    record, secret = await instance_of(request).keys.create(principal, name=body.name,
                                                    scope=Scope(body.scope),
                                                    workflows=body.workflows,
                                                    allow_unknown=body.allow_unknown_workflows)
@@ -460,13 +455,13 @@ async def create_key(request: Request) -> Response:
 
 async def list_keys(request: Request) -> Response:
     principal = await principal_of(request)
-    keys = await keys_of(request).list(principal)
+    keys = await instance_of(request).keys.list(principal)
     return JSONResponse({"keys": [k.to_json() for k in keys]})
 
 
 async def revoke_key(request: Request) -> Response:
     principal = await principal_of(request)
-    await keys_of(request).revoke(principal, request.path_params["key_id"])
+    await instance_of(request).keys.revoke(principal, request.path_params["key_id"])
     return Response(status_code=204)
 
 
@@ -481,7 +476,7 @@ class SecretBody(BaseModel):
 
 async def list_secrets(request: Request) -> Response:
     principal = await principal_of(request)
-    found = await vault_of(request).list(principal)
+    found = await instance_of(request).vault.list(principal)
     return JSONResponse({"secrets": [s.to_json() for s in found]})
 
 
@@ -490,20 +485,20 @@ async def put_secret(request: Request) -> Response:
     require_admin(principal, "managing secrets")
     body = parse_model(SecretBody, await read_json(request, _max_body(request)))
     name = request.path_params["name"]
-    created = await vault_of(request).put(principal, name, body.value, body.allowed_urls)
+    created = await instance_of(request).vault.put(principal, name, body.value, body.allowed_urls)
     return JSONResponse({"name": name, "allowed_urls": body.allowed_urls, "created": created},
                         status_code=201 if created else 200)
 
 
 async def delete_secret(request: Request) -> Response:
     principal = await principal_of(request)
-    await vault_of(request).delete(principal, request.path_params["name"])
+    await instance_of(request).vault.delete(principal, request.path_params["name"])
     return Response(status_code=204)
 
 
 async def healthz(request: Request) -> Response:
     """503 while draining, so a load balancer stops sending new work here."""
-    health = service_of(request).health()
+    health = instance_of(request).service.health()
     if health["status"] == "draining":
         return JSONResponse(health, status_code=503, headers={"Retry-After": "5"})
     return JSONResponse(health)
@@ -511,7 +506,7 @@ async def healthz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     await principal_of(request)
-    registry = request.app.state.metrics
+    registry = instance_of(request).metrics
     return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -17,13 +17,12 @@ from starlette.routing import Route
 
 from flowrun.api.common import (
     JSONResponse,
-    hooks_of,
+    instance_of,
     parse_json,
     parse_model,
     principal_of,
     read_body,
     read_json,
-    service_of,
 )
 from flowrun.features.webhooks import signing
 from flowrun.records import HookRecord
@@ -41,7 +40,7 @@ class HookBody(BaseModel):
 
 
 def _max_body(request: Request) -> int:
-    return service_of(request).settings.max_body_bytes
+    return instance_of(request).service.settings.max_body_bytes
 
 
 def _shown(record: HookRecord, secret: str | None = None) -> dict[str, Any]:
@@ -56,33 +55,33 @@ async def put_hook(request: Request) -> Response:
     principal = await principal_of(request)
     require_admin(principal, "managing hooks")  # before reading the body
     body = parse_model(HookBody, await read_json(request, _max_body(request), empty={}))
-    record, secret = await hooks_of(request).put(principal, request.path_params["name"],
+    record, secret = await instance_of(request).hooks.put(principal, request.path_params["name"],
                                                  body.inputs)
     return JSONResponse(_shown(record, secret), status_code=201 if secret else 200)
 
 
 async def get_hook(request: Request) -> Response:
     principal = await principal_of(request)
-    record = await hooks_of(request).get(principal, request.path_params["name"])
+    record = await instance_of(request).hooks.get(principal, request.path_params["name"])
     return JSONResponse(_shown(record))
 
 
 async def rotate_hook(request: Request) -> Response:
     """A new secret, shown once; the old one stops working at once."""
     principal = await principal_of(request)
-    record, secret = await hooks_of(request).rotate(principal, request.path_params["name"])
+    record, secret = await instance_of(request).hooks.rotate(principal, request.path_params["name"])
     return JSONResponse(_shown(record, secret))
 
 
 async def delete_hook(request: Request) -> Response:
     principal = await principal_of(request)
-    await hooks_of(request).delete(principal, request.path_params["name"])
+    await instance_of(request).hooks.delete(principal, request.path_params["name"])
     return Response(status_code=204)
 
 
 async def deliver(request: Request) -> Response:
     """A signed delivery: 202 with the run it started, ``Location: /runs/{id}``."""
-    book = hooks_of(request)
+    book = instance_of(request).hooks
     raw = await read_body(request, _max_body(request))
     delivery = await book.verify(request.path_params["workflow"],
                                  request.headers.get(signing.HEADER), raw)

@@ -124,7 +124,8 @@ class DrainingServer(uvicorn.Server):
         self._drain: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        lifecycle: Lifecycle | None = getattr(self.flowrun_app.state, "lifecycle", None)
+        running = self.flowrun_app.state.flowrun.instance
+        lifecycle: Lifecycle | None = None if running is None else running.lifecycle
         if lifecycle is None or self._drain is not None or self.should_exit:
             super().handle_exit(sig, frame)
             return
@@ -141,7 +142,7 @@ class DrainingServer(uvicorn.Server):
         self._drain = asyncio.ensure_future(self._exit_when_drained(lifecycle))
 
     async def _exit_when_drained(self, lifecycle: Lifecycle) -> None:
-        await lifecycle.wait_for_runs(self.flowrun_app.state.settings.shutdown_grace_s)
+        await lifecycle.wait_for_runs(self.flowrun_app.state.flowrun.settings.shutdown_grace_s)
         self.should_exit = True
 
     async def shutdown(self, sockets: list[Any] | None = None) -> None:

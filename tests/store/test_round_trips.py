@@ -55,7 +55,7 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClie
 def trips(client: TestClient) -> dict[str, int]:
     app = client.app
     assert isinstance(app, Starlette)
-    return dict(app.state.service.store.round_trips())
+    return dict(app.state.flowrun.instance.service.store.round_trips())
 
 
 def per_run(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
