@@ -27,6 +27,7 @@ from flowrun.errors import (
     Unavailable,
 )
 from flowrun.language.definitions import WorkflowDefinition
+from flowrun.language.graph import concurrency_of, split_dotted_inputs
 from flowrun.records import (
     IdempotencyClaim,
     KeyHolder,
@@ -39,9 +40,7 @@ from flowrun.runs.access import Principal, Scope
 from flowrun.runs.service import (
     RunRequest,
     RunService,
-    concurrency_of,
     reuses,
-    split_dotted_inputs,
 )
 
 ADMIN = Principal("admin", Scope.ADMIN)

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,8 +37,15 @@ from flowrun.errors import (
     Unavailable,
     WorkflowNotFound,
 )
-from flowrun.language import definitions, expressions
-from flowrun.language.definitions import NodeSpec, WorkflowDefinition
+from flowrun.language import definitions
+from flowrun.language.definitions import WorkflowDefinition
+from flowrun.language.graph import (
+    concurrency_of,
+    downstream,
+    merge_overrides,
+    reads_inputs,
+    split_dotted_inputs,
+)
 from flowrun.records import (
     RUN_TERMINAL,
     Event,
@@ -546,7 +553,7 @@ class RunService:
             definitions.check_inputs(definition, inputs)
         if checked != original.inputs:
             stale = sorted(n.node_id for n in kept if n.node_id in specs and
-                           _reads_inputs(specs[n.node_id]))
+                           reads_inputs(specs[n.node_id]))
             if stale:
                 raise BadRequest(
                     f"nodes {', '.join(stale)} read the inputs: their stored outputs were "
@@ -690,68 +697,8 @@ class RunService:
                     "queued": self.cluster.queued_estimate}})}
 
 
-def concurrency_of(definition: WorkflowDefinition, inputs: Mapping[str, Any]
-                   ) -> tuple[str, int] | None:
-    """(key, limit) for a run of ``definition`` with ``inputs``, scoped to the workflow;
-    None when the workflow sets no limit. BadRequest when the key does not evaluate."""
-    if definition.concurrency_key is None and definition.concurrency_limit is None:
-        return None
-    value: Any = ""
-    if definition.concurrency_key is not None:
-        try:
-            value = expressions.evaluate(definition.concurrency_key, {"inputs": dict(inputs)})
-        except Exception as exc:
-            raise BadRequest(f"concurrency_key does not evaluate for these inputs: {exc}",
-                             errors=[{"field": "concurrency_key", "message": str(exc)}]
-                             ) from None
-    key = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return f"{definition.name}\x00{key}", definition.concurrency_limit or 1
 
 
-def split_dotted_inputs(definition: WorkflowDefinition, inputs: Mapping[str, Any]
-                        ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Input keys that name a node become per-node param overrides (Langflow's tweaks
-    sent as inputs): ``"node_id.param": value`` sets one param, ``"node_id": {...}``
-    several.
-
-    A key counts as one only when it is not a declared input and names a node of
-    the graph; anything else stays an input (and is checked as one).
-    """
-    node_ids = {n.id for n in definition.nodes}
-    plain: dict[str, Any] = {}
-    dotted: dict[str, dict[str, Any]] = {}
-    for key, value in inputs.items():
-        node_id, dot, param = key.partition(".")
-        if key in definition.inputs or node_id not in node_ids:
-            plain[key] = value
-        elif dot and param:
-            dotted.setdefault(node_id, {})[param] = value
-        elif not dot and isinstance(value, Mapping):
-            dotted.setdefault(node_id, {}).update(value)
-        else:
-            plain[key] = value
-    return plain, dotted
-
-
-def _reads_inputs(spec: NodeSpec) -> bool:
-    """Whether a node's params or default may read the run's inputs (an expression
-    naming ``inputs``; erring on the side of yes)."""
-    text = json.dumps([spec.params, spec.default], default=str)
-    return "inputs" in text and "{{" in text
-
-
-def downstream(definition: WorkflowDefinition, node_id: str) -> set[str]:
-    """``node_id`` and every node that comes after it along the edges."""
-    after: dict[str, list[str]] = {}
-    for edge in definition.edges:
-        after.setdefault(edge.source, []).append(edge.target)
-    found, pending = {node_id}, [node_id]
-    while pending:
-        for target in after.get(pending.pop(), ()):
-            if target not in found:
-                found.add(target)
-                pending.append(target)
-    return found
 
 
 def reuses(claim: IdempotencyClaim, holder: KeyHolder) -> bool:
@@ -771,12 +718,3 @@ def reuses(claim: IdempotencyClaim, holder: KeyHolder) -> bool:
         raise IdempotencyKeyReused(f"idempotency key {claim.key!r} was used for a different "
                                    f"request (run {run_id})", run_id=run_id)
     return True
-
-
-def merge_overrides(*layers: Mapping[str, Mapping[str, Any]] | None
-                    ) -> dict[str, dict[str, Any]]:
-    merged: dict[str, dict[str, Any]] = {}
-    for layer in layers:
-        for node_id, params in (layer or {}).items():
-            merged.setdefault(node_id, {}).update(params)
-    return merged
