@@ -37,7 +37,7 @@ PURE: dict[str, frozenset[str]] = {
     "tests/engine/test_secrets.py": frozenset({
         "test_urls_match_by_origin_and_path_prefix", "test_prefixes_must_be_plain_http_urls",
         "Source", "test_references_fill_only_for_allowed_urls_and_redact_back"}),
-    "tests/test_callbacks.py": frozenset({"test_urls_a_callback_may_use",
+    "tests/features/test_callbacks.py": frozenset({"test_urls_a_callback_may_use",
                                           "test_urls_a_callback_may_not_use",
                                           # sent to httpx's MockTransport only
                                           "ACCEPTED"}),

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_cli import flowrun, serving
+from tests.cli.test_main import flowrun, serving
 
 PLUGIN = '''
 import flowrun

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from flowrun import Settings, create_app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 E2E_WORKFLOWS = ROOT / "tests" / "e2e" / "workflows"
 

@@ -23,8 +23,8 @@ from flowrun.records import Event, RunStatus
 from flowrun.runs.cluster import Cluster
 from flowrun.runs.service import RunRequest, RunService
 from flowrun.store import Store
+from tests.runs.test_service import ADMIN, ANN, QUICK, SLOW, until_status
 from tests.store.test_sqlite import make_run
-from tests.test_service import ADMIN, ANN, QUICK, SLOW, until_status
 
 
 async def test_claims_take_priority_then_age_and_skip_each_others_runs(

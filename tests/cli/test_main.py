@@ -22,7 +22,7 @@ import httpx
 from flowrun.cli.main import build_parser
 from tests.local_server import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 

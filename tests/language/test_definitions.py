@@ -18,7 +18,7 @@ from flowrun.language.definitions import (
 )
 from tests.imports import SERVER_STACK, modules_after
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 def errors_of(data: dict[str, Any]) -> list[str]:
