@@ -131,6 +131,18 @@ class SyncOutcome:
         return self.run.status in RUN_TERMINAL
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a run request asks for, checked: the definition it runs and with what."""
+
+    version: int
+    definition: WorkflowDefinition
+    graph: dict[str, Any] | None  # the request's own graph, as stored with the run
+    inputs: dict[str, Any]
+    overrides: dict[str, dict[str, Any]]
+    concurrency: tuple[str, int] | None  # (key, limit) of the workflow's concurrency
+
+
 class RunService:
     """Submit, read, wait for, stop, pause, resume and re-run runs."""
 
@@ -160,6 +172,15 @@ class RunService:
             # (a child run is part of a run that is finishing: it may still start)
             self.lifecycle.refuse_new_work()
         access.require_workflow(principal, request.workflow)
+        plan = await self._plan(request)
+        claim = self._claim(principal, request, plan.definition)
+        await self._admit(principal, request, claim)
+        run = self._record(principal, request, plan)
+        return await self._accept(run, claim, plan.concurrency)
+
+    async def _plan(self, request: RunRequest) -> _Plan:
+        """The definition step: the workflow's version with the request's graph and
+        overrides, and the inputs checked against it (400 naming each problem)."""
         version, definition = await self.workflows.get(request.workflow, request.version)
         graph = None
         if request.nodes is not None or request.edges is not None:
@@ -175,38 +196,60 @@ class RunService:
         if not 0 <= request.priority <= 99:
             raise BadRequest("priority must be between 0 and 99",
                              errors=[{"field": "priority", "message": "must be 0-99"}])
-        claim = None
-        if request.idempotency_key is not None:
-            claim = IdempotencyClaim(principal.key_id or "", definition.name,
-                                     request.idempotency_key, request.fingerprint(),
-                                     request.on_conflict)
-        elif not self._has_room():
-            raise QueueFull("the run queue is full; retry later",
-                            headers={"Retry-After": "1"})
         # a child run runs in its parent's slot, and was paid for by its root run
         concurrency = None if request.parent_run_id is not None else \
             concurrency_of(definition, inputs)
-        if request.parent_run_id is None:  # (a scheduled run has no key to count)
-            try:
-                self.limit_rate(principal)
-            except TooManyRequests:
-                # A retry of a request already accepted (same key, same body) answers with
-                # its run and starts nothing: it costs nothing, even past the limit.
-                if claim is None or not await self._replays(claim):
-                    raise
+        return _Plan(version, definition, graph, inputs, overrides, concurrency)
+
+    def _claim(self, principal: access.Principal, request: RunRequest,
+               definition: WorkflowDefinition) -> IdempotencyClaim | None:
+        """The claim step: the idempotency key the run takes, if any; without one, a full
+        queue refuses now (with one, the accept decides: a replay needs no room)."""
+        if request.idempotency_key is not None:
+            return IdempotencyClaim(principal.key_id or "", definition.name,
+                                    request.idempotency_key, request.fingerprint(),
+                                    request.on_conflict)
+        if not self._has_room():
+            raise QueueFull("the run queue is full; retry later", headers={"Retry-After": "1"})
+        return None
+
+    async def _admit(self, principal: access.Principal, request: RunRequest,
+                     claim: IdempotencyClaim | None) -> None:
+        """The key's run rate, taken last, after everything that could refuse the run."""
+        if request.parent_run_id is not None:  # (a scheduled run has no key to count)
+            return
+        try:
+            self.limit_rate(principal)
+        except TooManyRequests:
+            # A retry of a request already accepted (same key, same body) answers with
+            # its run and starts nothing: it costs nothing, even past the limit.
+            if claim is None or not await self._replays(claim):
+                raise
+
+    def _record(self, principal: access.Principal, request: RunRequest, plan: _Plan
+                ) -> RunRecord:
+        """The record step: the new run, queued, owned by this process or (in a cluster
+        with no room here) by none."""
+        definition = plan.definition
         run = RunRecord(
-            id=ids.new_id(), workflow=definition.name, version=version,
-            status=RunStatus.QUEUED, inputs=inputs, created_at=time.time(),
+            id=ids.new_id(), workflow=definition.name, version=plan.version,
+            status=RunStatus.QUEUED, inputs=plan.inputs, created_at=time.time(),
             priority=request.priority, correlation_id=request.correlation_id,
             idempotency_key=request.idempotency_key,
             user=request.user, trace_id=request.trace_id or ids.new_hex(),
-            api_key_id=principal.key_id, overrides=overrides, graph=graph,
+            api_key_id=principal.key_id, overrides=plan.overrides, graph=plan.graph,
             parent_run_id=request.parent_run_id, depth=request.depth,
             root_run_id=request.root_run_id, schedule_id=request.schedule_id,
             schedule_slot=request.schedule_slot, source=request.source,
             callback_url=request.callback_url or definition.callback_url)
         if self.cluster is not None:
             run.owner = self.cluster.owner_for(run)
+        return run
+
+    async def _accept(self, run: RunRecord, claim: IdempotencyClaim | None,
+                      concurrency: tuple[str, int] | None) -> Submission:
+        """The accept step: commit the run with its key in one transaction, then queue it
+        (here, or for any process of the cluster), or answer with the run the key names."""
         handle = self.dispatcher.prepare(run)
         handle.concurrency = concurrency
         counts_before = self.cluster.counts if self.cluster is not None else 0
@@ -230,11 +273,11 @@ class RunService:
             self.dispatcher.discard(handle)
             await self.cluster.announce_queued(counts_before)
             logger.info("run %s: queued %s v%d for any process (priority %d)", run.id,
-                        run.workflow, version, run.priority)
+                        run.workflow, run.version, run.priority)
             return Submission(run, created=True)
         handle.fresh = True
         self.dispatcher.enqueue(handle)
-        logger.info("run %s: queued %s v%d (priority %d)", run.id, run.workflow, version,
+        logger.info("run %s: queued %s v%d (priority %d)", run.id, run.workflow, run.version,
                     run.priority)
         return Submission(run, created=True)
 
