@@ -420,6 +420,7 @@ def create_app(settings: Settings | None = None, *,
                   Mount("/native", app=_dialect_app(native, app.state)),
                   Mount("", app=_dialect_app(DIALECTS[root][1], app.state))]
     app.router.routes.extend(routes)
+    app.state.router = app.router  # what /openapi.json describes, from any mount
     app.state.settings = settings
     app.state.registry = registry
     app.state.service = None  # set, with its parts below, while the lifespan runs
