@@ -413,5 +413,5 @@ def create_app(settings: Settings | None = None, *,
                   Mount("/native", app=_dialect_app(native, app.state)),
                   Mount("", app=_dialect_app(DIALECTS[root][1], app.state))]
     app.router.routes.extend(routes)
-    app.state.flowrun = Served(settings, registry, Metrics())
+    app.state.flowrun = Served(settings, registry, Metrics(), router=app.router)
     return app

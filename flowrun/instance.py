@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from starlette.routing import Router
+
     from flowrun.engine.nodes import Registry
     from flowrun.features.callbacks.book import CallbackBook
     from flowrun.features.keys import KeyRing
@@ -52,4 +54,5 @@ class Served:
     settings: Settings
     registry: Registry
     metrics: Metrics
+    router: Router | None = None  # the whole app's routes (what /openapi.json describes)
     instance: Instance | None = None  # set by the lifespan, None before and after

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from flowrun.api.common import (
     JSONResponse,
@@ -34,6 +34,7 @@ from flowrun.api.common import (
     query_int,
     read_json,
 )
+from flowrun.api.routes import ApiRoute
 from flowrun.errors import BadRequest, Conflict, FlowrunError, NotFound, Unauthorized
 from flowrun.records import RUN_TERMINAL, NodeRecord, NodeStatus, OnConflict, RunRecord, RunStatus
 from flowrun.runs import access
@@ -154,6 +155,7 @@ async def _start(request: Request, start: StartWorkflowRequest, key: str | None,
 
 
 async def start_by_name(request: Request) -> Response:
+    """Conductor: start by name."""
     service = instance_of(request).service
     data = await read_json(request, service.settings.max_body_bytes, empty={})
     if not isinstance(data, dict):
@@ -170,6 +172,7 @@ async def start_by_name(request: Request) -> Response:
 
 
 async def start_with_request(request: Request) -> Response:
+    """Conductor: start (StartWorkflowRequest)."""
     service = instance_of(request).service
     start = parse_model(StartWorkflowRequest,
                         await read_json(request, service.settings.max_body_bytes))
@@ -197,11 +200,13 @@ def _flag(request: Request, name: str, default: bool) -> bool:
 
 
 async def get_workflow(request: Request) -> Response:
+    """Conductor: an execution."""
     _, run = await _run(request)
     return JSONResponse(workflow_json(run, _flag(request, "includeTasks", True)))
 
 
 async def get_status(request: Request) -> Response:
+    """Conductor: status."""
     _, run = await _run(request)
     body: dict[str, Any] = {"workflowId": run.id, "correlationId": run.correlation_id,
                             "status": _STATUS[run.status]}
@@ -213,6 +218,7 @@ async def get_status(request: Request) -> Response:
 
 
 async def terminate(request: Request) -> Response:
+    """Conductor: terminate."""
     principal, run = await _run(request)
     if run.status is RunStatus.SUCCEEDED:
         raise Conflict("Cannot terminate a COMPLETED workflow.")
@@ -223,31 +229,38 @@ async def terminate(request: Request) -> Response:
 
 
 async def pause(request: Request) -> Response:
+    """Conductor: pause."""
     principal, run = await _run(request)
     await instance_of(request).service.pause(principal, run.id)
     return Response(status_code=200)
 
 
 async def resume(request: Request) -> Response:
+    """Conductor: resume."""
     principal, run = await _run(request)
     await instance_of(request).service.resume(principal, run.id)
     return Response(status_code=200)
 
 
 async def restart(request: Request) -> Response:
+    """Conductor: restart."""
     principal, run = await _run(request)
     await instance_of(request).service.rerun(principal, run.id, from_failure=False)
     return Response(status_code=204)
 
 
 async def retry(request: Request) -> Response:
+    """Conductor: retry."""
     principal, run = await _run(request)
     await instance_of(request).service.rerun(principal, run.id, from_failure=True)
     return Response(status_code=204)
 
 
 async def execute(request: Request) -> Response:
-    """Start and wait up to ``waitForSeconds`` (0 means 10); answer a SignalResponse."""
+    """Conductor: start and wait.
+
+    Waits up to ``waitForSeconds`` (0 means 10) and answers a SignalResponse.
+    """
     began = time.monotonic()
     service = instance_of(request).service
     data = await read_json(request, service.settings.max_body_bytes, empty={})
@@ -281,7 +294,10 @@ async def execute(request: Request) -> Response:
 
 
 async def token(request: Request) -> Response:
-    """Orkes' ``POST /token``: an API key id and secret in, a token (the key) out."""
+    """Orkes: a token for a key.
+
+    An API key id and secret in, a token (the key) out.
+    """
     service = instance_of(request).service
     if not service.settings.auth_enabled:
         raise NotFound("authentication is off")  # Conductor clients read 404 as open mode
@@ -294,18 +310,24 @@ async def token(request: Request) -> Response:
     return JSONResponse({"token": str(data["keySecret"])})
 
 
+route = partial(ApiRoute, error="ConductorError")
+
 routes = [
-    Route("/token", token, methods=["POST"]),
-    Route("/workflow", start_with_request, methods=["POST"]),
-    Route("/workflow/execute/{name}/{version}", execute, methods=["POST"]),
-    Route("/workflow/{name}", start_by_name, methods=["POST"]),
-    Route("/workflow/{workflow_id}", get_workflow, methods=["GET"]),
-    Route("/workflow/{workflow_id}", terminate, methods=["DELETE"]),
-    Route("/workflow/{workflow_id}/status", get_status, methods=["GET"]),
-    Route("/workflow/{workflow_id}/pause", pause, methods=["PUT"]),
-    Route("/workflow/{workflow_id}/resume", resume, methods=["PUT"]),
-    Route("/workflow/{workflow_id}/restart", restart, methods=["POST"]),
-    Route("/workflow/{workflow_id}/retry", retry, methods=["POST"]),
+    route("/token", token, "POST", body={"type": "object", "properties": {
+        "keyId": {"type": "string"}, "keySecret": {"type": "string"}}}),
+    route("/workflow", start_with_request, "POST", body=StartWorkflowRequest),
+    route("/workflow/execute/{name}/{version}", execute, "POST", body=StartWorkflowRequest,
+          query=("waitForSeconds", "requestId")),
+    route("/workflow/{name}", start_by_name, "POST", body={"type": "object"},
+          query=("version", "correlationId", "priority")),
+    route("/workflow/{workflow_id}", get_workflow, "GET", query=("includeTasks",)),
+    route("/workflow/{workflow_id}", terminate, "DELETE", query=("reason",)),
+    route("/workflow/{workflow_id}/status", get_status, "GET",
+          query=("includeOutput", "includeVariables")),
+    route("/workflow/{workflow_id}/pause", pause, "PUT"),
+    route("/workflow/{workflow_id}/resume", resume, "PUT"),
+    route("/workflow/{workflow_id}/restart", restart, "POST", ok="204"),
+    route("/workflow/{workflow_id}/retry", retry, "POST", ok="204"),
 ]
 exception_handlers = error_handlers(render_error)
 

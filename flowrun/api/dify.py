@@ -20,13 +20,13 @@ import re
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from flowrun.api.common import (
     JSONResponse,
@@ -43,6 +43,7 @@ from flowrun.api.common import (
     sse_response,
     unix,
 )
+from flowrun.api.routes import ApiRoute
 from flowrun.errors import BadRequest, FlowrunError, NotFound, RunNotFound
 from flowrun.records import RUN_TERMINAL, Event, RunRecord, RunStatus
 from flowrun.runs.access import Principal
@@ -201,10 +202,12 @@ async def _run(request: Request, workflow_id: str | None) -> Response:
 
 
 async def run_bound(request: Request) -> Response:
+    """Dify: run the key's workflow app."""
     return await _run(request, None)
 
 
 async def run_version(request: Request) -> Response:
+    """Dify: run a version."""
     return await _run(request, request.path_params["workflow_id"])
 
 
@@ -219,12 +222,14 @@ async def _owned(request: Request, run_id: str, user: str | None) -> RunRecord:
 
 
 async def get_run(request: Request) -> Response:
+    """Dify: run detail."""
     run = await _owned(request, request.path_params["workflow_run_id"],
                        request.query_params.get("user"))
     return JSONResponse(run_detail(run))
 
 
 async def stop(request: Request) -> Response:
+    """Dify: stop."""
     service = instance_of(request).service
     data = await read_json(request, service.settings.max_body_bytes)
     if not isinstance(data, dict) or not isinstance(data.get("user"), str) or not data["user"]:
@@ -237,18 +242,23 @@ async def stop(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
+    """Dify: events (resumable)."""
     run = await _owned(request, request.path_params["workflow_run_id"],
                        request.query_params.get("user"))
     return event_stream(request, instance_of(request).service, await principal_of(request), run,
                         last_event_id(request))
 
 
+route = partial(ApiRoute, error="DifyError")
+
 routes = [
-    Route("/workflows/run", run_bound, methods=["POST"]),
-    Route("/workflows/run/{workflow_run_id}", get_run, methods=["GET"]),
-    Route("/workflows/tasks/{task_id}/stop", stop, methods=["POST"]),
-    Route("/workflows/{workflow_id}/run", run_version, methods=["POST"]),
-    Route("/workflow/{workflow_run_id}/events", events, methods=["GET"]),
+    route("/workflows/run", run_bound, "POST", body=DifyRunBody, also=("202",)),
+    route("/workflows/run/{workflow_run_id}", get_run, "GET", query=("user",)),
+    route("/workflows/tasks/{task_id}/stop", stop, "POST",
+          body={"type": "object", "properties": {"user": {"type": "string"}}}),
+    route("/workflows/{workflow_id}/run", run_version, "POST", body=DifyRunBody,
+          also=("202",)),
+    route("/workflow/{workflow_run_id}/events", events, "GET", query=("user",), stream=True),
 ]
 exception_handlers = error_handlers(render_error)
 

@@ -16,13 +16,13 @@ import json
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from flowrun.api.common import (
     JSONResponse,
@@ -37,6 +37,7 @@ from flowrun.api.common import (
     read_json,
     sse_response,
 )
+from flowrun.api.routes import ApiRoute
 from flowrun.errors import DefinitionError, FlowrunError, RunNotFound, WorkflowNotFound
 from flowrun.records import Event, NodeStatus, RunRecord, RunStatus, rfc3339
 from flowrun.runs.access import Principal
@@ -115,6 +116,7 @@ async def _body(request: Request) -> tuple[Principal, RunService, str, JobBody]:
 
 
 async def run(request: Request) -> Response:
+    """Jobs: start a job."""
     principal, service, name, body = await _body(request)
     accepted = (await service.submit(principal, _run_request(request, name, body))).run
     job = await service.get_run(principal, accepted.id)  # with its number
@@ -122,6 +124,7 @@ async def run(request: Request) -> Response:
 
 
 async def run_sync(request: Request) -> Response:
+    """Jobs: run a job and wait."""
     started = time.monotonic()
     principal, service, name, body = await _body(request)
     wait = checked_wait(body.timeout, service.settings.run_sync_max_timeout_s)
@@ -147,6 +150,7 @@ async def _jobs(request: Request, limit: int) -> tuple[RunService, list[RunRecor
 
 
 async def latest_job(request: Request) -> Response:
+    """Jobs: the newest job."""
     service, runs = await _jobs(request, 1)
     if not runs:
         raise RunNotFound(f"workflow {request.path_params['id']} has no jobs yet")
@@ -154,6 +158,7 @@ async def latest_job(request: Request) -> Response:
 
 
 async def list_jobs(request: Request) -> Response:
+    """Jobs: recent jobs."""
     limit = query_int(request, "limit", 20, minimum=1, maximum=200) or 20
     service, runs = await _jobs(request, limit)
     return JSONResponse({"success": True,
@@ -168,7 +173,10 @@ def _frame(kind: str, run: RunRecord, event: Event | None, extra: dict[str, Any]
 
 
 async def stream(request: Request) -> Response:
-    """SSE: ``init`` (the job now), ``update`` per node event, ``done`` with the result."""
+    """Jobs: a job's events.
+
+    SSE: ``init`` (the job now), ``update`` per node event, ``done`` with the result.
+    """
     principal = await principal_of(request)
     service = instance_of(request).service
     raw = request.path_params["job_id"]
@@ -198,12 +206,14 @@ async def stream(request: Request) -> Response:
     return sse_response(request, frames())
 
 
+route = partial(ApiRoute, error="JobsError")
+
 routes = [
-    Route("/workflows/{id}/run", run, methods=["POST"]),
-    Route("/workflows/{id}/run-sync", run_sync, methods=["POST"]),
-    Route("/workflows/{id}/latest-job", latest_job, methods=["GET"]),
-    Route("/workflows/{id}/jobs", list_jobs, methods=["GET"]),
-    Route("/jobs/{job_id}/stream", stream, methods=["GET"]),
+    route("/workflows/{id}/run", run, "POST", body=JobBody, also=("408",)),
+    route("/workflows/{id}/run-sync", run_sync, "POST", body=JobBody, also=("408",)),
+    route("/workflows/{id}/latest-job", latest_job, "GET"),
+    route("/workflows/{id}/jobs", list_jobs, "GET", query=("limit",)),
+    route("/jobs/{job_id}/stream", stream, "GET", stream=True),
 ]
 exception_handlers = error_handlers(render_error)
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from flowrun.api.common import (
     MAX_NUMBER,
@@ -35,6 +35,7 @@ from flowrun.api.common import (
     read_json,
     sse_response,
 )
+from flowrun.api.routes import ApiRoute
 from flowrun.errors import BadRequest, FlowrunError, RunNotFound, WorkflowNotFound
 from flowrun.records import (
     RUN_TERMINAL,
@@ -171,6 +172,7 @@ def event_stream(request: Request, service: RunService, principal: Principal, ru
 
 
 async def run_workflow(request: Request) -> Response:
+    """Langflow: run a flow (sync, stream or background)."""
     began = time.monotonic()
     principal = await principal_of(request)
     service = instance_of(request).service
@@ -246,6 +248,7 @@ def _sequence(raw: str | None, field: str) -> int:
 
 
 async def get_status(request: Request) -> Response:
+    """Langflow: a job's status or result."""
     service, run = await _job(request, request.query_params.get("job_id"))
     if request.query_params.get("stream", "").lower() == "true":
         return event_stream(request, service, await principal_of(request), run.id,
@@ -265,12 +268,14 @@ async def get_status(request: Request) -> Response:
 
 
 async def job_events(request: Request) -> Response:
+    """Langflow: a job's events."""
     service, run = await _job(request, request.path_params["job_id"])
     return event_stream(request, service, await principal_of(request), run.id,
                         _sequence(request.headers.get("last-event-id"), "Last-Event-ID"))
 
 
 async def stop(request: Request) -> Response:
+    """Langflow: stop a job."""
     service = instance_of(request).service
     data = await read_json(request, service.settings.max_body_bytes)
     job_id = data.get("job_id") if isinstance(data, dict) else None
@@ -285,11 +290,15 @@ async def stop(request: Request) -> Response:
     return JSONResponse({"job_id": run.id, "message": message})
 
 
+route = partial(ApiRoute, error="LangflowError")
+
 routes = [
-    Route("/api/v2/workflows", run_workflow, methods=["POST"]),
-    Route("/api/v2/workflows", get_status, methods=["GET"]),
-    Route("/api/v2/workflows/stop", stop, methods=["POST"]),
-    Route("/api/v2/workflows/{job_id}/events", job_events, methods=["GET"]),
+    route("/api/v2/workflows", run_workflow, "POST", body=WorkflowsRequest, also=("408",)),
+    route("/api/v2/workflows", get_status, "GET", query=("job_id", "stream", "sequence_id"),
+          also=("408", "500")),
+    route("/api/v2/workflows/stop", stop, "POST",
+          body={"type": "object", "properties": {"job_id": {"type": "string"}}}),
+    route("/api/v2/workflows/{job_id}/events", job_events, "GET", stream=True),
 ]
 exception_handlers = error_handlers(render_error)
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncGenerator
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
 
 from flowrun.api import webhooks
 from flowrun.api.common import (
@@ -32,7 +32,8 @@ from flowrun.api.common import (
     read_json_or_yaml,
     sse_response,
 )
-from flowrun.api.openapi import build_spec
+from flowrun.api.openapi import app_routes, build_spec
+from flowrun.api.routes import ApiRoute
 from flowrun.api.signal_page import signal_page
 from flowrun.errors import BadRequest, FlowrunError, NotFound
 from flowrun.language import urls
@@ -106,6 +107,7 @@ async def _run_request(request: Request) -> tuple[RunRequest, RunBody]:
 # --- workflows ---------------------------------------------------------------------
 
 async def list_workflows(request: Request) -> Response:
+    """Workflows this key may use."""
     principal = await principal_of(request)
     items = [{"name": name, "version": version, "description": d.description,
               "inputs": {k: v.model_dump(exclude_none=True) for k, v in d.inputs.items()}}
@@ -114,6 +116,7 @@ async def list_workflows(request: Request) -> Response:
 
 
 async def get_workflow(request: Request) -> Response:
+    """A definition."""
     principal = await principal_of(request)
     version = query_int(request, "version", None, minimum=1, maximum=2**31)
     found_version, definition = await instance_of(request).workflows.read(
@@ -123,6 +126,7 @@ async def get_workflow(request: Request) -> Response:
 
 
 async def put_workflow(request: Request) -> Response:
+    """Register a new version (admin); JSON or YAML."""
     principal = await principal_of(request)
     require_admin(principal, "registering workflows")  # before reading the body
     data = await read_json_or_yaml(request, _max_body(request))
@@ -133,6 +137,7 @@ async def put_workflow(request: Request) -> Response:
 
 
 async def workflow_versions(request: Request) -> Response:
+    """A workflow's versions."""
     principal = await principal_of(request)
     name = request.path_params["name"]
     found = await instance_of(request).workflows.versions(principal, name)
@@ -141,6 +146,7 @@ async def workflow_versions(request: Request) -> Response:
 
 
 async def delete_workflow(request: Request) -> Response:
+    """Delete a version, or every version (admin); 409 while runs of it are live."""
     principal = await principal_of(request)
     version = query_int(request, "version", None, minimum=1, maximum=2**31)
     await instance_of(request).workflows.delete(principal, request.path_params["name"], version)
@@ -150,13 +156,18 @@ async def delete_workflow(request: Request) -> Response:
 # --- schedules ---------------------------------------------------------------------
 
 async def list_schedules(request: Request) -> Response:
+    """A workflow's schedules."""
     principal = await principal_of(request)
     found = await instance_of(request).schedules.list(principal, request.path_params["name"])
     return JSONResponse({"schedules": [s.to_json() for s in found]})
 
 
 async def create_schedule(request: Request) -> Response:
-    """Add a schedule (admin); the body is an entry of a definition's schedules block."""
+    """Add a schedule (admin): id, cron (5 fields, or 6 with seconds first), timezone,
+    inputs, catch_up, paused; 400 naming it when invalid, 409 when its id is taken.
+
+    The body is an entry of a definition's schedules block.
+    """
     principal = await principal_of(request)
     require_admin(principal, "creating schedules")  # before reading the body
     data = await read_json(request, _max_body(request))
@@ -166,6 +177,7 @@ async def create_schedule(request: Request) -> Response:
 
 
 async def pause_schedule(request: Request) -> Response:
+    """Pause a schedule."""
     principal = await principal_of(request)
     record = await instance_of(request).schedules.set_paused(
         principal, request.path_params["name"], request.path_params["schedule_id"], True)
@@ -173,6 +185,7 @@ async def pause_schedule(request: Request) -> Response:
 
 
 async def resume_schedule(request: Request) -> Response:
+    """Resume a schedule from now (slots that went by while paused do not fire)."""
     principal = await principal_of(request)
     record = await instance_of(request).schedules.set_paused(
         principal, request.path_params["name"], request.path_params["schedule_id"], False)
@@ -180,6 +193,7 @@ async def resume_schedule(request: Request) -> Response:
 
 
 async def delete_schedule(request: Request) -> Response:
+    """Delete a schedule (admin)."""
     principal = await principal_of(request)
     await instance_of(request).schedules.delete(principal, request.path_params["name"],
                                        request.path_params["schedule_id"])
@@ -189,6 +203,7 @@ async def delete_schedule(request: Request) -> Response:
 # --- runs --------------------------------------------------------------------------
 
 async def run_async(request: Request) -> Response:
+    """Accept a run (202, Location: /runs/{id})."""
     principal = await principal_of(request)
     run_request, body = await _run_request(request)
     if body.timeout is not None:
@@ -230,6 +245,7 @@ def event_stream(request: Request, events: AsyncGenerator[Event, None],
 
 
 async def run_events(request: Request) -> Response:
+    """The run's events: replay after Last-Event-ID (or `after`), then live."""
     principal = await principal_of(request)
     service = instance_of(request).service
     run = await service.get_run(principal, request.path_params["run_id"])
@@ -252,6 +268,7 @@ def _timeout_param(request: Request, body: RunBody) -> float | None:
 
 
 async def run_sync(request: Request) -> Response:
+    """Run and wait; 408 when `timeout` passes."""
     principal = await principal_of(request)
     started = time.monotonic()
     run_request, body = await _run_request(request)
@@ -287,6 +304,7 @@ async def list_runs(request: Request) -> Response:
 
 
 async def latest_run(request: Request) -> Response:
+    """The newest run."""
     principal = await principal_of(request)
     service = instance_of(request).service
     runs, _ = await service.list_runs(principal, request.path_params["name"], limit=1)
@@ -297,12 +315,14 @@ async def latest_run(request: Request) -> Response:
 
 
 async def get_run(request: Request) -> Response:
+    """A run with its nodes."""
     principal = await principal_of(request)
     run = await instance_of(request).service.get_run(principal, request.path_params["run_id"])
     return JSONResponse(run.to_json())
 
 
 async def stop_run(request: Request) -> Response:
+    """Stop a queued or running run."""
     principal = await principal_of(request)
     run = await instance_of(request).service.stop(principal, request.path_params["run_id"])
     return JSONResponse(run.to_json())
@@ -326,7 +346,8 @@ class SignalUrlBody(BaseModel):
 
 
 async def signal_run(request: Request) -> Response:
-    """Deliver a signal to a run's wait node: ``{"name": ..., "data": {...}}``."""
+    """Send a signal to the run's wait node of that name (`data` becomes its outputs); a
+    parked run goes on."""
     principal = await principal_of(request)
     body = parse_model(SignalBody, await read_json(request, _max_body(request)))
     run = await instance_of(request).waits.signal(principal, request.path_params["run_id"],
@@ -335,8 +356,11 @@ async def signal_run(request: Request) -> Response:
 
 
 async def describe_signal_url(request: Request) -> Response:
-    """What a one-time signal URL is for (no API key: the URL is the credential); a
-    browser gets a small form that sends the signal."""
+    """What a one-time signal URL is for (no key: the URL is the credential); HTML for a
+    browser.
+
+    The page is a small form that sends the signal.
+    """
     found = await instance_of(request).waits.describe_token(request.path_params["token"])
     if "text/html" in request.headers.get("accept", ""):
         return HTMLResponse(signal_page(found))
@@ -344,25 +368,31 @@ async def describe_signal_url(request: Request) -> Response:
 
 
 async def send_signal_url(request: Request) -> Response:
-    """Send the signal a one-time signal URL stands for: ``{"data": {...}}`` (or nothing)."""
+    """Send the signal of a one-time signal URL (no key).
+
+    The body is ``{"data": {...}}``, or nothing.
+    """
     body = parse_model(SignalUrlBody, await read_json(request, _max_body(request), empty={}))
     run = await instance_of(request).waits.signal_by_token(request.path_params["token"], body.data)
     return JSONResponse({"run_id": run.id, "status": run.status.value, "received": True})
 
 
 async def delete_run(request: Request) -> Response:
+    """Delete a finished run (admin)."""
     principal = await principal_of(request)
     await instance_of(request).service.delete_run(principal, request.path_params["run_id"])
     return Response(status_code=204)
 
 
 async def pause_run(request: Request) -> Response:
+    """Hold a live run before its next node."""
     principal = await principal_of(request)
     run = await instance_of(request).service.pause(principal, request.path_params["run_id"])
     return JSONResponse(run.to_json())
 
 
 async def resume_run(request: Request) -> Response:
+    """Let a paused run go on."""
     principal = await principal_of(request)
     run = await instance_of(request).service.resume(principal, request.path_params["run_id"])
     return JSONResponse(run.to_json())
@@ -375,8 +405,8 @@ class RetryBody(BaseModel):
 
 
 async def retry_run(request: Request) -> Response:
-    """Run a finished run again from its failed nodes, or from ``from_node`` (keeping the
-    outputs of the nodes before it)."""
+    """Run a finished run again from its failed nodes, or from `from_node`, keeping the
+    outputs of the nodes before."""
     principal = await principal_of(request)
     body = parse_model(RetryBody, await read_json(request, _max_body(request), empty={}))
     run = await instance_of(request).service.rerun(principal, request.path_params["run_id"],
@@ -392,8 +422,8 @@ class RerunBody(BaseModel):
 
 
 async def rerun_run(request: Request) -> Response:
-    """A new run that re-runs this one from ``from_node``, reusing the outputs of the
-    nodes before it (``rerun_of`` names this run)."""
+    """A new run (`rerun_of` this one) from `from_node`, reusing the outputs of the nodes
+    before it."""
     principal = await principal_of(request)
     body = parse_model(RerunBody, await read_json(request, _max_body(request)))
     submission = await instance_of(request).service.rerun_from(
@@ -403,7 +433,10 @@ async def rerun_run(request: Request) -> Response:
 
 
 async def restart_run(request: Request) -> Response:
-    """Run a finished run again from scratch, under the same id."""
+    """Run a finished run again from scratch.
+
+    It keeps its id.
+    """
     principal = await principal_of(request)
     run = await instance_of(request).service.rerun(principal, request.path_params["run_id"],
                                           from_failure=False)
@@ -411,7 +444,8 @@ async def restart_run(request: Request) -> Response:
 
 
 async def run_callbacks(request: Request) -> Response:
-    """The run's completion callback: its URL, state and every delivery attempt."""
+    """The run's completion callback: url, state (pending, delivered, failed),
+    next_attempt_at and every attempt; 404 when the run has none."""
     principal = await principal_of(request)
     found = await instance_of(request).callbacks.get(principal, request.path_params["run_id"])
     return JSONResponse(found.to_json())
@@ -420,11 +454,13 @@ async def run_callbacks(request: Request) -> Response:
 # --- callback signing secret (admin) -----------------------------------------------
 
 async def callback_secret(request: Request) -> Response:
+    """The secret callbacks are signed with (admin)."""
     principal = await principal_of(request)
     return JSONResponse(await instance_of(request).callbacks.secret(principal))
 
 
 async def rotate_callback_secret(request: Request) -> Response:
+    """A new callback signing secret; the old one signs alongside it for a day (admin)."""
     principal = await principal_of(request)
     return JSONResponse(await instance_of(request).callbacks.rotate(principal))
 
@@ -443,6 +479,7 @@ class KeyBody(BaseModel):
 
 
 async def create_key(request: Request) -> Response:
+    """Create an API key; its secret is shown once (admin)."""
     principal = await principal_of(request)
     require_admin(principal, "creating API keys")
     body = parse_model(KeyBody, await read_json(request, _max_body(request)))
@@ -454,12 +491,14 @@ async def create_key(request: Request) -> Response:
 
 
 async def list_keys(request: Request) -> Response:
+    """API keys, never their secrets (admin)."""
     principal = await principal_of(request)
     keys = await instance_of(request).keys.list(principal)
     return JSONResponse({"keys": [k.to_json() for k in keys]})
 
 
 async def revoke_key(request: Request) -> Response:
+    """Revoke a key (admin)."""
     principal = await principal_of(request)
     await instance_of(request).keys.revoke(principal, request.path_params["key_id"])
     return Response(status_code=204)
@@ -475,12 +514,14 @@ class SecretBody(BaseModel):
 
 
 async def list_secrets(request: Request) -> Response:
+    """Secrets by name, never their values (admin)."""
     principal = await principal_of(request)
     found = await instance_of(request).vault.list(principal)
     return JSONResponse({"secrets": [s.to_json() for s in found]})
 
 
 async def put_secret(request: Request) -> Response:
+    """Store a secret and where it may be sent (admin)."""
     principal = await principal_of(request)
     require_admin(principal, "managing secrets")
     body = parse_model(SecretBody, await read_json(request, _max_body(request)))
@@ -491,13 +532,17 @@ async def put_secret(request: Request) -> Response:
 
 
 async def delete_secret(request: Request) -> Response:
+    """Delete a secret (admin)."""
     principal = await principal_of(request)
     await instance_of(request).vault.delete(principal, request.path_params["name"])
     return Response(status_code=204)
 
 
 async def healthz(request: Request) -> Response:
-    """503 while draining, so a load balancer stops sending new work here."""
+    """Health and queue depth.
+
+    503 while draining, so a load balancer stops sending new work here.
+    """
     health = instance_of(request).service.health()
     if health["status"] == "draining":
         return JSONResponse(health, status_code=503, headers={"Retry-After": "5"})
@@ -505,65 +550,69 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
     await principal_of(request)
     registry = instance_of(request).metrics
     return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(build_spec({"RunBody": RunBody, "KeyBody": KeyBody,
-                                    "ScheduleSpec": ScheduleSpec,
-                                    "SecretBody": SecretBody, "RetryBody": RetryBody,
-                                    "RerunBody": RerunBody, "SignalBody": SignalBody,
-                                    "SignalUrlBody": SignalUrlBody,
-                                    "HookBody": webhooks.HookBody}))
+    """This document."""
+    return JSONResponse(build_spec(app_routes(request)))
 
+
+route = partial(ApiRoute, error="Problem")
+_OBJECT = {"type": "object"}
 
 ops_routes = [
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
-    Route("/openapi.json", openapi, methods=["GET"]),
+    route("/healthz", healthz, "GET", public=True),
+    route("/metrics", metrics, "GET"),
+    route("/openapi.json", openapi, "GET", public=True),
 ]
 
 routes = [
     *ops_routes,
-    Route("/workflows", list_workflows, methods=["GET"]),
-    Route("/workflows/{name}", get_workflow, methods=["GET"]),
-    Route("/workflows/{name}", put_workflow, methods=["PUT"]),
-    Route("/workflows/{name}", delete_workflow, methods=["DELETE"]),
-    Route("/workflows/{name}/versions", workflow_versions, methods=["GET"]),
-    Route("/workflows/{name}/schedules", list_schedules, methods=["GET"]),
-    Route("/workflows/{name}/schedules", create_schedule, methods=["POST"]),
-    Route("/workflows/{name}/schedules/{schedule_id}", delete_schedule, methods=["DELETE"]),
-    Route("/workflows/{name}/schedules/{schedule_id}/pause", pause_schedule, methods=["POST"]),
-    Route("/workflows/{name}/schedules/{schedule_id}/resume", resume_schedule,
-          methods=["POST"]),
-    Route("/workflows/{name}/run", run_async, methods=["POST"]),
-    Route("/workflows/{name}/run-sync", run_sync, methods=["POST"]),
-    Route("/workflows/{name}/runs", list_runs, methods=["GET"]),
-    Route("/workflows/{name}/runs/latest", latest_run, methods=["GET"]),
-    Route("/runs", list_runs, methods=["GET"]),
-    Route("/runs/{run_id}", get_run, methods=["GET"]),
-    Route("/runs/{run_id}", delete_run, methods=["DELETE"]),
-    Route("/runs/{run_id}/stop", stop_run, methods=["POST"]),
-    Route("/runs/{run_id}/pause", pause_run, methods=["POST"]),
-    Route("/runs/{run_id}/resume", resume_run, methods=["POST"]),
-    Route("/runs/{run_id}/retry", retry_run, methods=["POST"]),
-    Route("/runs/{run_id}/restart", restart_run, methods=["POST"]),
-    Route("/runs/{run_id}/rerun", rerun_run, methods=["POST"]),
-    Route("/runs/{run_id}/signal", signal_run, methods=["POST"]),
-    Route("/signals/{token}", describe_signal_url, methods=["GET"]),
-    Route("/signals/{token}", send_signal_url, methods=["POST"]),
-    Route("/runs/{run_id}/events", run_events, methods=["GET"]),
-    Route("/runs/{run_id}/callbacks", run_callbacks, methods=["GET"]),
-    Route("/callbacks/secret", callback_secret, methods=["GET"]),
-    Route("/callbacks/secret/rotate", rotate_callback_secret, methods=["POST"]),
-    Route("/keys", list_keys, methods=["GET"]),
-    Route("/keys", create_key, methods=["POST"]),
-    Route("/keys/{key_id}", revoke_key, methods=["DELETE"]),
-    Route("/secrets", list_secrets, methods=["GET"]),
-    Route("/secrets/{name}", put_secret, methods=["PUT"]),
-    Route("/secrets/{name}", delete_secret, methods=["DELETE"]),
+    route("/workflows", list_workflows, "GET"),
+    route("/workflows/{name}", get_workflow, "GET", query=("version",)),
+    route("/workflows/{name}", put_workflow, "PUT", ok="201", body=_OBJECT, also=("200",),
+          yaml=True),
+    route("/workflows/{name}", delete_workflow, "DELETE", ok="204", query=("version",)),
+    route("/workflows/{name}/versions", workflow_versions, "GET"),
+    route("/workflows/{name}/schedules", list_schedules, "GET"),
+    route("/workflows/{name}/schedules", create_schedule, "POST", ok="201", body=ScheduleSpec),
+    route("/workflows/{name}/schedules/{schedule_id}", delete_schedule, "DELETE", ok="204"),
+    route("/workflows/{name}/schedules/{schedule_id}/pause", pause_schedule, "POST"),
+    route("/workflows/{name}/schedules/{schedule_id}/resume", resume_schedule, "POST"),
+    route("/workflows/{name}/run", run_async, "POST", ok="202", body=RunBody, also=("200",)),
+    route("/workflows/{name}/run-sync", run_sync, "POST", body=RunBody, query=("timeout",),
+          also=("408",)),
+    route("/workflows/{name}/runs", list_runs, "GET",
+          summary="Runs of a workflow, newest first",
+          query=("status", "correlation_id", "limit", "cursor")),
+    route("/workflows/{name}/runs/latest", latest_run, "GET"),
+    route("/runs", list_runs, "GET", summary="Runs of every workflow, newest first",
+          query=("workflow", "status", "correlation_id", "limit", "cursor")),
+    route("/runs/{run_id}", get_run, "GET"),
+    route("/runs/{run_id}", delete_run, "DELETE", ok="204"),
+    route("/runs/{run_id}/stop", stop_run, "POST"),
+    route("/runs/{run_id}/pause", pause_run, "POST"),
+    route("/runs/{run_id}/resume", resume_run, "POST"),
+    route("/runs/{run_id}/retry", retry_run, "POST", ok="202", body=RetryBody),
+    route("/runs/{run_id}/restart", restart_run, "POST", ok="202"),
+    route("/runs/{run_id}/rerun", rerun_run, "POST", ok="202", body=RerunBody),
+    route("/runs/{run_id}/signal", signal_run, "POST", body=SignalBody),
+    route("/signals/{token}", describe_signal_url, "GET", public=True),
+    route("/signals/{token}", send_signal_url, "POST", public=True, body=SignalUrlBody),
+    route("/runs/{run_id}/events", run_events, "GET", query=("after",), stream=True),
+    route("/runs/{run_id}/callbacks", run_callbacks, "GET"),
+    route("/callbacks/secret", callback_secret, "GET"),
+    route("/callbacks/secret/rotate", rotate_callback_secret, "POST"),
+    route("/keys", list_keys, "GET"),
+    route("/keys", create_key, "POST", ok="201", body=KeyBody),
+    route("/keys/{key_id}", revoke_key, "DELETE", ok="204"),
+    route("/secrets", list_secrets, "GET"),
+    route("/secrets/{name}", put_secret, "PUT", ok="201", body=SecretBody, also=("200",)),
+    route("/secrets/{name}", delete_secret, "DELETE", ok="204"),
     *webhooks.routes,
 ]
 

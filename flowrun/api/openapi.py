@@ -1,4 +1,10 @@
-"""The OpenAPI document of every route: the native API and each dialect at its prefix.
+"""The OpenAPI document of every route the app serves, read from its router.
+
+Nothing here lists routes: the document walks the app's real routing table
+(mounts and their prefixes, the root dialect's mode) and describes each
+``ApiRoute`` (``flowrun/api/routes.py``) that a request for its path and method
+would reach, so a route added, moved or shadowed changes the document with it.
+A route that is no ``ApiRoute`` is not API (the web UI) and is left out.
 
 Request bodies come from the pydantic models the routes validate with; each
 dialect's error responses carry that dialect's own error shape, so a client
@@ -9,13 +15,18 @@ clear 4xx.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.types import Scope
 
 from flowrun import __version__
-from flowrun.api import conductor, dify, jobs, langflow
-from flowrun.features.webhooks import signing
+from flowrun.api.routes import ApiRoute
+from flowrun.instance import Served
 
 _ERRORS: dict[str, dict[str, Any]] = {
     "Problem": {"type": "object", "required": ["status", "code", "detail"], "properties": {
@@ -56,40 +67,41 @@ class _Spec:
         self.schemas[model.__name__] = schema
         return f"#/components/schemas/{model.__name__}"
 
-    def op(self, path: str, method: str, summary: str, *, error: str, ok: str = "200",
-           body: type[BaseModel] | dict[str, Any] | None = None,
-           query: tuple[str, ...] = (), stream: bool = False, public: bool = False,
-           also: tuple[str, ...] = (), yaml: bool = False,
-           headers: tuple[str, ...] = ()) -> None:
-        media = _MEDIA.get(error, "application/json")
-        problem = {"description": f"{error}: the error shape of this API",
-                   "content": {media: {"schema": {"$ref": f"#/components/schemas/{error}"}}}}
-        responses: dict[str, Any] = {ok: {"description": "OK"}}
-        for extra in also:
+    def op(self, path: str, route: ApiRoute) -> None:
+        """Add ``route``'s operation at ``path`` (its path under every mount above it)."""
+        self.paths.setdefault(path, {})[route.method] = self._operation(path, route)
+
+    def _operation(self, path: str, route: ApiRoute) -> dict[str, Any]:
+        media = _MEDIA.get(route.error, "application/json")
+        problem = {"description": f"{route.error}: the error shape of this API",
+                   "content": {media: {"schema": {"$ref": f"#/components/schemas/{route.error}"}}}}
+        responses: dict[str, Any] = {route.ok: {"description": "OK"}}
+        for extra in route.also:
             responses[extra] = {"description": "see the summary"}
         for code in _ERROR_CODES:
             responses.setdefault(str(code), problem)
-        if stream:
-            responses[ok] = {"description": "Server-Sent Events",
-                             "content": {"text/event-stream": {}}}
-        operation: dict[str, Any] = {"summary": summary, "responses": responses}
-        if public:
+        if route.stream:
+            responses[route.ok] = {"description": "Server-Sent Events",
+                                   "content": {"text/event-stream": {}}}
+        operation: dict[str, Any] = {"summary": route.summary, "responses": responses}
+        if route.public:
             operation["security"] = []
         params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                   for name in _path_params(path)]
         params += [{"name": name, "in": "query", "required": False,
-                    "schema": {"type": "string"}} for name in query]
+                    "schema": {"type": "string"}} for name in route.query]
         params += [{"name": name, "in": "header", "required": False,
-                    "schema": {"type": "string"}} for name in headers]
+                    "schema": {"type": "string"}} for name in route.headers]
         if params:
             operation["parameters"] = params
-        if body is not None:
+        if route.body is not None:
+            body = route.body
             schema = {"$ref": self.model(body)} if isinstance(body, type) else body
             operation["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": schema}}}
-            if yaml:  # the same document, written as YAML
+            if route.yaml:  # the same document, written as YAML
                 operation["requestBody"]["content"]["application/yaml"] = {"schema": schema}
-        self.paths.setdefault(path, {})[method] = operation
+        return operation
 
 
 def _path_params(path: str) -> list[str]:
@@ -97,153 +109,62 @@ def _path_params(path: str) -> list[str]:
             if part.startswith("{") and part.endswith("}")]
 
 
-_OBJECT = {"type": "object"}
+def app_routes(request: Request) -> Sequence[BaseRoute]:
+    """The routing table of the flowrun app serving ``request``.
+
+    The whole app's, also when the request came through a mount (``/native`` under a
+    root dialect): the app leaves its router in the state its sub-apps share. An app
+    built from the route tables alone has only its own.
+    """
+    served: Served | None = getattr(request.app.state, "flowrun", None)
+    router = served.router if served is not None and served.router is not None \
+        else request.app.router
+    routes: Sequence[BaseRoute] = router.routes
+    return routes
 
 
-def build_spec(native_models: dict[str, type[BaseModel]]) -> dict[str, Any]:
-    """The spec served at /openapi.json (native models passed in: they live in native.py)."""
+def operations(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[tuple[str, ApiRoute]]:
+    """Every ``ApiRoute`` under ``routes`` with its full path, through every mount."""
+    for route in routes:
+        if isinstance(route, Mount):
+            yield from operations(route.routes, prefix + route.path)
+        elif isinstance(route, ApiRoute):
+            yield prefix + route.path, route
+
+
+_PARAM = re.compile(r"{[^}]*}")
+
+
+def reaches(routes: Sequence[BaseRoute], path: str, route: ApiRoute) -> bool:
+    """Whether a request for ``route`` at ``path`` gets to it, as the router picks.
+
+    Another route matching first (a mount at a prefix, or the same path and method
+    declared before) shadows it: it is not served there, so it is not described.
+    Path parameters take a value no literal segment has.
+    """
+    scope: Scope = {"type": "http", "method": route.method.upper(), "root_path": "",
+                    "path": _PARAM.sub("~1", path), "path_params": {}}
+    return _handler(routes, scope) is route
+
+
+def _handler(routes: Sequence[BaseRoute], scope: Scope) -> BaseRoute | None:
+    """The route serving ``scope``: the first that matches fully, through mounts
+    (Starlette's router, which never goes back once a mount matched)."""
+    for candidate in routes:
+        match, child = candidate.matches(scope)
+        if match is Match.FULL:
+            if isinstance(candidate, Mount):
+                return _handler(candidate.routes, {**scope, **child})
+            return candidate
+    return None
+
+
+def build_spec(routes: Sequence[BaseRoute]) -> dict[str, Any]:
+    """The spec served at /openapi.json: every API route that ``routes`` serve."""
     spec = _Spec()
-    run_body = native_models["RunBody"]
-    p = "Problem"
-    spec.op("/healthz", "get", "Health and queue depth", error=p, public=True)
-    spec.op("/openapi.json", "get", "This document", error=p, public=True)
-    spec.op("/metrics", "get", "Prometheus metrics", error=p)
-    spec.op("/workflows", "get", "Workflows this key may use", error=p)
-    spec.op("/workflows/{name}", "get", "A definition", error=p, query=("version",))
-    spec.op("/workflows/{name}", "put", "Register a new version (admin); JSON or YAML",
-            error=p, ok="201", body=_OBJECT, also=("200",), yaml=True)
-    spec.op("/workflows/{name}", "delete", "Delete a version, or every version (admin); "
-            "409 while runs of it are live", error=p, ok="204", query=("version",))
-    spec.op("/workflows/{name}/versions", "get", "A workflow's versions", error=p)
-    spec.op("/workflows/{name}/schedules", "get", "A workflow's schedules", error=p)
-    spec.op("/workflows/{name}/schedules", "post", "Add a schedule (admin): id, cron (5 "
-            "fields, or 6 with seconds first), timezone, inputs, catch_up, paused; 400 naming "
-            "it when invalid, 409 when its id is taken", error=p, ok="201",
-            body=native_models["ScheduleSpec"])
-    spec.op("/workflows/{name}/schedules/{schedule_id}", "delete", "Delete a schedule (admin)",
-            error=p, ok="204")
-    spec.op("/workflows/{name}/schedules/{schedule_id}/pause", "post", "Pause a schedule",
-            error=p)
-    spec.op("/workflows/{name}/schedules/{schedule_id}/resume", "post", "Resume a schedule "
-            "from now (slots that went by while paused do not fire)", error=p)
-    spec.op("/workflows/{name}/run", "post", "Accept a run (202, Location: /runs/{id})",
-            error=p, ok="202", body=run_body, also=("200",))
-    spec.op("/workflows/{name}/run-sync", "post", "Run and wait; 408 when `timeout` passes",
-            error=p, body=run_body, query=("timeout",), also=("408",))
-    spec.op("/workflows/{name}/runs", "get", "Runs of a workflow, newest first", error=p,
-            query=("status", "correlation_id", "limit", "cursor"))
-    spec.op("/workflows/{name}/runs/latest", "get", "The newest run", error=p)
-    spec.op("/runs", "get", "Runs of every workflow, newest first", error=p,
-            query=("workflow", "status", "correlation_id", "limit", "cursor"))
-    spec.op("/runs/{run_id}", "get", "A run with its nodes", error=p)
-    spec.op("/runs/{run_id}", "delete", "Delete a finished run (admin)", error=p, ok="204")
-    spec.op("/runs/{run_id}/stop", "post", "Stop a queued or running run", error=p)
-    spec.op("/runs/{run_id}/pause", "post", "Hold a live run before its next node",
-            error=p)
-    spec.op("/runs/{run_id}/resume", "post", "Let a paused run go on", error=p)
-    spec.op("/runs/{run_id}/retry", "post", "Run a finished run again from its failed "
-            "nodes, or from `from_node`, keeping the outputs of the nodes before",
-            error=p, ok="202", body=native_models["RetryBody"])
-    spec.op("/runs/{run_id}/restart", "post", "Run a finished run again from scratch",
-            error=p, ok="202")
-    spec.op("/runs/{run_id}/rerun", "post", "A new run (`rerun_of` this one) from "
-            "`from_node`, reusing the outputs of the nodes before it", error=p, ok="202",
-            body=native_models["RerunBody"])
-    spec.op("/runs/{run_id}/signal", "post", "Send a signal to the run's wait node of that "
-            "name (`data` becomes its outputs); a parked run goes on", error=p,
-            body=native_models["SignalBody"])
-    spec.op("/signals/{token}", "get", "What a one-time signal URL is for (no key: the URL "
-            "is the credential); HTML for a browser", error=p, public=True)
-    spec.op("/signals/{token}", "post", "Send the signal of a one-time signal URL (no key)",
-            error=p, public=True, body=native_models["SignalUrlBody"])
-    spec.op("/runs/{run_id}/events", "get", "The run's events: replay after Last-Event-ID "
-            "(or `after`), then live", error=p, query=("after",), stream=True)
-    spec.op("/runs/{run_id}/callbacks", "get", "The run's completion callback: url, state "
-            "(pending, delivered, failed), next_attempt_at and every attempt; 404 when the "
-            "run has none", error=p)
-    spec.op("/callbacks/secret", "get", "The secret callbacks are signed with (admin)",
-            error=p)
-    spec.op("/callbacks/secret/rotate", "post", "A new callback signing secret; the old one "
-            "signs alongside it for a day (admin)", error=p)
-    spec.op("/keys", "get", "API keys, never their secrets (admin)", error=p)
-    spec.op("/keys", "post", "Create an API key; its secret is shown once (admin)", error=p,
-            ok="201", body=native_models["KeyBody"])
-    spec.op("/keys/{key_id}", "delete", "Revoke a key (admin)", error=p, ok="204")
-    spec.op("/secrets", "get", "Secrets by name, never their values (admin)", error=p)
-    spec.op("/secrets/{name}", "put", "Store a secret and where it may be sent (admin)",
-            error=p, ok="201", body=native_models["SecretBody"], also=("200",))
-    spec.op("/secrets/{name}", "delete", "Delete a secret (admin)", error=p, ok="204")
-    spec.op("/workflows/{name}/hook", "get", "The workflow's inbound webhook, never its "
-            "secret (admin)", error=p)
-    spec.op("/workflows/{name}/hook", "put", "Create the workflow's webhook (201, its secret "
-            "shown once) or change how a delivery's body maps to inputs (200) (admin)",
-            error=p, ok="201", body=native_models["HookBody"], also=("200",))
-    spec.op("/workflows/{name}/hook", "delete", "Delete the workflow's webhook (admin)",
-            error=p, ok="204")
-    spec.op("/workflows/{name}/hook/rotate", "post", "A new webhook secret, shown once; the "
-            "old one stops working (admin)", error=p)
-    spec.op("/hooks/{workflow}", "post", "A signed delivery (`Flowrun-Signature: t=<unix "
-            "seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">`; no API key): starts a run "
-            "with the body as inputs (202, Location: /runs/{id}); 401 when the signature is "
-            "missing, malformed, stale or wrong, 409 for a replay", error=p, ok="202",
-            body={}, public=True, headers=(signing.HEADER,))
-
-    d, base = "DifyError", "/dify/v1"
-    spec.op(f"{base}/workflows/run", "post", "Dify: run the key's workflow app", error=d,
-            body=dify.DifyRunBody, also=("202",), stream=False)
-    spec.op(f"{base}/workflows/{{workflow_id}}/run", "post", "Dify: run a version", error=d,
-            body=dify.DifyRunBody, also=("202",))
-    spec.op(f"{base}/workflows/run/{{workflow_run_id}}", "get", "Dify: run detail", error=d,
-            query=("user",))
-    spec.op(f"{base}/workflows/tasks/{{task_id}}/stop", "post", "Dify: stop", error=d,
-            body={"type": "object", "properties": {"user": {"type": "string"}}})
-    spec.op(f"{base}/workflow/{{workflow_run_id}}/events", "get", "Dify: events (resumable)",
-            error=d, query=("user",), stream=True)
-
-    c, base = "ConductorError", "/conductor/api"
-    spec.op(f"{base}/token", "post", "Orkes: a token for a key", error=c, body={
-        "type": "object", "properties": {"keyId": {"type": "string"},
-                                         "keySecret": {"type": "string"}}})
-    spec.op(f"{base}/workflow", "post", "Conductor: start (StartWorkflowRequest)", error=c,
-            body=conductor.StartWorkflowRequest)
-    spec.op(f"{base}/workflow/{{name}}", "post", "Conductor: start by name", error=c,
-            body=_OBJECT, query=("version", "correlationId", "priority"))
-    spec.op(f"{base}/workflow/execute/{{name}}/{{version}}", "post", "Conductor: start and "
-            "wait", error=c, body=conductor.StartWorkflowRequest,
-            query=("waitForSeconds", "requestId"))
-    spec.op(f"{base}/workflow/{{workflow_id}}", "get", "Conductor: an execution", error=c,
-            query=("includeTasks",))
-    spec.op(f"{base}/workflow/{{workflow_id}}", "delete", "Conductor: terminate", error=c,
-            query=("reason",))
-    spec.op(f"{base}/workflow/{{workflow_id}}/status", "get", "Conductor: status", error=c,
-            query=("includeOutput", "includeVariables"))
-    for action in ("pause", "resume"):
-        spec.op(f"{base}/workflow/{{workflow_id}}/{action}", "put", f"Conductor: {action}",
-                error=c)
-    for action in ("restart", "retry"):
-        spec.op(f"{base}/workflow/{{workflow_id}}/{action}", "post", f"Conductor: {action}",
-                error=c, ok="204")
-
-    lf, base = "LangflowError", "/langflow/api/v2/workflows"
-    spec.op(base, "post", "Langflow: run a flow (sync, stream or background)", error=lf,
-            body=langflow.WorkflowsRequest, also=("408",))
-    spec.op(base, "get", "Langflow: a job's status or result", error=lf,
-            query=("job_id", "stream", "sequence_id"), also=("408", "500"))
-    spec.op(f"{base}/stop", "post", "Langflow: stop a job", error=lf,
-            body={"type": "object", "properties": {"job_id": {"type": "string"}}})
-    spec.op(f"{base}/{{job_id}}/events", "get", "Langflow: a job's events", error=lf,
-            stream=True)
-
-    j, base = "JobsError", "/jobs"
-    for action, summary in (("run", "start a job"), ("run-sync", "run a job and wait")):
-        spec.op(f"{base}/workflows/{{id}}/{action}", "post", f"Jobs: {summary}", error=j,
-                body=jobs.JobBody, also=("408",))
-    spec.op(f"{base}/workflows/{{id}}/latest-job", "get", "Jobs: the newest job", error=j)
-    spec.op(f"{base}/workflows/{{id}}/jobs", "get", "Jobs: recent jobs", error=j,
-            query=("limit",))
-    spec.op(f"{base}/jobs/{{job_id}}/stream", "get", "Jobs: a job's events", error=j,
-            stream=True)
-
+    for path, route in operations(routes):
+        if reaches(routes, path, route):
+            spec.op(path, route)
     return {
         "openapi": "3.1.0",
         "info": {"title": "flowrun", "version": __version__,

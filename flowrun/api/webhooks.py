@@ -8,12 +8,12 @@ over those exact bytes, and parses it as JSON only once the signature holds.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from flowrun.api.common import (
     JSONResponse,
@@ -24,6 +24,7 @@ from flowrun.api.common import (
     read_body,
     read_json,
 )
+from flowrun.api.routes import ApiRoute
 from flowrun.features.webhooks import signing
 from flowrun.records import HookRecord
 from flowrun.runs.access import require_admin
@@ -51,7 +52,8 @@ def _shown(record: HookRecord, secret: str | None = None) -> dict[str, Any]:
 
 
 async def put_hook(request: Request) -> Response:
-    """Create the workflow's hook (201, with its secret) or change its mapping (200)."""
+    """Create the workflow's webhook (201, its secret shown once) or change how a
+    delivery's body maps to inputs (200) (admin)."""
     principal = await principal_of(request)
     require_admin(principal, "managing hooks")  # before reading the body
     body = parse_model(HookBody, await read_json(request, _max_body(request), empty={}))
@@ -61,26 +63,31 @@ async def put_hook(request: Request) -> Response:
 
 
 async def get_hook(request: Request) -> Response:
+    """The workflow's inbound webhook, never its secret (admin)."""
     principal = await principal_of(request)
     record = await instance_of(request).hooks.get(principal, request.path_params["name"])
     return JSONResponse(_shown(record))
 
 
 async def rotate_hook(request: Request) -> Response:
-    """A new secret, shown once; the old one stops working at once."""
+    """A new webhook secret, shown once; the old one stops working (admin)."""
     principal = await principal_of(request)
     record, secret = await instance_of(request).hooks.rotate(principal, request.path_params["name"])
     return JSONResponse(_shown(record, secret))
 
 
 async def delete_hook(request: Request) -> Response:
+    """Delete the workflow's webhook (admin)."""
     principal = await principal_of(request)
     await instance_of(request).hooks.delete(principal, request.path_params["name"])
     return Response(status_code=204)
 
 
 async def deliver(request: Request) -> Response:
-    """A signed delivery: 202 with the run it started, ``Location: /runs/{id}``."""
+    """A signed delivery (`Flowrun-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+    "<t>.<body>">`; no API key): starts a run with the body as inputs (202, Location:
+    /runs/{id}); 401 when the signature is missing, malformed, stale or wrong, 409 for a
+    replay."""
     book = instance_of(request).hooks
     raw = await read_body(request, _max_body(request))
     delivery = await book.verify(request.path_params["workflow"],
@@ -92,12 +99,15 @@ async def deliver(request: Request) -> Response:
                         headers={"Location": location, "X-Run-Id": run.id})
 
 
+route = partial(ApiRoute, error="Problem")  # the native API's
+
 routes = [
-    Route("/workflows/{name}/hook", get_hook, methods=["GET"]),
-    Route("/workflows/{name}/hook", put_hook, methods=["PUT"]),
-    Route("/workflows/{name}/hook", delete_hook, methods=["DELETE"]),
-    Route("/workflows/{name}/hook/rotate", rotate_hook, methods=["POST"]),
-    Route("/hooks/{workflow}", deliver, methods=["POST"]),
+    route("/workflows/{name}/hook", get_hook, "GET"),
+    route("/workflows/{name}/hook", put_hook, "PUT", ok="201", body=HookBody, also=("200",)),
+    route("/workflows/{name}/hook", delete_hook, "DELETE", ok="204"),
+    route("/workflows/{name}/hook/rotate", rotate_hook, "POST"),
+    route("/hooks/{workflow}", deliver, "POST", ok="202", body={}, public=True,
+          headers=(signing.HEADER,)),
 ]
 
 __all__ = ("HookBody", "routes")
