@@ -263,6 +263,7 @@ class Runner:
             "wake_at": wake_at, "created_at": int(run.created_at)})
         tokens = [(signal_token_hash(w.token), node_id, w.signal)
                   for node_id, w in waits.items()]
+        logger.info("run %s: parking", run.id)
         written = self.store.park_run(run.id, wake_at=wake_at, event=event, tokens=tokens)
         recorder.publish_after(written, event)
         with anyio.move_on_after(self.final_write_timeout_s, shield=True):

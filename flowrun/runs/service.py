@@ -407,6 +407,7 @@ class RunService:
         run = await self.get_run(principal, run_id)
         if run.status in RUN_TERMINAL:
             return run
+        logger.info("run %s: stop asked (%s)", run_id, run.status.value)
         handle = self.dispatcher.get(run_id)
         if handle is None and run.status is RunStatus.WAITING and \
                 await self.store.wake_run(run_id):
