@@ -133,11 +133,10 @@ class Cluster:
         self.counts += 1
         self._counted_at = time.monotonic()
 
-    async def send_control(self, verb: str, run_id: str, reason: str | None = None) -> None:
-        """Ask the process that runs ``run_id`` to stop, pause or resume it. A stop is
-        also kept on the run's row: a process that claims it later stops it too."""
-        if verb == "stop":
-            await self.store.request_stop(run_id, reason or "")
+    async def send_control(self, verb: str, run_id: str) -> None:
+        """Ask the process that runs ``run_id`` to stop, pause or resume it. (A stop is
+        kept on the run's row first, ``Store.request_stop``: the process reads its
+        reason there, and one that claims the run later stops it too.)"""
         await self.store.notify(CONTROL_CHANNEL, f"{verb} {run_id}")
 
     # --- the loops -------------------------------------------------------------------

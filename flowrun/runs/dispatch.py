@@ -7,6 +7,12 @@ runs is running: dispatch sets it aside, in order, and starts the others; when
 a run of that key ends, the first one set aside goes back into the queue. Every run task
 is a child of the task group passed to ``run`` (the app's), so shutdown
 cancels them all; a run's own failure never escapes its task.
+
+A stop asked for a run this process has no task for yet (its re-run, or its wake
+from a wait, has committed but not queued it) is held in ``stopping`` while the
+stop waits: whatever queues the run takes it, in the same step, so no queueing can
+slip between the stop's look and its record. (The record on the run's row is what
+other processes and a restart go by.)
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -105,6 +112,8 @@ class Dispatcher:
         # Run ids someone waits on while the run is parked (waiting for a signal): set
         # when the run is queued again.
         self._unparked: dict[str, anyio.Event] = {}
+        # Run id -> reason of a stop waiting for the run to be queued here (see above)
+        self._stopping: dict[str, str | None] = {}
         # Called when a run ends and frees a slot (cluster.py claims more then), and when
         # a run's task ends without its end stored (cluster.py hands it back).
         self.on_slot_free: Callable[[], None] | None = None
@@ -166,6 +175,15 @@ class Dispatcher:
             event = self._unparked[run_id] = anyio.Event()
         return event
 
+    @contextmanager
+    def stopping(self, run_id: str, reason: str | None) -> Iterator[None]:
+        """While this is entered, a queueing of ``run_id`` stops it instead."""
+        self._stopping[run_id] = reason
+        try:
+            yield
+        finally:
+            self._stopping.pop(run_id, None)
+
     def prepare(self, run: RunRecord) -> RunHandle:
         """Register a run before its insert commits, so waiters can find it at once."""
         handle = RunHandle(run)
@@ -193,6 +211,15 @@ class Dispatcher:
         unparked = self._unparked.pop(handle.run.id, None)
         if unparked is not None:
             unparked.set()
+        if handle.run.id in self._stopping and not handle.stop_requested:
+            handle.stop_requested = True
+            handle.stop_reason = self._stopping[handle.run.id]
+        if handle.stop_requested and handle.run.status is RunStatus.QUEUED and \
+                self._tg is not None:
+            # Stopped before it (re)started: its stop is recorded at once, not after a
+            # wait for a slot. (A running or paused one resumes, and stops in its executor.)
+            self._finish_queued(handle, self._tg)
+            return
         if handle.run.awaited_by_parent and self._tg is not None:
             self._start(handle, self._tg)  # during a drain too: its parent waits for it
             return
@@ -220,13 +247,16 @@ class Dispatcher:
         handle.stop_requested = True
         handle.stop_reason = reason
         if handle.state is HandleState.QUEUED:
-            self._queued -= 1
-            self._busy()  # its stop is recorded by a task, like a run
-            handle.state = HandleState.RUNNING  # leaves the heap lazily
             assert self._tg is not None
-            self._tg.start_soon(self._finish_unstarted, handle)
+            self._finish_queued(handle, self._tg)
         elif handle.executor is not None:
             handle.executor.stop(reason)
+
+    def _finish_queued(self, handle: RunHandle, tg: anyio.abc.TaskGroup) -> None:
+        self._queued -= 1
+        self._busy()  # its stop is recorded by a task, like a run
+        handle.state = HandleState.RUNNING  # leaves the heap lazily
+        tg.start_soon(self._finish_unstarted, handle)
 
     async def run(self, tg: anyio.abc.TaskGroup, *,
                   task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -256,6 +286,7 @@ class Dispatcher:
             with handle.scope:
                 handle.outcome = await self.runner.execute(handle.run, fresh=handle.fresh,
                                                            executor_ready=handle.attach)
+                await self._wake_if_stopped(handle)
         except anyio.get_cancelled_exc_class():
             raise
         except Unavailable as exc:  # the store refused its writes
@@ -270,11 +301,26 @@ class Dispatcher:
             self._running -= 1
             self._release(handle)
         if handle.outcome is not None and handle.outcome.requeue and not handle.abandoned:
-            # It parked, but its signal had come meanwhile: queue it again at once.
+            # It parked, but its signal (or a stop) had come meanwhile: queue it again
+            # at once; a stop goes with it.
             handle.run.status = RunStatus.QUEUED
             again = self.prepare(handle.run)
             again.concurrency = handle.concurrency
+            if handle.stop_requested or handle.outcome.stop_reason is not None:
+                again.stop_requested = True
+                again.stop_reason = handle.stop_reason if handle.stop_requested else \
+                    handle.outcome.stop_reason or None
             self.enqueue(again)
+
+    async def _wake_if_stopped(self, handle: RunHandle) -> None:
+        """A run stopped here while it parked (its executor had already returned
+        "waiting") is woken, to be queued again and stopped; if someone else woke it
+        first, their queueing finds the stop (``stopping``, or the run's row)."""
+        outcome = handle.outcome
+        if outcome is not None and outcome.status is RunStatus.WAITING and \
+                handle.stop_requested and not outcome.requeue:
+            with anyio.CancelScope(shield=True):
+                outcome.requeue = await self.runner.store.wake_run(handle.run.id)
 
     def _left(self, handle: RunHandle) -> None:
         if self.on_left is not None and not handle.abandoned:

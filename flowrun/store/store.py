@@ -546,11 +546,15 @@ class Store:
     def park_run(self, run_id: str, *, wake_at: float | None, event: Event,
                  tokens: Sequence[tuple[str, str, str]]) -> WriteResult[None]:
         """Record a run as waiting (with when to wake it and its signal URL tokens:
-        (hash, node id, signal) each) together with its ``workflow_waiting`` event."""
+        (hash, node id, signal) each) together with its ``workflow_waiting`` event; a
+        run with a stop kept on its row is due to wake at once."""
         now = time.time()
 
         def op(conn: Connection) -> None:
-            conn.execute("UPDATE runs SET status = ?, wake_at = ? WHERE id = ?",
+            # A run someone asked to stop meanwhile is due at once: whatever wakes it
+            # (the runner's look after its park, or the wait loop) queues it to stop.
+            conn.execute("UPDATE runs SET status = ?, wake_at = CASE WHEN stop_reason IS "
+                         "NULL THEN ? ELSE 0 END WHERE id = ?",
                          (RunStatus.WAITING.value, wake_at, run_id))
             conn.executemany(
                 "INSERT INTO signal_tokens (token_hash, run_id, node_id, signal, "
@@ -655,6 +659,36 @@ class Store:
             return True
 
         return await self._writer.write(op)
+
+    # --- stops kept on the run's row (every mode: see RunService.stop) ----------------
+
+    async def request_stop(self, run_id: str, reason: str) -> RunStatus | None:
+        """Keep a stop on the row of a run that has not finished (queued, running,
+        paused or waiting), so that whatever queues, parks, wakes or claims it later
+        stops it, here or in another process, now or after a restart; a waiting run is
+        due to wake at once. The run's status as the stop was kept; None (nothing kept)
+        when it had finished, or is gone."""
+
+        def op(conn: Connection) -> RunStatus | None:
+            row = conn.execute(
+                "UPDATE runs SET stop_reason = ?, wake_at = CASE WHEN status = 'waiting' "
+                f"THEN 0 ELSE wake_at END WHERE id = ? AND ({_LIVE} OR status = 'waiting') "
+                "RETURNING status", (reason, run_id)).fetchone()
+            return None if row is None else RunStatus(row[0])
+
+        return await self._writer.write(op, durable=True)
+
+    async def stop_reason(self, run_id: str) -> str | None:
+        """The stop kept on a run's row ('' for one without a reason), or None."""
+        row = await self._fetchone("SELECT stop_reason FROM runs WHERE id = ?", (run_id,))
+        return None if row is None else row["stop_reason"]
+
+    async def requested_stops(self) -> dict[str, str]:
+        """Every unfinished run someone asked to stop: run id -> reason ('' for none).
+        What a restart must stop rather than resume."""
+        rows = await self._fetchall("SELECT id, stop_reason FROM runs WHERE "
+                                    f"stop_reason IS NOT NULL AND {_LIVE}")
+        return {r["id"]: r["stop_reason"] for r in rows}
 
     async def get_run(self, run_id: str, *, with_nodes: bool = True) -> RunRecord | None:
         """A run (with its nodes, read in the same snapshot), or None."""
@@ -770,16 +804,6 @@ class Store:
                 conn.execute("SELECT pg_notify(?, '')", (QUEUE_CHANNEL,))
 
         self._writer.submit(op, durable=True)
-
-    async def request_stop(self, run_id: str, reason: str) -> None:
-        """Keep a stop on a live run's row (the process that runs it, or claims it
-        later, stops it)."""
-        await self._writer.write(lambda conn: conn.execute(
-            f"UPDATE runs SET stop_reason = ? WHERE id = ? AND {_LIVE}", (reason, run_id)))
-
-    async def stop_reason(self, run_id: str) -> str | None:
-        row = await self._fetchone("SELECT stop_reason FROM runs WHERE id = ?", (run_id,))
-        return None if row is None else row["stop_reason"]
 
     async def stop_requests(self, worker_id: str) -> list[tuple[str, str]]:
         """A worker's live runs someone asked to stop: (run id, reason)."""
