@@ -1,7 +1,9 @@
 """The dispatcher: a priority queue of accepted runs and the tasks that run them.
 
-Higher priority first (0-99), first-in first-out within one priority, at most
-``max_concurrent_runs`` at once, at most ``max_queued`` waiting. A run with a
+Higher priority first (0-99), then fair between API keys (queue.py), at most
+``max_concurrent_runs`` at once, at most ``max_running_per_key`` of one key's runs
+at once (running or paused), at most ``max_queued`` waiting. A paused run gives its
+slot back while paused (it still counts for its key): see ``Dispatcher.pause``. A run with a
 concurrency key (``RunHandle.concurrency``) also waits while its key's limit of
 runs is running: dispatch sets it aside, in order, and starts the others; when
 a run of that key ends, the first one set aside goes back into the queue. Every run task
@@ -31,6 +33,7 @@ import anyio.abc
 from flowrun.engine.executor import Executor, RunOutcome
 from flowrun.errors import Unavailable
 from flowrun.records import RunRecord, RunStatus
+from flowrun.runs.queue import RunQueue
 from flowrun.runs.runner import Runner
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,9 @@ class RunHandle:
     # (key, limit): at most ``limit`` runs with this key run at once; None: no such limit
     concurrency: tuple[str, int] | None = None
     holds_key: bool = False  # started, and counted in its key's running runs
+    order: int = 0  # when it was queued (first-in first-out within a priority and key)
+    holds_place: bool = False  # started, and counted in its API key's runs
+    released: bool = False  # paused while running: its slot is given back meanwhile
     # Its task's scope: cancelled when this process gives the run up (cluster.py's fence)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     abandoned: bool = False
@@ -88,14 +94,30 @@ class RunHandle:
 _Entry = tuple[int, int, "RunHandle"]  # (-priority, arrival order, handle): a heap entry
 
 
+def api_key_of(handle: RunHandle) -> str | None:
+    """Whose share of the slots a run takes: its API key's; None (no key, no cap) for a
+    child its parent waits for (it runs in its parent's place), or a run without a key."""
+    return None if handle.run.awaited_by_parent else handle.run.api_key_id
+
+
+def _is_queued(handle: RunHandle) -> bool:
+    return handle.state is HandleState.QUEUED
+
+
 class Dispatcher:
     """Owns the run queue and every run task."""
 
-    def __init__(self, runner: Runner, *, max_concurrent: int, max_queued: int) -> None:
+    def __init__(self, runner: Runner, *, max_concurrent: int, max_queued: int,
+                 max_per_key: int | None = None) -> None:
         self.runner = runner
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
-        self._heap: list[_Entry] = []
+        self.max_per_key = max_per_key or max_concurrent
+        self._queue: RunQueue[RunHandle] = RunQueue()
+        # per API key: its runs started and not ended (running or paused), and queued
+        self._held: dict[str | None, int] = {}
+        self._key_queued: dict[str | None, int] = {}
+        self._released = 0  # running runs paused, whose slots are given back meanwhile
         # per concurrency key: how many of its runs are running, and those set aside
         # (in queue order) because that many are at its limit
         self._key_running: dict[str, int] = {}
@@ -128,6 +150,27 @@ class Dispatcher:
         return self._running
 
     @property
+    def taken(self) -> int:
+        """Slots taken: running runs less those paused (see ``pause``)."""
+        return self._running - self._released
+
+    def has_place(self, api_key_id: str | None) -> bool:
+        """True when a run of this key accepted now could start here soon: a slot is
+        free, and the key is under its cap (counting its runs queued here)."""
+        if self.taken + self._queued >= self.max_concurrent:
+            return False
+        return api_key_id is None or self._committed(api_key_id) < self.max_per_key
+
+    def full_keys(self) -> list[str]:
+        """The API keys whose runs here (started, or queued) reach their cap."""
+        keys = set(self._held) | set(self._key_queued)
+        return sorted(k for k in keys if k is not None and
+                      self._committed(k) >= self.max_per_key)
+
+    def _committed(self, key: str | None) -> int:
+        return self._held.get(key, 0) + self._key_queued.get(key, 0)
+
+    @property
     def dispatching(self) -> bool:
         """False during a drain: queued runs are not started."""
         return not self._paused
@@ -140,7 +183,7 @@ class Dispatcher:
         for handle in list(self._handles.values()):
             if handle.state is HandleState.QUEUED:
                 handle.abandoned = True
-                self._queued -= 1
+                self._leave_queue(handle)
                 handle.state = HandleState.DONE
                 del self._handles[handle.run.id]
                 handle.done.set()
@@ -208,6 +251,8 @@ class Dispatcher:
         self._handles[handle.run.id] = handle
         handle.state = HandleState.QUEUED
         self._queued += 1
+        key = api_key_of(handle)
+        self._key_queued[key] = self._key_queued.get(key, 0) + 1
         unparked = self._unparked.pop(handle.run.id, None)
         if unparked is not None:
             unparked.set()
@@ -223,14 +268,54 @@ class Dispatcher:
         if handle.run.awaited_by_parent and self._tg is not None:
             self._start(handle, self._tg)  # during a drain too: its parent waits for it
             return
-        heapq.heappush(self._heap, (-handle.run.priority, next(self._order), handle))
+        handle.order = next(self._order)
+        self._queue.push(handle.run.priority, key, handle.order, handle)
         self._wakeup.set()
 
-    def _start(self, handle: RunHandle, tg: anyio.abc.TaskGroup) -> None:
+    def _leave_queue(self, handle: RunHandle) -> None:
         self._queued -= 1
+        key = api_key_of(handle)
+        left = self._key_queued[key] - 1
+        if left:
+            self._key_queued[key] = left
+        else:
+            del self._key_queued[key]
+
+    def _start(self, handle: RunHandle, tg: anyio.abc.TaskGroup) -> None:
+        self._leave_queue(handle)
         self._busy()
         handle.state = HandleState.RUNNING
+        if handle.paused:  # (taken in paused: it holds no slot until resumed)
+            self._give_slot_back(handle)
         tg.start_soon(self._run_one, handle)
+
+    def pause(self, handle: RunHandle) -> None:
+        """Hold a run before its next node starts.
+
+        A running run gives its slot back while paused, so paused runs never keep
+        other keys' runs waiting; it still counts for its key's cap, so pausing never
+        gives a key more than its share (nodes already running go on while paused).
+        That is simpler than queueing it again on resume, which would have to cancel
+        and re-run what it was doing: a resumed run takes its slot back at once, even
+        past ``max_concurrent`` for a while, and how far is bounded by its key's cap.
+        """
+        handle.pause()
+        self._give_slot_back(handle)
+
+    def resume(self, handle: RunHandle) -> None:
+        """Let a paused run go on (see ``pause``)."""
+        handle.resume()
+        if handle.released:
+            handle.released = False
+            self._released -= 1
+
+    def _give_slot_back(self, handle: RunHandle) -> None:
+        if handle.state is HandleState.RUNNING and not handle.released:
+            handle.released = True
+            self._released += 1
+            self._wakeup.set()
+            if self.on_slot_free is not None:
+                self.on_slot_free()
 
     def _busy(self) -> None:
         """One more task runs. Only the first replaces the set idle event: replacing one
@@ -253,7 +338,7 @@ class Dispatcher:
             handle.executor.stop(reason)
 
     def _finish_queued(self, handle: RunHandle, tg: anyio.abc.TaskGroup) -> None:
-        self._queued -= 1
+        self._leave_queue(handle)
         self._busy()  # its stop is recorded by a task, like a run
         handle.state = HandleState.RUNNING  # leaves the heap lazily
         tg.start_soon(self._finish_unstarted, handle)
@@ -264,22 +349,33 @@ class Dispatcher:
         self._tg = tg
         task_status.started()
         while True:
-            while self._heap and self._running < self.max_concurrent and not self._paused:
-                entry = heapq.heappop(self._heap)
-                handle = entry[2]
-                if handle.state is not HandleState.QUEUED:
+            while self.taken < self.max_concurrent and not self._paused:
+                popped = self._queue.pop(self._held, self.max_per_key, _is_queued)
+                if popped is None:
+                    break  # nothing queued, or every key with queued runs is at its cap
+                order, handle = popped
+                if not self._admitted(handle, order):
                     continue
-                if handle.concurrency is not None:
-                    key, limit = handle.concurrency
-                    if self._key_running.get(key, 0) >= limit:
-                        # skipped, not waited for: runs of other keys go on
-                        heapq.heappush(self._key_waiting.setdefault(key, []), entry)
-                        continue
-                    self._key_running[key] = self._key_running.get(key, 0) + 1
-                    handle.holds_key = True
+                key = api_key_of(handle)
+                self._held[key] = self._held.get(key, 0) + 1
+                handle.holds_place = True
                 self._start(handle, tg)
             self._wakeup = anyio.Event()
             await self._wakeup.wait()
+
+    def _admitted(self, handle: RunHandle, order: int) -> bool:
+        """False (and set aside, in order) when its concurrency key is at its limit:
+        skipped, not waited for, so runs of other keys go on."""
+        if handle.concurrency is None:
+            return True
+        key, limit = handle.concurrency
+        if self._key_running.get(key, 0) >= limit:
+            heapq.heappush(self._key_waiting.setdefault(key, []),
+                           (-handle.run.priority, order, handle))
+            return False
+        self._key_running[key] = self._key_running.get(key, 0) + 1
+        handle.holds_key = True
+        return True
 
     async def _run_one(self, handle: RunHandle) -> None:
         try:
@@ -338,6 +434,17 @@ class Dispatcher:
             self._release(handle)
 
     def _release(self, handle: RunHandle) -> None:
+        if handle.released:
+            handle.released = False
+            self._released -= 1
+        if handle.holds_place:
+            handle.holds_place = False
+            key = api_key_of(handle)
+            left = self._held[key] - 1
+            if left:
+                self._held[key] = left
+            else:
+                del self._held[key]
         if handle.holds_key and handle.concurrency is not None:
             handle.holds_key = False
             self._free_key(handle.concurrency[0])
@@ -361,9 +468,9 @@ class Dispatcher:
             del self._key_running[key]
         waiting = self._key_waiting.get(key)
         while waiting:
-            entry = heapq.heappop(waiting)
-            if entry[2].state is HandleState.QUEUED:
-                heapq.heappush(self._heap, entry)
+            priority, order, handle = heapq.heappop(waiting)
+            if handle.state is HandleState.QUEUED:
+                self._queue.push(-priority, api_key_of(handle), order, handle)
                 break
         if waiting is not None and not waiting:
             del self._key_waiting[key]

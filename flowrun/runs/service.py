@@ -168,6 +168,11 @@ class RunService:
         if not 0 <= request.priority <= 99:
             raise BadRequest("priority must be between 0 and 99",
                              errors=[{"field": "priority", "message": "must be 0-99"}])
+        ceiling = self.settings.run_key_max_priority
+        if request.priority > ceiling and not principal.is_admin and \
+                request.parent_run_id is None:
+            raise BadRequest(f"priority must be at most {ceiling} for a run-scoped key",
+                             errors=[{"field": "priority", "message": f"must be 0-{ceiling}"}])
         claim = None
         if request.idempotency_key is not None:
             claim = IdempotencyClaim(principal.key_id or "", definition.name,
@@ -488,7 +493,7 @@ class RunService:
             raise Conflict(f"run {run_id} is waiting for a signal: it holds nothing to pause")
         handle = self.dispatcher.get(run_id)
         if run.status is not RunStatus.PAUSED and handle is not None:
-            handle.pause()
+            self.dispatcher.pause(handle)
             handle.run.status = RunStatus.PAUSED
             await self.store.set_status(run_id, RunStatus.PAUSED,
                                         only_from=(RunStatus.QUEUED, RunStatus.RUNNING))
@@ -510,7 +515,7 @@ class RunService:
         await self.store.set_status(run_id, status, only_from=(RunStatus.PAUSED,))
         if handle is not None:
             handle.run.status = status
-            handle.resume()
+            self.dispatcher.resume(handle)
         elif self.cluster is not None:
             await self.cluster.send_control("resume", run_id)
         return await self.get_run(principal, run_id)

@@ -775,12 +775,18 @@ class Store:
         return await self._writer.write(op)
 
     async def claim_runs(self, worker_id: str, limit: int, lease_s: float, *,
-                         run_id: str | None = None) -> list[tuple[RunRecord, str | None]]:
+                         run_id: str | None = None, skip_keys: Sequence[str] = ()
+                         ) -> list[tuple[RunRecord, str | None]]:
         """Take up to ``limit`` live runs nobody runs (no owner, or one whose lease
         lapsed), priority then age, skipping rows another claim holds; with their stop
-        reason (a stop asked for while nobody ran them). ``run_id``: only that one."""
+        reason (a stop asked for while nobody ran them). ``run_id``: only that one;
+        ``skip_keys``: not the runs of these API keys."""
         only = "" if run_id is None else "AND id = ? "
         params: tuple[Any, ...] = (worker_id, lease_s) + (() if run_id is None else (run_id,))
+        if skip_keys:
+            only += (f"AND (api_key_id IS NULL OR api_key_id NOT IN "
+                     f"({', '.join('?' * len(skip_keys))})) ")
+            params += tuple(skip_keys)
 
         def op(conn: Connection) -> list[Any]:
             return conn.execute(
