@@ -6,16 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.e2e.server import Started, wait_for
 
 SLOW = {"inputs": {"seconds": 30}}
+ON_BOTH = pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
 
 
 def running(client: httpx.Client, run_id: str) -> None:
     wait_for(client, run_id, lambda r: r["status"] == "running")
 
 
+@ON_BOTH
 def test_a_key_at_its_cap_cannot_delay_another_keys_run(
         start_server: Callable[..., Started]) -> None:
     server, _, a = start_server({"FLOWRUN_MAX_CONCURRENT_RUNS": "4",
@@ -32,6 +35,7 @@ def test_a_key_at_its_cap_cannot_delay_another_keys_run(
     assert statuses.count("running") == 2  # A holds its cap, no more
 
 
+@ON_BOTH
 def test_paused_runs_do_not_hold_slots(start_server: Callable[..., Started]) -> None:
     server, _, a = start_server({"FLOWRUN_MAX_CONCURRENT_RUNS": "4"})  # (4 per key)
     b = server.client(server.create_key())
