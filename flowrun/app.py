@@ -237,7 +237,8 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
                         idempotency_ttl_s=settings.idempotency_ttl_s, services=services,
                         final_write_timeout_s=settings.final_write_timeout_s)
         dispatcher = Dispatcher(runner, max_concurrent=settings.max_concurrent_runs,
-                              max_queued=settings.max_queued)
+                              max_queued=settings.max_queued,
+                              max_per_key=settings.running_per_key)
         metrics.watch_queue(lambda: dispatcher.queued, lambda: dispatcher.running)
         workflows = WorkflowCatalog(store, registry)
         lifecycle = Lifecycle(dispatcher)

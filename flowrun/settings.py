@@ -75,6 +75,11 @@ class Settings:
     plugins: tuple[str, ...] = ()
     auth_enabled: bool = True
     max_concurrent_runs: int = 256
+    # runs of one API key started at once (running or paused); None: a quarter of
+    # max_concurrent_runs, at least 4 (see ``running_per_key``)
+    max_running_per_key: int | None = None
+    # the highest priority a run-scoped key may give its runs (admin keys: any, 0-99)
+    run_key_max_priority: int = 99
     max_queued: int = 100_000
     max_body_bytes: int = 1024 * 1024
     run_sync_default_timeout_s: float = 300.0
@@ -173,6 +178,10 @@ class Settings:
         # However auth is turned off (a flag, FLOWRUN_AUTH_ENABLED), never beyond loopback.
         if not self.auth_enabled and not is_loopback_host(self.host):
             raise SettingsError(f"auth can be off only on a loopback host, not {self.host}")
+        if self.max_running_per_key is not None and self.max_running_per_key < 1:
+            raise SettingsError("max_running_per_key must be >= 1")
+        if not 0 <= self.run_key_max_priority <= 99:
+            raise SettingsError("run_key_max_priority must be between 0 and 99")
         if self.run_rate_per_key <= 0 or self.run_burst_per_key < 1:
             raise SettingsError("run_rate_per_key must be > 0 and run_burst_per_key >= 1")
         if self.callback_backoff_s <= 0 or self.callback_timeout_s <= 0 or \
@@ -198,6 +207,14 @@ class Settings:
     def database(self) -> Path | str:
         """The store's target: a SQLite file (``Path``) or a PostgreSQL URL (``str``)."""
         return parse_database(self.db) if self.db is not None else self.db_path
+
+    @property
+    def running_per_key(self) -> int:
+        """How many runs of one API key may run at once (per process): so that no key
+        holds every slot, and a few keys share them."""
+        if self.max_running_per_key is not None:
+            return self.max_running_per_key
+        return max(4, self.max_concurrent_runs // 4)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

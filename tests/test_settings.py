@@ -71,3 +71,16 @@ def test_what_a_node_and_a_run_may_store_has_safe_defaults_and_settings() -> Non
     assert (set_.max_node_output_bytes, set_.max_run_output_bytes) == (1000, 5000)
     with pytest.raises(SettingsError, match="max_node_output_bytes"):
         Settings(max_node_output_bytes=0)
+
+
+def test_runs_per_key_default_to_a_quarter_of_the_slots_but_at_least_four() -> None:
+    assert Settings().running_per_key == 64
+    assert Settings(max_concurrent_runs=8).running_per_key == 4
+    env = {"FLOWRUN_MAX_RUNNING_PER_KEY": "10", "FLOWRUN_RUN_KEY_MAX_PRIORITY": "50"}
+    settings = Settings.from_env(env)
+    assert settings.running_per_key == 10 and settings.run_key_max_priority == 50
+    assert Settings().run_key_max_priority == 99
+    with pytest.raises(SettingsError, match="max_running_per_key must be >= 1"):
+        Settings(max_running_per_key=0)
+    with pytest.raises(SettingsError, match="run_key_max_priority must be between 0 and 99"):
+        Settings(run_key_max_priority=100)

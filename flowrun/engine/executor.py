@@ -80,6 +80,9 @@ class RunOutcome:
     # A run that parked waiting and must be queued again at once (its signal came
     # while it was parking).
     requeue: bool = False
+    # A stop kept on the run's row, found as it parked: queued again, it stops
+    # ('' for a stop without a reason).
+    stop_reason: str | None = None
 
     @property
     def steps(self) -> int:

@@ -24,8 +24,10 @@ process runs is sent to it (``flowrun_control``). A lost notification costs time
 not correctness: every loop here also polls each ``heartbeat_s``.
 
 Limits: ``max_concurrent_runs`` is per process (a box's budget; the cluster runs up
-to processes × limit); ``max_queued`` is for the cluster's one queue, counted from
-the database each heartbeat (so it may overshoot by one heartbeat's accepts).
+to processes × limit), and so is ``max_running_per_key`` (a claim skips the keys at
+their cap here, and may take up to one claim's batch more of a key just under it);
+``max_queued`` is for the cluster's one queue, counted from the database each
+heartbeat (so it may overshoot by one heartbeat's accepts).
 """
 
 from __future__ import annotations
@@ -99,10 +101,10 @@ class Cluster:
         return self.queued_estimate < self.max_queued
 
     def owner_for(self, run: RunRecord) -> str | None:
-        """Who runs a run this process accepts: itself when it has a free slot (or the
-        run is a child: its parent waits here), else whoever claims it first."""
-        if run.awaited_by_parent or \
-                self.dispatcher.running + self.dispatcher.queued < self.dispatcher.max_concurrent:
+        """Who runs a run this process accepts: itself when it has a free slot and its
+        API key is under its cap here (or the run is a child: its parent waits here),
+        else whoever claims it first."""
+        if run.awaited_by_parent or self.dispatcher.has_place(run.api_key_id):
             return self.worker_id
         return None
 
@@ -133,11 +135,10 @@ class Cluster:
         self.counts += 1
         self._counted_at = time.monotonic()
 
-    async def send_control(self, verb: str, run_id: str, reason: str | None = None) -> None:
-        """Ask the process that runs ``run_id`` to stop, pause or resume it. A stop is
-        also kept on the run's row: a process that claims it later stops it too."""
-        if verb == "stop":
-            await self.store.request_stop(run_id, reason or "")
+    async def send_control(self, verb: str, run_id: str) -> None:
+        """Ask the process that runs ``run_id`` to stop, pause or resume it. (A stop is
+        kept on the run's row first, ``Store.request_stop``: the process reads its
+        reason there, and one that claims the run later stops it too.)"""
         await self.store.notify(CONTROL_CHANNEL, f"{verb} {run_id}")
 
     # --- the loops -------------------------------------------------------------------
@@ -227,10 +228,13 @@ class Cluster:
         """Claim what this process has room for; apply stops missed by notification;
         count the cluster's queue (once a heartbeat). How many runs were claimed."""
         claimed = 0
-        free = self.dispatcher.max_concurrent - self.dispatcher.running - self.dispatcher.queued
+        free = self.dispatcher.max_concurrent - self.dispatcher.taken - self.dispatcher.queued
         if free > 0 and self.dispatcher.dispatching and self.adopt is not None:
+            # (not the runs of keys at their cap here: they would wait here while others'
+            # runs wait in the cluster's queue)
             runs = await self.store.claim_runs(self.worker_id, min(free, CLAIM_BATCH),
-                                               self.lease_s)
+                                               self.lease_s,
+                                               skip_keys=self.dispatcher.full_keys())
             for run, stop_reason in runs:
                 await self.adopt(run, stop_reason)
             claimed = len(runs)
@@ -330,9 +334,9 @@ class Cluster:
         if verb == "stop":
             self.dispatcher.stop(handle, reason or None)
         elif verb == "pause":
-            handle.pause()
+            self.dispatcher.pause(handle)
             handle.run.status = RunStatus.PAUSED
         elif verb == "resume":
-            handle.resume()
+            self.dispatcher.resume(handle)
             started = handle.run.started_at is not None
             handle.run.status = RunStatus.RUNNING if started else RunStatus.QUEUED

@@ -245,9 +245,9 @@ class Runner:
         """Record a run as waiting for its wait nodes' signals, with when to wake it
         (the first wait timeout, or the run's deadline), and the one-time signal URLs.
 
-        A signal that came while the run was still going is in the store by now, or
-        comes after this commit: in the first case this wakes the run at once
-        (``outcome.requeue``), in the second the signal does. The store's
+        A signal (or a stop) that came while the run was still going is in the store
+        by now, or comes after this commit: in the first case this wakes the run at
+        once (``outcome.requeue``), in the second the signal (or the stop) does. The store's
         waiting -> queued switch lets only one of the two queue it.
         """
         waits = executor.waiting
@@ -263,6 +263,7 @@ class Runner:
             "wake_at": wake_at, "created_at": int(run.created_at)})
         tokens = [(signal_token_hash(w.token), node_id, w.signal)
                   for node_id, w in waits.items()]
+        logger.info("run %s: parking", run.id)
         written = self.store.park_run(run.id, wake_at=wake_at, event=event, tokens=tokens)
         recorder.publish_after(written, event)
         with anyio.move_on_after(self.final_write_timeout_s, shield=True):
@@ -270,8 +271,12 @@ class Runner:
         logger.info("run %s: waiting for %s", run.id,
                     ", ".join(sorted({w.signal for w in waits.values()})))
         came = await self.store.signals(run.id)
-        if any(w.signal in came for w in waits.values()) and await self.store.wake_run(run.id):
+        # (a stop asked for while it parked, here or in another process, is on its row)
+        stop = await self.store.stop_reason(run.id)
+        if (stop is not None or any(w.signal in came for w in waits.values())) and \
+                await self.store.wake_run(run.id):
             outcome.requeue = True
+            outcome.stop_reason = stop
 
     async def finish(self, run: RunRecord, recorder: RunRecorder, outcome: RunOutcome, *,
                      had_waits: bool = False) -> None:

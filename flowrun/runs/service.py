@@ -173,6 +173,7 @@ class RunService:
             self.lifecycle.refuse_new_work()
         access.require_workflow(principal, request.workflow)
         plan = await self._plan(request)
+        self._check_priority(principal, request)
         claim = self._claim(principal, request, plan.definition)
         await self._admit(principal, request, claim)
         run = self._record(principal, request, plan)
@@ -200,6 +201,15 @@ class RunService:
         concurrency = None if request.parent_run_id is not None else \
             concurrency_of(definition, inputs)
         return _Plan(version, definition, graph, inputs, overrides, concurrency)
+
+    def _check_priority(self, principal: access.Principal, request: RunRequest) -> None:
+        """A run-scoped key asks for at most the operator's ceiling (admins and child
+        runs are not held to it)."""
+        ceiling = self.settings.run_key_max_priority
+        if request.priority > ceiling and not principal.is_admin and \
+                request.parent_run_id is None:
+            raise BadRequest(f"priority must be at most {ceiling} for a run-scoped key",
+                             errors=[{"field": "priority", "message": f"must be 0-{ceiling}"}])
 
     def _claim(self, principal: access.Principal, request: RunRequest,
                definition: WorkflowDefinition) -> IdempotencyClaim | None:
@@ -453,30 +463,66 @@ class RunService:
 
     async def stop(self, principal: access.Principal, run_id: str,
                    reason: str | None = None) -> RunRecord:
-        """Stop a queued or running run and return it once stopped; finished runs as they are."""
+        """Stop a live run and return it once stopped; finished runs as they are.
+
+        The stop is kept on the run's row first (every mode), so a run that cannot be
+        stopped within ``stop_wait_s`` (no process has queued it yet, or it runs
+        elsewhere) is answered as it is and still ends stopped: whatever queues, parks,
+        wakes or claims it later finds the stop.
+        """
         run = await self.get_run(principal, run_id)
         if run.status in RUN_TERMINAL:
             return run
-        handle = self.dispatcher.get(run_id)
-        if handle is None and run.status is RunStatus.WAITING and \
-                await self.store.wake_run(run_id):
-            # A parked run has no task to stop: queue it, then stop it there.
-            run.status = RunStatus.QUEUED
-            handle = self.dispatcher.prepare(run)
-            self.dispatcher.enqueue(handle)
-        if handle is None and self.cluster is not None:
-            handle = await self._claim_to_stop(run_id, reason)
-            if handle is None:  # another process runs it: it stops it
-                await self.cluster.send_control("stop", run_id, reason)
+        logger.info("run %s: stop asked (%s)", run_id, run.status.value)
+        with self.dispatcher.stopping(run_id, reason):
+            if await self.store.request_stop(run_id, reason or "") is not None:
                 with anyio.move_on_after(self.settings.stop_wait_s):
-                    await self._settled_elsewhere(run_id)
-                return await self.get_run(principal, run_id)
-        if handle is None:
-            return run
-        self.dispatcher.stop(handle, reason)
-        with anyio.move_on_after(self.settings.stop_wait_s):
-            await handle.done.wait()
+                    await self._stopped(run, reason)
         return await self.get_run(principal, run_id)
+
+    async def _stopped(self, run: RunRecord, reason: str | None) -> None:
+        """Stop the run wherever it is and wait until it has ended (the caller bounds
+        the wait)."""
+        while True:
+            unparked = self.dispatcher.unparked(run.id)  # before the look: no missed queueing
+            handle = self.dispatcher.get(run.id)
+            if handle is None:
+                handle, ended = await self._handle_to_stop(run, reason)
+                if ended:
+                    return
+                if handle is None:
+                    await unparked.wait()  # queued, with no task here yet: its queueing stops it
+                    continue
+            self.dispatcher.stop(handle, reason)
+            await handle.done.wait()
+            outcome = handle.outcome
+            if handle.abandoned or outcome is None or outcome.status is not RunStatus.WAITING:
+                return
+            # It parked as the stop came: it is woken and queued again, to stop.
+
+    async def _handle_to_stop(self, run: RunRecord, reason: str | None
+                              ) -> tuple[RunHandle | None, bool]:
+        """(a handle in this process, ended) for a run that has no handle here: a parked
+        run is woken and queued (to stop); a run nobody runs in a cluster is claimed.
+        Ended: it has finished, or another process ran it to its end (told to stop).
+        No handle and not ended: it is queued with no task yet (its re-run or its wake
+        is about to queue it, and that queueing stops it)."""
+        current = await self.store.get_run(run.id, with_nodes=False)
+        if current is None or current.status in RUN_TERMINAL:
+            return None, True
+        if current.status is RunStatus.WAITING and await self.store.wake_run(run.id):
+            current.status = RunStatus.QUEUED
+            handle = self.dispatcher.prepare(current)
+            self.dispatcher.enqueue(handle)  # (it takes the stop at once)
+            return handle, False
+        if self.cluster is not None:
+            claimed = await self._claim_to_stop(run.id, reason)
+            if claimed is None:  # another process runs it: it stops it
+                await self.cluster.send_control("stop", run.id)
+                await self._settled_elsewhere(run.id)
+                return None, True
+            return claimed, False
+        return None, False
 
     async def _claim_to_stop(self, run_id: str, reason: str | None) -> RunHandle | None:
         """In a cluster: take a run nobody runs (queued for anyone, or left by a process
@@ -502,7 +548,7 @@ class RunService:
             raise Conflict(f"run {run_id} is waiting for a signal: it holds nothing to pause")
         handle = self.dispatcher.get(run_id)
         if run.status is not RunStatus.PAUSED and handle is not None:
-            handle.pause()
+            self.dispatcher.pause(handle)
             handle.run.status = RunStatus.PAUSED
             await self.store.set_status(run_id, RunStatus.PAUSED,
                                         only_from=(RunStatus.QUEUED, RunStatus.RUNNING))
@@ -524,7 +570,7 @@ class RunService:
         await self.store.set_status(run_id, status, only_from=(RunStatus.PAUSED,))
         if handle is not None:
             handle.run.status = status
-            handle.resume()
+            self.dispatcher.resume(handle)
         elif self.cluster is not None:
             await self.cluster.send_control("resume", run_id)
         return await self.get_run(principal, run_id)
@@ -564,9 +610,8 @@ class RunService:
         fresh = await self.store.get_run(run_id, with_nodes=False)
         assert fresh is not None
         if self.dispatcher.get(run_id) is None:  # (in a cluster, maybe taken up meanwhile)
-            handle = self.dispatcher.prepare(fresh)
-            handle.concurrency = await self._concurrency(fresh)
-            self.dispatcher.enqueue(handle)
+            # a stop that came once it was queued (from another process) stops it
+            await self._queue_taken(fresh, await self.store.stop_reason(run_id))
         logger.info("run %s: %s", run_id, "retried" if from_failure else "restarted")
         return await self.get_run(principal, run_id)
 
@@ -630,17 +675,19 @@ class RunService:
         """Queue again a run the store has just switched from waiting to queued."""
         if self.dispatcher.get(run.id) is not None:
             return  # (in a cluster, taken up meanwhile as a run this process owns)
-        handle = self.dispatcher.prepare(run)
-        handle.concurrency = await self._concurrency(run)
-        self.dispatcher.enqueue(handle)
+        # A stop kept on its row (it was woken to stop, or stopped in another process)
+        # ends it instead. (A stop asked here meanwhile is ``Dispatcher.stopping``.)
+        await self._queue_taken(run, await self.store.stop_reason(run.id))
 
     async def resume_unfinished(self) -> int:
         """Re-queue queued runs and resume running (and paused) ones after a restart."""
         runs = await self.store.unfinished_runs()
         unfinished = {run.id for run in runs}
+        stops = await self.store.requested_stops()  # asked for before the restart
         for run in runs:
-            stop_reason = None
-            if run.awaited_by_parent and run.parent_run_id not in unfinished:
+            stop_reason = stops.get(run.id)
+            if stop_reason is None and run.awaited_by_parent and \
+                    run.parent_run_id not in unfinished:
                 stop_reason = f"its parent run {run.parent_run_id} has ended"
             await self._queue_taken(run, stop_reason)
         if runs:

@@ -22,6 +22,10 @@ from flowrun.store.backend import (
 )
 from flowrun.store.writer import Connection, RowTable, Writer, WriteResult
 
+# A run that is not finished and not parked: what a process executes (or will). Written
+# out, not bound, to match the partial index ``runs_claimable``.
+LIVE = "status IN ('queued', 'running', 'paused')"
+
 RUN_COLUMNS = ("num, id, workflow, version, status, inputs, outputs, error, priority, "
                 'correlation_id, idempotency_key, "user", trace_id, api_key_id, overrides, '
                 "graph, steps, created_at, started_at, finished_at, parent_run_id, depth, "

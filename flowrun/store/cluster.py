@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowrun.records import (
@@ -13,6 +13,7 @@ from flowrun.store.backend import (
     QUEUE_CHANNEL,
 )
 from flowrun.store.base import (
+    LIVE,
     RUN_COLUMNS,
     StoreBase,
     run_from_row,
@@ -23,9 +24,6 @@ from flowrun.store.writer import Connection
 _DB_NOW = "extract(epoch from clock_timestamp())::double precision"
 
 
-# A run that is not finished and not parked: what a process executes (or will). Written
-# out, not bound, to match the partial index ``runs_claimable``.
-_LIVE = "status IN ('queued', 'running', 'paused')"
 
 
 class ClusterQueries(StoreBase):
@@ -69,17 +67,23 @@ class ClusterQueries(StoreBase):
         return await self._writer.write(op)
 
     async def claim_runs(self, worker_id: str, limit: int, lease_s: float, *,
-                         run_id: str | None = None) -> list[tuple[RunRecord, str | None]]:
+                         run_id: str | None = None, skip_keys: Sequence[str] = ()
+                         ) -> list[tuple[RunRecord, str | None]]:
         """Take up to ``limit`` live runs nobody runs (no owner, or one whose lease
         lapsed), priority then age, skipping rows another claim holds; with their stop
-        reason (a stop asked for while nobody ran them). ``run_id``: only that one."""
+        reason (a stop asked for while nobody ran them). ``run_id``: only that one;
+        ``skip_keys``: not the runs of these API keys."""
         only = "" if run_id is None else "AND id = ? "
         params: tuple[Any, ...] = (worker_id, lease_s) + (() if run_id is None else (run_id,))
+        if skip_keys:
+            only += (f"AND (api_key_id IS NULL OR api_key_id NOT IN "
+                     f"({', '.join('?' * len(skip_keys))})) ")
+            params += tuple(skip_keys)
 
         def op(conn: Connection) -> list[Any]:
             return conn.execute(
                 "UPDATE runs SET owner = ? WHERE id IN (SELECT id FROM runs r WHERE "
-                f"{_LIVE} AND (owner IS NULL OR NOT EXISTS (SELECT 1 FROM workers w "
+                f"{LIVE} AND (owner IS NULL OR NOT EXISTS (SELECT 1 FROM workers w "
                 f"WHERE w.id = r.owner AND w.heartbeat_at >= {_DB_NOW} - ?)) {only}"
                 "ORDER BY priority DESC, num LIMIT ? FOR UPDATE SKIP LOCKED) "
                 f"RETURNING {RUN_COLUMNS}, stop_reason", (*params, limit)).fetchall()
@@ -94,30 +98,20 @@ class ClusterQueries(StoreBase):
 
         def op(conn: Connection) -> None:
             if conn.execute(f"UPDATE runs SET owner = NULL WHERE id = ? AND owner = ? AND "
-                            f"{_LIVE}", (run_id, worker_id)).rowcount:
+                            f"{LIVE}", (run_id, worker_id)).rowcount:
                 conn.execute("SELECT pg_notify(?, '')", (QUEUE_CHANNEL,))
 
         self._writer.submit(op, durable=True)
 
-    async def request_stop(self, run_id: str, reason: str) -> None:
-        """Keep a stop on a live run's row (the process that runs it, or claims it
-        later, stops it)."""
-        await self._writer.write(lambda conn: conn.execute(
-            f"UPDATE runs SET stop_reason = ? WHERE id = ? AND {_LIVE}", (reason, run_id)))
-
-    async def stop_reason(self, run_id: str) -> str | None:
-        row = await self._fetchone("SELECT stop_reason FROM runs WHERE id = ?", (run_id,))
-        return None if row is None else row["stop_reason"]
-
     async def stop_requests(self, worker_id: str) -> list[tuple[str, str]]:
         """A worker's live runs someone asked to stop: (run id, reason)."""
         rows = await self._fetchall(f"SELECT id, stop_reason FROM runs WHERE owner = ? AND "
-                                    f"stop_reason IS NOT NULL AND {_LIVE}", (worker_id,))
+                                    f"stop_reason IS NOT NULL AND {LIVE}", (worker_id,))
         return [(r["id"], r["stop_reason"]) for r in rows]
 
     async def paused_flags(self, worker_id: str) -> dict[str, bool]:
         """A worker's live runs: whether the store says each is paused."""
-        rows = await self._fetchall(f"SELECT id, status FROM runs WHERE owner = ? AND {_LIVE}",
+        rows = await self._fetchall(f"SELECT id, status FROM runs WHERE owner = ? AND {LIVE}",
                                     (worker_id,))
         return {r["id"]: r["status"] == RunStatus.PAUSED.value for r in rows}
 
@@ -125,7 +119,7 @@ class ClusterQueries(StoreBase):
         """A worker leaving: its live runs are anyone's now, and its row goes."""
 
         def op(conn: Connection) -> int:
-            count = conn.execute(f"UPDATE runs SET owner = NULL WHERE owner = ? AND {_LIVE}",
+            count = conn.execute(f"UPDATE runs SET owner = NULL WHERE owner = ? AND {LIVE}",
                                  (worker_id,)).rowcount
             conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
             return count

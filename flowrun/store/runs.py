@@ -24,6 +24,7 @@ from flowrun.store.backend import (
 )
 from flowrun.store.base import (
     EVENT_ROWS,
+    LIVE,
     NODE_ROWS,
     NODES_OF_RUN,
     RUN_COLUMNS,
@@ -229,6 +230,36 @@ class RunQueries(StoreBase):
             return True
 
         return await self._writer.write(op)
+
+    # --- stops kept on the run's row (every mode: see RunService.stop) ----------------
+
+    async def request_stop(self, run_id: str, reason: str) -> RunStatus | None:
+        """Keep a stop on the row of a run that has not finished (queued, running,
+        paused or waiting), so that whatever queues, parks, wakes or claims it later
+        stops it, here or in another process, now or after a restart; a waiting run is
+        due to wake at once. The run's status as the stop was kept; None (nothing kept)
+        when it had finished, or is gone."""
+
+        def op(conn: Connection) -> RunStatus | None:
+            row = conn.execute(
+                "UPDATE runs SET stop_reason = ?, wake_at = CASE WHEN status = 'waiting' "
+                f"THEN 0 ELSE wake_at END WHERE id = ? AND ({LIVE} OR status = 'waiting') "
+                "RETURNING status", (reason, run_id)).fetchone()
+            return None if row is None else RunStatus(row[0])
+
+        return await self._writer.write(op, durable=True)
+
+    async def stop_reason(self, run_id: str) -> str | None:
+        """The stop kept on a run's row ('' for one without a reason), or None."""
+        row = await self._fetchone("SELECT stop_reason FROM runs WHERE id = ?", (run_id,))
+        return None if row is None else row["stop_reason"]
+
+    async def requested_stops(self) -> dict[str, str]:
+        """Every unfinished run someone asked to stop: run id -> reason ('' for none).
+        What a restart must stop rather than resume."""
+        rows = await self._fetchall("SELECT id, stop_reason FROM runs WHERE "
+                                    f"stop_reason IS NOT NULL AND {LIVE}")
+        return {r["id"]: r["stop_reason"] for r in rows}
 
     async def get_run(self, run_id: str, *, with_nodes: bool = True) -> RunRecord | None:
         """A run (with its nodes, read in the same snapshot), or None."""

@@ -26,11 +26,15 @@ class WaitQueries(StoreBase):
     def park_run(self, run_id: str, *, wake_at: float | None, event: Event,
                  tokens: Sequence[tuple[str, str, str]]) -> WriteResult[None]:
         """Record a run as waiting (with when to wake it and its signal URL tokens:
-        (hash, node id, signal) each) together with its ``workflow_waiting`` event."""
+        (hash, node id, signal) each) together with its ``workflow_waiting`` event; a
+        run with a stop kept on its row is due to wake at once."""
         now = time.time()
 
         def op(conn: Connection) -> None:
-            conn.execute("UPDATE runs SET status = ?, wake_at = ? WHERE id = ?",
+            # A run someone asked to stop meanwhile is due at once: whatever wakes it
+            # (the runner's look after its park, or the wait loop) queues it to stop.
+            conn.execute("UPDATE runs SET status = ?, wake_at = CASE WHEN stop_reason IS "
+                         "NULL THEN ? ELSE 0 END WHERE id = ?",
                          (RunStatus.WAITING.value, wake_at, run_id))
             conn.executemany(
                 "INSERT INTO signal_tokens (token_hash, run_id, node_id, signal, "

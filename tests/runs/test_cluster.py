@@ -44,6 +44,28 @@ async def test_claims_take_priority_then_age_and_skip_each_others_runs(
                 } == {"w1", "w2"}
 
 
+async def test_a_claim_skips_the_runs_of_keys_at_their_cap_here(postgres_url: str) -> None:
+    async with Store.open(postgres_url) as store:
+        await store.register_worker("w1", "h", 1)
+        runs = [make_run(f"r{i}", priority=p) for i, p in enumerate([99, 99, 0, 0])]
+        for run, key in zip(runs, ["A", "A", "B", None], strict=True):
+            run.api_key_id = key
+            await store.insert_run(run).wait()
+        claimed = await store.claim_runs("w1", 10, lease_s=10, skip_keys=["A"])
+        assert [r.id for r, _ in claimed] == ["r2", "r3"]  # B's and the keyless one
+
+
+async def test_a_stop_is_kept_on_a_live_or_waiting_row_only(postgres_url: str) -> None:
+    async with Store.open(postgres_url) as store:
+        queued, done = make_run("q"), make_run("d")
+        for run in (queued, done):
+            await store.insert_run(run).wait()
+        await store.set_status("d", RunStatus.SUCCEEDED, only_from=(RunStatus.QUEUED,))
+        assert await store.request_stop("q", "enough") is RunStatus.QUEUED
+        assert await store.request_stop("d", "enough") is None
+        assert await store.requested_stops() == {"q": "enough"}
+
+
 async def test_a_lapsed_lease_lets_another_process_take_the_runs(postgres_url: str) -> None:
     async with Store.open(postgres_url) as one, Store.open(postgres_url) as two:
         await one.register_worker("w1", "h", 1)

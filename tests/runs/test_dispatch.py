@@ -330,3 +330,53 @@ async def test_a_saturated_concurrency_key_is_skipped_and_its_runs_start_in_orde
     assert runner.started == ["a0", "b0", "free", "a3", "a2"]
     assert [u[0] for u in runner.unstarted] == ["a1"]
     assert runner.peak == 3 and dispatcher._key_running == {}
+
+
+def keyed(dispatcher: Dispatcher, run_id: str, key: str, priority: int = 0) -> RunHandle:
+    run = make_run(run_id, priority=priority)
+    run.api_key_id = key
+    handle = dispatcher.prepare(run)
+    dispatcher.enqueue(handle)
+    return handle
+
+
+async def test_a_key_at_its_cap_does_not_hold_back_another_keys_run() -> None:
+    runner = FakeRunner()
+    dispatcher = Dispatcher(runner, max_concurrent=4, max_queued=100,  # type: ignore[arg-type]
+                            max_per_key=2)
+    for i in range(6):
+        keyed(dispatcher, f"a{i}", "A", priority=99)
+    b = keyed(dispatcher, "b0", "B")
+    async with dispatching(dispatcher):
+        await anyio.wait_all_tasks_blocked()
+        assert runner.started == ["a0", "a1", "b0"]  # A at its cap; B's run goes
+        assert set(dispatcher.full_keys()) == {"A"}
+        runner.release("a0")
+        await anyio.wait_all_tasks_blocked()
+        assert runner.started[-1] == "a2"  # A's next takes A's freed place
+        runner.release_all()
+        with anyio.fail_after(5):
+            await b.done.wait()
+
+
+async def test_a_paused_run_gives_its_slot_back_but_keeps_its_keys_place() -> None:
+    runner = FakeRunner()
+    dispatcher = Dispatcher(runner, max_concurrent=2, max_queued=100,  # type: ignore[arg-type]
+                            max_per_key=2)
+    a = [keyed(dispatcher, f"a{i}", "A") for i in range(3)]
+    async with dispatching(dispatcher):
+        await anyio.wait_all_tasks_blocked()
+        assert runner.started == ["a0", "a1"]
+        dispatcher.pause(a[0])
+        dispatcher.pause(a[1])
+        b = keyed(dispatcher, "b0", "B")
+        await anyio.wait_all_tasks_blocked()
+        assert runner.started == ["a0", "a1", "b0"]  # not a2: A holds its 2 places
+        assert runner.executors["a0"].paused and dispatcher.taken == 1
+        dispatcher.resume(a[0])
+        assert dispatcher.taken == 2 and not runner.executors["a0"].paused
+        runner.release_all()
+        with anyio.fail_after(5):
+            for handle in [*a, b]:
+                await handle.done.wait()
+        assert dispatcher.taken == 0 and dispatcher.running == 0
