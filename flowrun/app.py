@@ -153,7 +153,8 @@ def node_services(settings: Settings, registry: Registry, code: CodeRunner) -> N
                               max_run_bytes=settings.max_run_output_bytes),
         llm=LlmDefaults(base_url=settings.llm_base_url, api_key=settings.llm_api_key,
                         model=settings.llm_model, timeout_s=settings.llm_timeout_s,
-                        max_response_bytes=settings.llm_max_response_bytes))
+                        max_response_bytes=settings.llm_max_response_bytes,
+                        deadline_s=settings.llm_deadline_s))
 
 
 def http_policy(settings: Settings) -> HttpPolicy:

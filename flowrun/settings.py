@@ -150,7 +150,11 @@ class Settings:
     llm_base_url: str = "https://api.openai.com/v1"
     llm_api_key: str | None = None
     llm_model: str = "gpt-4o-mini"
+    # llm_timeout_s bounds each connect, read and write; llm_deadline_s the whole call
+    # (a server that sends a byte now and then holds a node no longer than that)
     llm_timeout_s: float = 120.0
+    llm_deadline_s: float = 600.0
+    # the reply as decoded (inflated), every byte counted: comments, unread fields
     llm_max_response_bytes: int = 10 * 1024 * 1024
     # completion callbacks (through the http node's SSRF policy): a failed attempt is
     # retried after callback_backoff_s doubling up to callback_max_backoff_s, for up to
@@ -187,6 +191,8 @@ class Settings:
                                 "code_network_head_timeout_s > 0")
         if self.max_node_output_bytes < 1 or self.max_run_output_bytes < 1:
             raise SettingsError("max_node_output_bytes and max_run_output_bytes must be >= 1")
+        if self.llm_timeout_s <= 0 or self.llm_deadline_s <= 0:
+            raise SettingsError("llm_timeout_s and llm_deadline_s must be > 0")
         if self.run_retention_s < 0:
             raise SettingsError("run_retention_s must be >= 0 (0 keeps finished runs)")
         if self.heartbeat_s <= 0 or self.lease_s < 2 * self.heartbeat_s:

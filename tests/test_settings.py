@@ -71,3 +71,12 @@ def test_what_a_node_and_a_run_may_store_has_safe_defaults_and_settings() -> Non
     assert (set_.max_node_output_bytes, set_.max_run_output_bytes) == (1000, 5000)
     with pytest.raises(SettingsError, match="max_node_output_bytes"):
         Settings(max_node_output_bytes=0)
+
+
+def test_an_llm_call_has_a_deadline_as_a_whole_besides_its_per_read_timeout() -> None:
+    assert (Settings().llm_timeout_s, Settings().llm_deadline_s) == (120.0, 600.0)
+    assert Settings.from_env({"FLOWRUN_LLM_DEADLINE_S": "30"}).llm_deadline_s == 30.0
+    with pytest.raises(SettingsError, match="llm_deadline_s must be > 0"):
+        Settings(llm_deadline_s=0)
+    with pytest.raises(SettingsError, match="llm_timeout_s and llm_deadline_s"):
+        Settings(llm_timeout_s=-1)
