@@ -80,3 +80,16 @@ def test_an_llm_call_has_a_deadline_as_a_whole_besides_its_per_read_timeout() ->
         Settings(llm_deadline_s=0)
     with pytest.raises(SettingsError, match="llm_timeout_s and llm_deadline_s"):
         Settings(llm_timeout_s=-1)
+
+
+def test_streamed_text_has_a_per_run_event_limit_and_waits_for_a_busy_writer() -> None:
+    s = Settings()
+    assert (s.max_text_chunks_per_run, s.write_backlog, s.write_backlog_wait_s) == (
+        10_000, 10_000, 10.0)
+    set_ = Settings.from_env({"FLOWRUN_MAX_TEXT_CHUNKS_PER_RUN": "5",
+                              "FLOWRUN_WRITE_BACKLOG": "100",
+                              "FLOWRUN_WRITE_BACKLOG_WAIT_S": "1.5"})
+    assert (set_.max_text_chunks_per_run, set_.write_backlog, set_.write_backlog_wait_s) == (
+        5, 100, 1.5)
+    with pytest.raises(SettingsError, match="write_backlog >= 1"):
+        Settings(write_backlog=0)

@@ -249,6 +249,11 @@ class Store:
         """Commit queued writes now: someone follows them live."""
         self._writer.commit_soon()
 
+    async def room_for_writes(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until the write queue is short enough for a write that
+        can be held back (streamed text); False if it is still too long."""
+        return await self._writer.room(timeout_s)
+
     def round_trips(self) -> dict[str, int]:
         """Calls into the database threads so far (each read, each write batch) and the
         statements the write batches ran.
@@ -263,12 +268,13 @@ class Store:
     @asynccontextmanager
     async def open(cls, target: Path | str, *, max_batch: int = 512,
                    busy_timeout_ms: int = 5000, synchronous: str = "FULL",
-                   linger_s: float = 0.003) -> AsyncIterator[Store]:
+                   linger_s: float = 0.003, max_backlog: int = 10_000
+                   ) -> AsyncIterator[Store]:
         """Open (creating and migrating) the database for the duration of the block.
 
         ``target``: a SQLite file, ``sqlite:///path``, or a ``postgresql://`` URL
         (``settings.parse_database``). ``busy_timeout_ms`` and ``synchronous`` are
-        SQLite's.
+        SQLite's. ``max_backlog``: queued writes past which ``room_for_writes`` waits.
         """
         database = parse_database(target)
         backend: AbstractAsyncContextManager[Backend]
@@ -283,7 +289,8 @@ class Store:
             # The writer's connection is synchronous: it runs a whole batch in one call on
             # its own thread (see writer.py), not one thread hop per statement.
             writer = Writer[Connection](opened.write_conn, max_batch=max_batch,
-                                        linger_s=linger_s, dialect=opened.dialect)
+                                        linger_s=linger_s, dialect=opened.dialect,
+                                        max_backlog=max_backlog)
             async with anyio.create_task_group() as tg:
                 await tg.start(writer.run)
                 try:

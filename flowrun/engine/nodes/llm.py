@@ -1,8 +1,9 @@
 """``llm``: an OpenAI-compatible chat completion, streamed.
 
-Each content delta becomes a ``text_chunk`` event as it arrives; the node
-outputs the whole ``text`` and the ``usage`` the server reports (summed into the
-run's ``total_tokens``). The configured base URL is trusted; a per-node
+The content deltas stream as ``text_chunk`` events as they arrive, those that come
+within 50 ms of each other gathered into one (``TextBatcher``); the node outputs the
+whole ``text`` and the ``usage`` the server reports (summed into the run's
+``total_tokens``). The configured base URL is trusted; a per-node
 ``base_url`` goes through the same SSRF guard as the http node.
 
 The server's own API key goes only to the configured base URL (every
@@ -35,6 +36,7 @@ from flowrun.engine.net.replies import (
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.engine.secrets import SecretUse
+from flowrun.engine.textbatch import TextBatcher
 from flowrun.errors import NodeFailure
 from flowrun.records import SecretRecord
 
@@ -88,18 +90,20 @@ async def llm(ctx: NodeContext, *, prompt: str | None = None,
 async def _chat(ctx: NodeContext, services: Any, secrets: SecretUse, root: str, trusted: bool,
                 payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
     defaults = services.llm
-    reply = _Reply(secrets, defaults.max_response_bytes, ctx.emit_text)
     try:
-        # The whole call has a deadline, not only each read: a server that sends a byte
-        # now and then would otherwise hold the node for as long as it likes.
-        with anyio.fail_after(defaults.deadline_s):
-            async with guarded_client(services.http, trusted=trusted, timeout=defaults.timeout_s,
-                                      on_request=secrets.hook() if secrets.values else None
-                                      ) as client, \
-                    client.stream("POST", f"{root}/chat/completions", json=payload,
-                                  headers={**headers, "Accept-Encoding": ACCEPT_ENCODING}
-                                  ) as resp:
-                await reply.read(resp)
+        async with TextBatcher(ctx.emit_text) as batcher:
+            reply = _Reply(secrets, defaults.max_response_bytes, batcher.add)
+            # The whole call has a deadline, not only each read: a server that sends a
+            # byte now and then would otherwise hold the node for as long as it likes.
+            with anyio.fail_after(defaults.deadline_s):
+                async with guarded_client(services.http, trusted=trusted,
+                                          timeout=defaults.timeout_s,
+                                          on_request=secrets.hook() if secrets.values else None
+                                          ) as client, \
+                        client.stream("POST", f"{root}/chat/completions", json=payload,
+                                      headers={**headers, "Accept-Encoding": ACCEPT_ENCODING}
+                                      ) as resp:
+                    await reply.read(resp)
     except BodyTooLarge as exc:
         raise NodeFailure(f"LLM reply is larger than {exc.cap} bytes "
                           f"(FLOWRUN_LLM_MAX_RESPONSE_BYTES)", code="llm_too_large") from None
