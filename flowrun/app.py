@@ -151,10 +151,12 @@ def node_services(settings: Settings, registry: Registry, code: CodeRunner) -> N
         code=code, registry=registry, max_map_concurrency=settings.max_map_concurrency,
         http=http_policy(settings),
         storage=StorageLimits(max_node_bytes=settings.max_node_output_bytes,
-                              max_run_bytes=settings.max_run_output_bytes),
+                              max_run_bytes=settings.max_run_output_bytes,
+                              max_text_chunks=settings.max_text_chunks_per_run),
         llm=LlmDefaults(base_url=settings.llm_base_url, api_key=settings.llm_api_key,
                         model=settings.llm_model, timeout_s=settings.llm_timeout_s,
-                        max_response_bytes=settings.llm_max_response_bytes))
+                        max_response_bytes=settings.llm_max_response_bytes,
+                        deadline_s=settings.llm_deadline_s))
 
 
 def http_policy(settings: Settings) -> HttpPolicy:
@@ -229,13 +231,15 @@ async def flowrun_lifespan(app: Starlette) -> AsyncIterator[None]:
     async with Store.open(settings.database, max_batch=settings.group_commit_max,
                           busy_timeout_ms=settings.sqlite_busy_timeout_ms,
                           synchronous=settings.sqlite_synchronous,
-                          linger_s=settings.write_linger_s) as store, \
+                          linger_s=settings.write_linger_s,
+                          max_backlog=settings.write_backlog) as store, \
             code_runner(settings, http_policy(settings)) as code:
         bus = EventBus(buffer_size=settings.sse_buffer)
         services = node_services(settings, registry, code)
         runner = Runner(store, bus, registry, metrics,
                         idempotency_ttl_s=settings.idempotency_ttl_s, services=services,
-                        final_write_timeout_s=settings.final_write_timeout_s)
+                        final_write_timeout_s=settings.final_write_timeout_s,
+                        text_wait_s=settings.write_backlog_wait_s)
         dispatcher = Dispatcher(runner, max_concurrent=settings.max_concurrent_runs,
                               max_queued=settings.max_queued,
                               max_per_key=settings.running_per_key)

@@ -116,6 +116,9 @@ class Settings:
     # outputs in all; past either the node fails with output_too_large
     max_node_output_bytes: int = 1024 * 1024
     max_run_output_bytes: int = 16 * 1024 * 1024
+    # text_chunk events one run streams (each is a stored row); past it the run's text
+    # goes into its nodes' outputs only (the log says so once)
+    max_text_chunks_per_run: int = 10_000
     # finished runs (with their nodes, events and keys) are deleted this long after they
     # end, so the database does not grow for ever; 0 keeps them (the start-up log says which)
     run_retention_s: float = 30 * 86_400.0
@@ -124,6 +127,10 @@ class Settings:
     # how long progress nobody waits for yet (a run's node rows and events) may wait to
     # share a commit; awaited writes and runs with live subscribers do not wait
     write_linger_s: float = 0.003
+    # past write_backlog queued writes a run's streamed text waits for the writer, up to
+    # write_backlog_wait_s; still behind then, the run streams no more text
+    write_backlog: int = 10_000
+    write_backlog_wait_s: float = 10.0
     # how long a finishing run waits for its final write through a store fault before it
     # lets go (the writer keeps retrying that write)
     final_write_timeout_s: float = 30.0
@@ -155,7 +162,11 @@ class Settings:
     llm_base_url: str = "https://api.openai.com/v1"
     llm_api_key: str | None = None
     llm_model: str = "gpt-4o-mini"
+    # llm_timeout_s bounds each connect, read and write; llm_deadline_s the whole call
+    # (a server that sends a byte now and then holds a node no longer than that)
     llm_timeout_s: float = 120.0
+    llm_deadline_s: float = 600.0
+    # the reply as decoded (inflated), every byte counted: comments, unread fields
     llm_max_response_bytes: int = 10 * 1024 * 1024
     # completion callbacks (through the http node's SSRF policy): a failed attempt is
     # retried after callback_backoff_s doubling up to callback_max_backoff_s, for up to
@@ -196,6 +207,12 @@ class Settings:
                                 "code_network_head_timeout_s > 0")
         if self.max_node_output_bytes < 1 or self.max_run_output_bytes < 1:
             raise SettingsError("max_node_output_bytes and max_run_output_bytes must be >= 1")
+        if self.llm_timeout_s <= 0 or self.llm_deadline_s <= 0:
+            raise SettingsError("llm_timeout_s and llm_deadline_s must be > 0")
+        if self.max_text_chunks_per_run < 0 or self.write_backlog < 1 or \
+                self.write_backlog_wait_s < 0:
+            raise SettingsError("max_text_chunks_per_run and write_backlog_wait_s must be "
+                                ">= 0, write_backlog >= 1")
         if self.run_retention_s < 0:
             raise SettingsError("run_retention_s must be >= 0 (0 keeps finished runs)")
         if self.heartbeat_s <= 0 or self.lease_s < 2 * self.heartbeat_s:

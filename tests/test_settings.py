@@ -84,3 +84,25 @@ def test_runs_per_key_default_to_a_quarter_of_the_slots_but_at_least_four() -> N
         Settings(max_running_per_key=0)
     with pytest.raises(SettingsError, match="run_key_max_priority must be between 0 and 99"):
         Settings(run_key_max_priority=100)
+
+
+def test_an_llm_call_has_a_deadline_as_a_whole_besides_its_per_read_timeout() -> None:
+    assert (Settings().llm_timeout_s, Settings().llm_deadline_s) == (120.0, 600.0)
+    assert Settings.from_env({"FLOWRUN_LLM_DEADLINE_S": "30"}).llm_deadline_s == 30.0
+    with pytest.raises(SettingsError, match="llm_deadline_s must be > 0"):
+        Settings(llm_deadline_s=0)
+    with pytest.raises(SettingsError, match="llm_timeout_s and llm_deadline_s"):
+        Settings(llm_timeout_s=-1)
+
+
+def test_streamed_text_has_a_per_run_event_limit_and_waits_for_a_busy_writer() -> None:
+    s = Settings()
+    assert (s.max_text_chunks_per_run, s.write_backlog, s.write_backlog_wait_s) == (
+        10_000, 10_000, 10.0)
+    set_ = Settings.from_env({"FLOWRUN_MAX_TEXT_CHUNKS_PER_RUN": "5",
+                              "FLOWRUN_WRITE_BACKLOG": "100",
+                              "FLOWRUN_WRITE_BACKLOG_WAIT_S": "1.5"})
+    assert (set_.max_text_chunks_per_run, set_.write_backlog, set_.write_backlog_wait_s) == (
+        5, 100, 1.5)
+    with pytest.raises(SettingsError, match="write_backlog >= 1"):
+        Settings(write_backlog=0)

@@ -162,7 +162,8 @@ class Executor:
         self._index = max((n.index for n in (prior_nodes or {}).values()), default=0)
         self.services = services
         # What the run stores, against its limits (the runner's, or one of its own).
-        self.storage = storage or RunStorage(services.storage if services else None)
+        self.storage = storage or RunStorage(services.storage if services else None,
+                                         run_id=run_id)
         # Wait nodes: signals received so far, when each waiting node began to wait, and
         # those waiting now. A sub-graph (``suspendable`` False) cannot park its run.
         self._signals = dict(signals or {})
@@ -491,13 +492,15 @@ class Executor:
 
     def _text_sink(self, node_id: str) -> Callable[[str], Awaitable[None]]:
         """A node attempt's ``emit_text``: each chunk is stored (a ``text_chunk``
-        event), so the attempt's text counts against the limits before it is sent."""
+        event), so the attempt's text counts against the limits before it is sent; past
+        the run's text_chunk limit it is not sent (nor counted)."""
         streamed = 0
 
         async def emit(text: str) -> None:
             nonlocal streamed
             size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-            self.storage.admit_text(node_id, "streamed text", size, streamed + size)
+            if not self.storage.admit_chunk(node_id, size, streamed + size):
+                return
             streamed += size
             await self.observer.text_chunk(node_id, text)
 

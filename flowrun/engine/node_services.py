@@ -57,8 +57,9 @@ class LlmDefaults:
     base_url: str = "https://api.openai.com/v1"
     api_key: str | None = None
     model: str = "gpt-4o-mini"
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # each connect, read or write
     max_response_bytes: int = 10 * 1024 * 1024
+    deadline_s: float = 600.0  # the whole call, however the server paces its reply
 
 
 def _builtin_registry() -> Registry:

@@ -46,14 +46,15 @@ class RunRecorder:
     """
 
     def __init__(self, store: Store, bus: EventBus, run: RunRecord, *, last_seq: int,
-                 storage: RunStorage | None = None) -> None:
+                 storage: RunStorage | None = None, text_wait_s: float = 10.0) -> None:
         self.dropped = False  # an event of this run was not stored (said once)
         self.store = store
         self.bus = bus
         self.run = run
         self.seq = last_seq
         # what the run stores so far, against its limits (the executor counts into it)
-        self.storage = storage or RunStorage()
+        self.storage = storage or RunStorage(run_id=run.id)
+        self.text_wait_s = text_wait_s
         self._exec_ids: dict[str, str] = {}
         self._predecessors: dict[str, str | None] = {}
 
@@ -115,6 +116,14 @@ class RunRecorder:
         self.emit("node_waiting", data, node)
 
     async def text_chunk(self, node_id: str, text: str) -> None:
+        """Stream a node's text: the one write a run can hold back, so it first waits
+        while the store's writer is behind (the node waits too, and so does its upstream),
+        instead of queuing rows without bound; still behind after ``text_wait_s``, the run
+        streams no more text."""
+        if not await self.store.room_for_writes(self.text_wait_s):
+            self.storage.stop_streaming(f"a write queue still full after {self.text_wait_s:g}s "
+                                        f"(FLOWRUN_WRITE_BACKLOG_WAIT_S)")
+            return
         self.emit("text_chunk", {"text": text, "from_variable_selector": [node_id, "text"]})
 
     async def iteration_event(self, name: str, node: NodeRecord, predecessor: str | None,
@@ -136,13 +145,14 @@ class Runner:
     def __init__(self, store: Store, bus: EventBus, registry: Registry,
                  metrics: Metrics | None = None, *, idempotency_ttl_s: float = 86_400.0,
                  final_write_timeout_s: float = 30.0,
-                 services: NodeServices | None = None) -> None:
+                 services: NodeServices | None = None, text_wait_s: float = 10.0) -> None:
         self.store = store
         self.bus = bus
         self.registry = registry
         self.metrics = metrics or Metrics()
         self.idempotency_ttl_s = idempotency_ttl_s
         self.final_write_timeout_s = final_write_timeout_s
+        self.text_wait_s = text_wait_s  # how long streamed text waits for a busy writer
         self.services = services
         # Told of each run whose terminal write has committed (the callback loop's poke).
         self.on_finished: Callable[[RunRecord], None] | None = None
@@ -181,8 +191,10 @@ class Runner:
         resumed = run.status in {RunStatus.RUNNING, RunStatus.PAUSED}
         # A resumed or retried run goes on from its events and the nodes it keeps.
         last_seq, kept = (0, 0) if fresh else await self.store.run_progress(run.id)
-        storage = RunStorage(self.services.storage if self.services else None, used=kept)
-        recorder = RunRecorder(self.store, self.bus, run, last_seq=last_seq, storage=storage)
+        storage = RunStorage(self.services.storage if self.services else None, used=kept,
+                             run_id=run.id)
+        recorder = RunRecorder(self.store, self.bus, run, last_seq=last_seq, storage=storage,
+                               text_wait_s=self.text_wait_s)
         try:
             definition = await self.definition_for(run)
         except FlowrunError as exc:

@@ -163,6 +163,11 @@ class StoreBase:
         """Commit queued writes now: someone follows them live."""
         self._writer.commit_soon()
 
+    async def room_for_writes(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until the write queue is short enough for a write that
+        can be held back (streamed text); False if it is still too long."""
+        return await self._writer.room(timeout_s)
+
     def round_trips(self) -> dict[str, int]:
         """Calls into the database threads so far (each read, each write batch) and the
         statements the write batches ran.

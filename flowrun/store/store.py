@@ -49,12 +49,13 @@ class Store(WorkflowQueries, RunQueries, WaitQueries, ProgressQueries, ClusterQu
     @asynccontextmanager
     async def open(cls, target: Path | str, *, max_batch: int = 512,
                    busy_timeout_ms: int = 5000, synchronous: str = "FULL",
-                   linger_s: float = 0.003) -> AsyncIterator[Store]:
+                   linger_s: float = 0.003, max_backlog: int = 10_000
+                   ) -> AsyncIterator[Store]:
         """Open (creating and migrating) the database for the duration of the block.
 
         ``target``: a SQLite file, ``sqlite:///path``, or a ``postgresql://`` URL
         (``settings.parse_database``). ``busy_timeout_ms`` and ``synchronous`` are
-        SQLite's.
+        SQLite's. ``max_backlog``: queued writes past which ``room_for_writes`` waits.
         """
         database = parse_database(target)
         backend: AbstractAsyncContextManager[Backend]
@@ -69,7 +70,8 @@ class Store(WorkflowQueries, RunQueries, WaitQueries, ProgressQueries, ClusterQu
             # The writer's connection is synchronous: it runs a whole batch in one call on
             # its own thread (see writer.py), not one thread hop per statement.
             writer = Writer[Connection](opened.write_conn, max_batch=max_batch,
-                                        linger_s=linger_s, dialect=opened.dialect)
+                                        linger_s=linger_s, dialect=opened.dialect,
+                                        max_backlog=max_backlog)
             async with anyio.create_task_group() as tg:
                 await tg.start(writer.run)
                 try:

@@ -14,6 +14,10 @@ wait up to ``linger_s`` for company, so a short run's progress and its final
 status share one commit; a write someone awaits (an accept, a final status), a
 live subscriber to the run, or a full batch ends the wait at once.
 
+Writes a run can hold back (its streamed text) first wait for ``room`` while
+``max_backlog`` writes or more are queued, so a writer that falls behind slows the
+runs that flood it instead of piling their rows up in memory.
+
 When the database itself fails (locked past the busy timeout, read-only, disk
 full, I/O error) the whole batch is rolled back. Writes a client is waiting on
 (accepting a run) fail at once with ``Unavailable`` (a 503); writes of runs in
@@ -245,7 +249,7 @@ class Writer(Generic[C]):
     """Owns the write connection; started in a task group with ``run``."""
 
     def __init__(self, conn: C, *, max_batch: int = 512, linger_s: float = 0.003,
-                 dialect: WriterDialect = SQLITE) -> None:
+                 dialect: WriterDialect = SQLITE, max_backlog: int = 10_000) -> None:
         self._conn = conn
         self._dialect = dialect
         self._linger_s = linger_s
@@ -257,6 +261,8 @@ class Writer(Generic[C]):
         conn.set_trace_callback(self._count)
         self._max_batch = max_batch
         self._queue: collections.deque[_Pending] = collections.deque()
+        self._max_backlog = max_backlog
+        self._room: anyio.Event | None = None  # set once the backlog is below max_backlog
         self._wakeup = anyio.Event()
         self._closed = False
         self._failing_since: int = 0  # consecutive failed batches
@@ -295,6 +301,22 @@ class Writer(Generic[C]):
             self.commit_soon()
         return result
 
+    async def room(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` while ``max_backlog`` writes or more are queued; False
+        if they still are (a failing database keeps its writes queued)."""
+        with anyio.move_on_after(timeout_s):
+            while len(self._queue) >= self._max_backlog and not self._closed:
+                if self._room is None:
+                    self._room = anyio.Event()
+                await self._room.wait()
+            return True
+        return False
+
+    def _made_room(self) -> None:
+        if self._room is not None and (len(self._queue) < self._max_backlog or self._closed):
+            self._room.set()
+            self._room = None
+
     def drop_queued_writes(self) -> None:
         """Drop every write queued so far, also those being retried (they fail with
         Unavailable): this process gave its runs up, and what it was writing for them
@@ -329,8 +351,10 @@ class Writer(Generic[C]):
                 # A batch, once taken off the queue, is finished even if cancelled.
                 with anyio.CancelScope(shield=True):
                     await self._commit_batch()
+                self._made_room()  # (once committed: the batch's rows are let go only now)
         finally:
             self._closed = True
+            self._made_room()
             with anyio.CancelScope(shield=True):
                 # One last try for what is queued; durable writes that still fail are
                 # lost to this process, and their runs resume from the store next start.

@@ -136,7 +136,9 @@ def test_llm_tokens_add_up_in_the_run(start_server: Callable[..., Started],
     assert run["status"] == "succeeded", run
     events = events_of(client, run["id"])
     chunks = [e["data"]["text"] for e in events if e["event"] == "text_chunk"]
-    assert chunks == ["Hel", "lo", " world", "plain answer"]
+    # (deltas that come close together may share an event: the text is the same)
+    assert "".join(chunks) == "Hello worldplain answer" and chunks[0] == "Hel"
+    assert chunks[-1] == "plain answer"
     assert events[-1]["data"]["total_tokens"] == 15
 
 

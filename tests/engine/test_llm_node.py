@@ -102,7 +102,10 @@ async def test_streamed_chunks_arrive_before_the_node_finishes(llm_url: str) -> 
     out = await ask(llm_url, timeline, prompt="Say hello", system="Be brief",
                     temperature=0.2, max_tokens=20)
     assert out.status is RunStatus.SUCCEEDED
-    assert [text for _, text in timeline.chunks] == ["Hel", "lo", " world", "plain answer"]
+    texts = [text for _, text in timeline.chunks]
+    # (deltas that come close together may share an event: the text is the same)
+    assert "".join(texts) == "Hello worldplain answer" and texts[0] == "Hel"
+    assert texts[-1] == "plain answer"
     first_chunk = timeline.chunks[0][0]
     assert timeline.finished["ask"] - first_chunk > 0.3  # it streamed, not buffered
     result = out.nodes[0].outputs

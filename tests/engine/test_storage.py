@@ -259,3 +259,21 @@ async def test_outputs_within_the_limits_are_kept_encoded_for_the_store() -> Non
     assert node.encoded_outputs.size == len('{"data":""}') + 10 * KIB
     assert node.encoded_inputs is not None and node.encoded_inputs.value is node.inputs
     assert storage.used == node.encoded_outputs.size + node.encoded_inputs.size
+
+
+def test_a_run_streams_at_most_its_text_chunks_and_counts_only_what_it_streams(
+        caplog: pytest.LogCaptureFixture) -> None:
+    storage = RunStorage(StorageLimits(max_text_chunks=2), run_id="r1")
+    assert storage.admit_chunk("a", 10, 10) and storage.admit_chunk("b", 5, 5)
+    assert not storage.admit_chunk("a", 10, 20)  # past the limit: not sent, not counted
+    assert not storage.admit_chunk("b", 10**9, 10**9)  # (nor held to the node limit)
+    assert (storage.used, storage.text_chunks) == (15, 2)
+    assert "FLOWRUN_MAX_TEXT_CHUNKS_PER_RUN" in (storage.streaming_stopped or "")
+    said = [r.getMessage() for r in caplog.records if "streams no more text" in r.message]
+    assert len(said) == 1 and "run r1" in said[0]
+
+
+def test_a_run_told_to_stop_streaming_streams_nothing_more() -> None:
+    storage = RunStorage(run_id="r2")
+    assert storage.stop_streaming("a full write queue") and not storage.stop_streaming("x")
+    assert not storage.admit_chunk("a", 1, 1) and storage.used == 0

@@ -183,3 +183,34 @@ async def test_every_batch_commits_on_the_writer_s_one_thread_which_ends_with_it
     assert thread is not threading.current_thread()
     thread.join(timeout=5)  # the writer's end ends its thread: none is left behind
     assert not thread.is_alive()
+
+
+async def test_room_waits_while_the_backlog_is_full_and_gives_up_after_its_timeout(
+        conn: sqlite3.Connection, db: Path) -> None:
+    writer = Writer(conn, max_backlog=3)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")  # the writer falls behind: its writes queue
+        async with running(writer):
+            assert await writer.room(0)  # nothing queued: room at once
+            queued = [writer.submit(insert(f"d{i}"), durable=True) for i in range(3)]
+            assert not await writer.room(0.2)  # still full when the wait ends
+            waiting = anyio.Event()
+            got: list[bool] = []
+
+            async def wait_for_room() -> None:
+                waiting.set()
+                got.append(await writer.room(10))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_room)
+                await waiting.wait()
+                assert got == []
+                blocker.execute("ROLLBACK")  # the fault clears: the backlog commits
+            assert got == [True]
+            with anyio.fail_after(5):
+                for result in queued:
+                    await result.wait()
+    finally:
+        blocker.close()
+    assert stored(db) == ["d0", "d1", "d2"]
