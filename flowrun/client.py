@@ -1,7 +1,9 @@
 """A Python client for the native API, sync (``Client``) and async (``AsyncClient``).
 
     ClientError            any 4xx/5xx answer; carries status, code, detail, body
-    └── RunSyncTimeout     run-sync answered 408: the run goes on (``run_id``)
+    └── RunSyncTimeout     run-sync answered 408: the run goes on (``run_id``); a 408
+                           request_timeout (the request's body came too slowly) is a
+                           plain ClientError
     WaitTimeout            ``wait`` ran out of time: the run goes on (``run``)
     SignatureError         ``verify_callback``: not a callback signed for this URL
 
@@ -121,7 +123,9 @@ def _check(resp: httpx.Response) -> Any:
         body = resp.json()
     except ValueError:
         body = resp.text
-    if resp.status_code == 408:
+    # a 408 with the run is run-sync's; request_timeout is the server's (a body too slow)
+    if resp.status_code == 408 and not (isinstance(body, dict)
+                                        and body.get("code") == "request_timeout"):
         raise RunSyncTimeout(resp.status_code, body)
     raise ClientError(resp.status_code, body)
 

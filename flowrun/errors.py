@@ -16,6 +16,7 @@
     ├── IdempotencyConflict           409 idempotency_conflict
     ├── IdempotencyKeyReused          422 idempotency_key_reused
     ├── Unprocessable                 422 unprocessable (a hook body that gives no inputs)
+    ├── RequestTimeout                408 request_timeout (the body came too slowly)
     ├── PayloadTooLarge               413 payload_too_large
     ├── UnsupportedMediaType          415 unsupported_media_type
     ├── TooManyRequests               429 too_many_requests (a per-key limit)
@@ -191,6 +192,14 @@ class Unprocessable(FlowrunError):
     status_code = 422
     code = "unprocessable"
     title = "Unprocessable body"
+
+
+class RequestTimeout(FlowrunError):
+    """Raised when a request's body does not arrive within ``body_timeout_s``."""
+
+    status_code = 408
+    code = "request_timeout"
+    title = "Request timeout"
 
 
 class PayloadTooLarge(FlowrunError):

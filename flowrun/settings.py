@@ -98,11 +98,17 @@ class Settings:
     run_rate_per_key: float = 50.0
     run_burst_per_key: int = 100
     # connections: past max_connections new requests get 503; a connection must send its
-    # request headers within header_timeout_s; idle keep-alive connections close after
-    # keep_alive_s
+    # request headers within header_timeout_s, then its body within body_timeout_s (408);
+    # idle keep-alive connections close after keep_alive_s. One client (an IP address,
+    # an IPv6 /64) may hold max_connections_per_client (unset: a quarter of
+    # max_connections; loopback is one client, a local reverse proxy too), and queue
+    # max_pipelined_requests behind an unanswered one before its connection is closed
     max_connections: int = 1000
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
+    max_connections_per_client: int | None = None
+    max_pipelined_requests: int = 16
     # what one run may ask for: nesting of child runs, child runs live under one root
     # run, and items a map node runs at once
     max_child_depth: int = 10
@@ -215,10 +221,28 @@ class Settings:
                                 ">= 0, write_backlog >= 1")
         if self.run_retention_s < 0:
             raise SettingsError("run_retention_s must be >= 0 (0 keeps finished runs)")
+        self._check_connections()
         if self.heartbeat_s <= 0 or self.lease_s < 2 * self.heartbeat_s:
             raise SettingsError("heartbeat_s must be > 0 and lease_s at least twice it")
         if self.db is not None:
             parse_database(self.db)  # an unknown scheme fails here, at the edge
+
+    def _check_connections(self) -> None:
+        if self.max_connections < 1 or self.max_pipelined_requests < 1:
+            raise SettingsError("max_connections and max_pipelined_requests must be >= 1")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0 or self.keep_alive_s <= 0:
+            raise SettingsError("header_timeout_s, body_timeout_s and keep_alive_s must be > 0")
+        cap = self.max_connections_per_client
+        if cap is not None and not 1 <= cap <= self.max_connections:
+            raise SettingsError(f"max_connections_per_client must be between 1 and "
+                                f"max_connections ({self.max_connections}), not {cap}")
+
+    @property
+    def connections_per_client(self) -> int:
+        """How many connections one client may hold: the setting, else a quarter of all."""
+        if self.max_connections_per_client is not None:
+            return self.max_connections_per_client
+        return max(1, self.max_connections // 4)
 
     @property
     def database(self) -> Path | str:

@@ -106,3 +106,29 @@ def test_streamed_text_has_a_per_run_event_limit_and_waits_for_a_busy_writer() -
         5, 100, 1.5)
     with pytest.raises(SettingsError, match="write_backlog >= 1"):
         Settings(write_backlog=0)
+
+
+def test_connection_limits_have_safe_defaults_and_refuse_nonsense() -> None:
+    settings = Settings.from_env({})
+    assert settings.body_timeout_s == 10.0 and settings.max_pipelined_requests == 16
+    assert settings.max_connections_per_client is None
+    assert settings.connections_per_client == 250  # a quarter of max_connections (1000)
+    assert Settings(max_connections=10).connections_per_client == 2
+    assert Settings(max_connections=3).connections_per_client == 1
+    env = {"FLOWRUN_BODY_TIMEOUT_S": "2.5", "FLOWRUN_MAX_CONNECTIONS_PER_CLIENT": "600",
+           "FLOWRUN_MAX_PIPELINED_REQUESTS": "4"}
+    chosen = Settings.from_env(env)
+    assert chosen.body_timeout_s == 2.5 and chosen.max_pipelined_requests == 4
+    assert chosen.connections_per_client == 600
+    assert Settings.from_env({"FLOWRUN_MAX_CONNECTIONS_PER_CLIENT": ""}
+                             ).connections_per_client == 250
+    for bad in ({"body_timeout_s": 0}, {"header_timeout_s": -1}, {"keep_alive_s": 0}):
+        with pytest.raises(SettingsError, match="must be > 0"):
+            Settings(**bad)  # type: ignore[arg-type]
+    for bad in ({"max_connections": 0}, {"max_pipelined_requests": 0}):
+        with pytest.raises(SettingsError, match=">= 1"):
+            Settings(**bad)  # type: ignore[arg-type]
+    for cap in (0, 1001):
+        with pytest.raises(SettingsError, match="between 1 and max_connections"):
+            Settings(max_connections_per_client=cap)
+    assert Settings(max_connections_per_client=1000).connections_per_client == 1000

@@ -17,7 +17,7 @@ import pydantic
 import yaml
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
@@ -27,6 +27,7 @@ from flowrun.errors import (
     FlowrunError,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unavailable,
     UnsupportedMediaType,
 )
@@ -34,6 +35,7 @@ from flowrun.features.keys import key_from_headers
 from flowrun.instance import Instance, Served
 from flowrun.records import Event, OnConflict, RunRecord
 from flowrun.runs.access import Principal
+from flowrun.settings import Settings
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -77,11 +79,25 @@ def _is_json(content_type: str) -> bool:
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refusing (413) anything over ``max_bytes`` without reading it all."""
+    """The raw body, refusing (413) anything over ``max_bytes`` without reading it all,
+    and (408) a body that takes longer than ``body_timeout_s``: ``flowrun serve``'s
+    protocol enforces that from the headers on, and this holds under any other server."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and \
             (len(declared) > 18 or int(declared) > max_bytes):
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes}")
+    timeout = _body_timeout(request)
+    try:
+        with anyio.fail_after(timeout):
+            return await _read_chunks(request, max_bytes)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s",
+                             headers={"Connection": "close"}) from None
+    except ClientDisconnect:  # nobody is left to read the answer: no traceback for it
+        raise BadRequest("the client left before its request body was complete") from None
+
+
+async def _read_chunks(request: Request, max_bytes: int) -> bytes:
     chunks = []
     size = 0
     async for chunk in request.stream():
@@ -90,6 +106,11 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _body_timeout(request: Request) -> float:
+    settings = getattr(request.app.state, "settings", None)
+    return float(settings.body_timeout_s) if settings is not None else Settings.body_timeout_s
 
 
 async def read_json(request: Request, max_bytes: int, *, empty: Any = None) -> Any:

@@ -137,8 +137,10 @@ async def test_subscribers_at_random_moments_of_50_runs(
 
 
 async def test_500_subscribers_on_one_run(start_server: Callable[..., Started]) -> None:
-    # one key holding 500 streams: the operator raised the per-key limit for it
-    server, key, _ = start_server({"FLOWRUN_MAX_STREAMS_PER_KEY": "600"})
+    # one key holding 500 streams: the operator raised the per-key limit for it, and the
+    # connections one client (here 127.0.0.1) may hold
+    server, key, _ = start_server({"FLOWRUN_MAX_STREAMS_PER_KEY": "600",
+                                   "FLOWRUN_MAX_CONNECTIONS_PER_CLIENT": "600"})
     results: list[list[dict[str, Any]]] = []
     async with aclient(server, key) as client:
         run_id = await submit(client, "wide", gate=4)
