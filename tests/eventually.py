@@ -38,8 +38,8 @@ def _failure(what: str, timeout: float, seen: object) -> AssertionError:
 
 
 def eventually(check: Callable[[], T | NotYet | None], *, timeout: float = 15.0,
-               every: float = 0.02, what: str = "the condition") -> T:
-    """Call ``check`` every ``every`` seconds until it answers truthy and return that
+               interval: float = 0.02, what: str = "the condition") -> T:
+    """Call ``check`` every ``interval`` seconds until it answers truthy and return that
     answer; AssertionError naming ``what`` once ``timeout`` seconds have passed. The
     first look is made at once, and a look is made after the deadline too."""
     deadline = time.monotonic() + timeout
@@ -49,7 +49,7 @@ def eventually(check: Callable[[], T | NotYet | None], *, timeout: float = 15.0,
             return seen  # type: ignore[return-value]  # truthy: neither None nor NotYet
         if time.monotonic() >= deadline:
             raise _failure(what, timeout, seen)
-        time.sleep(every)
+        time.sleep(interval)
 
 
 # ``timeout`` bounds the polling and fails with what was seen (an AssertionError, not a
@@ -57,18 +57,18 @@ def eventually(check: Callable[[], T | NotYet | None], *, timeout: float = 15.0,
 @overload
 async def eventually_async(check: Callable[[], Awaitable[T | NotYet | None]], *,
                            timeout: float = ...,  # noqa: ASYNC109
-                           every: float = ..., what: str = ...) -> T: ...
+                           interval: float = ..., what: str = ...) -> T: ...
 
 
 @overload
 async def eventually_async(check: Callable[[], T | NotYet | None], *,
                            timeout: float = ...,  # noqa: ASYNC109
-                           every: float = ..., what: str = ...) -> T: ...
+                           interval: float = ..., what: str = ...) -> T: ...
 
 
 async def eventually_async(check: Callable[[], Any], *,
                            timeout: float = 15.0,  # noqa: ASYNC109
-                           every: float = 0.02, what: str = "the condition") -> Any:
+                           interval: float = 0.02, what: str = "the condition") -> Any:
     """``eventually`` for async tests: ``check`` may be a plain or an async function,
     and the wait between looks lets the event loop run."""
     deadline = time.monotonic() + timeout
@@ -80,4 +80,4 @@ async def eventually_async(check: Callable[[], Any], *,
             return seen
         if time.monotonic() >= deadline:
             raise _failure(what, timeout, seen)
-        await anyio.sleep(every)
+        await anyio.sleep(interval)
