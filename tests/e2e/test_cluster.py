@@ -206,9 +206,12 @@ def test_three_processes_two_sigkills_600_runs_each_once(cluster: Cluster,
     for _ in range(2):
         # mid-run: once the victim runs some runs (so the kill interrupts them)
         worker = worker_of(victim)
-        eventually(lambda owner=worker: victim.query(
-            "SELECT COUNT(*) FROM runs WHERE owner = ? AND status = ?",
-            (owner, "running"))[0][0] >= 3, timeout=30, what="the victim running three runs")
+
+        def busy(owner: str = worker) -> bool:
+            return int(victim.query("SELECT COUNT(*) FROM runs WHERE owner = ? AND status = ?",
+                                    (owner, "running"))[0][0]) >= 3
+
+        eventually(busy, timeout=30, what="the victim running three runs")
         victim.kill()
         time.sleep(0.5)  # down a moment, as a crashed process is, before it comes back
         victim.start()
