@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import uvicorn
+
+from tests.eventually import eventually
 
 
 def free_port() -> int:
@@ -40,10 +41,7 @@ def serve(app: Any, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
                                            lifespan=lifespan, timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.01)
+    eventually(lambda: server.started, timeout=10, interval=0.01, what="the test server started")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

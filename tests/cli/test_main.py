@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from flowrun.cli.main import build_parser
+from tests.eventually import eventually
 from tests.local_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,18 +61,16 @@ def serving(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterato
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     served = Served(f"http://127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def answering() -> bool:
             if proc.poll() is not None:
                 out, err = proc.communicate()
                 raise AssertionError(f"serve exited {proc.returncode}: {out}{err}")
             try:
-                if httpx.get(f"{served.url}/healthz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{served.url}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.05)
+                return False
+
+        eventually(answering, timeout=30, interval=0.05, what="serve answering")
         yield served
     finally:
         if proc.poll() is None:

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,6 +15,7 @@ from typing import Any, NamedTuple
 import httpx
 import psycopg
 
+from tests.eventually import NotYet, eventually
 from tests.local_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,17 +99,20 @@ class Server:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([*self.command(), *extra], env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        proc = self.proc
+
+        def answering() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server did not start: {self.log.read_text()}")
+                return False
+
+        try:
+            eventually(answering, timeout=20, interval=0.05, what="the server answering")
+        except AssertionError as late:
+            raise RuntimeError(f"server did not start: {self.log.read_text()}") from late
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -163,14 +166,11 @@ class Started(NamedTuple):
 
 def wait_for(client: httpx.Client, run_id: str, predicate: Any, timeout: float = 15) -> Any:
     """Poll a run until ``predicate(run)`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    run = None
-    while time.monotonic() < deadline:
+    def reached() -> Any:
         run = client.get(f"/runs/{run_id}").json()
-        if predicate(run):
-            return run
-        time.sleep(0.02)
-    raise AssertionError(f"run never reached the expected state: {run}")
+        return run if predicate(run) else NotYet(run)
+
+    return eventually(reached, timeout=timeout, what=f"run {run_id} in the expected state")
 
 
 def finished(client: httpx.Client, run_id: str, timeout: float = 15) -> Any:

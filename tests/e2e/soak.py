@@ -9,16 +9,19 @@ outage).
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
-import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.e2e.server import TERMINAL, Server
+from tests.eventually import NotYet, eventually
 
 # (idempotency key, workflow, body)
 Request = tuple[str, str, dict[str, Any]]
@@ -56,29 +59,28 @@ def start_submitting(servers: list[Server], key: str, todo: list[Request],
     accepted: dict[str, str] = {}
     errors: list[BaseException] = []
 
+    def send(turns: Iterator[httpx.Client], idem: str, workflow: str,
+             body: dict[str, Any]) -> str | None:
+        """The run's id once a process accepts it; None to try again."""
+        try:
+            resp = next(turns).post(f"/workflows/{workflow}/run", json=body,
+                                    headers={"Idempotency-Key": idem})
+        except httpx.TransportError:  # killed, or not up again yet
+            return None
+        if resp.status_code in (429, 503):  # starting, or shutting down
+            return None
+        assert resp.status_code in (200, 202), resp.text
+        return str(resp.json()["id"])
+
     def submit(share: list[tuple[int, Request]]) -> None:
         clients = [httpx.Client(base_url=s.url, timeout=10,
                                 headers={"Authorization": f"Bearer {key}"}) for s in servers]
         try:
             for i, (idem, workflow, body) in share:
-                deadline = time.monotonic() + 90
-                attempt = i  # round-robin; a retry (same key) goes to the next process
-                while True:
-                    assert time.monotonic() < deadline, f"{idem} never accepted"
-                    client = clients[attempt % len(clients)]
-                    attempt += 1
-                    try:
-                        resp = client.post(f"/workflows/{workflow}/run", json=body,
-                                           headers={"Idempotency-Key": idem})
-                    except httpx.TransportError:  # killed, or not up again yet
-                        time.sleep(0.05)
-                        continue
-                    if resp.status_code in (429, 503):  # starting, or shutting down
-                        time.sleep(0.05)
-                        continue
-                    assert resp.status_code in (200, 202), resp.text
-                    accepted[idem] = resp.json()["id"]
-                    break
+                # round-robin; a retry (same key) goes to the next process
+                turns = (clients[n % len(clients)] for n in itertools.count(i))
+                accepted[idem] = eventually(partial(send, turns, idem, workflow, body),
+                                            timeout=90, interval=0.05, what=f"{idem} accepted")
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
         finally:
@@ -95,16 +97,15 @@ def start_submitting(servers: list[Server], key: str, todo: list[Request],
 
 def wait_all_terminal(server: Server, count: int, timeout: float = 120) -> None:
     """Until ``count`` runs in the database are terminal."""
-    deadline = time.monotonic() + timeout
     terminal = tuple(TERMINAL)
-    while True:
+
+    def all_done() -> bool | NotYet:
         [(done,)] = server.query(
             f"SELECT COUNT(*) FROM runs WHERE status IN ({', '.join('?' * len(terminal))})",
             terminal)
-        if done == count:
-            return
-        assert time.monotonic() < deadline, f"{count - done} runs never finished"
-        time.sleep(0.2)
+        return done == count or NotYet(f"{count - done} runs not finished")
+
+    eventually(all_done, timeout=timeout, interval=0.2, what=f"{count} runs terminal")
 
 
 def check_every_run_once(server: Server, accepted: set[str]) -> None:

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from flowrun.client import Client, ClientError, SignatureError, verify_callback
 from flowrun.features.webhooks import signing
 from tests.e2e.server import Server, Started, finished
+from tests.eventually import eventually
 from tests.local_server import serve
 
 FAST = {"FLOWRUN_ALLOW_PRIVATE_HOSTS": "true", "FLOWRUN_CALLBACK_BACKOFF_S": "0.1",
@@ -68,7 +69,7 @@ class Receiver:
             with self.lock:
                 hits = [r for r in self.requests if answered in (None, r.answered)]
             return hits if len(hits) >= count else []
-        hits: list[Received] = until(found, what=f"{count} callback requests")
+        hits: list[Received] = eventually(found, what=f"{count} callback requests")
         return hits
 
 
@@ -81,22 +82,11 @@ def receiver() -> Iterator[Receiver]:
         yield found
 
 
-def until(check: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"{what} never held within {timeout}s")
-
-
 def callback_state(client: httpx.Client, run_id: str, state: str) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         body: dict[str, Any] = client.get(f"/runs/{run_id}/callbacks").json()
         return body if body.get("state") == state else None
-    found: dict[str, Any] = until(check, what=f"callback of {run_id} {state}")
+    found: dict[str, Any] = eventually(check, what=f"callback of {run_id} {state}")
     return found
 
 
@@ -164,7 +154,7 @@ def test_a_finished_run_is_posted_signed(start_server: Callable[..., Started],
     with Client(started.server.url, started.key) as sdk:
         run = sdk.submit("greet", {"name": "Sdk"}, callback_url=f"{receiver.url}/sdk")
         receiver.got(4)
-        assert until(lambda: sdk.callbacks(run["id"])["state"] == "delivered")
+        assert eventually(lambda: sdk.callbacks(run["id"])["state"] == "delivered")
         with pytest.raises(ClientError) as missing_callback:
             sdk.callbacks(plain)
         assert missing_callback.value.status == 404
@@ -400,7 +390,7 @@ def flood(started: Started, tarpit: Tarpit, receiver: Receiver, *, busy: int) ->
     for _ in range(40):
         accepted = key_a.post("/workflows/greet/run", json={"callback_url": f"{tarpit.url}/a"})
         assert accepted.status_code == 202, accepted.text
-    until(lambda: tarpit.open >= busy, what="key A's attempts in flight")
+    eventually(lambda: tarpit.open >= busy, what="key A's attempts in flight")
 
     key_b = started.server.client(started.server.create_key())
     run_b = key_b.post("/workflows/greet/run",

@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from tests.e2e.server import TERMINAL, Server
+from tests.eventually import NotYet, eventually
 
 SUBMITTERS = 3
 PER_SUBMITTER = 150
@@ -52,6 +54,21 @@ def request_for(rng: random.Random, tmp: Path, i: int) -> tuple[str, dict[str, A
     return kind, {"inputs": by_kind[kind]}
 
 
+def accept(client: httpx.Client, record: Record, workflow: str, body: dict[str, Any],
+           idem: str) -> str | None:
+    """The run's id once the server accepts the request; None to send it again."""
+    try:
+        resp = client.post(f"/workflows/{workflow}/run", json=body,
+                           headers={"Idempotency-Key": idem})
+    except httpx.TransportError:
+        return None
+    record.status(resp.status_code, f"POST {workflow}")
+    if resp.status_code in (429, 503):
+        return None
+    assert resp.status_code in (200, 202), resp.text
+    return str(resp.json()["id"])
+
+
 def submitter(server: Server, key: str, record: Record, n: int, tmp: Path,
               seed: int) -> None:
     rng = random.Random(seed)
@@ -60,25 +77,11 @@ def submitter(server: Server, key: str, record: Record, n: int, tmp: Path,
         for i in range(PER_SUBMITTER):
             workflow, body = request_for(rng, tmp, seed * 1000 + i)
             idem = f"s{seed}-{i}"
-            attempts = rng.choice([1, 1, 2])  # sometimes send the same request twice
-            deadline = time.monotonic() + 90
-            while attempts:
-                assert time.monotonic() < deadline, f"{idem} never accepted"
-                try:
-                    resp = client.post(f"/workflows/{workflow}/run", json=body,
-                                       headers={"Idempotency-Key": idem})
-                except httpx.TransportError:
-                    time.sleep(0.05)
-                    continue
-                record.status(resp.status_code, f"POST {workflow}")
-                if resp.status_code in (429, 503):
-                    time.sleep(0.05)
-                    continue
-                assert resp.status_code in (200, 202), resp.text
-                run_id = resp.json()["id"]
+            for _ in range(rng.choice([1, 1, 2])):  # sometimes send the same request twice
+                run_id = eventually(partial(accept, client, record, workflow, body, idem),
+                                    timeout=90, interval=0.05, what=f"{idem} accepted")
                 with record.lock:
                     record.by_key.setdefault(idem, set()).add(run_id)
-                attempts -= 1
                 if rng.random() < 0.15:  # a random stop, now or a moment later
                     time.sleep(rng.uniform(0, 0.05))
                     try:
@@ -173,14 +176,15 @@ def test_chaos_keeps_every_promise(server_factory: Callable[..., Server],
 
     client = server.client(key)
     accepted = {run for ids in record.by_key.values() for run in ids}
-    deadline = time.monotonic() + 90
     pending = set(accepted)
-    while pending:
-        assert time.monotonic() < deadline, f"{len(pending)} runs never finished"
+
+    def all_finished() -> bool | NotYet:
         for run_id in list(pending):
             if client.get(f"/runs/{run_id}").json()["status"] in TERMINAL:
                 pending.discard(run_id)
-        time.sleep(0.1)
+        return not pending or NotYet(f"{len(pending)} runs not finished")
+
+    eventually(all_finished, timeout=90, interval=0.1, what="every accepted run finished")
     done.set()
     for thread in follow:
         thread.join(timeout=30)

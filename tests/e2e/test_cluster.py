@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -26,6 +27,7 @@ from tests.e2e.soak import (
     wait_all_terminal,
 )
 from tests.e2e.test_postgres import stream
+from tests.eventually import NotYet, eventually
 from tests.pg import PostgresServer
 
 # quick leases, so a killed process's runs are taken over in a test's time
@@ -146,13 +148,14 @@ def test_workflows_and_keys_changed_on_one_process_change_on_all(cluster: Cluste
                "outputs": {"greeting": "{{ nodes.greet.text }}"}}
     put = ca.put("/workflows/hello", json=changed)
     assert put.status_code in (200, 201), put.text
-    deadline = time.monotonic() + 5  # told by notification: at once, not at a poll
-    while True:
-        after = cb.post("/workflows/hello/run-sync", json={"inputs": {"name": "x"}}).json()
-        if after["outputs"] == {"greeting": "Hi, x"}:
-            break
-        assert time.monotonic() < deadline, after
-        time.sleep(0.05)
+
+    def changed_on_b() -> dict[str, Any] | NotYet:
+        after: dict[str, Any] = cb.post("/workflows/hello/run-sync",
+                                        json={"inputs": {"name": "x"}}).json()
+        return after if after["outputs"] == {"greeting": "Hi, x"} else NotYet(after)
+
+    # told by notification: at once, not at a poll
+    after = eventually(changed_on_b, timeout=5, interval=0.05, what="b runs the new version")
     assert after["version"] == before["version"] + 1
 
     # A key revoked (here with the CLI, beside the servers) stops working on every
@@ -161,10 +164,8 @@ def test_workflows_and_keys_changed_on_one_process_change_on_all(cluster: Cluste
     assert user.get("/runs").status_code == 200  # b has found it valid
     done = a.cli("keys", "--db", a.target, "revoke", key_id)
     assert done.returncode == 0, done.stderr
-    deadline = time.monotonic() + 2
-    while user.get("/runs").status_code != 401:
-        assert time.monotonic() < deadline, "b still takes the revoked key"
-        time.sleep(0.05)
+    eventually(lambda: user.get("/runs").status_code == 401, timeout=2, interval=0.05,
+               what="b refusing the revoked key")
 
 
 def test_a_killed_process_runs_are_taken_over(cluster: Cluster, tmp_path: Path) -> None:
@@ -205,13 +206,14 @@ def test_three_processes_two_sigkills_600_runs_each_once(cluster: Cluster,
     for _ in range(2):
         # mid-run: once the victim runs some runs (so the kill interrupts them)
         worker = worker_of(victim)
-        deadline = time.monotonic() + 30
-        while victim.query("SELECT COUNT(*) FROM runs WHERE owner = ? AND status = ?",
-                           (worker, "running"))[0][0] < 3:
-            assert time.monotonic() < deadline, "the victim never ran three runs at once"
-            time.sleep(0.02)
+
+        def busy(owner: str = worker) -> bool:
+            return int(victim.query("SELECT COUNT(*) FROM runs WHERE owner = ? AND status = ?",
+                                    (owner, "running"))[0][0]) >= 3
+
+        eventually(busy, timeout=30, what="the victim running three runs")
         victim.kill()
-        time.sleep(0.5)
+        time.sleep(0.5)  # down a moment, as a crashed process is, before it comes back
         victim.start()
     for thread in submitters:
         thread.join(timeout=150)
@@ -250,11 +252,10 @@ def test_a_database_outage_longer_than_the_lease_loses_and_repeats_nothing(
     todo = mixed_requests(tmp_path / "count.log", 150, seed=11, prefix="soak", kinds=KINDS,
                           pace=2 / 3)
     accepted, errors, submitters = start_submitting(servers, key, todo, threads=2)
-    deadline = time.monotonic() + 30  # mid-run: so the outage interrupts running runs
-    while servers[0].query("SELECT COUNT(*) FROM runs WHERE status = ?",
-                           ("running",))[0][0] < 4:
-        assert time.monotonic() < deadline, "four runs were never under way at once"
-        time.sleep(0.02)
+    # mid-run: so the outage interrupts running runs
+    eventually(lambda: servers[0].query("SELECT COUNT(*) FROM runs WHERE status = ?",
+                                        ("running",))[0][0] >= 4,
+               timeout=30, what="four runs under way at once")
     assert servers[0].database is not None
     database_outage(postgres_server, servers[0].database, 3.0)  # the lease is 2 s
     for thread in submitters:

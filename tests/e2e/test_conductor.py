@@ -13,6 +13,7 @@ import pytest
 
 from tests.e2e.clients import run_client
 from tests.e2e.server import Dialect, Server, Started
+from tests.eventually import NotYet, eventually
 
 TERMINAL = {"COMPLETED", "FAILED", "TIMED_OUT", "TERMINATED"}
 
@@ -32,15 +33,14 @@ def start(client: httpx.Client, name: str, body: dict[str, Any] | None = None,
     return resp.text
 
 
-def until(client: httpx.Client, run_id: str, check: Callable[[dict[str, Any]], bool],
-          timeout: float = 15) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+def reached(client: httpx.Client, run_id: str, check: Callable[[dict[str, Any]], bool],
+            timeout: float = 15) -> dict[str, Any]:
+    """The workflow ``run_id`` once ``check`` holds of it."""
+    def seen() -> dict[str, Any] | NotYet:
         workflow: dict[str, Any] = client.get(f"/workflow/{run_id}").json()
-        if check(workflow):
-            return workflow
-        assert time.monotonic() < deadline, workflow
-        time.sleep(0.02)
+        return workflow if check(workflow) else NotYet(workflow)
+
+    return eventually(seen, timeout=timeout, what=f"workflow {run_id} in the expected state")
 
 
 def test_seed_start_by_name_answers_the_id_as_text(
@@ -48,7 +48,7 @@ def test_seed_start_by_name_answers_the_id_as_text(
     client = start_server().client
     run_id = start(client, "hello", {"name": "someValue"}, priority=0)
     assert len(run_id) == 36 and run_id.count("-") == 4
-    done = until(client, run_id, lambda w: w["status"] in TERMINAL)
+    done = reached(client, run_id, lambda w: w["status"] in TERMINAL)
     assert done["status"] == "COMPLETED"
     assert done["output"] == {"greeting": "Hello, someValue!"}
     missing = client.post("/workflow/DemoWorkflow", json={"input1": "someValue"})
@@ -60,7 +60,7 @@ def test_seed_start_by_name_answers_the_id_as_text(
 def test_workflow_json_and_status(start_server: Callable[..., Started]) -> None:
     client = start_server().client
     run_id = start(client, "branching", {"n": 3}, correlationId="c-9", priority=7, version=1)
-    workflow = until(client, run_id, lambda w: w["status"] in TERMINAL)
+    workflow = reached(client, run_id, lambda w: w["status"] in TERMINAL)
     for field in ("workflowId", "workflowName", "workflowVersion", "correlationId", "status",
                   "startTime", "endTime", "input", "output", "priority",
                   "reasonForIncompletion", "tasks", "createTime", "updateTime"):
@@ -128,7 +128,7 @@ async def test_hundred_concurrent_starts_with_one_key(
 def test_terminate(start_server: Callable[..., Started]) -> None:
     client = start_server().client
     run_id = start(client, "slow", {"seconds": 60})
-    until(client, run_id, lambda w: any(t["referenceTaskName"] == "wait" for t in w["tasks"]))
+    reached(client, run_id, lambda w: any(t["referenceTaskName"] == "wait" for t in w["tasks"]))
     resp = client.request("DELETE", f"/workflow/{run_id}", params={"reason": "no longer needed"},
                           json={})
     assert resp.status_code == 200
@@ -138,7 +138,7 @@ def test_terminate(start_server: Callable[..., Started]) -> None:
     assert {t["referenceTaskName"]: t["status"] for t in workflow["tasks"]}["wait"] == "CANCELED"
     assert client.delete(f"/workflow/{run_id}").status_code == 200  # already terminated
     done = start(client, "hello", {"name": "x"})
-    until(client, done, lambda w: w["status"] == "COMPLETED")
+    reached(client, done, lambda w: w["status"] == "COMPLETED")
     conflict = client.delete(f"/workflow/{done}")
     assert conflict.status_code == 409 and "COMPLETED" in conflict.json()["message"]
 
@@ -147,16 +147,16 @@ def test_pause_holds_before_the_next_node_and_resume_goes_on(
         start_server: Callable[..., Started]) -> None:
     client = start_server().client
     run_id = start(client, "ticker", {"tick": 0.3})
-    until(client, run_id, lambda w: len(w["tasks"]) >= 1)
+    reached(client, run_id, lambda w: len(w["tasks"]) >= 1)
     assert client.put(f"/workflow/{run_id}/pause").status_code == 200
-    paused = until(client, run_id, lambda w: w["status"] == "PAUSED" and all(
+    paused = reached(client, run_id, lambda w: w["status"] == "PAUSED" and all(
         t["status"] != "IN_PROGRESS" for t in w["tasks"]))
     held = len(paused["tasks"])
     time.sleep(0.7)  # longer than two ticks: a run that was not held would move on
     assert len(client.get(f"/workflow/{run_id}").json()["tasks"]) == held
     assert client.put(f"/workflow/{run_id}/pause").status_code == 200  # no-op
     assert client.put(f"/workflow/{run_id}/resume").status_code == 200
-    done = until(client, run_id, lambda w: w["status"] in TERMINAL, timeout=20)
+    done = reached(client, run_id, lambda w: w["status"] in TERMINAL, timeout=20)
     assert done["status"] == "COMPLETED" and len(done["tasks"]) == 10
     assert client.put(f"/workflow/{run_id}/pause").status_code == 409
     assert client.put(f"/workflow/{run_id}/resume").status_code == 409
@@ -167,17 +167,17 @@ def test_retry_reuses_succeeded_tasks_and_restart_runs_all(
     client = start_server().client
     log, marker = tmp_path / "count.log", tmp_path / "marker"
     run_id = start(client, "fail-once", {"file": str(log), "marker": str(marker)})
-    failed = until(client, run_id, lambda w: w["status"] in TERMINAL)
+    failed = reached(client, run_id, lambda w: w["status"] in TERMINAL)
     assert failed["status"] == "FAILED" and "marker missing" in failed["reasonForIncompletion"]
     assert failed["failedReferenceTaskNames"] == ["gate"]
     marker.write_text("ok")
     assert client.post(f"/workflow/{run_id}/retry").status_code == 204
-    done = until(client, run_id, lambda w: w["status"] in TERMINAL)
+    done = reached(client, run_id, lambda w: w["status"] in TERMINAL)
     assert done["status"] == "COMPLETED" and done["workflowId"] == run_id
     assert log.read_text().split() == ["first", "last"]  # first was not run again
     assert client.post(f"/workflow/{run_id}/retry").status_code == 409
     assert client.post(f"/workflow/{run_id}/restart").status_code == 204
-    again = until(client, run_id, lambda w: w["status"] in TERMINAL)
+    again = reached(client, run_id, lambda w: w["status"] in TERMINAL)
     assert again["status"] == "COMPLETED"
     assert log.read_text().split() == ["first", "last", "first", "last"]
 

@@ -17,6 +17,7 @@ from tests.e2e.soak import (
     start_submitting,
     wait_all_terminal,
 )
+from tests.eventually import eventually
 
 RUNS = 200
 KILLS = 6
@@ -40,11 +41,9 @@ def test_sigkill_under_load_loses_and_repeats_nothing(
     rng = random.Random(5)
     for kill in range(KILLS):
         if kill == 0:  # the first mid-run, once runs are running (the others at random)
-            deadline = time.monotonic() + 30
-            while server.query("SELECT COUNT(*) FROM runs WHERE status = 'running'"
-                               )[0][0] < 3:
-                assert time.monotonic() < deadline, "never three runs running at once"
-                time.sleep(0.02)
+            eventually(lambda: server.query(
+                "SELECT COUNT(*) FROM runs WHERE status = 'running'")[0][0] >= 3,
+                timeout=30, what="three runs running at once")
         else:
             time.sleep(rng.uniform(0.3, 1.2))
         server.kill()

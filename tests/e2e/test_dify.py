@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from httpx_sse import connect_sse
 
 from tests.e2e.clients import run_client
 from tests.e2e.server import Dialect, Started, node_status
+from tests.eventually import NotYet, eventually
 
 
 @pytest.fixture
@@ -93,12 +93,14 @@ def test_async_mode_and_idempotency(start_server: Callable[..., Started]) -> Non
     too_long = client.post("/workflows/run", json=body, headers={"Idempotency-Key": "x" * 65})
     assert too_long.status_code == 400 and too_long.json()["code"] == "invalid_param"
     run_id = accepted["workflow_run_id"]
-    deadline = time.monotonic() + 15
-    detail = client.get(f"/workflows/run/{run_id}").json()
-    while detail["status"] != "succeeded":
-        assert time.monotonic() < deadline and detail["status"] in {"scheduled", "running"}
-        time.sleep(0.05)
-        detail = client.get(f"/workflows/run/{run_id}").json()
+    def succeeded() -> dict[str, Any] | NotYet:
+        detail: dict[str, Any] = client.get(f"/workflows/run/{run_id}").json()
+        if detail["status"] == "succeeded":
+            return detail
+        assert detail["status"] in {"scheduled", "running"}, detail
+        return NotYet(detail)
+
+    detail = eventually(succeeded, interval=0.05, what=f"run {run_id} succeeded")
     assert set(detail) == {"id", "workflow_id", "status", "inputs", "outputs", "error",
                            "total_steps", "total_tokens", "created_at", "finished_at",
                            "elapsed_time"}
@@ -122,10 +124,8 @@ def test_stop_really_stops(start_server: Callable[..., Started]) -> None:
     run = client.post("/workflows/run", json={"inputs": {"seconds": 60},
                                               "response_mode": "async", "user": "u"}).json()
     run_id = run["task_id"]
-    deadline = time.monotonic() + 15
-    while client.get(f"/workflows/run/{run_id}").json()["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    eventually(lambda: client.get(f"/workflows/run/{run_id}").json()["status"] == "running",
+               what=f"run {run_id} running")
     no_user = client.post(f"/workflows/tasks/{run_id}/stop", json={})
     assert no_user.status_code == 400 and no_user.json()["code"] == "invalid_param"
     stopped = client.post(f"/workflows/tasks/{run_id}/stop", json={"user": "u"})

@@ -12,6 +12,7 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from tests.e2e.server import Started, finished, wait_for
+from tests.eventually import eventually
 
 # (the strategies that read and write keys in the accept's transaction, the race and
 # the sweep also run on PostgreSQL)
@@ -158,10 +159,8 @@ def test_keys_expire_after_the_ttl(start_server: Callable[..., Started]) -> None
     def keys_left() -> int:
         return int(server.query("SELECT COUNT(*) FROM idempotency_keys")[0][0])
 
-    deadline = time.monotonic() + 10
-    while keys_left():
-        assert time.monotonic() < deadline, "the sweep never removed the expired key"
-        time.sleep(0.1)
+    eventually(lambda: not keys_left(), timeout=10, interval=0.1,
+               what="the sweep removed the expired key")
     fresh = client.post("/workflows/hello/run", json=HELLO, headers=keyed("ttl"))
     assert fresh.status_code == 202 and fresh.json()["id"] != first["id"]
     wait_for(client, fresh.json()["id"], lambda r: r["status"] == "succeeded")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from httpx_sse import connect_sse
 
 from tests.e2e.clients import run_client
 from tests.e2e.server import Dialect, Started
+from tests.eventually import NotYet, eventually
 
 FLOW = "flow_67ccd2be17f0819081ff3bb2cf6508e60bb6a6b452d3795b"
 SEED_INPUTS = {"ChatInput-abc.input_type": "chat", "ChatInput-abc.input_value": "what is 2+2",
@@ -53,12 +53,12 @@ def test_seed_background_status_and_stop(start_server: Callable[..., Started]) -
     assert job["links"] == {"status": f"/langflow/api/v2/workflows?job_id={job['job_id']}",
                             "events": f"/langflow/api/v2/workflows/{job['job_id']}/events",
                             "stop": "/langflow/api/v2/workflows/stop"}
-    deadline = time.monotonic() + 15
-    status = client.get("/api/v2/workflows", params={"job_id": job["job_id"]}).json()
-    while status.get("status") in {"queued", "in_progress"}:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-        status = client.get("/api/v2/workflows", params={"job_id": job["job_id"]}).json()
+    def ended() -> dict[str, Any] | NotYet:
+        status: dict[str, Any] = client.get("/api/v2/workflows",
+                                            params={"job_id": job["job_id"]}).json()
+        return NotYet(status) if status.get("status") in {"queued", "in_progress"} else status
+
+    status = eventually(ended, interval=0.05, what=f"job {job['job_id']} ended")
     assert status["object"] == "response" and status["status"] == "completed"
     assert status["outputs"]["ChatOutput-xyz"]["content"] == "Processing complete..."
     stop = client.post("/api/v2/workflows/stop", json={"job_id": job["job_id"]}).json()

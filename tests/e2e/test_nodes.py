@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from httpx_sse import connect_sse
 
 from tests.e2e.server import ROOT, Started, finished, node_status, wait_for
 from tests.engine.test_llm_node import APP as FAKE_LLM
+from tests.eventually import eventually
 from tests.local_server import serve
 
 
@@ -43,16 +43,15 @@ def test_workflow_node_runs_a_visible_child(start_server: Callable[..., Started]
 
 def child_of(client: httpx.Client, parent_id: str) -> dict[str, Any]:
     """The one child run of a parent, once it exists (polled with a deadline)."""
-    deadline = time.monotonic() + 15
-    while True:
+    def appeared() -> dict[str, Any] | None:
         children: list[dict[str, Any]] = [
             r for r in client.get("/workflows/counted/runs").json()["runs"]
             if r["parent_run_id"] == parent_id]
-        if children:
-            assert len(children) == 1, children
-            return children[0]
-        assert time.monotonic() < deadline, "no child run appeared"
-        time.sleep(0.02)
+        assert len(children) <= 1, children
+        return children[0] if children else None
+
+    child: dict[str, Any] = eventually(appeared, what=f"a child run of {parent_id}")
+    return child
 
 
 def test_stopping_the_parent_stops_the_child(start_server: Callable[..., Started],

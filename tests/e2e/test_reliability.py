@@ -18,6 +18,7 @@ import httpx
 
 from tests.e2e.server import Server, finished, wait_for
 from tests.e2e.test_durability import db_status, small_disk, wait_log
+from tests.eventually import NotYet, eventually
 
 __all__ = ["small_disk"]  # the fixture, used here too
 
@@ -42,14 +43,12 @@ def test_stopping_parents_while_they_start_children_strands_no_child(
         assert admin.post(f"/runs/{run['id']}/stop").status_code == 200
     for run_id in parents:
         assert finished(admin, run_id)["status"] in {"stopped", "succeeded"}
-    deadline = time.monotonic() + 30
-    while True:
+    def settled() -> list[dict[str, Any]] | NotYet:
         children = child_runs(admin, parents)
         live = [c for c in children if c["status"] in {"queued", "running"}]
-        if not live:
-            break
-        assert time.monotonic() < deadline, f"stranded children: {live[:3]}"
-        time.sleep(0.1)
+        return NotYet(live[:3]) if live else children
+
+    children = eventually(settled, timeout=30, interval=0.1, what="no stranded child")
     stopped = {r for r in parents if admin.get(f"/runs/{r}").json()["status"] == "stopped"}
     for child in children:
         if child["parent_run_id"] in stopped:
@@ -66,10 +65,9 @@ def test_a_long_full_disk_does_not_fail_parents_whose_children_succeeded(
     ids = [admin.post("/workflows/parent/run", json={
         "inputs": {"file": str(tmp_path / f"p{i}.log"), "seconds": 1.5}}).json()["id"]
         for i in range(4)]
-    deadline = time.monotonic() + 15
-    while len([c for c in child_runs(admin, set(ids)) if c["status"] == "running"]) < 4:
-        assert time.monotonic() < deadline, "the children never started"
-        time.sleep(0.05)
+    eventually(lambda: len([c for c in child_runs(admin, set(ids))
+                            if c["status"] == "running"]) >= 4,
+               interval=0.05, what="the children started")
     filler = small_disk / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
     try:
@@ -82,10 +80,11 @@ def test_a_long_full_disk_does_not_fail_parents_whose_children_succeeded(
     # Each child finishes while nothing can be written, and its final write outlasts
     # the final-write timeout: the parents must carry on from what the children did.
     wait_log(server, "but the store is failing", timeout=30)
-    deadline = time.monotonic() + 30
-    while server.log.read_text().count("but the store is failing") < 4:
-        assert time.monotonic() < deadline, server.log.read_text()[-2000:]
-        time.sleep(0.1)
+    def four_logged() -> bool | NotYet:
+        log = server.log.read_text()
+        return log.count("but the store is failing") >= 4 or NotYet(log[-2000:])
+
+    eventually(four_logged, timeout=30, interval=0.1, what="four children's final writes")
     filler.unlink()
     for run_id in ids:
         run = finished(admin, run_id, timeout=60)
@@ -181,10 +180,8 @@ def test_clients_that_vanish_mid_stream_leave_no_log_noise(
         sock.recv(4096)  # the replay has begun
         sock.close()  # with a reset, in the middle of it
     assert client.get("/healthz").json()["subscribers"] >= 0
-    deadline = time.monotonic() + 10
-    while client.get("/healthz").json()["subscribers"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually(lambda: not client.get("/healthz").json()["subscribers"], timeout=10,
+               interval=0.05, what="no subscriber left")
     log = server.log.read_text()
     assert "socket.send() raised exception" not in log
     assert "Unknown child process" not in log
@@ -197,11 +194,12 @@ def test_a_child_left_unfinished_under_an_ended_parent_stops_after_a_restart(
     server.start()
     parent = admin.post("/workflows/parent/run", json={
         "inputs": {"file": str(tmp_path / "orphan.log"), "seconds": 30}}).json()
-    deadline = time.monotonic() + 15
-    while not (children := child_runs(admin, {parent["id"]})) or \
-            children[0]["status"] != "running":
-        assert time.monotonic() < deadline, "the child never started"
-        time.sleep(0.05)
+    def running() -> list[dict[str, Any]] | NotYet:
+        children = child_runs(admin, {parent["id"]})
+        return children if children and children[0]["status"] == "running" \
+            else NotYet(children)
+
+    children = eventually(running, interval=0.05, what="the child running")
     server.kill()
     with sqlite3.connect(server.db) as conn:  # the parent ended; its child did not
         conn.execute("UPDATE runs SET status = 'stopped' WHERE id = ?", (parent["id"],))

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.server import Started
+from tests.eventually import NotYet, eventually
 
 EVERY_SECOND = "* * * * * *"
 
@@ -39,24 +40,14 @@ def slots(runs: list[dict[str, Any]]) -> list[float]:
     return [ts(r["schedule"]["slot"]) for r in runs]
 
 
-def until(check: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what} never held within {timeout}s")
-
-
 def fired_after(admin: httpx.Client, name: str, schedule_id: str, after: float,
                 count: int = 1) -> list[dict[str, Any]]:
-    def found() -> list[dict[str, Any]]:
+    def found() -> list[dict[str, Any]] | NotYet:
         runs = [r for r in scheduled(admin, name, schedule_id) if ts(r["schedule"]["slot"]) > after]
-        return runs if len(runs) >= count else []
+        return runs if len(runs) >= count else NotYet(runs)
 
-    runs: list[dict[str, Any]] = until(found, what=f"{count} runs of {schedule_id} after {after}")
+    runs: list[dict[str, Any]] = eventually(
+        found, interval=0.05, what=f"{count} runs of {schedule_id} after {after}")
     return runs
 
 
@@ -119,7 +110,8 @@ def test_schedules_fire_pause_resume_and_delete(start_server: Callable[..., Star
     assert [(s["id"], s["source"]) for s in listed] == [("kept", "api")]
 
     # deleting the workflow deletes its schedules
-    until(lambda: admin.delete("/workflows/tick").status_code == 204, what="tick deleted")
+    eventually(lambda: admin.delete("/workflows/tick").status_code == 204, interval=0.05,
+               what="tick deleted")
     assert admin.put("/workflows/tick", json=workflow()).status_code == 201
     assert admin.get("/workflows/tick/schedules").json()["schedules"] == []
 

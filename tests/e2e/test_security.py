@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from tests.e2e.server import Server, finished, wait_for
+from tests.eventually import NotYet, eventually
 from tests.local_server import serve
 
 
@@ -250,13 +251,9 @@ def host_pids(pattern: str) -> list[str]:
     return done.stdout.split()
 
 
-def gone(pattern: str, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while host_pids(pattern):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+def gone(pattern: str, what: str) -> None:
+    """Wait (up to 10 s) until no host process matches ``pattern``."""
+    eventually(lambda: not host_pids(pattern), timeout=10, interval=0.05, what=what)
 
 
 def test_processes_a_job_forks_end_with_the_job(keys: Keys) -> None:
@@ -265,7 +262,7 @@ def test_processes_a_job_forks_end_with_the_job(keys: Keys) -> None:
             "    return {'text': 'left a child behind'}")
     node = run_code(keys.runner, code)
     assert node["status"] == "succeeded", node
-    assert gone("sleep 7771"), "a process forked by code outlived its job"
+    gone("sleep 7771", "the process forked by code ended with its job")
 
 
 def test_a_fork_bomb_is_held_by_the_process_limit(keys: Keys) -> None:
@@ -288,12 +285,10 @@ def test_code_workers_die_with_the_server(server_factory: Callable[..., Server])
     body = {"inputs": {"name": "x"}, "nodes": [{"id": "greet", "type": "code", "code": code}]}
     run = client.post("/workflows/hello/run", json=body).json()
     wait_for(client, run["id"], lambda r: r["status"] == "running")
-    deadline = time.monotonic() + 10
-    while not host_pids("sleep 7772"):
-        assert time.monotonic() < deadline, "the code job never started"
-        time.sleep(0.05)
+    eventually(lambda: host_pids("sleep 7772"), timeout=10, interval=0.05,
+               what="the code job started")
     server.kill()
-    assert gone("sleep 7772"), "a code worker outlived the server"
+    gone("sleep 7772", "the code worker ended with the server")
 
 
 def test_a_host_whose_ldd_cannot_run_still_sandboxes_code(
@@ -632,14 +627,14 @@ def test_event_streams_per_key_are_bounded(server_factory: Callable[..., Server]
     finally:
         for stream in streams:
             stream.__exit__(None, None, None)
-    deadline = time.monotonic() + 10
-    while True:  # the closed streams give their places back
+    def stopped_and_streamed() -> httpx.Response | NotYet:
         resp = client.post(f"/runs/{run['id']}/stop")
         with httpx.stream("GET", url, headers=headers, timeout=30) as again:
-            if again.status_code == 200:
-                break
-        assert time.monotonic() < deadline, "closed streams were never released"
-        time.sleep(0.05)
+            return resp if again.status_code == 200 else NotYet(again.status_code)
+
+    # the closed streams give their places back
+    resp = eventually(stopped_and_streamed, timeout=10, interval=0.05,
+                      what="closed streams released")
     assert resp.status_code == 200
 
 

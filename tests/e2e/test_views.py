@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +9,7 @@ import httpx
 import pytest
 
 from tests.e2e.server import Server
+from tests.eventually import NotYet, eventually
 
 # The same state in each vocabulary.
 RUNNING = {"native": "running", "dify": "running", "conductor": "RUNNING",
@@ -60,20 +60,21 @@ def test_a_run_looks_the_same_from_every_api(server_factory: Callable[..., Serve
     server.start()
     views = Views(server, key)
     run_id = views.start(via)
-    deadline = time.monotonic() + 15
-    while True:  # a snapshot taken while the run was running, start to end
+    def running() -> dict[str, Any] | NotYet:  # a snapshot taken while the run was running
         seen = views.statuses(run_id)
         still = views.http.get(f"/runs/{run_id}").json()["status"]
         if seen["native"] == "running" and still == "running":
-            assert seen == RUNNING
-            break
+            return seen
         assert seen["native"] in {"queued", "running"}, seen
-        assert time.monotonic() < deadline, seen
-        time.sleep(0.02)
-    while seen["native"] != "succeeded":
-        assert time.monotonic() < deadline, seen
-        time.sleep(0.05)
+        return NotYet(seen)
+
+    assert eventually(running, what="every view of a running run") == RUNNING
+
+    def succeeded() -> dict[str, Any] | NotYet:
         seen = views.statuses(run_id)
+        return seen if seen["native"] == "succeeded" else NotYet(seen)
+
+    seen = eventually(succeeded, interval=0.05, what="every view of the run succeeded")
     assert seen == DONE
 
 

@@ -13,6 +13,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from tests.e2e.server import Started, finished, node_status, wait_for
+from tests.eventually import eventually
 
 ONE_SLOT = {"FLOWRUN_MAX_CONCURRENT_RUNS": "1"}
 
@@ -144,12 +145,9 @@ def test_run_sync_waits_through_a_wait_to_the_end(start_server: Callable[..., St
     thread = threading.Thread(target=lambda: answers.append(client.post(
         "/workflows/approval/run-sync?timeout=20", json={"inputs": {"item": "b"}})))
     thread.start()
-    deadline = time.monotonic() + 15
-    runs: list[dict[str, Any]] = []
-    while not runs and time.monotonic() < deadline:
-        runs = [r for r in client.get("/workflows/approval/runs").json()["runs"]
-                if r["status"] == "waiting"]
-    assert runs, "the run never parked"
+    runs: list[dict[str, Any]] = eventually(lambda: [
+        r for r in client.get("/workflows/approval/runs").json()["runs"]
+        if r["status"] == "waiting"], what="the run parked")
     assert client.post(f"/runs/{runs[0]['id']}/signal",
                        json={"name": "decision", "data": {"approved": True}}).status_code == 200
     thread.join(timeout=25)
@@ -165,8 +163,8 @@ def test_a_waiting_run_survives_a_restart_and_a_timeout_that_passed_meanwhile(
     waiting(client, signalled)
     expires_at = node(waiting(client, lapsing), "decision")["process_data"]["expires_at"]
     assert server.stop() == 0
-    while time.time() <= expires_at:  # let the second wait's timeout pass while down
-        time.sleep(0.05)
+    # let the second wait's timeout pass while down
+    eventually(lambda: time.time() > expires_at, interval=0.05, what="the wait's timeout passed")
     server.start()
     assert client.get(f"/runs/{signalled}").json()["status"] == "waiting"
     assert finished(client, lapsing)["outputs"]["approved"] is False  # woken at start
@@ -218,12 +216,9 @@ def test_a_parent_waits_through_its_child_runs_wait(
         start_server: Callable[..., Started]) -> None:
     _, _, client = start_server()
     parent = client.post("/workflows/asks/run", json={}).json()["id"]
-    deadline = time.monotonic() + 15
-    children: list[dict[str, Any]] = []
-    while not children and time.monotonic() < deadline:
-        children = [r for r in client.get("/workflows/gate/runs").json()["runs"]
-                    if r["parent_run_id"] == parent and r["status"] == "waiting"]
-    assert children, "the child run never parked"
+    children: list[dict[str, Any]] = eventually(lambda: [
+        r for r in client.get("/workflows/gate/runs").json()["runs"]
+        if r["parent_run_id"] == parent and r["status"] == "waiting"], what="the child run parked")
     assert client.get(f"/runs/{parent}").json()["status"] == "running"  # in its child node
     assert client.post(f"/runs/{children[0]['id']}/signal",
                        json={"name": "go", "data": {"word": "yes"}}).status_code == 200

@@ -26,6 +26,7 @@ from flowrun.engine.sandbox.runner import _discard as discard
 from flowrun.engine.sandbox.runtime import runtime_paths
 from flowrun.language.definitions import parse_definition
 from flowrun.records import RunStatus
+from tests.eventually import NotYet, eventually_async
 
 
 @asynccontextmanager
@@ -64,10 +65,9 @@ async def test_warm_workers_wait_ready_in_the_pool() -> None:
     async with code_services() as services:
         ready = services.code._ready
         assert ready is not None
-        deadline = time.monotonic() + 10
-        while ready.statistics().current_buffer_used < 2:  # started ahead of any job
-            assert time.monotonic() < deadline
-            await anyio.sleep(0.01)
+        await eventually_async(  # started ahead of any job
+            lambda: ready.statistics().current_buffer_used >= 2, timeout=10, interval=0.01,
+            what="two warm workers ready")
         out = await run_code(services, "def main():\n    return {'ok': True}")
         assert out.outputs == {"py": {"ok": True}}
 
@@ -351,10 +351,13 @@ async def test_cancelled_sandbox_starts_leave_no_process_behind() -> None:
             process = await jail.spawn()
             with anyio.CancelScope(shield=True):  # a start that completed: as the pool does
                 await discard(process, jail)
-    deadline = time.monotonic() + 10
-    while bwrap_pids() - before:
-        assert time.monotonic() < deadline, f"left behind: {bwrap_pids() - before}"
-        await anyio.sleep(0.05)
+
+    def none_left() -> bool | NotYet:
+        left = bwrap_pids() - before
+        return not left or NotYet(left)
+
+    await eventually_async(none_left, timeout=10, interval=0.05,
+                           what="no sandbox process left behind")
 
 
 REAP = """

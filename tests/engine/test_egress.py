@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from flowrun.engine.net.egress import EgressLimits, EgressProxy
 from flowrun.engine.node_services import HttpPolicy
+from tests.eventually import eventually_async
 from tests.local_server import serve
 
 
@@ -74,10 +75,11 @@ async def test_a_job_past_its_cap_is_refused_while_another_job_is_served(base_ur
             for stream in idle:
                 await stream.aclose()
         # its idle connections closed, the hog is served again
-        deadline = time.monotonic() + 10
-        while not (await fetch(hog, f"{base_url}/ok")).startswith(b"HTTP/1.1 200 "):
-            assert time.monotonic() < deadline, "the hog's closed connections still count"
-            await anyio.sleep(0.01)
+        async def served() -> bool:
+            return (await fetch(hog, f"{base_url}/ok")).startswith(b"HTTP/1.1 200 ")
+
+        await eventually_async(served, timeout=10, interval=0.01,
+                               what="the hog served once its closed connections are gone")
 
 
 async def test_a_connection_that_sends_no_request_head_is_closed_soon() -> None:
@@ -101,10 +103,8 @@ async def test_a_detached_socket_is_gone_with_its_connections() -> None:
                 assert await read_all(stream) == b""
             except anyio.BrokenResourceError:
                 pass  # reset, when the proxy had not read what was sent
-        deadline = time.monotonic() + 10
-        while socket.exists():
-            assert time.monotonic() < deadline, "the socket file is left behind"
-            await anyio.sleep(0.01)
+        await eventually_async(lambda: not socket.exists(), timeout=10, interval=0.01,
+                               what="the socket file removed")
         with pytest.raises(OSError):
             await anyio.connect_unix(socket)
     assert not socket.parent.exists()  # the proxy's folder goes with it

@@ -7,13 +7,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flowrun.engine.sandbox.jail import WORKER, BwrapJail, sweep_orphans, userns_lock_command
+from tests.eventually import eventually
 
 NAP = "import time; time.sleep(60)"
 
@@ -64,16 +64,14 @@ def test_only_orphaned_sandboxes_of_this_worker_are_killed(tmp_path: Path,
                              f"{shlex.quote(sys.executable)} -c {shlex.quote(NAP)} "
                              f"--ro-bind {shlex.quote(str(WORKER))} /w"])
     pids.append(live.pid)
-    deadline = time.monotonic() + 10
-    while parent(stale) != 1 or parent(other) != 1:
-        if time.monotonic() > deadline:
-            pytest.skip("orphans here go to a subreaper, not to pid 1")
-        time.sleep(0.01)
+    try:
+        eventually(lambda: parent(stale) == 1 and parent(other) == 1, timeout=10,
+                   interval=0.01, what="the orphans adopted by pid 1")
+    except AssertionError:
+        pytest.skip("orphans here go to a subreaper, not to pid 1")
     assert sweep_orphans(bwrap) == 1
-    deadline = time.monotonic() + 10
-    while state(stale) not in (None, "Z"):
-        assert time.monotonic() < deadline, "the stale sandbox was not killed"
-        time.sleep(0.01)
+    eventually(lambda: state(stale) in (None, "Z"), timeout=10, interval=0.01,
+               what="the stale sandbox killed")
     assert state(other) not in (None, "Z")  # not this worker's
     assert live.poll() is None  # a live server's sandbox has that server as parent
     live.kill()

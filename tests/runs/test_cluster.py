@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import pytest
 
 from flowrun import Settings, create_app, flowrun_lifespan
@@ -23,6 +22,7 @@ from flowrun.records import Event, RunStatus
 from flowrun.runs.cluster import Cluster
 from flowrun.runs.service import RunRequest, RunService
 from flowrun.store import Store
+from tests.eventually import NotYet, eventually_async
 from tests.runs.test_service import ADMIN, ANN, QUICK, SLOW, until_status
 from tests.store.test_sqlite import make_run
 
@@ -130,12 +130,8 @@ async def test_a_process_that_loses_its_lease_gives_its_runs_up(postgres_url: st
         # As if this process had stalled past its lease: the others may claim its runs.
         await service.store.execute("UPDATE workers SET heartbeat_at = heartbeat_at - 60 "
                                     "WHERE id = ?", (old_worker,))
-        for _ in range(250):  # (5 s at most)
-            if cluster.fenced:
-                break
-            await anyio.sleep(0.02)
-        else:
-            pytest.fail("the process never gave its runs up")
+        await eventually_async(lambda: cluster.fenced, timeout=5,
+                               what="the process giving its runs up")
         assert cluster.worker_id != old_worker  # it came back as a new worker...
         done = await until_status(service, run.id, RunStatus.SUCCEEDED)  # ...and took it
         assert done.owner == cluster.worker_id
@@ -159,10 +155,9 @@ async def test_max_queued_holds_for_the_whole_cluster(postgres_url: str) -> None
             queued = (await a.submit(ANN, RunRequest("quick"))).run
             assert queued.owner is None
         assert b.cluster is not None
-        deadline = time.monotonic() + 5
-        while b.cluster.queued_estimate < 2:  # b counts the cluster's queue each heartbeat
-            assert time.monotonic() < deadline
-            await anyio.sleep(0.02)
+        counting = b.cluster  # b counts the cluster's queue each heartbeat
+        await eventually_async(lambda: counting.queued_estimate >= 2, timeout=5,
+                               what="b counting the cluster's two queued runs")
         with pytest.raises(QueueFull):
             await b.submit(ANN, RunRequest("quick"))
 
@@ -225,13 +220,13 @@ async def test_a_pause_or_resume_whose_notification_was_missed_is_applied_from_t
         assert not handle.paused  # one look may fall inside a pause: a second decides
         await cluster.sync_pauses()
         assert handle.paused
-        deadline = time.monotonic() + 10
-        while True:  # the first node ends; the second does not start while paused
+        async def first_done() -> dict[str, Any] | NotYet:
             nodes = {n.node_id: n for n in (await service.get_run(ANN, run.id)).nodes}
-            if "wait" in nodes and nodes["wait"].status.value == "succeeded":
-                break
-            assert time.monotonic() < deadline, "the first node never finished"
-            await anyio.sleep(0.02)
+            done = "wait" in nodes and nodes["wait"].status.value == "succeeded"
+            return nodes if done else NotYet(nodes)
+
+        # the first node ends; the second does not start while paused
+        nodes = await eventually_async(first_done, timeout=10, what="the first node finished")
         assert "after" not in nodes
         assert (await service.get_run(ANN, run.id)).status is RunStatus.PAUSED
         # a disagreement seen once, gone by the next look, is not acted on

@@ -7,6 +7,7 @@ import anyio.lowlevel
 
 from flowrun.records import Event
 from flowrun.runs.events import EventBus, follow
+from tests.eventually import eventually_async
 
 
 class Log:
@@ -71,7 +72,7 @@ async def test_follow_switches_a_slow_reader_back_to_replay() -> None:
                 await anyio.sleep(0.001)  # slower than the producer
 
         tg.start_soon(reader)
-        await anyio.sleep(0.01)
+        await eventually_async(lambda: bus.subscriber_count("r") == 1, what="the reader live")
         for _ in range(200):
             log.commit()
         log.commit("workflow_finished")
@@ -93,7 +94,7 @@ async def test_follow_hands_over_from_replay_to_live_without_gap() -> None:
                     log.commit()  # committed while the reader is mid-replay
 
         tg.start_soon(reader)
-        await anyio.sleep(0.05)
+        await eventually_async(lambda: 6 in received, what="the reader past its own commit")
         log.commit("workflow_finished")
     assert received == [3, 4, 5, 6, 7]
 

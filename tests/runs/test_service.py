@@ -42,6 +42,7 @@ from flowrun.runs.service import (
     RunService,
     reuses,
 )
+from tests.eventually import NotYet, eventually_async
 
 ADMIN = Principal("admin", Scope.ADMIN)
 ANN = Principal("key-ann")
@@ -75,12 +76,13 @@ def open_service(db_target: Path | str) -> OpenService:
 
 async def until_status(service: RunService, run_id: str, *wanted: RunStatus) -> RunRecord:
     """Poll a run until it has one of the ``wanted`` statuses (5 s at most)."""
-    with anyio.fail_after(5):
-        while True:
-            run = await service.get_run(ADMIN, run_id)
-            if run.status in wanted:
-                return run
-            await anyio.sleep(0.01)
+    async def reached() -> RunRecord | NotYet:
+        run = await service.get_run(ADMIN, run_id)
+        return run if run.status in wanted else NotYet(run.status)
+
+    found: RunRecord = await eventually_async(reached, timeout=5, interval=0.01,
+                                              what=f"run {run_id} in {wanted}")
+    return found
 
 
 async def test_submit_commits_the_run_before_it_returns(open_service: OpenService) -> None:

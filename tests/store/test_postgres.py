@@ -14,6 +14,7 @@ from flowrun.records import Event, NodeRecord, NodeStatus
 from flowrun.store import Store
 from flowrun.store.postgres import translate
 from flowrun.store.schema_pg import PG_SCHEMA_VERSION
+from tests.eventually import eventually_async
 from tests.store.test_sqlite import make_run
 
 
@@ -61,7 +62,7 @@ async def test_durable_writes_survive_dropped_connections_in_order(postgres_url:
             results.append(store.record(event=Event("r", seq, "e", {"n": seq}, time.time())))
             if seq % 50 == 0:
                 drop_connections(postgres_url)
-                await anyio.sleep(0.01)
+                await anyio.sleep(0.01)  # the writer meets the dropped connections mid-stream
         with anyio.fail_after(20):
             for result in results:
                 await result.wait()
@@ -87,7 +88,9 @@ async def test_a_read_only_database_refuses_accepts_and_holds_progress_until_it_
             await store.insert_run(make_run("refused")).wait()
         progress = [store.record(event=Event("r", seq, "e", {}, time.time()))
                     for seq in (1, 2, 3)]
-        await anyio.sleep(0.3)  # a few failed attempts
+        # a few failed attempts (the refused accept's, then the held progress's)
+        await eventually_async(lambda: store._writer._failing_since >= 3,
+                               what="the writer's third failed attempt")
         assert not store.writable
         read_only(False)
         with anyio.fail_after(10):

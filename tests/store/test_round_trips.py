@@ -8,7 +8,6 @@ or writes to the hot path fails here, whatever the machine's speed.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from flowrun import Settings, create_app
 from flowrun.features import waits
 from flowrun.features.callbacks import book as callbacks
 from flowrun.features.schedules import book as schedules
+from tests.eventually import eventually
 
 THREE = {"inputs": {"x": {"type": "string", "default": "x"}},
          "nodes": [{"id": "a", "type": "template", "template": "{{ inputs.x }}a"},
@@ -74,11 +74,9 @@ def test_a_three_node_run_sync_stays_within_its_round_trip_budget(client: TestCl
 
 def test_an_accept_is_one_write_of_one_statement_and_no_read(client: TestClient) -> None:
     blocker = client.post("/workflows/block/run", json={}).json()  # holds the only slot
-    deadline = time.monotonic() + 10
-    while not any(n["status"] == "running"
-                  for n in client.get(f"/runs/{blocker['id']}").json()["nodes"]):
-        assert time.monotonic() < deadline, "the blocking run never started its node"
-        time.sleep(0.01)
+    eventually(lambda: any(n["status"] == "running"
+                           for n in client.get(f"/runs/{blocker['id']}").json()["nodes"]),
+               timeout=10, interval=0.01, what="the blocking run's node running")
     assert client.post("/workflows/three/run", json={}).status_code == 202
     before = trips(client)
     for _ in range(RUNS):
