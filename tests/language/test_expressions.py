@@ -216,9 +216,10 @@ def test_shared_values_are_refused_quickly(text: str) -> None:
     with pytest.raises(ExpressionError):
         evaluate(text, CTX)
     # the budget is ~50 ms of loop time; the bound, in this thread's CPU time (what the
-    # walk costs, whatever else the box runs meanwhile), is far below the seconds these
-    # took when values were walked outside the budget
-    assert time.thread_time() - started < 0.2
+    # walk costs, whatever else the box runs meanwhile), leaves room for a busy box (0.28 s
+    # was seen with a worker per core) and is still far below the seconds these took when
+    # values were walked outside the budget
+    assert time.thread_time() - started < 1.0
 
 
 def test_a_shared_value_is_measured_once_and_counted_where_it_appears() -> None:
