@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 from collections.abc import Iterator
 from typing import Any
@@ -39,9 +40,17 @@ async def big(request: Request) -> Response:
     return PlainTextResponse("x" * 2_000_000)
 
 
+async def encoded(request: Request) -> Response:
+    """The request's Accept-Encoding in a gzip'd body, or a body in ?as= (unreadable)."""
+    if "as" in request.query_params:
+        return Response(b"\x00\x01", headers={"Content-Encoding": request.query_params["as"]})
+    text = request.headers.get("accept-encoding", "").encode()
+    return Response(gzip.compress(text), headers={"Content-Encoding": "gzip"})
+
+
 APP = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST", "PUT"]),
                         Route("/redirect", redirect), Route("/status/{code}", status),
-                        Route("/big", big)])
+                        Route("/big", big), Route("/encoded", encoded)])
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +101,15 @@ async def test_error_status_fails_unless_expected(base_url: str) -> None:
     assert expected.outputs["h"]["status"] == 404 and expected.outputs["h"]["body"] == "custom"
     unexpected = await call(OPEN, url=f"{base_url}/status/201", expect_status=200)
     assert unexpected.error is not None and unexpected.error["code"] == "http_status"
+
+
+async def test_a_reply_comes_in_an_encoding_the_node_undoes_or_fails_clearly(
+        base_url: str) -> None:
+    out = await call(OPEN, url=f"{base_url}/encoded")
+    assert out.outputs is not None and out.outputs["h"]["body"] == "gzip, deflate"
+    out = await call(OPEN, url=f"{base_url}/encoded?as=br", headers={"Accept-Encoding": "br"})
+    assert out.error is not None and out.error["code"] == "http_error"
+    assert "unsupported Content-Encoding 'br'" in out.error["message"]
 
 
 async def test_response_size_cap(base_url: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import httpx
 
 from flowrun.engine.net.guard import BLOCKED, guarded_client
+from flowrun.engine.net.replies import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, decoded_body
 from flowrun.engine.node_services import NodeServices
 from flowrun.engine.nodes.registry import NodeContext, registry
 from flowrun.engine.secrets import SecretUse
@@ -73,18 +74,19 @@ async def _send(services: Any, secrets: SecretUse, req: Request) -> dict[str, An
         async with guarded_client(policy, resolve=services.resolve,
                                   on_request=secrets.hook() if secrets.values else None
                                   ) as client, \
-                client.stream(method, secrets.fill(url), headers=secrets.fill(req.headers),
+                client.stream(method, secrets.fill(url), headers=_asking_encodings(
+                                  secrets.fill(req.headers)),
                               params=secrets.fill(req.query), content=content,
                               json=secrets.fill(req.json) if req.body is None else None
                               ) as resp:
-            chunks, size = [], 0
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > cap:
-                    raise NodeFailure(f"response body is larger than {cap} bytes",
-                                      code="http_too_large")
-                chunks.append(chunk)
-            raw = b"".join(chunks)
+            # counted as it inflates, a block at a time (httpx would inflate each chunk
+            # whole first: a chunk of a gzip bomb is a thousand times its size)
+            raw = b"".join([block async for block in decoded_body(resp, cap)])
+    except BodyTooLarge:
+        raise NodeFailure(f"response body is larger than {cap} bytes",
+                          code="http_too_large") from None
+    except BadEncoding as exc:
+        raise NodeFailure(f"{method} {url}: {exc}", code="http_error") from None
     except httpx.ConnectError as exc:
         code = "http_blocked" if str(exc).startswith(BLOCKED) else "http_connect_error"
         raise NodeFailure(f"{method} {url}: {exc}", code=code) from None
@@ -98,6 +100,15 @@ async def _send(services: Any, secrets: SecretUse, req: Request) -> dict[str, An
                           code="http_error") from None
     return {"status": resp.status_code, "headers": dict(resp.headers),
             "body": _decode(raw, resp.headers.get("content-type", "")), "url": str(resp.url)}
+
+
+def _asking_encodings(headers: dict[str, str] | None) -> dict[str, str]:
+    """The request's headers, asking for only the encodings the body's reader undoes
+    (unless the workflow asks for its own: another then fails the node clearly)."""
+    headers = dict(headers or {})
+    if not any(name.lower() == "accept-encoding" for name in headers):
+        headers["Accept-Encoding"] = ACCEPT_ENCODING
+    return headers
 
 
 def _decode(raw: bytes, content_type: str) -> Any:
